@@ -1,0 +1,29 @@
+# The two set-up commands of README.md: `make run` and `make test`.
+# Each creates its own virtualenv in .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/twistd -n mailgateway
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check gateway tests bench twisted
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/smtp_accept.py
+
+clean:
+	rm -rf $(VENV) var

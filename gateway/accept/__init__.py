@@ -1,0 +1,1 @@
+"""Accepting mail: the ESMTP server, its relay policy and the Received header."""

@@ -1,0 +1,570 @@
+"""The ESMTP server (RFC 5321): wire events become policy and spool calls.
+
+First stage of the flow: client -> here -> queue/spool. Built on
+twisted.mail.smtp.ESMTP (reply formatting, command lookup, EHLO extension list,
+TimeoutMixin), with the gaps of DESIGN.md's "Known traps" filled here:
+
+- input is read by our own loop that stops while a command's answer is
+  pending (AUTH, the spool write), so PIPELINING (RFC 2920) answers in order;
+- MAIL/RCPT parameters are parsed (SIZE RFC 1870, BODY RFC 6152) and refused
+  when unknown (555 5.5.4);
+- DATA is read in bulk with its own limits; an overlong line never ends DATA,
+  so the rest of a body is never run as commands (SMTP smuggling), and the
+  end of data is only CRLF.CRLF;
+- STARTTLS discards input pipelined after it and resets the session
+  (RFC 3207 4.2, CVE-2011-0411);
+- AUTH (RFC 4954) is offered only on TLS, or on loopback when configured.
+
+No policy lives here: accept/policy.py decides, MailError becomes the reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections import Counter
+
+from twisted.cred import error as cred_error
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import ITLSTransport
+from twisted.logger import Logger
+from twisted.mail.smtp import ESMTP
+
+from gateway.accept.policy import RelayPolicy, Session
+from gateway.accept.received import protocol_keyword, received_header
+from gateway.config import SmtpSettings
+from gateway.envelope import Envelope, Recipient, new_queue_id, parse_address
+from gateway.errors import MailError, SpoolError
+from gateway.interfaces import IQueueListener, ISpool, IUserDirectory
+
+log = Logger()
+
+_PATH_RE = re.compile(rb"^(?P<kw>FROM|TO):\s*(?P<path><[^>]*>|[^\s<>]+)(?:\s+(?P<params>.*))?$",
+                      re.IGNORECASE | re.DOTALL)
+_SOURCE_ROUTE = re.compile(r"^@[^:]+:")
+_HELP = ("Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT STARTTLS AUTH\n"
+         "See RFC 5321")
+
+
+def tls_description(transport) -> str:
+    """"TLSv1.3 with cipher X" for a TLS transport, "" otherwise."""
+    try:
+        conn = transport.getHandle()
+        version = conn.get_protocol_version_name()
+        cipher = conn.get_cipher_name()
+    except AttributeError:
+        return ""
+    return f"{version} with cipher {cipher}" if version and cipher else ""
+
+
+class SMTPServer(ESMTP):
+    """One SMTP session. Settings and collaborators come from the factory."""
+
+    def __init__(self, factory: SMTPFactory):
+        super().__init__(contextFactory=factory.tls_options)
+        self.factory = factory
+        self.settings: SmtpSettings = factory.settings
+        self.host = factory.hostname.encode("ascii")
+        self.timeout = self.settings.idle_timeout
+        self.callLater = factory.reactor.callLater  # TimeoutMixin's clock, injectable
+        self._buffer = b""
+        self._paused = False
+        self._closing = False
+        self._skip_line = False
+        self._bad_commands = 0
+        self._esmtp = False
+        self._helo_name = ""
+        self.session: Session | None = None
+        self._reset_transaction()
+
+    # --- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.session = Session(client_address=self.client_host())
+        self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.ctx is not None
+        if not self.factory.connection_opened(self.session.client_address):
+            self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections from your "
+                       "address, try again later")
+            self._close()
+            return
+        log.info("connect from {client}", client=self.session.client_address)
+        self.sendCode(220, self.host + b" ESMTP mailgateway")
+        self.setTimeout(self.timeout)
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self.setTimeout(None)
+        if self.session is not None:
+            self.factory.connection_closed(self.session.client_address)
+            log.info("disconnect from {client}", client=self.session.client_address)
+
+    def client_host(self) -> str:
+        """The client's address; the one place to change when a PROXY header tells it."""
+        peer = self.transport.getPeer()
+        return getattr(peer, "host", str(peer))
+
+    def is_tls(self) -> bool:
+        return self.startedTLS
+
+    def timeoutConnection(self) -> None:
+        self.reply(421, "4.4.2", f"{self.factory.hostname} Idle timeout, closing connection")
+        self._close()
+
+    def reply(self, code: int, enhanced: str, text: str) -> None:
+        """A reply with an RFC 3463 enhanced status code (RFC 2034) on every line."""
+        lines = text.split("\n")
+        for line in lines[:-1]:
+            self.sendLine(f"{code}-{enhanced} {line}".encode("utf-8", "replace"))
+        self.sendLine(f"{code} {enhanced} {lines[-1]}".encode("utf-8", "replace"))
+
+    def reply_error(self, e: MailError) -> None:
+        self.reply(e.code, e.enhanced, e.text)
+
+    def _close(self) -> None:
+        self._closing = True
+        self._buffer = b""
+        self.transport.loseConnection()
+
+    # --- input loop ----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        while not self._paused and not self._closing:
+            if self.mode == "DATA":
+                if not self._data_step():
+                    return
+                continue
+            if not self._line_step():
+                return
+
+    def _line_step(self) -> bool:
+        end = self._buffer.find(b"\n")
+        limit = self.settings.max_command_length
+        if end < 0:
+            if len(self._buffer) > limit:
+                self._buffer = b""
+                if not self._skip_line:
+                    self._skip_line = True
+                    self._bad(500, "5.5.6", f"Line too long (limit {limit} octets)")
+            return False
+        line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
+        if self._skip_line:  # the tail of a line already refused as too long
+            self._skip_line = False
+            return True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > limit:
+            self._bad(500, "5.5.6", f"Line too long (limit {limit} octets)")
+            return True
+        self.resetTimeout()
+        result = self.lineReceived(line)
+        if isinstance(result, defer.Deferred):
+            self._paused = True
+            result.addErrback(self._internal_error)
+            result.addBoth(self._resume)
+        return True
+
+    def _resume(self, _=None) -> None:
+        self._paused = False
+        if not self._closing and self.transport.connected:
+            self._process()
+
+    def _internal_error(self, failure) -> None:
+        log.failure("internal error for {client}", failure, client=self.session.client_address)
+        self.reply(451, "4.3.0", "Local error in processing, try again later")
+
+    def _bad(self, code: int, enhanced: str, text: str) -> None:
+        """An error that counts towards max_bad_commands (RFC 5321 4.5.3.2: 421 past it)."""
+        self._bad_commands += 1
+        if self._bad_commands > self.settings.max_bad_commands:
+            log.info("too many errors from {client}", client=self.session.client_address)
+            self.reply(421, "4.7.0", f"{self.factory.hostname} Too many errors, closing")
+            self._close()
+            return
+        self.reply(code, enhanced, text)
+
+    def lineReceived(self, line: bytes):
+        if self.mode == "AUTH":
+            try:
+                return self._auth_response(line)
+            except MailError as e:
+                return self.reply_error(e)
+        verb, _, rest = line.strip().partition(b" ")
+        if not verb:
+            return self._bad(500, "5.5.2", "Error: bad syntax")
+        try:
+            method = self.lookupMethod(verb)
+        except UnicodeDecodeError:
+            method = None
+        if method is None:
+            return self._bad(502, "5.5.2", "Error: command not recognized")
+        try:
+            return method(rest.strip())
+        except MailError as e:
+            if e.code >= 500:
+                self._bad_commands += 1
+            self.reply_error(e)
+
+    # --- greeting commands ---------------------------------------------------
+
+    def extensions(self) -> dict:
+        ext: dict = {b"PIPELINING": None, b"SIZE": [b"%d" % self.settings.max_message_size],
+                     b"8BITMIME": None, b"ENHANCEDSTATUSCODES": None}
+        if self.canStartTLS and not self.startedTLS:
+            ext[b"STARTTLS"] = None
+        if self._auth_allowed():
+            ext[b"AUTH"] = [b"PLAIN", b"LOGIN"]
+        return ext
+
+    def _auth_allowed(self) -> bool:
+        return self.startedTLS or (self.factory.plaintext_from_loopback
+                                   and self.session.is_loopback())
+
+    def _greet(self, rest: bytes, esmtp: bool) -> None:
+        name = rest.split()[0] if rest else b""
+        if not name or len(name) > 255 or any(c < 0x21 or c > 0x7E for c in name):
+            # RFC 5321 4.1.1.1: a domain or an address literal; never echo control bytes.
+            raise MailError(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+        self._helo_name = name.decode("ascii")
+        self._esmtp = esmtp
+        self._reset_transaction()
+        hello = f"{self.factory.hostname} Hello {self._helo_name} [{self.session.client_address}]"
+        if esmtp:
+            self.sendCode(250, hello.encode("ascii", "replace") + b"\n" + self.listExtensions())
+        else:
+            self.sendCode(250, hello.encode("ascii", "replace"))
+
+    def do_EHLO(self, rest: bytes) -> None:
+        self._greet(rest, esmtp=True)
+
+    def do_HELO(self, rest: bytes) -> None:
+        self._greet(rest, esmtp=False)
+
+    def do_NOOP(self, rest: bytes) -> None:
+        self.reply(250, "2.0.0", "Ok")
+
+    def do_RSET(self, rest: bytes) -> None:
+        self._reset_transaction()
+        self.reply(250, "2.0.0", "Ok")
+
+    def do_HELP(self, rest: bytes) -> None:
+        self.reply(214, "2.0.0", _HELP)
+
+    def do_QUIT(self, rest: bytes) -> None:
+        self.reply(221, "2.0.0", f"{self.factory.hostname} Bye")
+        self._close()
+
+    def do_VRFY(self, rest: bytes) -> None:
+        address = rest.decode("utf-8", "replace").strip("<> ")
+        if not self.settings.vrfy or "@" not in address:
+            # RFC 5321 3.5.3: 252 when the server will not say.
+            return self.reply(252, "2.5.2", "Cannot VRFY user, but will accept message "
+                              "and attempt delivery")
+        route = self.factory.policy.router.route(address)
+        self.reply(250, "2.1.5", f"<{route.address}>")
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        if self.startedTLS:
+            raise MailError(503, "5.5.1", "TLS already active")
+        if not self.canStartTLS:
+            raise MailError(454, "4.7.0", "TLS not available")
+        if rest:
+            raise MailError(501, "5.5.4", "Syntax: STARTTLS")
+        self.reply(220, "2.0.0", "Ready to start TLS")
+        # RFC 3207 4.2: forget everything, including commands the client
+        # pipelined after STARTTLS in the clear (CVE-2011-0411).
+        self._buffer = b""
+        self._helo_name = ""
+        self._reset_transaction()
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = True
+        self.session.tls = "TLS"
+
+    # --- AUTH (RFC 4954) -------------------------------------------------------
+
+    def ext_AUTH(self, rest: bytes):
+        if not self._helo_name or not self._esmtp:
+            raise MailError(503, "5.5.1", "Send EHLO first")
+        if self.session.authenticated:
+            raise MailError(503, "5.5.1", "Already authenticated")
+        if self._sender is not None:
+            raise MailError(503, "5.5.1", "AUTH not permitted during a mail transaction")
+        if not self._auth_allowed():
+            raise MailError(538, "5.7.11", "Encryption required for requested authentication "
+                            "mechanism (use STARTTLS)")
+        mech, _, initial = rest.partition(b" ")
+        mech = mech.upper()
+        if mech not in (b"PLAIN", b"LOGIN"):
+            raise MailError(504, "5.5.4", "Unrecognized authentication type")
+        self._auth_mech = mech
+        self._auth_parts = []
+        self.mode = "AUTH"
+        if initial:
+            return self._auth_response(initial.strip())
+        self.sendCode(334, b"" if mech == b"PLAIN" else base64.b64encode(b"Username:"))
+
+    def _auth_response(self, line: bytes):
+        if line == b"*":
+            self.mode = "COMMAND"
+            raise MailError(501, "5.7.0", "Authentication aborted")
+        try:
+            decoded = base64.b64decode(line, validate=True) if line != b"=" else b""
+        except (binascii.Error, ValueError):
+            self.mode = "COMMAND"
+            raise MailError(501, "5.5.2", "Cannot decode response") from None
+        self._auth_parts.append(decoded)
+        if self._auth_mech == b"LOGIN" and len(self._auth_parts) == 1:
+            self.sendCode(334, base64.b64encode(b"Password:"))
+            return None
+        self.mode = "COMMAND"
+        if self._auth_mech == b"PLAIN":
+            fields = decoded.split(b"\0")
+            if len(fields) != 3:
+                raise MailError(501, "5.5.2", "Malformed PLAIN response")
+            _authzid, user, password = fields
+        else:
+            user, password = self._auth_parts
+        d = self.factory.users.authenticate(user.decode("utf-8", "replace"),
+                                            password.decode("utf-8", "replace"))
+        d.addCallbacks(self._auth_ok, self._auth_failed)
+        return d
+
+    def _auth_ok(self, address: str) -> None:
+        self.session.authenticated = address
+        log.info("{client} authenticated as {user}", client=self.session.client_address,
+                 user=address)
+        self.reply(235, "2.7.0", "Authentication successful")
+
+    def _auth_failed(self, failure) -> None:
+        failure.trap(cred_error.UnauthorizedLogin)
+        log.info("{client} failed authentication", client=self.session.client_address)
+        self._bad(535, "5.7.8", "Authentication credentials invalid")
+
+    # --- the mail transaction ----------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self._sender: str | None = None
+        self._recipients: list[str] = []
+        self._body_type = "7BIT"
+
+    def _path(self, rest: bytes, keyword: bytes) -> tuple[str, dict[str, str]]:
+        m = _PATH_RE.match(rest)
+        if not m or m.group("kw").upper() != keyword:
+            raise MailError(501, "5.5.4", f"Syntax: {keyword.decode()}:<address>")
+        try:
+            path = m.group("path").decode("utf-8").strip("<>")
+            params_text = (m.group("params") or b"").decode("ascii")
+        except UnicodeDecodeError:
+            raise MailError(501, "5.5.4", "Non-ASCII in address (SMTPUTF8 not offered)") from None
+        path = _SOURCE_ROUTE.sub("", path)  # RFC 5321 4.1.1.3: ignore source routes
+        params = {}
+        for item in params_text.split():
+            key, _, value = item.partition("=")
+            params[key.upper()] = value
+        return path, params
+
+    def do_MAIL(self, rest: bytes) -> None:
+        if not self._helo_name:
+            raise MailError(503, "5.5.1", "Send HELO/EHLO first")
+        if self._sender is not None:
+            raise MailError(503, "5.5.1", "Nested MAIL command")
+        sender, params = self._path(rest, b"FROM")
+        body = "7BIT"
+        for key, value in params.items():
+            if key == "SIZE" and self._esmtp:
+                if not value.isdigit():
+                    raise MailError(501, "5.5.4", "Bad SIZE parameter")
+                if int(value) > self.settings.max_message_size:
+                    raise MailError(552, "5.3.4", "Message size exceeds fixed maximum "
+                                    f"message size ({self.settings.max_message_size})")
+            elif key == "BODY" and self._esmtp and value.upper() in ("7BIT", "8BITMIME"):
+                body = value.upper()
+            elif key == "AUTH" and self._esmtp:
+                pass  # RFC 4954 5: accepted and not passed on
+            else:
+                raise MailError(555, "5.5.4", f"Unsupported MAIL parameter {key}")
+        self.factory.policy.check_sender(self.session, sender)
+        self._sender = sender
+        self._body_type = body
+        self.reply(250, "2.1.0", "Ok")
+
+    def do_RCPT(self, rest: bytes) -> None:
+        if self._sender is None:
+            raise MailError(503, "5.5.1", "Need MAIL command")
+        address, params = self._path(rest, b"TO")
+        if params:
+            raise MailError(555, "5.5.4", f"Unsupported RCPT parameter {next(iter(params))}")
+        if "@" not in address and address.lower() == "postmaster":
+            address = f"postmaster@{self.factory.domains[0]}"  # RFC 5321 4.5.1
+        if len(self._recipients) >= self.settings.max_recipients:
+            raise MailError(452, "4.5.3", "Too many recipients")
+        route = self.factory.policy.check_recipient(self.session, address)
+        local, domain = parse_address(address)
+        canonical = route.address or f"{local}@{domain}"
+        if canonical not in self._recipients:
+            self._recipients.append(canonical)
+        self.reply(250, "2.1.5", "Ok")
+
+    def do_DATA(self, rest: bytes) -> None:
+        if self._sender is None:
+            raise MailError(503, "5.5.1", "Need MAIL command")
+        if not self._recipients:
+            raise MailError(554, "5.5.1", "No valid recipients")
+        self.mode = "DATA"
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._data_fault: MailError | None = None
+        self._mid_line = False
+        self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+
+    def _data_step(self) -> bool:
+        """Consume complete lines of DATA; False when more input is needed."""
+        buf = self._buffer
+        if self._mid_line:  # finishing a line already refused as too long
+            nl = buf.find(b"\r\n")
+            if nl < 0:
+                self._buffer = buf[-1:]
+                return False
+            self._buffer, self._mid_line = buf[nl + 2:], False
+            return True
+        if buf.startswith(b".\r\n"):
+            end = 0
+        else:
+            end = buf.find(b"\r\n.\r\n")
+            end = end + 2 if end >= 0 else -1
+        if end >= 0:
+            self._take(buf[:end])
+            self._buffer = buf[end + 3:]
+            self.mode = "COMMAND"
+            self.resetTimeout()
+            self._paused = True
+            self._end_of_data().addBoth(self._resume)
+            return True
+        last = buf.rfind(b"\r\n")
+        if last < 0:
+            if len(buf) > self.settings.max_line_length:
+                self._line_too_long()
+                self._buffer, self._mid_line = buf[-1:], True
+                return True
+            return False
+        self._take(buf[:last + 2])
+        self._buffer = buf[last + 2:]
+        self.resetTimeout()
+        return False
+
+    def _take(self, lines: bytes) -> None:
+        """Complete CRLF-ended lines of the body: unstuff, check, keep (RFC 5321 4.5.2)."""
+        if not lines or self._data_fault is not None:
+            return
+        if lines[:1] == b".":
+            lines = lines[1:]
+        lines = lines.replace(b"\r\n.", b"\r\n")
+        crlf = lines.count(b"\r\n")
+        if self.settings.bare_linefeeds == "reject" and (
+                lines.count(b"\n") != crlf or lines.count(b"\r") != crlf):
+            self._data_fault = MailError(554, "5.6.0", "Message contains bare CR or LF "
+                                         "(RFC 5321 2.3.8); use CRLF line endings")
+            self._chunks = []
+            return
+        limit = self.settings.max_line_length - 2
+        if len(lines) > limit and max(map(len, lines.split(b"\r\n"))) > limit:
+            self._line_too_long()
+            return
+        self._size += len(lines)
+        if self._size > self.settings.max_message_size:
+            self._data_fault = MailError(552, "5.3.4", "Message size exceeds fixed maximum "
+                                         f"message size ({self.settings.max_message_size})")
+            self._chunks = []
+            return
+        self._chunks.append(lines)
+
+    def _line_too_long(self) -> None:
+        if self._data_fault is None:
+            self._data_fault = MailError(500, "5.5.2", "Line too long (limit "
+                                         f"{self.settings.max_line_length} octets with CRLF, "
+                                         "RFC 5321 4.5.3.1.6)")
+            self._chunks = []
+
+    def _end_of_data(self) -> defer.Deferred:
+        sender, recipients = self._sender, self._recipients
+        chunks, fault = self._chunks, self._data_fault
+        self._chunks = []
+        self._reset_transaction()
+        client = self.session.client_address
+        if fault is not None:
+            log.info("{client} message refused: {reason}", client=client, reason=fault.text)
+            self.reply_error(fault)
+            return defer.succeed(None)
+        tls = tls_description(self.transport) if self.startedTLS else ""
+        envelope = Envelope(
+            sender=sender, recipients=[Recipient(r) for r in recipients],
+            queue_id=new_queue_id(self.factory.reactor.seconds()),
+            arrived=self.factory.reactor.seconds(), client_address=client,
+            helo=self._helo_name, authenticated=self.session.authenticated, tls=tls,
+            protocol=protocol_keyword(self._esmtp, self.startedTLS,
+                                      bool(self.session.authenticated)),
+            body=self._body_type)
+        header = received_header(
+            helo=self._helo_name, client_address=client, hostname=self.factory.hostname,
+            protocol=envelope.protocol, queue_id=envelope.queue_id, tls=tls,
+            recipient=recipients[0] if len(recipients) == 1 else "", now=envelope.arrived)
+        message = header + b"".join(chunks)
+        envelope.size = len(message)
+        d = self.factory.spool.store(envelope, message)
+        d.addCallbacks(self._queued, self._spool_failed, callbackArgs=(envelope,),
+                       errbackArgs=(envelope,))
+        return d
+
+    def _queued(self, queue_id: str, envelope: Envelope) -> None:
+        log.info("{queue_id}: from=<{sender}> nrcpt={n} size={size} client={client} "
+                 "queued", queue_id=queue_id, sender=envelope.sender,
+                 n=len(envelope.recipients), size=envelope.size,
+                 client=envelope.client_address)
+        self.reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        self.factory.listener.enqueued(queue_id)
+
+    def _spool_failed(self, failure, envelope: Envelope) -> None:
+        failure.trap(SpoolError)
+        log.error("{client} spool write failed: {error}", client=envelope.client_address,
+                  error=failure.value)
+        full = "No space" in str(failure.value)
+        if full:
+            self.reply(452, "4.3.1", "Insufficient system storage, try again later")
+        else:
+            self.reply(451, "4.3.0", "Local error in processing, try again later")
+
+
+class SMTPFactory(protocol.ServerFactory):
+    """Holds what every session of one listener shares, and counts connections per client."""
+
+    def __init__(self, *, hostname: str, domains: tuple[str, ...], settings: SmtpSettings,
+                 policy: RelayPolicy, spool: ISpool, listener: IQueueListener,
+                 users: IUserDirectory, tls_options, plaintext_from_loopback: bool, reactor):
+        self.hostname = hostname
+        self.domains = domains
+        self.settings = settings
+        self.policy = policy
+        self.spool = spool
+        self.listener = listener
+        self.users = users
+        self.tls_options = tls_options
+        self.plaintext_from_loopback = plaintext_from_loopback
+        self.reactor = reactor
+        self.connections: Counter[str] = Counter()
+
+    def buildProtocol(self, addr) -> SMTPServer:
+        return SMTPServer(self)
+
+    def connection_opened(self, client: str) -> bool:
+        self.connections[client] += 1
+        return self.connections[client] <= self.settings.max_connections_per_client
+
+    def connection_closed(self, client: str) -> None:
+        self.connections[client] -= 1
+        if self.connections[client] <= 0:
+            del self.connections[client]

@@ -1,0 +1,1 @@
+"""Mail clients' side: authentication and the POP3 (and later IMAP4) servers."""

@@ -1,0 +1,150 @@
+"""Users and passwords: <state_dir>/users, one `address:hash` line each.
+
+Implements IUserDirectory, and a twisted.cred checker over it so the SMTP and
+POP3 servers authenticate through one path. Passwords are kept only as salted
+scrypt hashes (RFC 7914); verifying one costs ~50 ms of CPU, so it runs in the
+reactor's thread pool. The file is re-read when its mtime changes, so
+`mailgateway user add` takes effect on a running gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+from twisted.cred import credentials, error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet import defer, threads
+from zope.interface import implementer
+
+from gateway.envelope import normalize_address
+from gateway.errors import MailError
+from gateway.interfaces import IUserDirectory
+
+# scrypt cost: N=2^15, r=8, p=1 is OWASP's 2023 minimum for interactive logins.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+_PREFIX = "$scrypt$"
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R,
+                            p=SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32)
+    b64 = base64.b64encode
+    return (f"{_PREFIX}ln={SCRYPT_N.bit_length() - 1},r={SCRYPT_R},p={SCRYPT_P}"
+            f"${b64(salt).decode()}${b64(digest).decode()}")
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        _, _, params, salt, digest = stored.split("$")
+        p = dict(kv.split("=") for kv in params.split(","))
+        n, r, par = 2 ** int(p["ln"]), int(p["r"]), int(p["p"])
+        salt_b, want = base64.b64decode(salt), base64.b64decode(digest)
+    except (ValueError, KeyError):
+        return False
+    got = hashlib.scrypt(password.encode("utf-8"), salt=salt_b, n=n, r=r, p=par,
+                         maxmem=128 * n * r * 2, dklen=len(want))
+    return hmac.compare_digest(got, want)
+
+
+def read_users(path: Path) -> dict[str, str]:
+    users: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return users
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        address, _, stored = line.rpartition(":")
+        if address and stored.startswith(_PREFIX):
+            users[address.lower()] = stored
+    return users
+
+
+def write_users(path: Path, users: dict[str, str]) -> None:
+    """Replace the users file atomically, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("# address:scrypt-hash, managed by `mailgateway user`\n")
+        for address in sorted(users):
+            f.write(f"{address}:{users[address]}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def set_password(path: Path, address: str, password: str) -> str:
+    address = normalize_address(address).lower()
+    users = read_users(path)
+    users[address] = hash_password(password)
+    write_users(path, users)
+    return address
+
+
+def remove_user(path: Path, address: str) -> bool:
+    users = read_users(path)
+    found = users.pop(address.lower(), None) is not None
+    if found:
+        write_users(path, users)
+    return found
+
+
+@implementer(IUserDirectory, ICredentialsChecker)
+class UserDirectory:
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, path: Path, reactor):
+        self.path = Path(path)
+        self.reactor = reactor
+        self._mtime: float | None = None
+        self._users: dict[str, str] = {}
+
+    def _current(self) -> dict[str, str]:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime != self._mtime:
+            self._users = read_users(self.path)
+            self._mtime = mtime
+        return self._users
+
+    def exists(self, address: str) -> bool:
+        return address.lower() in self._current()
+
+    def authenticate(self, address: str, password: str) -> defer.Deferred:
+        try:
+            address = normalize_address(address).lower()
+        except MailError:
+            return defer.fail(error.UnauthorizedLogin("bad user name"))
+        # Unknown users cost a hash too, so timing does not tell who exists.
+        stored = self._current().get(address, _DUMMY)
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      verify_password, password, stored)
+
+        def checked(ok: bool) -> str:
+            if ok and stored is not _DUMMY:
+                return address
+            raise error.UnauthorizedLogin("bad user name or password")
+
+        return d.addCallback(checked)
+
+    def requestAvatarId(self, creds) -> defer.Deferred:
+        username = creds.username
+        password = creds.password
+        if isinstance(username, bytes):
+            username = username.decode("utf-8", "replace")
+        if isinstance(password, bytes):
+            password = password.decode("utf-8", "replace")
+        return self.authenticate(username, password)
+
+
+_DUMMY = hash_password("x", salt=b"\0" * 16)

@@ -1,0 +1,532 @@
+"""POP3 server. access: mail clients read the Maildirs deliver/maildir wrote.
+
+A client connects (plaintext, after STLS, or through tlsfront), logs in
+against the IUserDirectory, and reads its INBOX through a store Maildrop.
+Follows RFC 1939 (POP3), RFC 2449 (CAPA, response codes), RFC 3206
+(AUTH-RESP-CODE, SYS/TEMP), RFC 2595 (STLS), RFC 5034 and RFC 4616 (AUTH PLAIN).
+
+Built on twisted.mail.pop3.POP3: its replies, state dispatch (lineReceived ->
+state_COMMAND / state_AUTH), CAPA framing, RSET, NOOP and TimeoutMixin are
+reused. Overridden, with the reason next to each override: Twisted's class has
+no STLS, advertises joke capabilities, counts deleted messages in STAT/LIST,
+turns CRLF into CR CR LF in RETR and misses dot-stuffing across chunks, takes
+"DELE 0" as "delete the last message", queues pipelined commands without
+bound and stops the idle timer while a message is sent (a client that stops
+reading would hold the maildrop lock forever).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections import deque
+from typing import Any, BinaryIO
+
+from twisted.cred.error import LoginFailed
+from twisted.internet import defer
+from twisted.internet.interfaces import IPullProducer, ISSLTransport
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.mail import pop3
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.interfaces import IMailStore, IUserDirectory
+from gateway.store.maildrop import Maildrop, MaildropInUse
+
+_log = Logger()
+
+_AUTHORIZATION = frozenset({b"CAPA", b"USER", b"PASS", b"AUTH", b"STLS", b"QUIT"})
+_TRANSACTION = frozenset({b"CAPA", b"STAT", b"LIST", b"UIDL", b"TOP", b"RETR", b"DELE",
+                          b"RSET", b"NOOP", b"QUIT"})
+# (fewest, most) arguments; PASS takes the rest of the line, spaces and all.
+_ARITY = {b"CAPA": (0, 0), b"USER": (1, 1), b"AUTH": (0, 2), b"STLS": (0, 0), b"QUIT": (0, 0),
+          b"STAT": (0, 0), b"LIST": (0, 1), b"UIDL": (0, 1), b"TOP": (2, 2), b"RETR": (1, 1),
+          b"DELE": (1, 1), b"RSET": (0, 0), b"NOOP": (0, 0)}
+_CHUNK = 64 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a UNIX socket or anything else is not "loopback"
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def top_length(fp: BinaryIO, lines: int) -> int:
+    """Bytes of fp making up the header, the blank line and `lines` body lines (TOP)."""
+    offset, in_header, at_line_start = 0, True, True
+    while True:
+        if not in_header and lines == 0:
+            return offset
+        piece = fp.readline(_CHUNK)
+        if not piece:
+            return offset
+        offset += len(piece)
+        if in_header and at_line_start and piece in (b"\r\n", b"\n"):
+            in_header = False
+        elif not in_header and piece.endswith(b"\n"):
+            lines -= 1
+        at_line_start = piece.endswith(b"\n")
+
+
+@implementer(IPullProducer)
+class MessageSender:
+    """Streams one message as a POP3 multi-line response, then fires .deferred.
+
+    Byte-exact for CRLF files; a bare LF (a file some other MDA wrote) goes out
+    as CRLF. Dot-stuffing (RFC 1939 3) knows whether a chunk starts a line, and
+    a CR at the end of a chunk waits for the next one so CRLF is never split.
+    """
+
+    def __init__(self, fp: BinaryIO, consumer: Any, limit: int | None, progress: Any) -> None:
+        self._fp, self._consumer, self._left, self._progress = fp, consumer, limit, progress
+        self._carry = b""
+        self._line_start = True
+        self._done = False
+        self.deferred: defer.Deferred[bool] = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        if self._done:
+            return
+        self._progress()  # the client is reading: that is not idleness
+        want = _CHUNK if self._left is None else min(_CHUNK, self._left)
+        data = self._fp.read(want) if want else b""
+        if self._left is not None:
+            self._left -= len(data)
+        eof = not data
+        data, self._carry = self._carry + data, b""
+        if not eof and data.endswith(b"\r"):
+            data, self._carry = data[:-1], b"\r"
+        if data:
+            if b"\n" in data:
+                data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            if self._line_start and data.startswith(b"."):
+                data = b"." + data
+            data = data.replace(b"\n.", b"\n..")
+            self._line_start = data.endswith(b"\n")
+            self._consumer.write(data)
+        if eof:
+            self._done = True
+            self._consumer.write(b".\r\n" if self._line_start else b"\r\n.\r\n")
+            self._consumer.unregisterProducer()
+            self._fp.close()
+            self.deferred.callback(True)
+
+    def stopProducing(self) -> None:
+        if not self._done:
+            self._done = True
+            self._fp.close()
+            self.deferred.callback(False)
+
+
+class POP3Server(pop3.POP3):
+    """One POP3 session. Talks only through IUserDirectory and the store's Maildrop."""
+
+    factory: POP3Factory
+    # RFC 2449 caps commands at 255 octets, but not AUTH lines (RFC 5034 4).
+    MAX_LENGTH = 4096
+    max_pending = 1 << 20  # bytes of pipelined input held while a command is busy
+    max_bad_commands = 20
+    max_auth_failures = 3
+
+    def __init__(self) -> None:
+        self._lines: deque[bytes] = deque()
+        self._partial = b""
+        self._pending = 0
+        self._busy = self._draining = self._gone = False
+        self._tls_started = False
+        self._user: bytes | None = None
+        self._address = ""
+        self._bad = self._auth_failures = 0
+        self._delayed: Any = None
+        self._sender: MessageSender | None = None
+        self.mbox: Maildrop | None = None
+
+    # -- what a PROXY layer or tlsfront may need to change, in one place ----
+
+    def client_host(self) -> str:
+        return getattr(self.transport.getPeer(), "host", "")
+
+    def is_tls(self) -> bool:
+        return (self._tls_started or self.factory.implicit_tls
+                or ISSLTransport.providedBy(self.transport))
+
+    def login_allowed(self) -> bool:
+        return self.is_tls() or (self.factory.plaintext_from_loopback
+                                 and is_loopback(self.client_host()))
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        # Not Twisted's: its greeting carries an APOP timestamp, and APOP needs
+        # plaintext passwords we do not keep. Timeouts use the injected reactor.
+        self.callLater = self.factory.reactor.callLater
+        self.timeOut = self.factory.idle_timeout
+        self.successResponse(f"{self.factory.hostname} POP3 server ready")
+        self.setTimeout(self.timeOut)
+        _log.info("pop3 connect from {client}", client=self.client_host())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
+        self._lines.clear()
+        self.setTimeout(None)
+        if self._delayed is not None and self._delayed.active():
+            self._delayed.cancel()
+        if self._sender is not None:
+            self._sender.stopProducing()
+        if self.mbox is not None:
+            self.mbox.close()  # no UPDATE state: nothing is deleted
+            _log.info("pop3 {user} from {client} dropped without QUIT",
+                      user=self._address, client=self.client_host())
+            self.mbox = None
+
+    def timeoutConnection(self) -> None:
+        _log.info("pop3 idle timeout for {client} user={user}",
+                  client=self.client_host(), user=self._address or "-")
+        if self._sender is not None:
+            self.transport.abortConnection()  # mid-message and not reading: cannot say more
+            return
+        self.failResponse(b"Idle timeout, closing connection")
+        self.transport.loseConnection()
+
+    def successResponse(self, message: Any = b"") -> None:
+        # Twisted always writes "+OK " with a space, even with no text.
+        if not isinstance(message, bytes):
+            message = str(message).encode("utf-8")
+        self.transport.write(b"+OK " + message + b"\r\n" if message else b"+OK\r\n")
+
+    # -- input: lines, pipelining, STLS hygiene -----------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        # Replaces LineOnlyReceiver's loop, which cannot be told to drop the
+        # rest of a packet (needed at STLS) or to wait for a busy command.
+        pieces = (self._partial + data).split(b"\n")
+        self._partial = pieces.pop()
+        for line in pieces:
+            self._lines.append(line[:-1] if line.endswith(b"\r") else line)
+            self._pending += len(line)
+        if len(self._partial) > self.MAX_LENGTH:
+            self.lineLengthExceeded(self._partial)
+        elif self._pending > self.max_pending:
+            _log.warn("pop3 {client}: too much pipelined input", client=self.client_host())
+            self.transport.abortConnection()
+        else:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._draining:
+            return  # a command finished synchronously inside the loop below
+        self._draining = True
+        try:
+            while (self._lines and not self._busy and not self._gone
+                   and not self.transport.disconnecting):
+                line = self._lines.popleft()
+                self._pending -= len(line)
+                if len(line) > self.MAX_LENGTH:
+                    self.lineLengthExceeded(line)
+                    break
+                self.lineReceived(line)  # Twisted's: resets the timer, dispatches by state
+        finally:
+            self._draining = False
+
+    def _wait(self, d: defer.Deferred) -> None:
+        """Hold further commands until d fires (PIPELINING, RFC 2449 6.6)."""
+        self._busy = True
+
+        def done(_: object) -> None:
+            self._busy = False
+            self._sender = None
+            if not self._gone:
+                self._drain()
+
+        d.addErrback(self._internal_error).addBoth(done)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._lines.clear()
+        if self._busy:
+            self.transport.abortConnection()
+            return
+        self.failResponse(b"Line too long")
+        self.transport.loseConnection()
+
+    def state_COMMAND(self, line: bytes) -> None:
+        # Twisted's answers unknown commands with exception class names and
+        # logs a traceback per typo; this checks state and arity first.
+        verb, _, rest = line.partition(b" ")
+        verb = verb.upper()
+        if verb not in _ARITY and verb != b"PASS":
+            return self._bad_command(b"Unknown command")
+        if verb not in (_TRANSACTION if self.mbox is not None else _AUTHORIZATION):
+            return self._bad_command(b"Command not valid in this state")
+        if verb == b"PASS":
+            args: list[bytes] = [rest]
+        else:
+            args = rest.split()
+            fewest, most = _ARITY[verb]
+            if not fewest <= len(args) <= most:
+                return self._bad_command(b"Syntax error")
+        try:
+            getattr(self, "do_" + verb.decode("ascii"))(*args)
+        except Exception:
+            self._internal_error(Failure())
+
+    def _bad_command(self, text: bytes) -> None:
+        self._bad += 1
+        if self._bad >= self.max_bad_commands:
+            self.failResponse(b"Too many bad commands, closing connection")
+            self.transport.loseConnection()
+        else:
+            self.failResponse(text)
+
+    def _internal_error(self, failure: Failure) -> None:
+        _log.failure("pop3 internal error, client {client} user {user}", failure,
+                     client=self.client_host(), user=self._address or "-")
+        if not self._gone and self._sender is None:
+            self.failResponse(b"[SYS/TEMP] Internal server error")
+
+    # -- AUTHORIZATION state ------------------------------------------------
+
+    def listCapabilities(self) -> list[bytes]:
+        # Twisted's lists PIPELINE (sic), CELERITY, AUSPEX and POTENCE.
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self.login_allowed():
+            caps += [b"USER", b"SASL PLAIN"]
+        if self.factory.tls_options is not None and not self.is_tls():
+            caps.append(b"STLS")
+        return caps + [b"IMPLEMENTATION mailgateway"]
+
+    def do_STLS(self) -> None:
+        # RFC 2595 4; Twisted has no STLS at all.
+        if self.factory.tls_options is None:
+            return self.failResponse(b"STLS not available")
+        if self.is_tls():
+            return self.failResponse(b"Already using TLS")
+        self.successResponse(b"Begin TLS negotiation")
+        # Whatever was pipelined after STLS came in plaintext: answering it
+        # inside TLS would be command injection (CVE-2011-0411).
+        self._lines.clear()
+        self._partial, self._pending, self._user = b"", 0, None
+        self.transport.startTLS(self.factory.tls_options)
+        self._tls_started = True
+
+    def _refuse_plaintext(self) -> None:
+        if self.factory.tls_options is not None:
+            self.failResponse(b"[AUTH] TLS required: use STLS")
+        else:
+            self.failResponse(b"[AUTH] Login not allowed on this connection")
+
+    def do_USER(self, user: bytes) -> None:
+        if not self.login_allowed():
+            return self._refuse_plaintext()
+        self._user = user
+        self.successResponse(b"Send PASS")  # says nothing about whether the user exists
+
+    def do_PASS(self, password: bytes) -> None:
+        user, self._user = self._user, None
+        if user is None:
+            return self.failResponse(b"USER first")
+        self._login(user, password, "USER")
+
+    def do_AUTH(self, mechanism: bytes | None = None, initial: bytes | None = None) -> None:
+        # Twisted's AUTH speaks CRAM-style "user response" lines, not PLAIN,
+        # and has no initial response (RFC 5034 4).
+        if not self.login_allowed():
+            return self._refuse_plaintext()
+        if mechanism is None:
+            return self.transport.write(b"+OK\r\nPLAIN\r\n.\r\n")
+        if mechanism.upper() != b"PLAIN":
+            return self.failResponse(b"Unsupported SASL mechanism")
+        if initial is None:
+            self.state = "AUTH"
+            self.sendLine(b"+ ")
+        else:
+            self._auth_plain(initial)
+
+    def state_AUTH(self, line: bytes) -> None:
+        self.state = "COMMAND"
+        if line == b"*":
+            return self.failResponse(b"Authentication cancelled")
+        self._auth_plain(line)
+
+    def _auth_plain(self, data: bytes) -> None:
+        try:
+            raw = b"" if data == b"=" else base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            return self.failResponse(b"Invalid base64 data")
+        parts = raw.split(b"\0")
+        if len(parts) != 3:
+            return self.failResponse(b"[AUTH] Malformed PLAIN response")
+        authzid, user, password = parts
+        if authzid and authzid != user:
+            # Logging in as someone else is not offered: a failure like any other.
+            password = b"\0"
+        self._login(user, password, "PLAIN")
+
+    def _login(self, user: bytes, password: bytes, mechanism: str) -> None:
+        address = user.decode("utf-8", "replace")
+        try:
+            pw = password.decode("utf-8")
+            d = defer.maybeDeferred(self.factory.users.authenticate, address, pw)
+        except UnicodeDecodeError:
+            d = defer.fail(LoginFailed("password is not UTF-8"))
+        d.addCallbacks(self._logged_in, self._login_failed,
+                       callbackArgs=(mechanism,), errbackArgs=(address, mechanism))
+        self._wait(d)
+
+    def _logged_in(self, address: str, mechanism: str) -> None:
+        if self._gone:
+            return
+        client = self.client_host()
+        try:
+            maildrop = self.factory.store.open_maildrop(address)
+            maildrop.open()
+        except MaildropInUse:
+            _log.info("pop3 login {user} from {client}: mailbox in use", user=address,
+                      client=client)
+            return self.failResponse(b"[IN-USE] Mailbox is in use by another session")
+        except (OSError, ValueError):
+            _log.failure("pop3 login {user} from {client}: cannot open mailbox",
+                         user=address, client=client)
+            return self.failResponse(b"[SYS/TEMP] Cannot open the mailbox")
+        self.mbox, self._address = maildrop, address
+        sizes = self.mbox.listMessages()
+        _log.info("pop3 login {user} from {client} via {mechanism} tls={tls}: {n} messages",
+                  user=address, client=client, mechanism=mechanism, tls=self.is_tls(),
+                  n=len(sizes))
+        self.successResponse(b"Logged in, %d messages (%d octets)" % (len(sizes), sum(sizes)))
+
+    def _login_failed(self, failure: Failure, address: str, mechanism: str) -> Any:
+        if not failure.check(LoginFailed):  # UnauthorizedLogin is a LoginFailed
+            _log.failure("pop3 authentication error for {user}", failure, user=address)
+            return self.failResponse(b"[SYS/TEMP] Authentication temporarily unavailable")
+        self._auth_failures += 1
+        _log.info("pop3 login failed for {user} from {client} via {mechanism}",
+                  user=address, client=self.client_host(), mechanism=mechanism)
+        # The delay slows password guessing; commands wait behind it (_wait).
+        d: defer.Deferred[None] = defer.Deferred()
+        self._delayed = self.factory.reactor.callLater(self.factory.auth_failure_delay,
+                                                       d.callback, None)
+
+        def answer(_: object) -> None:
+            self.failResponse(b"[AUTH] Authentication failed")
+            if self._auth_failures >= self.max_auth_failures:
+                self.transport.loseConnection()
+
+        return d.addCallback(answer)
+
+    # -- TRANSACTION state --------------------------------------------------
+
+    def _index(self, arg: bytes) -> int | None:
+        """0-based index of a live message named by arg, or None after an -ERR."""
+        n = int(arg) if arg.isdigit() else 0
+        if not 1 <= n <= len(self.mbox):
+            self.failResponse(b"No such message")
+            return None
+        if n - 1 in self.mbox.deleted:
+            self.failResponse(b"Message %d already deleted" % n)
+            return None
+        return n - 1
+
+    def do_STAT(self) -> None:
+        # RFC 1939 5: deleted messages are not counted (Twisted counts them).
+        sizes = [self.mbox.listMessages(i) for i in self.mbox.live()]
+        self.successResponse(b"%d %d" % (len(sizes), sum(sizes)))
+
+    def do_LIST(self, arg: bytes | None = None) -> None:
+        if arg is not None:
+            i = self._index(arg)
+            if i is not None:
+                self.successResponse(b"%d %d" % (i + 1, self.mbox.listMessages(i)))
+            return
+        live = self.mbox.live()
+        out = [b"+OK %d messages\r\n" % len(live)]
+        out += [b"%d %d\r\n" % (i + 1, self.mbox.listMessages(i)) for i in live]
+        self.transport.writeSequence(out + [b".\r\n"])
+
+    def do_UIDL(self, arg: bytes | None = None) -> None:
+        if arg is not None:
+            i = self._index(arg)
+            if i is not None:
+                self.successResponse(b"%d %s" % (i + 1, self.mbox.getUidl(i)))
+            return
+        out = [b"+OK\r\n"]
+        out += [b"%d %s\r\n" % (i + 1, self.mbox.getUidl(i)) for i in self.mbox.live()]
+        self.transport.writeSequence(out + [b".\r\n"])
+
+    def do_DELE(self, arg: bytes) -> None:
+        i = self._index(arg)
+        if i is not None:
+            self.mbox.deleteMessage(i)
+            self.successResponse(b"Message %d deleted" % (i + 1))
+
+    def do_RETR(self, arg: bytes) -> None:
+        i = self._index(arg)
+        if i is not None:
+            self._send(i, None)
+
+    def do_TOP(self, arg: bytes, lines: bytes) -> None:
+        i = self._index(arg)
+        if i is None:
+            return
+        if not lines.isdigit():
+            return self.failResponse(b"Bad line count")
+        self._send(i, int(lines))
+
+    def _send(self, i: int, top: int | None) -> None:
+        try:
+            fp = self.mbox.getMessage(i)
+        except FileNotFoundError:
+            return self.failResponse(b"Message %d has been removed by another client" % (i + 1))
+        limit = None
+        if top is not None:
+            limit = top_length(fp, top)
+            fp.seek(0)
+            self.successResponse(b"Top of message follows")
+        else:
+            self.mbox.retrieved.add(i)
+            self.successResponse(b"%d octets" % self.mbox.listMessages(i))
+        self._sender = MessageSender(fp, self.transport, limit, self.resetTimeout)
+        self.transport.registerProducer(self._sender, False)
+        self._wait(self._sender.deferred)
+
+    def do_QUIT(self) -> None:
+        # Twisted's QUIT answers +OK even when deletions fail (RFC 1939 6).
+        if self.mbox is None:
+            self.successResponse(b"Bye")
+            return self.transport.loseConnection()
+        mbox, self.mbox = self.mbox, None
+        try:
+            failed = mbox.sync()
+        finally:
+            mbox.close()  # before the reply: a quick reconnect is not IN-USE
+        _log.info("pop3 logout {user} from {client}: {deleted} deleted, {failed} failed",
+                  user=self._address, client=self.client_host(),
+                  deleted=len(mbox.deleted) - len(failed), failed=len(failed))
+        if failed:
+            self.failResponse(b"[SYS/TEMP] Some deleted messages not removed")
+        else:
+            self.successResponse(b"Bye")
+        self.transport.loseConnection()
+
+
+class POP3Factory(ServerFactory):
+    """Builds POP3Server sessions; holds what every session shares."""
+
+    protocol = POP3Server
+    # Set True on a listener only tlsfront reaches (the client spoke TLS to it).
+    implicit_tls = False
+    auth_failure_delay = 1.0
+
+    def __init__(self, *, hostname: str, users: IUserDirectory, store: IMailStore, tls_options: Any,
+                 plaintext_from_loopback: bool, idle_timeout: float, reactor: Any) -> None:
+        self.hostname = hostname
+        self.users = users
+        self.store = store
+        self.tls_options = tls_options
+        self.plaintext_from_loopback = plaintext_from_loopback
+        self.idle_timeout = idle_timeout
+        self.reactor = reactor

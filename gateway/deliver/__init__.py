@@ -1,0 +1,1 @@
+"""Acting on routes: each module delivers one kind of Route (IDeliveryTarget)."""

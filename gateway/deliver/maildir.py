@@ -1,0 +1,60 @@
+"""Local delivery: a "local" Route's message into the user's Maildir INBOX.
+
+Implements IDeliveryTarget for kind "local", through IMailStore (store/ owns
+the files). Adds Return-Path (RFC 5321 4.4) and Delivered-To (the loop marker
+Postfix and qmail use). The Maildir file name is derived from the queue ID and
+the mailbox, so a delivery repeated after a crash is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from gateway.envelope import Envelope
+from gateway.errors import MailError
+from gateway.interfaces import IDeliveryTarget, IMailStore, Route
+
+
+def unique_name(envelope: Envelope, mailbox: str, hostname: str) -> str:
+    """The Maildir "time.unique.host" name of this entry's copy for mailbox."""
+    tag = hashlib.sha1(mailbox.encode("utf-8")).hexdigest()[:8]
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", hostname)
+    return f"{int(envelope.arrived)}.Q{envelope.queue_id}_{tag}.{host}"
+
+
+def delivery_headers(envelope: Envelope, route: Route) -> bytes:
+    return (f"Return-Path: <{envelope.sender}>\r\n"
+            f"Delivered-To: {route.address}\r\n").encode()
+
+
+@implementer(IDeliveryTarget)
+class MaildirDelivery:
+    kind = "local"
+
+    def __init__(self, store: IMailStore, hostname: str,
+                 run_blocking: Callable[..., defer.Deferred]):
+        self.store = store
+        self.hostname = hostname
+        self.run_blocking = run_blocking
+
+    def deliver(self, envelope: Envelope, route: Route, message_path: str,
+                recovering: bool) -> defer.Deferred:
+        return self.run_blocking(self._deliver, envelope, route, message_path, recovering)
+
+    def _deliver(self, envelope: Envelope, route: Route, message_path: str,
+                 recovering: bool) -> bool:
+        with open(message_path, "rb") as f:
+            message = delivery_headers(envelope, route) + f.read()
+        try:
+            return self.store.deliver(route.mailbox, message,
+                                      unique_name(envelope, route.mailbox, self.hostname),
+                                      recovering)
+        except ValueError as e:
+            raise MailError(550, "5.1.3", str(e)) from e
+        except OSError as e:
+            raise MailError(451, "4.3.0", f"mailbox write failed: {e.strerror}") from e

@@ -1,0 +1,33 @@
+"""The kernel's errors: one MailError becomes one protocol reply.
+
+Stages raise MailError; protocol classes (accept/smtp.py, access/pop3.py) only
+translate it to the wire. ConfigError names the file, the key and the fault.
+"""
+
+from __future__ import annotations
+
+
+class MailError(Exception):
+    """A refusal with an SMTP reply code and an RFC 3463 enhanced status code."""
+
+    def __init__(self, code: int, enhanced: str, text: str, temporary: bool | None = None):
+        super().__init__(f"{code} {enhanced} {text}")
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+        self.temporary = (400 <= code < 500) if temporary is None else temporary
+
+    def reply(self) -> str:
+        return f"{self.enhanced} {self.text}"
+
+
+class ConfigError(Exception):
+    """Every fault found in a configuration, each as (file, key, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]):
+        self.problems = problems
+        super().__init__("\n".join(f"{f}: {k}: {r}" for f, k, r in problems))
+
+
+class SpoolError(Exception):
+    """The spool could not store or update an entry (disk full, I/O error)."""

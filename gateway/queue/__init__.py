@@ -1,0 +1,1 @@
+"""The durable queue: the spool on disk, the runner that works it, and (later) bounces."""

@@ -1,0 +1,168 @@
+"""The spool: each accepted message and its envelope, on disk before the 250.
+
+Implements ISpool. Layout under <state_dir>/queue/:
+  tmp/          files being written
+  entries/      ID.msg (the message as received, Received header first)
+                ID.env (the envelope as JSON; its presence commits the entry)
+  quarantine/   entries that could not be parsed, kept for the admin, never dropped
+
+A store writes ID.msg and ID.env in tmp/, fsyncs both, renames the message
+first and the envelope last, then fsyncs entries/: a crash leaves either a
+whole entry or a lone .msg (never answered 250), which start-up removes.
+Envelope updates replace ID.env atomically the same way.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+from twisted.internet import threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.envelope import Envelope, valid_queue_id
+from gateway.errors import SpoolError
+from gateway.interfaces import ISpool
+
+log = Logger()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@implementer(ISpool)
+class Spool:
+    def __init__(self, root: Path, reactor):
+        self.root = Path(root)
+        self.reactor = reactor
+        self.tmp = self.root / "tmp"
+        self.entries = self.root / "entries"
+        self.quarantine_dir = self.root / "quarantine"
+        for d in (self.tmp, self.entries, self.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # --- writing ---------------------------------------------------------------
+
+    def store(self, envelope: Envelope, message: bytes):
+        """Deferred firing with the queue ID once the entry is durable (in a thread)."""
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                         self.store_blocking, envelope, message)
+
+    def store_blocking(self, envelope: Envelope, message: bytes) -> str:
+        qid = envelope.queue_id
+        if not valid_queue_id(qid):
+            raise SpoolError(f"invalid queue ID {qid!r}")
+        tmp_msg, tmp_env = self.tmp / f"{qid}.msg", self.tmp / f"{qid}.env"
+        try:
+            _write_synced(tmp_msg, message)
+            _write_synced(tmp_env, self._encode(envelope))
+            os.rename(tmp_msg, self.entries / f"{qid}.msg")
+            os.rename(tmp_env, self.entries / f"{qid}.env")
+            _fsync_dir(self.entries)
+        except OSError as e:
+            for p in (tmp_msg, tmp_env, self.entries / f"{qid}.msg"):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+            reason = "No space left on device" if e.errno == errno.ENOSPC else str(e)
+            raise SpoolError(f"{qid}: {reason}") from e
+        return qid
+
+    def update(self, envelope: Envelope) -> None:
+        qid = envelope.queue_id
+        tmp = self.tmp / f"{qid}.env"
+        try:
+            _write_synced(tmp, self._encode(envelope))
+            os.replace(tmp, self.entries / f"{qid}.env")
+            _fsync_dir(self.entries)
+        except OSError as e:
+            raise SpoolError(f"{qid}: cannot update envelope: {e}") from e
+
+    def remove(self, queue_id: str) -> None:
+        # Envelope first: without it the entry no longer exists, whatever else remains.
+        for suffix in (".env", ".msg"):
+            try:
+                (self.entries / f"{queue_id}{suffix}").unlink()
+            except FileNotFoundError:
+                pass
+        _fsync_dir(self.entries)
+
+    @staticmethod
+    def _encode(envelope: Envelope) -> bytes:
+        return json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8")
+
+    # --- reading ---------------------------------------------------------------
+
+    def load(self, queue_id: str) -> Envelope:
+        if not valid_queue_id(queue_id):
+            raise KeyError(queue_id)
+        path = self.entries / f"{queue_id}.env"
+        try:
+            data = json.loads(path.read_bytes())
+            envelope = Envelope.from_json(data)
+        except FileNotFoundError:
+            raise KeyError(queue_id) from None
+        except (ValueError, KeyError, TypeError) as e:
+            self.quarantine(queue_id, f"unreadable envelope: {e}")
+            raise KeyError(queue_id) from e
+        envelope.queue_id = queue_id
+        return envelope
+
+    def message_path(self, queue_id: str) -> str:
+        return str(self.entries / f"{queue_id}.msg")
+
+    def queue_ids(self) -> list[str]:
+        ids = []
+        for name in os.listdir(self.entries):
+            qid, _, suffix = name.partition(".")
+            if suffix == "env" and valid_queue_id(qid):
+                ids.append(qid)
+        return sorted(ids)
+
+    # --- start-up repair -----------------------------------------------------------
+
+    def recover(self) -> None:
+        """Remove what a crash left half-written; quarantine what cannot be read."""
+        for name in os.listdir(self.tmp):
+            (self.tmp / name).unlink()
+        names = set(os.listdir(self.entries))
+        for name in names:
+            qid, _, suffix = name.partition(".")
+            if not valid_queue_id(qid) or suffix not in ("msg", "env"):
+                self.quarantine_file(self.entries / name, "unexpected file in spool")
+            elif suffix == "msg" and f"{qid}.env" not in names:
+                # Written before a crash, never committed, never answered 250.
+                (self.entries / name).unlink()
+            elif suffix == "env" and f"{qid}.msg" not in names:
+                self.quarantine(qid, "envelope without message")
+        _fsync_dir(self.entries)
+
+    def quarantine(self, queue_id: str, reason: str) -> None:
+        for suffix in (".env", ".msg"):
+            path = self.entries / f"{queue_id}{suffix}"
+            if path.exists():
+                self.quarantine_file(path, reason)
+
+    def quarantine_file(self, path: Path, reason: str) -> None:
+        log.error("quarantined {file}: {reason}", file=path.name, reason=reason)
+        os.replace(path, self.quarantine_dir / path.name)

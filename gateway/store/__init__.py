@@ -1,0 +1,1 @@
+"""The one owner of mailbox files: Maildirs under <state_dir>/mail/<domain>/<user>/."""

@@ -1,0 +1,91 @@
+"""Maildir mailboxes on disk: <root>/<domain>/<local part>/{tmp,new,cur}.
+
+Implements IMailStore. Delivery follows the Maildir protocol (write in tmp/,
+fsync, link into new/, fsync the directory) so mutt, Dovecot and mbsync can
+read the same folders. A delivery's file name is derived from its queue entry,
+so a repeat after a crash finds the first copy instead of making a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from zope.interface import implementer
+
+from gateway.envelope import parse_address
+from gateway.interfaces import IMailStore
+
+# Names from the network become directory names only through this pattern:
+# no "/", no leading dot, no "..", nothing outside printable ASCII.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~-][A-Za-z0-9!#$%&'*+=?^_`{|}~.-]{0,63}$")
+_UNIQUE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@implementer(IMailStore)
+class MaildirStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def mailbox_path(self, mailbox: str) -> Path:
+        """The Maildir of mailbox (user@domain); ValueError for a name unfit for a path."""
+        local, domain = parse_address(mailbox)
+        local = local.lower()
+        if not _SAFE_NAME.match(local) or ".." in local:
+            raise ValueError(f"mailbox name not usable on disk: {mailbox!r}")
+        if not _SAFE_NAME.match(domain) or ".." in domain:
+            raise ValueError(f"domain not usable on disk: {mailbox!r}")
+        return self.root / domain / local
+
+    def ensure(self, mailbox: str) -> Path:
+        """Create the Maildir (tmp, new, cur) if missing; returns its path."""
+        path = self.mailbox_path(mailbox)
+        if not (path / "cur").is_dir():
+            for sub in ("tmp", "new", "cur"):
+                (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            fsync_dir(path)
+            fsync_dir(path.parent)
+        return path
+
+    def deliver(self, mailbox: str, message: bytes, unique: str, recovering: bool = False) -> bool:
+        if not _UNIQUE.match(unique):
+            raise ValueError(f"bad unique name {unique!r}")
+        path = self.ensure(mailbox)
+        if recovering and self._already_there(path, unique):
+            return False
+        tmp = path / "tmp" / unique
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(message)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # rename, not link: the name is ours alone (queue ID + recipient), and a
+        # leftover tmp file from a crash is simply overwritten above.
+        os.rename(tmp, path / "new" / unique)
+        fsync_dir(path / "new")
+        return True
+
+    @staticmethod
+    def _already_there(path: Path, unique: str) -> bool:
+        if (path / "new" / unique).exists():
+            return True
+        prefix = unique + ":"
+        with os.scandir(path / "cur") as it:
+            return any(e.name == unique or e.name.startswith(prefix) for e in it)
+
+    def open_maildrop(self, mailbox: str):
+        from gateway.store.maildrop import Maildrop
+
+        return Maildrop(self.ensure(mailbox))

@@ -1,0 +1,1 @@
+"""Shared fixtures: nothing here starts a reactor; integration tests run real processes."""

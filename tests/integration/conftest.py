@@ -1,0 +1,143 @@
+"""Integration fixtures: the real `twistd -n mailgateway` on loopback, in a temp state dir.
+
+Clients are independent (smtplib, poplib, ssl, raw sockets). Nothing sleeps to
+wait: every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+PASSWORD = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> object:
+    """Poll predicate until it returns something true; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Gateway:
+    """One gateway process and its state directory."""
+
+    def __init__(self, root: Path, extra_config: str = ""):
+        self.root = root
+        root.mkdir()
+        self.state = root / "var"
+        self.ports = {name: free_port() for name in ("smtp", "submission", "pop3")}
+        self.config = root / "mailgateway.toml"
+        listen = "\n".join(f'{name} = "tcp:{port}:interface=127.0.0.1"'
+                           for name, port in self.ports.items())
+        self.config.write_text(
+            "[server]\nhostname = \"mx.example.test\"\ndomains = [\"example.test\"]\n"
+            f"state_dir = \"{self.state}\"\n\n[listen]\n{listen}\n\n{extra_config}\n")
+        self.log = root / "twistd.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "mailgateway"), "--config", str(self.config), *args],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+
+    def add_user(self, address: str, password: str = PASSWORD) -> None:
+        result = self.cli("user", "add", address, "--password-stdin", stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "mailgateway", "--config",
+             str(self.config)], cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        for port in self.ports.values():
+            wait_for(lambda p=port: port_open(p) or self.proc.poll() is not None,
+                     what=f"port {port}")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def maildir(self, address: str) -> Path:
+        local, domain = address.split("@")
+        return self.state / "mail" / domain / local.lower()
+
+    def messages(self, address: str) -> list[bytes]:
+        box = self.maildir(address)
+        files = []
+        for sub in ("new", "cur"):
+            if (box / sub).is_dir():
+                files += sorted((box / sub).iterdir())
+        return [f.read_bytes() for f in files]
+
+    def wait_messages(self, address: str, count: int, timeout: float = 30.0) -> list[bytes]:
+        wait_for(lambda: len(self.messages(address)) >= count, timeout,
+                 what=f"{count} messages for {address}")
+        return self.messages(address)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def make_gateway(tmp_path):
+    made: list[Gateway] = []
+
+    def make(extra_config: str = "", users: tuple[str, ...] = ("alice@example.test",)):
+        gw = Gateway(tmp_path / f"gw{len(made)}", extra_config)
+        for user in users:
+            gw.add_user(user)
+        gw.start()
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.stop()
+        text = gw.log_text()
+        assert "Traceback" not in text and "Unhandled" not in text, text[-5000:]
+
+
+@pytest.fixture
+def gateway(make_gateway) -> Gateway:
+    return make_gateway()

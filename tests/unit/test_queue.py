@@ -1,0 +1,176 @@
+"""The spool's durability rules and the runner's outcomes, with task.Clock for time."""
+
+import json
+
+import pytest
+from twisted.internet import defer, task
+
+from gateway.config import parse
+from gateway.envelope import Envelope, Recipient, RecipientState, new_queue_id
+from gateway.errors import MailError
+from gateway.interfaces import Route
+from gateway.queue.runner import QueueRunner, backoff
+from gateway.queue.spool import Spool
+
+
+def run_now(f, *args):
+    return defer.maybeDeferred(f, *args)
+
+
+def make_envelope(*recipients: str, arrived: float = 1000.0) -> Envelope:
+    return Envelope(sender="bob@remote.test", recipients=[Recipient(r) for r in recipients],
+                    queue_id=new_queue_id(arrived), arrived=arrived)
+
+
+def test_store_load_update_remove(tmp_path):
+    spool = Spool(tmp_path, reactor=None)
+    env = make_envelope("alice@example.test")
+    assert spool.store_blocking(env, b"message") == env.queue_id
+    assert spool.queue_ids() == [env.queue_id]
+    loaded = spool.load(env.queue_id)
+    assert loaded.recipients[0].address == "alice@example.test"
+    loaded.recipients[0].state = RecipientState.DONE
+    spool.update(loaded)
+    assert spool.load(env.queue_id).recipients[0].state is RecipientState.DONE
+    with open(spool.message_path(env.queue_id), "rb") as f:
+        assert f.read() == b"message"
+    spool.remove(env.queue_id)
+    assert spool.queue_ids() == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_recover_drops_uncommitted_and_quarantines_unreadable(tmp_path):
+    spool = Spool(tmp_path, reactor=None)
+    good = make_envelope("alice@example.test")
+    spool.store_blocking(good, b"m")
+    lone = new_queue_id(5.0)
+    (tmp_path / "entries" / f"{lone}.msg").write_bytes(b"never answered 250")
+    bad = new_queue_id(6.0)
+    (tmp_path / "entries" / f"{bad}.msg").write_bytes(b"m")
+    (tmp_path / "entries" / f"{bad}.env").write_bytes(b"{not json")
+    (tmp_path / "tmp" / "half").write_bytes(b"x")
+    spool.recover()
+    assert not (tmp_path / "entries" / f"{lone}.msg").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with pytest.raises(KeyError):
+        spool.load(bad)
+    assert sorted(p.name for p in (tmp_path / "quarantine").iterdir()) == [
+        f"{bad}.env", f"{bad}.msg"]
+    assert spool.queue_ids() == [good.queue_id]
+
+
+def test_load_refuses_names_that_are_not_queue_ids(tmp_path):
+    spool = Spool(tmp_path, reactor=None)
+    with pytest.raises(KeyError):
+        spool.load("../../etc/passwd")
+
+
+def test_envelope_json_round_trip():
+    env = make_envelope("a@example.test", "b@remote.test")
+    env.recipients[1].state = RecipientState.FAILED
+    again = Envelope.from_json(json.loads(json.dumps(env.to_json())))
+    assert again == env
+
+
+class Target:
+    kind = "local"
+
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)
+        self.calls = []
+
+    def deliver(self, envelope, route, message_path, recovering):
+        self.calls.append((route.address, recovering))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            return defer.fail(outcome)
+        return defer.succeed(None)
+
+
+class Router:
+    def route(self, address):
+        if address.endswith("@example.test"):
+            return Route("local", address, mailbox=address)
+        return Route("remote", address, domain=address.split("@")[1])
+
+
+def make_runner(tmp_path, target, **queue):
+    settings = parse({"server": {"domains": ["example.test"]}, "queue": queue}).queue
+    clock = task.Clock()
+    clock.advance(1000)
+    spool = Spool(tmp_path, reactor=None)
+    runner = QueueRunner(spool=spool, router=Router(), targets={"local": target},
+                         settings=settings, reactor=clock, run_blocking=run_now)
+    return runner, spool, clock
+
+
+def test_runner_delivers_and_removes_entry(tmp_path):
+    target = Target([None])
+    runner, spool, clock = make_runner(tmp_path, target)
+    env = make_envelope("alice@example.test")
+    spool.store_blocking(env, b"m")
+    runner.enqueued(env.queue_id)
+    clock.advance(0)
+    assert target.calls == [("alice@example.test", False)]
+    assert spool.queue_ids() == []
+
+
+def test_runner_retries_temporary_failures_with_backoff(tmp_path):
+    temp = MailError(451, "4.3.0", "disk trouble")
+    target = Target([temp, temp, None])
+    runner, spool, clock = make_runner(tmp_path, target, retry_initial=60, retry_max=100)
+    env = make_envelope("alice@example.test")
+    spool.store_blocking(env, b"m")
+    runner.enqueued(env.queue_id)
+    clock.advance(0)
+    stored = spool.load(env.queue_id).recipients[0]
+    assert (stored.attempts, stored.last_error) == (1, "451 4.3.0 disk trouble")
+    clock.advance(59)
+    assert len(target.calls) == 1
+    clock.advance(1)
+    assert len(target.calls) == 2
+    clock.advance(99)
+    assert len(target.calls) == 2  # second wait is 100 (120 capped at retry_max)
+    clock.advance(1)
+    assert len(target.calls) == 3
+    assert spool.queue_ids() == []
+
+
+def test_runner_permanent_failure_and_expiry(tmp_path):
+    target = Target([MailError(550, "5.1.1", "gone"), MailError(451, "4.0.0", "later")])
+    runner, spool, clock = make_runner(tmp_path, target, max_age=10)
+    env = make_envelope("alice@example.test", "bob@example.test", arrived=900.0)
+    spool.store_blocking(env, b"m")
+    runner.enqueued(env.queue_id)
+    clock.advance(0)
+    assert spool.queue_ids() == []  # one failed for good, the other expired
+
+
+def test_remote_recipients_stay_queued_without_a_relay(tmp_path):
+    target = Target([None])
+    runner, spool, clock = make_runner(tmp_path, target)
+    env = make_envelope("alice@example.test", "carol@remote.test")
+    spool.store_blocking(env, b"m")
+    runner.enqueued(env.queue_id)
+    clock.advance(0)
+    stored = spool.load(env.queue_id)
+    assert [r.state for r in stored.recipients] == [RecipientState.DONE,
+                                                    RecipientState.PENDING]
+    assert stored.recipients[1].last_error.startswith("451 4.4.0")
+
+
+def test_start_recovers_entries_with_recovering_flag(tmp_path):
+    target = Target([None])
+    runner, spool, clock = make_runner(tmp_path, target)
+    env = make_envelope("alice@example.test")
+    spool.store_blocking(env, b"m")
+    runner.start()
+    clock.advance(0)
+    assert target.calls == [("alice@example.test", True)]
+
+
+def test_backoff_doubles_to_cap():
+    settings = parse({"server": {"domains": ["e.test"]},
+                      "queue": {"retry_initial": 300, "retry_max": 3600}}).queue
+    assert [backoff(settings, n) for n in (1, 2, 3, 4, 5, 6)] == [
+        300, 600, 1200, 2400, 3600, 3600]
