@@ -16,7 +16,7 @@ run: $(BIN)/.installed
 	$(BIN)/twistd -n mailgateway
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check gateway tests bench twisted
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 test: lint
