@@ -223,7 +223,7 @@ class POP3Server(pop3.POP3):
         self._draining = True
         try:
             while (self._lines and not self._busy and not self._gone
-                   and not self.transport.disconnecting):
+                   and not getattr(self.transport, "disconnecting", False)):
                 line = self._lines.popleft()
                 self._pending -= len(line)
                 if len(line) > self.MAX_LENGTH:
