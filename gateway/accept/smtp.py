@@ -8,9 +8,9 @@ TimeoutMixin), with the gaps of DESIGN.md's "Known traps" filled here:
   pending (AUTH, the spool write), so PIPELINING (RFC 2920) answers in order;
 - MAIL/RCPT parameters are parsed (SIZE RFC 1870, BODY RFC 6152) and refused
   when unknown (555 5.5.4);
-- DATA is read in bulk with its own limits; an overlong line never ends DATA,
-  so the rest of a body is never run as commands (SMTP smuggling), and the
-  end of data is only CRLF.CRLF;
+- DATA is read in bulk by accept/data.py with its own limits: an overlong
+  line never ends DATA, so the rest of a body is never run as commands, and
+  the end of data is only CRLF.CRLF (SMTP smuggling);
 - STARTTLS discards input pipelined after it and resets the session
   (RFC 3207 4.2, CVE-2011-0411);
 - AUTH (RFC 4954) is offered only on TLS, or on loopback when configured.
@@ -21,7 +21,6 @@ No policy lives here: accept/policy.py decides, MailError becomes the reply.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections import Counter
 
@@ -31,6 +30,8 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 
+from gateway import sasl
+from gateway.accept.data import BodyReader
 from gateway.accept.policy import RelayPolicy, Session
 from gateway.accept.received import protocol_keyword, received_header
 from gateway.config import SmtpSettings
@@ -313,22 +314,19 @@ class SMTPServer(ESMTP):
             self.mode = "COMMAND"
             raise MailError(501, "5.7.0", "Authentication aborted")
         try:
-            decoded = base64.b64decode(line, validate=True) if line != b"=" else b""
-        except (binascii.Error, ValueError):
+            decoded = sasl.decode_response(line)
+            self._auth_parts.append(decoded)
+            if self._auth_mech == b"LOGIN" and len(self._auth_parts) == 1:
+                self.sendCode(334, base64.b64encode(b"Password:"))
+                return None
             self.mode = "COMMAND"
-            raise MailError(501, "5.5.2", "Cannot decode response") from None
-        self._auth_parts.append(decoded)
-        if self._auth_mech == b"LOGIN" and len(self._auth_parts) == 1:
-            self.sendCode(334, base64.b64encode(b"Password:"))
-            return None
-        self.mode = "COMMAND"
-        if self._auth_mech == b"PLAIN":
-            fields = decoded.split(b"\0")
-            if len(fields) != 3:
-                raise MailError(501, "5.5.2", "Malformed PLAIN response")
-            _authzid, user, password = fields
-        else:
-            user, password = self._auth_parts
+            if self._auth_mech == b"PLAIN":
+                user, password = sasl.parse_plain(decoded)
+            else:
+                user, password = self._auth_parts
+        except sasl.SASLError as e:
+            self.mode = "COMMAND"
+            raise MailError(501, "5.5.2", f"Cannot decode response: {e}") from None
         d = self.factory.users.authenticate(user.decode("utf-8", "replace"),
                                             password.decode("utf-8", "replace"))
         d.addCallbacks(self._auth_ok, self._auth_failed)
@@ -416,84 +414,24 @@ class SMTPServer(ESMTP):
         if not self._recipients:
             raise MailError(554, "5.5.1", "No valid recipients")
         self.mode = "DATA"
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._data_fault: MailError | None = None
-        self._mid_line = False
+        self._body = BodyReader(self.settings)
         self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
 
     def _data_step(self) -> bool:
-        """Consume complete lines of DATA; False when more input is needed."""
-        buf = self._buffer
-        if self._mid_line:  # finishing a line already refused as too long
-            nl = buf.find(b"\r\n")
-            if nl < 0:
-                self._buffer = buf[-1:]
-                return False
-            self._buffer, self._mid_line = buf[nl + 2:], False
-            return True
-        if buf.startswith(b".\r\n"):
-            end = 0
-        else:
-            end = buf.find(b"\r\n.\r\n")
-            end = end + 2 if end >= 0 else -1
-        if end >= 0:
-            self._take(buf[:end])
-            self._buffer = buf[end + 3:]
-            self.mode = "COMMAND"
-            self.resetTimeout()
-            self._paused = True
-            self._end_of_data().addBoth(self._resume)
-            return True
-        last = buf.rfind(b"\r\n")
-        if last < 0:
-            if len(buf) > self.settings.max_line_length:
-                self._line_too_long()
-                self._buffer, self._mid_line = buf[-1:], True
-                return True
-            return False
-        self._take(buf[:last + 2])
-        self._buffer = buf[last + 2:]
+        """Feed input to the body reader; False when more input is needed."""
+        self._buffer, finished = self._body.consume(self._buffer)
         self.resetTimeout()
-        return False
-
-    def _take(self, lines: bytes) -> None:
-        """Complete CRLF-ended lines of the body: unstuff, check, keep (RFC 5321 4.5.2)."""
-        if not lines or self._data_fault is not None:
-            return
-        if lines[:1] == b".":
-            lines = lines[1:]
-        lines = lines.replace(b"\r\n.", b"\r\n")
-        crlf = lines.count(b"\r\n")
-        if self.settings.bare_linefeeds == "reject" and (
-                lines.count(b"\n") != crlf or lines.count(b"\r") != crlf):
-            self._data_fault = MailError(554, "5.6.0", "Message contains bare CR or LF "
-                                         "(RFC 5321 2.3.8); use CRLF line endings")
-            self._chunks = []
-            return
-        limit = self.settings.max_line_length - 2
-        if len(lines) > limit and max(map(len, lines.split(b"\r\n"))) > limit:
-            self._line_too_long()
-            return
-        self._size += len(lines)
-        if self._size > self.settings.max_message_size:
-            self._data_fault = MailError(552, "5.3.4", "Message size exceeds fixed maximum "
-                                         f"message size ({self.settings.max_message_size})")
-            self._chunks = []
-            return
-        self._chunks.append(lines)
-
-    def _line_too_long(self) -> None:
-        if self._data_fault is None:
-            self._data_fault = MailError(500, "5.5.2", "Line too long (limit "
-                                         f"{self.settings.max_line_length} octets with CRLF, "
-                                         "RFC 5321 4.5.3.1.6)")
-            self._chunks = []
+        if not finished:
+            return False
+        self.mode = "COMMAND"
+        self._paused = True
+        self._end_of_data().addBoth(self._resume)
+        return True
 
     def _end_of_data(self) -> defer.Deferred:
         sender, recipients = self._sender, self._recipients
-        chunks, fault = self._chunks, self._data_fault
-        self._chunks = []
+        body, self._body = self._body, None
+        fault = body.fault
         self._reset_transaction()
         client = self.session.client_address
         if fault is not None:
@@ -513,7 +451,7 @@ class SMTPServer(ESMTP):
             helo=self._helo_name, client_address=client, hostname=self.factory.hostname,
             protocol=envelope.protocol, queue_id=envelope.queue_id, tls=tls,
             recipient=recipients[0] if len(recipients) == 1 else "", now=envelope.arrived)
-        message = header + b"".join(chunks)
+        message = header + body.message()
         envelope.size = len(message)
         d = self.factory.spool.store(envelope, message)
         d.addCallbacks(self._queued, self._spool_failed, callbackArgs=(envelope,),

@@ -17,8 +17,6 @@ reading would hold the maildrop lock forever).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 from collections import deque
 from typing import Any, BinaryIO
@@ -32,6 +30,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway import sasl
 from gateway.interfaces import IMailStore, IUserDirectory
 from gateway.store.maildrop import Maildrop, MaildropInUse
 
@@ -354,16 +353,13 @@ class POP3Server(pop3.POP3):
 
     def _auth_plain(self, data: bytes) -> None:
         try:
-            raw = b"" if data == b"=" else base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
+            raw = sasl.decode_response(data)
+        except sasl.SASLError:
             return self.failResponse(b"Invalid base64 data")
-        parts = raw.split(b"\0")
-        if len(parts) != 3:
+        try:
+            user, password = sasl.parse_plain(raw)
+        except sasl.SASLError:
             return self.failResponse(b"[AUTH] Malformed PLAIN response")
-        authzid, user, password = parts
-        if authzid and authzid != user:
-            # Logging in as someone else is not offered: a failure like any other.
-            password = b"\0"
         self._login(user, password, "PLAIN")
 
     def _login(self, user: bytes, password: bytes, mechanism: str) -> None:
