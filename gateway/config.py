@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,58 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class PopSettings:
+    """[pop3]: the limits of access/pop3.py (RFC 1939, 2449)."""
+
+    max_command_length: int
+    max_pending_input: int
+    max_bad_commands: int
+    max_auth_failures: int
+    auth_failure_delay: float
+    idle_timeout: float
+    max_connections_per_client: int
+
+
+@dataclass(frozen=True)
 class QueueSettings:
     concurrency: int
     retry_initial: float
     retry_max: float
     max_age: float
+    # Seconds after arrival before a "delayed" DSN; 0: never (Postfix delay_warning_time).
+    delay_warning: float = 0.0
+    # More Received headers than this is a mail loop (Postfix hopcount_limit).
+    max_hops: int = 50
+    # A DSN returns the whole message up to this size, only its headers above.
+    bounce_size_limit: int = 50000
+    # Seconds between looks at the control directory (`mailgateway queue hold` ...).
+    control_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """[relay]: outbound SMTP (deliver/relay.py, deliver/mx.py, resolve/transport.py)."""
+
+    smarthost: str = ""
+    smarthost_user: str = ""
+    smarthost_password_file: str = ""
+    port: int = 25
+    nameservers: tuple[str, ...] = ()
+    dns_port: int = 53
+    dns_timeout: float = 10.0
+    helo_name: str = ""
+    tls: str = "may"
+    tls_ca_file: str = ""
+    tls_policy: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, str] = field(default_factory=dict)
+    concurrency: int = 50
+    destination_concurrency: int = 10
+    recipients_per_transaction: int = 50
+    max_addresses: int = 5
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    connection_cache_time: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,8 +102,12 @@ class Settings:
     plaintext_auth_from_loopback: bool
     smtp: SmtpSettings
     queue: QueueSettings
-    pop3_idle_timeout: float
+    pop3: PopSettings
+    relay: RelaySettings = field(default_factory=RelaySettings)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    # The TLS fronts ([[tlsfront]]) and the PROXY-requiring listeners behind them.
+    tlsfront: tuple[FrontSettings, ...] = ()
+    proxied: ProxiedSettings = field(default_factory=lambda: ProxiedSettings())
 
     @property
     def spool_dir(self) -> Path:
@@ -182,13 +233,22 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         retry_initial=r.positive("queue", "retry_initial", float, 300.0),
         retry_max=r.positive("queue", "retry_max", float, 3600.0),
         max_age=r.positive("queue", "max_age", float, 432000.0),
+        delay_warning=r.get("queue", "delay_warning", float, 0.0),
+        max_hops=r.positive("queue", "max_hops", int, 50),
+        bounce_size_limit=r.positive("queue", "bounce_size_limit", int, 50000),
+        control_interval=r.positive("queue", "control_interval", float, 1.0),
     )
-    pop3_idle = r.positive("pop3", "idle_timeout", float, 600.0)
+    if queue.delay_warning < 0:
+        r.fault("queue", "delay_warning", f"must be 0 (off) or more, not {queue.delay_warning}")
+    relay = _relay_settings(r)
+    pop3 = _pop3_settings(r)
     plaintext = r.get("auth", "plaintext_from_loopback", bool, False)
+    tls_dir = state_dir / "tls"
+    fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
+                              Path(key) if key else tls_dir / "key.pem", listen, hostname)
     r.unknown_keys()
     if r.problems:
         raise ConfigError(r.problems)
-    tls_dir = state_dir / "tls"
     return Settings(
         source=source,
         hostname=hostname,
@@ -201,6 +261,377 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         plaintext_auth_from_loopback=plaintext,
         smtp=smtp,
         queue=queue,
-        pop3_idle_timeout=pop3_idle,
+        pop3=pop3,
+        relay=relay,
         raw=data,
+        tlsfront=fronts,
+        proxied=proxied,
     )
+
+
+def _pop3_settings(r: _Reader) -> PopSettings:
+    """The [pop3] section; defaults match gateway/default.toml."""
+    pop3 = PopSettings(
+        max_command_length=r.positive("pop3", "max_command_length", int, 4096),
+        max_pending_input=r.positive("pop3", "max_pending_input", int, 1 << 20),
+        max_bad_commands=r.positive("pop3", "max_bad_commands", int, 20),
+        max_auth_failures=r.positive("pop3", "max_auth_failures", int, 3),
+        auth_failure_delay=r.get("pop3", "auth_failure_delay", float, 1.0),
+        idle_timeout=r.positive("pop3", "idle_timeout", float, 600.0),
+        max_connections_per_client=r.positive("pop3", "max_connections_per_client", int, 50),
+    )
+    if pop3.max_command_length < 255:  # RFC 2449 4: commands may be 255 octets
+        r.fault("pop3", "max_command_length", "must be at least 255")
+    if pop3.auth_failure_delay < 0:
+        r.fault("pop3", "auth_failure_delay",
+                f"must be 0 or greater, not {pop3.auth_failure_delay}")
+    return pop3
+
+
+# --- [relay] ------------------------------------------------------------------------
+
+TLS_POLICIES = ("none", "may", "encrypt", "verify")
+
+
+def split_next_hop(text: str) -> tuple[str, int | None, bool] | None:
+    """Postfix next-hop syntax: "host", "host:port", "[host]" or "[host]:port".
+
+    Returns (host, port or None, brackets); brackets mean "no MX lookup, the
+    host's own address" as in Postfix's transport(5). None when malformed.
+    """
+    text = text.strip()
+    port: int | None = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port_text, brackets = rest[1:], True
+    else:
+        host, _, port_text = text.partition(":")
+        brackets = False
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        port = int(port_text)
+    # Inside brackets an IPv6 address may carry colons ("[::1]:25").
+    bad = "/@[]" if brackets else "/@[]:"
+    if not host or any(c.isspace() or c in bad for c in host):
+        return None
+    return host.lower().rstrip("."), port, brackets
+
+
+def _relay_settings(r: _Reader) -> RelaySettings:
+    """The [relay] section; defaults match gateway/default.toml."""
+    s = "relay"
+    smarthost = r.get(s, "smarthost", str, "")
+    if smarthost and not split_next_hop(smarthost):
+        r.fault(s, "smarthost", f"must be host, host:port or [host]:port, not {smarthost!r}")
+    user = r.get(s, "smarthost_user", str, "")
+    password_file = r.get(s, "smarthost_password_file", str, "")
+    if bool(user) != bool(password_file):
+        r.fault(s, "smarthost_user" if not user else "smarthost_password_file",
+                "smarthost_user and smarthost_password_file must be given together")
+    elif password_file and not Path(password_file).is_file():
+        r.fault(s, "smarthost_password_file", f"no such file: {password_file}")
+    nameservers = r.get(s, "nameservers", list, [])
+    for ns in nameservers:
+        try:
+            ipaddress.ip_address(str(ns))
+        except ValueError:
+            r.fault(s, "nameservers", f"{ns!r} is not an IP address")
+            nameservers = []
+            break
+    tls = r.get(s, "tls", str, "may")
+    if tls not in TLS_POLICIES:
+        r.fault(s, "tls", f"must be one of {', '.join(TLS_POLICIES)}, not {tls!r}")
+    policy = {}
+    for domain, level in r.get(s, "tls_policy", dict, {}).items():
+        if level not in TLS_POLICIES:
+            r.fault(s, f"tls_policy.{domain}", f"must be one of {', '.join(TLS_POLICIES)}")
+        policy[domain.lower().rstrip(".")] = level
+    routes = {}
+    for domain, hop in r.get(s, "routes", dict, {}).items():
+        if not isinstance(hop, str) or not split_next_hop(hop):
+            r.fault(s, f"routes.{domain}", "must be host, host:port or [host]:port")
+            continue
+        routes[domain.lower().rstrip(".")] = hop
+    ca_file = r.get(s, "tls_ca_file", str, "")
+    if ca_file and not Path(ca_file).is_file():
+        r.fault(s, "tls_ca_file", f"no such file: {ca_file}")
+    port = r.positive(s, "port", int, 25)
+    dns_port = r.positive(s, "dns_port", int, 53)
+    for key, value in (("port", port), ("dns_port", dns_port)):
+        if value > 65535:
+            r.fault(s, key, f"must be a port number, not {value}")
+    return RelaySettings(
+        smarthost=smarthost, smarthost_user=user, smarthost_password_file=password_file,
+        port=port, nameservers=tuple(str(n) for n in nameservers), dns_port=dns_port,
+        dns_timeout=r.positive(s, "dns_timeout", float, 10.0),
+        helo_name=r.get(s, "helo_name", str, ""),
+        tls=tls, tls_ca_file=ca_file, tls_policy=policy, routes=routes,
+        concurrency=r.positive(s, "concurrency", int, 50),
+        destination_concurrency=r.positive(s, "destination_concurrency", int, 10),
+        recipients_per_transaction=r.positive(s, "recipients_per_transaction", int, 50),
+        max_addresses=r.positive(s, "max_addresses", int, 5),
+        connect_timeout=r.positive(s, "connect_timeout", float, 30.0),
+        command_timeout=r.positive(s, "command_timeout", float, 300.0),
+        data_timeout=r.positive(s, "data_timeout", float, 600.0),
+        connection_cache_time=r.get(s, "connection_cache_time", float, 2.0),
+    )
+
+
+# --- [[tlsfront]] and [proxied]: the TLS front and the listeners behind it ------------
+# (gateway/tlsfront/ reads FrontSettings; service.py wires ProxiedSettings.)
+
+PROXY_VERSIONS = ("v2", "v1", "none")
+FRONT_PROTOCOLS = ("smtp", "pop3", "imap", "")
+CLIENT_VERIFY = ("none", "optional", "required")
+TLS_VERSIONS = ("1.2", "1.3")
+PROXIED_LISTENERS = ("smtp", "submission", "pop3", "imap")
+# Mozilla's "intermediate" TLS 1.2 list: forward secrecy and AEAD only.
+DEFAULT_FRONT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+_UNIX_PATH_MAX = 107  # sockaddr_un.sun_path on Linux, NUL excluded
+
+
+@dataclass(frozen=True)
+class FrontCertificate:
+    certificate: Path
+    private_key: Path
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    """One [[tlsfront]]: implicit TLS on `accept`, plaintext (+ PROXY header) to `connect`."""
+
+    accept: str
+    connect: str  # a client endpoint string (a listener name is resolved to its proxied one)
+    certificates: tuple[FrontCertificate, ...]  # the first is the default (no SNI, no match)
+    name: str = ""
+    backend: str = ""  # the gateway listener behind this front; "" for any other server
+    proxy: str = "v2"
+    protocol: str = ""  # what the backend speaks, for the "service not available" greeting
+    client_ca: Path | None = None
+    client_verify: str = "none"
+    min_version: str = "1.2"
+    ciphers: str = DEFAULT_FRONT_CIPHERS
+    handshake_timeout: float = 30.0
+    idle_timeout: float = 3600.0
+    connect_timeout: float = 10.0
+    close_timeout: float = 30.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 50
+    max_handshakes_per_second: float = 10.0
+    buffer_size: int = 65536
+    reload_interval: float = 5.0
+    hostname: str = ""
+
+
+def _default_proxied_sources() -> tuple:
+    return (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
+class ProxiedSettings:
+    """[proxied]: gateway listeners that require a PROXY header (only a front reaches them)."""
+
+    listen: dict[str, str] = field(default_factory=dict)
+    trusted_sources: tuple = field(default_factory=_default_proxied_sources)
+    header_timeout: float = 10.0
+
+
+def escape_endpoint(text: str) -> str:
+    """A path or value made safe inside a Twisted endpoint string (":" and "\\" escaped)."""
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _split_endpoint(text: str) -> list[str]:
+    parts, current, escaped = [], "", False
+    for c in text:
+        if escaped:
+            current, escaped = current + c, False
+        elif c == "\\":
+            escaped = True
+        elif c == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += c
+    return parts + [current]
+
+
+def client_endpoint_for(server: str) -> str | None:
+    """The client endpoint string that reaches a tcp:/tcp6:/unix: server endpoint string."""
+    kind, *args = _split_endpoint(server)
+    positional = [a for a in args if "=" not in a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    if kind == "unix":
+        path = named.get("address") or (positional[0] if positional else "")
+        return f"unix:{escape_endpoint(path)}" if path else None
+    if kind in ("tcp", "tcp6"):
+        port = named.get("port") or (positional[0] if positional else "")
+        host = named.get("interface") or ("::1" if kind == "tcp6" else "127.0.0.1")
+        if host in ("0.0.0.0", "::", ""):
+            host = "::1" if ":" in host else "127.0.0.1"
+        return f"tcp:host={escape_endpoint(host)}:port={port}" if port.isdigit() else None
+    return None
+
+
+def _front_entry(r: _Reader, i: int, entry: Any, default_cert: Path | None,
+                 default_key: Path | None, with_listeners: bool) -> FrontSettings | None:
+    s = f"tlsfront[{i}]"
+    if not isinstance(entry, dict):
+        r.fault(s, "", "must be a table ([[tlsfront]])")
+        return None
+    sub = _Reader(r.source, {s: entry})
+    accept = sub.get(s, "accept", str, "")
+    if not accept.startswith(("tcp:", "tcp6:", "unix:", "systemd:")):
+        sub.fault(s, "accept", f"{accept!r} is not a plain Twisted server endpoint "
+                  "(tcp:PORT:interface=ADDRESS): the front does TLS itself")
+    connect = sub.get(s, "connect", str, "")
+    backend = connect if connect in PROXIED_LISTENERS else ""
+    if backend and not with_listeners:
+        sub.fault(s, "connect", f"{connect!r} names a gateway listener, but this file has no "
+                  "gateway; give an endpoint string (tcp:HOST:PORT, unix:PATH)")
+    elif not backend and not connect.startswith(("tcp:", "tcp6:", "unix:")):
+        sub.fault(s, "connect", f"must be {', '.join(PROXIED_LISTENERS)} or a client endpoint "
+                  f"string (tcp:HOST:PORT, unix:PATH), not {connect!r}")
+    proxy = sub.get(s, "proxy", str, "v2")
+    if proxy not in PROXY_VERSIONS:
+        sub.fault(s, "proxy", f"must be one of {', '.join(PROXY_VERSIONS)}, not {proxy!r}")
+    elif backend and proxy != "v2":
+        # The gateway's proxied listeners require a header, and only v2 says "TLS".
+        sub.fault(s, "proxy", f"must be \"v2\" in front of the gateway's {backend} listener")
+    inferred = {"smtp": "smtp", "submission": "smtp"}.get(backend, backend)
+    protocol = sub.get(s, "protocol", str, inferred)
+    if protocol not in FRONT_PROTOCOLS:
+        sub.fault(s, "protocol", f"must be smtp, pop3, imap or \"\", not {protocol!r}")
+    certs = []
+    for j, item in enumerate(sub.get(s, "certificates", list, [])):
+        key = f"certificates[{j}]"
+        if not isinstance(item, dict) or set(item) != {"certificate", "private_key"} or not all(
+                isinstance(v, str) and v for v in item.values()):
+            sub.fault(s, key, "must be {certificate = \"PEM\", private_key = \"PEM\"}")
+            continue
+        for k in ("certificate", "private_key"):
+            if not Path(item[k]).is_file():
+                sub.fault(s, f"{key}.{k}", f"no such file: {item[k]}")
+        certs.append(FrontCertificate(Path(item["certificate"]), Path(item["private_key"])))
+    if not certs and default_cert is not None and default_key is not None:
+        certs.append(FrontCertificate(default_cert, default_key))
+    elif not certs:
+        sub.fault(s, "certificates", "at least one certificate is needed")
+    client_ca = sub.get(s, "client_ca", str, "")
+    verify = sub.get(s, "client_verify", str, "none")
+    if verify not in CLIENT_VERIFY:
+        sub.fault(s, "client_verify", f"must be one of {', '.join(CLIENT_VERIFY)}, not {verify!r}")
+    elif verify != "none" and not client_ca:
+        sub.fault(s, "client_ca", f"a CA file is needed with client_verify = {verify!r}")
+    if client_ca and not Path(client_ca).is_file():
+        sub.fault(s, "client_ca", f"no such file: {client_ca}")
+    version = sub.get(s, "min_version", str, "1.2")
+    if version not in TLS_VERSIONS:
+        sub.fault(s, "min_version", f"must be \"1.2\" or \"1.3\" (RFC 8996), not {version!r}")
+    reload_interval = sub.get(s, "reload_interval", float, 5.0)
+    if reload_interval < 0:
+        sub.fault(s, "reload_interval", f"must be 0 (SIGHUP only) or more, not {reload_interval}")
+    front = FrontSettings(
+        accept=accept, connect=connect, certificates=tuple(certs),
+        name=sub.get(s, "name", str, "") or backend or accept, backend=backend, proxy=proxy,
+        protocol=protocol, client_ca=Path(client_ca) if client_ca else None,
+        client_verify=verify, min_version=version,
+        ciphers=sub.get(s, "ciphers", str, DEFAULT_FRONT_CIPHERS),
+        handshake_timeout=sub.positive(s, "handshake_timeout", float, 30.0),
+        idle_timeout=sub.positive(s, "idle_timeout", float, 3600.0),
+        connect_timeout=sub.positive(s, "connect_timeout", float, 10.0),
+        close_timeout=sub.positive(s, "close_timeout", float, 30.0),
+        max_connections=sub.positive(s, "max_connections", int, 1000),
+        max_connections_per_client=sub.positive(s, "max_connections_per_client", int, 50),
+        max_handshakes_per_second=sub.positive(s, "max_handshakes_per_second", float, 10.0),
+        buffer_size=sub.positive(s, "buffer_size", int, 65536),
+        reload_interval=reload_interval,
+        hostname=sub.get(s, "hostname", str, ""))
+    sub.unknown_keys()
+    r.problems += sub.problems
+    return None if sub.problems else front
+
+
+def _proxied_settings(r: _Reader, listen: dict[str, str]) -> ProxiedSettings:
+    s = "proxied"
+    endpoints = {}
+    for name in PROXIED_LISTENERS:
+        value = r.get(s, name, str, "")
+        if not value:
+            continue
+        if not value.startswith(("tcp:", "tcp6:", "unix:")):
+            r.fault(s, name, f"{value!r} is not a tcp: or unix: Twisted endpoint string")
+        elif value in listen.values():
+            r.fault(s, name, "must not be a [listen] endpoint: public ports never accept PROXY")
+        else:
+            endpoints[name] = value
+    sources = []
+    for net in r.get(s, "trusted_sources", list, ["127.0.0.1/32", "::1/128"]):
+        try:
+            sources.append(ipaddress.ip_network(str(net), strict=False))
+        except ValueError:
+            r.fault(s, "trusted_sources", f"{net!r} is not a network in CIDR form")
+    return ProxiedSettings(listen=endpoints, trusted_sources=tuple(sources),
+                           header_timeout=r.positive(s, "header_timeout", float, 10.0))
+
+
+def _fronts(r: _Reader, state_dir: Path | None, cert: Path | None, key: Path | None,
+            listen: dict[str, str], hostname: str = "",
+            ) -> tuple[tuple[FrontSettings, ...], ProxiedSettings]:
+    """The [[tlsfront]] entries and [proxied]; a front naming a listener gets a proxied one,
+    by default a unix socket <state_dir>/run/NAME.sock that only our user may open."""
+    r.known.setdefault("tlsfront", set())
+    entries = r.data.get("tlsfront", [])
+    if not isinstance(entries, list):
+        r.fault("tlsfront", "", "must be an array of tables ([[tlsfront]])")
+        entries = []
+    with_listeners = state_dir is not None
+    proxied = _proxied_settings(r, listen) if with_listeners else ProxiedSettings()
+    fronts = []
+    for i, entry in enumerate(entries):
+        front = _front_entry(r, i, entry, cert, key, with_listeners)
+        if front is None:
+            continue
+        if front.backend:
+            server = proxied.listen.get(front.backend)
+            if server is None:
+                path = str(state_dir / "run" / f"{front.backend}.sock")
+                if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+                    r.fault(f"tlsfront[{i}]", "connect", f"socket path {path} is too long for "
+                            "a unix socket: use a shorter server.state_dir or [proxied]")
+                server = f"unix:{escape_endpoint(path)}:mode=600:lockfile=1"
+                proxied.listen[front.backend] = server
+            client = client_endpoint_for(server)
+            if client is None:
+                r.fault("proxied", front.backend, f"the front cannot reach {server!r}")
+                continue
+            front = replace(front, connect=client)
+        fronts.append(replace(front, hostname=front.hostname or hostname))
+    names = [f.name for f in fronts]
+    for name in {n for n in names if names.count(n) > 1}:
+        r.fault("tlsfront", "name", f"{name!r} names two fronts")
+    return tuple(fronts), proxied
+
+
+def load_fronts(path: str | os.PathLike[str]) -> tuple[FrontSettings, ...]:
+    """The fronts of a file for `mailgateway tlsfront --config`: a whole gateway
+    configuration, or one with only [[tlsfront]] sections (connect to endpoint strings)."""
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError([(source, "", f"cannot read: {e.strerror}")]) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([(source, "", f"not valid TOML: {e}")]) from e
+    if set(data) - {"tlsfront"}:
+        return parse(data, source).tlsfront
+    r = _Reader(source, data)
+    fronts, _ = _fronts(r, None, None, None, {})
+    if not fronts and not r.problems:
+        r.fault("tlsfront", "", "no [[tlsfront]] section")
+    if r.problems:
+        raise ConfigError(r.problems)
+    return fronts

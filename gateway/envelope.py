@@ -77,6 +77,11 @@ class Recipient:
     attempts: int = 0
     last_error: str = ""
     next_attempt: float = 0.0
+    # The remote MTA that gave last_error (RFC 3464 Remote-MTA), if any.
+    remote_mta: str = ""
+    # The DSN already sent for this recipient: "" none, "delayed", "failed"
+    # (recorded durably so a restart neither repeats nor loses a bounce).
+    dsn: str = ""
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -91,6 +96,8 @@ class Recipient:
             attempts=int(d.get("attempts", 0)),
             last_error=str(d.get("last_error", "")),
             next_attempt=float(d.get("next_attempt", 0.0)),
+            remote_mta=str(d.get("remote_mta", "")),
+            dsn=str(d.get("dsn", "")),
         )
 
 
@@ -110,6 +117,8 @@ class Envelope:
     protocol: str = "ESMTP"
     body: str = "7BIT"
     size: int = 0
+    # `mailgateway queue hold`: not attempted, not expired, until released.
+    held: bool = False
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.state is RecipientState.PENDING]

@@ -10,6 +10,8 @@ from typing import Any
 
 from zope.interface import Attribute, Interface
 
+from gateway.errors import MailError
+
 
 @dataclass(frozen=True)
 class Route:
@@ -82,6 +84,69 @@ class IDeliveryTarget(Interface):
         route (an entry found on disk at start); the target must then avoid a
         duplicate where it can.
         """
+
+
+# --- outbound relay: batches, next hops, bounces (queue/runner.py <-> deliver/relay.py) ---
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """One route's outcome in a batch: error None means delivered (2xx)."""
+
+    error: MailError | None = None
+    # Who gave the answer, for the DSN's Remote-MTA (RFC 3464 2.3.5): a host name.
+    remote_mta: str = ""
+
+
+class IBatchDeliveryTarget(IDeliveryTarget):
+    """A target that delivers several routes at once (all recipients of a domain
+    in one SMTP transaction). The runner groups a message's routes by batch_key,
+    splits groups to max_batch, and records each recipient's result durably as
+    soon as its batch completes.
+    """
+
+    max_batch = Attribute("Most routes one deliver_batch call takes.")
+
+    def batch_key(route: Route) -> str:
+        """Routes with the same key may share one deliver_batch call."""
+
+    def deliver_batch(envelope: Any, routes: list[Route], message_path: str,
+                      recovering: bool) -> Any:
+        """Deferred firing with one RecipientResult per route, in order.
+
+        Never fails: a trouble that concerns every route (DNS, connection)
+        becomes the same RecipientResult for each.
+        """
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """Where mail for a domain goes (resolve/transport.py decides, deliver/relay.py acts).
+
+    mx True: look up host's MX records (RFC 5321 5.1); False: connect to host's
+    own addresses (a smarthost or a bracketed transport route).
+    """
+
+    host: str
+    port: int
+    mx: bool
+    tls: str
+    auth: bool = False
+
+
+class ITransportMap(Interface):
+    """Pure decision: a recipient domain -> its NextHop."""
+
+    def next_hop(domain: str) -> NextHop:
+        """The next hop for mail to domain."""
+
+
+class IBouncer(Interface):
+    """Turns failed or delayed recipients into a DSN queued to the sender (queue/bounce.py)."""
+
+    def bounce(envelope: Any, recipients: list[Any], message_path: str, action: str) -> Any:
+        """Deferred firing with the queue ID of the spooled DSN, or None when none is due
+        (null sender). action is "failed" or "delayed" (RFC 3464 2.3.3)."""
 
 
 class IMailStore(Interface):

@@ -77,7 +77,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
         factory = POP3Factory(
             hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
             plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-            idle_timeout=settings.pop3_idle_timeout, reactor=reactor)
+            settings=settings.pop3, reactor=reactor)
         strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)

@@ -13,24 +13,31 @@ turns CRLF into CR CR LF in RETR and misses dot-stuffing across chunks, takes
 "DELE 0" as "delete the last message", queues pipelined commands without
 bound and stops the idle timer while a message is sent (a client that stops
 reading would hold the maildrop lock forever).
+
+The TRANSACTION-state commands that read the maildrop (STAT, LIST, UIDL,
+DELE, RETR, TOP) and the streaming sender live in access/pop3_transfer.py.
+Every limit (command length, pipelined input, bad commands, login failures and
+their delay, idle timeout, connections per client address) is a [pop3]
+setting, config.PopSettings, handed in through POP3Factory.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import deque
-from typing import Any, BinaryIO
+from collections import Counter, deque
+from typing import Any
 
 from twisted.cred.error import LoginFailed
 from twisted.internet import defer
-from twisted.internet.interfaces import IPullProducer, ISSLTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from gateway import sasl
+from gateway.access.pop3_transfer import MessageSender, TransactionCommands
+from gateway.config import PopSettings
 from gateway.interfaces import IMailStore, IUserDirectory
 from gateway.store.maildrop import Maildrop, MaildropInUse
 
@@ -43,7 +50,6 @@ _TRANSACTION = frozenset({b"CAPA", b"STAT", b"LIST", b"UIDL", b"TOP", b"RETR", b
 _ARITY = {b"CAPA": (0, 0), b"USER": (1, 1), b"AUTH": (0, 2), b"STLS": (0, 0), b"QUIT": (0, 0),
           b"STAT": (0, 0), b"LIST": (0, 1), b"UIDL": (0, 1), b"TOP": (2, 2), b"RETR": (1, 1),
           b"DELE": (1, 1), b"RSET": (0, 0), b"NOOP": (0, 0)}
-_CHUNK = 64 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -55,84 +61,14 @@ def is_loopback(host: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-def top_length(fp: BinaryIO, lines: int) -> int:
-    """Bytes of fp making up the header, the blank line and `lines` body lines (TOP)."""
-    offset, in_header, at_line_start = 0, True, True
-    while True:
-        if not in_header and lines == 0:
-            return offset
-        piece = fp.readline(_CHUNK)
-        if not piece:
-            return offset
-        offset += len(piece)
-        if in_header and at_line_start and piece in (b"\r\n", b"\n"):
-            in_header = False
-        elif not in_header and piece.endswith(b"\n"):
-            lines -= 1
-        at_line_start = piece.endswith(b"\n")
-
-
-@implementer(IPullProducer)
-class MessageSender:
-    """Streams one message as a POP3 multi-line response, then fires .deferred.
-
-    Byte-exact for CRLF files; a bare LF (a file some other MDA wrote) goes out
-    as CRLF. Dot-stuffing (RFC 1939 3) knows whether a chunk starts a line, and
-    a CR at the end of a chunk waits for the next one so CRLF is never split.
-    """
-
-    def __init__(self, fp: BinaryIO, consumer: Any, limit: int | None, progress: Any) -> None:
-        self._fp, self._consumer, self._left, self._progress = fp, consumer, limit, progress
-        self._carry = b""
-        self._line_start = True
-        self._done = False
-        self.deferred: defer.Deferred[bool] = defer.Deferred()
-
-    def resumeProducing(self) -> None:
-        if self._done:
-            return
-        self._progress()  # the client is reading: that is not idleness
-        want = _CHUNK if self._left is None else min(_CHUNK, self._left)
-        data = self._fp.read(want) if want else b""
-        if self._left is not None:
-            self._left -= len(data)
-        eof = not data
-        data, self._carry = self._carry + data, b""
-        if not eof and data.endswith(b"\r"):
-            data, self._carry = data[:-1], b"\r"
-        if data:
-            if b"\n" in data:
-                data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            if self._line_start and data.startswith(b"."):
-                data = b"." + data
-            data = data.replace(b"\n.", b"\n..")
-            self._line_start = data.endswith(b"\n")
-            self._consumer.write(data)
-        if eof:
-            self._done = True
-            self._consumer.write(b".\r\n" if self._line_start else b"\r\n.\r\n")
-            self._consumer.unregisterProducer()
-            self._fp.close()
-            self.deferred.callback(True)
-
-    def stopProducing(self) -> None:
-        if not self._done:
-            self._done = True
-            self._fp.close()
-            self.deferred.callback(False)
-
-
-class POP3Server(pop3.POP3):
+class POP3Server(TransactionCommands, pop3.POP3):
     """One POP3 session. Talks only through IUserDirectory and the store's Maildrop."""
 
     factory: POP3Factory
-    # RFC 2449 caps commands at 255 octets, but not AUTH lines (RFC 5034 4).
-    MAX_LENGTH = 4096
-    max_pending = 1 << 20  # bytes of pipelined input held while a command is busy
-    max_bad_commands = 20
-    max_auth_failures = 3
+    settings: PopSettings  # the factory's [pop3] limits, from connectionMade on
 
     def __init__(self) -> None:
+        self._counted_as: str | None = None  # the key factory.connections counts us under
         self._lines: deque[bytes] = deque()
         self._partial = b""
         self._pending = 0
@@ -163,8 +99,19 @@ class POP3Server(pop3.POP3):
     def connectionMade(self) -> None:
         # Not Twisted's: its greeting carries an APOP timestamp, and APOP needs
         # plaintext passwords we do not keep. Timeouts use the injected reactor.
+        self.settings = self.factory.settings
         self.callLater = self.factory.reactor.callLater
-        self.timeOut = self.factory.idle_timeout
+        self.timeOut = self.settings.idle_timeout
+        self._counted_as = self.client_host()
+        if not self.factory.connection_opened(self._counted_as):
+            # RFC 3206 4: SYS/TEMP, a problem that goes away; clients retry later.
+            _log.info("pop3 connection from {client} refused: too many from that address",
+                      client=self._counted_as)
+            self.failResponse(b"[SYS/TEMP] Too many connections from your address, "
+                              b"try again later")
+            self._gone = True  # nothing more is read from this client
+            self.transport.loseConnection()
+            return
         self.successResponse(f"{self.factory.hostname} POP3 server ready")
         self.setTimeout(self.timeOut)
         _log.info("pop3 connect from {client}", client=self.client_host())
@@ -173,6 +120,9 @@ class POP3Server(pop3.POP3):
         self._gone = True
         self._lines.clear()
         self.setTimeout(None)
+        if self._counted_as is not None:
+            self.factory.connection_closed(self._counted_as)
+            self._counted_as = None
         if self._delayed is not None and self._delayed.active():
             self._delayed.cancel()
         if self._sender is not None:
@@ -206,11 +156,12 @@ class POP3Server(pop3.POP3):
         pieces = (self._partial + data).split(b"\n")
         self._partial = pieces.pop()
         for line in pieces:
-            self._lines.append(line[:-1] if line.endswith(b"\r") else line)
-            self._pending += len(line)
-        if len(self._partial) > self.MAX_LENGTH:
+            line = line[:-1] if line.endswith(b"\r") else line
+            self._lines.append(line)
+            self._pending += len(line)  # the same length _drain subtracts
+        if len(self._partial) > self.settings.max_command_length:
             self.lineLengthExceeded(self._partial)
-        elif self._pending > self.max_pending:
+        elif self._pending > self.settings.max_pending_input:
             _log.warn("pop3 {client}: too much pipelined input", client=self.client_host())
             self.transport.abortConnection()
         else:
@@ -225,7 +176,7 @@ class POP3Server(pop3.POP3):
                    and not getattr(self.transport, "disconnecting", False)):
                 line = self._lines.popleft()
                 self._pending -= len(line)
-                if len(line) > self.MAX_LENGTH:
+                if len(line) > self.settings.max_command_length:
                     self.lineLengthExceeded(line)
                     break
                 self.lineReceived(line)  # Twisted's: resets the timer, dispatches by state
@@ -275,7 +226,7 @@ class POP3Server(pop3.POP3):
 
     def _bad_command(self, text: bytes) -> None:
         self._bad += 1
-        if self._bad >= self.max_bad_commands:
+        if self._bad >= self.settings.max_bad_commands:
             self.failResponse(b"Too many bad commands, closing connection")
             self.transport.loseConnection()
         else:
@@ -404,90 +355,15 @@ class POP3Server(pop3.POP3):
                   user=address, client=self.client_host(), mechanism=mechanism)
         # The delay slows password guessing; commands wait behind it (_wait).
         d: defer.Deferred[None] = defer.Deferred()
-        self._delayed = self.factory.reactor.callLater(self.factory.auth_failure_delay,
+        self._delayed = self.factory.reactor.callLater(self.settings.auth_failure_delay,
                                                        d.callback, None)
 
         def answer(_: object) -> None:
             self.failResponse(b"[AUTH] Authentication failed")
-            if self._auth_failures >= self.max_auth_failures:
+            if self._auth_failures >= self.settings.max_auth_failures:
                 self.transport.loseConnection()
 
         return d.addCallback(answer)
-
-    # -- TRANSACTION state --------------------------------------------------
-
-    def _index(self, arg: bytes) -> int | None:
-        """0-based index of a live message named by arg, or None after an -ERR."""
-        n = int(arg) if arg.isdigit() else 0
-        if not 1 <= n <= len(self.mbox):
-            self.failResponse(b"No such message")
-            return None
-        if n - 1 in self.mbox.deleted:
-            self.failResponse(b"Message %d already deleted" % n)
-            return None
-        return n - 1
-
-    def do_STAT(self) -> None:
-        # RFC 1939 5: deleted messages are not counted (Twisted counts them).
-        sizes = [self.mbox.listMessages(i) for i in self.mbox.live()]
-        self.successResponse(b"%d %d" % (len(sizes), sum(sizes)))
-
-    def do_LIST(self, arg: bytes | None = None) -> None:
-        if arg is not None:
-            i = self._index(arg)
-            if i is not None:
-                self.successResponse(b"%d %d" % (i + 1, self.mbox.listMessages(i)))
-            return
-        live = self.mbox.live()
-        out = [b"+OK %d messages\r\n" % len(live)]
-        out += [b"%d %d\r\n" % (i + 1, self.mbox.listMessages(i)) for i in live]
-        self.transport.writeSequence(out + [b".\r\n"])
-
-    def do_UIDL(self, arg: bytes | None = None) -> None:
-        if arg is not None:
-            i = self._index(arg)
-            if i is not None:
-                self.successResponse(b"%d %s" % (i + 1, self.mbox.getUidl(i)))
-            return
-        out = [b"+OK\r\n"]
-        out += [b"%d %s\r\n" % (i + 1, self.mbox.getUidl(i)) for i in self.mbox.live()]
-        self.transport.writeSequence(out + [b".\r\n"])
-
-    def do_DELE(self, arg: bytes) -> None:
-        i = self._index(arg)
-        if i is not None:
-            self.mbox.deleteMessage(i)
-            self.successResponse(b"Message %d deleted" % (i + 1))
-
-    def do_RETR(self, arg: bytes) -> None:
-        i = self._index(arg)
-        if i is not None:
-            self._send(i, None)
-
-    def do_TOP(self, arg: bytes, lines: bytes) -> None:
-        i = self._index(arg)
-        if i is None:
-            return
-        if not lines.isdigit():
-            return self.failResponse(b"Bad line count")
-        self._send(i, int(lines))
-
-    def _send(self, i: int, top: int | None) -> None:
-        try:
-            fp = self.mbox.getMessage(i)
-        except FileNotFoundError:
-            return self.failResponse(b"Message %d has been removed by another client" % (i + 1))
-        limit = None
-        if top is not None:
-            limit = top_length(fp, top)
-            fp.seek(0)
-            self.successResponse(b"Top of message follows")
-        else:
-            self.mbox.retrieved.add(i)
-            self.successResponse(b"%d octets" % self.mbox.listMessages(i))
-        self._sender = MessageSender(fp, self.transport, limit, self.resetTimeout)
-        self.transport.registerProducer(self._sender, False)
-        self._wait(self._sender.deferred)
 
     def do_QUIT(self) -> None:
         # Twisted's QUIT answers +OK even when deletions fail (RFC 1939 6).
@@ -510,19 +386,29 @@ class POP3Server(pop3.POP3):
 
 
 class POP3Factory(ServerFactory):
-    """Builds POP3Server sessions; holds what every session shares."""
+    """Builds POP3Server sessions; holds what every session shares, counts connections."""
 
     protocol = POP3Server
     # Set True on a listener only tlsfront reaches (the client spoke TLS to it).
     implicit_tls = False
-    auth_failure_delay = 1.0
 
     def __init__(self, *, hostname: str, users: IUserDirectory, store: IMailStore, tls_options: Any,
-                 plaintext_from_loopback: bool, idle_timeout: float, reactor: Any) -> None:
+                 plaintext_from_loopback: bool, settings: PopSettings, reactor: Any) -> None:
         self.hostname = hostname
         self.users = users
         self.store = store
         self.tls_options = tls_options
         self.plaintext_from_loopback = plaintext_from_loopback
-        self.idle_timeout = idle_timeout
+        self.settings = settings  # the [pop3] limits
         self.reactor = reactor
+        self.connections: Counter[str] = Counter()  # open sessions per client address
+
+    def connection_opened(self, client: str) -> bool:
+        """Count a new session from client; False when it is over the per-client limit."""
+        self.connections[client] += 1
+        return self.connections[client] <= self.settings.max_connections_per_client
+
+    def connection_closed(self, client: str) -> None:
+        self.connections[client] -= 1
+        if self.connections[client] <= 0:
+            del self.connections[client]

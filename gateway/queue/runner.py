@@ -1,31 +1,52 @@
-"""The queue runner: takes spooled entries to their routes, retries, expires.
+"""The queue runner: takes spooled entries to their routes, retries, expires, bounces.
 
 Implements IQueueListener. Sits after queue/spool.py: the SMTP server tells it
 about each new entry; at start it picks up every entry left on disk. For each
 pending recipient it asks resolve (IRouter) for a route and hands it to the
-deliver target of that kind (IDeliveryTarget). Outcomes:
+deliver target of that kind (IDeliveryTarget). Targets that take batches
+(IBatchDeliveryTarget: the relay) get all routes with the same batch key (a
+domain) at once, up to the target's max_batch, and different keys in parallel.
+Outcomes, per recipient:
   success                  -> recipient done
   MailError, temporary     -> retry with exponential backoff (retry_initial
                               doubling to retry_max), failed after max_age
-  MailError, permanent     -> recipient failed (bounces come with the relay part)
-  no target for the kind   -> stays queued (remote mail waits for deliver/relay)
-The envelope is rewritten after every round, and the entry removed once no
-recipient is pending. Entries found at start are delivered with recovering=True
-so targets skip what a crashed run already delivered.
+  MailError, permanent     -> recipient failed
+  no target for the kind   -> stays queued (451 4.4.0)
+  more than max_hops Received headers -> failed, 554 5.4.6 (a mail loop)
+Failed recipients get one DSN (IBouncer, RFC 3464) to the envelope sender,
+never for the null sender; with delay_warning set, still-pending ones get one
+"delayed" DSN. The envelope is rewritten as soon as each batch completes (so
+a crash never repeats a recipient already recorded as done), and the entry is
+removed once no recipient is pending and every DSN due is spooled. Entries
+found at start are delivered with recovering=True so targets skip what a
+crashed run already delivered. Held entries (`mailgateway queue hold`, see
+queue/control.py) are neither attempted nor expired.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.config import QueueSettings
-from gateway.envelope import Envelope, RecipientState
+from gateway.envelope import Envelope, Recipient, RecipientState
 from gateway.errors import MailError
-from gateway.interfaces import IDeliveryTarget, IQueueListener, IRouter, ISpool
+from gateway.interfaces import (
+    IBatchDeliveryTarget,
+    IBouncer,
+    IDeliveryTarget,
+    IQueueListener,
+    IRouter,
+    ISpool,
+    RecipientResult,
+    Route,
+)
+from gateway.queue import control
 
 log = Logger()
 
@@ -39,8 +60,14 @@ def backoff(settings: QueueSettings, attempts: int) -> float:
 class QueueRunner:
     def __init__(self, *, spool: ISpool, router: IRouter,
                  targets: Mapping[str, IDeliveryTarget], settings: QueueSettings, reactor,
-                 run_blocking: Callable[..., defer.Deferred] | None = None):
+                 run_blocking: Callable[..., defer.Deferred] | None = None,
+                 bouncer: IBouncer | None = None, control_root: Path | None = None):
         self.spool = spool
+        self.bouncer = bouncer
+        # Where `mailgateway queue ...` drops requests (None: no control path).
+        self.control_root = control_root
+        self._forced: set[str] = set()
+        self._control_call = None
         self.router = router
         self.targets = dict(targets)
         self.settings = settings
@@ -62,7 +89,12 @@ class QueueRunner:
                 self.schedule(qid, 0, recovering=True)
 
         d = self.run_blocking(self._recover_and_list)
-        return d.addCallback(scheduled)
+        # Requests made while the gateway was down apply before any delivery.
+        d.addCallback(lambda ids: self.poll_control().addCallback(
+            lambda _: self.run_blocking(self.spool.queue_ids)))
+        d.addCallback(scheduled)
+        d.addCallback(lambda _: self._schedule_control())
+        return d
 
     def _recover_and_list(self) -> list[str]:
         self.spool.recover()
@@ -70,6 +102,8 @@ class QueueRunner:
 
     def stop(self) -> None:
         self._stopped = True
+        if self._control_call is not None and self._control_call.active():
+            self._control_call.cancel()
         for call in self._timers.values():
             if call.active():
                 call.cancel()
@@ -101,57 +135,250 @@ class QueueRunner:
 
     @defer.inlineCallbacks
     def attempt(self, queue_id: str, recovering: bool):
+        forced = queue_id in self._forced
+        self._forced.discard(queue_id)
         try:
-            envelope: Envelope = yield self.run_blocking(self.spool.load, queue_id)
+            envelope, hops = yield self.run_blocking(self._load, queue_id)
         except KeyError:
             return  # removed meanwhile, or quarantined (logged by the spool)
+        if envelope.held:
+            log.info("{queue_id}: on hold, not attempted", queue_id=queue_id)
+            return
         message_path = self.spool.message_path(queue_id)
         now = self.reactor.seconds()
-        for rcpt in envelope.pending():
-            if rcpt.next_attempt > now:
-                continue
-            yield self._deliver_one(envelope, rcpt, message_path, recovering, now)
-        if envelope.finished():
-            yield self.run_blocking(self.spool.remove, queue_id)
+        due = [r for r in envelope.pending() if forced or r.next_attempt <= now]
+        if due and hops > self.settings.max_hops:
+            loop = MailError(554, "5.4.6", f"Too many hops: {hops} Received headers, more "
+                             f"than max_hops {self.settings.max_hops} (mail loop)")
+            for rcpt in due:
+                self._record(envelope, rcpt, RecipientResult(loop), now, "loop")
+            due = []
+        saver = defer.DeferredLock()
+        groups = self._groups(envelope, due, now)
+        yield defer.gatherResults(
+            [self._deliver_group(envelope, target, pairs, message_path, recovering, now, saver)
+             for target, pairs in groups], consumeErrors=True)
+        yield self._notify(envelope, message_path, now)
+        if envelope.finished() and not self._unnotified(envelope):
+            yield saver.run(self.run_blocking, self.spool.remove, queue_id)
             log.info("{queue_id}: removed, all recipients done", queue_id=queue_id)
             return
-        yield self.run_blocking(self.spool.update, envelope)
-        wake = min(r.next_attempt for r in envelope.pending())
-        self.schedule(queue_id, wake - self.reactor.seconds(), recovering=False)
+        yield saver.run(self._save, envelope)
+        wakes = [r.next_attempt for r in envelope.pending()]
+        if self._unnotified(envelope):  # a DSN could not be spooled: try again later
+            wakes.append(now + self.settings.retry_initial)
+        self.schedule(queue_id, min(wakes) - self.reactor.seconds(), recovering=False)
 
-    @defer.inlineCallbacks
-    def _deliver_one(self, envelope: Envelope, rcpt, message_path: str, recovering: bool,
-                     now: float):
-        qid = envelope.queue_id
+    def _load(self, queue_id: str) -> tuple[Envelope, int]:
+        """The envelope and the message's Received count (blocking)."""
+        envelope = self.spool.load(queue_id)
         try:
-            route = self.router.route(rcpt.address)
+            hops = count_received(self.spool.message_path(queue_id))
+        except OSError:
+            hops = 0  # the spool quarantines a missing message at the next recover
+        return envelope, hops
+
+    def _save(self, envelope: Envelope) -> defer.Deferred:
+        # A snapshot: other batches may change the live envelope while the thread writes.
+        return self.run_blocking(self.spool.update, copy.deepcopy(envelope))
+
+    def _groups(self, envelope: Envelope, due: list[Recipient], now: float):
+        """Route each due recipient; group them per target and batch key, split to max_batch."""
+        groups: dict[tuple, list[tuple[Recipient, Route]]] = {}
+        for rcpt in due:
+            try:
+                route = self.router.route(rcpt.address)
+            except MailError as e:
+                self._record(envelope, rcpt, RecipientResult(e), now, "router")
+                continue
             target = self.targets.get(route.kind)
             if target is None:
-                raise MailError(451, "4.4.0", f"no delivery for {route.kind} routes yet",
-                                temporary=True)
+                error = MailError(451, "4.4.0", f"no delivery for {route.kind} routes yet")
+                self._record(envelope, rcpt, RecipientResult(error), now, route.kind)
+                continue
+            key = (route.kind, target.batch_key(route)
+                   if IBatchDeliveryTarget.providedBy(target) else "")
+            groups.setdefault(key, []).append((rcpt, route))
+        return [(self.targets[kind], pairs) for (kind, _), pairs in groups.items()]
+
+    @defer.inlineCallbacks
+    def _deliver_group(self, envelope: Envelope, target, pairs, message_path: str,
+                       recovering: bool, now: float, saver: defer.DeferredLock):
+        """One target's recipients of one batch key, batch after batch."""
+        if not IBatchDeliveryTarget.providedBy(target):
+            for rcpt, route in pairs:
+                result = yield self._deliver_one(target, envelope, route, message_path,
+                                                 recovering)
+                self._record(envelope, rcpt, result, now, route.kind)
+            return
+        size = max(1, int(target.max_batch))
+        for i in range(0, len(pairs), size):
+            chunk = pairs[i:i + size]
+            try:
+                results = yield target.deliver_batch(
+                    envelope, [route for _, route in chunk], message_path, recovering)
+            except Exception:
+                log.failure("{queue_id}: batch delivery error", queue_id=envelope.queue_id)
+                results = [RecipientResult(MailError(451, "4.3.0", "local error in delivery"))
+                           ] * len(chunk)
+            for (rcpt, route), result in zip(chunk, results, strict=True):
+                self._record(envelope, rcpt, result, now, route.kind)
+            # Durable before the next transaction: a crash now repeats none of these.
+            yield saver.run(self._save, envelope)
+
+    @defer.inlineCallbacks
+    def _deliver_one(self, target: IDeliveryTarget, envelope: Envelope, route: Route,
+                     message_path: str, recovering: bool):
+        try:
             yield target.deliver(envelope, route, message_path, recovering)
         except MailError as e:
-            rcpt.attempts += 1
-            rcpt.last_error = f"{e.code} {e.enhanced} {e.text}"
-            expired = now - envelope.arrived >= self.settings.max_age
-            if e.temporary and not expired:
-                rcpt.next_attempt = now + backoff(self.settings, rcpt.attempts)
-                log.info("{queue_id}: to=<{to}> deferred: {error}", queue_id=qid,
-                         to=rcpt.address, error=rcpt.last_error)
-            else:
-                rcpt.state = RecipientState.FAILED
-                log.error("{queue_id}: to=<{to}> failed: {error}", queue_id=qid,
-                          to=rcpt.address, error=rcpt.last_error)
-            return
+            return RecipientResult(e)
         except Exception:
             # An unexpected fault is a local problem: keep the mail, retry later.
-            log.failure("{queue_id}: to=<{to}> delivery error", queue_id=qid, to=rcpt.address)
-            rcpt.attempts += 1
-            rcpt.last_error = "451 4.3.0 local error in delivery"
-            rcpt.next_attempt = now + backoff(self.settings, rcpt.attempts)
-            return
-        rcpt.state = RecipientState.DONE
+            log.failure("{queue_id}: to=<{to}> delivery error", queue_id=envelope.queue_id,
+                        to=route.address)
+            return RecipientResult(MailError(451, "4.3.0", "local error in delivery"))
+        return RecipientResult()
+
+    def _record(self, envelope: Envelope, rcpt: Recipient, result: RecipientResult,
+                now: float, via: str) -> None:
+        """Apply one outcome to the recipient's state (in memory; saved by the caller)."""
+        qid = envelope.queue_id
         rcpt.attempts += 1
-        rcpt.last_error = ""
-        log.info("{queue_id}: to=<{to}> delivered via {kind}", queue_id=qid, to=rcpt.address,
-                 kind=route.kind)
+        rcpt.remote_mta = result.remote_mta
+        e = result.error
+        if e is None:
+            rcpt.state = RecipientState.DONE
+            rcpt.last_error = ""
+            log.info("{queue_id}: to=<{to}> delivered via {kind}{relay}", queue_id=qid,
+                     to=rcpt.address, kind=via,
+                     relay=f" ({result.remote_mta})" if result.remote_mta else "")
+            return
+        rcpt.last_error = f"{e.code} {e.enhanced} {e.text}"
+        expired = now - envelope.arrived >= self.settings.max_age
+        if e.temporary and not expired:
+            rcpt.next_attempt = now + backoff(self.settings, rcpt.attempts)
+            log.info("{queue_id}: to=<{to}> deferred: {error}", queue_id=qid,
+                     to=rcpt.address, error=rcpt.last_error)
+            return
+        if e.temporary:
+            rcpt.last_error = (f"{e.code} {e.enhanced} gave up after "
+                               f"{int(now - envelope.arrived)}s: {e.text}")
+        rcpt.state = RecipientState.FAILED
+        log.error("{queue_id}: to=<{to}> failed: {error}", queue_id=qid,
+                  to=rcpt.address, error=rcpt.last_error)
+
+    # --- delivery status notifications (RFC 3464) ---------------------------------
+
+    def _unnotified(self, envelope: Envelope) -> list[Recipient]:
+        """Failed recipients whose DSN is due but not yet spooled."""
+        return [r for r in envelope.recipients
+                if r.state is RecipientState.FAILED and r.dsn != "failed"]
+
+    @defer.inlineCallbacks
+    def _notify(self, envelope: Envelope, message_path: str, now: float):
+        failed = self._unnotified(envelope)
+        delayed = []
+        warn = self.settings.delay_warning
+        if warn > 0 and now - envelope.arrived >= warn:
+            delayed = [r for r in envelope.pending() if not r.dsn]
+        for action, rcpts in (("failed", failed), ("delayed", delayed)):
+            if not rcpts:
+                continue
+            if self.bouncer is None or not envelope.sender:
+                # RFC 5321 6.1 / RFC 3464: never a DSN for the null sender (a
+                # bounce that bounces is dropped here, and logged).
+                for r in rcpts:
+                    r.dsn = action
+                log.warn("{queue_id}: no {action} DSN for sender <{sender}>: {to}",
+                         queue_id=envelope.queue_id, action=action, sender=envelope.sender,
+                         to=", ".join(r.address for r in rcpts))
+                continue
+            try:
+                dsn_id = yield self.bouncer.bounce(envelope, rcpts, message_path, action)
+            except Exception:
+                log.failure("{queue_id}: could not queue the {action} DSN",
+                            queue_id=envelope.queue_id, action=action)
+                continue
+            for r in rcpts:
+                r.dsn = action
+            if dsn_id:
+                log.info("{queue_id}: sender notification ({action}): {dsn_id}",
+                         queue_id=envelope.queue_id, action=action, dsn_id=dsn_id)
+                self.enqueued(dsn_id)
+
+    # --- administration (`mailgateway queue ...`, see queue/control.py) ------------
+
+    def _schedule_control(self) -> None:
+        if self.control_root is None or self._stopped:
+            return
+        self._control_call = self.reactor.callLater(
+            self.settings.control_interval, self._control_tick)
+
+    def _control_tick(self) -> None:
+        d = self.poll_control()
+        d.addErrback(lambda f: log.failure("queue control requests", f))
+        d.addBoth(lambda _: self._schedule_control())
+
+    @defer.inlineCallbacks
+    def poll_control(self):
+        """Apply the waiting hold/release/delete/retry/flush requests, oldest first.
+
+        A request for an entry being attempted right now waits for the next
+        poll, so the attempt's own envelope rewrite cannot undo it.
+        """
+        if self.control_root is None:
+            return
+        root = self.control_root
+        requests = yield self.run_blocking(control.pending_requests, root)
+        for req in requests:
+            if req.action == "flush":
+                ids = yield self.run_blocking(self.spool.queue_ids)
+                for qid in ids:
+                    if qid not in self._active:
+                        self._force(qid)
+                log.info("queue flush requested: {n} entries", n=len(ids))
+            elif req.queue_id in self._active:
+                continue
+            elif req.action == "delete":
+                self._cancel(req.queue_id)
+                yield self.run_blocking(self.spool.remove, req.queue_id)
+                log.warn("{queue_id}: deleted by the administrator", queue_id=req.queue_id)
+            elif req.action in ("hold", "release"):
+                held = req.action == "hold"
+                found = yield self.run_blocking(control.set_held, self.spool, req.queue_id,
+                                                held)
+                if found:
+                    log.info("{queue_id}: {action} by the administrator",
+                             queue_id=req.queue_id, action="held" if held else "released")
+                    if held:
+                        self._cancel(req.queue_id)
+                    else:
+                        self._force(req.queue_id)
+            elif req.action == "retry":
+                self._force(req.queue_id)
+            yield self.run_blocking(control.done, root, req.name)
+
+    def _force(self, queue_id: str) -> None:
+        """Attempt every pending recipient now, whatever its next retry time."""
+        self._forced.add(queue_id)
+        self.schedule(queue_id, 0, recovering=False)
+
+    def _cancel(self, queue_id: str) -> None:
+        call = self._timers.pop(queue_id, None)
+        if call is not None and call.active():
+            call.cancel()
+
+
+def count_received(message_path: str, limit: int = 1 << 20) -> int:
+    """Received headers in the message's header section (RFC 5321 6.3 loop detection)."""
+    count = 0
+    read = 0
+    with open(message_path, "rb") as f:
+        for line in f:
+            read += len(line)
+            if line in (b"\r\n", b"\n") or read > limit:
+                break
+            if line[:9].lower() == b"received:":
+                count += 1
+    return count

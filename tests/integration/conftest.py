@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trustme
 
 BIN = Path(sys.executable).parent
 PASSWORD = "correct horse battery staple"
@@ -141,3 +143,37 @@ def make_gateway(tmp_path):
 @pytest.fixture
 def gateway(make_gateway) -> Gateway:
     return make_gateway()
+
+
+# -- TLS: a trustme CA, a gateway with its certificate, clients that trust it --
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def make_tls_gateway(make_gateway, ca, tmp_path) -> Callable[..., Gateway]:
+    """make_gateway, plus a [tls] certificate for 127.0.0.1 signed by `ca`."""
+    cert = ca.issue_cert("127.0.0.1", "mx.example.test")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+
+    def make(extra_config: str = "", **kw) -> Gateway:
+        return make_gateway(f'[tls]\ncertificate = "{tmp_path / "cert.pem"}"\n'
+                            f'private_key = "{tmp_path / "key.pem"}"\n\n{extra_config}', **kw)
+
+    return make
+
+
+@pytest.fixture
+def tls_gateway(make_tls_gateway) -> Gateway:
+    return make_tls_gateway()
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that verifies the gateway's certificate against `ca`."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx

@@ -7,32 +7,10 @@ import os
 import random
 import smtplib
 import socket
-import ssl
 import threading
 
 import pytest
-import trustme
-from conftest import PASSWORD, wait_for
-
-
-@pytest.fixture
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_gateway(make_gateway, ca, tmp_path):
-    cert = ca.issue_cert("127.0.0.1", "mx.example.test")
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    return make_gateway(f'[tls]\ncertificate = "{tmp_path / "cert.pem"}"\n'
-                        f'private_key = "{tmp_path / "key.pem"}"\n')
-
-
-def client_context(ca) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
+from conftest import PASSWORD, client_context, wait_for
 
 
 def body_of(stored: bytes) -> bytes:

@@ -7,120 +7,26 @@ import os
 from pathlib import Path
 
 import pytest
-from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import ISSLTransport, ITLSTransport
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from pop3_dialogue import (
+    BOX,
+    MSG1,
+    MSG2,
+    PASSWORD,
+    TLS_OPTIONS,
+    SSLTransport,
+    capa,
+    logged_in,
+    make_env,
+)
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from gateway.access.auth import UserDirectory, set_password
-from gateway.access.pop3 import POP3Factory
-from gateway.store.maildir import MaildirStore
-
-BOX = "alice@example.test"
-PASSWORD = "correct horse"
-# A dot-stuffed line, an 8-bit body, a lone "." line and no CRLF at the very end.
-MSG1 = (b"From: bob@example.test\r\nSubject: one\r\n\r\n"
-        b".hidden dot line\r\n\xe9t\xe9 \xff 8-bit\r\n.\r\nlast line without CRLF")
-MSG2 = b"Subject: two\r\n\r\nline 1\r\nline 2\r\nline 3\r\n"
-TLS_OPTIONS = object()  # the fake startTLS only records what it was given
-
-
-@implementer(ITLSTransport)
-class FakeTLSTransport(StringTransport):
-    tls_started_with = None
-
-    def startTLS(self, contextFactory, normal=True):
-        self.tls_started_with = contextFactory
-
-
-@implementer(ISSLTransport)
-class SSLTransport(StringTransport):
-    def getPeerCertificate(self):
-        return None
-
-
-class FakeUsers:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def exists(self, address: str) -> bool:
-        return address.lower() == BOX
-
-    def authenticate(self, address: str, password: str) -> defer.Deferred:
-        self.calls.append((address, password))
-        if address.lower() == BOX and password == PASSWORD:
-            return defer.succeed(BOX)
-        return defer.fail(UnauthorizedLogin("bad user name or password"))
-
-
-class Dialogue:
-    """One POP3 session; each call sends a line and returns what the server wrote."""
-
-    def __init__(self, factory: POP3Factory, clock: MemoryReactorClock,
-                 peer: str = "192.0.2.7", transport_class: type = FakeTLSTransport) -> None:
-        addr = (IPv6Address if ":" in peer else IPv4Address)("TCP", peer, 50000)
-        self.clock = clock
-        self.transport = transport_class(peerAddress=addr)
-        self.proto = factory.buildProtocol(addr)
-        self.proto.makeConnection(self.transport)
-        self.greeting = self.take()
-
-    def take(self) -> bytes:
-        while self.transport.producer is not None:  # what a real transport does for RETR
-            self.transport.producer.resumeProducing()
-        out = self.transport.value()
-        self.transport.clear()
-        return out
-
-    def raw(self, data: bytes) -> bytes:
-        self.proto.dataReceived(data)
-        return self.take()
-
-    def __call__(self, line: str | bytes, expect: bytes = b"+OK") -> bytes:
-        out = self.raw((line.encode() if isinstance(line, str) else line) + b"\r\n")
-        assert out.startswith(expect), out
-        return out
-
-    def login(self) -> bytes:
-        self("USER " + BOX)
-        return self("PASS " + PASSWORD)
-
-    def drop(self) -> None:
-        self.proto.connectionLost(Failure(ConnectionError("gone")))
 
 
 @pytest.fixture
 def env(tmp_path: Path):
-    clock = MemoryReactorClock()
-    store = MaildirStore(tmp_path / "mail")
-    store.deliver(BOX, MSG1, "UNIQUE1")
-    store.deliver(BOX, MSG2, "UNIQUE2")
-    root = store.mailbox_path(BOX)
-    os.utime(root / "new" / "UNIQUE1", ns=(10**18, 10**18))  # MSG1 first
-    os.utime(root / "new" / "UNIQUE2", ns=(2 * 10**18, 2 * 10**18))
-
-    def factory(**kw) -> POP3Factory:
-        args = dict(hostname="mail.example.test", users=FakeUsers(), store=store,
-                    tls_options=TLS_OPTIONS, plaintext_from_loopback=False,
-                    idle_timeout=600.0, reactor=clock)
-        args.update(kw)
-        return POP3Factory(**args)
-
-    def connect(peer: str = "192.0.2.7", transport_class: type = FakeTLSTransport,
-                **kw) -> Dialogue:
-        return Dialogue(factory(**kw), clock, peer, transport_class)
-
-    connect.clock, connect.root = clock, root
-    return connect
-
-
-def capa(d: Dialogue) -> list[bytes]:
-    lines = d("CAPA").split(b"\r\n")
-    assert lines[-2:] == [b".", b""]
-    return lines[1:-2]
+    return make_env(tmp_path)
 
 
 def test_greeting_has_no_apop_banner(env):
@@ -265,13 +171,6 @@ def test_real_user_directory(env, tmp_path):
     d("USER Alice@EXAMPLE.test")
     assert d("PASS " + PASSWORD).startswith(b"+OK Logged in, 2 messages")
     assert d.proto._address == BOX
-
-
-def logged_in(env, **kw) -> Dialogue:
-    d = env(**kw)
-    d("STLS")
-    d.login()
-    return d
 
 
 def test_stat_list_uidl(env):
