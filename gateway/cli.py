@@ -3,11 +3,14 @@
   mailgateway check-config [PATH]
   mailgateway user add|passwd ADDRESS [--password-stdin]
   mailgateway user del ADDRESS | user list
-  mailgateway queue list [--json]
+  mailgateway queue list [--json] | show ID [--json]
+  mailgateway queue flush | retry ID | hold ID | release ID | delete ID
+  mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
 
 Every command takes --config PATH (default: the embedded configuration) and
-works while the gateway runs: it only reads the spool, and writes the users
-file atomically (the gateway re-reads it when it changes).
+works while the gateway runs: it only reads the spool, writes the users
+file atomically (the gateway re-reads it when it changes), and hands queue
+changes to the runner as request files (gateway/queue/control.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from gateway import config
 from gateway.access import auth
 from gateway.errors import ConfigError, MailError
+from gateway.queue import control
 from gateway.queue.spool import Spool
 
 
@@ -92,29 +96,113 @@ def cmd_user(args) -> int:
 
 def cmd_queue(args) -> int:
     settings = _settings(args)
-    if not settings.spool_dir.exists():
-        entries = []
-    else:
-        spool = Spool(settings.spool_dir, reactor=None)
-        entries = []
-        for qid in spool.queue_ids():
-            try:
-                entries.append(spool.load(qid))
-            except KeyError:
-                continue
-    if args.json:
+    if args.action in ("show", "retry", "hold", "release", "delete") and not args.id:
+        print(f"mailgateway: queue {args.action} needs a queue ID", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        return _queue_list(settings, args.json)
+    if args.action == "show":
+        return _queue_show(settings, args.id, args.json)
+    return _queue_request(settings, args.action, args.id)
+
+
+def _spool(settings: config.Settings) -> Spool | None:
+    return Spool(settings.spool_dir, reactor=None) if settings.spool_dir.exists() else None
+
+
+def _entries(settings: config.Settings) -> list:
+    spool = _spool(settings)
+    entries = []
+    for qid in spool.queue_ids() if spool else []:
+        try:
+            entries.append(spool.load(qid))
+        except KeyError:
+            continue  # delivered meanwhile
+    return entries
+
+
+def _when(t: float, now: float) -> str:
+    if t <= now:
+        return "now"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f" (in {int(t - now)}s)"
+
+
+def _queue_list(settings: config.Settings, as_json: bool) -> int:
+    """Like mailq: each entry, each recipient's state, next retry and last error."""
+    entries = _entries(settings)
+    if as_json:
         json.dump([e.to_json() for e in entries], sys.stdout, indent=1)
         print()
         return 0
     now = time.time()
     for e in entries:
         age = int(now - e.arrived)
-        print(f"{e.queue_id}  {age:>6}s  {e.size:>9}  <{e.sender}>")
+        held = "  HELD" if e.held else ""
+        print(f"{e.queue_id}  {age:>6}s  {e.size:>9}  <{e.sender}>{held}")
         for r in e.recipients:
+            retry = f"  next {_when(r.next_attempt, now)}" if r.state.value == "pending" else ""
             extra = f"  ({r.last_error})" if r.last_error else ""
-            print(f"        {r.state.value:<8} <{r.address}>{extra}")
+            print(f"        {r.state.value:<8} <{r.address}>{retry}{extra}")
     if not entries:
         print("queue is empty")
+    return 0
+
+
+def _queue_show(settings: config.Settings, queue_id: str, as_json: bool) -> int:
+    """Like postcat -q: the envelope and the message's header section."""
+    spool = _spool(settings)
+    try:
+        envelope = spool.load(queue_id) if spool else None
+        with open(spool.message_path(queue_id), "rb") as f:
+            head = f.read(256 * 1024)
+    except (KeyError, OSError, AttributeError):
+        envelope = None
+    if envelope is None:
+        print(f"mailgateway: no queue entry {queue_id}", file=sys.stderr)
+        return 1
+    if as_json:
+        json.dump(envelope.to_json(), sys.stdout, indent=1)
+        print()
+        return 0
+    now = time.time()
+    print(f"queue id:   {envelope.queue_id}{'  (held)' if envelope.held else ''}")
+    print(f"arrived:    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(envelope.arrived))}")
+    print(f"sender:     <{envelope.sender}>")
+    print(f"client:     {envelope.client_address} ({envelope.helo}) {envelope.protocol}")
+    print(f"size:       {envelope.size}")
+    for r in envelope.recipients:
+        print(f"recipient:  <{r.address}> {r.state.value}, {r.attempts} attempts"
+              + (f", next {_when(r.next_attempt, now)}" if r.state.value == "pending" else "")
+              + (f", dsn {r.dsn}" if r.dsn else ""))
+        if r.last_error:
+            print(f"            {r.remote_mta + ': ' if r.remote_mta else ''}{r.last_error}")
+    end = head.find(b"\r\n\r\n")
+    print()
+    sys.stdout.write((head[:end + 2] if end >= 0 else head).decode("utf-8", "replace"))
+    return 0
+
+
+def _queue_request(settings: config.Settings, action: str, queue_id: str | None) -> int:
+    """Hand the request to the runner (see gateway/queue/control.py) and wait for it."""
+    if action != "flush":
+        spool = _spool(settings)
+        try:
+            if spool is None:
+                raise KeyError(queue_id)
+            spool.load(queue_id)
+        except KeyError:
+            print(f"mailgateway: no queue entry {queue_id}", file=sys.stderr)
+            return 1
+    path = control.write_request(settings.spool_dir, action, queue_id or control.ALL)
+    deadline = time.monotonic() + max(5.0, 5 * settings.queue.control_interval)
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # a CLI waiting for the daemon, not a test
+    what = f"{queue_id}: {action}" if queue_id else action
+    if path.exists():
+        print(f"{what}: requested; the gateway has not taken it yet (busy with the entry, "
+              "or not running: it applies at the next start)")
+    else:
+        print(f"{what}: done")
     return 0
 
 
@@ -130,13 +218,35 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("address", nargs="?")
     u.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     u.set_defaults(func=cmd_user)
-    q = sub.add_parser("queue", help="inspect the queue")
-    q.add_argument("action", choices=("list",))
+    q = sub.add_parser("queue", help="inspect and manage the queue (mailq, postsuper)")
+    q.add_argument("action", choices=("list", "show", "flush", "retry", "hold", "release",
+                                      "delete"))
+    q.add_argument("id", nargs="?", help="queue ID (show, retry, hold, release, delete)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_queue)
+    t = sub.add_parser("tlsfront", help="run a TLS front alone, like stunnel")
+    _add_tlsfront_arguments(t)
+    t.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                   help="a file with [[tlsfront]] sections")
+    t.set_defaults(func=cmd_tlsfront)
     for s in (u, q):
         s.add_argument("--config", "-c", default=argparse.SUPPRESS, help="configuration file")
     return p
+
+
+def _add_tlsfront_arguments(p: argparse.ArgumentParser) -> None:
+    from gateway.tlsfront import command
+
+    command.add_arguments(p)
+
+
+def cmd_tlsfront(args) -> int:
+    """The TLS front on its own (gateway/tlsfront/command.py); runs the global reactor."""
+    from twisted.internet import reactor
+
+    from gateway.tlsfront import command
+
+    return command.run(args, reactor)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,3 +161,13 @@ class IMailStore(Interface):
 
     def open_maildrop(mailbox: str) -> Any:
         """The mailbox's INBOX as a Maildrop for POP3."""
+
+    def open_folders(mailbox: str) -> Any:
+        """The mailbox's Maildir++ folders for IMAP (blocking): a store/folders.py FolderSet.
+
+        Its Folders keep UIDs, UIDVALIDITY and keywords in an index beside each
+        Maildir, flags in the file names. Sessions attach to a Folder to be told
+        of changes; a change made in another thread (a delivery) reaches them
+        through the store's `announce` hook (reactor.callFromThread in the
+        gateway), so IDLE sees SMTP deliveries at once.
+        """

@@ -11,17 +11,25 @@ from __future__ import annotations
 from twisted.application import service, strports
 from twisted.internet import threads
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
-from gateway import tls
+from gateway import proxyproto, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
+from gateway.access.imap.server import IMAPFactory
 from gateway.access.pop3 import POP3Factory
+from gateway.batch import BlockingBatcher
 from gateway.config import Settings
 from gateway.deliver.maildir import MaildirDelivery
+from gateway.deliver.mx import MXResolver, make_resolver
+from gateway.deliver.relay import RelayTarget
+from gateway.deliver.tlspolicy import ClientTLS
+from gateway.queue.bounce import Bouncer
 from gateway.queue.runner import QueueRunner
 from gateway.queue.spool import Spool
 from gateway.resolve.router import Router
+from gateway.resolve.transport import TransportMap
 from gateway.store.maildir import MaildirStore
 
 log = Logger()
@@ -50,35 +58,141 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # Spool writes, Maildir deliveries and password hashes all run in threads.
     reactor.suggestThreadPoolSize(max(10, settings.queue.concurrency + 6))
 
-    def run_blocking(f, *args):
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
+    # Disk work of the queue goes to the pool in batches (group commit, batch.py).
+    run_blocking = BlockingBatcher(reactor)
     users = UserDirectory(settings.users_file, reactor)
     router = Router(settings.domains, users)
-    spool = Spool(settings.spool_dir, reactor)
-    store = MaildirStore(settings.mail_dir)
+    spool = Spool(settings.spool_dir, reactor, run_blocking)
+    # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
+    store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
+    top = service.MultiService()
+    bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
+                      size_limit=settings.queue.bounce_size_limit,
+                      max_age=settings.queue.max_age, run_blocking=run_blocking)
     runner = QueueRunner(
         spool=spool, router=router, settings=settings.queue, reactor=reactor,
-        targets={"local": MaildirDelivery(store, settings.hostname, run_blocking)},
-        run_blocking=run_blocking)
-
-    top = service.MultiService()
+        targets={"local": MaildirDelivery(store, settings.hostname, run_blocking),
+                 "remote": _relay(settings, reactor, run_blocking, top)},
+        run_blocking=run_blocking, bouncer=bouncer, control_root=settings.spool_dir)
     RunnerService(runner).setServiceParent(top)
+    # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
+    factories: dict[str, object] = {}
     for name, submission in (("smtp", False), ("submission", True)):
-        if settings.listen[name]:
-            factory = SMTPFactory(
+        if settings.listen[name] or name in settings.proxied.listen:
+            factory = factories[name] = SMTPFactory(
                 hostname=settings.hostname, domains=settings.domains, settings=settings.smtp,
                 policy=RelayPolicy(router, settings.trusted_networks, submission=submission),
                 spool=spool, listener=runner, users=users, tls_options=tls_options,
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
                 reactor=reactor)
+        if settings.listen[name]:
             strports.service(settings.listen[name], factory, reactor=reactor).setServiceParent(top)
-    if settings.listen["pop3"]:
-        factory = POP3Factory(
+    if settings.listen["pop3"] or "pop3" in settings.proxied.listen:
+        factory = factories["pop3"] = POP3Factory(
             hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
             plaintext_from_loopback=settings.plaintext_auth_from_loopback,
             settings=settings.pop3, reactor=reactor)
+    if settings.listen["pop3"]:
         strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
+    if settings.listen["imap"] or "imap" in settings.proxied.listen:
+        factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options)
+    if settings.listen["imap"]:
+        strports.service(settings.listen["imap"], factory, reactor=reactor).setServiceParent(top)
+    _fronts(settings, factories, reactor, top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)
     return top
+
+
+# --- IMAP4 ---------------------------------------------------------------------------
+
+
+def _imap(settings: Settings, reactor, users, store, tls_options) -> IMAPFactory:
+    """The IMAP server's factory; its folder work runs in the reactor's thread pool."""
+
+    def run_blocking(f, *args):
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    factory = IMAPFactory(
+        hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
+        plaintext_from_loopback=settings.plaintext_auth_from_loopback,
+        settings=settings.imap, reactor=reactor, run_blocking=run_blocking)
+    return factory
+
+
+# --- outbound relay ------------------------------------------------------------------
+
+
+class RelayService(service.Service):
+    """Runs the DNS thread pool, and QUITs cached relay connections at shutdown."""
+
+    def __init__(self, relay: RelayTarget, dns_pool: ThreadPool):
+        self.relay = relay
+        self.dns_pool = dns_pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.dns_pool.start()
+
+    def stopService(self):
+        self.relay.close()
+        self.dns_pool.stop()
+        return super().stopService()
+
+
+def _relay(settings: Settings, reactor, run_blocking, parent) -> RelayTarget:
+    """The "remote" target: transport map -> MX (dnspython, own threads) -> SMTP client."""
+    relay = settings.relay
+    # DNS lookups get their own threads: a slow name server must not hold up
+    # spool writes and Maildir deliveries in the reactor's pool.
+    dns_pool = ThreadPool(minthreads=0, maxthreads=max(4, relay.destination_concurrency),
+                          name="dns")
+
+    def run_dns(f, *args):
+        return threads.deferToThreadPool(reactor, dns_pool, f, *args)
+
+    helo = relay.helo_name or settings.hostname
+    resolver = MXResolver(
+        resolver=make_resolver(relay.nameservers, relay.dns_port, relay.dns_timeout),
+        run_blocking=run_dns, local_names={settings.hostname, helo},
+        max_addresses=relay.max_addresses)
+    password = ""
+    if relay.smarthost_password_file:
+        with open(relay.smarthost_password_file, encoding="utf-8") as f:
+            password = f.readline().rstrip("\r\n")
+    target = RelayTarget(settings=relay, helo=helo, transport=TransportMap(relay), mx=resolver,
+                         tls_options=ClientTLS(relay.tls_ca_file), reactor=reactor,
+                         run_blocking=run_blocking, password=password)
+    RelayService(target, dns_pool).setServiceParent(parent)
+    return target
+
+
+# --- the TLS front and the proxied listeners behind it ---------------------------------
+
+
+def _fronts(settings: Settings, factories: dict, reactor, parent) -> None:
+    """[proxied] listeners (a PROXY header first, gateway/proxyproto.py) around the servers'
+    own factories, and the [[tlsfront]] fronts (gateway/tlsfront) that connect to them."""
+    proxied = settings.proxied
+    if any(e.startswith("unix:") for e in proxied.listen.values()):
+        # The socket's mode guards who may claim a client's address; the directory too.
+        run_dir = settings.state_dir / "run"
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_dir.chmod(0o700)
+    for name, endpoint in proxied.listen.items():
+        if name not in factories:
+            log.info("proxied {name} listener {endpoint} not started: no {name} server",
+                     name=name, endpoint=endpoint)
+            continue
+        wrapper = proxyproto.ProxiedFactory(factories[name], proxied.trusted_sources,
+                                            proxied.header_timeout, reactor)
+        strports.service(endpoint, wrapper, reactor=reactor).setServiceParent(parent)
+    fronts = []
+    for front in settings.tlsfront:
+        if front.backend and front.backend not in factories:
+            log.info("tlsfront {front} not started: no {backend} server", front=front.name,
+                     backend=front.backend)
+            continue
+        fronts.append(front)
+    if fronts:
+        tlsfront.FrontsService(fronts, reactor, install_sighup=True).setServiceParent(parent)

@@ -30,7 +30,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 
-from gateway import sasl
+from gateway import proxyproto, sasl
 from gateway.accept.data import BodyReader
 from gateway.accept.policy import RelayPolicy, Session
 from gateway.accept.received import protocol_keyword, received_header
@@ -49,7 +49,13 @@ _HELP = ("Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT STARTTLS A
 
 
 def tls_description(transport) -> str:
-    """"TLSv1.3 with cipher X" for a TLS transport, "" otherwise."""
+    """"TLSv1.3 with cipher X" for a TLS transport, "" otherwise.
+
+    Behind tlsfront the TLS is the client's with the front, told by the PROXY v2 header.
+    """
+    proxied = proxyproto.proxied_tls(transport)
+    if proxied is not None:
+        return proxied.description()
     try:
         conn = transport.getHandle()
         version = conn.get_protocol_version_name()
@@ -84,6 +90,9 @@ class SMTPServer(ESMTP):
     def connectionMade(self) -> None:
         self.session = Session(client_address=self.client_host())
         self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.ctx is not None
+        if self.is_tls():  # behind tlsfront: TLS already, so no STARTTLS, and AUTH is allowed
+            self.startedTLS = True
+            self.session.tls = "TLS"
         if not self.factory.connection_opened(self.session.client_address):
             self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections from your "
                        "address, try again later")
@@ -100,12 +109,14 @@ class SMTPServer(ESMTP):
             log.info("disconnect from {client}", client=self.session.client_address)
 
     def client_host(self) -> str:
-        """The client's address; the one place to change when a PROXY header tells it."""
+        """The client's address; behind a PROXY header (gateway/proxyproto.py) getPeer()
+        already says the real one, before connectionMade."""
         peer = self.transport.getPeer()
         return getattr(peer, "host", str(peer))
 
     def is_tls(self) -> bool:
-        return self.startedTLS
+        """STARTTLS done, or the client spoke TLS to tlsfront (PROXY v2 PP2_TYPE_SSL)."""
+        return self.startedTLS or proxyproto.proxied_tls(self.transport) is not None
 
     def timeoutConnection(self) -> None:
         self.reply(421, "4.4.2", f"{self.factory.hostname} Idle timeout, closing connection")

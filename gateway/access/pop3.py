@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from gateway import sasl
+from gateway import proxyproto, sasl
 from gateway.access.pop3_transfer import MessageSender, TransactionCommands
 from gateway.config import PopSettings
 from gateway.interfaces import IMailStore, IUserDirectory
@@ -84,11 +84,14 @@ class POP3Server(TransactionCommands, pop3.POP3):
     # -- what a PROXY layer or tlsfront may need to change, in one place ----
 
     def client_host(self) -> str:
+        # Behind a PROXY header (gateway/proxyproto.py) getPeer() is already the real client.
         return getattr(self.transport.getPeer(), "host", "")
 
     def is_tls(self) -> bool:
+        # STLS done, or TLS the client spoke to tlsfront (PROXY v2 PP2_TYPE_SSL).
         return (self._tls_started or self.factory.implicit_tls
-                or ISSLTransport.providedBy(self.transport))
+                or ISSLTransport.providedBy(self.transport)
+                or proxyproto.proxied_tls(self.transport) is not None)
 
     def login_allowed(self) -> bool:
         return self.is_tls() or (self.factory.plaintext_from_loopback
@@ -389,7 +392,9 @@ class POP3Factory(ServerFactory):
     """Builds POP3Server sessions; holds what every session shares, counts connections."""
 
     protocol = POP3Server
-    # Set True on a listener only tlsfront reaches (the client spoke TLS to it).
+    # Set True on a listener where every client spoke TLS to something in front of it
+    # that says nothing; behind tlsfront each PROXY v2 header says it (is_tls), so the
+    # proxied listener leaves this False and a v1 or LOCAL header stays plaintext.
     implicit_tls = False
 
     def __init__(self, *, hostname: str, users: IUserDirectory, store: IMailStore, tls_options: Any,

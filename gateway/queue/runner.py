@@ -223,7 +223,9 @@ class QueueRunner:
                            ] * len(chunk)
             for (rcpt, route), result in zip(chunk, results, strict=True):
                 self._record(envelope, rcpt, result, now, route.kind)
-            # Durable before the next transaction: a crash now repeats none of these.
+            # Durable before anything else happens, even before the entry's removal:
+            # a remote server cannot be asked whether it already has the message, so
+            # a removal lost in a crash must find these recorded as done.
             yield saver.run(self._save, envelope)
 
     @defer.inlineCallbacks

@@ -23,6 +23,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.batch import fsync_dir, sync_dir
 from gateway.envelope import Envelope, valid_queue_id
 from gateway.errors import SpoolError
 from gateway.interfaces import ISpool
@@ -41,19 +42,13 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @implementer(ISpool)
 class Spool:
-    def __init__(self, root: Path, reactor):
+    def __init__(self, root: Path, reactor, run_blocking=None):
         self.root = Path(root)
         self.reactor = reactor
+        self.run_blocking = run_blocking or (
+            lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         self.tmp = self.root / "tmp"
         self.entries = self.root / "entries"
         self.quarantine_dir = self.root / "quarantine"
@@ -64,8 +59,7 @@ class Spool:
 
     def store(self, envelope: Envelope, message: bytes):
         """Deferred firing with the queue ID once the entry is durable (in a thread)."""
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                         self.store_blocking, envelope, message)
+        return self.run_blocking(self.store_blocking, envelope, message)
 
     def store_blocking(self, envelope: Envelope, message: bytes) -> str:
         qid = envelope.queue_id
@@ -77,7 +71,7 @@ class Spool:
             _write_synced(tmp_env, self._encode(envelope))
             os.rename(tmp_msg, self.entries / f"{qid}.msg")
             os.rename(tmp_env, self.entries / f"{qid}.env")
-            _fsync_dir(self.entries)
+            sync_dir(self.entries)
         except OSError as e:
             for p in (tmp_msg, tmp_env, self.entries / f"{qid}.msg"):
                 try:
@@ -94,7 +88,7 @@ class Spool:
         try:
             _write_synced(tmp, self._encode(envelope))
             os.replace(tmp, self.entries / f"{qid}.env")
-            _fsync_dir(self.entries)
+            sync_dir(self.entries)
         except OSError as e:
             raise SpoolError(f"{qid}: cannot update envelope: {e}") from e
 
@@ -105,7 +99,9 @@ class Spool:
                 (self.entries / f"{queue_id}{suffix}").unlink()
             except FileNotFoundError:
                 pass
-        _fsync_dir(self.entries)
+        # No fsync of the directory: should the removal be lost in a crash, the
+        # entry is found again at start and delivered with recovering=True, which
+        # the targets use to skip what they already delivered.
 
     @staticmethod
     def _encode(envelope: Envelope) -> bytes:
@@ -155,7 +151,7 @@ class Spool:
                 (self.entries / name).unlink()
             elif suffix == "env" and f"{qid}.msg" not in names:
                 self.quarantine(qid, "envelope without message")
-        _fsync_dir(self.entries)
+        fsync_dir(self.entries)
 
     def quarantine(self, queue_id: str, reason: str) -> None:
         for suffix in (".env", ".msg"):

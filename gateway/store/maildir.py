@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.batch import fsync_dir, sync_dir
 from gateway.envelope import parse_address
 from gateway.interfaces import IMailStore
+from gateway.store.folders import FolderRegistry, FolderSet
+
+_log = Logger()
 
 # Names from the network become directory names only through this pattern:
 # no "/", no leading dot, no "..", nothing outside printable ASCII.
@@ -23,18 +30,13 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~-][A-Za-z0-9!#$%&'*+=?^_`{
 _UNIQUE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @implementer(IMailStore)
 class MaildirStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, announce: Callable[[Callable[[], None]], Any] | None = None):
+        """announce(f) must run f on the thread that serves IMAP sessions (the
+        gateway passes reactor.callFromThread); by default f runs at once."""
         self.root = Path(root)
+        self._folders = FolderRegistry(announce or _call_now)
 
     def mailbox_path(self, mailbox: str) -> Path:
         """The Maildir of mailbox (user@domain); ValueError for a name unfit for a path."""
@@ -74,7 +76,8 @@ class MaildirStore:
         # rename, not link: the name is ours alone (queue ID + recipient), and a
         # leftover tmp file from a crash is simply overwritten above.
         os.rename(tmp, path / "new" / unique)
-        fsync_dir(path / "new")
+        sync_dir(path / "new")  # at once, or once for the whole trip (gateway/batch.py)
+        self._delivered(path)
         return True
 
     @staticmethod
@@ -89,3 +92,28 @@ class MaildirStore:
         from gateway.store.maildrop import Maildrop
 
         return Maildrop(self.ensure(mailbox))
+
+    # -- IMAP: folders, UIDs and live updates (store/folders.py, store/folder.py) --
+
+    def open_folders(self, mailbox: str) -> FolderSet:
+        """The mailbox's Maildir++ folders, with the RFC 6154 defaults made on first use."""
+        folders = FolderSet(self.ensure(mailbox), self._folders)
+        folders.ensure_defaults()
+        return folders
+
+    def _delivered(self, path: Path) -> None:
+        # If an IMAP session has this INBOX open, index the new message now
+        # and wake the session (IDLE sees SMTP deliveries at once). Only
+        # new/ is listed, so this stays cheap on a 100,000-message INBOX.
+        # The message is safely delivered already: a failure here must not
+        # fail the delivery (a retry would deliver it twice).
+        folder = self._folders.get(path)
+        if folder is not None:
+            try:
+                folder.sync()
+            except Exception:
+                _log.failure("indexing a delivery in {path}", path=str(path))
+
+
+def _call_now(f: Callable[[], None]) -> None:
+    f()

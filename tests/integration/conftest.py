@@ -56,10 +56,15 @@ class Gateway:
         self.root = root
         root.mkdir()
         self.state = root / "var"
-        self.ports = {name: free_port() for name in ("smtp", "submission", "pop3")}
+        self.ports = {name: free_port() for name in ("smtp", "submission", "pop3", "imap")}
         self.config = root / "mailgateway.toml"
         listen = "\n".join(f'{name} = "tcp:{port}:interface=127.0.0.1"'
                            for name, port in self.ports.items())
+        if "[relay]" not in extra_config:
+            # Tests never ask real DNS: by default the relay's name server is a
+            # closed loopback port, so remote mail simply waits (4.4.3, retried).
+            extra_config += (f'\n[relay]\nnameservers = ["127.0.0.1"]\n'
+                             f"dns_port = {free_port()}\ndns_timeout = 2\n")
         self.config.write_text(
             "[server]\nhostname = \"mx.example.test\"\ndomains = [\"example.test\"]\n"
             f"state_dir = \"{self.state}\"\n\n[listen]\n{listen}\n\n{extra_config}\n")

@@ -1,0 +1,164 @@
+"""One logged-in user's folders, as IMAP sees them: LIST, STATUS, APPEND, COPY/MOVE.
+
+Part of access/imap, over store/folders.py (Maildir++ FolderSet) and
+store/folder.py. Every method here blocks on the disk and is run by the
+server in the reactor's thread pool. Folder names arrive decoded from
+modified UTF-7 (wire.decode_mailbox); the store validates them as paths.
+Hierarchy delimiter "." (Maildir++), one personal namespace "" (RFC 2342).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from gateway.access.imap.mailbox import View
+from gateway.access.imap.wire import No, Upload
+from gateway.store.folder import Folder, transfer
+from gateway.store.folders import DELIMITER, FolderNameError, FolderSet, canonical
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """RFC 3501 6.3.8: "*" matches anything, "%" anything but the delimiter."""
+    out = []
+    for c in pattern:
+        if c == "*":
+            out.append(".*")
+        elif c == "%":
+            out.append(f"[^{re.escape(DELIMITER)}]*")
+        else:
+            out.append(re.escape(c))
+    return re.compile("".join(out), re.DOTALL)
+
+
+class Account:
+    def __init__(self, address: str, folders: FolderSet) -> None:
+        self.address = address
+        self.folders = folders
+
+    def _open(self, name: str, missing: str = "NONEXISTENT") -> Folder:
+        try:
+            folder = self.folders.open(name)
+        except FolderNameError as e:
+            raise No(f"[CANNOT] {e}") from e
+        if folder is None:
+            raise No(f"[{missing}] No such folder")
+        return folder
+
+    # -- folders ------------------------------------------------------------------
+
+    def list(self, reference: str, pattern: str, subscribed: bool) -> list[tuple[str, list[str]]]:
+        """(name, attributes) for LIST or LSUB, INBOX first (RFC 3501 6.3.8, 6.3.9)."""
+        full = canonical(reference + pattern)
+        matcher = pattern_regex(full)
+        existing = self.folders.names()
+        exist_set = set(existing)
+        parents: set[str] = set()
+        for name in existing:
+            levels = name.split(DELIMITER)
+            parents.update(DELIMITER.join(levels[:i]) for i in range(1, len(levels)))
+        pool = self.folders.subscribed() if subscribed else existing
+        # A "%" can match a level whose folder does not exist: RFC 3501 lists it \Noselect.
+        candidates = list(dict.fromkeys(pool + sorted(parents - exist_set)))
+        out = []
+        for name in candidates:
+            if not matcher.fullmatch(name):
+                continue
+            if subscribed and name not in pool:
+                continue
+            attrs = []
+            if name not in exist_set:
+                attrs.append("\\Noselect" if name in parents else "\\NonExistent")
+            if name in parents:
+                attrs.append("\\HasChildren")
+            elif name in exist_set:
+                attrs.append("\\HasNoChildren")
+            special = self.folders.special_use(name)
+            if special:
+                attrs.append(special)
+            out.append((name, attrs))
+        out.sort(key=lambda item: (item[0] != "INBOX", item[0]))
+        return out
+
+    def create(self, name: str) -> None:
+        name = name.rstrip(DELIMITER)  # RFC 3501 6.3.3: a trailing delimiter only says "parent"
+        try:
+            made = self.folders.create(name)
+        except FolderNameError as e:
+            raise No(f"[CANNOT] {e}") from e
+        if not made:
+            raise No("[ALREADYEXISTS] Folder already exists")
+
+    def delete(self, name: str) -> None:
+        if canonical(name) == "INBOX":
+            raise No("[CANNOT] INBOX cannot be deleted")
+        try:
+            if not self.folders.delete(name):
+                raise No("[NONEXISTENT] No such folder")
+        except FolderNameError as e:
+            raise No(f"[CANNOT] {e}") from e
+
+    def rename(self, old: str, new: str) -> None:
+        if canonical(old) == "INBOX":
+            # RFC 3501 6.3.5 makes renaming INBOX move its messages; not offered.
+            raise No("[CANNOT] INBOX cannot be renamed")
+        try:
+            if not self.folders.exists(old):
+                raise No("[NONEXISTENT] No such folder")
+            if not self.folders.rename(old, new):
+                raise No("[ALREADYEXISTS] Target folder exists")
+        except FolderNameError as e:
+            raise No(f"[CANNOT] {e}") from e
+
+    def subscribe(self, name: str, on: bool) -> None:
+        try:
+            self.folders.subscribe(name) if on else self.folders.unsubscribe(name)
+        except FolderNameError as e:
+            raise No(f"[CANNOT] {e}") from e
+
+    def status(self, name: str, items: list[str]) -> list[tuple[str, int]]:
+        folder = self._open(name)
+        values = {"MESSAGES": lambda: len(folder.uids), "RECENT": lambda: len(folder.recent),
+                  "UIDNEXT": lambda: folder.uidnext, "UIDVALIDITY": lambda: folder.uidvalidity,
+                  "UNSEEN": folder.unseen}
+        with folder.lock:
+            return [(item, values[item]()) for item in items]
+
+    # -- selecting ----------------------------------------------------------------
+
+    def select(self, name: str, readonly: bool, view_factory) -> View:
+        view = view_factory(self._open(name))
+        view.open()
+        return view
+
+    # -- adding messages ----------------------------------------------------------
+
+    def upload_path(self) -> Path:
+        """Where an APPEND literal is spooled: tmp/ of the user's Maildir (same file system)."""
+        from gateway.store.folder import new_unique
+
+        return self.folders.root / "tmp" / (new_unique() + ".append")
+
+    def append(self, name: str, upload: Upload, flags: list[str],
+               date: int | None) -> tuple[int, int]:
+        """Store an uploaded message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
+        try:
+            folder = self._open(name, "TRYCREATE")
+            fd = os.open(upload.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # on disk before the client hears OK
+            finally:
+                os.close(fd)
+            uid = folder.add_file(Path(upload.path), flags, date, "rename")
+        finally:
+            Path(upload.path).unlink(missing_ok=True)
+        if uid is None:
+            raise No("[SERVERBUG] Message vanished while being stored")
+        return folder.uidvalidity, uid
+
+    def copy(self, view: View, uids: list[int], name: str, move: bool) -> tuple[int, list]:
+        """COPY or MOVE; returns (target UIDVALIDITY, [(source UID, target UID)])."""
+        target = self._open(name, "TRYCREATE")
+        pairs = transfer(view.folder, target, uids, move, origin=view)
+        return target.uidvalidity, pairs

@@ -1,0 +1,258 @@
+"""The authenticated state of an IMAP session: folders, APPEND, IDLE, NAMESPACE, ENABLE.
+
+A mixin of server.IMAPServer. RFC 3501 6.3, RFC 2177 (IDLE), RFC 2342
+(NAMESPACE), RFC 5161 (ENABLE), RFC 4315 (APPENDUID), RFC 6154 (SPECIAL-USE
+attributes in LIST), RFC 3348 (CHILDREN). Folder work blocks on the disk,
+so it runs in the thread pool (account.py); answers come back here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from typing import Any
+
+from twisted.internet import defer
+
+from gateway.access.imap import wire
+from gateway.access.imap.mailbox import View
+from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
+from gateway.store.folders import DELIMITER
+
+SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+
+
+def flag_list(token: Any) -> list[str]:
+    """A parenthesised flag list (or one flag) as names; \\Recent is not the client's."""
+    items = token if isinstance(token, list) else [token]
+    flags = []
+    for t in items:
+        if not isinstance(t, Atom) or not t or any(c in b"(){%*\"]" for c in t):
+            raise Bad("bad flag")
+        name = t.decode("ascii", "replace")
+        if name.startswith("\\"):
+            canonical = {f.lower(): f for f in SYSTEM_FLAGS.decode().split(" ")
+                         if f.startswith("\\")}.get(name.lower())
+            if canonical is None:
+                if name.lower() == "\\recent":
+                    continue
+                raise Bad(f"unknown system flag {name}")
+            name = canonical
+        flags.append(name)
+    return flags
+
+
+def append_date(token: Any) -> int:
+    """RFC 3501 date-time "dd-Mon-yyyy hh:mm:ss +zzzz" -> Unix seconds."""
+    try:
+        day, month, rest = bytes(token).decode("ascii").strip().split("-", 2)
+        parsed = email.utils.parsedate_tz(f"{day} {month} {rest}")
+    except (UnicodeDecodeError, ValueError):
+        parsed = None
+    if not parsed:
+        raise Bad("bad date-time")
+    return int(email.utils.mktime_tz(parsed))
+
+
+class AuthenticatedCommands:
+    # -- SELECT / EXAMINE ---------------------------------------------------------
+
+    def do_SELECT(self, tag: bytes, args: list, uid: bool, readonly: bool = False) -> Any:
+        wire.arity(args, 1)
+        name = wire.decode_mailbox(wire.astring(args[0], "folder name"))
+        self.close_view()
+
+        def make(folder: Any) -> View:
+            return View(folder, name, readonly, self.view_woken)
+
+        def work() -> tuple[View, int, int]:
+            view = self.account.select(name, readonly, make)
+            with view.folder.lock:
+                by_uid = view.folder.by_uid
+                first_unseen = next((n for n, u in enumerate(view.uids, 1)
+                                     if u in by_uid and "S" not in by_uid[u].letters), 0)
+                return view, first_unseen, view.folder.uidnext
+
+        def selected(result: tuple[View, int, int]) -> bytes:
+            view, first_unseen, uidnext = result
+            if self._gone:
+                view.close()
+                return b""
+            self.view, self.state = view, "select"
+            lines = [b"* FLAGS (" + SYSTEM_FLAGS + b")",
+                     b"* OK [PERMANENTFLAGS (" + (b"" if readonly else SYSTEM_FLAGS + b" \\*")
+                     + b")] Flags permitted",
+                     b"* %d EXISTS" % len(view), b"* %d RECENT" % len(view.recent)]
+            if first_unseen:
+                lines.append(b"* OK [UNSEEN %d] First unseen" % first_unseen)
+            lines += [b"* OK [UIDVALIDITY %d] UIDs valid" % view.folder.uidvalidity,
+                      b"* OK [UIDNEXT %d] Predicted next UID" % uidnext]
+            self.transport.writeSequence([line + b"\r\n" for line in lines])
+            return (b"[READ-ONLY] EXAMINE" if readonly else b"[READ-WRITE] SELECT") + \
+                b" completed"
+
+        return self.run_blocking(work).addCallback(selected)
+
+    def do_EXAMINE(self, tag: bytes, args: list, uid: bool) -> Any:
+        return self.do_SELECT(tag, args, uid, readonly=True)
+
+    def close_view(self) -> None:
+        if self.view is not None:
+            self.view.close()
+            self.view, self.state = None, "auth"
+
+    def view_woken(self) -> None:
+        """Another session or a delivery changed the selected folder (reactor thread)."""
+        if self._idle_tag is not None:
+            self.flush_updates(True)
+
+    # -- folders ------------------------------------------------------------------
+
+    def _name(self, token: Any) -> str:
+        return wire.decode_mailbox(wire.astring(token, "folder name"))
+
+    def _simple(self, f, *args) -> defer.Deferred:
+        return self.run_blocking(f, *args)
+
+    def do_CREATE(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 1)
+        return self._simple(self.account.create, self._name(args[0])).addCallback(
+            lambda _: b"CREATE completed")
+
+    def do_DELETE(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 1)
+        return self._simple(self.account.delete, self._name(args[0])).addCallback(
+            lambda _: b"DELETE completed")
+
+    def do_RENAME(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 2)
+        return self._simple(self.account.rename, self._name(args[0]),
+                            self._name(args[1])).addCallback(lambda _: b"RENAME completed")
+
+    def do_SUBSCRIBE(self, tag: bytes, args: list, uid: bool, on: bool = True) -> Any:
+        wire.arity(args, 1)
+        return self._simple(self.account.subscribe, self._name(args[0]), on).addCallback(
+            lambda _: b"SUBSCRIBE completed" if on else b"UNSUBSCRIBE completed")
+
+    def do_UNSUBSCRIBE(self, tag: bytes, args: list, uid: bool) -> Any:
+        return self.do_SUBSCRIBE(tag, args, uid, on=False)
+
+    def do_LIST(self, tag: bytes, args: list, uid: bool, subscribed: bool = False) -> Any:
+        wire.arity(args, 2)
+        if isinstance(args[0], list):
+            raise Bad("LIST-EXTENDED selection options are not supported")
+        reference, pattern = self._name(args[0]), self._name(args[1])
+        verb = b"LSUB" if subscribed else b"LIST"
+        if not pattern and not subscribed:  # RFC 3501 6.3.8: the delimiter and root
+            self.sendUntaggedResponse(b'LIST (\\Noselect) "%s" ""' % DELIMITER.encode())
+            return defer.succeed(b"LIST completed")
+
+        def listed(found: list[tuple[str, list[str]]]) -> bytes:
+            out = [b'* %s (%s) "%s" %s\r\n' % (verb, " ".join(attrs).encode(),
+                                              DELIMITER.encode(), wire.mailbox_name(name))
+                   for name, attrs in found]
+            self.transport.writeSequence(out)
+            return verb + b" completed"
+
+        return self._simple(self.account.list, reference, pattern, subscribed).addCallback(
+            listed)
+
+    def do_LSUB(self, tag: bytes, args: list, uid: bool) -> Any:
+        return self.do_LIST(tag, args, uid, subscribed=True)
+
+    def do_STATUS(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 2)
+        name = self._name(args[0])
+        if not isinstance(args[1], list) or not args[1]:
+            raise Bad("STATUS needs a list of items")
+        items = [wire.atom(t, "status item").decode().upper() for t in args[1]]
+        if any(i not in STATUS_ITEMS for i in items):
+            raise Bad("unknown STATUS item")
+
+        def answer(values: list[tuple[str, int]]) -> bytes:
+            body = " ".join(f"{k} {v}" for k, v in values).encode()
+            self.sendUntaggedResponse(b"STATUS " + wire.mailbox_name(name) + b" (" + body + b")")
+            return b"STATUS completed"
+
+        return self._simple(self.account.status, name, items).addCallback(answer)
+
+    def do_NAMESPACE(self, tag: bytes, args: list, uid: bool) -> bytes:
+        wire.arity(args, 0)
+        self.sendUntaggedResponse(b'NAMESPACE (("" "%s")) NIL NIL' % DELIMITER.encode())
+        return b"NAMESPACE completed"
+
+    def do_ENABLE(self, tag: bytes, args: list, uid: bool) -> bytes:
+        # RFC 5161: none of the extensions that need enabling (CONDSTORE, UTF8=ACCEPT,
+        # QRESYNC) is offered, so nothing is enabled.
+        if not args:
+            raise Bad("ENABLE needs capability names")
+        self.sendUntaggedResponse(b"ENABLED")
+        return b"ENABLE completed"
+
+    # -- APPEND ---------------------------------------------------------------------
+
+    def do_APPEND(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 2, 4)
+        name = self._name(args[0])
+        message, rest = args[-1], args[1:-1]
+        if not isinstance(message, (Upload, Str)):
+            raise Bad("APPEND needs the message as a literal")
+        flags: list[str] = []
+        date = None
+        if rest and isinstance(rest[0], list):
+            flags = flag_list(rest.pop(0))
+        if rest:
+            if not isinstance(rest[0], Str):
+                raise Bad("bad APPEND arguments")
+            date = append_date(rest.pop(0))
+        if rest:
+            raise Bad("bad APPEND arguments")
+        if isinstance(message, Str):  # a literal too small to have been spooled
+            upload = Upload(self.account.upload_path(), len(message))
+            with open(upload.path, "wb") as f:
+                f.write(message)
+        else:
+            upload = message
+        if upload.size == 0:
+            raise No("[CANNOT] An empty message cannot be appended")
+
+        def done(result: tuple[int, int]) -> bytes:
+            return b"[APPENDUID %d %d] APPEND completed" % result
+
+        return self._simple(self.account.append, name, upload, flags, date).addCallback(done)
+
+    # -- IDLE (RFC 2177) ------------------------------------------------------------
+
+    def do_IDLE(self, tag: bytes, args: list, uid: bool) -> None:
+        wire.arity(args, 0)
+        self.sendLine(b"+ idling")
+        self._idle_tag = tag
+        self.flush_updates(True)
+        self._schedule_poll()
+        return None
+
+    def _schedule_poll(self) -> None:
+        # Changes by this gateway arrive at once (view_woken); this looks for
+        # those of other programs, cheaply (two stat() calls when nothing changed).
+        if self.view is not None:
+            self._idle_poll = self.factory.reactor.callLater(self.settings.poll_interval,
+                                                             self._poll)
+
+    def _poll(self) -> None:
+        self._idle_poll = None
+        if self._idle_tag is None or self.view is None or self._gone:
+            return
+        d = self.run_blocking(self.view.folder.sync)
+        d.addErrback(lambda f: None)
+        d.addCallback(lambda _: self._schedule_poll() if self._idle_tag is not None else None)
+
+    def idle_line(self, line: bytes) -> None:
+        tag, self._idle_tag = self._idle_tag, None
+        if self._idle_poll is not None and self._idle_poll.active():
+            self._idle_poll.cancel()
+        self._idle_poll = None
+        if line.upper() != b"DONE":
+            # Twisted's IDLE ends on any line; RFC 2177 only on DONE.
+            return self.bad(tag, "Expected DONE")
+        self.flush_updates(True)
+        self.sendPositiveResponse(tag, b"IDLE terminated")

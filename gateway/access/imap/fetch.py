@@ -1,0 +1,210 @@
+"""FETCH (RFC 3501 6.4.5, 7.4.2): which items a client asked for, and their bytes.
+
+Part of access/imap: selected.py parses the request with parse() on the
+reactor thread and runs render() in the thread pool, a batch of messages at
+a time. Sections are slices of the stored file (message.py), so BODY[]
+is the message byte for byte; a partial <o.n> answers with <o> and exactly
+those octets (Twisted returns the whole message, its issue 5613). FLAGS,
+UID, INTERNALDATE and RFC822.SIZE come from the index alone; ENVELOPE,
+BODY and BODYSTRUCTURE from the summary cache (summary.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from gateway.access.imap import message
+from gateway.access.imap.mailbox import View
+from gateway.access.imap.summary import HeaderSummary, StructureSummary, summaries
+from gateway.access.imap.wire import Atom, Bad, quoted
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE"}
+_MACROS = {b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
+           b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
+           b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"]}
+_BODY = re.compile(rb"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?", re.I)
+_SECTION = re.compile(rb"((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\.?"
+                      rb"(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?"
+                      rb"(?: \((.*)\))?", re.I | re.S)
+
+
+@dataclass
+class Item:
+    kind: bytes  # FLAGS, UID, ..., BODY (structure), SECTION
+    name: bytes = b""  # as it appears in the response, e.g. BODY[1.MIME] or RFC822
+    path: tuple[int, ...] = ()
+    spec: bytes = b""  # b"", HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: tuple[bytes, ...] = ()
+    origin: int | None = None
+    count: int = 0
+    seen: bool = False  # sets \Seen (BODY[...] without PEEK, RFC822, RFC822.TEXT)
+
+
+def parse(tokens: list) -> list[Item]:
+    """The fetch attributes of a FETCH command; Bad if any is not RFC 3501's."""
+    if len(tokens) == 1 and isinstance(tokens[0], list):
+        tokens = tokens[0]
+    if len(tokens) == 1 and isinstance(tokens[0], Atom) and tokens[0].upper() in _MACROS:
+        tokens = [Atom(t) for t in _MACROS[tokens[0].upper()]]
+    if not tokens:
+        raise Bad("no fetch attributes")
+    return [_item(t) for t in tokens]
+
+
+def _item(token) -> Item:
+    if not isinstance(token, Atom):
+        raise Bad("fetch attribute expected")
+    upper = bytes(token).upper()
+    if upper in _SIMPLE:
+        return Item(upper)
+    if upper == b"BODY":
+        return Item(b"BODY")
+    if upper == b"RFC822":
+        return Item(b"SECTION", b"RFC822", seen=True)
+    if upper == b"RFC822.HEADER":
+        return Item(b"SECTION", b"RFC822.HEADER", spec=b"HEADER")
+    if upper == b"RFC822.TEXT":
+        return Item(b"SECTION", b"RFC822.TEXT", spec=b"TEXT", seen=True)
+    m = _BODY.fullmatch(bytes(token))
+    if not m:
+        raise Bad(f"unknown fetch attribute {token[:40].decode('ascii', 'replace')}")
+    s = _SECTION.fullmatch(m.group(2))
+    if not s:
+        raise Bad("bad section")
+    path = tuple(int(p) for p in s.group(1).split(b".")) if s.group(1) else ()
+    spec = (s.group(2) or b"").upper()
+    if spec == b"MIME" and not path:
+        raise Bad("MIME needs a part number")
+    fields: tuple[bytes, ...] = ()
+    if spec.startswith(b"HEADER.FIELDS"):
+        if s.group(3) is None:
+            raise Bad("header field list expected")
+        fields = tuple(f.strip(b'"') for f in s.group(3).split())
+        if not fields:
+            raise Bad("empty header field list")
+    elif s.group(3) is not None:
+        raise Bad("bad section")
+    section = b".".join(b"%d" % p for p in path)
+    if spec:
+        section += (b"." if section else b"") + spec
+    if fields:
+        section += b" (" + b" ".join(fields) + b")"
+    item = Item(b"SECTION", b"BODY[" + section + b"]", path, spec, fields,
+                seen=m.group(1).upper() == b"BODY")
+    if m.group(3) is not None:
+        item.origin, item.count = int(m.group(3)), int(m.group(4))
+        if item.count == 0:
+            raise Bad("partial length must not be 0")
+    return item
+
+
+def _header_only(i: Item) -> bool:
+    return i.kind == b"SECTION" and not i.path and i.spec.startswith(b"HEADER")
+
+
+def needs(items: list[Item]) -> tuple[bool, bool]:
+    """(needs summaries, needs file contents) for these items."""
+    summary = any(i.kind in (b"ENVELOPE", b"BODYSTRUCTURE", b"BODY") or _header_only(i)
+                  for i in items)
+    content = any(i.kind == b"SECTION" and not _header_only(i) for i in items)
+    return summary, content
+
+
+def internaldate(seconds: int) -> bytes:
+    t = time.gmtime(seconds)
+    return b'"%02d-%s-%04d %02d:%02d:%02d +0000"' % (
+        t.tm_mday, _MONTHS[t.tm_mon - 1].encode(), t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def _section(item: Item, data: bytes) -> bytes | None:
+    root = message.Part(data, 0, len(data), "text/plain", 0)
+    part = message.find(root, item.path)
+    if part is None:
+        return None
+    msg = part if not item.path else part.message
+    if item.spec == b"":
+        return data if not item.path else part.text()
+    if item.spec == b"MIME":
+        return part.header()
+    if msg is None:
+        return None  # HEADER/TEXT of a part that is not a message/rfc822
+    if item.spec == b"TEXT":
+        return msg.text()
+    return _header(msg.header(), item)
+
+
+def _header(block: bytes, item: Item) -> bytes:
+    if not item.fields:
+        return block
+    wanted = {f.lower() for f in item.fields}
+    keep = item.spec == b"HEADER.FIELDS"
+    picked = [raw for name, raw in message.header_fields(block) if (name in wanted) == keep]
+    return b"".join(picked) + b"\r\n"
+
+
+def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
+           with_uid: bool, seen_now: set[int]) -> list[bytes]:
+    """The untagged FETCH responses for (seq, uid) pairs. Blocking: runs in a thread."""
+    folder = view.folder
+    want_summary, want_content = needs(items)
+    uids = [u for _, u in pairs]
+    heads: dict[int, HeaderSummary] = summaries(folder, uids, HeaderSummary) if any(
+        i.kind == b"ENVELOPE" or _header_only(i) for i in items) else {}
+    structures: dict[int, StructureSummary] = summaries(folder, uids, StructureSummary) if any(
+        i.kind in (b"BODY", b"BODYSTRUCTURE") for i in items) else {}
+    out = []
+    ask_flags = any(i.kind == b"FLAGS" for i in items)
+    for seq, uid in pairs:
+        m = folder.message(uid)
+        flags = view.flags(uid)
+        if m is None or flags is None:
+            continue  # expunged by another session; its EXPUNGE comes later
+        data = folder.read(uid) if want_content else None
+        if want_content and data is None:
+            continue
+        parts = []
+        if with_uid and not any(i.kind == b"UID" for i in items):
+            parts.append(b"UID %d" % uid)
+        for item in items:
+            k = item.kind
+            if k == b"FLAGS":
+                parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
+            elif k == b"UID":
+                parts.append(b"UID %d" % uid)
+            elif k == b"INTERNALDATE":
+                parts.append(b"INTERNALDATE " + internaldate(m.idate))
+            elif k == b"RFC822.SIZE":
+                parts.append(b"RFC822.SIZE %d" % m.size)
+            elif k == b"ENVELOPE":
+                parts.append(b"ENVELOPE " + heads[uid].envelope)
+            elif k == b"BODYSTRUCTURE":
+                parts.append(b"BODYSTRUCTURE " + structures[uid].bodystructure)
+            elif k == b"BODY":
+                parts.append(b"BODY " + structures[uid].body)
+            else:
+                parts.append(_render_section(item, uid, data, heads.get(uid), folder))
+        if uid in seen_now and not ask_flags:  # RFC 3501 6.4.5: tell of the implied \Seen
+            parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
+        out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+    return out
+
+
+def _render_section(item: Item, uid: int, data: bytes | None, summary: HeaderSummary | None,
+                    folder) -> bytes:
+    if data is None and summary is not None and summary.header_complete == b"1":
+        value = _header(summary.header, item)
+    else:
+        if data is None:
+            data = folder.read(uid) or b""
+        value = _section(item, data)
+    name = item.name
+    if value is None:
+        value = b""
+    if item.origin is not None:
+        name += b"<%d>" % item.origin
+        value = value[item.origin:item.origin + item.count]
+    # Literal always: message data may hold CR, LF and 8-bit bytes (RFC 3501 4.3).
+    return name + b" {%d}\r\n" % len(value) + value if value else name + b" " + quoted(b"")

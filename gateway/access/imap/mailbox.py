@@ -1,0 +1,147 @@
+"""A session's selected mailbox: message sequence numbers over a shared store Folder.
+
+Part of access/imap, over store/folder.py. RFC 3501 numbers messages per
+session: another session's EXPUNGE must not renumber this one's messages
+until this session is told (7.4.1), and new mail becomes visible only with
+an EXISTS response. So each View keeps its own sequence -> UID list and
+collects what others changed (folder_changed, called by the Folder under its
+lock from any thread); take_updates() turns that into untagged responses at
+the moments RFC 3501 allows (NOOP, IDLE, command completion; EXPUNGE never
+during FETCH, STORE or SEARCH, 7.4.1).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+
+from gateway.store.folder import Folder
+
+
+class View:
+    def __init__(self, folder: Folder, name: str, readonly: bool,
+                 on_wake: Callable[[], None]) -> None:
+        self.folder = folder
+        self.name = name
+        self.readonly = readonly
+        self.on_wake = on_wake
+        self.uids: list[int] = []
+        self.recent: set[int] = set()
+        self._expunged: set[int] = set()
+        self._flagged: set[int] = set()
+        self._added = False
+
+    # -- FolderListener ---------------------------------------------------------
+
+    def folder_changed(self, expunged: list[int], flagged: list[int], added: list[int]) -> None:
+        self._expunged.update(expunged)
+        self._flagged.update(flagged)
+        self._added = self._added or bool(added)
+
+    def wake(self) -> None:
+        self.on_wake()
+
+    # -- life -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Attach to the folder and take the first snapshot (blocking: a thread)."""
+        folder = self.folder
+        with folder.lock:
+            folder.sync()
+            folder.attach(self)
+            self.uids = list(folder.uids)
+            if not self.readonly:
+                self.recent = folder.claim_recent()
+            self._expunged.clear()
+            self._flagged.clear()
+            self._added = False
+
+    def close(self) -> None:
+        self.folder.detach(self)
+
+    def pending(self) -> bool:
+        return bool(self._expunged or self._flagged or self._added)
+
+    # -- numbering --------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def largest(self, uid: bool) -> int:
+        if not self.uids:
+            return 0
+        return self.uids[-1] if uid else len(self.uids)
+
+    def select(self, ranges: list[tuple[int, int]], uid: bool) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the messages a sequence or UID set names, in order."""
+        out: list[tuple[int, int]] = []
+        uids = self.uids
+        for lo, hi in ranges:
+            if uid:
+                start, stop = bisect_left(uids, lo), bisect_right(uids, hi)
+            else:
+                start, stop = max(lo, 1) - 1, min(hi, len(uids))
+            out.extend((i + 1, uids[i]) for i in range(start, stop))
+        return out
+
+    def seq(self, uid: int) -> int | None:
+        i = bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def flags(self, uid: int) -> list[str] | None:
+        m = self.folder.by_uid.get(uid)
+        if m is None:
+            return None
+        flags = m.flags()
+        if uid in self.recent:
+            flags.append("\\Recent")
+        return flags
+
+    # -- telling the client -----------------------------------------------------
+
+    def take_updates(self, allow_expunge: bool) -> list[bytes]:
+        """Untagged responses for what other sessions and programs changed."""
+        folder = self.folder
+        lines: list[bytes] = []
+        with folder.lock:
+            if allow_expunge and self._expunged:
+                gone = self._expunged
+                for uid in sorted(gone, reverse=True):  # from the end: lower numbers hold
+                    n = self.seq(uid)
+                    if n is not None:
+                        lines.append(b"* %d EXPUNGE" % n)
+                self.uids = [u for u in self.uids if u not in gone]
+                self.recent -= gone
+                self._expunged = set()
+            if self._added:
+                self._added = False
+                last = self.uids[-1] if self.uids else 0
+                new = folder.uids[bisect_right(folder.uids, last):]
+                if new:
+                    self.uids.extend(new)
+                    if not self.readonly:
+                        self.recent |= folder.claim_recent()
+                    lines.append(b"* %d EXISTS" % len(self.uids))
+                    lines.append(b"* %d RECENT" % len(self.recent))
+            if self._flagged:
+                for uid in sorted(self._flagged):
+                    n, flags = self.seq(uid), self.flags(uid)
+                    if n is not None and flags is not None:
+                        lines.append(b"* %d FETCH (UID %d FLAGS (%s))"
+                                     % (n, uid, " ".join(flags).encode()))
+                self._flagged = set()
+        return lines
+
+    def forget(self, uids: list[int]) -> list[bytes]:
+        """EXPUNGE responses for this session's own expunge or move of uids."""
+        gone = set(uids)
+        lines = []
+        for uid in sorted(gone, reverse=True):
+            n = self.seq(uid)
+            if n is not None:
+                lines.append(b"* %d EXPUNGE" % n)
+        self.uids = [u for u in self.uids if u not in gone]
+        self.recent -= gone
+        self._expunged -= gone
+        self._flagged -= gone
+        return lines

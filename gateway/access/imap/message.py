@@ -1,0 +1,267 @@
+"""A message's MIME structure by byte offsets: sections, ENVELOPE and BODYSTRUCTURE.
+
+Part of access/imap: fetch.py and search.py use it on the bytes the store
+hands back. Twisted's getBodyStructure/getEnvelope re-title and re-join
+headers and default the wrong types, so FETCH BODY[...] could not be
+byte-exact through them; here every section is a slice of the stored file.
+RFC 3501 6.4.5 (section numbers), 7.4.2 (ENVELOPE, BODY, BODYSTRUCTURE),
+RFC 2045/2046 (Content-Type, multipart boundaries), RFC 2183 (disposition).
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.utils
+import re
+from email.header import decode_header, make_header
+
+from gateway.access.imap.wire import Raw, encode
+
+MAX_DEPTH = 20
+_BLANK = re.compile(rb"\r?\n\r?\n")
+
+
+class Part:
+    """One MIME entity: data[start:body] is its header block (blank line included)."""
+
+    __slots__ = ("data", "start", "body", "end", "fields", "maintype", "subtype", "params",
+                 "children", "message")
+
+    def __init__(self, data: bytes, start: int, end: int, default: str, depth: int) -> None:
+        self.data, self.start, self.end = data, start, end
+        if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+            self.body = start + (2 if data[start:start + 1] == b"\r" else 1)
+        else:
+            m = _BLANK.search(data, start, end)
+            self.body = m.end() if m else end
+        self.fields = header_fields(data[start:self.body])
+        ctype = self.field(b"content-type")
+        msg = email.message.Message()
+        msg.set_default_type(default)
+        if ctype is not None:
+            msg["Content-Type"] = _text(ctype)
+        self.maintype, self.subtype = msg.get_content_maintype(), msg.get_content_subtype()
+        self.params = [(k, email.utils.collapse_rfc2231_value(v))
+                       for k, v in (msg.get_params() or [])[1:]]
+        self.children: list[Part] = []
+        self.message: Part | None = None
+        if depth >= MAX_DEPTH:
+            return
+        if self.maintype == "multipart":
+            boundary = dict(self.params).get("boundary")
+            if boundary:
+                child_default = "message/rfc822" if self.subtype == "digest" else "text/plain"
+                self.children = [Part(data, s, e, child_default, depth + 1)
+                                 for s, e in split_multipart(data, self.body, end,
+                                                             boundary.encode("latin-1", "replace"))]
+        elif (self.maintype, self.subtype) == ("message", "rfc822"):
+            self.message = Part(data, self.body, end, "text/plain", depth + 1)
+
+    def field(self, name: bytes) -> bytes | None:
+        """The unfolded value of the first field called name (lower case)."""
+        for n, raw in self.fields:
+            if n == name:
+                return unfold(raw)
+        return None
+
+    def header(self) -> bytes:
+        return self.data[self.start:self.body]
+
+    def text(self) -> bytes:
+        return self.data[self.body:self.end]
+
+
+def header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
+    """(lower-case name, raw field with its folding and line end) for each field."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            name, raw = fields[-1]
+            fields[-1] = (name, raw + line)
+        else:
+            name = line.split(b":", 1)[0].strip().lower() if b":" in line else b""
+            fields.append((name, line))
+    return fields
+
+
+def unfold(raw: bytes) -> bytes:
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    return re.sub(rb"\r?\n(?=[ \t])", b"", value).strip()
+
+
+def split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each body part (RFC 2046 5.1.1); the CRLF before a delimiter is its own."""
+    delim = b"--" + boundary
+    parts: list[tuple[int, int]] = []
+    opened: int | None = None
+    i = start
+    while True:
+        j = data.find(delim, i, end)
+        if j < 0:
+            break
+        after = j + len(delim)
+        at_line_start = j == start or data[j - 1:j] == b"\n"
+        close = data[after:after + 2] == b"--"
+        tail = data[after + (2 if close else 0):after + 3]
+        if not at_line_start or (tail[:1] not in (b"", b"\r", b"\n", b" ", b"\t")):
+            i = after
+            continue
+        content_end = j
+        if j > start:
+            content_end = j - (2 if data[j - 2:j] == b"\r\n" else 1)
+        if opened is not None:
+            parts.append((opened, max(opened, content_end)))
+        eol = data.find(b"\n", after, end)
+        i = end if eol < 0 else eol + 1
+        if close:
+            return parts
+        opened = i
+    if opened is not None:
+        parts.append((opened, end))  # no close delimiter: the last part runs to the end
+    return parts
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _bytes(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def find(root: Part, path: tuple[int, ...]) -> Part | None:
+    """The part named by section numbers (1-based), None if there is none."""
+    cur = root
+    for n in path:
+        if cur.message is not None and not cur.children:
+            cur = cur.message  # n names a part of the encapsulated message
+        if cur.children:
+            if not 1 <= n <= len(cur.children):
+                return None
+            cur = cur.children[n - 1]
+        elif n != 1:
+            return None
+    return cur
+
+
+def line_count(data: bytes) -> int:
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+# -- ENVELOPE ---------------------------------------------------------------------
+
+def _addresses(value: bytes | None) -> list | None:
+    if value is None:
+        return None
+    out = []
+    for name, addr in email.utils.getaddresses([_text(value)]):
+        if not addr and not name:
+            continue
+        mailbox, at, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
+        out.append([_bytes(name) if name else None, None, _bytes(mailbox) if mailbox else None,
+                    _bytes(host) if at else None])
+    return out or None
+
+
+def envelope(part: Part) -> bytes:
+    """RFC 3501 7.4.2 ENVELOPE, encoded; header values raw (RFC 2047 words stay encoded)."""
+    f = part.field
+    sender_from = _addresses(f(b"from"))
+    return encode([
+        f(b"date"), f(b"subject"), sender_from,
+        _addresses(f(b"sender")) or sender_from,
+        _addresses(f(b"reply-to")) or sender_from,
+        _addresses(f(b"to")), _addresses(f(b"cc")), _addresses(f(b"bcc")),
+        f(b"in-reply-to"), f(b"message-id"),
+    ])
+
+
+# -- BODY and BODYSTRUCTURE ---------------------------------------------------------
+
+def _param_list(params: list[tuple[str, str]]) -> list | None:
+    flat: list = []
+    for k, v in params:
+        flat += [_bytes(k.upper()), _bytes(v)]
+    return flat or None
+
+
+def _disposition(part: Part) -> list | None:
+    value = part.field(b"content-disposition")
+    if value is None:
+        return None
+    msg = email.message.Message()
+    msg["Content-Disposition"] = _text(value)
+    params = msg.get_params(header="content-disposition") or [("", "")]
+    kind = params[0][0]
+    rest = [(k, email.utils.collapse_rfc2231_value(v)) for k, v in params[1:]]
+    return [_bytes(kind.upper()), _param_list(rest)] if kind else None
+
+
+def _language(part: Part) -> bytes | list | None:
+    value = part.field(b"content-language")
+    if value is None:
+        return None
+    tags = [t.strip() for t in value.split(b",") if t.strip()]
+    return tags[0] if len(tags) == 1 else (tags or None)
+
+
+def structure(part: Part, extended: bool) -> list:
+    """The BODY (extended False) or BODYSTRUCTURE of part, as a nested list."""
+    if part.children:
+        out: list = [Raw(b"".join(encode(structure(c, extended)) for c in part.children)),
+                     _bytes(part.subtype.upper())]
+        if extended:
+            out += [_param_list(part.params), _disposition(part), _language(part),
+                    part.field(b"content-location")]
+        return out
+    body = part.text()
+    out = [_bytes(part.maintype.upper()), _bytes(part.subtype.upper()),
+           _param_list(part.params), part.field(b"content-id"),
+           part.field(b"content-description"),
+           (part.field(b"content-transfer-encoding") or b"7BIT").upper(), len(body)]
+    if part.message is not None:
+        out += [Raw(envelope(part.message)), structure(part.message, extended),
+                line_count(body)]
+    elif part.maintype == "text":
+        out.append(line_count(body))
+    if extended:
+        out += [part.field(b"content-md5"), _disposition(part), _language(part),
+                part.field(b"content-location")]
+    return out
+
+
+def bodystructure(part: Part, extended: bool = True) -> bytes:
+    """BODYSTRUCTURE (extended) or BODY, encoded. A multipart's parts come without
+    spaces between them (body-type-mpart = 1*body SP media-subtype)."""
+    return encode(structure(part, extended))
+
+
+# -- search fields --------------------------------------------------------------------
+
+def decoded(value: bytes | None) -> str:
+    """A header value with RFC 2047 words decoded, case-folded for SEARCH."""
+    if value is None:
+        return ""
+    text = _text(value)
+    if "=?" in text:  # only then can there be encoded words (and the slow decoder)
+        try:
+            text = str(make_header(decode_header(text)))
+        except (ValueError, LookupError, UnicodeError):
+            pass
+    return text.casefold()
+
+
+def sent_day(part: Part) -> int:
+    """The Date field's day (its own time zone, RFC 3501 SENTON) as an ordinal; -1 if none."""
+    import datetime
+
+    value = part.field(b"date")
+    parsed = email.utils.parsedate_tz(_text(value)) if value else None
+    if not parsed:
+        return -1
+    try:
+        return datetime.date(*parsed[:3]).toordinal()
+    except ValueError:
+        return -1

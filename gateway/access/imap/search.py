@@ -1,0 +1,217 @@
+"""SEARCH (RFC 3501 6.4.4): search keys into a predicate, run over the index and cache.
+
+Part of access/imap: selected.py parses on the reactor thread (parse()) and
+runs run() in the thread pool. Twisted's fallback search walks every message
+through IMessage objects for every key (quadratic on big folders); here flags,
+sizes, dates and UIDs come from the in-memory index, FROM/TO/CC/BCC/SUBJECT
+from the cached summaries (RFC 2047 decoded), and only BODY/TEXT/HEADER
+read files. Matching is case-insensitive substring, as 6.4.4 says.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+
+from gateway.access.imap import message
+from gateway.access.imap.mailbox import View
+from gateway.access.imap.summary import HeaderSummary, summaries
+from gateway.access.imap.wire import (
+    Atom,
+    Bad,
+    No,
+    Str,
+    astring,
+    is_sequence_set,
+    number,
+    sequence_set,
+)
+from gateway.store.folder import FLAG_LETTERS
+
+_FLAG_KEYS = {b"ANSWERED": ("R", True), b"DELETED": ("T", True), b"DRAFT": ("D", True),
+              b"FLAGGED": ("F", True), b"SEEN": ("S", True), b"UNANSWERED": ("R", False),
+              b"UNDELETED": ("T", False), b"UNDRAFT": ("D", False),
+              b"UNFLAGGED": ("F", False), b"UNSEEN": ("S", False)}
+_ADDRESS_KEYS = {b"FROM": "from", b"TO": "to", b"CC": "cc", b"BCC": "bcc",
+                 b"SUBJECT": "subject"}
+_DATE_KEYS = {b"BEFORE", b"ON", b"SINCE", b"SENTBEFORE", b"SENTON", b"SENTSINCE"}
+_MONTHS = {m: i for i, m in enumerate(
+    [b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT",
+     b"NOV", b"DEC"], 1)}
+CHARSETS = (b"US-ASCII", b"UTF-8")
+
+
+class Message:
+    """One message as a predicate sees it; the expensive parts load on first use."""
+
+    __slots__ = ("seq", "uid", "m", "view", "_summary", "_data", "_sums")
+
+    def __init__(self, seq: int, uid: int, m, view: View,
+                 sums: dict[int, HeaderSummary]) -> None:
+        self.seq, self.uid, self.m, self.view, self._sums = seq, uid, m, view, sums
+        self._data: bytes | None = None
+
+    @property
+    def summary(self) -> HeaderSummary | None:
+        return self._sums.get(self.uid)
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.view.folder.read(self.uid) or b""
+        return self._data
+
+
+Predicate = Callable[[Message], bool]
+
+
+def _date(token) -> int:
+    text = astring(token, "date")
+    try:
+        day, month, year = text.split(b"-")
+        return datetime.date(int(year), _MONTHS[month.upper()], int(day)).toordinal()
+    except (ValueError, KeyError) as e:
+        raise Bad("bad date (d-Mon-yyyy expected)") from e
+
+
+def _text(token) -> str:
+    return astring(token, "search string").decode("utf-8", "replace").casefold()
+
+
+class Parser:
+    def __init__(self, tokens: list, view: View) -> None:
+        self.tokens, self.i, self.view = tokens, 0, view
+        self.wants_summary = False
+
+    def take(self):
+        if self.i >= len(self.tokens):
+            raise Bad("search key incomplete")
+        self.i += 1
+        return self.tokens[self.i - 1]
+
+    def all(self) -> Predicate:
+        keys = []
+        while self.i < len(self.tokens):
+            keys.append(self.key())
+        if not keys:
+            raise Bad("search keys expected")
+        return keys[0] if len(keys) == 1 else (lambda msg: all(k(msg) for k in keys))
+
+    def key(self) -> Predicate:
+        token = self.take()
+        if isinstance(token, list):
+            inner = Parser(token, self.view)
+            p = inner.all()
+            self.wants_summary |= inner.wants_summary
+            return p
+        if not isinstance(token, Atom):
+            raise Bad("search key expected")
+        k = bytes(token).upper()
+        if k == b"ALL":
+            return lambda msg: True
+        if k in _FLAG_KEYS:
+            letter, want = _FLAG_KEYS[k]
+            return lambda msg: (letter in msg.m.letters) == want
+        if k in (b"RECENT", b"OLD", b"NEW"):
+            recent = self.view.recent
+            if k == b"NEW":
+                return lambda msg: msg.uid in recent and "S" not in msg.m.letters
+            return lambda msg: (msg.uid in recent) == (k == b"RECENT")
+        if k in (b"KEYWORD", b"UNKEYWORD"):
+            word = astring(self.take(), "keyword").decode("utf-8", "replace")
+            want = k == b"KEYWORD"
+            letter = FLAG_LETTERS.get(word)
+            if letter:  # $Forwarded lives in the file name
+                return lambda msg: (letter in msg.m.letters) == want
+            return lambda msg: (word in msg.m.kw.split(" ")) == want
+        if k in _ADDRESS_KEYS:
+            field, s = _ADDRESS_KEYS[k], _text(self.take())
+            self.wants_summary = True
+            return lambda msg: msg.summary is not None and s in msg.summary.search_field(field)
+        if k == b"HEADER":
+            name = astring(self.take(), "header name").lower()
+            s = _text(self.take())
+            return lambda msg: _header_has(msg.data, name, s)
+        if k == b"BODY":
+            s = _text(self.take())
+            return lambda msg: s in _body(msg.data).casefold()
+        if k == b"TEXT":
+            s = _text(self.take())
+            return lambda msg: s in msg.data.decode("utf-8", "replace").casefold()
+        if k in _DATE_KEYS:
+            return self._date_key(k, _date(self.take()))
+        if k in (b"LARGER", b"SMALLER"):
+            n = number(self.take(), "size")
+            return (lambda msg: msg.m.size > n) if k == b"LARGER" else (
+                lambda msg: msg.m.size < n)
+        if k == b"NOT":
+            inner = self.key()
+            return lambda msg: not inner(msg)
+        if k == b"OR":
+            a, b = self.key(), self.key()
+            return lambda msg: a(msg) or b(msg)
+        if k == b"UID":
+            return _in_ranges(sequence_set(self.take(), self.view.largest(True)), "uid")
+        if is_sequence_set(token):
+            return _in_ranges(sequence_set(token, self.view.largest(False)), "seq")
+        raise Bad(f"unknown search key {k[:30].decode('ascii', 'replace')}")
+
+    def _date_key(self, k: bytes, day: int) -> Predicate:
+        if k.startswith(b"SENT"):
+            self.wants_summary = True
+
+            def value(msg: Message) -> int:
+                return msg.summary.sent_day if msg.summary is not None else -1
+            k = k[4:]
+        else:
+            def value(msg: Message) -> int:
+                # INTERNALDATE's day, in UTC like the INTERNALDATE we send.
+                return datetime.date(*time.gmtime(msg.m.idate)[:3]).toordinal()
+        if k == b"BEFORE":
+            return lambda msg: 0 <= value(msg) < day
+        if k == b"ON":
+            return lambda msg: value(msg) == day
+        return lambda msg: value(msg) >= day
+
+
+def _in_ranges(ranges: list[tuple[int, int]], attr: str) -> Predicate:
+    def test(msg: Message) -> bool:
+        v = getattr(msg, attr)
+        return any(lo <= v <= hi for lo, hi in ranges)
+    return test
+
+
+def _body(data: bytes) -> str:
+    root = message.Part(data, 0, len(data), "text/plain", 0)
+    return root.text().decode("utf-8", "replace")
+
+
+def _header_has(data: bytes, name: bytes, s: str) -> bool:
+    root = message.Part(data, 0, len(data), "text/plain", 0)
+    return any(n == name and s in message.decoded(message.unfold(raw))
+               for n, raw in root.fields)
+
+
+def parse(tokens: list, view: View) -> tuple[Predicate, bool]:
+    """(predicate, needs summaries) for SEARCH's arguments after the tag."""
+    if tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
+        if len(tokens) < 2 or not isinstance(tokens[1], (Atom, Str)):
+            raise Bad("charset expected")
+        if tokens[1].upper() not in CHARSETS:
+            raise No("[BADCHARSET (US-ASCII UTF-8)] charset not supported")
+        tokens = tokens[2:]
+    p = Parser(tokens, view)
+    predicate = p.all()
+    return predicate, p.wants_summary
+
+
+def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool) -> list[int]:
+    """Sequence numbers (or UIDs) of the matching messages. Blocking: runs in a thread."""
+    folder = view.folder
+    with folder.lock:
+        pairs = [(n, u, folder.by_uid.get(u)) for n, u in enumerate(view.uids, 1)]
+    pairs = [(n, u, m) for n, u, m in pairs if m is not None]
+    sums = summaries(folder, [u for _, u, _ in pairs], HeaderSummary) if wants_summary else {}
+    return [u if uid else n for n, u, m in pairs
+            if predicate(Message(n, u, m, view, sums))]

@@ -1,0 +1,438 @@
+"""IMAP4rev1 server (RFC 3501). access: mail clients read and file the Maildirs.
+
+A client connects (plaintext, after STARTTLS, or through tlsfront), logs in
+against the IUserDirectory, and works on its folders through account.py
+(store/folders.py) and mailbox.py (store/folder.py). The command modules
+are mixins: commands.py (authenticated state), selected.py (selected state).
+
+Built on twisted.mail.imap4.IMAP4Server: its LineReceiver/TimeoutMixin
+plumbing, greeting, CAPABILITY, response writers (sendPositiveResponse ...)
+and the "unauth/auth/select" state names are reused. Its command reader is
+not: it parses arguments while reading, so it cannot refuse a literal by
+size before reading it (RFC 7888 LITERAL+ not at all), has no escapes in
+quoted strings, handles IDLE/STARTTLS/pipelining unsafely (any line ends
+IDLE; input pipelined after STARTTLS is answered inside TLS, CVE-2011-0411)
+and answers ID, ENABLE, MOVE, UID EXPUNGE with BAD. Here whole commands are
+gathered (lines + literals, sized before they are read), tokenised by
+wire.py and dispatched by name; one command runs at a time, later input
+waits (the transport is paused) until it is answered.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.mail import imap4
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import proxyproto
+from gateway.access.imap import wire
+from gateway.access.imap.commands import AuthenticatedCommands
+from gateway.access.imap.login import LoginCommands
+from gateway.access.imap.selected import SelectedCommands
+from gateway.access.imap.wire import LITERAL_AT_END, Atom, Bad, No, Upload
+from gateway.access.pop3 import is_loopback
+from gateway.config import ImapSettings
+from gateway.interfaces import IMailStore, IUserDirectory
+
+_log = Logger()
+
+ANY, UNAUTH, AUTH, SELECTED = ("unauth", "auth", "select"), ("unauth",), ("auth", "select"), (
+    "select",)
+# command -> states it is valid in (RFC 3501 6). UID takes FETCH, STORE, SEARCH,
+# COPY, MOVE (RFC 6851) and EXPUNGE (RFC 4315).
+COMMANDS = {
+    b"CAPABILITY": ANY, b"NOOP": ANY, b"LOGOUT": ANY, b"ID": ANY,
+    b"STARTTLS": UNAUTH, b"LOGIN": UNAUTH, b"AUTHENTICATE": UNAUTH,
+    b"SELECT": AUTH, b"EXAMINE": AUTH, b"CREATE": AUTH, b"DELETE": AUTH, b"RENAME": AUTH,
+    b"SUBSCRIBE": AUTH, b"UNSUBSCRIBE": AUTH, b"LIST": AUTH, b"LSUB": AUTH, b"STATUS": AUTH,
+    b"APPEND": AUTH, b"NAMESPACE": AUTH, b"IDLE": AUTH, b"ENABLE": ("auth",),
+    b"CHECK": SELECTED, b"CLOSE": SELECTED, b"UNSELECT": SELECTED, b"EXPUNGE": SELECTED,
+    b"SEARCH": SELECTED, b"FETCH": SELECTED, b"STORE": SELECTED, b"COPY": SELECTED,
+    b"MOVE": SELECTED,
+}
+UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE"}
+# RFC 3501 7.4.1: no EXPUNGE responses while answering these (the UID forms may).
+_NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH"}
+MAX_LITERALS = 64  # literals in one command
+
+
+@implementer(IPushProducer)
+class Pacer:
+    """Output flow control: FETCH waits for the client to read before writing more."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._waiting: list[defer.Deferred] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    stopProducing = resumeProducing
+
+    def wait(self) -> defer.Deferred:
+        if not self.paused:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+
+class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, imap4.IMAP4Server):
+    """One IMAP session."""
+
+    IDENT = b"mailgateway IMAP4rev1 ready"
+    factory: IMAPFactory
+
+    def __init__(self) -> None:
+        imap4.IMAP4Server.__init__(self, chal={}, contextFactory=None)
+        self._pieces: list[Any] = []  # the command being gathered: text, literal, text ...
+        self._sink: Any = None  # bytearray or open file of the literal being read
+        self._left = 0  # octets of that literal still to come
+        self._discard = 0  # octets of a refused LITERAL+ still to skip
+        self._refused: bytes | None = None  # reply for a command whose literal was refused
+        self._busy = self._gone = False
+        self._tls_started = False
+        self._bad = self._auth_failures = 0
+        self._idle_tag: bytes | None = None
+        self._idle_poll: Any = None
+        self._delayed: Any = None
+        self._uploads: set[str] = set()
+        self.address = ""
+        self.account: Any = None
+        self.view: Any = None
+        self.pacer = Pacer()
+
+    @property
+    def settings(self) -> ImapSettings:
+        return self.factory.settings
+
+    # -- what a PROXY layer or tlsfront may need to change, in one place ------
+
+    def client_host(self) -> str:
+        # Behind a PROXY header (gateway/proxyproto.py) getPeer() is already the real client.
+        return getattr(self.transport.getPeer(), "host", "")
+
+    def is_tls(self) -> bool:
+        # STARTTLS done, or TLS the client spoke to tlsfront (PROXY v2 PP2_TYPE_SSL).
+        return (self._tls_started or self.factory.implicit_tls
+                or ISSLTransport.providedBy(self.transport)
+                or proxyproto.proxied_tls(self.transport) is not None)
+
+    def login_allowed(self) -> bool:
+        return self.is_tls() or (self.factory.plaintext_from_loopback
+                                 and is_loopback(self.client_host()))
+
+    def can_starttls(self) -> bool:
+        return (self.factory.tls_options is not None and not self.is_tls()
+                and ITLSTransport.providedBy(self.transport))
+
+    def listCapabilities(self) -> list[bytes]:
+        # Only what works (Twisted's advertises AUTH=LOGIN/PLAIN only after STARTTLS
+        # and nothing of the extensions below).
+        caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
+                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+        if self.state == "unauth":
+            if self.can_starttls():
+                caps.append(b"STARTTLS")
+            caps.append(b"AUTH=PLAIN" if self.login_allowed() else b"LOGINDISABLED")
+        return caps
+
+    # -- connection ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.callLater = self.factory.reactor.callLater  # TimeoutMixin on the injected clock
+        self.MAX_LENGTH = self.settings.max_command_length
+        self.tags = {}
+        self.transport.registerProducer(self.pacer, True)
+        self.setTimeout(self.settings.login_timeout)
+        self.sendServerGreeting()
+        _log.info("imap connect from {client}", client=self.client_host())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
+        self.setTimeout(None)
+        for call in (self._delayed, self._idle_poll):
+            if call is not None and call.active():
+                call.cancel()
+        self.pacer.stopProducing()
+        self._drop_literal()
+        if self.view is not None:
+            self.view.close()
+            self.view = None
+        if self.account is not None:
+            _log.info("imap {user} from {client} disconnected", user=self.address,
+                      client=self.client_host())
+
+    def timeoutConnection(self) -> None:
+        _log.info("imap idle timeout for {client} user={user}", client=self.client_host(),
+                  user=self.address or "-")
+        self.sendLine(b"* BYE Autologout; idle for too long")
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.sendLine(b"* BYE Command line too long")
+        self.transport.loseConnection()
+
+    # -- input: lines, literals ----------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        if self._gone or getattr(self.transport, "disconnecting", False):
+            return
+        if self._idle_tag is not None:
+            return self.idle_line(line)
+        if self.auth_pending is not None:
+            return self.auth_line(line)
+        m = LITERAL_AT_END.search(line)
+        text = line if m is None else line[:m.start()]
+        if self._refused is not None:  # rest of a command whose LITERAL+ was refused
+            if m is not None and m.group(2):
+                self._begin_discard(int(m.group(1)))
+            elif m is None:
+                self._refused = None
+            return
+        self._pieces.append(text)
+        if m is None:
+            pieces, self._pieces = self._pieces, []
+            return self.execute(pieces)
+        self._literal_start(int(m.group(1)), bool(m.group(2)))
+
+    def _literal_start(self, size: int, plus: bool) -> None:
+        head = b"".join(p for p in self._pieces if isinstance(p, bytes)).split(None, 3)
+        tag = head[0] if head else b"*"
+        command = head[1].upper() if len(head) > 1 else b""
+        # APPEND's message is the literal after the folder name (itself maybe a literal).
+        is_append = command == b"APPEND" and self.account is not None and (
+            len(head) > 2 or len(self._pieces) > 1)
+        limit = self.settings.max_message_size if is_append else self.settings.max_literal_size
+        problem = None
+        if size > limit:
+            problem = b"NO [TOOBIG] Literal of %d octets is over the limit of %d" % (size, limit)
+        elif len(self._pieces) > 2 * MAX_LITERALS:
+            problem = b"BAD Too many literals in one command"
+        if problem is not None:
+            self._pieces = []
+            self.sendLine(tag + b" " + problem)
+            if plus:  # the client sends it anyway: skip it unread, then the rest
+                self._refused = tag
+                self._begin_discard(size)
+            return
+        if is_append:
+            path = self.account.upload_path()
+            self._sink = open(path, "wb")  # noqa: SIM115  closed in _literal_end
+            self._uploads.add(str(path))
+        else:
+            self._sink = bytearray()
+        self._left = size
+        if not plus:
+            self.sendContinuationRequest(b"Ready for literal data")
+        if size == 0:
+            self._literal_end(b"")
+        else:
+            self.setRawMode()
+
+    def _begin_discard(self, size: int) -> None:
+        self._discard = size
+        if size:
+            self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        if self._discard:
+            n = min(self._discard, len(data))
+            self._discard -= n
+            if not self._discard:
+                self.setLineMode(data[n:])
+            return
+        chunk, rest = data[:self._left], data[self._left:]
+        self._sink.write(chunk) if not isinstance(self._sink, bytearray) else \
+            self._sink.extend(chunk)
+        self._left -= len(chunk)
+        if not self._left:
+            self._literal_end(rest)
+
+    def _literal_end(self, rest: bytes) -> None:
+        sink, self._sink = self._sink, None
+        if isinstance(sink, bytearray):
+            self._pieces.append(bytes(sink))
+        else:
+            size = sink.tell()
+            sink.close()
+            self._pieces.append(Upload(sink.name, size))
+        self.setLineMode(rest)
+
+    def _drop_literal(self) -> None:
+        """A client gone mid-APPEND leaves nothing behind (no partial message)."""
+        if self._sink is not None and not isinstance(self._sink, bytearray):
+            self._sink.close()
+        self._sink = None
+        for path in self._uploads:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._uploads.clear()
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def execute(self, pieces: list) -> None:
+        # The tag, even when the rest does not parse (RFC 3501 7.1.5: BAD with its tag).
+        first = pieces[0].split(b" ", 1)[0] if pieces and pieces[0] else b""
+        tag = first if re.fullmatch(rb"[!#$&'-*,-Z^-z|~]+", first) and b"+" not in first \
+            else b"*"
+        try:
+            tokens = wire.tokenize(pieces)
+            if not tokens or not isinstance(tokens[0], Atom) or tokens[0] == b"*" \
+                    or b"+" in tokens[0]:
+                raise Bad("missing or bad tag")
+            tag = bytes(tokens[0])
+            if len(tokens) < 2 or not isinstance(tokens[1], Atom):
+                raise Bad("missing command")
+            command, args, uid = bytes(tokens[1]).upper(), tokens[2:], False
+            if command == b"UID":
+                if not args or not isinstance(args[0], Atom) or args[0].upper() not in \
+                        UID_COMMANDS:
+                    raise Bad("UID takes FETCH, STORE, SEARCH, COPY, MOVE or EXPUNGE")
+                command, args, uid = bytes(args[0]).upper(), args[1:], True
+            states = COMMANDS.get(command)
+            if states is None:
+                raise Bad("unknown command")
+            if self.state not in states:
+                raise Bad("command not valid in this state")
+        except Bad as e:
+            self._release_uploads(pieces)
+            return self.bad(tag, str(e))
+        try:
+            result = getattr(self, "do_" + command.decode())(tag, args, uid)
+        except Exception:
+            result = defer.fail(Failure())
+        self.answer(result, tag, command, uid, pieces)
+
+    def answer(self, result: Any, tag: bytes, command: bytes, uid: bool = False,
+               pieces: list | None = None) -> None:
+        """Answer a command now, or when its Deferred fires (input waits till then)."""
+        if isinstance(result, defer.Deferred):
+            self._busy = True
+            self.pauseProducing()  # later commands wait in the transport
+            result.addBoth(self._finish, tag, command, uid, pieces or [])
+        else:
+            self._finish(result, tag, command, uid, pieces or [])
+
+    def _finish(self, result: Any, tag: bytes, command: bytes, uid: bool, pieces: list) -> None:
+        self._release_uploads(pieces)
+        if not self._gone:
+            self._reply(result, tag, command, uid)
+        if self._busy:  # answered: now the next pipelined command may run
+            self._busy = False
+            if not self._gone:
+                self.resumeProducing()
+
+    def _reply(self, result: Any, tag: bytes, command: bytes, uid: bool) -> None:
+        if isinstance(result, Failure):
+            if result.check(Bad):
+                return self.bad(tag, str(result.value))
+            if result.check(No):
+                self.flush_updates(command not in _NO_EXPUNGE_DURING or uid)
+                return self.sendNegativeResponse(tag, str(result.value).encode())
+            _log.failure("imap internal error, client {client} user {user}", result,
+                         client=self.client_host(), user=self.address or "-")
+            return self.sendNegativeResponse(tag, b"[SERVERBUG] Internal server error")
+        if result is None:  # the command answers later (IDLE, AUTHENTICATE) or has answered
+            return
+        self.flush_updates(command not in _NO_EXPUNGE_DURING or uid)
+        self.sendPositiveResponse(tag, result)
+
+    def _release_uploads(self, pieces: list) -> None:
+        for p in pieces:
+            if isinstance(p, Upload):
+                self._uploads.discard(str(p.path))
+                try:
+                    os.unlink(p.path)
+                except FileNotFoundError:
+                    pass  # adopted into a folder by APPEND
+
+    def bad(self, tag: bytes, text: str) -> None:
+        self._bad += 1
+        if self._bad >= self.settings.max_bad_commands:
+            self.sendLine(b"* BYE Too many invalid commands")
+            self.transport.loseConnection()
+            return
+        self.sendBadResponse(tag, text.encode("utf-8", "replace"))
+
+    def run_blocking(self, f, *args) -> defer.Deferred:
+        return self.factory.run_blocking(f, *args)
+
+    def flush_updates(self, allow_expunge: bool = True) -> None:
+        """Tell the client what other sessions and programs changed (RFC 3501 7)."""
+        if self.view is not None and self.view.pending() and not self._gone:
+            lines = self.view.take_updates(allow_expunge)
+            if lines:
+                self.transport.writeSequence([line + b"\r\n" for line in lines])
+
+    # -- any state ------------------------------------------------------------------
+
+    def do_CAPABILITY(self, tag: bytes, args: list, uid: bool) -> bytes:
+        wire.arity(args, 0)
+        self.sendUntaggedResponse(b"CAPABILITY " + b" ".join(self.listCapabilities()))
+        return b"CAPABILITY completed"
+
+    def do_NOOP(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 0)
+        if self.view is None:
+            return b"NOOP completed"
+        # Look for changes by other programs (other sessions' changes are known already).
+        return self.run_blocking(self.view.folder.sync).addCallback(
+            lambda _: b"NOOP completed")
+
+    def do_LOGOUT(self, tag: bytes, args: list, uid: bool) -> None:
+        wire.arity(args, 0)
+        self.sendUntaggedResponse(b"BYE Logging out")
+        self.sendPositiveResponse(tag, b"LOGOUT completed")
+        self.state = "logout"
+        self.transport.loseConnection()
+
+    def do_ID(self, tag: bytes, args: list, uid: bool) -> bytes:
+        # RFC 2971: the client's identity (logged) for ours.
+        wire.arity(args, 1)
+        if isinstance(args[0], list):
+            fields = [bytes(a) for a in args[0] if isinstance(a, bytes)][:60]
+            _log.info("imap client {client} id {id}", client=self.client_host(),
+                      id=b" ".join(fields).decode("utf-8", "replace")[:300])
+        elif args[0].upper() != b"NIL":
+            raise Bad("ID takes a list or NIL")
+        self.sendUntaggedResponse(b'ID ("name" "mailgateway")')
+        return b"ID completed"
+
+
+class IMAPFactory(ServerFactory):
+    """Builds IMAPServer sessions; holds what every session shares."""
+
+    protocol = IMAPServer
+    # Set True on a listener where every client spoke TLS to something in front of it.
+    implicit_tls = False
+
+    def __init__(self, *, hostname: str, users: IUserDirectory, store: IMailStore,
+                 tls_options: Any, plaintext_from_loopback: bool, settings: ImapSettings,
+                 reactor: Any, run_blocking: Any) -> None:
+        self.hostname = hostname
+        self.users = users
+        self.store = store
+        self.tls_options = tls_options
+        self.plaintext_from_loopback = plaintext_from_loopback
+        self.settings = settings  # the [imap] limits
+        self.reactor = reactor
+        self.run_blocking = run_blocking  # f, *args -> Deferred, in a thread in the gateway

@@ -1,0 +1,127 @@
+"""What FETCH and SEARCH need of a message without reading it all again: cached summaries.
+
+Part of access/imap. Two kinds, each made once per message and kept in the
+folder's index cache as an opaque blob (store/index.py):
+- "h", from the header block alone: ENVELOPE, the header block (for
+  BODY[HEADER...]) and the SEARCH fields (FROM, TO, CC, BCC, SUBJECT decoded
+  from RFC 2047, the Date's day). Cheap: only the head of the file is read.
+- "b", from the whole message: BODY and BODYSTRUCTURE.
+The blob is a plain length-prefixed record, never pickle: the index lives in
+the user's Maildir.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+from typing import TypeVar
+
+from gateway.access.imap import message
+
+MAX_CACHED_HEADER = 32 * 1024  # longer header blocks are read from the file when asked
+
+
+@dataclass
+class HeaderSummary:
+    envelope: bytes
+    header: bytes  # the top-level header block, b"" if longer than MAX_CACHED_HEADER
+    header_complete: bytes  # b"1" when header holds the whole block
+    sfrom: bytes
+    sto: bytes
+    scc: bytes
+    sbcc: bytes
+    ssubject: bytes
+    sent: bytes  # the Date field's day ordinal (message.sent_day), as digits
+
+    KIND = "h"
+
+    @property
+    def sent_day(self) -> int:
+        return int(self.sent)
+
+    def search_field(self, name: str) -> str:
+        return getattr(self, "s" + name).decode("utf-8")
+
+
+@dataclass
+class StructureSummary:
+    body: bytes
+    bodystructure: bytes
+
+    KIND = "b"
+
+
+def summarize_header(head: bytes) -> HeaderSummary:
+    root = message.Part(head, 0, len(head), "text/plain", message.MAX_DEPTH)
+    header = root.header()
+    complete = len(header) <= MAX_CACHED_HEADER
+    f = root.field
+    return HeaderSummary(
+        envelope=message.envelope(root),
+        header=header if complete else b"",
+        header_complete=b"1" if complete else b"0",
+        sfrom=message.decoded(f(b"from")).encode(),
+        sto=message.decoded(f(b"to")).encode(),
+        scc=message.decoded(f(b"cc")).encode(),
+        sbcc=message.decoded(f(b"bcc")).encode(),
+        ssubject=message.decoded(f(b"subject")).encode(),
+        sent=b"%d" % message.sent_day(root),
+    )
+
+
+def summarize_structure(data: bytes) -> StructureSummary:
+    root = message.Part(data, 0, len(data), "text/plain", 0)
+    return StructureSummary(body=message.bodystructure(root, extended=False),
+                            bodystructure=message.bodystructure(root, extended=True))
+
+
+def pack(s: HeaderSummary | StructureSummary) -> bytes:
+    out = [s.KIND.encode()]
+    for value in astuple(s):
+        out.append(b"%d:" % len(value))
+        out.append(value)
+    return b"".join(out)
+
+
+T = TypeVar("T", HeaderSummary, StructureSummary)
+
+
+def unpack(blob: bytes, cls: type[T]) -> T | None:
+    """The summary in blob; None if it is of another layout or damaged (then re-made)."""
+    kind = cls.KIND.encode()
+    if not blob.startswith(kind):
+        return None
+    values, i = [], len(kind)
+    try:
+        for _ in fields(cls):
+            colon = blob.index(b":", i)
+            n = int(blob[i:colon])
+            values.append(blob[colon + 1:colon + 1 + n])
+            i = colon + 1 + n
+    except ValueError:
+        return None
+    if i != len(blob):
+        return None
+    return cls(*values)
+
+
+def summaries(folder, uids: list[int], cls: type[T]) -> dict[int, T]:
+    """Summaries of uids from the cache, made (and cached) where missing. Blocking."""
+    blobs = folder.cached(uids, cls.KIND)
+    out: dict[int, T] = {}
+    made = []
+    for uid in uids:
+        s = unpack(blobs[uid], cls) if uid in blobs else None
+        if s is None:
+            if cls is HeaderSummary:
+                head = folder.read_head(uid)
+                s = summarize_header(head) if head is not None else None
+            else:
+                data = folder.read(uid)
+                s = summarize_structure(data) if data is not None else None
+            if s is None:
+                continue  # expunged meanwhile
+            made.append((uid, pack(s)))
+        out[uid] = s
+    if made:
+        folder.put_cached(made, cls.KIND)
+    return out

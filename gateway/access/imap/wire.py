@@ -1,0 +1,216 @@
+"""IMAP4rev1 syntax: commands in (tokens, literals), responses out (strings, lists).
+
+Part of access/imap; server.py feeds it whole commands (lines and literals
+already gathered) and the command modules read arguments off the result.
+RFC 3501 9 (formal syntax), RFC 7888 (LITERAL+). Twisted's IMAP4Server
+parses argument by argument as it reads, which cannot see a literal's size
+before deciding to read it, knows no escapes in quoted strings, and mixes
+the literal limits of APPEND and of every other string: this module replaces
+that layer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+_CTL = set(range(0x20)) | {0x7F}
+_ATOM_END = frozenset(b' (){"') | _CTL  # "]" and "%*" handled by callers
+LITERAL_AT_END = re.compile(rb"\{(\d{1,12})(\+?)\}$")
+
+
+class Bad(Exception):
+    """Malformed command: tagged BAD (RFC 3501 7.1.5)."""
+
+
+class No(Exception):
+    """Refused command: tagged NO (RFC 3501 7.1.2). text may start with a [CODE]."""
+
+
+class Atom(bytes):
+    """An atom as sent (NIL, \\Seen, BODY[TEXT]<0.10>, a sequence set ...)."""
+
+
+class Raw(bytes):
+    """Bytes already in wire form, written as they are by encode()."""
+
+
+class Str(bytes):
+    """A quoted string or a literal."""
+
+
+class Upload:
+    """An APPEND literal spooled to a file (server.py makes it, account.py adopts it)."""
+
+    def __init__(self, path: Any, size: int) -> None:
+        self.path = path
+        self.size = size
+
+
+def tokenize(pieces: Sequence[Any]) -> list:
+    """Parse a command: pieces alternate text and literal (text, lit, text, ..., text).
+
+    Returns nested lists of Atom, Str, Upload; raises Bad on bad syntax.
+    """
+    stack: list[list] = [[]]
+    for k in range(0, len(pieces), 2):
+        text = pieces[k]
+        i, n = 0, len(text)
+        while i < n:
+            c = text[i]
+            if c == 0x20:
+                i += 1
+            elif c == 0x28:  # (
+                stack.append([])
+                i += 1
+            elif c == 0x29:  # )
+                if len(stack) == 1:
+                    raise Bad("unbalanced parenthesis")
+                done = stack.pop()
+                stack[-1].append(done)
+                i += 1
+            elif c == 0x22:  # "
+                out = bytearray()
+                i += 1
+                while True:
+                    if i >= n:
+                        raise Bad("unterminated quoted string")
+                    c = text[i]
+                    if c == 0x5C and i + 1 < n and text[i + 1] in (0x5C, 0x22):
+                        out.append(text[i + 1])
+                        i += 2
+                    elif c == 0x22:
+                        i += 1
+                        break
+                    elif c in (0x0A, 0x0D, 0x5C):
+                        raise Bad("bad character in quoted string")
+                    else:
+                        out.append(c)
+                        i += 1
+                stack[-1].append(Str(out))
+            else:
+                start, depth = i, 0
+                while i < n:
+                    c = text[i]
+                    if c == 0x5B:  # [ ... ] is part of the atom (BODY[HEADER.FIELDS (A B)])
+                        depth += 1
+                    elif c == 0x5D and depth:
+                        depth -= 1
+                    elif depth == 0 and c in _ATOM_END:
+                        break
+                    elif c in _CTL:
+                        raise Bad("control character in command")
+                    i += 1
+                if depth:
+                    raise Bad("unbalanced bracket")
+                if i == start:
+                    raise Bad(f"unexpected character {chr(text[i])!r}")
+                stack[-1].append(Atom(text[start:i]))
+        if k + 1 < len(pieces):
+            lit = pieces[k + 1]
+            stack[-1].append(lit if isinstance(lit, Upload) else Str(lit))
+    if len(stack) != 1:
+        raise Bad("unbalanced parenthesis")
+    return stack[0]
+
+
+# -- reading arguments -------------------------------------------------------------
+
+def astring(token: Any, what: str = "argument") -> bytes:
+    if isinstance(token, (Atom, Str)):
+        return bytes(token)
+    raise Bad(f"{what} must be a string")
+
+
+def atom(token: Any, what: str = "argument") -> bytes:
+    if isinstance(token, Atom):
+        return bytes(token)
+    raise Bad(f"{what} must be an atom")
+
+
+def number(token: Any, what: str = "number") -> int:
+    if isinstance(token, Atom) and token.isdigit() and len(token) <= 10:
+        value = int(token)
+        if value <= 0xFFFFFFFF:
+            return value
+    raise Bad(f"{what} must be a number")
+
+
+def arity(args: list, fewest: int, most: int | None = None) -> None:
+    most = fewest if most is None else most
+    if not fewest <= len(args) <= most:
+        raise Bad("wrong number of arguments")
+
+
+def sequence_set(token: Any, largest: int) -> list[tuple[int, int]]:
+    """RFC 3501 sequence-set -> sorted, merged (low, high) ranges; "*" is largest."""
+    text = atom(token, "sequence set")
+    ranges = []
+    for item in text.split(b","):
+        ends = item.split(b":")
+        if not 1 <= len(ends) <= 2:
+            raise Bad("bad sequence set")
+        values = []
+        for e in ends:
+            if e == b"*":
+                values.append(largest)
+            elif e.isdigit() and len(e) <= 10 and 0 < int(e) <= 0xFFFFFFFF:
+                values.append(int(e))
+            else:
+                raise Bad("bad sequence set")
+        lo, hi = min(values), max(values)
+        ranges.append((lo, hi))
+    ranges.sort()
+    merged: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def is_sequence_set(token: Any) -> bool:
+    return isinstance(token, Atom) and bool(re.fullmatch(rb"[0-9*:,]+", token))
+
+
+# -- writing responses -----------------------------------------------------------------
+
+def quoted(s: bytes) -> bytes:
+    """A quoted string if s can be one (RFC 3501 4.3), else a literal."""
+    if len(s) < 1024 and not any(b in _CTL or b > 0x7F for b in s):
+        return b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n%s" % (len(s), s)
+
+
+def encode(item: Any) -> bytes:
+    """NIL, numbers, strings and nested lists in IMAP syntax."""
+    if item is None:
+        return b"NIL"
+    if isinstance(item, Raw):
+        return bytes(item)
+    if isinstance(item, bool):
+        raise TypeError("no booleans in IMAP")
+    if isinstance(item, int):
+        return b"%d" % item
+    if isinstance(item, str):
+        item = item.encode("utf-8")
+    if isinstance(item, (bytes, bytearray)):
+        return quoted(bytes(item))
+    return b"(" + b" ".join(encode(i) for i in item) + b")"
+
+
+def mailbox_name(name: str) -> bytes:
+    """A folder name for LIST/STATUS: modified UTF-7 (RFC 3501 5.1.3), quoted."""
+    return quoted(name.encode("imap4-utf-7"))
+
+
+def decode_mailbox(raw: bytes) -> str:
+    try:
+        name = raw.decode("imap4-utf-7")
+        if name.encode("imap4-utf-7") == raw:  # only the one canonical spelling
+            return name
+    except (UnicodeError, ValueError):
+        pass
+    raise No("[CANNOT] folder name is not valid modified UTF-7")

@@ -1,0 +1,481 @@
+"""One Maildir folder with IMAP UIDs: the Maildir files plus their Index, kept in step.
+
+Sits in store/, between the Maildir on disk (written by deliver/maildir,
+POP3, mutt, mbsync ...) and access/imap (which reads and changes it through
+the methods here). One Folder object per folder directory per process
+(store/folders.py keeps the registry), shared by every IMAP session that has
+the folder selected; its lock serialises changes. Methods block (disk I/O):
+access/imap runs them in the reactor's thread pool.
+
+Maildir rules (cr.yp.to/proto/maildir.html, and Dovecot's reading of them):
+system flags live in the file name's info, "<unique>:2,<letters>" with the
+letters in ASCII order: D Draft, F Flagged, P Passed ($Forwarded), R Replied
+(Answered), S Seen, T Trashed (Deleted). Lower-case letters (Dovecot's
+keywords) are kept untouched. IMAP keywords are kept in the index only.
+
+Finding changes made by other programs: a directory's mtime changes whenever
+a file is added, removed or renamed in it, so sync() lists new/ or cur/ only
+when its mtime differs from the last listing. An mtime less than two
+seconds old is not trusted (a second change within the file system's clock
+tick leaves it unchanged), so such a directory is listed again next time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.store.index import Index
+
+SUBS = ("new", "cur")
+# IMAP system flag <-> Maildir info letter. \Recent is per session, never stored.
+FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "$Forwarded": "P", "\\Answered": "R",
+                "\\Seen": "S", "\\Deleted": "T"}
+LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
+_STABLE_NS = 2_000_000_000
+_RELIST_NS = 300 * 1_000_000_000
+_counter = itertools.count()
+_HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+
+
+def new_unique() -> str:
+    """A Maildir unique name: time.M<usec>P<pid>Q<counter>.host (the 2006 convention)."""
+    now = time.time()
+    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+
+
+class Message:
+    __slots__ = ("uid", "base", "sub", "suffix", "kw", "size", "idate")
+
+    def __init__(self, uid: int, base: str, sub: str, suffix: str, kw: str, size: int,
+                 idate: int) -> None:
+        self.uid, self.base, self.sub, self.suffix = uid, base, sub, suffix
+        self.kw, self.size, self.idate = kw, size, idate
+
+    @property
+    def letters(self) -> str:
+        return self.suffix[3:] if self.suffix.startswith(":2,") else ""
+
+    def flags(self) -> list[str]:
+        """IMAP flags: system flags from the file name, then keywords."""
+        out = [LETTER_FLAGS[c] for c in self.letters if c in LETTER_FLAGS]
+        if self.kw:
+            out.extend(self.kw.split(" "))
+        return out
+
+    def relpath(self) -> str:
+        return f"{self.sub}/{self.base}{self.suffix}"
+
+
+class FolderListener(Protocol):
+    """A session's view of the folder (access/imap/mailbox.py)."""
+
+    def folder_changed(self, expunged: list[int], flagged: list[int], added: list[int]) -> None:
+        """Called under the folder's lock, in whatever thread made the change."""
+
+    def wake(self) -> None:
+        """Called through the store's announce hook (the reactor thread in the gateway)."""
+
+
+def suffix_with(letters: Iterable[str], old_suffix: str) -> str:
+    """The ':2,' info for these system letters, keeping letters we do not manage."""
+    keep = [c for c in old_suffix[3:] if c not in LETTER_FLAGS] if old_suffix.startswith(
+        ":2,") else []
+    return ":2," + "".join(sorted(set(letters) | set(keep)))
+
+
+class Folder:
+    def __init__(self, path: Path, announce: Callable[[Callable[[], None]], Any]) -> None:
+        self.path = Path(path)
+        self.announce = announce
+        self.lock = threading.RLock()
+        self.listeners: set[FolderListener] = set()
+        self.recent: set[int] = set()  # found in new/, not yet claimed by a session
+        self._seen: dict[str, tuple[int, bool] | None] = {"new": None, "cur": None}
+        self._listed: dict[str, int] = {}  # when each directory was last listed
+        self.index = Index(self.path)
+        self.uidvalidity = self.index.uidvalidity
+        self.by_uid: dict[int, Message] = {}
+        self.by_base: dict[str, Message] = {}
+        for row in self.index.rows():
+            m = Message(*row)
+            self.by_uid[m.uid] = self.by_base[m.base] = m
+        self.uids: list[int] = sorted(self.by_uid)
+        self.in_new: set[int] = {m.uid for m in self.by_uid.values() if m.sub == "new"}
+        self.sync()
+
+    @property
+    def uidnext(self) -> int:
+        return self.index.uidnext
+
+    def close(self) -> None:
+        with self.lock:
+            self.index.close()
+
+    # -- finding changes on disk ---------------------------------------------
+
+    def _listing(self, sub: str, force: bool) -> list[str] | None:
+        d = self.path / sub
+        now = time.time_ns()
+        mtime = os.stat(d).st_mtime_ns
+        seen = self._seen[sub]
+        # Our own changes keep the record current (_own_changes); a full listing
+        # every few minutes bounds what a change racing one of ours could hide.
+        if not force and seen is not None and seen == (mtime, True) \
+                and now - self._listed.get(sub, 0) < _RELIST_NS:
+            return None
+        names = os.listdir(d)
+        self._seen[sub] = (mtime, now - mtime > _STABLE_NS)
+        self._listed[sub] = now
+        return names
+
+    @contextmanager
+    def _own_changes(self) -> Iterator[None]:
+        """Around our own renames/links/unlinks: if nobody else had changed a
+        directory since we last looked, its new mtime is ours and needs no listing."""
+        before = {sub: os.stat(self.path / sub).st_mtime_ns for sub in SUBS}
+        try:
+            yield
+        finally:
+            for sub in SUBS:
+                seen = self._seen[sub]
+                if seen is not None and seen[0] == before[sub]:
+                    self._seen[sub] = (os.stat(self.path / sub).st_mtime_ns, seen[1])
+
+    def sync(self, force: bool = False) -> bool:
+        """Bring the index in line with the Maildir; True when anything changed."""
+        with self.lock:
+            listings = {sub: names for sub in SUBS
+                        if (names := self._listing(sub, force)) is not None}
+            if not listings:
+                return False
+            found: dict[str, tuple[str, str]] = {}
+            for sub, names in listings.items():
+                for name in names:
+                    if name[:1] == ".":
+                        continue
+                    base, sep, info = name.partition(":")
+                    # A copy in both new/ and cur/ (a crash mid-rename): cur/ wins.
+                    if base not in found or sub == "cur":
+                        found[base] = (sub, sep + info)
+            candidates = (self.by_uid.values() if "cur" in listings
+                          else [self.by_uid[u] for u in self.in_new])
+            gone, changed = [], []
+            for m in candidates:
+                where = found.get(m.base)
+                if where is None:
+                    if m.sub in listings:
+                        gone.append(m.uid)
+                elif where != (m.sub, m.suffix):
+                    changed.append((m, *where))
+            fresh = [(base, sub, suffix) for base, (sub, suffix) in found.items()
+                     if base not in self.by_base]
+            added = self._add_found(fresh)
+            flagged = []
+            for m, sub, suffix in changed:
+                if m.letters != suffix[3:]:
+                    flagged.append(m.uid)
+                self._moved(m, sub, suffix)
+            self.index.update((m.uid, m.sub, m.suffix, m.kw) for m, _, _ in changed)
+            self._forget(gone)
+            if gone or flagged or added:
+                self._notify(gone, flagged, added, None)
+            return bool(gone or changed or added)
+
+    def _add_found(self, fresh: list[tuple[str, str, str]]) -> list[int]:
+        entries = []
+        for base, sub, suffix in fresh:
+            try:
+                st = os.stat(self.path / sub / (base + suffix))
+            except FileNotFoundError:
+                continue  # moved again while we looked: the next sync sees it
+            entries.append((st.st_mtime_ns, base, sub, suffix, st.st_size))
+        entries.sort()  # UIDs in arrival order; the unique name breaks ties
+        uids = self.index.add([(b, s, x, "", size, mt // 1_000_000_000)
+                               for mt, b, s, x, size in entries])
+        for uid, (mt, base, sub, suffix, size) in zip(uids, entries, strict=True):
+            self._remember(Message(uid, base, sub, suffix, "", size, mt // 1_000_000_000))
+        self.recent.update(u for u in uids if self.by_uid[u].sub == "new")
+        return uids
+
+    def _remember(self, m: Message) -> None:
+        self.by_uid[m.uid] = self.by_base[m.base] = m
+        if self.uids and m.uid < self.uids[-1]:
+            raise AssertionError("UIDs must grow")
+        self.uids.append(m.uid)
+        if m.sub == "new":
+            self.in_new.add(m.uid)
+
+    def _moved(self, m: Message, sub: str, suffix: str) -> None:
+        m.sub, m.suffix = sub, suffix
+        if sub == "new":
+            self.in_new.add(m.uid)
+        else:
+            self.in_new.discard(m.uid)
+
+    def _forget(self, uids: list[int]) -> None:
+        if not uids:
+            return
+        self.index.remove(uids)
+        gone = set(uids)
+        for u in uids:
+            m = self.by_uid.pop(u)
+            del self.by_base[m.base]
+            self.in_new.discard(u)
+            self.recent.discard(u)
+        self.uids = [u for u in self.uids if u not in gone]
+
+    def _notify(self, expunged: list[int], flagged: list[int], added: list[int],
+                origin: FolderListener | None) -> None:
+        for listener in list(self.listeners):
+            if listener is not origin:
+                listener.folder_changed(expunged, flagged, added)
+                self.announce(listener.wake)
+
+    # -- sessions -------------------------------------------------------------
+
+    def attach(self, listener: FolderListener) -> None:
+        with self.lock:
+            self.listeners.add(listener)
+
+    def detach(self, listener: FolderListener) -> None:
+        with self.lock:
+            self.listeners.discard(listener)
+
+    def claim_recent(self) -> set[int]:
+        """Messages no session has seen yet; they move from new/ to cur/ (as Dovecot does)."""
+        with self.lock:
+            claimed, self.recent = self.recent, set()
+            self._rename_all([(self.by_uid[u], self.by_uid[u].letters) for u in claimed
+                              if self.by_uid[u].sub == "new"])
+            return claimed
+
+    def _rename_all(self, todo: list[tuple[Message, str]]) -> list[Message]:
+        """Rename each message to cur/ with these letters; returns those renamed."""
+        if not todo:
+            return []
+        done = []
+        with self._own_changes():
+            self._rename_each(todo, done)
+        self.index.update((m.uid, m.sub, m.suffix, m.kw) for m in done)
+        return done
+
+    def _rename_each(self, todo: list[tuple[Message, str]], done: list[Message]) -> None:
+        for m, letters in todo:
+            suffix = suffix_with(letters, m.suffix)
+            if m.sub == "cur" and suffix == m.suffix:
+                continue
+            try:
+                os.rename(self.path / m.relpath(), self.path / "cur" / (m.base + suffix))
+            except FileNotFoundError:
+                continue  # renamed or removed by someone else: sync() will tell
+            self._moved(m, "cur", suffix)
+            done.append(m)
+
+    # -- reading ----------------------------------------------------------------
+
+    def message(self, uid: int) -> Message | None:
+        return self.by_uid.get(uid)
+
+    def file_path(self, uid: int) -> Path | None:
+        m = self.by_uid.get(uid)
+        return None if m is None else self.path / m.relpath()
+
+    def read(self, uid: int) -> bytes | None:
+        """The message's bytes as stored; None if it has gone."""
+        for _ in range(2):
+            path = self.file_path(uid)
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                self.sync(force=True)  # renamed by another program: find it again
+        return None
+
+    def read_head(self, uid: int, limit: int = 65536) -> bytes | None:
+        """The message's header block (up to limit octets); None if it has gone."""
+        path = self.file_path(uid)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                data = b""
+                while len(data) < limit:
+                    chunk = f.read(8192)
+                    data += chunk
+                    end = min((i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n"))
+                               if i >= 0), default=-1)
+                    if end >= 0 or not chunk:
+                        return data if end < 0 else data[:end + (4 if data[end] == 13 else 2)]
+                return data[:limit]
+        except FileNotFoundError:
+            return self.read(uid)  # renamed meanwhile: read() finds it again
+
+    def unseen(self) -> int:
+        return sum(1 for m in self.by_uid.values() if "S" not in m.letters)
+
+    def cached(self, uids: list[int], kind: str) -> dict[int, bytes]:
+        with self.lock:
+            return self.index.cached(uids, kind)
+
+    def put_cached(self, items: list[tuple[int, bytes]], kind: str) -> None:
+        with self.lock:
+            self.index.put_cached(((u, d) for u, d in items if u in self.by_uid), kind)
+
+    # -- changing ---------------------------------------------------------------
+
+    def store(self, uids: Iterable[int], mode: int, flags: Iterable[str],
+              origin: FolderListener | None = None) -> dict[int, list[str]]:
+        """Set (mode 0), add (1) or remove (-1) flags; returns uid -> new flags for each
+        message still here. \\Recent cannot be stored (RFC 3501 2.3.2)."""
+        letters = {FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS}
+        keywords = [f for f in flags if f not in FLAG_LETTERS and not f.startswith("\\")]
+        with self.lock:
+            renames, kw_only, result = [], [], {}
+            for uid in uids:
+                m = self.by_uid.get(uid)
+                if m is None:
+                    continue
+                have = set(c for c in m.letters if c in LETTER_FLAGS)
+                kws = m.kw.split(" ") if m.kw else []
+                if mode == 0:
+                    new, new_kw = letters, list(dict.fromkeys(keywords))
+                elif mode > 0:
+                    new, new_kw = have | letters, list(dict.fromkeys(kws + keywords))
+                else:
+                    new, new_kw = have - letters, [k for k in kws if k not in keywords]
+                kw = " ".join(new_kw)
+                if kw != m.kw:
+                    m.kw = kw
+                    kw_only.append(m)
+                if new != have or m.sub == "new":
+                    renames.append((m, "".join(new)))
+                result[uid] = m
+            done = {m.uid for m in self._rename_all(renames)}
+            self.index.update((m.uid, m.sub, m.suffix, m.kw) for m in kw_only
+                              if m.uid not in done)
+            changed = sorted(done | {m.uid for m in kw_only})
+            if changed:
+                self._notify([], changed, [], origin)
+            return {u: m.flags() for u, m in result.items()}
+
+    def expunge(self, uids: Iterable[int] | None = None,
+                origin: FolderListener | None = None) -> list[int]:
+        """Remove the \\Deleted messages (among uids, if given); returns the UIDs removed."""
+        with self.lock:
+            pool = self.by_uid.values() if uids is None else filter(
+                None, (self.by_uid.get(u) for u in uids))
+            doomed = [m for m in pool if "T" in m.letters]
+            removed = []
+            with self._own_changes():
+                for m in doomed:
+                    try:
+                        os.unlink(self.path / m.relpath())
+                    except FileNotFoundError:
+                        pass  # already gone: expunged all the same
+                    removed.append(m.uid)
+            removed.sort()
+            self._forget(removed)
+            if removed:
+                self._notify(removed, [], [], origin)
+            return removed
+
+    def add_file(self, source: Path, flags: Iterable[str], idate: int | None,
+                 how: str = "rename", origin: FolderListener | None = None) -> int | None:
+        """Bring a complete file in (how: rename, link or copy); returns its UID."""
+        return self.add_files([(source, list(flags), idate)], how, origin)[0]
+
+    def add_files(self, items: list[tuple[Path, list[str], int | None]], how: str,
+                  origin: FolderListener | None = None) -> list[int | None]:
+        """Add each (file, flags, internal date); UIDs in order, None for a file gone."""
+        with self.lock:
+            entries, slots = [], []
+            for n, (source, flags, idate) in enumerate(items):
+                letters = "".join(sorted({FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS}))
+                kw = " ".join(dict.fromkeys(f for f in flags if f not in FLAG_LETTERS
+                                            and not f.startswith("\\")))
+                base = new_unique()
+                suffix = ":2," + letters
+                target = self.path / "cur" / (base + suffix)
+                try:
+                    with self._own_changes():
+                        _bring(Path(source), target, how)
+                except FileNotFoundError:
+                    continue
+                if idate is not None and how != "link":  # a link shares the source's inode
+                    os.utime(target, (idate, idate))
+                st = os.stat(target)
+                entries.append((base, "cur", suffix, kw, st.st_size,
+                                idate if idate is not None else int(st.st_mtime)))
+                slots.append(n)
+            uids = self.index.add(entries)
+            for uid, e in zip(uids, entries, strict=True):
+                self._remember(Message(uid, *e))
+            # RFC 3501 6.3.11, 6.4.7: appended and copied messages are \Recent.
+            self.recent.update(uids)
+            if uids:
+                self._notify([], [], uids, origin)
+            out: list[int | None] = [None] * len(items)
+            for n, uid in zip(slots, uids, strict=True):
+                out[n] = uid
+            return out
+
+    def tmp_path(self) -> Path:
+        """A fresh file name in tmp/ for a message being written (APPEND)."""
+        return self.path / "tmp" / (new_unique() + ".part")
+
+
+def transfer(src: Folder, dst: Folder, uids: Iterable[int], move: bool,
+             origin: FolderListener | None = None) -> list[tuple[int, int]]:
+    """COPY or MOVE (RFC 6851) messages; returns (source UID, new UID) pairs.
+
+    A copy is a hard link (same bytes, no second write); a move renames the
+    file, so a crash leaves the message in one folder or the other, never lost.
+    """
+    # Two locks, always taken in the same order: no deadlock between COPY A->B and B->A.
+    first, second = sorted((src, dst), key=lambda f: str(f.path))
+    with first.lock, second.lock:
+        chosen = [m for m in (src.by_uid.get(u) for u in sorted(set(uids))) if m is not None]
+        with src._own_changes():
+            new = dst.add_files([(src.path / m.relpath(), m.flags(), m.idate) for m in chosen],
+                                "rename" if move else "link")
+        pairs = [(m.uid, u) for m, u in zip(chosen, new, strict=True) if u is not None]
+        if move:
+            moved = [m.uid for m, u in zip(chosen, new, strict=True) if u is not None]
+            src._forget(moved)
+            if moved:
+                src._notify(moved, [], [], origin)
+        return pairs
+
+
+def _bring(source: Path, target: Path, how: str) -> None:
+    if how == "link":
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another file system, or links not allowed: copy instead
+            how = "copy"
+    if how == "copy":
+        tmp = target.parent.parent / "tmp" / (target.name.split(":")[0] + ".copy")
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.utime(tmp, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns))
+        source = tmp
+    os.rename(source, target)
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
