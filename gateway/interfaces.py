@@ -68,8 +68,12 @@ class ISpool(Interface):
 class IQueueListener(Interface):
     """Told about each entry the moment it is safely spooled (queue/runner.py)."""
 
-    def enqueued(queue_id: str) -> None:
-        """A new entry is on disk and may be delivered now."""
+    def enqueued(queue_id: str, envelope: Any = None) -> None:
+        """A new entry is on disk and may be delivered now.
+
+        envelope, when given, is the Envelope just stored, handed over so the
+        first attempt needs no read-back; the caller must not use it afterwards.
+        """
 
 
 class IDeliveryTarget(Interface):

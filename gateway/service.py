@@ -58,11 +58,14 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # Spool writes, Maildir deliveries and password hashes all run in threads.
     reactor.suggestThreadPoolSize(max(10, settings.queue.concurrency + 6))
 
-    # Disk work of the queue goes to the pool in batches (group commit, batch.py).
-    run_blocking = BlockingBatcher(reactor)
+    # Disk work of the queue goes to the pool in batches (group commit, batch.py),
+    # in two lanes of one thread each: spool writes for SMTP's 250s, and the
+    # runner's work. More threads only fought over the GIL (bench/RESULTS.md).
+    accept_blocking = BlockingBatcher(reactor, max_trips=1)
+    run_blocking = BlockingBatcher(reactor, max_trips=1)
     users = UserDirectory(settings.users_file, reactor)
     router = Router(settings.domains, users)
-    spool = Spool(settings.spool_dir, reactor, run_blocking)
+    spool = Spool(settings.spool_dir, reactor, accept_blocking)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
     top = service.MultiService()

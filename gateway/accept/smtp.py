@@ -35,7 +35,13 @@ from gateway.accept.data import BodyReader
 from gateway.accept.policy import RelayPolicy, Session
 from gateway.accept.received import protocol_keyword, received_header
 from gateway.config import SmtpSettings
-from gateway.envelope import Envelope, Recipient, new_queue_id, parse_address
+from gateway.envelope import (
+    Envelope,
+    Recipient,
+    count_received,
+    new_queue_id,
+    parse_address,
+)
 from gateway.errors import MailError, SpoolError
 from gateway.interfaces import IQueueListener, ISpool, IUserDirectory
 
@@ -98,7 +104,8 @@ class SMTPServer(ESMTP):
                        "address, try again later")
             self._close()
             return
-        log.info("connect from {client}", client=self.session.client_address)
+        self._opened = self.factory.reactor.seconds()
+        self._queued_count = 0
         self.sendCode(220, self.host + b" ESMTP mailgateway")
         self.setTimeout(self.timeout)
 
@@ -106,7 +113,13 @@ class SMTPServer(ESMTP):
         self.setTimeout(None)
         if self.session is not None:
             self.factory.connection_closed(self.session.client_address)
-            log.info("disconnect from {client}", client=self.session.client_address)
+            if hasattr(self, "_opened"):
+                # One event per connection (not one at connect too): logging is a
+                # measurable share of the cost of a message (bench/RESULTS.md).
+                log.info("disconnect from {client}: {n} queued, {errors} errors, {seconds:.1f}s",
+                         client=self.session.client_address, n=self._queued_count,
+                         errors=self._bad_commands,
+                         seconds=self.factory.reactor.seconds() - self._opened)
 
     def client_host(self) -> str:
         """The client's address; behind a PROXY header (gateway/proxyproto.py) getPeer()
@@ -464,6 +477,7 @@ class SMTPServer(ESMTP):
             recipient=recipients[0] if len(recipients) == 1 else "", now=envelope.arrived)
         message = header + body.message()
         envelope.size = len(message)
+        envelope.hops = count_received(message)
         d = self.factory.spool.store(envelope, message)
         d.addCallbacks(self._queued, self._spool_failed, callbackArgs=(envelope,),
                        errbackArgs=(envelope,))
@@ -475,7 +489,8 @@ class SMTPServer(ESMTP):
                  n=len(envelope.recipients), size=envelope.size,
                  client=envelope.client_address)
         self.reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        self.factory.listener.enqueued(queue_id)
+        self._queued_count += 1
+        self.factory.listener.enqueued(queue_id, envelope)
 
     def _spool_failed(self, failure, envelope: Envelope) -> None:
         failure.trap(SpoolError)

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.config import QueueSettings
-from gateway.envelope import Envelope, Recipient, RecipientState
+from gateway.envelope import Envelope, Recipient, RecipientState, count_received
 from gateway.errors import MailError
 from gateway.interfaces import (
     IBatchDeliveryTarget,
@@ -76,6 +76,8 @@ class QueueRunner:
             lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         self.semaphore = defer.DeferredSemaphore(settings.concurrency)
         self._active: set[str] = set()
+        # Envelopes handed over by enqueued(): the first attempt needs no read-back.
+        self._fresh: dict[str, Envelope] = {}
         self._timers: dict[str, object] = {}
         self._stopped = False
 
@@ -108,8 +110,11 @@ class QueueRunner:
             if call.active():
                 call.cancel()
         self._timers.clear()
+        self._fresh.clear()
 
-    def enqueued(self, queue_id: str) -> None:
+    def enqueued(self, queue_id: str, envelope: Envelope | None = None) -> None:
+        if envelope is not None:
+            self._fresh[queue_id] = envelope
         self.schedule(queue_id, 0, recovering=False)
 
     def schedule(self, queue_id: str, delay: float, recovering: bool) -> None:
@@ -137,10 +142,14 @@ class QueueRunner:
     def attempt(self, queue_id: str, recovering: bool):
         forced = queue_id in self._forced
         self._forced.discard(queue_id)
-        try:
-            envelope, hops = yield self.run_blocking(self._load, queue_id)
-        except KeyError:
-            return  # removed meanwhile, or quarantined (logged by the spool)
+        envelope = self._fresh.pop(queue_id, None)
+        if envelope is not None and envelope.hops >= 0:
+            hops = envelope.hops
+        else:
+            try:
+                envelope, hops = yield self.run_blocking(self._load, queue_id)
+            except KeyError:
+                return  # removed meanwhile, or quarantined (logged by the spool)
         if envelope.held:
             log.info("{queue_id}: on hold, not attempted", queue_id=queue_id)
             return
@@ -160,8 +169,11 @@ class QueueRunner:
              for target, pairs in groups], consumeErrors=True)
         yield self._notify(envelope, message_path, now)
         if envelope.finished() and not self._unnotified(envelope):
-            yield saver.run(self.run_blocking, self.spool.remove, queue_id)
-            log.info("{queue_id}: removed, all recipients done", queue_id=queue_id)
+            # Two unlinks, on the reactor thread: cheaper than the trip to a thread.
+            # Every outcome that must not be repeated is durable already (local
+            # deliveries are recognised again; batches were saved as they ended).
+            yield saver.run(self.spool.remove, queue_id)
+            log.debug("{queue_id}: removed, all recipients done", queue_id=queue_id)
             return
         yield saver.run(self._save, envelope)
         wakes = [r.next_attempt for r in envelope.pending()]
@@ -172,8 +184,11 @@ class QueueRunner:
     def _load(self, queue_id: str) -> tuple[Envelope, int]:
         """The envelope and the message's Received count (blocking)."""
         envelope = self.spool.load(queue_id)
+        if envelope.hops >= 0:
+            return envelope, envelope.hops
         try:
-            hops = count_received(self.spool.message_path(queue_id))
+            with open(self.spool.message_path(queue_id), "rb") as f:
+                hops = count_received(f.read(1 << 20))
         except OSError:
             hops = 0  # the spool quarantines a missing message at the next recover
         return envelope, hops
@@ -334,6 +349,8 @@ class QueueRunner:
         root = self.control_root
         requests = yield self.run_blocking(control.pending_requests, root)
         for req in requests:
+            # An administrator's change is on disk: the next attempt reads it there.
+            self._fresh.pop(req.queue_id, None)
             if req.action == "flush":
                 ids = yield self.run_blocking(self.spool.queue_ids)
                 for qid in ids:
@@ -370,17 +387,3 @@ class QueueRunner:
         call = self._timers.pop(queue_id, None)
         if call is not None and call.active():
             call.cancel()
-
-
-def count_received(message_path: str, limit: int = 1 << 20) -> int:
-    """Received headers in the message's header section (RFC 5321 6.3 loop detection)."""
-    count = 0
-    read = 0
-    with open(message_path, "rb") as f:
-        for line in f:
-            read += len(line)
-            if line in (b"\r\n", b"\n") or read > limit:
-                break
-            if line[:9].lower() == b"received:":
-                count += 1
-    return count

@@ -31,7 +31,7 @@ from gateway.interfaces import ISpool
 log = Logger()
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_synced(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
@@ -54,6 +54,9 @@ class Spool:
         self.quarantine_dir = self.root / "quarantine"
         for d in (self.tmp, self.entries, self.quarantine_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Plain strings on the per-message path: pathlib showed in profiles.
+        self._tmp = str(self.tmp) + os.sep
+        self._entries = str(self.entries) + os.sep
 
     # --- writing ---------------------------------------------------------------
 
@@ -65,17 +68,17 @@ class Spool:
         qid = envelope.queue_id
         if not valid_queue_id(qid):
             raise SpoolError(f"invalid queue ID {qid!r}")
-        tmp_msg, tmp_env = self.tmp / f"{qid}.msg", self.tmp / f"{qid}.env"
+        tmp_msg, tmp_env = f"{self._tmp}{qid}.msg", f"{self._tmp}{qid}.env"
         try:
             _write_synced(tmp_msg, message)
             _write_synced(tmp_env, self._encode(envelope))
-            os.rename(tmp_msg, self.entries / f"{qid}.msg")
-            os.rename(tmp_env, self.entries / f"{qid}.env")
+            os.rename(tmp_msg, f"{self._entries}{qid}.msg")
+            os.rename(tmp_env, f"{self._entries}{qid}.env")
             sync_dir(self.entries)
         except OSError as e:
-            for p in (tmp_msg, tmp_env, self.entries / f"{qid}.msg"):
+            for p in (tmp_msg, tmp_env, f"{self._entries}{qid}.msg"):
                 try:
-                    p.unlink()
+                    os.unlink(p)
                 except OSError:
                     pass
             reason = "No space left on device" if e.errno == errno.ENOSPC else str(e)
@@ -84,10 +87,10 @@ class Spool:
 
     def update(self, envelope: Envelope) -> None:
         qid = envelope.queue_id
-        tmp = self.tmp / f"{qid}.env"
+        tmp = f"{self._tmp}{qid}.env"
         try:
             _write_synced(tmp, self._encode(envelope))
-            os.replace(tmp, self.entries / f"{qid}.env")
+            os.replace(tmp, f"{self._entries}{qid}.env")
             sync_dir(self.entries)
         except OSError as e:
             raise SpoolError(f"{qid}: cannot update envelope: {e}") from e
@@ -96,7 +99,7 @@ class Spool:
         # Envelope first: without it the entry no longer exists, whatever else remains.
         for suffix in (".env", ".msg"):
             try:
-                (self.entries / f"{queue_id}{suffix}").unlink()
+                os.unlink(f"{self._entries}{queue_id}{suffix}")
             except FileNotFoundError:
                 pass
         # No fsync of the directory: should the removal be lost in a crash, the
@@ -112,9 +115,9 @@ class Spool:
     def load(self, queue_id: str) -> Envelope:
         if not valid_queue_id(queue_id):
             raise KeyError(queue_id)
-        path = self.entries / f"{queue_id}.env"
         try:
-            data = json.loads(path.read_bytes())
+            with open(f"{self._entries}{queue_id}.env", "rb") as f:
+                data = json.loads(f.read())
             envelope = Envelope.from_json(data)
         except FileNotFoundError:
             raise KeyError(queue_id) from None
@@ -125,7 +128,7 @@ class Spool:
         return envelope
 
     def message_path(self, queue_id: str) -> str:
-        return str(self.entries / f"{queue_id}.msg")
+        return f"{self._entries}{queue_id}.msg"
 
     def queue_ids(self) -> list[str]:
         ids = []

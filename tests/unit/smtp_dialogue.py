@@ -50,9 +50,11 @@ class FakeSpool:
 @dataclass
 class FakeListener:
     queued: list = field(default_factory=list)
+    envelopes: list = field(default_factory=list)
 
-    def enqueued(self, queue_id: str) -> None:
+    def enqueued(self, queue_id: str, envelope=None) -> None:
         self.queued.append(queue_id)
+        self.envelopes.append(envelope)
 
 
 @implementer(ITLSTransport)

@@ -159,6 +159,30 @@ def test_remote_recipients_stay_queued_without_a_relay(tmp_path):
     assert stored.recipients[1].last_error.startswith("451 4.4.0")
 
 
+def test_fresh_envelope_is_used_without_reading_it_back(tmp_path):
+    target = Target([None])
+    runner, spool, clock = make_runner(tmp_path, target)
+    env = make_envelope("alice@example.test")
+    env.hops = 1
+    spool.store_blocking(env, b"m")
+    (tmp_path / "entries" / f"{env.queue_id}.env").write_text("{broken")  # never read
+    runner.enqueued(env.queue_id, env)
+    clock.advance(0)
+    assert target.calls == [("alice@example.test", False)]
+    assert spool.queue_ids() == []
+
+
+def test_hop_count_comes_from_the_message_when_not_counted(tmp_path):
+    target = Target([None])
+    runner, spool, clock = make_runner(tmp_path, target, max_hops=2)
+    env = make_envelope("alice@example.test")
+    spool.store_blocking(env, b"Received: a\r\nReceived: b\r\nreceived: c\r\n\r\nbody")
+    runner.enqueued(env.queue_id, env)  # hops == -1: counted from the file
+    clock.advance(0)
+    assert target.calls == []  # 3 > max_hops: a loop, failed without delivery
+    assert spool.queue_ids() == []
+
+
 def test_start_recovers_entries_with_recovering_flag(tmp_path):
     target = Target([None])
     runner, spool, clock = make_runner(tmp_path, target)

@@ -38,6 +38,8 @@ def test_local_delivery_transaction_spools_message_with_received_header():
     assert envelope.sender == "bob@remote.test"
     assert [r.address for r in envelope.recipients] == ["alice@example.test"]
     assert d.listener.queued == [envelope.queue_id]
+    assert d.listener.envelopes == [envelope]  # handed over: no read-back needed
+    assert envelope.hops == 1  # our own Received header
 
 
 def test_unknown_local_user_550_and_relay_denied_554():
