@@ -19,12 +19,12 @@ from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
 from gateway.access.imap.server import IMAPFactory
 from gateway.access.pop3 import POP3Factory
-from gateway.batch import BlockingBatcher
 from gateway.config import Settings
 from gateway.deliver.maildir import MaildirDelivery
 from gateway.deliver.mx import MXResolver, make_resolver
 from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
+from gateway.durable import BlockingBatcher
 from gateway.queue.bounce import Bouncer
 from gateway.queue.runner import QueueRunner
 from gateway.queue.spool import Spool
@@ -58,7 +58,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # Spool writes, Maildir deliveries and password hashes all run in threads.
     reactor.suggestThreadPoolSize(max(10, settings.queue.concurrency + 6))
 
-    # Disk work of the queue goes to the pool in batches (group commit, batch.py),
+    # Disk work of the queue goes to the pool in batches (group commit, durable.py),
     # in two lanes of one thread each: spool writes for SMTP's 250s, and the
     # runner's work. More threads only fought over the GIL (bench/RESULTS.md).
     accept_blocking = BlockingBatcher(reactor, max_trips=1)

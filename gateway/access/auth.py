@@ -20,6 +20,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, threads
 from zope.interface import implementer
 
+from gateway.durable import write_synced
 from gateway.envelope import normalize_address
 from gateway.errors import MailError
 from gateway.interfaces import IUserDirectory
@@ -71,13 +72,9 @@ def write_users(path: Path, users: dict[str, str]) -> None:
     """Replace the users file atomically, readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("# address:scrypt-hash, managed by `mailgateway user`\n")
-        for address in sorted(users):
-            f.write(f"{address}:{users[address]}\n")
-        f.flush()
-        os.fsync(f.fileno())
+    lines = ["# address:scrypt-hash, managed by `mailgateway user`\n"]
+    lines += [f"{address}:{users[address]}\n" for address in sorted(users)]
+    write_synced(tmp, "".join(lines).encode("utf-8"))
     os.replace(tmp, path)
 
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.durable import write_synced
 from gateway.envelope import valid_queue_id
 from gateway.interfaces import ISpool
 
@@ -51,11 +52,7 @@ def write_request(spool_root: Path, action: str, queue_id: str = ALL) -> Path:
     name = f"{time.time_ns()}.{action}.{queue_id}"
     tmp = Path(spool_root) / "tmp" / f"control.{name}"
     tmp.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_synced(tmp, b"")
     os.rename(tmp, directory / name)
     return directory / name
 

@@ -23,23 +23,12 @@ from twisted.internet import threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.batch import fsync_dir, sync_dir
+from gateway.durable import fsync_dir, sync_dir, write_synced
 from gateway.envelope import Envelope, valid_queue_id
 from gateway.errors import SpoolError
 from gateway.interfaces import ISpool
 
 log = Logger()
-
-
-def _write_synced(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @implementer(ISpool)
@@ -70,8 +59,8 @@ class Spool:
             raise SpoolError(f"invalid queue ID {qid!r}")
         tmp_msg, tmp_env = f"{self._tmp}{qid}.msg", f"{self._tmp}{qid}.env"
         try:
-            _write_synced(tmp_msg, message)
-            _write_synced(tmp_env, self._encode(envelope))
+            write_synced(tmp_msg, message)
+            write_synced(tmp_env, self._encode(envelope))
             os.rename(tmp_msg, f"{self._entries}{qid}.msg")
             os.rename(tmp_env, f"{self._entries}{qid}.env")
             sync_dir(self.entries)
@@ -89,7 +78,7 @@ class Spool:
         qid = envelope.queue_id
         tmp = f"{self._tmp}{qid}.env"
         try:
-            _write_synced(tmp, self._encode(envelope))
+            write_synced(tmp, self._encode(envelope))
             os.replace(tmp, f"{self._entries}{qid}.env")
             sync_dir(self.entries)
         except OSError as e:

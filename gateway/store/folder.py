@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.durable import fsync_dir
 from gateway.store.index import Index
 
 SUBS = ("new", "cur")
@@ -474,8 +475,4 @@ def _bring(source: Path, target: Path, how: str) -> None:
         os.utime(tmp, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns))
         source = tmp
     os.rename(source, target)
-    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.batch import fsync_dir, sync_dir
+from gateway.durable import fsync_dir, sync_dir, write_synced
 from gateway.envelope import parse_address
 from gateway.interfaces import IMailStore
 from gateway.store.folders import FolderRegistry, FolderSet
@@ -65,18 +65,11 @@ class MaildirStore:
         if recovering and self._already_there(path, unique):
             return False
         tmp = path / "tmp" / unique
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(message)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(tmp, message)
         # rename, not link: the name is ours alone (queue ID + recipient), and a
         # leftover tmp file from a crash is simply overwritten above.
         os.rename(tmp, path / "new" / unique)
-        sync_dir(path / "new")  # at once, or once for the whole trip (gateway/batch.py)
+        sync_dir(path / "new")  # at once, or once for the whole trip (gateway/durable.py)
         self._delivered(path)
         return True
 

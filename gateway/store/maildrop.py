@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 from twisted.mail.pop3 import IMailbox
 from zope.interface import implementer
 
-from gateway.batch import fsync_dir
+from gateway.durable import fsync_dir
 
 LOCK_FILE = ".pop3.lock"
 _INFO = ":2,"

@@ -3,7 +3,7 @@
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.threadpool import ThreadPool
 
-from gateway.batch import BlockingBatcher
+from gateway.durable import BlockingBatcher
 
 
 class InlinePool(ThreadPool):
