@@ -74,6 +74,7 @@ class ImapSettings:
     max_auth_failures: int = 3
     auth_failure_delay: float = 1.0
     poll_interval: float = 10.0
+    max_connections_per_client: int = 50
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,8 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         max_auth_failures=r.positive("imap", "max_auth_failures", int, d.max_auth_failures),
         auth_failure_delay=r.get("imap", "auth_failure_delay", float, d.auth_failure_delay),
         poll_interval=r.positive("imap", "poll_interval", float, d.poll_interval),
+        max_connections_per_client=r.positive("imap", "max_connections_per_client", int,
+                                              d.max_connections_per_client),
     )
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")

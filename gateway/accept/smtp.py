@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import re
-from collections import Counter
 
 from twisted.cred import error as cred_error
 from twisted.internet import defer, protocol
@@ -30,11 +29,12 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 
-from gateway import proxyproto, sasl
+from gateway import connection, proxyproto, sasl
 from gateway.accept.data import BodyReader
 from gateway.accept.policy import RelayPolicy, Session
 from gateway.accept.received import protocol_keyword, received_header
 from gateway.config import SmtpSettings
+from gateway.connection import ConnectionCounter
 from gateway.envelope import (
     Envelope,
     Recipient,
@@ -99,7 +99,7 @@ class SMTPServer(ESMTP):
         if self.is_tls():  # behind tlsfront: TLS already, so no STARTTLS, and AUTH is allowed
             self.startedTLS = True
             self.session.tls = "TLS"
-        if not self.factory.connection_opened(self.session.client_address):
+        if not self.factory.connections.opened(self.session.client_address):
             self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections from your "
                        "address, try again later")
             self._close()
@@ -112,7 +112,7 @@ class SMTPServer(ESMTP):
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
         if self.session is not None:
-            self.factory.connection_closed(self.session.client_address)
+            self.factory.connections.closed(self.session.client_address)
             if hasattr(self, "_opened"):
                 # One event per connection (not one at connect too): logging is a
                 # measurable share of the cost of a message (bench/RESULTS.md).
@@ -124,8 +124,7 @@ class SMTPServer(ESMTP):
     def client_host(self) -> str:
         """The client's address; behind a PROXY header (gateway/proxyproto.py) getPeer()
         already says the real one, before connectionMade."""
-        peer = self.transport.getPeer()
-        return getattr(peer, "host", str(peer))
+        return connection.client_host(self.transport)
 
     def is_tls(self) -> bool:
         """STARTTLS done, or the client spoke TLS to tlsfront (PROXY v2 PP2_TYPE_SSL)."""
@@ -519,16 +518,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.tls_options = tls_options
         self.plaintext_from_loopback = plaintext_from_loopback
         self.reactor = reactor
-        self.connections: Counter[str] = Counter()
+        self.connections = ConnectionCounter(settings.max_connections_per_client)
 
     def buildProtocol(self, addr) -> SMTPServer:
         return SMTPServer(self)
-
-    def connection_opened(self, client: str) -> bool:
-        self.connections[client] += 1
-        return self.connections[client] <= self.settings.max_connections_per_client
-
-    def connection_closed(self, client: str) -> None:
-        self.connections[client] -= 1
-        if self.connections[client] <= 0:
-            del self.connections[client]

@@ -23,21 +23,20 @@ setting, config.PopSettings, handed in through POP3Factory.
 
 from __future__ import annotations
 
-import ipaddress
-from collections import Counter, deque
+from collections import deque
 from typing import Any
 
 from twisted.cred.error import LoginFailed
 from twisted.internet import defer
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from gateway import proxyproto, sasl
+from gateway import connection, sasl
 from gateway.access.pop3_transfer import MessageSender, TransactionCommands
 from gateway.config import PopSettings
+from gateway.connection import ConnectionCounter
 from gateway.interfaces import IMailStore, IUserDirectory
 from gateway.store.maildrop import Maildrop, MaildropInUse
 
@@ -50,15 +49,6 @@ _TRANSACTION = frozenset({b"CAPA", b"STAT", b"LIST", b"UIDL", b"TOP", b"RETR", b
 _ARITY = {b"CAPA": (0, 0), b"USER": (1, 1), b"AUTH": (0, 2), b"STLS": (0, 0), b"QUIT": (0, 0),
           b"STAT": (0, 0), b"LIST": (0, 1), b"UIDL": (0, 1), b"TOP": (2, 2), b"RETR": (1, 1),
           b"DELE": (1, 1), b"RSET": (0, 0), b"NOOP": (0, 0)}
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a UNIX socket or anything else is not "loopback"
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 class POP3Server(TransactionCommands, pop3.POP3):
@@ -84,18 +74,16 @@ class POP3Server(TransactionCommands, pop3.POP3):
     # -- what a PROXY layer or tlsfront may need to change, in one place ----
 
     def client_host(self) -> str:
-        # Behind a PROXY header (gateway/proxyproto.py) getPeer() is already the real client.
-        return getattr(self.transport.getPeer(), "host", "")
+        return connection.client_host(self.transport)
 
     def is_tls(self) -> bool:
-        # STLS done, or TLS the client spoke to tlsfront (PROXY v2 PP2_TYPE_SSL).
+        # STLS done, or TLS the client spoke to us or to tlsfront (gateway/connection.py).
         return (self._tls_started or self.factory.implicit_tls
-                or ISSLTransport.providedBy(self.transport)
-                or proxyproto.proxied_tls(self.transport) is not None)
+                or connection.transport_is_tls(self.transport))
 
     def login_allowed(self) -> bool:
         return self.is_tls() or (self.factory.plaintext_from_loopback
-                                 and is_loopback(self.client_host()))
+                                 and connection.is_loopback(self.client_host()))
 
     # -- connection ---------------------------------------------------------
 
@@ -106,7 +94,7 @@ class POP3Server(TransactionCommands, pop3.POP3):
         self.callLater = self.factory.reactor.callLater
         self.timeOut = self.settings.idle_timeout
         self._counted_as = self.client_host()
-        if not self.factory.connection_opened(self._counted_as):
+        if not self.factory.connections.opened(self._counted_as):
             # RFC 3206 4: SYS/TEMP, a problem that goes away; clients retry later.
             _log.info("pop3 connection from {client} refused: too many from that address",
                       client=self._counted_as)
@@ -124,7 +112,7 @@ class POP3Server(TransactionCommands, pop3.POP3):
         self._lines.clear()
         self.setTimeout(None)
         if self._counted_as is not None:
-            self.factory.connection_closed(self._counted_as)
+            self.factory.connections.closed(self._counted_as)
             self._counted_as = None
         if self._delayed is not None and self._delayed.active():
             self._delayed.cancel()
@@ -406,14 +394,4 @@ class POP3Factory(ServerFactory):
         self.plaintext_from_loopback = plaintext_from_loopback
         self.settings = settings  # the [pop3] limits
         self.reactor = reactor
-        self.connections: Counter[str] = Counter()  # open sessions per client address
-
-    def connection_opened(self, client: str) -> bool:
-        """Count a new session from client; False when it is over the per-client limit."""
-        self.connections[client] += 1
-        return self.connections[client] <= self.settings.max_connections_per_client
-
-    def connection_closed(self, client: str) -> None:
-        self.connections[client] -= 1
-        if self.connections[client] <= 0:
-            del self.connections[client]
+        self.connections = ConnectionCounter(settings.max_connections_per_client)

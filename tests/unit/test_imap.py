@@ -377,3 +377,18 @@ def test_append_to_a_folder_named_by_a_literal(env):
     assert s.raw(b"Drafts {20}\r\n") == b"+ Ready for literal data\r\n"  # not the 10 limit
     assert re.fullmatch(rb"a OK \[APPENDUID \d+ 1\] APPEND completed\r\n",
                         s.raw(b"Subject: twenty\r\n\r\nx\r\n"))
+
+
+def test_connections_per_client_limit(env, tmp_path):
+    factory = make_factory(env.store, env.clock, imap={"max_connections_per_client": 2})
+    first, second = Session(factory), Session(factory)
+    assert first.greeting.startswith(b"* OK") and second.greeting.startswith(b"* OK")
+    third = Session(factory)
+    assert third.greeting == (b"* BYE [UNAVAILABLE] Too many connections from your address, "
+                              b"try again later\r\n")
+    assert third.transport.disconnecting
+    other = Session(factory, peer="192.0.2.8")  # another client is not affected
+    assert other.greeting.startswith(b"* OK")
+    for s in (first, second, third, other):
+        s.proto.connectionLost(None)
+    assert factory.connections == {}

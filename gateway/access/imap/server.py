@@ -25,21 +25,21 @@ import re
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import IPushProducer, ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import proxyproto
+from gateway import connection
 from gateway.access.imap import wire
 from gateway.access.imap.commands import AuthenticatedCommands
 from gateway.access.imap.login import LoginCommands
 from gateway.access.imap.selected import SelectedCommands
 from gateway.access.imap.wire import LITERAL_AT_END, Atom, Bad, No, Upload
-from gateway.access.pop3 import is_loopback
 from gateway.config import ImapSettings
+from gateway.connection import ConnectionCounter
 from gateway.interfaces import IMailStore, IUserDirectory
 
 _log = Logger()
@@ -99,6 +99,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, imap4.I
 
     def __init__(self) -> None:
         imap4.IMAP4Server.__init__(self, chal={}, contextFactory=None)
+        self._counted_as: str | None = None  # the key factory.connections counts us under
         self._pieces: list[Any] = []  # the command being gathered: text, literal, text ...
         self._sink: Any = None  # bytearray or open file of the literal being read
         self._left = 0  # octets of that literal still to come
@@ -123,18 +124,16 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, imap4.I
     # -- what a PROXY layer or tlsfront may need to change, in one place ------
 
     def client_host(self) -> str:
-        # Behind a PROXY header (gateway/proxyproto.py) getPeer() is already the real client.
-        return getattr(self.transport.getPeer(), "host", "")
+        return connection.client_host(self.transport)
 
     def is_tls(self) -> bool:
-        # STARTTLS done, or TLS the client spoke to tlsfront (PROXY v2 PP2_TYPE_SSL).
+        # STARTTLS done, or TLS the client spoke to us or to tlsfront (gateway/connection.py).
         return (self._tls_started or self.factory.implicit_tls
-                or ISSLTransport.providedBy(self.transport)
-                or proxyproto.proxied_tls(self.transport) is not None)
+                or connection.transport_is_tls(self.transport))
 
     def login_allowed(self) -> bool:
         return self.is_tls() or (self.factory.plaintext_from_loopback
-                                 and is_loopback(self.client_host()))
+                                 and connection.is_loopback(self.client_host()))
 
     def can_starttls(self) -> bool:
         return (self.factory.tls_options is not None and not self.is_tls()
@@ -158,12 +157,22 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, imap4.I
         self.MAX_LENGTH = self.settings.max_command_length
         self.tags = {}
         self.transport.registerProducer(self.pacer, True)
+        self._counted_as = self.client_host()
+        if not self.factory.connections.opened(self._counted_as):
+            _log.info("imap connection limit for {client}", client=self._counted_as)
+            self.transport.write(b"* BYE [UNAVAILABLE] Too many connections from your "
+                                 b"address, try again later\r\n")
+            self.transport.loseConnection()
+            return
         self.setTimeout(self.settings.login_timeout)
         self.sendServerGreeting()
         _log.info("imap connect from {client}", client=self.client_host())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
+        if self._counted_as is not None:
+            self.factory.connections.closed(self._counted_as)
+            self._counted_as = None
         self.setTimeout(None)
         for call in (self._delayed, self._idle_poll):
             if call is not None and call.active():
@@ -436,3 +445,4 @@ class IMAPFactory(ServerFactory):
         self.settings = settings  # the [imap] limits
         self.reactor = reactor
         self.run_blocking = run_blocking  # f, *args -> Deferred, in a thread in the gateway
+        self.connections = ConnectionCounter(settings.max_connections_per_client)

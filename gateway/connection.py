@@ -1,0 +1,56 @@
+"""What every listener knows of a connection: the real client, TLS, and per-client counts.
+
+Shared by accept/smtp.py, access/pop3.py and access/imap/: behind the TLS
+front (gateway/proxyproto.py reads the PROXY header before the protocol
+starts) getPeer() already names the real client and the transport carries the
+TLS facts, so these answers hold on every kind of listener.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Any
+
+from twisted.internet.interfaces import ISSLTransport
+
+from gateway import proxyproto
+
+
+def client_host(transport: Any) -> str:
+    peer = transport.getPeer()
+    return getattr(peer, "host", str(peer))
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ::ffff:127.x; a UNIX socket is not loopback."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def transport_is_tls(transport: Any) -> bool:
+    """The transport itself is TLS, or the client spoke TLS to tlsfront (PROXY v2 TLV)."""
+    return (ISSLTransport.providedBy(transport)
+            or proxyproto.proxied_tls(transport) is not None)
+
+
+class ConnectionCounter(Counter):
+    """Open connections per client address, against one listener's limit."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def opened(self, client: str) -> bool:
+        """Count a new connection; False when the client is now over the limit."""
+        self[client] += 1
+        return self[client] <= self.limit
+
+    def closed(self, client: str) -> None:
+        self[client] -= 1
+        if self[client] <= 0:
+            del self[client]
