@@ -33,8 +33,9 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from gateway import connection, sasl
+from gateway import sasl
 from gateway.access.pop3_transfer import MessageSender, TransactionCommands
+from gateway.access.session import AccessSession
 from gateway.config import PopSettings
 from gateway.connection import ConnectionCounter
 from gateway.interfaces import IMailStore, IUserDirectory
@@ -51,7 +52,7 @@ _ARITY = {b"CAPA": (0, 0), b"USER": (1, 1), b"AUTH": (0, 2), b"STLS": (0, 0), b"
           b"DELE": (1, 1), b"RSET": (0, 0), b"NOOP": (0, 0)}
 
 
-class POP3Server(TransactionCommands, pop3.POP3):
+class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
     """One POP3 session. Talks only through IUserDirectory and the store's Maildrop."""
 
     factory: POP3Factory
@@ -70,20 +71,6 @@ class POP3Server(TransactionCommands, pop3.POP3):
         self._delayed: Any = None
         self._sender: MessageSender | None = None
         self.mbox: Maildrop | None = None
-
-    # -- what a PROXY layer or tlsfront may need to change, in one place ----
-
-    def client_host(self) -> str:
-        return connection.client_host(self.transport)
-
-    def is_tls(self) -> bool:
-        # STLS done, or TLS the client spoke to us or to tlsfront (gateway/connection.py).
-        return (self._tls_started or self.factory.implicit_tls
-                or connection.transport_is_tls(self.transport))
-
-    def login_allowed(self) -> bool:
-        return self.is_tls() or (self.factory.plaintext_from_loopback
-                                 and connection.is_loopback(self.client_host()))
 
     # -- connection ---------------------------------------------------------
 

@@ -71,13 +71,14 @@ class DNSServer:
         for _ in range(20):  # find a port free for both UDP and TCP
             udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), UDPHandler)
             self.port = udp.server_address[1]
+            tcp = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), TCPHandler,
+                                                  bind_and_activate=False)
             try:
-                tcp = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), TCPHandler,
-                                                      bind_and_activate=False)
                 tcp.allow_reuse_address = True
                 tcp.server_bind()
                 tcp.server_activate()
-            except OSError:
+            except OSError:  # the TCP port is taken: close both sockets, try another
+                tcp.server_close()
                 udp.server_close()
                 continue
             break

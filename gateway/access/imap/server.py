@@ -32,12 +32,12 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import connection
 from gateway.access.imap import wire
 from gateway.access.imap.commands import AuthenticatedCommands
 from gateway.access.imap.login import LoginCommands
 from gateway.access.imap.selected import SelectedCommands
 from gateway.access.imap.wire import LITERAL_AT_END, Atom, Bad, No, Upload
+from gateway.access.session import AccessSession
 from gateway.config import ImapSettings
 from gateway.connection import ConnectionCounter
 from gateway.interfaces import IMailStore, IUserDirectory
@@ -91,7 +91,8 @@ class Pacer:
         return d
 
 
-class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, imap4.IMAP4Server):
+class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessSession,
+                 imap4.IMAP4Server):
     """One IMAP session."""
 
     IDENT = b"mailgateway IMAP4rev1 ready"
@@ -121,19 +122,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, imap4.I
     def settings(self) -> ImapSettings:
         return self.factory.settings
 
-    # -- what a PROXY layer or tlsfront may need to change, in one place ------
-
-    def client_host(self) -> str:
-        return connection.client_host(self.transport)
-
-    def is_tls(self) -> bool:
-        # STARTTLS done, or TLS the client spoke to us or to tlsfront (gateway/connection.py).
-        return (self._tls_started or self.factory.implicit_tls
-                or connection.transport_is_tls(self.transport))
-
-    def login_allowed(self) -> bool:
-        return self.is_tls() or (self.factory.plaintext_from_loopback
-                                 and connection.is_loopback(self.client_host()))
+    # -- client facts: AccessSession (gateway/access/session.py) -------------
 
     def can_starttls(self) -> bool:
         return (self.factory.tls_options is not None and not self.is_tls()
