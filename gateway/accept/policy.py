@@ -25,12 +25,6 @@ class Session:
     authenticated: str = ""
     tls: str = ""
 
-    def is_loopback(self) -> bool:
-        try:
-            return ipaddress.ip_address(self.client_address).is_loopback
-        except ValueError:
-            return False
-
 
 class RelayPolicy:
     def __init__(self, router: IRouter, trusted_networks: Sequence, submission: bool = False):

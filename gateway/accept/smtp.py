@@ -20,19 +20,18 @@ No policy lives here: accept/policy.py decides, MailError becomes the reply.
 
 from __future__ import annotations
 
-import base64
 import re
 
-from twisted.cred import error as cred_error
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 
-from gateway import connection, proxyproto, sasl
+from gateway import connection, proxyproto
 from gateway.accept.data import BodyReader
 from gateway.accept.policy import RelayPolicy, Session
 from gateway.accept.received import protocol_keyword, received_header
+from gateway.accept.smtp_auth import SMTPAuth
 from gateway.config import SmtpSettings
 from gateway.connection import ConnectionCounter
 from gateway.envelope import (
@@ -71,7 +70,7 @@ def tls_description(transport) -> str:
     return f"{version} with cipher {cipher}" if version and cipher else ""
 
 
-class SMTPServer(ESMTP):
+class SMTPServer(SMTPAuth, ESMTP):
     """One SMTP session. Settings and collaborators come from the factory."""
 
     def __init__(self, factory: SMTPFactory):
@@ -245,10 +244,6 @@ class SMTPServer(ESMTP):
             ext[b"AUTH"] = [b"PLAIN", b"LOGIN"]
         return ext
 
-    def _auth_allowed(self) -> bool:
-        return self.startedTLS or (self.factory.plaintext_from_loopback
-                                   and self.session.is_loopback())
-
     def _greet(self, rest: bytes, esmtp: bool) -> None:
         name = rest.split()[0] if rest else b""
         if not name or len(name) > 255 or any(c < 0x21 or c > 0x7E for c in name):
@@ -308,63 +303,6 @@ class SMTPServer(ESMTP):
         self.transport.startTLS(self.ctx)
         self.startedTLS = True
         self.session.tls = "TLS"
-
-    # --- AUTH (RFC 4954) -------------------------------------------------------
-
-    def ext_AUTH(self, rest: bytes):
-        if not self._helo_name or not self._esmtp:
-            raise MailError(503, "5.5.1", "Send EHLO first")
-        if self.session.authenticated:
-            raise MailError(503, "5.5.1", "Already authenticated")
-        if self._sender is not None:
-            raise MailError(503, "5.5.1", "AUTH not permitted during a mail transaction")
-        if not self._auth_allowed():
-            raise MailError(538, "5.7.11", "Encryption required for requested authentication "
-                            "mechanism (use STARTTLS)")
-        mech, _, initial = rest.partition(b" ")
-        mech = mech.upper()
-        if mech not in (b"PLAIN", b"LOGIN"):
-            raise MailError(504, "5.5.4", "Unrecognized authentication type")
-        self._auth_mech = mech
-        self._auth_parts = []
-        self.mode = "AUTH"
-        if initial:
-            return self._auth_response(initial.strip())
-        self.sendCode(334, b"" if mech == b"PLAIN" else base64.b64encode(b"Username:"))
-
-    def _auth_response(self, line: bytes):
-        if line == b"*":
-            self.mode = "COMMAND"
-            raise MailError(501, "5.7.0", "Authentication aborted")
-        try:
-            decoded = sasl.decode_response(line)
-            self._auth_parts.append(decoded)
-            if self._auth_mech == b"LOGIN" and len(self._auth_parts) == 1:
-                self.sendCode(334, base64.b64encode(b"Password:"))
-                return None
-            self.mode = "COMMAND"
-            if self._auth_mech == b"PLAIN":
-                user, password = sasl.parse_plain(decoded)
-            else:
-                user, password = self._auth_parts
-        except sasl.SASLError as e:
-            self.mode = "COMMAND"
-            raise MailError(501, "5.5.2", f"Cannot decode response: {e}") from None
-        d = self.factory.users.authenticate(user.decode("utf-8", "replace"),
-                                            password.decode("utf-8", "replace"))
-        d.addCallbacks(self._auth_ok, self._auth_failed)
-        return d
-
-    def _auth_ok(self, address: str) -> None:
-        self.session.authenticated = address
-        log.info("{client} authenticated as {user}", client=self.session.client_address,
-                 user=address)
-        self.reply(235, "2.7.0", "Authentication successful")
-
-    def _auth_failed(self, failure) -> None:
-        failure.trap(cred_error.UnauthorizedLogin)
-        log.info("{client} failed authentication", client=self.session.client_address)
-        self._bad(535, "5.7.8", "Authentication credentials invalid")
 
     # --- the mail transaction ----------------------------------------------------
 
