@@ -94,7 +94,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
         factory = factories["pop3"] = POP3Factory(
             hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
             plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-            settings=settings.pop3, reactor=reactor)
+            settings=settings.pop3, reactor=reactor, run_blocking=_in_pool(reactor))
     if settings.listen["pop3"]:
         strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
@@ -112,15 +112,18 @@ def build(settings: Settings, reactor) -> service.MultiService:
 
 def _imap(settings: Settings, reactor, users, store, tls_options) -> IMAPFactory:
     """The IMAP server's factory; its folder work runs in the reactor's thread pool."""
-
-    def run_blocking(f, *args):
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
-    factory = IMAPFactory(
+    return IMAPFactory(
         hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
         plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-        settings=settings.imap, reactor=reactor, run_blocking=run_blocking)
-    return factory
+        settings=settings.imap, reactor=reactor, run_blocking=_in_pool(reactor))
+
+
+def _in_pool(reactor):
+    """Mailbox work of POP3 and IMAP sessions: one call, one trip to the pool, no batching
+    (a login must not wait behind a batch of deliveries)."""
+    def run_blocking(f, *args):
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+    return run_blocking
 
 
 # --- outbound relay ------------------------------------------------------------------

@@ -302,13 +302,25 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
                        callbackArgs=(mechanism,), errbackArgs=(address, mechanism))
         self._wait(d)
 
-    def _logged_in(self, address: str, mechanism: str) -> None:
+    def _logged_in(self, address: str, mechanism: str) -> defer.Deferred:
         if self._gone:
-            return
+            return defer.succeed(None)
+        # Listing a large Maildir is disk work: off the reactor thread.
+        d = defer.maybeDeferred(self.factory.store.open_maildrop, address)
+        d.addCallback(lambda maildrop: self.factory.run_blocking(maildrop.open)
+                      .addCallback(lambda _: maildrop))
+        return d.addBoth(self._opened, address, mechanism)
+
+    def _opened(self, result: Any, address: str, mechanism: str) -> None:
         client = self.client_host()
+        if self._gone:  # the client left while the maildrop was being opened
+            if not isinstance(result, Failure):
+                result.close()
+            return None
         try:
-            maildrop = self.factory.store.open_maildrop(address)
-            maildrop.open()
+            if isinstance(result, Failure):
+                result.raiseException()
+            maildrop = result
         except MaildropInUse:
             _log.info("pop3 login {user} from {client}: mailbox in use", user=address,
                       client=client)
@@ -349,10 +361,16 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.successResponse(b"Bye")
             return self.transport.loseConnection()
         mbox, self.mbox = self.mbox, None
-        try:
-            failed = mbox.sync()
-        finally:
-            mbox.close()  # before the reply: a quick reconnect is not IN-USE
+        # Deleting and renaming files, with fsyncs: off the reactor thread (RFC 1939 6).
+        d = self.factory.run_blocking(mbox.sync)
+        d.addBoth(self._updated, mbox)
+        self._wait(d)
+
+    def _updated(self, failed: Any, mbox: Maildrop) -> None:
+        mbox.close()  # before the reply: a quick reconnect is not IN-USE
+        if isinstance(failed, Failure):
+            _log.failure("pop3 update for {user} failed", failed, user=self._address)
+            failed = list(mbox.deleted)
         _log.info("pop3 logout {user} from {client}: {deleted} deleted, {failed} failed",
                   user=self._address, client=self.client_host(),
                   deleted=len(mbox.deleted) - len(failed), failed=len(failed))
@@ -373,7 +391,8 @@ class POP3Factory(ServerFactory):
     implicit_tls = False
 
     def __init__(self, *, hostname: str, users: IUserDirectory, store: IMailStore, tls_options: Any,
-                 plaintext_from_loopback: bool, settings: PopSettings, reactor: Any) -> None:
+                 plaintext_from_loopback: bool, settings: PopSettings, reactor: Any,
+                 run_blocking: Any = None) -> None:
         self.hostname = hostname
         self.users = users
         self.store = store
@@ -381,4 +400,6 @@ class POP3Factory(ServerFactory):
         self.plaintext_from_loopback = plaintext_from_loopback
         self.settings = settings  # the [pop3] limits
         self.reactor = reactor
+        # Maildrop work (listing, QUIT's deletions); inline when not given (unit tests).
+        self.run_blocking = run_blocking or defer.maybeDeferred
         self.connections = ConnectionCounter(settings.max_connections_per_client)
