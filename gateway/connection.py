@@ -9,6 +9,7 @@ TLS facts, so these answers hold on every kind of listener.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections import Counter
 from typing import Any
 
@@ -36,6 +37,25 @@ def transport_is_tls(transport: Any) -> bool:
     """The transport itself is TLS, or the client spoke TLS to tlsfront (PROXY v2 TLV)."""
     return (ISSLTransport.providedBy(transport)
             or proxyproto.proxied_tls(transport) is not None)
+
+
+def quick_ack(transport: Any) -> None:
+    """Have Linux acknowledge what the client sent at once (TCP_QUICKACK).
+
+    For a client that sends a literal and then its final CRLF as two writes
+    (imaplib's APPEND), Nagle holds the CRLF until the literal is acknowledged,
+    and the delayed ACK makes that 40 ms per command. Setting the flag sends a
+    pending ACK now; the kernel clears it again by itself, so it is set each
+    time it is needed. Without a TCP socket (UNIX, tests) it does nothing.
+    """
+    sock = getattr(transport, "socket", None)
+    option = getattr(socket, "TCP_QUICKACK", None)
+    if sock is None or option is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+    except OSError:
+        pass
 
 
 class ConnectionCounter(Counter):

@@ -32,6 +32,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway import connection
 from gateway.access.imap import wire
 from gateway.access.imap.commands import AuthenticatedCommands
 from gateway.access.imap.login import LoginCommands
@@ -264,6 +265,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             self._literal_end(rest)
 
     def _literal_end(self, rest: bytes) -> None:
+        if not rest:  # the rest of the command line is still to come: ask for it now
+            connection.quick_ack(self.transport)
         sink, self._sink = self._sink, None
         if isinstance(sink, bytearray):
             self._pieces.append(bytes(sink))
