@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 _CTL = set(range(0x20)) | {0x7F}
+# Bytes a quoted string cannot hold (RFC 3501 4.3): a regex, not a Python loop per byte.
+_UNQUOTABLE = re.compile(rb"[\x00-\x1f\x7f-\xff]")
 _ATOM_END = frozenset(b' (){"') | _CTL  # "]" and "%*" handled by callers
 LITERAL_AT_END = re.compile(rb"\{(\d{1,12})(\+?)\}$")
 
@@ -179,7 +181,7 @@ def is_sequence_set(token: Any) -> bool:
 
 def quoted(s: bytes) -> bytes:
     """A quoted string if s can be one (RFC 3501 4.3), else a literal."""
-    if len(s) < 1024 and not any(b in _CTL or b > 0x7F for b in s):
+    if len(s) < 1024 and not _UNQUOTABLE.search(s):
         return b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n%s" % (len(s), s)
 
