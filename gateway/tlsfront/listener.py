@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet import error
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
@@ -67,6 +67,10 @@ class _FrontTLSProtocol(BufferingTLSTransport):
     def makeConnection(self, transport: Any) -> None:
         if hasattr(transport, "bufferSize"):
             transport.bufferSize = self.factory.front.settings.buffer_size
+        if ITCPTransport.providedBy(transport):
+            # No Nagle: a greeting held behind the unacknowledged session tickets
+            # waited for the client's delayed ACK, ~40 ms a connection (stunnel sets it too).
+            transport.setTcpNoDelay(True)
         super().makeConnection(transport)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:

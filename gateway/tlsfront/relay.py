@@ -29,7 +29,12 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IPushProducer,
+    ITCPTransport,
+)
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -94,6 +99,8 @@ class BackendProtocol(Protocol):
     def connectionMade(self) -> None:
         if self.transport is not None and hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = self.conn.settings.buffer_size
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)  # relay small replies at once, as stunnel does
 
     def dataReceived(self, data: bytes) -> None:
         self.conn.from_backend(data)
