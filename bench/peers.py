@@ -9,7 +9,9 @@ work before "250".
 
 Run as a script (`python bench/peers.py aiosmtpd ...`) it is the aiosmtpd
 server itself: the benchmark starts it with the venv's Python, where
-aiosmtpd is installed.
+aiosmtpd is installed. `python bench/peers.py sink --port N` is the
+plaintext echo/discard sink that bench/tlsfront_bench.py puts behind both
+TLS fronts.
 """
 
 from __future__ import annotations
@@ -658,6 +660,202 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
+# --- IMAP servers (bench/imap_bench.py) -----------------------------------------------------
+
+
+def wait_imap(port: int, deadline: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Return once the server on PORT greets with "* OK"; a listening socket alone is not ready."""
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        if not alive():
+            raise Unavailable("the server exited before it greeted")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=2) as sock:
+                sock.settimeout(max(0.5, min(10.0, deadline - time.monotonic())))
+                line = sock.makefile("rb").readline(1024)
+                if line.startswith(b"* OK"):
+                    sock.sendall(b"z LOGOUT\r\n")
+                    return
+                last = f"greeting {line[:80]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise Unavailable(f"no IMAP greeting on port {port} in time ({last})")
+
+
+def link_maildir(cur: Path, maildir: Path) -> None:
+    """A fresh Maildir whose cur/ hard-links the files of CUR: new directories, no index.
+
+    Both servers only ever rename or unlink message files, never rewrite
+    them, so the copies can share the files of one built tree.
+    """
+    for sub in ("tmp", "new"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", str(cur), str(maildir / "cur")], check=True, timeout=600)
+    os.sync()  # no writeback of the new directories while the server is measured
+
+
+class MailgatewayImap(Mailgateway):
+    """mailgateway's IMAP listener alone, LOGIN allowed in plaintext from loopback.
+
+    The INBOX is <state_dir>/mail/<domain>/<local>/ (tmp, new, cur); the
+    folder's SQLite index (mailgateway.index) appears there on the first
+    SELECT. `sessions` raises [imap] max_connections_per_client to fit them.
+    """
+
+    def write_config(self, path: Path, state: Path, port: int) -> None:
+        with open(self.default_config, "rb") as fh:
+            settings = tomllib.load(fh)
+        settings["server"]["state_dir"] = str(state)
+        settings["server"]["domains"] = [self.recipient.split("@", 1)[1]]
+        settings["listen"] = {key: "" for key in settings["listen"]}
+        settings["listen"]["imap"] = f"tcp:{port}:interface={LOOPBACK}"
+        settings["auth"]["plaintext_from_loopback"] = True
+        settings["tlsfront"] = []
+        imap = settings["imap"]
+        if "max_connections_per_client" in imap:  # all the sessions come from 127.0.0.1
+            imap["max_connections_per_client"] = max(imap["max_connections_per_client"],
+                                                     self.sessions + 10)
+        path.write_text(f"# Written by bench/peers.py from {self.default_config}\n"
+                        + toml_dumps(settings))
+
+    def maildir(self) -> Path:
+        local, domain = self.recipient.lower().split("@", 1)
+        return self.rundir / "state" / "mail" / domain / local
+
+    def setup(self, rundir: Path, port: int, cur: Path) -> None:
+        """Configuration, user, and an INBOX linked from CUR; the server is not started."""
+        self.rundir, self.port = rundir, port
+        rundir.mkdir(parents=True)
+        self.config = rundir / "mailgateway.toml"
+        self.write_config(self.config, rundir / "state", port)
+        done = subprocess.run(
+            [*self.cli(), "user", "add", self.recipient, "--password-stdin",
+             "--config", str(self.config)],
+            cwd=rundir, env=self.env(), input=(self.password + "\n").encode(),
+            capture_output=True, timeout=120, check=False)
+        if done.returncode != 0:
+            out = (done.stdout + done.stderr).decode(errors="replace").strip()
+            raise Unavailable(f"`mailgateway user add` failed ({done.returncode}): {out[-800:]}")
+        link_maildir(cur, self.maildir())
+
+    def launch(self, deadline: float) -> None:
+        """Start (or restart) on the state set up; return once it greets."""
+        argv = [str(self.venv / "bin" / "twistd"), "-n", "--pidfile=", "mailgateway",
+                "--config", str(self.config)]
+        self._spawn(argv, env=self.env())
+        try:
+            wait_imap(self.port, deadline, self._alive)
+        except Unavailable as exc:
+            raise Unavailable(f"{exc}\n{tail(self.log())}") from None
+
+
+DOVECOT = Path("/usr/sbin/dovecot")
+DOVECOT_CONF = """\
+# Written by bench/peers.py: a private instance, loopback only.
+base_dir = {run}/base
+state_dir = {run}/state
+instance_name = bench-dovecot-{port}
+listen = {loopback}
+protocols = imap
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+log_path = {run}/dovecot.log
+default_internal_user = dovecot
+default_login_user = dovenull
+mail_location = maildir:{run}/mail/%n/Maildir
+first_valid_uid = 1
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%n {run}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%n {run}/passwd
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {loopback}
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+# One imap process per session (Dovecot's default); room for all the sessions.
+service imap {{
+  process_limit = {procs}
+}}
+default_process_limit = {procs}
+default_client_limit = {clients}
+protocol imap {{
+  mail_max_userip_connections = {procs}
+}}
+"""
+
+
+class Dovecot(Server):
+    """A private Dovecot (`dovecot -F -c FILE`), Maildir as user nobody, defaults otherwise.
+
+    Dovecot's own defaults stay (fsync of saved mail, index files in the
+    Maildir, one imap process per session); only what a private instance
+    on loopback needs is set, and limits raised to fit `sessions`.
+    """
+
+    name = "Dovecot"
+    password = "bench-only-password-1"
+
+    def __init__(self, workdir: Path, recipient: str, sessions: int) -> None:
+        super().__init__(workdir, recipient)
+        self.sessions = sessions
+        self.config = workdir / "dovecot.conf"
+
+    def check(self) -> None:
+        if not DOVECOT.exists():
+            raise Unavailable(f"{DOVECOT} is missing (Debian package dovecot-imapd)")
+        if os.geteuid() != 0:
+            raise Unavailable("a private Dovecot instance needs root (it drops privileges)")
+
+    def log(self) -> Path:
+        return self.rundir / "dovecot.log"
+
+    def home(self) -> Path:
+        return self.rundir / "mail" / self.recipient.split("@", 1)[0].lower()
+
+    def maildir(self) -> Path:
+        return self.home() / "Maildir"
+
+    def setup(self, rundir: Path, port: int, cur: Path) -> None:
+        """Configuration, passwd-file, and an INBOX linked from CUR; not started."""
+        self.rundir, self.port = rundir, port
+        rundir.mkdir(parents=True)
+        for parent in (rundir, *rundir.parents):
+            if not parent.stat().st_mode & 0o001:
+                raise Unavailable(f"{parent} is not searchable by others; Dovecot cannot reach it")
+        user = pwd.getpwnam("nobody")
+        link_maildir(cur, self.maildir())
+        # The directories are new: the mail user's. The files stay root's, mode 0644.
+        for folder in (self.home(), self.maildir(),
+                       *(self.maildir() / sub for sub in ("tmp", "new", "cur"))):
+            os.chown(folder, user.pw_uid, user.pw_gid)
+        local = self.recipient.split("@", 1)[0].lower()
+        (rundir / "passwd").write_text(
+            f"{local}:{{PLAIN}}{self.password}:{user.pw_uid}:{user.pw_gid}::{self.home()}::\n")
+        self.config = rundir / "dovecot.conf"
+        self.config.write_text(DOVECOT_CONF.format(
+            run=rundir, port=port, loopback=LOOPBACK, procs=self.sessions + 50,
+            clients=4 * self.sessions + 200))
+
+    def launch(self, deadline: float) -> None:
+        """Start (or restart) on the state set up; return once it greets."""
+        self._spawn([str(DOVECOT), "-F", "-c", str(self.config)])
+        try:
+            wait_imap(self.port, deadline, self._alive)
+        except Unavailable as exc:
+            raise Unavailable(f"{exc}\n{tail(self.log())}") from None
+
+
 # --- the aiosmtpd server (runs in the venv's Python) ----------------------------------------
 
 
@@ -755,16 +953,118 @@ def serve_aiosmtpd(port: int, maildirs: Path, recipients: Sequence[str]) -> None
     asyncio.run(main())
 
 
+# --- the plaintext sink behind the TLS fronts (bench/tlsfront_bench.py) ---------------------
+
+
+def serve_sink(port: int) -> None:
+    """The plaintext backend: the first line picks the job, so one server serves every test.
+
+    "GET ..." (s_time -www): a tiny HTTP reply, then close. "UP n": discard n bytes,
+    answer "OK". "DOWN n": send n bytes. Anything else: echo.
+    """
+    import asyncio
+
+    chunk = memoryview(os.urandom(1 << 18))
+
+    class Sink(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.mode, self.head, self.left, self.paused = "", b"", 0, False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            transport.set_write_buffer_limits(high=1 << 20)
+
+        def data_received(self, data: bytes) -> None:
+            if self.mode == "echo":
+                self.transport.write(data)
+            elif self.mode == "up":
+                self.uploaded(len(data))
+            elif not self.mode:
+                self.head += data
+                self.decide()
+
+        def decide(self) -> None:
+            head = self.head
+            if head.startswith(b"GET "):
+                if b"\r\n\r\n" in head:  # read it all: closing on unread bytes would reset
+                    self.mode = "done"
+                    self.transport.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    self.transport.close()
+            elif head.startswith((b"UP ", b"DOWN ")) and b"\n" in head:
+                line, rest = head.split(b"\n", 1)
+                verb, size = line.split()
+                self.mode, self.left = verb.decode().lower(), int(size)
+                if self.mode == "up":
+                    self.uploaded(len(rest))
+                else:
+                    self.pump()
+            elif not any(verb.startswith(head) for verb in (b"GET ", b"UP ", b"DOWN ")):
+                self.mode = "echo"
+                self.transport.write(head)
+
+        def uploaded(self, count: int) -> None:
+            before, self.left = self.left, self.left - count
+            if before > 0 >= self.left:
+                self.transport.write(b"OK\n")
+
+        def pump(self) -> None:
+            while self.left > 0 and not self.paused:
+                size = min(self.left, len(chunk))
+                self.transport.write(chunk[:size])
+                self.left -= size
+
+        def pause_writing(self) -> None:
+            self.paused = True
+
+        def resume_writing(self) -> None:
+            self.paused = False
+            self.pump()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = await loop.create_server(Sink, host=LOOPBACK, port=port, backlog=4096)
+        async with server:
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+def start_sink(rundir: Path, port: int, deadline: float) -> subprocess.Popen[bytes]:
+    """This file's sink, in this Python; returns once it accepts connections."""
+    with open(rundir / "sink.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "sink", "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    stop_process(proc)
+    raise Unavailable(f"the sink did not listen on {port}\n{tail(rundir / 'sink.log')}")
+
+
 def _main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Peer servers for bench/smtp_accept.py.")
+    parser = argparse.ArgumentParser(description="Peer servers for the benchmarks in bench/.")
     sub = parser.add_subparsers(dest="command", required=True)
     aio = sub.add_parser("aiosmtpd", help="run aiosmtpd with an fsyncing Maildir handler")
     aio.add_argument("--port", type=int, required=True)
     aio.add_argument("--maildirs", type=Path, required=True, help="DIR/<domain>/<local>/")
     aio.add_argument("--recipient", action="append", required=True)
+    sink = sub.add_parser("sink", help="run the echo/discard sink behind the TLS fronts")
+    sink.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     if args.command == "aiosmtpd":
         serve_aiosmtpd(args.port, args.maildirs, args.recipient)
+    elif args.command == "sink":
+        serve_sink(args.port)
 
 
 if __name__ == "__main__":
