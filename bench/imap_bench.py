@@ -53,8 +53,10 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     MailgatewayImap,
     RssSampler,
     Unavailable,
+    append_report,
     cpu_seconds,
     free_port,
+    report_footer,
     tail,
 )
 from smtp_accept import _interrupt, _output, fmt, fs_type, median, pick_venv, ratio, say  # noqa: E402
@@ -462,12 +464,8 @@ def report(args: argparse.Namespace, servers: list[ImapServer], results: dict[st
                                                                 "body": tree.body_hits}})
     if hits:
         lines += ["", "SEARCH hit counts other than the built ones:", *hits]
-    if interrupted:
-        lines += ["", "Interrupted: these figures cover only the rounds that finished."]
-    failed = [r for m in names for r in results[m] if r.error]
-    if failed:
-        lines += ["", "Rounds that failed (their figures up to the error are kept):"]
-        lines += [f"- {r.server} round {r.number}: {r.error.splitlines()[0]}" for r in failed]
+    lines += report_footer([r for m in names for r in results[m]], interrupted,
+                           "Rounds that failed (their figures up to the error are kept):")
     return "\n".join(lines) + "\n"
 
 
@@ -566,8 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, servers, results, tree, command, interrupted)
     print(text)
     if args.append is not None:
-        with open(args.append, "a") as fh:
-            fh.write(f"\n## {time.strftime('%Y-%m-%d')}: IMAP, bench/imap_bench.py\n\n{text}")
+        append_report(args.append, ": IMAP, bench/imap_bench.py", text)
         say(f"appended to {args.append}")
     return 130 if interrupted else 0
 

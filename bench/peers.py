@@ -1069,3 +1069,27 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+# --- shared report pieces of the bench scripts ------------------------------------------
+
+
+def report_footer(rounds: list, interrupted: bool, heading: str = "Rounds left out:",
+                  label: str = "server") -> list[str]:
+    """The closing lines of a report: an interruption, and each round that failed
+    (rounds have .number, .error and the attribute label naming what was measured)."""
+    lines: list[str] = []
+    if interrupted:
+        lines += ["", "Interrupted: these figures cover only the rounds that finished."]
+    failed = [r for r in rounds if r.error]
+    if failed:
+        lines += ["", heading]
+        lines += [f"- {getattr(r, label)} round {r.number}: {r.error.splitlines()[0]}"
+                  for r in failed]
+    return lines
+
+
+def append_report(path: str, title: str, text: str) -> None:
+    """Add one run's report to a results log (bench/RESULTS.md) as a dated section."""
+    with open(path, "a") as fh:
+        fh.write(f"\n## {time.strftime('%Y-%m-%d')}{title}\n\n{text}")

@@ -50,8 +50,10 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     RssSampler,
     Server,
     Unavailable,
+    append_report,
     cpu_seconds,
     free_port,
+    report_footer,
     stop_process,
     tail,
     toml_dumps,
@@ -404,12 +406,7 @@ def report(
             "",
             "Issue 4's target for msg/s: mailgateway/Postfix at least 0.5.",
         ]
-    if interrupted:
-        lines += ["", "Interrupted: these figures cover only the rounds that finished."]
-    failed = [r for name in names for r in results[name] if r.error]
-    if failed:
-        lines += ["", "Rounds left out:"]
-        lines += [f"- {r.server} round {r.number}: {r.error.splitlines()[0]}" for r in failed]
+    lines += report_footer([r for name in names for r in results[name]], interrupted)
     return "\n".join(lines) + "\n"
 
 
@@ -526,8 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, servers, results, command, venv, interrupted)
     print(text)
     if args.append is not None:
-        with open(args.append, "a") as fh:
-            fh.write(f"\n## {time.strftime('%Y-%m-%d')}: relay to smtp-sink\n\n{text}")
+        append_report(args.append, ": relay to smtp-sink", text)
         say(f"appended to {args.append}")
     return 130 if interrupted else 0
 

@@ -43,9 +43,11 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     RssSampler,
     Server,
     Unavailable,
+    append_report,
     count_dir,
     cpu_seconds,
     free_port,
+    report_footer,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -452,12 +454,7 @@ def report(
                 f"| {ratio(gw['rss'], p['rss'])} "
                 f"| {ratio(gw['pss'], p['pss'])} |"
             )
-    if interrupted:
-        lines += ["", "Interrupted: these figures cover only the rounds that finished."]
-    failed = [r for name in names for r in results[name] if r.error]
-    if failed:
-        lines += ["", "Rounds left out:"]
-        lines += [f"- {r.server} round {r.number}: {r.error.splitlines()[0]}" for r in failed]
+    lines += report_footer([r for name in names for r in results[name]], interrupted)
     return "\n".join(lines) + "\n"
 
 
@@ -528,8 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, names, results, command, venv, interrupted)
     print(text)
     if args.append is not None:
-        with open(args.append, "a") as fh:
-            fh.write(f"\n## {time.strftime('%Y-%m-%d')}\n\n{text}")
+        append_report(args.append, "", text)
         say(f"appended to {args.append}")
     return 130 if interrupted else 0
 

@@ -48,8 +48,10 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     RssSampler,
     Server,
     Unavailable,
+    append_report,
     cpu_seconds,
     free_port,
+    report_footer,
     start_sink,
     stop_process,
     tail,
@@ -463,12 +465,8 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[R
         resumed = sorted({r.notes.get("resume", "?") for r in ok[n]})
         lines.append(f"| {n} | {sums['resumed12']} | {sums['resumed13www']} "
                      f"| {'; '.join(resumed)} | {', '.join(ciphers)} |")
-    if interrupted:
-        lines += ["", "Interrupted: these figures cover only the rounds that finished."]
-    failed = [r for n in names for r in results[n] if r.error]
-    if failed:
-        lines += ["", "Rounds left out:"]
-        lines += [f"- {r.front} round {r.number}: {r.error.splitlines()[0]}" for r in failed]
+    lines += report_footer([r for n in names for r in results[n]], interrupted,
+                           label="front")
     return "\n".join(lines) + "\n"
 
 
@@ -577,8 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, names, results, command, venv, interrupted)
     print(text)
     if args.append is not None:
-        with open(args.append, "a") as fh:
-            fh.write(f"\n## {time.strftime('%Y-%m-%d')}: TLS front beside stunnel\n\n{text}")
+        append_report(args.append, ": TLS front beside stunnel", text)
         say(f"appended to {args.append}")
     return 130 if interrupted else 0
 
