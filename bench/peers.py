@@ -49,8 +49,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_banner(port: int, deadline: float, alive: Callable[[], bool] = lambda: True) -> None:
-    """Return once the server on PORT greets with 220; a listening socket alone is not ready."""
+def wait_greeting(port: int, deadline: float, alive: Callable[[], bool] = lambda: True,
+                  ready: bytes = b"220", goodbye: bytes = b"QUIT\r\n") -> None:
+    """Return once the server on PORT greets with ready; a listening socket alone is not
+    ready. goodbye ends that probe session politely."""
     last = "no attempt"
     while time.monotonic() < deadline:
         if not alive():
@@ -59,14 +61,19 @@ def wait_banner(port: int, deadline: float, alive: Callable[[], bool] = lambda: 
             with socket.create_connection((LOOPBACK, port), timeout=2) as sock:
                 sock.settimeout(max(0.5, min(10.0, deadline - time.monotonic())))
                 line = sock.makefile("rb").readline(1024)
-                if line.startswith(b"220"):
-                    sock.sendall(b"QUIT\r\n")
+                if line.startswith(ready):
+                    sock.sendall(goodbye)
                     return
                 last = f"greeting {line[:80]!r}"
         except OSError as exc:
             last = str(exc)
         time.sleep(0.1)
-    raise Unavailable(f"no 220 greeting on port {port} in time ({last})")
+    raise Unavailable(f"no {ready.decode()!r} greeting on port {port} in time ({last})")
+
+
+def wait_banner(port: int, deadline: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """An SMTP server's 220."""
+    wait_greeting(port, deadline, alive)
 
 
 def count_dir(path: Path) -> int:
@@ -664,23 +671,8 @@ def _toml_value(value: object) -> str:
 
 
 def wait_imap(port: int, deadline: float, alive: Callable[[], bool] = lambda: True) -> None:
-    """Return once the server on PORT greets with "* OK"; a listening socket alone is not ready."""
-    last = "no attempt"
-    while time.monotonic() < deadline:
-        if not alive():
-            raise Unavailable("the server exited before it greeted")
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=2) as sock:
-                sock.settimeout(max(0.5, min(10.0, deadline - time.monotonic())))
-                line = sock.makefile("rb").readline(1024)
-                if line.startswith(b"* OK"):
-                    sock.sendall(b"z LOGOUT\r\n")
-                    return
-                last = f"greeting {line[:80]!r}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise Unavailable(f"no IMAP greeting on port {port} in time ({last})")
+    """An IMAP server's "* OK"."""
+    wait_greeting(port, deadline, alive, ready=b"* OK", goodbye=b"z LOGOUT\r\n")
 
 
 def link_maildir(cur: Path, maildir: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twisted.cred.error import UnauthorizedLogin
+from fake_users import BOX, PASSWORD, FakeUsers  # noqa: F401  (re-exported to tests)
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITLSTransport
@@ -21,9 +21,6 @@ from gateway.access.imap.server import IMAPFactory
 from gateway.config import parse
 from gateway.store.maildir import MaildirStore
 
-BOX = "alice@example.test"
-PASSWORD = "correct horse"
-
 
 @implementer(ITLSTransport)
 class FakeTLSTransport(StringTransport):
@@ -31,20 +28,6 @@ class FakeTLSTransport(StringTransport):
 
     def startTLS(self, contextFactory, normal=True):
         self.tls_started_with = contextFactory
-
-
-class FakeUsers:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def exists(self, address: str) -> bool:
-        return address.lower() == BOX
-
-    def authenticate(self, address: str, password: str) -> defer.Deferred:
-        self.calls.append((address, password))
-        if address.lower() == BOX and password == PASSWORD:
-            return defer.succeed(BOX)
-        return defer.fail(UnauthorizedLogin("bad user name or password"))
 
 
 def make_factory(store: MaildirStore, clock: MemoryReactorClock, imap: dict | None = None,

@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer
+from fake_users import BOX, PASSWORD, FakeUsers  # noqa: F401  (re-exported to tests)
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -22,8 +21,6 @@ from gateway.access.pop3 import POP3Factory
 from gateway.config import parse
 from gateway.store.maildir import MaildirStore
 
-BOX = "alice@example.test"
-PASSWORD = "correct horse"
 # A dot-stuffed line, an 8-bit body, a lone "." line and no CRLF at the very end.
 MSG1 = (b"From: bob@example.test\r\nSubject: one\r\n\r\n"
         b".hidden dot line\r\n\xe9t\xe9 \xff 8-bit\r\n.\r\nlast line without CRLF")
@@ -43,20 +40,6 @@ class FakeTLSTransport(StringTransport):
 class SSLTransport(StringTransport):
     def getPeerCertificate(self):
         return None
-
-
-class FakeUsers:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def exists(self, address: str) -> bool:
-        return address.lower() == BOX
-
-    def authenticate(self, address: str, password: str) -> defer.Deferred:
-        self.calls.append((address, password))
-        if address.lower() == BOX and password == PASSWORD:
-            return defer.succeed(BOX)
-        return defer.fail(UnauthorizedLogin("bad user name or password"))
 
 
 class Dialogue:
