@@ -77,6 +77,10 @@ class ImapSettings:
     max_connections_per_client: int = 50
 
 
+# [queue] sync: how a group commit makes writes durable (gateway/durable.py).
+SYNC_MODES = ("filesystem", "file")
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     concurrency: int
@@ -91,6 +95,8 @@ class QueueSettings:
     bounce_size_limit: int = 50000
     # Seconds between looks at the control directory (`mailgateway queue hold` ...).
     control_interval: float = 1.0
+    # How a group commit makes the spool and Maildir writes durable (gateway/durable.py).
+    sync: str = "filesystem"
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,10 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         max_hops=r.positive("queue", "max_hops", int, 50),
         bounce_size_limit=r.positive("queue", "bounce_size_limit", int, 50000),
         control_interval=r.positive("queue", "control_interval", float, 1.0),
+        sync=r.get("queue", "sync", str, "filesystem"),
     )
+    if queue.sync not in SYNC_MODES:
+        r.fault("queue", "sync", f"must be \"filesystem\" or \"file\", not {queue.sync!r}")
     if queue.delay_warning < 0:
         r.fault("queue", "delay_warning", f"must be 0 (off) or more, not {queue.delay_warning}")
     relay = _relay_settings(r)

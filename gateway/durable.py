@@ -6,30 +6,57 @@ trip (group commit).
 Used by service.py for everything the queue does on disk: spool writes,
 envelope loads and updates, Maildir deliveries. Why: each hop into a worker
 thread and back costs a lock handoff, a wake-up of the reactor and a fight
-for the GIL, and each fsync of a directory a journal commit. Calls that
-arrive while max_trips trips are in flight wait and then go together, in
-order, in the next trip; a directory that several calls of one trip renamed
-files into is fsync'd once, at the end of the trip, before any call's result
-is given back (sync_dir), so "durable" still holds for each of them.
+for the GIL, and each sync a journal commit. Calls that arrive while
+max_trips trips are in flight wait and then go together, in order, in the
+next trip.
+
+A call may be a generator of steps: it writes its files (write_file), yields,
+then renames them into place, marks the directories (sync_dir), and returns
+its result. A trip runs every call up to its yield, makes all their files
+durable at once, resumes them, and makes all the marked directories durable,
+before any call's result is given back. So "durable before the 250" holds
+for each call, and "data before the name" (the Maildir and spool rule) too.
+
+How a trip makes things durable is its sync mode:
+  "filesystem"  one syncfs(2) per filesystem per step, for every file and
+                directory of the trip together (Linux; PostgreSQL's
+                recovery_init_sync_method=syncfs does the same). Also flushes
+                whatever else is dirty on that filesystem, so keep state_dir
+                off filesystems with heavy unrelated writers.
+  "file"        each file written with O_DSYNC, each directory fsync'd once
+                per trip: cost grows with the number of files.
+Outside a trip (the CLI, tests) every write and directory sync is immediate.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import inspect
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
+from gateway.config import SYNC_MODES
+
+# A call that returns one of these is a call in steps (see the module's docstring).
+Steps = Generator[None, None, Any]
+
 
 class BlockingBatcher:
-    def __init__(self, reactor, max_trips: int = 2, max_batch: int = 64):
+    def __init__(self, reactor, max_trips: int = 2, max_batch: int = 64,
+                 sync: str = "file"):
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync mode must be one of {SYNC_MODES}, not {sync!r}")
         self.reactor = reactor
         self.max_trips = max_trips
         self.max_batch = max_batch
+        self.sync = sync if sync == "file" or syncfs_available() else "file"
         self._waiting: list[tuple[defer.Deferred, Callable[..., Any], tuple]] = []
         self._trips = 0
 
@@ -46,7 +73,7 @@ class BlockingBatcher:
             self._trips += 1
             calls = [(f, args) for _, f, args in batch]
             trip = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                             _run_all, calls)
+                                             run_trip, calls, self.sync)
             trip.addBoth(self._finished, [d for d, _, _ in batch])
 
     def _finished(self, results: list[tuple[bool, Any]] | Failure,
@@ -62,7 +89,68 @@ class BlockingBatcher:
         self._start()
 
 
-_trip = threading.local()
+def in_thread(reactor) -> Callable[..., defer.Deferred]:
+    """A run_blocking without group commit: each call alone in a pool thread."""
+    def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), complete, f, *args)
+    return run_blocking
+
+
+def run_now(f: Callable[..., Any], *args: Any) -> defer.Deferred:
+    """A run_blocking that runs the call on the spot (tests; the CLI)."""
+    return defer.maybeDeferred(complete, f, *args)
+
+
+def complete(f: Callable[..., Any], *args: Any) -> Any:
+    """Call f now, running all its steps if it has them; its result."""
+    result = f(*args)
+    if inspect.isgenerator(result):
+        try:
+            while True:
+                next(result)
+        except StopIteration as done:
+            return done.value
+    return result
+
+
+class _Trip:
+    """What the running trip has yet to make durable (one per pool thread)."""
+
+    def __init__(self, sync: str):
+        self.sync = sync
+        self.files: set[str] = set()  # directories of files written since the last step
+        self.dirs: set[str] = set()   # directories with renames to make durable at the end
+
+    def flush_files(self) -> None:
+        try:
+            _syncfs_each(self.files)
+        finally:
+            self.files.clear()
+
+    def flush_dirs(self) -> None:
+        if self.sync == "filesystem":
+            _syncfs_each(self.dirs)
+        else:
+            for path in sorted(self.dirs):
+                fsync_dir(path)
+        self.dirs.clear()
+
+
+_local = threading.local()
+
+
+def _trip() -> _Trip | None:
+    return getattr(_local, "trip", None)
+
+
+def write_file(path: Path | str, data: bytes) -> None:
+    """Create path with data: durable at once, or at the trip's next step."""
+    trip = _trip()
+    if trip is None or trip.sync == "file":
+        write_synced(path, data)
+        return
+    _write(path, data, 0)
+    trip.files.add(os.path.dirname(path))
 
 
 def write_synced(path: Path | str, data: bytes) -> None:
@@ -72,7 +160,11 @@ def write_synced(path: Path | str, data: bytes) -> None:
     read it, like fdatasync), one system call less than write + fsync: each call
     from a pool thread is one more fight for the GIL.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC, 0o600)
+    _write(path, data, os.O_DSYNC)
+
+
+def _write(path: Path | str, data: bytes, flags: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -91,27 +183,91 @@ def fsync_dir(path: Path | str) -> None:
 
 def sync_dir(path: Path | str) -> None:
     """Make renames into path durable: now, or at the end of the current trip."""
-    pending = getattr(_trip, "dirs", None)
-    if pending is None:
+    trip = _trip()
+    if trip is None:
         fsync_dir(path)
     else:
-        pending.add(str(path))
+        trip.dirs.add(str(path))
 
 
-def _run_all(calls: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
-    results: list[tuple[bool, Any]] = []
-    _trip.dirs = set()
+def run_trip(calls: list[tuple[Callable[..., Any], tuple]], sync: str = "file"
+             ) -> list[tuple[bool, Any]]:
+    """Run calls in order, steps in lock-step; (ok, result or Failure) for each."""
+    results: list[tuple[bool, Any]] = [(False, None)] * len(calls)
+    trip = _local.trip = _Trip(sync)
     try:
-        for f, args in calls:
+        running: list[tuple[int, Steps]] = []
+        for i, (f, args) in enumerate(calls):
             try:
-                results.append((True, f(*args)))
+                result = f(*args)
             except Exception:
-                results.append((False, Failure()))
-        for path in sorted(_trip.dirs):
-            fsync_dir(path)
+                results[i] = (False, Failure())
+                continue
+            if inspect.isgenerator(result):
+                running += _advance([(i, result)], results, None)
+            else:
+                results[i] = (True, result)
+        while running:
+            # Every call still running is at a step: its files become durable together.
+            error = None
+            try:
+                trip.flush_files()
+            except OSError as e:
+                error = e  # thrown into each waiting call, which cleans up
+            running = _advance(running, results, error)
+        trip.flush_dirs()
     except OSError:
         # A directory could not be synced: no call of this trip may claim durability.
         return [(False, Failure())] * len(calls)
     finally:
-        _trip.dirs = None
+        _local.trip = None
     return results
+
+
+def _advance(running: list[tuple[int, Steps]], results: list[tuple[bool, Any]],
+             error: OSError | None) -> list[tuple[int, Steps]]:
+    """Run each call to its next step; those still running."""
+    still = []
+    for i, steps in running:
+        try:
+            if error is None:
+                next(steps)
+            else:
+                steps.throw(error)
+        except StopIteration as done:
+            results[i] = (True, done.value)
+        except Exception:
+            results[i] = (False, Failure())
+        else:
+            still.append((i, steps))
+    return still
+
+
+# --- syncfs(2), by ctypes: the os module has no binding ---------------------------
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+_devices: dict[str, int] = {}  # directory -> st_dev, so a step needs no stat
+
+
+def syncfs_available() -> bool:
+    return _syncfs is not None
+
+
+def _syncfs_each(dirs: set[str]) -> None:
+    """One syncfs per filesystem that holds any of dirs."""
+    done: set[int] = set()
+    for path in dirs:
+        dev = _devices.get(path)
+        if dev is None:
+            dev = _devices[path] = os.stat(path).st_dev
+        if dev in done:
+            continue
+        done.add(dev)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+        finally:
+            os.close(fd)

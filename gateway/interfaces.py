@@ -58,6 +58,9 @@ class ISpool(Interface):
     def update(envelope: Any) -> None:
         """Atomically replace the stored envelope (blocking)."""
 
+    def update_steps(envelope: Any) -> Any:
+        """update() as a call in steps, for a group-commit trip (gateway/durable.py)."""
+
     def remove(queue_id: str) -> None:
         """Remove a finished entry (blocking)."""
 
@@ -156,12 +159,15 @@ class IBouncer(Interface):
 class IMailStore(Interface):
     """The one owner of mailbox files (store/)."""
 
-    def deliver(mailbox: str, message: bytes, unique: str) -> bool:
+    def deliver(mailbox: str, message: bytes, unique: str, recovering: bool) -> bool:
         """Write a message to mailbox's INBOX durably (blocking).
 
         unique names this delivery; returns False if a message with that name
         is already there (a repeat after a crash), True when written.
         """
+
+    def deliver_steps(mailbox: str, message: bytes, unique: str, recovering: bool) -> Any:
+        """deliver() as a call in steps, for a group-commit trip (gateway/durable.py)."""
 
     def open_maildrop(mailbox: str) -> Any:
         """The mailbox's INBOX as a Maildrop for POP3."""

@@ -24,7 +24,7 @@ from gateway.deliver.maildir import MaildirDelivery
 from gateway.deliver.mx import MXResolver, make_resolver
 from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
-from gateway.durable import BlockingBatcher
+from gateway.durable import BlockingBatcher, in_thread
 from gateway.queue.bounce import Bouncer
 from gateway.queue.runner import QueueRunner
 from gateway.queue.spool import Spool
@@ -61,8 +61,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # Disk work of the queue goes to the pool in batches (group commit, durable.py),
     # in two lanes of one thread each: spool writes for SMTP's 250s, and the
     # runner's work. More threads only fought over the GIL (bench/RESULTS.md).
-    accept_blocking = BlockingBatcher(reactor, max_trips=1)
-    run_blocking = BlockingBatcher(reactor, max_trips=1)
+    accept_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync)
+    run_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync)
     users = UserDirectory(settings.users_file, reactor)
     router = Router(settings.domains, users)
     spool = Spool(settings.spool_dir, reactor, accept_blocking)
@@ -94,7 +94,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
         factory = factories["pop3"] = POP3Factory(
             hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
             plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-            settings=settings.pop3, reactor=reactor, run_blocking=_in_pool(reactor))
+            settings=settings.pop3, reactor=reactor, run_blocking=in_thread(reactor))
     if settings.listen["pop3"]:
         strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
@@ -115,15 +115,7 @@ def _imap(settings: Settings, reactor, users, store, tls_options) -> IMAPFactory
     return IMAPFactory(
         hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
         plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-        settings=settings.imap, reactor=reactor, run_blocking=_in_pool(reactor))
-
-
-def _in_pool(reactor):
-    """Mailbox work of POP3 and IMAP sessions: one call, one trip to the pool, no batching
-    (a login must not wait behind a batch of deliveries)."""
-    def run_blocking(f, *args):
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-    return run_blocking
+        settings=settings.imap, reactor=reactor, run_blocking=in_thread(reactor))
 
 
 # --- outbound relay ------------------------------------------------------------------

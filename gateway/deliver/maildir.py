@@ -15,6 +15,7 @@ from collections.abc import Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
+from gateway.durable import Steps
 from gateway.envelope import Envelope
 from gateway.errors import MailError
 from gateway.interfaces import IDeliveryTarget, IMailStore, Route
@@ -47,13 +48,13 @@ class MaildirDelivery:
         return self.run_blocking(self._deliver, envelope, route, message_path, recovering)
 
     def _deliver(self, envelope: Envelope, route: Route, message_path: str,
-                 recovering: bool) -> bool:
+                 recovering: bool) -> Steps:
         with open(message_path, "rb") as f:
             message = delivery_headers(envelope, route) + f.read()
         try:
-            return self.store.deliver(route.mailbox, message,
-                                      unique_name(envelope, route.mailbox, self.hostname),
-                                      recovering)
+            return (yield from self.store.deliver_steps(
+                route.mailbox, message, unique_name(envelope, route.mailbox, self.hostname),
+                recovering))
         except ValueError as e:
             raise MailError(550, "5.1.3", str(e)) from e
         except OSError as e:

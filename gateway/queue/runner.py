@@ -29,11 +29,12 @@ import copy
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.config import QueueSettings
+from gateway.durable import in_thread
 from gateway.envelope import Envelope, Recipient, RecipientState, count_received
 from gateway.errors import MailError
 from gateway.interfaces import (
@@ -72,8 +73,7 @@ class QueueRunner:
         self.targets = dict(targets)
         self.settings = settings
         self.reactor = reactor
-        self.run_blocking = run_blocking or (
-            lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
+        self.run_blocking = run_blocking or in_thread(reactor)
         self.semaphore = defer.DeferredSemaphore(settings.concurrency)
         self._active: set[str] = set()
         # Envelopes handed over by enqueued(): the first attempt needs no read-back.
@@ -195,7 +195,7 @@ class QueueRunner:
 
     def _save(self, envelope: Envelope) -> defer.Deferred:
         # A snapshot: other batches may change the live envelope while the thread writes.
-        return self.run_blocking(self.spool.update, copy.deepcopy(envelope))
+        return self.run_blocking(self.spool.update_steps, copy.deepcopy(envelope))
 
     def _groups(self, envelope: Envelope, due: list[Recipient], now: float):
         """Route each due recipient; group them per target and batch key, split to max_batch."""

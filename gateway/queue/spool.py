@@ -6,10 +6,12 @@ Implements ISpool. Layout under <state_dir>/queue/:
                 ID.env (the envelope as JSON; its presence commits the entry)
   quarantine/   entries that could not be parsed, kept for the admin, never dropped
 
-A store writes ID.msg and ID.env in tmp/, fsyncs both, renames the message
-first and the envelope last, then fsyncs entries/: a crash leaves either a
-whole entry or a lone .msg (never answered 250), which start-up removes.
-Envelope updates replace ID.env atomically the same way.
+A store writes ID.msg and ID.env in tmp/, makes both durable, renames the
+message first and the envelope last, then makes entries/ durable: a crash
+leaves either a whole entry or a lone .msg (never answered 250), which
+start-up removes. Envelope updates replace ID.env atomically the same way.
+Both are calls in steps (gateway/durable.py), so a trip of the batcher makes
+all its entries durable together.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ import json
 import os
 from pathlib import Path
 
-from twisted.internet import threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.durable import fsync_dir, sync_dir, write_synced
+from gateway.durable import Steps, complete, fsync_dir, in_thread, sync_dir, write_file
 from gateway.envelope import Envelope, valid_queue_id
 from gateway.errors import SpoolError
 from gateway.interfaces import ISpool
@@ -36,8 +37,7 @@ class Spool:
     def __init__(self, root: Path, reactor, run_blocking=None):
         self.root = Path(root)
         self.reactor = reactor
-        self.run_blocking = run_blocking or (
-            lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
+        self.run_blocking = run_blocking or in_thread(reactor)
         self.tmp = self.root / "tmp"
         self.entries = self.root / "entries"
         self.quarantine_dir = self.root / "quarantine"
@@ -51,16 +51,20 @@ class Spool:
 
     def store(self, envelope: Envelope, message: bytes):
         """Deferred firing with the queue ID once the entry is durable (in a thread)."""
-        return self.run_blocking(self.store_blocking, envelope, message)
+        return self.run_blocking(self.store_steps, envelope, message)
 
     def store_blocking(self, envelope: Envelope, message: bytes) -> str:
+        return complete(self.store_steps, envelope, message)
+
+    def store_steps(self, envelope: Envelope, message: bytes) -> Steps:
         qid = envelope.queue_id
         if not valid_queue_id(qid):
             raise SpoolError(f"invalid queue ID {qid!r}")
         tmp_msg, tmp_env = f"{self._tmp}{qid}.msg", f"{self._tmp}{qid}.env"
         try:
-            write_synced(tmp_msg, message)
-            write_synced(tmp_env, self._encode(envelope))
+            write_file(tmp_msg, message)
+            write_file(tmp_env, self._encode(envelope))
+            yield
             os.rename(tmp_msg, f"{self._entries}{qid}.msg")
             os.rename(tmp_env, f"{self._entries}{qid}.env")
             sync_dir(self.entries)
@@ -75,10 +79,14 @@ class Spool:
         return qid
 
     def update(self, envelope: Envelope) -> None:
+        complete(self.update_steps, envelope)
+
+    def update_steps(self, envelope: Envelope) -> Steps:
         qid = envelope.queue_id
         tmp = f"{self._tmp}{qid}.env"
         try:
-            write_synced(tmp, self._encode(envelope))
+            write_file(tmp, self._encode(envelope))
+            yield
             os.replace(tmp, f"{self._entries}{qid}.env")
             sync_dir(self.entries)
         except OSError as e:

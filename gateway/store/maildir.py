@@ -17,7 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.durable import fsync_dir, sync_dir, write_synced
+from gateway.durable import Steps, complete, fsync_dir, sync_dir, write_file
 from gateway.envelope import parse_address
 from gateway.interfaces import IMailStore
 from gateway.store.folders import FolderRegistry, FolderSet
@@ -59,13 +59,19 @@ class MaildirStore:
         return path
 
     def deliver(self, mailbox: str, message: bytes, unique: str, recovering: bool = False) -> bool:
+        return complete(self.deliver_steps, mailbox, message, unique, recovering)
+
+    def deliver_steps(self, mailbox: str, message: bytes, unique: str,
+                      recovering: bool = False) -> Steps:
+        """deliver() as a call in steps (gateway/durable.py): data durable, then named."""
         if not _UNIQUE.match(unique):
             raise ValueError(f"bad unique name {unique!r}")
         path = self.ensure(mailbox)
         if recovering and self._already_there(path, unique):
             return False
         tmp = path / "tmp" / unique
-        write_synced(tmp, message)
+        write_file(tmp, message)
+        yield
         # rename, not link: the name is ours alone (queue ID + recipient), and a
         # leftover tmp file from a crash is simply overwritten above.
         os.rename(tmp, path / "new" / unique)

@@ -7,6 +7,7 @@ from email import policy
 
 from twisted.internet import defer, task
 
+from gateway.durable import run_now
 from gateway.envelope import Envelope, Recipient, RecipientState, new_queue_id
 from gateway.queue.bounce import Bouncer, build_dsn, status_of
 from gateway.queue.spool import Spool
@@ -97,7 +98,7 @@ def make_bouncer(tmp_path):
     original = tmp_path / "orig.msg"
     original.write_bytes(ORIGINAL)
     bouncer = Bouncer(spool=spool, hostname="mx.example.test", clock=clock, size_limit=50000,
-                      max_age=432000, run_blocking=defer.maybeDeferred)
+                      max_age=432000, run_blocking=run_now)
     return bouncer, spool, str(original)
 
 

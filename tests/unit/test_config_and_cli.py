@@ -21,12 +21,12 @@ def test_every_fault_is_reported_with_file_and_key(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[server]\ndomains = []\ntrusted_networks = ["10.0.0.0/33"]\n'
                     '[smtp]\nmax_message_size = -1\nvrfy = "yes"\ncolour = 3\n'
-                    '[listen]\nsmtp = "2525"\n[nonsense]\n')
+                    '[listen]\nsmtp = "2525"\n[queue]\nsync = "never"\n[nonsense]\n')
     with pytest.raises(ConfigError) as e:
         config.load(path)
     keys = {key for _, key, _ in e.value.problems}
     assert keys == {"server.domains", "server.trusted_networks", "smtp.max_message_size",
-                    "smtp.vrfy", "smtp.colour", "listen.smtp", "nonsense"}
+                    "smtp.vrfy", "smtp.colour", "listen.smtp", "queue.sync", "nonsense"}
     assert all(file == str(path) for file, _, _ in e.value.problems)
 
 

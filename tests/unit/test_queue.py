@@ -6,15 +6,12 @@ import pytest
 from twisted.internet import defer, task
 
 from gateway.config import parse
+from gateway.durable import run_now
 from gateway.envelope import Envelope, Recipient, RecipientState, new_queue_id
 from gateway.errors import MailError
 from gateway.interfaces import Route
 from gateway.queue.runner import QueueRunner, backoff
 from gateway.queue.spool import Spool
-
-
-def run_now(f, *args):
-    return defer.maybeDeferred(f, *args)
 
 
 def make_envelope(*recipients: str, arrived: float = 1000.0) -> Envelope:

@@ -10,6 +10,7 @@ from gateway.config import parse
 from gateway.deliver.mx import Host
 from gateway.deliver.outbound import ClientProtocol, dot_stuff
 from gateway.deliver.relay import RelayTarget
+from gateway.durable import run_now
 from gateway.envelope import Envelope, Recipient, new_queue_id
 from gateway.errors import ConfigError, MailError
 from gateway.interfaces import Route
@@ -18,9 +19,6 @@ from gateway.resolve.transport import TransportMap
 MESSAGE = b"Received: from c.test\r\nSubject: hi\r\n\r\n.leading dot\r\nbody\r\n"
 MAIL = f"MAIL FROM:<alice@example.test> SIZE={len(MESSAGE)}"
 
-
-def run_now(f, *args):
-    return defer.maybeDeferred(f, *args)
 
 
 def result_of(d: defer.Deferred):

@@ -8,6 +8,7 @@ from twisted.internet import defer, task
 from zope.interface import implementer
 
 from gateway.config import parse
+from gateway.durable import run_now
 from gateway.envelope import Envelope, Recipient, RecipientState, new_queue_id
 from gateway.errors import MailError
 from gateway.interfaces import IBatchDeliveryTarget, RecipientResult, Route
@@ -67,9 +68,6 @@ class Router:
             return Route("local", address, mailbox=address)
         return Route("remote", address, domain=domain)
 
-
-def run_now(f, *args):
-    return defer.maybeDeferred(f, *args)
 
 
 class Rig:

@@ -1,17 +1,13 @@
 """Maildir delivery: durable, named by queue entry, never twice after a crash."""
 
 import pytest
-from twisted.internet import defer
 
 from gateway.deliver.maildir import MaildirDelivery, unique_name
+from gateway.durable import run_now
 from gateway.envelope import Envelope, Recipient
 from gateway.errors import MailError
 from gateway.interfaces import Route
 from gateway.store.maildir import MaildirStore
-
-
-def run_now(f, *args):
-    return defer.maybeDeferred(f, *args)
 
 
 def deliver(target, envelope, route, path, recovering=False):
