@@ -90,14 +90,15 @@ class BlockingBatcher:
 
 
 def in_thread(reactor) -> Callable[..., defer.Deferred]:
-    """A run_blocking without group commit: each call alone in a pool thread."""
+    """A run_blocking without group commit: each call alone in a pool thread (POP3 and
+    IMAP sessions: a login must not wait behind a batch of deliveries)."""
     def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), complete, f, *args)
     return run_blocking
 
 
 def run_now(f: Callable[..., Any], *args: Any) -> defer.Deferred:
-    """A run_blocking that runs the call on the spot (tests; the CLI)."""
+    """A run_blocking that runs the call on the spot (tests)."""
     return defer.maybeDeferred(complete, f, *args)
 
 

@@ -1,7 +1,7 @@
 """The front's TLS contexts: certificates chosen by SNI, reloaded without dropping anyone.
 
-Where it sits: tlsfront/listener.py hands a FrontTLS to Twisted's
-TLSMemoryBIOFactory as its IOpenSSLServerConnectionCreator; each new client
+Where it sits: each relay.FrontConnection asks its front's FrontTLS (an
+IOpenSSLServerConnectionCreator) for a pyOpenSSL connection; each new client
 connection starts on the default certificate's context, and Twisted's public
 SNI hook (CertificateOptions(contextForServerName=...), RFC 6066 3) switches
 it to the certificate whose subjectAltName matches the requested name, exact

@@ -5,8 +5,8 @@ Where it sits: service.py (or `mailgateway tlsfront`) listens on the front's
 checks the limits (connections in all, from one client address, and new
 handshakes per second from one address, a token bucket); over a limit it
 returns None, so Twisted closes the socket at once, and the refusal is logged.
-Otherwise Twisted's TLSMemoryBIOFactory (with FrontTLS from certs.py as the
-connection creator) wraps a relay.FrontConnection.
+Otherwise the connection is a relay.FrontConnection, which speaks TLS itself
+with a connection from certs.FrontTLS.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet import error
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
-from twisted.internet.protocol import Factory, ServerFactory
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
-from twisted.python.failure import Failure
 
 from gateway.config import FrontSettings
 from gateway.tlsfront.certs import FrontTLS
@@ -58,36 +55,6 @@ class HandshakeRate:
                 del self.buckets[address]
 
 
-class _FrontTLSProtocol(BufferingTLSTransport):
-    """Twisted's TLS protocol, keeping the transport's own reason for closing: a reset
-    (propagated as a reset) versus an EOF without close_notify (closed gracefully)."""
-
-    raw_reason: Failure | None = None
-
-    def makeConnection(self, transport: Any) -> None:
-        if hasattr(transport, "bufferSize"):
-            transport.bufferSize = self.factory.front.settings.buffer_size
-        if ITCPTransport.providedBy(transport):
-            # No Nagle: a greeting held behind the unacknowledged session tickets
-            # waited for the client's delayed ACK, ~40 ms a connection (stunnel sets it too).
-            transport.setTcpNoDelay(True)
-        super().makeConnection(transport)
-
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
-        self.raw_reason = reason
-        super().connectionLost(reason)
-
-
-class _ConnectionFactory(Factory):
-    noisy = False
-
-    def __init__(self, front: FrontFactory):
-        self.front = front
-
-    def buildProtocol(self, addr: Any) -> FrontConnection:
-        return FrontConnection(self.front, addr)
-
-
 class FrontFactory(ServerFactory):
     """Accepts clients for one front; holds its settings, reactor, backend and counts."""
 
@@ -101,16 +68,6 @@ class FrontFactory(ServerFactory):
         self.connections: Counter[str] = Counter()
         self.total = 0
         self.rate = HandshakeRate(settings.max_handshakes_per_second, reactor)
-        self.tls_factory = TLSMemoryBIOFactory(tls, False, _ConnectionFactory(self),
-                                               clock=reactor)
-        self.tls_factory.protocol = _FrontTLSProtocol
-        self.tls_factory.front = self
-
-    def doStart(self) -> None:
-        self.tls_factory.doStart()
-
-    def doStop(self) -> None:
-        self.tls_factory.doStop()
 
     def refusal(self, host: str) -> str:
         """Why a new connection from host is refused, or "" to accept it."""
@@ -133,7 +90,7 @@ class FrontFactory(ServerFactory):
             return None
         self.total += 1
         self.connections[host] += 1
-        return self.tls_factory.buildProtocol(addr)
+        return FrontConnection(self, addr)
 
     def connection_finished(self, conn: FrontConnection) -> None:
         host = getattr(conn.address, "host", "unix")

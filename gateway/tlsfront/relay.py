@@ -1,9 +1,13 @@
 """One client connection through the front: TLS on one side, plaintext to the backend.
 
-Where it sits: Twisted's TLSMemoryBIOProtocol decrypts and hands the bytes to
-FrontConnection (it is the wrapped protocol, and an IHandshakeListener). Once
-the handshake is done the front connects to the backend, writes the PROXY
-header (tlsfront/proxyheader.py), then relays both ways:
+Where it sits: listener.FrontFactory builds a FrontConnection for each accepted
+TCP connection. It speaks TLS itself, through a pyOpenSSL Connection on memory
+BIOs (certs.FrontTLS makes it), rather than under Twisted's TLSMemoryBIOProtocol:
+the wrapper's layers (interface declarations copied per connection, a protocol
+wrapper, a write aggregator, a Failure per event) cost more CPU than the TLS
+itself on a resumed handshake (bench/RESULTS.md). Once the handshake is done
+the front connects to the backend, writes the PROXY header
+(tlsfront/proxyheader.py), then relays both ways:
 
 - flow control: each side's transport is registered as the producer of the
   other, so a slow reader stops reading on the other side; besides the
@@ -11,9 +15,10 @@ header (tlsfront/proxyheader.py), then relays both ways:
   the backend answers are held, and reading pauses past buffer_size;
 - closing: the backend closing its side (a half-close, IHalfCloseableProtocol)
   sends the client its remaining bytes and a TLS close_notify while the
-  client may still send; the client closing (close_notify or FIN; Twisted's
-  TLS ends the whole connection there) sends the backend its remaining bytes
-  and a FIN; a reset on either side aborts the other;
+  client may still send (RFC 8446 6.1), until the client's own close_notify;
+  the client closing (close_notify, answered with ours, or FIN) sends the
+  backend its remaining bytes and a FIN; a reset on either side, or a TLS
+  error from the client, aborts the other;
 - timeouts on the injected reactor: handshake, connect, idle, close;
 - a backend that is down gets the client a protocol greeting that says so
   (SMTP 421 4.3.2, POP3 -ERR [SYS/TEMP], IMAP * BYE [UNAVAILABLE]) and a clean
@@ -29,12 +34,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
-from twisted.internet.interfaces import (
-    IHalfCloseableProtocol,
-    IHandshakeListener,
-    IPushProducer,
-    ITCPTransport,
-)
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITCPTransport
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,11 +57,11 @@ def unavailable_greeting(protocol: str, hostname: str) -> bytes:
     return b""
 
 
-def describe(reason: Failure | None) -> str:
+def describe(reason: Failure | BaseException | None) -> str:
     """A short reason for the log: OpenSSL's reason strings, or the exception's text."""
     if reason is None:
         return "closed"
-    value = reason.value
+    value = reason.value if isinstance(reason, Failure) else reason
     if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
         texts = [r[2] for r in value.args[0] if len(r) == 3 and r[2]]
         return "; ".join(texts) or "TLS error"
@@ -125,9 +125,8 @@ class _BackendFactory(ClientFactory):
         return BackendProtocol(self.conn)
 
 
-@implementer(IHandshakeListener)
 class FrontConnection(Protocol):
-    """The client's decrypted side; self.transport is the TLS protocol."""
+    """The client's side: TLS over the accepted TCP transport (self.transport)."""
 
     def __init__(self, front: Any, address: Any):
         self.front = front  # listener.FrontFactory: settings, reactor, backend endpoint, limits
@@ -136,10 +135,13 @@ class FrontConnection(Protocol):
         self.address = address
         self.client = f"{getattr(address, 'host', 'unix')}:{getattr(address, 'port', 0)}"
         self.started = self.reactor.seconds()
-        self.tls: TLSDetails | None = None
+        self.ssl: SSL.Connection | None = None
+        self.tls: TLSDetails | None = None  # set when the handshake is done
         self.backend: BackendProtocol | None = None
         self.bytes_in = self.bytes_out = 0
         self.outcome = ""
+        self._tls_error: SSL.Error | None = None
+        self._sent_close_notify = False
         self._connecting: defer.Deferred | None = None
         self._early: list[bytes] = []
         self._early_size = 0
@@ -167,18 +169,103 @@ class FrontConnection(Protocol):
     def _note(self, outcome: str) -> None:
         self.outcome = self.outcome or outcome
 
-    # --- the client side -----------------------------------------------------
+    # --- TLS over the client's TCP connection ----------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = self.settings.buffer_size
+        if ITCPTransport.providedBy(transport):
+            # No Nagle: a greeting held behind the unacknowledged session tickets
+            # waited for the client's delayed ACK, ~40 ms a connection (stunnel sets it too).
+            transport.setTcpNoDelay(True)
+        self.ssl = self.front.tls.serverConnectionForTLS(self)
+        self.ssl.set_accept_state()
+        super().makeConnection(transport)
 
     def connectionMade(self) -> None:
         self._start("handshake", self.settings.handshake_timeout, self._handshake_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._client_gone:
+            return
+        ssl = self.ssl
+        ssl.bio_write(data)
+        if self.tls is None:
+            try:
+                ssl.do_handshake()
+            except SSL.WantReadError:
+                self._flush()
+                return
+            except SSL.Error as e:
+                self._tls_failed(e)
+                return
+            self._flush()
+            self._handshake_done()
+        while not self._client_gone:
+            try:
+                plain = ssl.recv(65536)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._client_close_notify()
+                break
+            except SSL.Error as e:
+                self._tls_failed(e)
+                return
+            self._from_client(plain)
+        self._flush()  # TLS 1.3 tickets, alerts, our close_notify
+
+    def _flush(self) -> None:
+        """Send what OpenSSL has written to the outgoing memory BIO."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.ssl.bio_read(65536))
+            except SSL.WantReadError:
+                break
+        if chunks and not self._client_gone:
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _send(self, data: bytes) -> None:
+        """Encrypt and send data to the client (dropped once TLS is closing)."""
+        if self._client_gone or self._sent_close_notify or self.tls is None:
+            return
+        view = memoryview(data)
+        while view:
+            view = view[self.ssl.send(view):]
+        self._flush()
+
+    def _tls_failed(self, e: SSL.Error) -> None:
+        """A failed handshake (send the alert, then close) or bad TLS later (a reset)."""
+        self._tls_error = e
+        self._flush()
+        if self.tls is None:
+            self.transport.loseConnection()
+        else:
+            self._note(f"reset by client: {describe(e)}")
+            self.transport.abortConnection()
+
+    def _client_close_notify(self) -> None:
+        """The client ended TLS: answer with ours (RFC 8446 6.1) and close TCP."""
+        self._close_notify()
+        self.transport.loseConnection()
+
+    def _close_notify(self) -> None:
+        if not self._sent_close_notify:
+            self._sent_close_notify = True
+            try:
+                self.ssl.shutdown()
+            except SSL.Error:
+                pass
+            self._flush()
 
     def _handshake_timeout(self) -> None:
         self._note("handshake timeout")
         self.transport.abortConnection()
 
-    def handshakeCompleted(self) -> None:
+    def _handshake_done(self) -> None:
         self._stop("handshake")
-        tls = self.transport.getHandle()
+        tls = self.ssl
         subject = cn = ""
         cert = tls.get_peer_certificate(as_cryptography=True)
         if cert is not None:  # present only after a successful verification
@@ -194,7 +281,9 @@ class FrontConnection(Protocol):
         self._start("connect", self.settings.connect_timeout, self._connecting.cancel)
         self._connecting.addCallbacks(self._backend_connected, self._backend_failed)
 
-    def dataReceived(self, data: bytes) -> None:
+    # --- the client side -----------------------------------------------------
+
+    def _from_client(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self._last_activity = self.reactor.seconds()
         if self.backend is not None and not self._backend_gone:
@@ -211,12 +300,11 @@ class FrontConnection(Protocol):
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
         self._client_gone = True
         self._stop("handshake")
-        raw = getattr(self.transport, "raw_reason", None) or reason
-        reset = not raw.check(error.ConnectionDone)
+        reset = not reason.check(error.ConnectionDone)
         if self.tls is None:
-            self._note(f"handshake failed: {describe(reason)}")
+            self._note(f"handshake failed: {describe(self._tls_error or reason)}")
         elif reset:
-            self._note(f"reset by client: {describe(raw)}")
+            self._note(f"reset by client: {describe(reason)}")
         else:
             self._note("closed by client")
         if self._connecting is not None:
@@ -264,15 +352,14 @@ class FrontConnection(Protocol):
         self._note(f"backend unavailable: {why}")
         greeting = unavailable_greeting(self.settings.protocol, self.settings.hostname)
         if greeting:
-            self.transport.write(greeting)
+            self._send(greeting)
             self.bytes_out += len(greeting)
         self._close_client()
 
     def from_backend(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self._last_activity = self.reactor.seconds()
-        if not self._client_gone:
-            self.transport.write(data)
+        self._send(data)
 
     def backend_eof(self) -> None:
         """The backend will send no more (a half-close): pass it on, keep reading the client."""
@@ -302,13 +389,17 @@ class FrontConnection(Protocol):
             self.backend.transport.unregisterProducer()
 
     def _close_client(self) -> None:
-        """Send what is buffered, then close_notify; abort if the client never finishes."""
+        """Send our close_notify and keep reading until the client's (then TCP closes,
+        in _client_close_notify); abort if the client never finishes."""
         if self._closing_client:
             return
         self._closing_client = True
         if self.backend is not None:
             self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        if self.tls is None:
+            self.transport.loseConnection()
+        else:
+            self._close_notify()
         self._start("close", self.settings.close_timeout, self._close_timeout)
 
     def _close_timeout(self) -> None:
@@ -339,10 +430,12 @@ class FrontConnection(Protocol):
         for name in list(self._timers):
             self._stop(name)
         tls = self.tls or TLSDetails("-", "-")
-        log.info("tlsfront {front}: client={client} sni={sni} tls={version} cipher={cipher} "
-                 "in={bytes_in} out={bytes_out} duration={duration:.3f}s outcome={outcome}",
-                 front=self.settings.name, client=self.client, sni=tls.sni or "-",
-                 version=tls.version, cipher=tls.cipher, bytes_in=self.bytes_in,
-                 bytes_out=self.bytes_out, duration=self.reactor.seconds() - self.started,
-                 outcome=self.outcome or "closed")
+        # Formatted here: twisted.logger's own formatting (string.Formatter, in
+        # Python) cost more than a resumed handshake's crypto.
+        outcome = self.outcome or "closed"
+        log.info("{line}", line=(
+            f"tlsfront {self.settings.name}: client={self.client} sni={tls.sni or '-'} "
+            f"tls={tls.version} cipher={tls.cipher} in={self.bytes_in} out={self.bytes_out} "
+            f"duration={self.reactor.seconds() - self.started:.3f}s outcome={outcome}"),
+            front=self.settings.name, client=self.client, outcome=outcome)
         self.front.connection_finished(self)

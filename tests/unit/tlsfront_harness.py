@@ -135,12 +135,12 @@ class Connection:
 
     @property
     def front(self):
-        """The FrontConnection (the protocol inside TLS)."""
-        return self.proto.wrappedProtocol
+        """The FrontConnection."""
+        return self.proto
 
     def pump(self) -> None:
         for _ in range(100):
-            self.harness.reactor.advance(0)  # BufferingTLSTransport writes on the next turn
+            self.harness.reactor.advance(0)  # anything the front leaves for the next turn
             moved = False
             out = self.tcp.value()
             if out:
