@@ -170,3 +170,23 @@ def test_default_socket_mode_is_private():
     # The endpoint string's mode is octal, as Twisted reads it.
     endpoint = config.load().proxied.listen["pop3"]
     assert int(endpoint.split("mode=")[1].split(":")[0], 8) == stat.S_IRUSR | stat.S_IWUSR
+
+
+def test_the_commands_log_lines_read_as_twisteds_own():
+    """LogLines (the standalone front's observer) writes what textFileLogObserver writes,
+    for the relay's pre-formatted line, for an ordinary event and for a failure."""
+    import io
+
+    from twisted.logger import Logger, LogPublisher, textFileLogObserver
+    from twisted.python.failure import Failure
+
+    ours, twisteds = io.StringIO(), io.StringIO()
+    log = Logger(namespace="gateway.tlsfront.relay",
+                 observer=LogPublisher(command.LogLines(ours), textFileLogObserver(twisteds)))
+    log.info("{line}", line="tlsfront smtps: client=127.0.0.2:40000 outcome=closed",
+             front="smtps")
+    log.warn("tlsfront {front}: refused: {why}", front="smtps", why="max_connections")
+    log.failure("reloading", Failure(ZeroDivisionError("division by zero")))
+    assert ours.getvalue() == twisteds.getvalue()
+    assert "ZeroDivisionError" in ours.getvalue()
+    assert "] tlsfront smtps: client=127.0.0.2:40000 outcome=closed\n" in ours.getvalue()
