@@ -75,7 +75,7 @@ def escape_endpoint(text: str) -> str:
     return text.replace("\\", "\\\\").replace(":", "\\:")
 
 
-def _split_endpoint(text: str) -> list[str]:
+def split_endpoint(text: str) -> list[str]:
     parts, current, escaped = [], "", False
     for c in text:
         if escaped:
@@ -92,7 +92,7 @@ def _split_endpoint(text: str) -> list[str]:
 
 def client_endpoint_for(server: str) -> str | None:
     """The client endpoint string that reaches a tcp:/tcp6:/unix: server endpoint string."""
-    kind, *args = _split_endpoint(server)
+    kind, *args = split_endpoint(server)
     positional = [a for a in args if "=" not in a]
     named = dict(a.split("=", 1) for a in args if "=" in a)
     if kind == "unix":

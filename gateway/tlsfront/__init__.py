@@ -9,6 +9,7 @@ mailgateway` or alone as `mailgateway tlsfront`.
   proxyheader.py  PROXY v1/v2 headers with the TLS TLVs
   certs.py        TLS contexts, SNI, reload (FrontTLS)
   relay.py        one connection: TLS side <-> backend, flow control, timeouts, the log line
+  backend.py      the connect to the backend (at once, for plain addresses)
   listener.py     limits and the factory (FrontFactory)
   service.py      twistd services, SIGHUP and file-change reload
   command.py      `mailgateway tlsfront`

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gateway.config import FrontSettings
+from gateway.tlsfront.backend import backend_endpoint
 from gateway.tlsfront.certs import FrontTLS
 from gateway.tlsfront.relay import FrontConnection
 
@@ -63,7 +63,7 @@ class FrontFactory(ServerFactory):
         self.settings = settings
         self.tls = tls
         self.reactor = reactor
-        self.backend = backend if backend is not None else clientFromString(
+        self.backend = backend if backend is not None else backend_endpoint(
             reactor, settings.connect)
         self.connections: Counter[str] = Counter()
         self.total = 0

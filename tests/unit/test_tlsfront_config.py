@@ -4,6 +4,7 @@ each fault names file, key and reason."""
 from __future__ import annotations
 
 import argparse
+import socket
 import stat
 
 import pytest
@@ -190,3 +191,20 @@ def test_the_commands_log_lines_read_as_twisteds_own():
     assert ours.getvalue() == twisteds.getvalue()
     assert "ZeroDivisionError" in ours.getvalue()
     assert "] tlsfront smtps: client=127.0.0.2:40000 outcome=closed\n" in ours.getvalue()
+
+
+@pytest.mark.parametrize("connect, expected", [
+    ("unix:/run/gw/smtp.sock", (socket.AF_UNIX, "/run/gw/smtp.sock")),
+    ("unix:path=/run/gw\\:x.sock:timeout=5", (socket.AF_UNIX, "/run/gw:x.sock")),
+    ("tcp:127.0.0.1:2525", (socket.AF_INET, ("127.0.0.1", 2525))),
+    ("tcp:host=127.0.0.1:port=2525", (socket.AF_INET, ("127.0.0.1", 2525))),
+    ("tcp6:host=\\:\\:1:port=2525", (socket.AF_INET6, ("::1", 2525))),
+    ("tcp:localhost:2525", None),  # a name: Twisted's endpoint resolves it
+    ("tcp:127.0.0.1:2525:bindAddress=127.0.0.2\\:0", None),  # an option only Twisted knows
+    ("unix:/run/gw/smtp.sock:checkPID=1", None),
+])
+def test_plain_backend_addresses_are_connected_directly(connect, expected):
+    from gateway.tlsfront.backend import DirectEndpoint, backend_endpoint, direct_address
+
+    assert direct_address(connect) == expected
+    assert isinstance(backend_endpoint(None, connect), DirectEndpoint) == (expected is not None)
