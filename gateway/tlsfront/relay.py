@@ -183,7 +183,8 @@ class FrontConnection(Protocol):
         super().makeConnection(transport)
 
     def connectionMade(self) -> None:
-        self._start("handshake", self.settings.handshake_timeout, self._handshake_timeout)
+        # One timer for the handshake, then (re-armed) for the connect to the backend.
+        self._start("setup", self.settings.handshake_timeout, self._setup_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self._client_gone:
@@ -259,15 +260,19 @@ class FrontConnection(Protocol):
                 pass
             self._flush()
 
-    def _handshake_timeout(self) -> None:
-        self._note("handshake timeout")
-        self.transport.abortConnection()
+    def _setup_timeout(self) -> None:
+        self._timers.pop("setup", None)
+        if self.tls is None:
+            self._note("handshake timeout")
+            self.transport.abortConnection()
+        elif self._connecting is not None:
+            self._connecting.cancel()  # _backend_failed says "connect timeout"
 
     def _handshake_done(self) -> None:
-        self._stop("handshake")
         tls = self.ssl
         subject = cn = ""
-        cert = tls.get_peer_certificate(as_cryptography=True)
+        cert = (tls.get_peer_certificate(as_cryptography=True)
+                if self.settings.client_verify != "none" else None)
         if cert is not None:  # present only after a successful verification
             subject = cert.subject.rfc4514_string()
             cns = [a.value for a in cert.subject if a.oid.dotted_string == "2.5.4.3"]
@@ -277,8 +282,8 @@ class FrontConnection(Protocol):
             version=tls.get_protocol_version_name() or "", cipher=tls.get_cipher_name() or "",
             sni=sni.decode("ascii", "replace") if sni else "", client_subject=subject,
             client_cn=cn)
+        self._timers["setup"].reset(self.settings.connect_timeout)
         self._connecting = self.front.backend.connect(_BackendFactory(self))
-        self._start("connect", self.settings.connect_timeout, self._connecting.cancel)
         self._connecting.addCallbacks(self._backend_connected, self._backend_failed)
 
     # --- the client side -----------------------------------------------------
@@ -299,7 +304,7 @@ class FrontConnection(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
         self._client_gone = True
-        self._stop("handshake")
+        self._stop("setup")
         reset = not reason.check(error.ConnectionDone)
         if self.tls is None:
             self._note(f"handshake failed: {describe(self._tls_error or reason)}")
@@ -322,7 +327,7 @@ class FrontConnection(Protocol):
 
     def _backend_connected(self, backend: BackendProtocol) -> None:
         self._connecting = None
-        self._stop("connect")
+        self._stop("setup")
         if self._client_gone:
             backend.transport.abortConnection()
             return
@@ -344,7 +349,7 @@ class FrontConnection(Protocol):
 
     def _backend_failed(self, reason: Failure) -> None:
         self._connecting = None
-        self._stop("connect")
+        self._stop("setup")
         if self._client_gone:
             return
         self._backend_gone = True
