@@ -232,8 +232,11 @@ class FrontConnection(Protocol):
         if self._client_gone or self._sent_close_notify or self.tls is None:
             return
         view = memoryview(data)
-        while view:
-            view = view[self.ssl.send(view):]
+        try:
+            while view:
+                view = view[self.ssl.send(view):]
+        except SSL.Error:
+            return  # TLS already failed: the connection is being aborted
         self._flush()
 
     def _tls_failed(self, e: SSL.Error) -> None:

@@ -128,6 +128,19 @@ def test_client_reset_aborts_the_backend(make, ca):
     assert backend.disconnected
 
 
+def test_bad_tls_from_the_client_after_the_handshake_aborts_both_sides(make, ca):
+    harness = make()
+    with capturedLogs() as logs:
+        conn, backend_proto, backend = connected(harness, ca)
+        conn.proto.dataReceived(b"\x17\x03\x03\x00\x08not tls!")  # an unreadable record
+        assert conn.tcp.disconnected
+        backend_proto.dataReceived(b"220 late\r\n")  # dropped, not an error
+        conn.lose(error.ConnectionAborted())
+        assert backend.disconnected
+        backend_proto.connectionLost(Failure(error.ConnectionAborted()))
+    assert "outcome=reset by client: " in lines(logs)[0]
+
+
 def test_backend_reset_aborts_the_client(make, ca):
     harness = make()
     with capturedLogs() as logs:
