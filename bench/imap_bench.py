@@ -30,12 +30,9 @@ import imaplib
 import json
 import os
 import random
-import shlex
 import shutil
-import signal
 import socket
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,15 +50,23 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     MailgatewayImap,
     RssSampler,
     Unavailable,
-    append_report,
     cpu_seconds,
     free_port,
     report_footer,
     tail,
 )
-from smtp_accept import _interrupt, _output, fmt, fs_type, median, pick_venv, ratio, say  # noqa: E402
+from rounds import (  # noqa: E402
+    REPO,
+    command_line,
+    fs_type,
+    make_workdir,
+    pick_venv,
+    publish,
+    run_in_turn,
+    say,
+)
+from smtp_accept import _output, fmt, median, ratio  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TREE_VERSION = 1
 
 # --- the mailbox -----------------------------------------------------------------------------
@@ -506,22 +511,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    python = Path(sys.executable)
-    shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
-    command = shlex.join([str(shown), "bench/imap_bench.py", *(argv or sys.argv[1:])])
+    command = command_line("imap_bench.py", argv)
     venv = pick_venv(args.venv)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
-    parent = args.workdir or Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="mailgateway-imap-bench-", dir=parent))
-    workdir.chmod(0o755)  # Dovecot's mail processes run as nobody
+    workdir = make_workdir(args.workdir, "mailgateway-imap-bench-")  # Dovecot's as nobody
     say(f"venv {venv}, work folder {workdir} ({fs_type(workdir)})")
-    servers: list[ImapServer] = []
-    results: dict[str, list[Round]] = {}
-    interrupted = False
     tree: Tree | None = None
-    try:
+
+    def make() -> list[ImapServer]:
+        nonlocal tree
+        servers: list[ImapServer] = []
         for name in args.servers:
             server: ImapServer = (
                 MailgatewayImap(workdir, args.recipient, venv, REPO, args.connections)
@@ -532,41 +530,24 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(server)
             except Unavailable as exc:
                 say(f"{server.name} left out: {exc}")
-        if not servers:
-            return 2
-        started = time.monotonic()
-        say(f"building the INBOX ({args.messages:,} messages) ...")
-        tree = build_tree(args.tree or workdir / "tree", args.messages, args.seed)
-        say(f"  ready in {time.monotonic() - started:.0f} s: {tree.size / 2**20:,.0f} MiB")
-        results = {s.name: [] for s in servers}
-        for number in range(1, args.rounds + 1):
-            shift = (number - 1) % len(servers)  # rotate who goes first: no position bias
-            for server in servers[shift:] + servers[:shift]:
-                say(f"round {number}/{args.rounds}: {server.name} ...")
-                res = run_round(server, number, args, tree, workdir)
-                results[server.name].append(res)
-                say("  " + ", ".join(f"{k} {v:.2f}" for k, v in res.secs.items())
-                    + f", append {res.append_rate:.0f}/s ({res.append_raw:.0f}/s one write), "
-                    + ", ".join(f"{k} {v:.0f}" for k, v in res.mem.items())
-                    + (f"\n  ERROR: {res.error}" if res.error else ""))
-    except KeyboardInterrupt:
-        interrupted = True
-        say("interrupted: stopping the servers; the report covers the rounds done")
-    finally:
-        for server in servers:
-            server.stop()
-        if args.keep:
-            say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if tree is None or not any(results.values()):
-        return 130 if interrupted else 1
-    text = report(args, servers, results, tree, command, interrupted)
-    print(text)
-    if args.append is not None:
-        append_report(args.append, ": IMAP, bench/imap_bench.py", text)
-        say(f"appended to {args.append}")
-    return 130 if interrupted else 0
+        if servers:
+            started = time.monotonic()
+            say(f"building the INBOX ({args.messages:,} messages) ...")
+            tree = build_tree(args.tree or workdir / "tree", args.messages, args.seed)
+            say(f"  ready in {time.monotonic() - started:.0f} s: {tree.size / 2**20:,.0f} MiB")
+        return servers
+
+    servers, results, interrupted = run_in_turn(
+        make, args.rounds, lambda server, rnd: run_round(server, rnd, args, tree, workdir),
+        lambda res: (", ".join(f"{k} {v:.2f}" for k, v in res.secs.items())
+                     + f", append {res.append_rate:.0f}/s ({res.append_raw:.0f}/s one write), "
+                     + ", ".join(f"{k} {v:.0f}" for k, v in res.mem.items())),
+        workdir, args.keep)
+    if not servers and not interrupted:
+        return 2
+    return publish(results, interrupted,
+                   lambda: report(args, servers, results, tree, command, interrupted),
+                   args.append, ": IMAP, bench/imap_bench.py")
 
 
 if __name__ == "__main__":

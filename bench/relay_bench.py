@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -50,7 +47,6 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     RssSampler,
     Server,
     Unavailable,
-    append_report,
     cpu_seconds,
     free_port,
     report_footer,
@@ -59,21 +55,26 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     toml_dumps,
     wait_banner,
 )
+from rounds import (  # noqa: E402
+    REPO,
+    command_line,
+    fs_type,
+    make_workdir,
+    pick_venv,
+    publish,
+    run_in_turn,
+    say,
+)
 from smtp_accept import (  # noqa: E402  (its helpers: same conventions, same report format)
-    _interrupt,
     ensure_postfix,
     fmt,
-    fs_type,
     median,
-    pick_venv,
     ratio,
-    say,
     start_profile,
     stop_profile,
 )
 from smtp_accept import versions as accept_versions  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
 TRUSTED = "127.0.0.0/8"
@@ -470,62 +471,30 @@ def make_servers(args: argparse.Namespace, venv: Path, workdir: Path) -> list[Se
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    python = Path(sys.executable)
-    shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
-    command = shlex.join([str(shown), "bench/relay_bench.py", *(argv or sys.argv[1:])])
+    command = command_line("relay_bench.py", argv)
     venv = pick_venv(args.venv)
     if not ensure_postfix(not args.no_install) or not SMTP_SINK.exists():
         say("Postfix's smtp-source and smtp-sink (Debian package postfix) are needed")
         return 2
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
-    parent = args.workdir or Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="mailgateway-relay-", dir=parent))
-    workdir.chmod(0o755)  # Postfix's daemons run as other users
+    workdir = make_workdir(args.workdir, "mailgateway-relay-")
     kind = fs_type(workdir)
     if kind in ("tmpfs", "ramfs"):
         say(f"warning: {workdir} is on {kind}: fsync is free there, figures flatter everyone")
     say(f"venv {venv}, work folder {workdir} ({kind})")
-    servers: list[Server] = []
-    results: dict[str, list[Round]] = {}
-    interrupted = False
-    try:
-        servers = make_servers(args, venv, workdir)
-        if not servers:
-            say("no relay can run here")
-            return 2
-        results = {s.name: [] for s in servers}
-        for rnd in range(1, args.rounds + 1):
-            shift = (rnd - 1) % len(servers)  # rotate who goes first: no position bias
-            for server in servers[shift:] + servers[:shift]:
-                say(f"round {rnd}/{args.rounds}: {server.name} ...")
-                res = run_round(server, rnd, args, venv, workdir)  # type: ignore[arg-type]
-                results[server.name].append(res)
-                say(
-                    f"  {fmt(res.rate)} msg/s, injected in {fmt(res.inject_s, 2)} s, last at "
-                    f"sink {fmt(res.last_s, 2)} s, CPU {fmt(res.cpu_ms, 2)} ms/msg, RSS "
-                    f"{fmt(res.rss_mib, 1)} MiB, PSS {fmt(res.pss_mib, 1)} MiB, "
-                    f"{res.received} at sink" + (f"\n  ERROR: {res.error}" if res.error else "")
-                )
-    except KeyboardInterrupt:
-        interrupted = True
-        say("interrupted: stopping the relays; the report covers the rounds done")
-    finally:
-        for server in servers:
-            server.stop()
-        if args.keep:
-            say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if not any(results.values()):
-        return 130 if interrupted else 1
-    text = report(args, servers, results, command, venv, interrupted)
-    print(text)
-    if args.append is not None:
-        append_report(args.append, ": relay to smtp-sink", text)
-        say(f"appended to {args.append}")
-    return 130 if interrupted else 0
+    servers, results, interrupted = run_in_turn(
+        lambda: make_servers(args, venv, workdir), args.rounds,
+        lambda server, rnd: run_round(server, rnd, args, venv, workdir),
+        lambda res: (f"{fmt(res.rate)} msg/s, injected in {fmt(res.inject_s, 2)} s, last at "
+                     f"sink {fmt(res.last_s, 2)} s, CPU {fmt(res.cpu_ms, 2)} ms/msg, RSS "
+                     f"{fmt(res.rss_mib, 1)} MiB, PSS {fmt(res.pss_mib, 1)} MiB, "
+                     f"{res.received} at sink"),
+        workdir, args.keep)
+    if not servers and not interrupted:
+        say("no relay can run here")
+        return 2
+    return publish(results, interrupted,
+                   lambda: report(args, servers, results, command, venv, interrupted),
+                   args.append, ": relay to smtp-sink")
 
 
 if __name__ == "__main__":

@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -43,14 +40,22 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     RssSampler,
     Server,
     Unavailable,
-    append_report,
     count_dir,
     cpu_seconds,
     free_port,
     report_footer,
 )
+from rounds import (  # noqa: E402
+    REPO,
+    command_line,
+    fs_type,
+    make_workdir,
+    pick_venv,
+    publish,
+    run_in_turn,
+    say,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
 POLICY_RC = Path("/usr/sbin/policy-rc.d")
 
@@ -129,21 +134,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def pick_venv(given: Path | None) -> Path:
-    """The venv that has (or will get) mailgateway and aiosmtpd."""
-    if given is not None:
-        return given
-    for candidate in (REPO / ".venv", Path("/tmp/v")):
-        if (candidate / "bin" / "python").exists():
-            return candidate
-    return REPO / ".venv"
-
-
-def say(text: str) -> None:
-    """Progress on stderr, so stdout holds only the report."""
-    print(text, file=sys.stderr, flush=True)
-
-
 def ensure_postfix(install: bool) -> bool:
     """Install Debian's postfix (Postfix itself and smtp-source) unless present."""
     if SMTP_SOURCE.exists() and Path("/usr/sbin/postfix").exists():
@@ -195,20 +185,6 @@ def ensure_aiosmtpd(python: Path, install: bool) -> None:
         return
     if done.returncode != 0:
         say(f"pip install aiosmtpd failed:\n{done.stderr.decode(errors='replace')[-1500:]}")
-
-
-def fs_type(path: Path) -> str:
-    """The file system type holding PATH: fsync on tmpfs costs nothing and would flatter all."""
-    best, kind = "", "?"
-    real = str(path.resolve())
-    with open("/proc/mounts") as fh:
-        for line in fh:
-            fields = line.split()
-            mount = fields[1]
-            inside = real == mount or real.startswith(mount.rstrip("/") + "/")
-            if inside and len(mount) > len(best):
-                best, kind = mount, fields[2]
-    return kind
 
 
 def make_servers(args: argparse.Namespace, venv: Path, workdir: Path) -> list[Server]:
@@ -461,73 +437,32 @@ def report(
 # --- main ------------------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM/SIGHUP behave like Ctrl-C, so the finally blocks stop every server.
-
-    SIGINT is set too: a shell that starts us in the background ignores it otherwise.
-    """
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    python = Path(sys.executable)
-    shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
-    command = shlex.join([str(shown), "bench/smtp_accept.py", *(argv or sys.argv[1:])])
+    command = command_line("smtp_accept.py", argv)
     venv = pick_venv(args.venv)
     if not ensure_postfix(not args.no_install):
         say(f"{SMTP_SOURCE} (Debian package postfix) is the load generator; cannot run without it")
         return 2
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
-    parent = args.workdir or Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="mailgateway-bench-", dir=parent))
-    workdir.chmod(0o755)  # Postfix's daemons and virtual(8) run as other users
+    workdir = make_workdir(args.workdir, "mailgateway-bench-")
     kind = fs_type(workdir)
     if kind in ("tmpfs", "ramfs"):
         say(f"warning: {workdir} is on {kind}: fsync is free there, figures flatter everyone")
     say(f"venv {venv}, work folder {workdir} ({kind})")
-    servers: list[Server] = []
-    results: dict[str, list[Round]] = {}
-    interrupted = False
-    try:
-        servers = make_servers(args, venv, workdir)
-        if not servers:
-            say("no server can run here")
-            return 2
-        results = {s.name: [] for s in servers}
-        for rnd in range(1, args.rounds + 1):
-            shift = (rnd - 1) % len(servers)  # rotate who goes first: no position bias
-            for server in servers[shift:] + servers[:shift]:
-                say(f"round {rnd}/{args.rounds}: {server.name} ...")
-                res = run_round(server, rnd, args, venv, workdir)
-                results[server.name].append(res)
-                say(
-                    f"  {fmt(res.rate)} msg/s, last in Maildir {fmt(res.last_s, 2)} s, "
-                    f"CPU {fmt(res.cpu_ms, 2)} ms/msg, "
-                    f"RSS {fmt(res.rss_mib, 1)} MiB, PSS {fmt(res.pss_mib, 1)} MiB, "
-                    f"{res.delivered} delivered" + (f"\n  ERROR: {res.error}" if res.error else "")
-                )
-    except KeyboardInterrupt:
-        interrupted = True
-        say("interrupted: stopping the servers; the report covers the rounds done")
-    finally:
-        for server in servers:
-            server.stop()
-        if args.keep:
-            say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    servers, results, interrupted = run_in_turn(
+        lambda: make_servers(args, venv, workdir), args.rounds,
+        lambda server, rnd: run_round(server, rnd, args, venv, workdir),
+        lambda res: (f"{fmt(res.rate)} msg/s, last in Maildir {fmt(res.last_s, 2)} s, "
+                     f"CPU {fmt(res.cpu_ms, 2)} ms/msg, RSS {fmt(res.rss_mib, 1)} MiB, "
+                     f"PSS {fmt(res.pss_mib, 1)} MiB, {res.delivered} delivered"),
+        workdir, args.keep)
+    if not servers and not interrupted:
+        say("no server can run here")
+        return 2
     names = [s.name for s in servers]
-    if not any(results.values()):
-        return 130 if interrupted else 1
-    text = report(args, names, results, command, venv, interrupted)
-    print(text)
-    if args.append is not None:
-        append_report(args.append, "", text)
-        say(f"appended to {args.append}")
-    return 130 if interrupted else 0
+    return publish(results, interrupted,
+                   lambda: report(args, names, results, command, venv, interrupted),
+                   args.append, "")
 
 
 if __name__ == "__main__":

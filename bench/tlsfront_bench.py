@@ -27,19 +27,15 @@ import argparse
 import os
 import re
 import resource
-import shlex
 import shutil
-import signal
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,7 +44,6 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     RssSampler,
     Server,
     Unavailable,
-    append_report,
     cpu_seconds,
     free_port,
     report_footer,
@@ -57,8 +52,8 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     tail,
     toml_dumps,
 )
+from rounds import REPO, command_line, make_workdir, pick_venv, publish, run_in_turn, say  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 STUNNEL = "stunnel4"
 # The gateway's default TLS 1.2 ciphers (gateway/default.toml), given to stunnel as well.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
@@ -511,37 +506,19 @@ def make_cert(folder: Path, key_type: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM/SIGHUP behave like Ctrl-C, so the finally blocks stop every process."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def say(text: str) -> None:
-    """Progress on stderr, so stdout holds only the report."""
-    print(text, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    python = Path(sys.executable)
-    shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
-    command = shlex.join([str(shown), "bench/tlsfront_bench.py", *(argv or sys.argv[1:])])
-    venv = args.venv or next((v for v in (REPO / ".venv", Path("/tmp/v"))
-                              if (v / "bin" / "python").exists()), REPO / ".venv")
+    command = command_line("tlsfront_bench.py", argv)
+    venv = pick_venv(args.venv)
     # Each idle connection is a client socket here and two sockets in the front.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < 3 * args.idle + 200:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 3 * args.idle + 200), hard))
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
-    parent = args.workdir or Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="tlsfront-bench-", dir=parent))
-    fronts: list[Front] = []
-    results: dict[str, list[Round]] = {}
-    interrupted = False
-    try:
+    workdir = make_workdir(args.workdir, "tlsfront-bench-")
+
+    def make() -> list[Front]:
         cert, key = make_cert(workdir, args.key_type)
+        fronts: list[Front] = []
         for name in args.fronts:
             front: Front = (Stunnel(workdir, cert, key, args.idle) if name == "stunnel" else
                             GatewayFront(workdir, cert, key, args.idle, venv))
@@ -550,34 +527,16 @@ def main(argv: list[str] | None = None) -> int:
                 fronts.append(front)
             except Unavailable as exc:
                 say(f"skipping {front.name}: {exc}")
-        results = {f.name: [] for f in fronts}
-        for rnd in range(1, args.rounds + 1):
-            shift = (rnd - 1) % max(1, len(fronts))  # rotate who goes first: no position bias
-            for front in fronts[shift:] + fronts[:shift]:
-                say(f"round {rnd}/{args.rounds}: {front.name} ...")
-                res = run_round(front, rnd, args, workdir)
-                results[front.name].append(res)
-                say("  " + ", ".join(f"{k} {fmt(v)}" for k, v in res.figures.items())
-                    + (f"\n  ERROR: {res.error}" if res.error else ""))
-    except KeyboardInterrupt:
-        interrupted = True
-        say("interrupted: stopping everything; the report covers the rounds done")
-    finally:
-        for front in fronts:
-            front.stop()
-        if args.keep:
-            say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return fronts
+
+    fronts, results, interrupted = run_in_turn(
+        make, args.rounds, lambda front, rnd: run_round(front, rnd, args, workdir),
+        lambda res: ", ".join(f"{k} {fmt(v)}" for k, v in res.figures.items()),
+        workdir, args.keep)
     names = [f.name for f in fronts]
-    if not any(results.values()):
-        return 130 if interrupted else 1
-    text = report(args, names, results, command, venv, interrupted)
-    print(text)
-    if args.append is not None:
-        append_report(args.append, ": TLS front beside stunnel", text)
-        say(f"appended to {args.append}")
-    return 130 if interrupted else 0
+    return publish(results, interrupted,
+                   lambda: report(args, names, results, command, venv, interrupted),
+                   args.append, ": TLS front beside stunnel")
 
 
 if __name__ == "__main__":
