@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.internet import defer, error
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IReadWriteDescriptor, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, IWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -96,7 +96,7 @@ class DirectEndpoint:
         return defer.succeed(transport.protocol)
 
 
-@implementer(IReadWriteDescriptor)
+@implementer(IWriteDescriptor)
 class _Connecting:
     """A TCP connect in progress: writable means done (RFC 793 handshake finished or failed)."""
 
@@ -112,9 +112,6 @@ class _Connecting:
 
     def logPrefix(self) -> str:
         return "tlsfront-connect"
-
-    def doRead(self) -> None:
-        pass
 
     def doWrite(self) -> None:
         self.endpoint.reactor.removeWriter(self)

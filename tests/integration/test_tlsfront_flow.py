@@ -353,9 +353,15 @@ def test_100_mb_through_the_front_arrive_intact_with_bounded_memory(run_front, f
     assert peak[0] - baseline < 32 * 1024, (baseline, peak[0])
 
 
-def test_a_backend_that_is_down_gets_smtp_clients_a_421(run_front, front_cert, ca):
+@pytest.mark.parametrize("backend", ["tcp", "unix"])
+def test_a_backend_that_is_down_gets_smtp_clients_a_421(run_front, front_cert, ca, tmp_path,
+                                                         backend):
+    # TCP fails once the connect is tried (EINPROGRESS, then ECONNREFUSED); a missing
+    # UNIX socket fails at once, inside the handshake's own turn.
+    connect = (f"tcp:127.0.0.1:{free_port()}" if backend == "tcp"
+               else f"unix:{tmp_path / 'nobody-listens.sock'}")
     cert, key = front_cert
-    port = run_front("--connect", f"tcp:127.0.0.1:{free_port()}", "--cert", str(cert),
+    port = run_front("--connect", connect, "--cert", str(cert),
                      "--key", str(key), "--protocol", "smtp", "--hostname", "front.example.test")
     with pytest.raises(smtplib.SMTPConnectError) as refused:
         SMTPFromClient(port, ca, server_hostname="front.example.test")

@@ -133,11 +133,6 @@ class Connection:
         if self.proto is not None:
             self.proto.makeConnection(self.tcp)
 
-    @property
-    def front(self):
-        """The FrontConnection."""
-        return self.proto
-
     def pump(self) -> None:
         for _ in range(100):
             self.harness.reactor.advance(0)  # anything the front leaves for the next turn
