@@ -3,6 +3,7 @@
   mailgateway check-config [PATH]
   mailgateway user add|passwd ADDRESS [--password-stdin]
   mailgateway user del ADDRESS | user list
+  mailgateway alias show ADDRESS...
   mailgateway queue list [--json] | show ID [--json]
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
   mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
@@ -21,11 +22,12 @@ import json
 import sys
 import time
 
-from gateway import config
+from gateway import aliasfile, config
 from gateway.access import auth
 from gateway.errors import ConfigError, MailError
 from gateway.queue import control
 from gateway.queue.spool import Spool
+from gateway.resolve.router import Router
 
 
 def _settings(args) -> config.Settings:
@@ -40,8 +42,48 @@ def cmd_check_config(args) -> int:
         for file, key, reason in e.problems:
             print(f"{file}: {key}: {reason}" if key else f"{file}: {reason}", file=sys.stderr)
         return 1
-    print(f"{settings.source}: ok")
+    table, faults = aliasfile.load_table(settings)
+    for fault in faults:
+        print(fault, file=sys.stderr)
+    if faults:
+        return 1
+    aliases = f", {len(table)} aliases in {settings.aliases.file}" if settings.aliases.file else ""
+    print(f"{settings.source}: ok{aliases}")
     return 0
+
+
+class _Users:
+    """The users file as the router sees it (IUserDirectory.exists)."""
+
+    def __init__(self, path):
+        self.known = set(auth.read_users(path))
+
+    def exists(self, address: str) -> bool:
+        return address in self.known
+
+
+def cmd_alias(args) -> int:
+    """Like `postalias -q` / `sendmail -bv`: what an address expands to, and each route."""
+    settings = _settings(args)
+    table, faults = aliasfile.load_table(settings)
+    for fault in faults:
+        print(fault, file=sys.stderr)
+    a = settings.aliases
+    router = Router(settings.domains, _Users(settings.users_file), aliases=table,
+                    delimiter=a.recipient_delimiter, max_depth=a.max_depth, shell=a.shell,
+                    reply=a.reply)
+    status = 1 if faults else 0
+    for address in args.address:
+        try:
+            routes = router.expand(address)
+        except MailError as e:
+            print(f"{address}: {e.code} {e.enhanced} {e.text}")
+            status = 1
+            continue
+        print(f"{address}:")
+        for route in routes:
+            print(f"  {route.describe()}")
+    return status
 
 
 def _read_password(args) -> str:
@@ -218,6 +260,10 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("address", nargs="?")
     u.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     u.set_defaults(func=cmd_user)
+    a = sub.add_parser("alias", help="what addresses expand to (aliases, subaddresses)")
+    a.add_argument("action", choices=("show",))
+    a.add_argument("address", nargs="+")
+    a.set_defaults(func=cmd_alias)
     q = sub.add_parser("queue", help="inspect and manage the queue (mailq, postsuper)")
     q.add_argument("action", choices=("list", "show", "flush", "retry", "hold", "release",
                                       "delete"))
@@ -229,7 +275,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--config", "-c", default=argparse.SUPPRESS,
                    help="a file with [[tlsfront]] sections")
     t.set_defaults(func=cmd_tlsfront)
-    for s in (u, q):
+    for s in (u, q, a):
         s.add_argument("--config", "-c", default=argparse.SUPPRESS, help="configuration file")
     return p
 

@@ -126,6 +126,41 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
+class AliasSettings:
+    """[aliases]: the aliases(5) table (resolve/aliases.py, resolve/router.py)."""
+
+    file: str = ""
+    allow_include_commands: bool = False
+    allow_include_files: bool = False
+    max_depth: int = 20
+    recipient_delimiter: str = "+"
+    shell: tuple[str, ...] = ()
+    reply: tuple[str, ...] = ()
+    check_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class ProgramSettings:
+    """[program]: program recipients (deliver/program.py), as Postfix's local(8) runs them."""
+
+    user: str = "nobody"
+    group: str = "nogroup"
+    directory: str = "/"
+    path: str = "/usr/local/bin:/usr/bin:/bin"
+    timeout: float = 1000.0
+    concurrency: int = 10
+    output_limit: int = 4096
+    reply_limit: int = 65536
+
+
+@dataclass(frozen=True)
+class MboxSettings:
+    """[mbox]: file recipients (deliver/mbox.py)."""
+
+    lock_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str
     hostname: str
@@ -145,6 +180,9 @@ class Settings:
     # The TLS fronts ([[tlsfront]]) and the PROXY-requiring listeners behind them.
     tlsfront: tuple[FrontSettings, ...] = ()
     proxied: ProxiedSettings = field(default_factory=lambda: ProxiedSettings())
+    aliases: AliasSettings = field(default_factory=AliasSettings)
+    program: ProgramSettings = field(default_factory=ProgramSettings)
+    mbox: MboxSettings = field(default_factory=MboxSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -283,6 +321,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     relay = _relay_settings(r)
     pop3 = _pop3_settings(r)
     imap = _imap_settings(r)
+    aliases, program, mbox = _alias_settings(r)
     plaintext = r.get("auth", "plaintext_from_loopback", bool, False)
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
@@ -308,7 +347,56 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         raw=data,
         tlsfront=fronts,
         proxied=proxied,
+        aliases=aliases,
+        program=program,
+        mbox=mbox,
     )
+
+
+def _names(r: _Reader, section: str, key: str) -> tuple[str, ...]:
+    names = r.get(section, key, list, [])
+    if not all(isinstance(n, str) and n for n in names):
+        r.fault(section, key, "must be a list of alias names")
+        return ()
+    return tuple(n.lower() for n in names)
+
+
+def _alias_settings(r: _Reader) -> tuple[AliasSettings, ProgramSettings, MboxSettings]:
+    """[aliases], [program] and [mbox]; defaults match gateway/default.toml."""
+    d = AliasSettings()
+    file = r.get("aliases", "file", str, d.file)
+    if file and not Path(file).is_file():
+        r.fault("aliases", "file", f"no such file: {file}")
+    delimiter = r.get("aliases", "recipient_delimiter", str, d.recipient_delimiter)
+    if len(delimiter) > 1 or (delimiter and (delimiter.isalnum() or delimiter in r'.@"\ ')):
+        r.fault("aliases", "recipient_delimiter",
+                f"must be one character such as \"+\" or \"-\", or \"\" (off), not {delimiter!r}")
+    aliases = AliasSettings(
+        file=file,
+        allow_include_commands=r.get("aliases", "allow_include_commands", bool, False),
+        allow_include_files=r.get("aliases", "allow_include_files", bool, False),
+        max_depth=r.positive("aliases", "max_depth", int, d.max_depth),
+        recipient_delimiter=delimiter,
+        shell=_names(r, "aliases", "shell"),
+        reply=_names(r, "aliases", "reply"),
+        check_interval=r.get("aliases", "check_interval", float, d.check_interval),
+    )
+    p = ProgramSettings()
+    directory = r.get("program", "directory", str, p.directory)
+    if not directory.startswith("/"):
+        r.fault("program", "directory", f"must be an absolute path, not {directory!r}")
+    program = ProgramSettings(
+        user=r.get("program", "user", str, p.user),
+        group=r.get("program", "group", str, p.group),
+        directory=directory,
+        path=r.get("program", "path", str, p.path),
+        timeout=r.positive("program", "timeout", float, p.timeout),
+        concurrency=r.positive("program", "concurrency", int, p.concurrency),
+        output_limit=r.positive("program", "output_limit", int, p.output_limit),
+        reply_limit=r.positive("program", "reply_limit", int, p.reply_limit),
+    )
+    mbox = MboxSettings(lock_timeout=r.positive("mbox", "lock_timeout", float, 30.0))
+    return aliases, program, mbox
 
 
 def _imap_settings(r: _Reader) -> ImapSettings:

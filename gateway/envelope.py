@@ -91,6 +91,12 @@ class Recipient:
     # The DSN already sent for this recipient: "" none, "delayed", "failed"
     # (recorded durably so a restart neither repeats nor loses a bounce).
     dsn: str = ""
+    # An alias expansion's result (queue/runner.py): the route as Route.to_json,
+    # the address given at RCPT TO, and the envelope sender for this recipient
+    # when it is not the message's (owner-NAME, VERP); None: the message's.
+    route: dict | None = None
+    original: str = ""
+    sender: str | None = None
 
     def to_json(self) -> dict:
         d = {name: getattr(self, name) for name in _RECIPIENT_FIELDS}
@@ -107,6 +113,9 @@ class Recipient:
             next_attempt=float(d.get("next_attempt", 0.0)),
             remote_mta=str(d.get("remote_mta", "")),
             dsn=str(d.get("dsn", "")),
+            route=d.get("route"),
+            original=str(d.get("original", "")),
+            sender=d.get("sender"),
         )
 
 

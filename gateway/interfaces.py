@@ -15,12 +15,64 @@ from gateway.errors import MailError
 
 @dataclass(frozen=True)
 class Route:
-    """Where one recipient goes. kind: "local" (a mailbox) or "remote" (a domain)."""
+    """Where one recipient goes, decided by resolve/, acted on by the target of its kind.
+
+    kind: "local" (a mailbox; folder for user+folder@), "remote" (a domain),
+    "program" (command, from the aliases file only), "file" (an mbox path, same),
+    "list" (a mailing list's address), or "error" (an alias target that cannot
+    be delivered: error holds "550 5.1.1 text"). address is the recipient the
+    route was found for (the alias, for program and file routes); original is
+    the address given at RCPT TO (RFC 3461 ORCPT). sender, when not None,
+    replaces the envelope sender for this route (owner-NAME, VERP).
+    """
 
     kind: str
     address: str
     mailbox: str = ""
     domain: str = ""
+    folder: str = ""
+    command: str = ""
+    path: str = ""
+    # Alias options of a program route: "shell" (run by /bin/sh -c), "reply"
+    # (standard output goes back to the sender).
+    options: tuple[str, ...] = ()
+    extension: str = ""
+    original: str = ""
+    sender: str | None = None
+    error: str = ""
+
+    def describe(self) -> str:
+        """The route in a line, for the log and `mailgateway alias show`."""
+        via = f" (owner sender <{self.sender}>)" if self.sender is not None else ""
+        if self.kind == "program":
+            options = f" [{', '.join(self.options)}]" if self.options else ""
+            return f"program \"|{self.command}\"{options}{via}"
+        if self.kind == "file":
+            return f"file {self.path}{via}"
+        if self.kind == "error":
+            return f"error: {self.error}"
+        folder = f" (folder {self.folder} if it exists)" if self.folder else ""
+        return f"{self.kind} <{self.mailbox or self.address}>{folder}{via}"
+
+    def to_json(self) -> dict:
+        """The fields that differ from the defaults (stored in a queue entry's envelope)."""
+        d = {"kind": self.kind, "address": self.address}
+        for name in _ROUTE_OPTIONAL:
+            value = getattr(self, name)
+            if value not in ("", (), None):
+                d[name] = list(value) if name == "options" else value
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Route:
+        kw = {k: d[k] for k in _ROUTE_OPTIONAL if k in d}
+        if "options" in kw:
+            kw["options"] = tuple(kw["options"])
+        return cls(kind=str(d["kind"]), address=str(d["address"]), **kw)
+
+
+_ROUTE_OPTIONAL = ("mailbox", "domain", "folder", "command", "path", "options", "extension",
+                   "original", "sender", "error")
 
 
 class IUserDirectory(Interface):
@@ -40,7 +92,12 @@ class IRouter(Interface):
         """True when mail for domain is ours to deliver."""
 
     def route(address: str) -> Route:
-        """The recipient's route; raises MailError 550 5.1.1 for an unknown local user."""
+        """Whether address is deliverable here, for RCPT TO and VRFY: its first route
+        (kind "alias" for an alias); raises MailError 550 5.1.1 for an unknown local user."""
+
+    def expand(address: str) -> list[Route]:
+        """Every final route of address: aliases expanded recursively (aliases(5)),
+        subaddresses split. Raises MailError for an unknown user or an alias loop."""
 
 
 class ISpool(Interface):
@@ -66,6 +123,16 @@ class ISpool(Interface):
 
     def queue_ids() -> list[str]:
         """Every complete entry, oldest first (blocking)."""
+
+
+class ISubmit(Interface):
+    """Puts a new message made here (an auto-reply, a list post) into the queue."""
+
+    def submit(sender: str, recipients: list[Any], message: bytes) -> Any:
+        """Deferred firing with the queue ID once the entry is durable and scheduled.
+
+        recipients are addresses, or Route objects to deliver exactly so.
+        """
 
 
 class IQueueListener(Interface):
@@ -159,14 +226,16 @@ class IBouncer(Interface):
 class IMailStore(Interface):
     """The one owner of mailbox files (store/)."""
 
-    def deliver(mailbox: str, message: bytes, unique: str, recovering: bool) -> bool:
-        """Write a message to mailbox's INBOX durably (blocking).
+    def deliver(mailbox: str, message: bytes, unique: str, recovering: bool,
+                folder: str = "") -> bool:
+        """Write a message to mailbox's INBOX (or its existing folder) durably (blocking).
 
         unique names this delivery; returns False if a message with that name
         is already there (a repeat after a crash), True when written.
         """
 
-    def deliver_steps(mailbox: str, message: bytes, unique: str, recovering: bool) -> Any:
+    def deliver_steps(mailbox: str, message: bytes, unique: str, recovering: bool,
+                      folder: str = "") -> Any:
         """deliver() as a call in steps, for a group-commit trip (gateway/durable.py)."""
 
     def open_maildrop(mailbox: str) -> Any:

@@ -13,7 +13,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway import proxyproto, tls, tlsfront
+from gateway import aliasfile, proxyproto, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
@@ -21,13 +21,17 @@ from gateway.access.imap.server import IMAPFactory
 from gateway.access.pop3 import POP3Factory
 from gateway.config import Settings
 from gateway.deliver.maildir import MaildirDelivery
+from gateway.deliver.mbox import MboxDelivery
 from gateway.deliver.mx import MXResolver, make_resolver
+from gateway.deliver.program import ProgramDelivery
 from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
+from gateway.errors import ConfigError
 from gateway.queue.bounce import Bouncer
 from gateway.queue.runner import QueueRunner
 from gateway.queue.spool import Spool
+from gateway.queue.submit import Submitter
 from gateway.resolve.router import Router
 from gateway.resolve.transport import TransportMap
 from gateway.store.maildir import MaildirStore
@@ -64,7 +68,12 @@ def build(settings: Settings, reactor) -> service.MultiService:
     accept_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync)
     run_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync)
     users = UserDirectory(settings.users_file, reactor)
-    router = Router(settings.domains, users)
+    table, faults = aliasfile.load_table(settings)
+    if faults:
+        raise ConfigError([(settings.source, "aliases.file", fault) for fault in faults])
+    a = settings.aliases
+    router = Router(settings.domains, users, aliases=table, delimiter=a.recipient_delimiter,
+                    max_depth=a.max_depth, shell=a.shell, reply=a.reply)
     spool = Spool(settings.spool_dir, reactor, accept_blocking)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
@@ -72,11 +81,19 @@ def build(settings: Settings, reactor) -> service.MultiService:
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,
                       max_age=settings.queue.max_age, run_blocking=run_blocking)
+    targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
+               "remote": _relay(settings, reactor, run_blocking, top),
+               "file": MboxDelivery(settings.mbox, reactor, in_thread(reactor))}
     runner = QueueRunner(
-        spool=spool, router=router, settings=settings.queue, reactor=reactor,
-        targets={"local": MaildirDelivery(store, settings.hostname, run_blocking),
-                 "remote": _relay(settings, reactor, run_blocking, top)},
+        spool=spool, router=router, settings=settings.queue, reactor=reactor, targets=targets,
         run_blocking=run_blocking, bouncer=bouncer, control_root=settings.spool_dir)
+    submitter = Submitter(spool, runner, settings.hostname, reactor)
+    try:
+        targets["program"] = ProgramDelivery(settings.program, settings.hostname, reactor,
+                                             submit=submitter)
+    except ValueError as e:
+        key, _, reason = str(e).partition(": ")
+        raise ConfigError([(settings.source, key, reason)]) from None
     RunnerService(runner).setServiceParent(top)
     # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
     factories: dict[str, object] = {}
@@ -102,6 +119,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
     if settings.listen["imap"]:
         strports.service(settings.listen["imap"], factory, reactor=reactor).setServiceParent(top)
     _fronts(settings, factories, reactor, top)
+    # After the fronts: its SIGHUP handler chains to theirs.
+    aliasfile.AliasReloader(settings, router, reactor).setServiceParent(top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)
     return top

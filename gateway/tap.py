@@ -25,6 +25,6 @@ def makeService(options: Options):
 
     try:
         settings = config.load(options["config"])
+        return service.build(settings, reactor)
     except ConfigError as e:
         raise usage.UsageError(f"configuration errors:\n{e}") from None
-    return service.build(settings, reactor)

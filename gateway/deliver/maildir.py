@@ -29,7 +29,9 @@ def unique_name(envelope: Envelope, mailbox: str, hostname: str) -> str:
 
 
 def delivery_headers(envelope: Envelope, route: Route) -> bytes:
-    return (f"Return-Path: <{envelope.sender}>\r\n"
+    """Return-Path (RFC 5321 4.4) and Delivered-To, for every local kind of delivery."""
+    sender = envelope.sender if route.sender is None else route.sender
+    return (f"Return-Path: <{sender}>\r\n"
             f"Delivered-To: {route.address}\r\n").encode()
 
 
@@ -54,7 +56,7 @@ class MaildirDelivery:
         try:
             return (yield from self.store.deliver_steps(
                 route.mailbox, message, unique_name(envelope, route.mailbox, self.hostname),
-                recovering))
+                recovering, route.folder))
         except ValueError as e:
             raise MailError(550, "5.1.3", str(e)) from e
         except OSError as e:

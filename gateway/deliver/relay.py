@@ -142,7 +142,9 @@ class RelayTarget:
         qid = envelope.queue_id
         stuffed, size = yield self.run_blocking(read_stuffed, message_path)
         rcpts = [r.address for r in routes]
-        args = (envelope.sender, rcpts, stuffed)
+        # The runner batches routes of one sender only (owner-NAME, VERP: Route.sender).
+        sender = envelope.sender if routes[0].sender is None else routes[0].sender
+        args = (sender, rcpts, stuffed)
         kwargs = {"size": size, "eight_bit": envelope.body.upper() == "8BITMIME"}
 
         # A cached connection first; a stale one (the server hung up) costs nothing.

@@ -89,7 +89,8 @@ def build_dsn(envelope: Envelope, recipients: list[Recipient], original: bytes, 
                   "You do not need to send it again.", ""]
     for r in recipients:
         via = f" (host {r.remote_mta} said)" if r.remote_mta else ""
-        lines.append(f"<{r.address}>{via}: {r.last_error or 'no reason recorded'}")
+        expanded = f" (expanded from <{r.original}>)" if r.original else ""
+        lines.append(f"<{r.address}>{expanded}{via}: {r.last_error or 'no reason recorded'}")
     report.attach(MIMEText("\n".join(lines) + "\n", "plain", "us-ascii"))
 
     per_message = Message()
@@ -99,6 +100,8 @@ def build_dsn(envelope: Envelope, recipients: list[Recipient], original: bytes, 
     blocks = [per_message]
     for r in recipients:
         block = Message()
+        if r.original:
+            block["Original-Recipient"] = f"rfc822; {r.original}"
         block["Final-Recipient"] = f"rfc822; {r.address}"
         block["Action"] = action
         block["Status"] = status_of(r, action)

@@ -26,6 +26,8 @@ queue/control.py) are neither attempted nor expired.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -163,7 +165,11 @@ class QueueRunner:
                 self._record(envelope, rcpt, RecipientResult(loop), now, "loop")
             due = []
         saver = defer.DeferredLock()
-        groups = self._groups(envelope, due, now)
+        groups, expanded = self._groups(envelope, due, now)
+        if expanded:
+            # An alias's targets are recorded before any is delivered: a crash
+            # then repeats none that got done (a program is not asked twice).
+            yield saver.run(self._save, envelope)
         yield defer.gatherResults(
             [self._deliver_group(envelope, target, pairs, message_path, recovering, now, saver)
              for target, pairs in groups], consumeErrors=True)
@@ -198,23 +204,60 @@ class QueueRunner:
         return self.run_blocking(self.spool.update_steps, copy.deepcopy(envelope))
 
     def _groups(self, envelope: Envelope, due: list[Recipient], now: float):
-        """Route each due recipient; group them per target and batch key, split to max_batch."""
+        """Route each due recipient (expanding aliases); group them per target, batch key
+        and sender, split to max_batch. Returns the groups and whether any expanded."""
         groups: dict[tuple, list[tuple[Recipient, Route]]] = {}
+        expanded = False
         for rcpt in due:
-            try:
-                route = self.router.route(rcpt.address)
-            except MailError as e:
-                self._record(envelope, rcpt, RecipientResult(e), now, "router")
+            if rcpt.route is not None:
+                pairs = [(rcpt, Route.from_json(rcpt.route))]
+            else:
+                try:
+                    routes = self.router.expand(rcpt.address)
+                except MailError as e:
+                    self._record(envelope, rcpt, RecipientResult(e), now, "router")
+                    continue
+                if len(routes) == 1 and not routes[0].original and routes[0].sender is None:
+                    pairs = [(rcpt, routes[0])]
+                else:
+                    pairs = self._adopt(envelope, rcpt, routes)
+                    expanded = True
+            for child, route in pairs:
+                if route.kind == "error":
+                    code, enhanced, text = route.error.split(" ", 2)
+                    error = MailError(int(code), enhanced, text)
+                    self._record(envelope, child, RecipientResult(error), now, "alias")
+                    continue
+                target = self.targets.get(route.kind)
+                if target is None:
+                    error = MailError(451, "4.4.0", f"no delivery for {route.kind} routes yet")
+                    self._record(envelope, child, RecipientResult(error), now, route.kind)
+                    continue
+                key = (route.kind, target.batch_key(route)
+                       if IBatchDeliveryTarget.providedBy(target) else "", route.sender)
+                groups.setdefault(key, []).append((child, route))
+        return [(self.targets[kind], pairs) for (kind, _, _), pairs in groups.items()], expanded
+
+    def _adopt(self, envelope: Envelope, parent: Recipient, routes: list[Route]
+               ) -> list[tuple[Recipient, Route]]:
+        """Replace an expanded recipient by one recipient per final route (each with
+        its own state, retries and DSN), skipping routes the message already has."""
+        have = {json.dumps(r.route, sort_keys=True) for r in envelope.recipients if r.route}
+        pairs = []
+        for route in routes:
+            stored = route.to_json()
+            if json.dumps(stored, sort_keys=True) in have:
                 continue
-            target = self.targets.get(route.kind)
-            if target is None:
-                error = MailError(451, "4.4.0", f"no delivery for {route.kind} routes yet")
-                self._record(envelope, rcpt, RecipientResult(error), now, route.kind)
-                continue
-            key = (route.kind, target.batch_key(route)
-                   if IBatchDeliveryTarget.providedBy(target) else "")
-            groups.setdefault(key, []).append((rcpt, route))
-        return [(self.targets[kind], pairs) for (kind, _), pairs in groups.items()]
+            child = Recipient(address=route.address, route=stored, original=route.original,
+                              sender=route.sender)
+            envelope.recipients.append(child)
+            pairs.append((child, route))
+        parent.state = RecipientState.DONE
+        parent.attempts += 1
+        log.info("{queue_id}: to=<{to}> expanded to {n} targets: {targets}",
+                 queue_id=envelope.queue_id, to=parent.address, n=len(pairs),
+                 targets=", ".join(r.describe() for _, r in pairs))
+        return pairs
 
     @defer.inlineCallbacks
     def _deliver_group(self, envelope: Envelope, target, pairs, message_path: str,
@@ -299,30 +342,41 @@ class QueueRunner:
         warn = self.settings.delay_warning
         if warn > 0 and now - envelope.arrived >= warn:
             delayed = [r for r in envelope.pending() if not r.dsn]
-        for action, rcpts in (("failed", failed), ("delayed", delayed)):
-            if not rcpts:
-                continue
-            if self.bouncer is None or not envelope.sender:
-                # RFC 5321 6.1 / RFC 3464: never a DSN for the null sender (a
-                # bounce that bounces is dropped here, and logged).
-                for r in rcpts:
-                    r.dsn = action
-                log.warn("{queue_id}: no {action} DSN for sender <{sender}>: {to}",
-                         queue_id=envelope.queue_id, action=action, sender=envelope.sender,
-                         to=", ".join(r.address for r in rcpts))
-                continue
-            try:
-                dsn_id = yield self.bouncer.bounce(envelope, rcpts, message_path, action)
-            except Exception:
-                log.failure("{queue_id}: could not queue the {action} DSN",
-                            queue_id=envelope.queue_id, action=action)
-                continue
+        for action, every in (("failed", failed), ("delayed", delayed)):
+            # Each to its own sender: an alias's owner, a list's bounce address.
+            by_sender: dict[str, list[Recipient]] = {}
+            for r in every:
+                by_sender.setdefault(envelope.sender if r.sender is None else r.sender,
+                                     []).append(r)
+            for sender, rcpts in by_sender.items():
+                yield self._notify_one(envelope, sender, rcpts, action, message_path)
+
+    @defer.inlineCallbacks
+    def _notify_one(self, envelope: Envelope, sender: str, rcpts: list[Recipient],
+                    action: str, message_path: str):
+        if sender != envelope.sender:
+            envelope = dataclasses.replace(envelope, sender=sender)
+        if self.bouncer is None or not envelope.sender:
+            # RFC 5321 6.1 / RFC 3464: never a DSN for the null sender (a
+            # bounce that bounces is dropped here, and logged).
             for r in rcpts:
                 r.dsn = action
-            if dsn_id:
-                log.info("{queue_id}: sender notification ({action}): {dsn_id}",
-                         queue_id=envelope.queue_id, action=action, dsn_id=dsn_id)
-                self.enqueued(dsn_id)
+            log.warn("{queue_id}: no {action} DSN for sender <{sender}>: {to}",
+                     queue_id=envelope.queue_id, action=action, sender=envelope.sender,
+                     to=", ".join(r.address for r in rcpts))
+            return
+        try:
+            dsn_id = yield self.bouncer.bounce(envelope, rcpts, message_path, action)
+        except Exception:
+            log.failure("{queue_id}: could not queue the {action} DSN",
+                        queue_id=envelope.queue_id, action=action)
+            return
+        for r in rcpts:
+            r.dsn = action
+        if dsn_id:
+            log.info("{queue_id}: sender notification ({action}): {dsn_id}",
+                     queue_id=envelope.queue_id, action=action, dsn_id=dsn_id)
+            self.enqueued(dsn_id)
 
     # --- administration (`mailgateway queue ...`, see queue/control.py) ------------
 
@@ -387,3 +441,4 @@ class QueueRunner:
         call = self._timers.pop(queue_id, None)
         if call is not None and call.active():
             call.cancel()
+

@@ -20,7 +20,7 @@ from zope.interface import implementer
 from gateway.durable import Steps, complete, fsync_dir, sync_dir, write_file
 from gateway.envelope import parse_address
 from gateway.interfaces import IMailStore
-from gateway.store.folders import FolderRegistry, FolderSet
+from gateway.store.folders import FolderNameError, FolderRegistry, FolderSet, disk_name
 
 _log = Logger()
 
@@ -58,15 +58,22 @@ class MaildirStore:
             fsync_dir(path.parent)
         return path
 
-    def deliver(self, mailbox: str, message: bytes, unique: str, recovering: bool = False) -> bool:
-        return complete(self.deliver_steps, mailbox, message, unique, recovering)
+    def deliver(self, mailbox: str, message: bytes, unique: str, recovering: bool = False,
+                folder: str = "") -> bool:
+        return complete(self.deliver_steps, mailbox, message, unique, recovering, folder)
 
     def deliver_steps(self, mailbox: str, message: bytes, unique: str,
-                      recovering: bool = False) -> Steps:
-        """deliver() as a call in steps (gateway/durable.py): data durable, then named."""
+                      recovering: bool = False, folder: str = "") -> Steps:
+        """deliver() as a call in steps (gateway/durable.py): data durable, then named.
+
+        folder (a subaddress, RFC 5233) is used when it names an existing folder;
+        otherwise, or when it is no folder name at all, the message goes to INBOX.
+        """
         if not _UNIQUE.match(unique):
             raise ValueError(f"bad unique name {unique!r}")
         path = self.ensure(mailbox)
+        if folder:
+            path = self._existing_folder(path, folder)
         if recovering and self._already_there(path, unique):
             return False
         tmp = path / "tmp" / unique
@@ -78,6 +85,15 @@ class MaildirStore:
         sync_dir(path / "new")  # at once, or once for the whole trip (gateway/durable.py)
         self._delivered(path)
         return True
+
+    @staticmethod
+    def _existing_folder(inbox: Path, folder: str) -> Path:
+        """The folder's Maildir if it exists (never made from a name off the network)."""
+        try:
+            path = inbox / disk_name(folder)
+        except (FolderNameError, UnicodeError):
+            return inbox
+        return path if path != inbox and (path / "cur").is_dir() else inbox
 
     @staticmethod
     def _already_there(path: Path, unique: str) -> bool:

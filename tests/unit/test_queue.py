@@ -90,6 +90,9 @@ class Router:
             return Route("local", address, mailbox=address)
         return Route("remote", address, domain=address.split("@")[1])
 
+    def expand(self, address):
+        return [self.route(address)]
+
 
 def make_runner(tmp_path, target, **queue):
     settings = parse({"server": {"domains": ["example.test"]}, "queue": queue}).queue

@@ -68,6 +68,9 @@ class Router:
             return Route("local", address, mailbox=address)
         return Route("remote", address, domain=domain)
 
+    def expand(self, address):
+        return [self.route(address)]
+
 
 
 class Rig:

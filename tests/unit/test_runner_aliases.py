@@ -1,0 +1,127 @@
+"""The runner with aliases: targets recorded durably before delivery, each with its own
+state; owners get the DSNs of what their alias expanded to; loops bounce once."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, task
+
+from gateway.config import parse
+from gateway.durable import run_now
+from gateway.envelope import Envelope, Recipient, RecipientState, new_queue_id
+from gateway.errors import MailError
+from gateway.queue.runner import QueueRunner
+from gateway.queue.spool import Spool
+from gateway.resolve.aliases import parse as parse_aliases
+from gateway.resolve.router import Router
+
+
+class Users:
+    def exists(self, address: str) -> bool:
+        return address in {"alice@example.test", "bob@example.test"}
+
+
+class Target:
+    def __init__(self, kind: str, spool: Spool, outcomes=()):
+        self.kind = kind
+        self.spool = spool
+        self.outcomes = list(outcomes)
+        self.calls = []
+        self.seen_on_disk = []
+
+    def deliver(self, envelope, route, message_path, recovering):
+        self.calls.append(route)
+        # What a crash at this instant would find on disk.
+        stored = self.spool.load(envelope.queue_id)
+        self.seen_on_disk.append(sorted(r.address for r in stored.recipients if r.route))
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        return defer.fail(outcome) if outcome else defer.succeed(None)
+
+
+class Bouncer:
+    def __init__(self):
+        self.bounces = []
+
+    def bounce(self, envelope, recipients, message_path, action):
+        self.bounces.append((envelope.sender, [r.address for r in recipients], action,
+                             [r.last_error for r in recipients]))
+        return defer.succeed(None)
+
+
+ALIASES = ("team: alice, bob, \"|/usr/bin/log\"\n"
+           "dev: alice, ghost\nowner-dev: bob\n"
+           "a: b\nb: a\n")
+
+
+def rig(tmp_path, program_outcomes=()):
+    table, faults = parse_aliases(ALIASES, "aliases", read=lambda p: "", domains=["example.test"])
+    assert not faults
+    router = Router(["example.test"], Users(), aliases=table)
+    spool = Spool(tmp_path, reactor=None)
+    local, program = Target("local", spool), Target("program", spool, program_outcomes)
+    clock = task.Clock()
+    clock.advance(1000)
+    bouncer = Bouncer()
+    settings = parse({"server": {"domains": ["example.test"]}}).queue
+    runner = QueueRunner(spool=spool, router=router, targets={"local": local,
+                                                              "program": program},
+                         settings=settings, reactor=clock, run_blocking=run_now,
+                         bouncer=bouncer)
+    return runner, spool, clock, local, program, bouncer
+
+
+def send(runner, spool, clock, *rcpts):
+    env = Envelope(sender="carol@remote.test", recipients=[Recipient(r) for r in rcpts],
+                   queue_id=new_queue_id(999.0), arrived=999.0)
+    spool.store_blocking(env, b"Subject: hi\r\n\r\nbody\r\n")
+    runner.enqueued(env.queue_id)
+    clock.advance(0)
+    return env.queue_id
+
+
+def test_alias_targets_are_on_disk_before_the_first_delivery(tmp_path):
+    runner, spool, clock, local, program, _ = rig(tmp_path)
+    send(runner, spool, clock, "team@example.test")
+    assert [r.mailbox for r in local.calls] == ["alice@example.test", "bob@example.test"]
+    assert [r.command for r in program.calls] == ["/usr/bin/log"]
+    assert local.seen_on_disk[0] == ["alice@example.test", "bob@example.test",
+                                     "team@example.test"]
+    assert spool.queue_ids() == []
+
+
+def test_a_retried_program_is_the_only_target_attempted_again(tmp_path):
+    runner, spool, clock, local, program, _ = rig(
+        tmp_path, [MailError(451, "4.3.0", "exit 75")])
+    qid = send(runner, spool, clock, "team@example.test")
+    stored = spool.load(qid)
+    states = {(r.address, r.route["kind"] if r.route else "-"): r.state
+              for r in stored.recipients}
+    assert states == {("team@example.test", "-"): RecipientState.DONE,
+                      ("alice@example.test", "local"): RecipientState.DONE,
+                      ("bob@example.test", "local"): RecipientState.DONE,
+                      ("team@example.test", "program"): RecipientState.PENDING}
+    clock.advance(runner.settings.retry_initial)
+    assert len(local.calls) == 2 and len(program.calls) == 2
+    assert spool.queue_ids() == []
+
+
+def test_unknown_target_bounces_to_the_alias_owner_not_the_poster(tmp_path):
+    runner, spool, clock, local, _, bouncer = rig(tmp_path)
+    send(runner, spool, clock, "dev@example.test")
+    assert [r.mailbox for r in local.calls] == ["alice@example.test"]
+    assert local.calls[0].sender == "owner-dev@example.test"
+    assert len(bouncer.bounces) == 1
+    sender, rcpts, action, errors = bouncer.bounces[0]
+    assert (sender, rcpts, action) == ("owner-dev@example.test", ["ghost@example.test"],
+                                       "failed")
+    assert errors[0].startswith("550 5.1.1 <ghost@example.test>")
+
+
+def test_loop_bounces_once_with_its_diagnostic(tmp_path):
+    runner, spool, clock, local, program, bouncer = rig(tmp_path)
+    send(runner, spool, clock, "a@example.test")
+    assert local.calls == [] and program.calls == []
+    assert len(bouncer.bounces) == 1
+    sender, rcpts, action, errors = bouncer.bounces[0]
+    assert (sender, rcpts, action) == ("carol@remote.test", ["a@example.test"], "failed")
+    assert errors == ["554 5.4.6 alias loop: a -> b -> a"]
+    assert spool.queue_ids() == []
