@@ -81,19 +81,23 @@ def build(settings: Settings, reactor) -> service.MultiService:
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,
                       max_age=settings.queue.max_age, run_blocking=run_blocking)
+    # The runner is the submitter's listener, and the submitter serves the runner's
+    # targets (a program's reply): one is told of the other once both exist.
+    submitter = Submitter(spool, None, settings.hostname, reactor)
+    try:
+        program = ProgramDelivery(settings.program, settings.hostname, reactor,
+                                  submit=submitter)
+    except ValueError as e:
+        key, _, reason = str(e).partition(": ")
+        raise ConfigError([(settings.source, key, reason)]) from None
     targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
                "remote": _relay(settings, reactor, run_blocking, top),
+               "program": program,
                "file": MboxDelivery(settings.mbox, reactor, in_thread(reactor))}
     runner = QueueRunner(
         spool=spool, router=router, settings=settings.queue, reactor=reactor, targets=targets,
         run_blocking=run_blocking, bouncer=bouncer, control_root=settings.spool_dir)
-    submitter = Submitter(spool, runner, settings.hostname, reactor)
-    try:
-        targets["program"] = ProgramDelivery(settings.program, settings.hostname, reactor,
-                                             submit=submitter)
-    except ValueError as e:
-        key, _, reason = str(e).partition(": ")
-        raise ConfigError([(settings.source, key, reason)]) from None
+    submitter.listener = runner
     RunnerService(runner).setServiceParent(top)
     # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
     factories: dict[str, object] = {}

@@ -16,7 +16,7 @@ from gateway.interfaces import IQueueListener, ISpool, ISubmit, Route
 
 @implementer(ISubmit)
 class Submitter:
-    def __init__(self, spool: ISpool, listener: IQueueListener, hostname: str, clock):
+    def __init__(self, spool: ISpool, listener: IQueueListener | None, hostname: str, clock):
         self.spool = spool
         self.listener = listener
         self.hostname = hostname

@@ -1,0 +1,261 @@
+"""Aliases end to end: SMTP into the real gateway, out to mailboxes, programs and files."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import re
+import shutil
+import signal
+import smtplib
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+USERS = ("alice@example.test", "bob@example.test", "carol@example.test")
+
+
+@pytest.fixture
+def out_dir():
+    """A directory the program user ([program] user, nobody under root) can write."""
+    path = Path(tempfile.mkdtemp(prefix="mg-alias-", dir="/tmp"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def script(directory: Path, name: str, body: str) -> Path:
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def aliases_gateway(make_gateway, tmp_path, text: str, extra: str = ""):
+    aliases = tmp_path / "aliases"
+    aliases.write_text(text)
+    gw = make_gateway(f'[aliases]\nfile = "{aliases}"\ncheck_interval = 0.2\n{extra}\n'
+                      '[queue]\nretry_initial = 1\nretry_max = 2\n', users=USERS)
+    gw.aliases = aliases
+    return gw
+
+
+def send(gw, to: list[str] | str, body: str = "hello", sender: str = "dave@remote.test",
+         subject: str = "test") -> bytes:
+    message = (f"From: <{sender}>\r\nTo: <{to if isinstance(to, str) else to[0]}>\r\n"
+               f"Subject: {subject}\r\nMessage-ID: <{os.urandom(6).hex()}@remote.test>\r\n"
+               f"\r\n{body}\r\n").replace("\r\n", "\n").replace("\n", "\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=10) as s:
+        s.sendmail(sender, [to] if isinstance(to, str) else to, message)
+    return message
+
+
+def test_alias_fans_out_to_three_mailboxes_and_an_include_list(make_gateway, tmp_path):
+    staff = tmp_path / "staff"
+    staff.write_text("# one per line\nbob\ncarol@example.test\n")
+    gw = aliases_gateway(make_gateway, tmp_path,
+                         f"team: alice, bob,\n  carol\nstaff: :include:{staff}\n")
+    send(gw, "team@example.test", "to the team")
+    for user in USERS:
+        (copy,) = gw.wait_messages(user, 1)
+        assert b"to the team" in copy
+        assert b"Delivered-To: " + user.encode() in copy
+    send(gw, "staff@example.test", "to the staff")
+    wait_for(lambda: len(gw.messages("bob@example.test")) == 2, what="bob's second")
+    wait_for(lambda: len(gw.messages("carol@example.test")) == 2, what="carol's second")
+    assert len(gw.messages("alice@example.test")) == 1
+
+
+def test_remote_alias_target_is_queued_for_relay(make_gateway, tmp_path):
+    gw = aliases_gateway(make_gateway, tmp_path, "fwd: alice, someone@remote.example\n")
+    send(gw, "fwd@example.test")
+    gw.wait_messages("alice@example.test", 1)
+
+    def queued():
+        out = gw.cli("queue", "list").stdout
+        return "<someone@remote.example>" in out and "pending" in out and out
+
+    out = wait_for(queued, what="remote target in the queue")
+    assert "fwd@example.test" in out
+
+
+def test_program_gets_the_exact_message_and_its_environment(make_gateway, tmp_path, out_dir):
+    prog = script(out_dir, "save", f'cat > {out_dir}/stdin\nenv > {out_dir}/env\n')
+    gw = aliases_gateway(make_gateway, tmp_path, f'save: "|{prog}"\n')
+    sent = send(gw, "save+tag@example.test", "the body")
+    env_file = out_dir / "env"
+    wait_for(env_file.exists, what="the program's run")
+    wait_for(lambda: not gw.cli("queue", "list").stdout.count("<"), what="queue empty")
+    got = (out_dir / "stdin").read_bytes()
+    assert got.startswith(b"Return-Path: <dave@remote.test>\r\nDelivered-To: "
+                          b"save+tag@example.test\r\nReceived: ")
+    assert got.endswith(sent)  # the message as sent, byte for byte, after the trace headers
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    assert env["SENDER"] == "dave@remote.test"
+    assert env["RECIPIENT"] == "save+tag@example.test"
+    assert env["ORIGINAL_RECIPIENT"] == "save+tag@example.test"
+    assert (env["LOCAL"], env["EXTENSION"], env["DOMAIN"]) == ("save+tag", "tag", "example.test")
+    assert env["CLIENT_ADDRESS"] == "127.0.0.1"
+    assert len(env["QUEUE_ID"]) >= 12 and env["PATH"].startswith("/usr/local/bin")
+    assert "PYTHONPATH" not in env and "VIRTUAL_ENV" not in env  # scrubbed
+    if os.getuid() == 0:
+        assert env["USER"] == "nobody"
+
+
+def test_exit_75_is_retried_then_delivered_once(make_gateway, tmp_path, out_dir):
+    prog = script(out_dir, "flaky",
+                  f'if [ ! -e {out_dir}/tried ]; then touch {out_dir}/tried; exit 75; fi\n'
+                  f'cat >> {out_dir}/delivered\n')
+    gw = aliases_gateway(make_gateway, tmp_path, f'flaky: "|{prog}"\n')
+    send(gw, "flaky@example.test", "once only")
+    wait_for(lambda: (out_dir / "delivered").exists(), what="the retry")
+    wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
+    assert (out_dir / "delivered").read_bytes().count(b"once only") == 1
+    assert "exited 75" in gw.log_text()
+
+
+def test_exit_1_bounces_with_the_programs_words(make_gateway, tmp_path, out_dir):
+    prog = script(out_dir, "refuse", 'echo "no such ticket queue: frobnicate" >&2\nexit 1\n')
+    gw = aliases_gateway(make_gateway, tmp_path, f'tickets: "|{prog}"\n')
+    send(gw, "tickets@example.test", sender="alice@example.test")
+    (dsn,) = gw.wait_messages("alice@example.test", 1)
+    assert b"Undelivered Mail Returned to Sender" in dsn
+    assert b"no such ticket queue: frobnicate" in dsn
+    assert b"Final-Recipient: rfc822; tickets@example.test" in dsn
+    assert b"Status: 5.3.0" in dsn
+
+
+def test_hanging_program_is_killed_at_the_timeout_and_retried(make_gateway, tmp_path, out_dir):
+    prog = script(out_dir, "hang",
+                  f'if [ ! -e {out_dir}/hung ]; then touch {out_dir}/hung; '
+                  f'sleep 300 & echo $! > {out_dir}/child; wait; fi\n'
+                  f'cat > /dev/null; touch {out_dir}/done\n')
+    gw = aliases_gateway(make_gateway, tmp_path, f'hang: "|{prog}"\n',
+                         "[program]\ntimeout = 1\n")
+    send(gw, "hang@example.test")
+    wait_for(lambda: (out_dir / "done").exists(), what="the second run")
+    child = int((out_dir / "child").read_text())
+    # The whole process group was killed, the program's own children too.
+    wait_for(lambda: not _alive(child), what="the sleeping child killed")
+    assert "killed after 1s" in gw.log_text()
+
+
+def read_mbox(path: Path) -> list:
+    box = mailbox.mbox(str(path), create=False)
+    try:
+        return list(box)
+    finally:
+        box.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead
+        return f.read().split()[2] != "Z"
+
+
+def test_alias_loop_bounces_once_with_a_loop_diagnostic(make_gateway, tmp_path):
+    gw = aliases_gateway(make_gateway, tmp_path, "a: b\nb: a\n")
+    send(gw, "a@example.test", sender="alice@example.test")
+    (dsn,) = gw.wait_messages("alice@example.test", 1)
+    assert b"alias loop: a -> b -> a" in dsn
+    wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
+    assert len(gw.messages("alice@example.test")) == 1
+
+
+def test_broken_file_at_reload_keeps_the_old_table(make_gateway, tmp_path):
+    gw = aliases_gateway(make_gateway, tmp_path, "team: alice\n")
+    gw.aliases.write_text("team: bob\nbroken line\n")
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    wait_for(lambda: "aliases not reloaded" in gw.log_text(), what="the refusal in the log")
+    assert f"{gw.aliases}:2: expected" in gw.log_text()
+    send(gw, "team@example.test")
+    gw.wait_messages("alice@example.test", 1)
+    assert gw.messages("bob@example.test") == []
+    gw.aliases.write_text("team: bob\nnew: carol\n")  # a good file is picked up by itself
+    wait_for(lambda: "aliases reloaded (changed): 2 names" in gw.log_text(), what="reload")
+    send(gw, "new@example.test")
+    gw.wait_messages("carol@example.test", 1)
+
+
+def test_mbox_stays_well_formed_under_concurrent_deliveries(make_gateway, tmp_path):
+    box = tmp_path / "archive.mbox"
+    gw = aliases_gateway(make_gateway, tmp_path, f"archive: {box}\n")
+    bodies = [f"From the start, message {i}\nFrom here\n>From quoted" for i in range(12)]
+    threads = [threading.Thread(target=send, args=(gw, "archive@example.test", b))
+               for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: box.exists() and len(read_mbox(box)) == 12, what="12 messages")
+    messages = read_mbox(box)
+    got = sorted(m.get_payload().rstrip("\n") for m in messages)
+    # mboxrd: every ">*From " line got one more ">" (Python's reader keeps them).
+    assert got == sorted(re.sub(r"^(>*From )", r">\1", b, flags=re.M) for b in bodies)
+    assert all(m["Delivered-To"] == "archive@example.test" for m in messages)
+    assert not Path(f"{box}.lock").exists()
+
+
+def test_subaddress_lands_in_the_folder_when_it_exists(make_gateway, tmp_path):
+    gw = aliases_gateway(make_gateway, tmp_path, "")
+    folder = gw.maildir("alice@example.test") / ".lists"
+    for sub in ("cur", "new", "tmp"):
+        (folder / sub).mkdir(parents=True)
+    send(gw, "alice+lists@example.test", "filed")
+    wait_for(lambda: list((folder / "new").iterdir()), what="the message in .lists")
+    send(gw, "alice+nofolder@example.test", "to the inbox")
+    gw.wait_messages("alice@example.test", 1)
+    assert not (gw.maildir("alice@example.test") / ".nofolder").exists()
+
+
+@pytest.mark.parametrize("rcpt", [
+    '"|/bin/sh -c touch${IFS}/tmp/pwned"@example.test', "/etc/passwd@example.test",
+    '"/tmp/x"@example.test', '"../../x"@example.test', "alice+../../../tmp@example.test",
+    '":include:/etc/passwd"@example.test', '"|cat"@example.test'])
+def test_rcpt_cannot_smuggle_a_command_or_a_path(make_gateway, tmp_path, rcpt):
+    gw = aliases_gateway(make_gateway, tmp_path, "")
+    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=10) as s:
+        s.ehlo("client.test")
+        s.mail("dave@remote.test")
+        code, text = s.rcpt(rcpt)
+        if code == 250:  # only a subaddress of a real user may pass: to its INBOX
+            s.data(b"Subject: x\r\n\r\nx\r\n")
+            gw.wait_messages("alice@example.test", 1)
+    assert code in (250, 550, 553, 501), (code, text)
+    if code == 250:
+        assert rcpt.startswith("alice+")
+    assert not Path("/tmp/pwned").exists() and not Path("/tmp/x").exists()
+
+
+def test_alias_show_and_check_config_report(make_gateway, tmp_path, out_dir):
+    gw = aliases_gateway(make_gateway, tmp_path,
+                         "team: alice, \\bob, x@remote.example, \"|/bin/cat\", /tmp/t.mbox\n"
+                         "owner-team: alice\n")
+    out = gw.cli("alias", "show", "team@example.test", "alice+x@example.test",
+                 "nobody@example.test")
+    assert out.stdout.splitlines() == [
+        "team@example.test:",
+        "  local <alice@example.test> (owner sender <owner-team@example.test>)",
+        "  local <bob@example.test> (owner sender <owner-team@example.test>)",
+        "  remote <x@remote.example> (owner sender <owner-team@example.test>)",
+        '  program "|/bin/cat" (owner sender <owner-team@example.test>)',
+        "  file /tmp/t.mbox (owner sender <owner-team@example.test>)",
+        "alice+x@example.test:",
+        "  local <alice@example.test> (folder x if it exists)",
+        "nobody@example.test: 550 5.1.1 <nobody@example.test>: Recipient address rejected: "
+        "User unknown in local recipient table"]
+    assert out.returncode == 1
+    gw.aliases.write_text("team alice\nx: \"|\"\n")
+    check = gw.cli("check-config")
+    assert check.returncode == 1
+    assert check.stderr.splitlines() == [
+        f"{gw.aliases}:1: expected \"name: target, ...\", not 'team alice'",
+        f"{gw.aliases}:2: empty command after |",
+        f"{gw.aliases}:2: alias 'x' has no usable target"]
