@@ -259,3 +259,22 @@ def test_alias_show_and_check_config_report(make_gateway, tmp_path, out_dir):
         f"{gw.aliases}:1: expected \"name: target, ...\", not 'team alice'",
         f"{gw.aliases}:2: empty command after |",
         f"{gw.aliases}:2: alias 'x' has no usable target"]
+
+
+def test_shipped_responder_replies_to_the_sender_but_never_to_automatic_mail(
+        make_gateway, tmp_path, out_dir):
+    prog = out_dir / "info-responder"
+    shutil.copy(Path(__file__).parents[2] / "etc" / "info-responder", prog)
+    prog.chmod(0o755)
+    gw = aliases_gateway(make_gateway, tmp_path, f'info: "|{prog}"\n',
+                         'reply = ["info"]\n')  # inside [aliases]
+    send(gw, "info@example.test", sender="alice@example.test", subject="help")
+    (reply,) = gw.wait_messages("alice@example.test", 1)
+    assert b"Auto-Submitted: auto-replied" in reply and b"Subject: Re: help" in reply
+    assert b"Return-Path: <>" in reply
+    assert b"Send a message to info@example.test" in reply
+    # An automatic message (here: the null sender) gets no answer.
+    send(gw, "info@example.test", sender="", subject="help")
+    wait_for(lambda: gw.log_text().count("exited 0") == 2, what="the second run")
+    wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
+    assert len(gw.messages("alice@example.test")) == 1
