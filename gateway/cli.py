@@ -5,6 +5,7 @@
   mailgateway user del ADDRESS | user list
   mailgateway queue list [--json] | show ID [--json]
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
+  mailgateway list create|show|set|delete|members|add|remove|held|approve|reject ...
   mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
 
 Every command takes --config PATH (default: the embedded configuration) and
@@ -24,6 +25,7 @@ import time
 from gateway import config
 from gateway.access import auth
 from gateway.errors import ConfigError, MailError
+from gateway.lists import cli as lists_cli
 from gateway.queue import control
 from gateway.queue.spool import Spool
 
@@ -224,6 +226,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("id", nargs="?", help="queue ID (show, retry, hold, release, delete)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_queue)
+    lists_cli.add_parser(sub)  # `list ...`: gateway/lists/cli.py
     t = sub.add_parser("tlsfront", help="run a TLS front alone, like stunnel")
     _add_tlsfront_arguments(t)
     t.add_argument("--config", "-c", default=argparse.SUPPRESS,
