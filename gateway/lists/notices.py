@@ -53,6 +53,9 @@ def notice(mlist: MailingList, recipients: tuple[str, ...], subject: str, text: 
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = in_reply_to
     msg["Auto-Submitted"] = "auto-replied"
+    # An auto-responder that ignores Auto-Submitted but copies headers is still
+    # caught: requests.py and posting.decide refuse mail with the list's X-Loop.
+    msg["X-Loop"] = mlist.address
     out = io.BytesIO()
     BytesGenerator(out, mangle_from_=False, policy=policy.SMTP).flatten(msg)
     return Outgoing(bounces_address(mlist.address), tuple(recipients), out.getvalue())

@@ -36,10 +36,11 @@ from email.message import EmailMessage
 from gateway.lists import outbox
 from gateway.lists.addresses import role_address
 from gateway.lists.notices import Outgoing, moderators_of, notice
-from gateway.lists.posting import is_auto_submitted
+from gateway.lists.posting import is_auto_submitted, is_loop
 from gateway.lists.store import DAY, ListStore, MailingList, normalize
 
-__all__ = ["Outgoing", "RequestResult", "handle", "join", "leave", "hold_notice", "TOKEN_TTL"]
+__all__ = ["Outgoing", "RequestResult", "handle", "join", "leave", "hold_notice", "held_ack",
+           "TOKEN_TTL"]
 
 # How long a confirmation token lives (Mailman's pending_request_life).
 TOKEN_TTL = 3 * DAY
@@ -73,7 +74,7 @@ def handle(store: ListStore, mlist: MailingList, sender: str, message: bytes, no
            ttl: float = TOKEN_TTL) -> RequestResult:
     """Carry out the commands of one message to dev-request@."""
     msg = _parse(message)
-    if msg is None or not sender or is_auto_submitted(msg):
+    if not _answerable(mlist, sender, msg):
         return RequestResult()
     session = _Session(store, mlist, sender, msg, now, ttl)
     session.run(_command_lines(msg))
@@ -94,7 +95,7 @@ def leave(store: ListStore, mlist: MailingList, sender: str, message: bytes, now
 
 def _one(store, mlist, sender, message, now, ttl, command) -> RequestResult:
     msg = _parse(message)
-    if msg is None or not sender or is_auto_submitted(msg):
+    if not _answerable(mlist, sender, msg):
         return RequestResult()
     session = _Session(store, mlist, sender, msg, now, ttl)
     session.run([command])
@@ -113,6 +114,22 @@ def hold_notice(mlist: MailingList, held_id: str, sender: str, message: bytes, r
     return notice(mlist, moderators_of(mlist),
                   f"{mlist.name}: post from {sender} held (confirm {held_id})", text,
                   now=now, attach=message)
+
+
+def held_ack(mlist: MailingList, sender: str, reason: str, now: float) -> Outgoing | None:
+    """Tell the poster the post waits for a moderator (None for the null sender)."""
+    if not sender:
+        return None
+    return notice(mlist, (sender,), f"Your post to {mlist.address} awaits a moderator",
+                  f"Your post to {mlist.address} is held for a moderator's approval:\n"
+                  f"    {reason}\n\nYou will hear if it is rejected.\n", now=now,
+                  from_role="owner")
+
+
+def _answerable(mlist: MailingList, sender: str, msg: EmailMessage | None) -> bool:
+    """Not the null sender, not automatic mail (RFC 3834), not our own notice back."""
+    return bool(msg is not None and sender and not is_auto_submitted(msg)
+                and not is_loop(mlist, msg))
 
 
 def _parse(message: bytes) -> EmailMessage | None:

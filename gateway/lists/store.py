@@ -27,6 +27,7 @@ import json
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -344,9 +345,10 @@ class ListStore:
     # --- held posts ----------------------------------------------------------
 
     def hold(self, address: str, sender: str, message: bytes, reason: str,
-             now: float = 0.0) -> str:
+             now: float | None = None) -> str:
         """Keep a post for the moderators; its id, also the token of the notice."""
         held_id = new_secret()
+        now = time.time() if now is None else now
         with self._write() as db:
             db.execute("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?)",
                        (held_id, self._list_key(db, address), sender, reason, now,

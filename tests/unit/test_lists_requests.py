@@ -86,6 +86,7 @@ def test_tokens_expire(store):
 
 @pytest.mark.parametrize("extra, envelope", [
     ("Auto-Submitted: auto-replied\r\n", "bob@example.org"),
+    ("X-Loop: dev@example.test\r\n", "bob@example.org"),  # our own notice, echoed
     ("Precedence: bulk\r\n", "bob@example.org"),
     ("", ""),
 ])
@@ -220,3 +221,12 @@ def test_replies_answer_the_envelope_sender_and_thread(store):
     assert reply.recipients == ("bounces-bob@example.org",)
     assert parsed(reply)["In-Reply-To"] == "<m1@example.org>"
     assert re.search(rb"\r\n\r\n", reply.message)
+
+
+def test_held_ack_tells_the_poster_but_never_the_null_sender(store):
+    ack = requests.held_ack(store.get(LIST), "eve@example.org", "not a member", now=0)
+    assert ack.recipients == ("eve@example.org",)
+    m = parsed(ack)
+    assert m["Auto-Submitted"] == "auto-replied" and m["X-Loop"] == LIST
+    assert "not a member" in m.get_content()
+    assert requests.held_ack(store.get(LIST), "", "x", now=0) is None
