@@ -40,7 +40,8 @@ class ListAddress:
 
 
 def classify(local: str, domain: str, names: Collection[str]) -> ListAddress | None:
-    """The list address local@domain is, or None. names: the lists' addresses, lower-case."""
+    """The list address local@domain is, or None. names: the lists' addresses,
+    lower-case (ListStore.names()); a set, as it is asked up to twice per call."""
     domain = domain.lower()
     lowered = local.lower()
     if f"{lowered}@{domain}" in names:

@@ -164,6 +164,8 @@ def decorate(message: bytes, mlist: MailingList, poster_dmarc_strict: bool,
     head, body = _split(message)
     eol = b"\r\n" if (head or body).find(b"\r\n") >= 0 or not (head or body) else b"\n"
     fields = _fields(head)
+    if fields and not fields[-1][1].endswith(b"\n"):  # headers only, no final line end
+        fields[-1] = (fields[-1][0], fields[-1][1] + eol)
     values = {name: _value(raw) for name, raw in reversed(fields)}  # the first of each
     edits: dict[str, bytes | None] = {}
 

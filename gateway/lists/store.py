@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from gateway.durable import fsync_dir
 from gateway.envelope import normalize_address
 from gateway.errors import MailError
 
@@ -197,6 +198,8 @@ class ListStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+        # SQLite syncs its files, not the directory entries of new ones (first start).
+        fsync_dir(self.root)
 
     def close(self) -> None:
         with self._lock:

@@ -243,3 +243,9 @@ def test_dmarc_names_walk_up_to_the_organizational_domain():
 ])
 def test_dmarc_strict(domain, txt, strict):
     assert dmarc_strict(domain, txt) is strict
+
+
+def test_a_message_of_headers_only_stays_well_formed():
+    out = decorate(b"From: a@example.org\r\nSubject: x", DEV, False)
+    assert out.startswith(b"From: a@example.org\r\nSubject: [dev] x\r\nList-Id: ")
+    assert out.endswith(b"\r\n") and parsed(out)["X-Loop"] == "dev@example.test"
