@@ -6,6 +6,7 @@
   mailgateway alias show ADDRESS...
   mailgateway queue list [--json] | show ID [--json]
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
+  mailgateway list create|show|set|delete|members|add|remove|held|approve|reject ...
   mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
 
 Every command takes --config PATH (default: the embedded configuration) and
@@ -25,6 +26,7 @@ import time
 from gateway import aliasfile, config
 from gateway.access import auth
 from gateway.errors import ConfigError, MailError
+from gateway.lists import cli as lists_cli
 from gateway.queue import control
 from gateway.queue.spool import Spool
 from gateway.resolve.router import Router
@@ -270,6 +272,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("id", nargs="?", help="queue ID (show, retry, hold, release, delete)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_queue)
+    lists_cli.add_parser(sub)  # `list ...`: gateway/lists/cli.py
     t = sub.add_parser("tlsfront", help="run a TLS front alone, like stunnel")
     _add_tlsfront_arguments(t)
     t.add_argument("--config", "-c", default=argparse.SUPPRESS,
