@@ -118,6 +118,9 @@ class ISpool(Interface):
     def update_steps(envelope: Any) -> Any:
         """update() as a call in steps, for a group-commit trip (gateway/durable.py)."""
 
+    def has(queue_id: str) -> bool:
+        """True when queue_id is a complete entry (blocking)."""
+
     def remove(queue_id: str) -> None:
         """Remove a finished entry (blocking)."""
 
@@ -128,10 +131,13 @@ class ISpool(Interface):
 class ISubmit(Interface):
     """Puts a new message made here (an auto-reply, a list post) into the queue."""
 
-    def submit(sender: str, recipients: list[Any], message: bytes) -> Any:
+    def submit(sender: str, recipients: list[Any], message: bytes, queue_id: str = "") -> Any:
         """Deferred firing with the queue ID once the entry is durable and scheduled.
 
-        recipients are addresses, or Route objects to deliver exactly so.
+        recipients are addresses, Route objects (delivered exactly so) or
+        envelope Recipients (an address with its own sender: VERP). A queue_id
+        makes the call idempotent: an entry already there is not made again
+        (a list's explosion repeated after a crash).
         """
 
 

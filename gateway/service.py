@@ -8,8 +8,9 @@ is configured, a self-signed one.
 
 from __future__ import annotations
 
+import dns.exception
 from twisted.application import service, strports
-from twisted.internet import threads
+from twisted.internet import task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -28,6 +29,9 @@ from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
 from gateway.errors import ConfigError
+from gateway.lists.directory import ListDirectory
+from gateway.lists.exploder import ListTarget
+from gateway.lists.store import ListStore
 from gateway.queue.bounce import Bouncer
 from gateway.queue.runner import QueueRunner
 from gateway.queue.spool import Spool
@@ -71,9 +75,11 @@ def build(settings: Settings, reactor) -> service.MultiService:
     table, faults = aliasfile.load_table(settings)
     if faults:
         raise ConfigError([(settings.source, "aliases.file", fault) for fault in faults])
+    list_store = ListStore(settings.state_dir / "lists")
     a = settings.aliases
     router = Router(settings.domains, users, aliases=table, delimiter=a.recipient_delimiter,
-                    max_depth=a.max_depth, shell=a.shell, reply=a.reply)
+                    max_depth=a.max_depth, shell=a.shell, reply=a.reply,
+                    lists=ListDirectory(list_store))
     spool = Spool(settings.spool_dir, reactor, accept_blocking)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
@@ -90,15 +96,21 @@ def build(settings: Settings, reactor) -> service.MultiService:
     except ValueError as e:
         key, _, reason = str(e).partition(": ")
         raise ConfigError([(settings.source, key, reason)]) from None
+    relay, run_dns = _relay(settings, reactor, run_blocking, top)
+    lists = ListTarget(list_store, submitter, reactor, in_thread(reactor),
+                       archive=MaildirStore(settings.state_dir / "lists" / "archive"),
+                       dmarc_txt=_txt_lookup(settings, run_dns))
     targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
-               "remote": _relay(settings, reactor, run_blocking, top),
+               "remote": relay,
                "program": program,
-               "file": MboxDelivery(settings.mbox, reactor, in_thread(reactor))}
+               "file": MboxDelivery(settings.mbox, reactor, in_thread(reactor)),
+               "list": lists}
     runner = QueueRunner(
         spool=spool, router=router, settings=settings.queue, reactor=reactor, targets=targets,
         run_blocking=run_blocking, bouncer=bouncer, control_root=settings.spool_dir)
     submitter.listener = runner
     RunnerService(runner).setServiceParent(top)
+    OutboxService(lists, reactor, settings.queue.control_interval).setServiceParent(top)
     # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
     factories: dict[str, object] = {}
     for name, submission in (("smtp", False), ("submission", True)):
@@ -161,8 +173,9 @@ class RelayService(service.Service):
         return super().stopService()
 
 
-def _relay(settings: Settings, reactor, run_blocking, parent) -> RelayTarget:
-    """The "remote" target: transport map -> MX (dnspython, own threads) -> SMTP client."""
+def _relay(settings: Settings, reactor, run_blocking, parent):
+    """The "remote" target: transport map -> MX (dnspython, own threads) -> SMTP client;
+    and the DNS threads' runner, for the other lookups (DMARC)."""
     relay = settings.relay
     # DNS lookups get their own threads: a slow name server must not hold up
     # spool writes and Maildir deliveries in the reactor's pool.
@@ -185,7 +198,49 @@ def _relay(settings: Settings, reactor, run_blocking, parent) -> RelayTarget:
                          tls_options=ClientTLS(relay.tls_ca_file), reactor=reactor,
                          run_blocking=run_blocking, password=password)
     RelayService(target, dns_pool).setServiceParent(parent)
-    return target
+    return target, run_dns
+
+
+def _txt_lookup(settings: Settings, run_dns):
+    """name -> Deferred of its TXT strings ([] when none, or when DNS fails: a list
+    post is then treated as from a lax domain, never held up)."""
+    relay = settings.relay
+    resolver = make_resolver(relay.nameservers, relay.dns_port, relay.dns_timeout)
+
+    def lookup(name: str) -> list[str]:
+        try:
+            answer = resolver.resolve(name, "TXT")
+        except dns.exception.DNSException:
+            return []
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+    return lambda name: run_dns(lookup, name)
+
+
+class OutboxService(service.Service):
+    """Explodes approved list posts (gateway/lists/outbox.py) at start, then every
+    interval seconds ([queue] control_interval, as for `mailgateway queue` requests)."""
+
+    def __init__(self, lists: ListTarget, reactor, interval: float):
+        self.lists = lists
+        self.reactor = reactor
+        self.interval = interval
+        self._loop: task.LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = task.LoopingCall(self._poll)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=True)
+
+    def _poll(self):
+        return self.lists.poll_outbox().addErrback(
+            lambda f: log.failure("lists: approved posts", f))
+
+    def stopService(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return super().stopService()
 
 
 # --- the TLS front and the proxied listeners behind it ---------------------------------

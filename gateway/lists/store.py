@@ -189,6 +189,7 @@ class ListStore:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.root / "lists.sqlite3"
         self._lock = threading.Lock()
+        self._writes = 0
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -205,6 +206,12 @@ class ListStore:
         with self._lock:
             self._db.close()
 
+    def data_version(self) -> tuple[int, int]:
+        """Changes by other connections (SQLite's data_version) and by this one:
+        equal values mean nothing changed in between (cheap: no table read)."""
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0], self._writes
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -215,6 +222,7 @@ class ListStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._writes += 1
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:

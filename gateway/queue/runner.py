@@ -218,7 +218,10 @@ class QueueRunner:
                     self._record(envelope, rcpt, RecipientResult(e), now, "router")
                     continue
                 if len(routes) == 1 and not routes[0].original and routes[0].sender is None:
-                    pairs = [(rcpt, routes[0])]
+                    route = routes[0]
+                    if rcpt.sender is not None:  # a list member's VERP sender
+                        route = dataclasses.replace(route, sender=rcpt.sender)
+                    pairs = [(rcpt, route)]
                 else:
                     pairs = self._adopt(envelope, rcpt, routes)
                     expanded = True

@@ -53,6 +53,10 @@ class Spool:
         """Deferred firing with the queue ID once the entry is durable (in a thread)."""
         return self.run_blocking(self.store_steps, envelope, message)
 
+    def has(self, queue_id: str) -> bool:
+        """True when queue_id is a complete entry (blocking: one stat)."""
+        return valid_queue_id(queue_id) and os.path.exists(f"{self._entries}{queue_id}.env")
+
     def store_blocking(self, envelope: Envelope, message: bytes) -> str:
         return complete(self.store_steps, envelope, message)
 

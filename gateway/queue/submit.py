@@ -27,7 +27,9 @@ class Submitter:
         now = self.clock.seconds()
         rcpts = []
         for r in recipients:
-            if isinstance(r, Route):
+            if isinstance(r, Recipient):
+                rcpts.append(r)
+            elif isinstance(r, Route):
                 rcpts.append(Recipient(address=r.address, route=r.to_json(),
                                        original=r.original, sender=r.sender))
             else:
@@ -37,6 +39,8 @@ class Submitter:
                             helo=self.hostname, protocol="local",
                             body="7BIT" if message.isascii() else "8BITMIME",
                             size=len(message))
+        if queue_id and self.spool.has(queue_id):
+            return defer.succeed(queue_id)  # made before a crash: scheduled at start
         d = self.spool.store(envelope, message)
 
         def stored(qid: str) -> str:

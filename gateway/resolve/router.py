@@ -21,6 +21,7 @@ lists stays in deliver/ and lists/.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from zope.interface import implementer
 
@@ -132,8 +133,7 @@ class Router:
             return
         kind, value, extension = found
         if kind == "list":
-            _add(out, Route(kind="list", address=value.address, original=walk.original,
-                            sender=walk.sender, extension=value.extension))
+            _add(out, replace(value, original=walk.original, sender=walk.sender))
             return
         if kind == "local":
             _add(out, Route(kind="local", address=value, mailbox=value, folder=extension,

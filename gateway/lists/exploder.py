@@ -1,0 +1,210 @@
+"""The list target: mail for a list's addresses, and the explosion of a post.
+
+Implements IDeliveryTarget for kind "list" (resolve/ decided the address is a
+list's, through lists/directory.py). By role:
+  post      posting.decide: refuse (the error bounces to the poster), hold
+            (store.hold, a notice to the moderators, a word to the poster), or
+            explode: posting.decorate once, the archive copy, and ONE new queue
+            entry from dev-bounces@ to every enabled member, each with its VERP
+            sender when the list has verp on, so the queue groups remote
+            members per domain and delivers local ones locally, with the same
+            retries and bounces as any mail;
+  request, join, leave   requests.py; its replies are queued;
+  owner     forwarded to the owners from dev-bounces@;
+  bounces   bounces.py scores the member (VERP names it); notices queued.
+Approved held posts (a moderator's reply or `mailgateway list approve`) wait
+in the outbox (outbox.py); poll_outbox() explodes them.
+The explosion's queue ID is derived from the post's own (queue ID, or held
+ID) and ISubmit skips an entry already there: a crash between spooling the
+explosion and recording the post as delivered sends no member a second copy.
+Everything that touches the store or files runs in a pool thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from email import policy
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.envelope import Envelope, Recipient
+from gateway.errors import MailError
+from gateway.interfaces import IDeliveryTarget, IMailStore, ISubmit, Route
+from gateway.lists import bounces, outbox, posting, requests
+from gateway.lists.addresses import bounces_address, classify, verp_sender
+from gateway.lists.notices import Outgoing
+from gateway.lists.store import ListStore, MailingList
+
+log = Logger()
+
+
+def explosion_id(origin: str, list_address: str) -> str:
+    """The queue ID of a post's explosion: its origin's ID and the list (idempotent)."""
+    tag = hashlib.sha1(list_address.encode()).hexdigest()[:6].upper()
+    return f"{origin[:24]}L{tag}"
+
+
+def _from_address(headers) -> str:
+    found = getaddresses([str(v) for v in headers.get_all("From", [])])
+    return found[0][1] if found and "@" in found[0][1] else ""
+
+
+class _Explosion:
+    """What a post becomes: the copy, its recipients, where it goes in the queue."""
+
+    def __init__(self, mlist: MailingList, message: bytes, members: list[str], queue_id: str):
+        self.mlist = mlist
+        self.message = message
+        self.members = members
+        self.queue_id = queue_id
+
+    def recipients(self) -> list[Recipient]:
+        if not self.mlist.verp:
+            return [Recipient(m) for m in self.members]
+        return [Recipient(m, sender=verp_sender(self.mlist.address, m)) for m in self.members]
+
+
+@implementer(IDeliveryTarget)
+class ListTarget:
+    kind = "list"
+
+    def __init__(self, store: ListStore, submit: ISubmit, clock,
+                 run_blocking: Callable[..., defer.Deferred], *,
+                 archive: IMailStore | None = None,
+                 dmarc_txt: Callable[[str], defer.Deferred] | None = None):
+        self.store = store
+        self.submit = submit
+        self.clock = clock
+        self.run_blocking = run_blocking
+        self.archive = archive
+        # name -> Deferred firing with its TXT strings ([] when none or on failure).
+        self.dmarc_txt = dmarc_txt
+
+    # --- IDeliveryTarget -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def deliver(self, envelope: Envelope, route: Route, message_path: str, recovering: bool):
+        local, _, domain = route.address.rpartition("@")
+        where = classify(local, domain, set(self.store.names()))
+        if where is None:
+            raise MailError(550, "5.1.1", f"<{route.address}>: no such list (deleted?)")
+        mlist = yield self.run_blocking(self.store.get, where.list)
+        if mlist is None:
+            raise MailError(550, "5.1.1", f"<{where.list}>: no such list (deleted?)")
+        message = yield self.run_blocking(_read, message_path)
+        now = self.clock.seconds()
+        sender = envelope.sender
+        qid = envelope.queue_id
+        if where.role == "post":
+            yield self._post(mlist, sender, message, qid, now)
+            return
+        if where.role == "owner":
+            yield self._queue([Outgoing(bounces_address(mlist.address), mlist.owners, message)],
+                              qid)
+            return
+        if where.role == "bounces":
+            notices = yield self.run_blocking(bounces.process, self.store, mlist,
+                                              where.member, message, now)
+            yield self._queue(notices, qid)
+            return
+        handler = {"request": requests.handle, "join": requests.join,
+                   "leave": requests.leave}[where.role]
+        result = yield self.run_blocking(handler, self.store, mlist, sender, message, now)
+        yield self._queue(result.replies, qid)
+        if result.release:
+            yield self.poll_outbox()
+
+    # --- posting ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _post(self, mlist: MailingList, sender: str, message: bytes, qid: str, now: float):
+        headers = BytesHeaderParser(policy=policy.SMTP).parsebytes(message)
+        author = _from_address(headers)
+        member = yield self.run_blocking(self._member_of, mlist, sender, author)
+        decision = posting.decide(mlist, member or sender, bool(member), headers, len(message))
+        log.info("{queue_id}: list {list}: post from <{sender}>: {action}{reason}",
+                 queue_id=qid, list=mlist.address, sender=sender, action=decision.action,
+                 reason=f" ({decision.reason})" if decision.reason else "")
+        if decision.action == "reject":
+            raise decision.error
+        if decision.action == "hold":
+            held_id = yield self.run_blocking(self.store.hold, mlist.address, sender, message,
+                                              decision.reason, now)
+            notes = [requests.hold_notice(mlist, held_id, sender, message, decision.reason, now),
+                     requests.held_ack(mlist, sender, decision.reason, now)]
+            yield self._queue([n for n in notes if n is not None], qid)
+            return
+        yield self.explode(mlist, author or sender, message, explosion_id(qid, mlist.address))
+
+    def _member_of(self, mlist: MailingList, sender: str, author: str) -> str:
+        """The address under which the poster is a member ("" if none)."""
+        for address in (sender, author):
+            if address and self.store.is_member(mlist.address, address):
+                return address
+        return ""
+
+    @defer.inlineCallbacks
+    def explode(self, mlist: MailingList, author: str, message: bytes, queue_id: str):
+        """Decorate, archive and queue one accepted post for every enabled member."""
+        strict = False
+        if mlist.dmarc == "munge_from" and author and self.dmarc_txt is not None:
+            strict = yield self._dmarc_strict(author.rpartition("@")[2])
+        explosion = yield self.run_blocking(self._prepare, mlist, message, strict, queue_id)
+        if not explosion.members:
+            log.info("list {list}: post {queue_id} has no enabled member to go to",
+                     list=mlist.address, queue_id=queue_id)
+            return
+        qid = yield self.submit.submit(bounces_address(mlist.address), explosion.recipients(),
+                                       explosion.message, queue_id=queue_id)
+        log.info("{queue_id}: list {list}: exploded to {n} members", queue_id=qid,
+                 list=mlist.address, n=len(explosion.members))
+
+    def _prepare(self, mlist: MailingList, message: bytes, strict: bool, queue_id: str
+                 ) -> _Explosion:
+        copy = posting.decorate(message, mlist, strict)
+        if mlist.archive and self.archive is not None:
+            # Named after the explosion: a repeat after a crash finds the first copy.
+            self.archive.deliver(mlist.address, copy, f"{queue_id}.archive", True)
+        return _Explosion(mlist, copy, self.store.members(mlist.address), queue_id)
+
+    @defer.inlineCallbacks
+    def _dmarc_strict(self, domain: str):
+        txt = {}
+        for name in posting.dmarc_names(domain):
+            txt[name] = yield self.dmarc_txt(name)
+        return posting.dmarc_strict(domain, txt)
+
+    # --- approved posts ----------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def poll_outbox(self):
+        """Explode every approved post waiting in the outbox, then forget it."""
+        posts = yield self.run_blocking(outbox.pending, self.store.root)
+        for post in posts:
+            mlist = yield self.run_blocking(self.store.get, post.list)
+            if mlist is None:
+                log.warn("list {list} gone: approved post {id} dropped", list=post.list,
+                         id=post.held_id)
+            else:
+                yield self.explode(mlist, post.sender, post.message,
+                                   "H" + post.held_id.upper()[:31])
+            yield self.run_blocking(outbox.done, post)
+
+    # --- queueing what the list says ----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _queue(self, messages: list[Outgoing], origin: str):
+        for out in messages:
+            qid = yield self.submit.submit(out.sender, list(out.recipients), out.message)
+            log.info("{origin}: list message to {to} queued as {queue_id}", origin=origin,
+                     to=", ".join(out.recipients), queue_id=qid)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
