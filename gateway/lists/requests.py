@@ -158,7 +158,8 @@ def _command_lines(msg: EmailMessage) -> list[list[str]]:
         words = re.sub(r"^((re|aw|sv|fwd?|tr)\s*:\s*)+", "", subject, flags=re.I).split()
         if words and words[0].lower() in _COMMANDS:
             lines.append(words)
-    for line in _body_text(msg).splitlines()[:MAX_LINES * 4]:
+    # Commands sit at the top: a bounded slice keeps a huge body from costing much.
+    for line in _body_text(msg)[:MAX_LINES * 200].splitlines()[:MAX_LINES * 4]:
         if line.rstrip() == "--" or line.startswith("-- "):
             break
         line = line.strip()
