@@ -33,6 +33,7 @@ from pathlib import Path
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import QueueSettings
@@ -164,12 +165,12 @@ class QueueRunner:
             for rcpt in due:
                 self._record(envelope, rcpt, RecipientResult(loop), now, "loop")
             due = []
-        saver = defer.DeferredLock()
+        saver = _Saver(lambda: self._save(envelope))
         groups, expanded = self._groups(envelope, due, now)
         if expanded:
             # An alias's targets are recorded before any is delivered: a crash
             # then repeats none that got done (a program is not asked twice).
-            yield saver.run(self._save, envelope)
+            yield saver.save()
         yield defer.gatherResults(
             [self._deliver_group(envelope, target, pairs, message_path, recovering, now, saver)
              for target, pairs in groups], consumeErrors=True)
@@ -181,7 +182,7 @@ class QueueRunner:
             yield saver.run(self.spool.remove, queue_id)
             log.debug("{queue_id}: removed, all recipients done", queue_id=queue_id)
             return
-        yield saver.run(self._save, envelope)
+        yield saver.save()
         wakes = [r.next_attempt for r in envelope.pending()]
         if self._unnotified(envelope):  # a DSN could not be spooled: try again later
             wakes.append(now + self.settings.retry_initial)
@@ -264,7 +265,7 @@ class QueueRunner:
 
     @defer.inlineCallbacks
     def _deliver_group(self, envelope: Envelope, target, pairs, message_path: str,
-                       recovering: bool, now: float, saver: defer.DeferredLock):
+                       recovering: bool, now: float, saver: _Saver):
         """One target's recipients of one batch key, batch after batch."""
         if not IBatchDeliveryTarget.providedBy(target):
             for rcpt, route in pairs:
@@ -287,7 +288,7 @@ class QueueRunner:
             # Durable before anything else happens, even before the entry's removal:
             # a remote server cannot be asked whether it already has the message, so
             # a removal lost in a crash must find these recorded as done.
-            yield saver.run(self._save, envelope)
+            yield saver.save()
 
     @defer.inlineCallbacks
     def _deliver_one(self, target: IDeliveryTarget, envelope: Envelope, route: Route,
@@ -445,3 +446,49 @@ class QueueRunner:
         if call is not None and call.active():
             call.cancel()
 
+
+class _Saver:
+    """Saves of one entry's envelope, coalesced (group commit, as in gateway/durable.py).
+
+    save() fires once a write that began after the call is durable. Calls made
+    while a write runs share the next write, so a list's explosion that finishes
+    thousands of batches costs a few rewrites of its envelope, not one each.
+    run(f) waits for every write asked for before it, then runs f (the removal).
+    """
+
+    def __init__(self, write: Callable[[], defer.Deferred]):
+        self.write = write
+        self._lock = defer.DeferredLock()
+        self._next: defer.Deferred | None = None
+
+    def save(self) -> defer.Deferred:
+        waiter: defer.Deferred = defer.Deferred()
+        if self._next is None:
+            self._next = defer.Deferred()
+            self._next.addBoth(_pass_on, waiter)
+            self._lock.run(self._write_now)  # may write at once, when no write runs
+        else:
+            self._next.addBoth(_pass_on, waiter)
+        return waiter
+
+    def _write_now(self) -> defer.Deferred:
+        done, self._next = self._next, None  # later callers wait for the next write
+        d = self.write()
+        d.addBoth(_fire, done)
+        return d
+
+    def run(self, f: Callable[..., object], *args: object) -> defer.Deferred:
+        return self._lock.run(f, *args)
+
+
+def _fire(result, d: defer.Deferred):
+    d.callback(result) if not isinstance(result, Failure) else d.errback(result)
+    return None
+
+
+def _pass_on(result, waiter: defer.Deferred):
+    if isinstance(result, Failure):
+        waiter.errback(result)
+    else:
+        waiter.callback(result)
+    return result
