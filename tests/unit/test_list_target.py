@@ -1,0 +1,123 @@
+"""lists/exploder.py: the list target with a real ListStore, a fake queue and fake DNS."""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+
+import pytest
+from twisted.internet import defer, task
+
+from gateway.durable import run_now
+from gateway.envelope import Envelope, Recipient
+from gateway.errors import MailError
+from gateway.interfaces import Route
+from gateway.lists.directory import ListDirectory
+from gateway.lists.exploder import ListTarget, explosion_id
+from gateway.lists.store import ListStore
+from gateway.queue.spool import Spool
+from gateway.queue.submit import Submitter
+
+LIST = "dev@example.test"
+
+
+class Listener:
+    def __init__(self):
+        self.ids = []
+
+    def enqueued(self, queue_id, envelope=None):
+        self.ids.append(queue_id)
+
+
+def rig(tmp_path, txt=None):
+    store = ListStore(tmp_path / "lists")
+    store.create(LIST, ["owner@example.test"], "members")
+    store.add_members(LIST, ["alice@example.test", "bob@remote.test", '"odd x"@remote.test'])
+    clock = task.Clock()
+    clock.advance(1000)
+    spool = Spool(tmp_path / "queue", reactor=None, run_blocking=run_now)
+    listener = Listener()
+    submit = Submitter(spool, listener, "mx.example.test", clock)
+    lookup = None if txt is None else (lambda name: defer.succeed(txt.get(name, [])))
+    target = ListTarget(store, submit, clock, run_now, dmarc_txt=lookup)
+    return store, spool, listener, target
+
+
+def post(tmp_path, target, sender, to=LIST, body=b"hi\r\n", qid="1K15Q4ZNS55Q3TC1",
+         headers=b""):
+    path = tmp_path / f"{qid}.msg"
+    path.write_bytes(b"From: " + sender.encode() + b"\r\nSubject: topic\r\n" + headers
+                     + b"\r\n" + body)
+    envelope = Envelope(sender=sender, recipients=[Recipient(to)], queue_id=qid)
+    local, _, domain = to.rpartition("@")
+    route = ListDirectory(target.store)(local, domain)
+    assert route is not None and route.kind == "list"
+    results = []
+    target.deliver(envelope, route, str(path), False).addBoth(results.append)
+    return results[0]
+
+
+def test_a_members_post_is_one_queue_entry_with_a_verp_sender_each(tmp_path):
+    store, spool, listener, target = rig(tmp_path)
+    assert post(tmp_path, target, "alice@example.test") is None
+    (qid,) = listener.ids
+    assert qid == explosion_id("1K15Q4ZNS55Q3TC1", LIST)
+    envelope = spool.load(qid)
+    assert envelope.sender == "dev-bounces@example.test"
+    assert [(r.address, r.sender) for r in envelope.recipients] == [
+        ('"odd x"@remote.test', "dev-bounces@example.test"),
+        ("alice@example.test", "dev-bounces+alice=example.test@example.test"),
+        ("bob@remote.test", "dev-bounces+bob=remote.test@example.test")]
+    with open(spool.message_path(qid), "rb") as f:
+        copy = message_from_bytes(f.read(), policy=policy.default)
+    assert copy["Subject"] == "[dev] topic" and copy["List-Id"].endswith("<dev.example.test>")
+    # Delivered again (a crash before the post was recorded done): no second entry.
+    assert post(tmp_path, target, "alice@example.test") is None
+    assert listener.ids == [qid] and spool.queue_ids() == [qid]
+
+
+def test_a_strangers_post_is_held_and_the_moderators_told(tmp_path):
+    store, spool, listener, target = rig(tmp_path)
+    assert post(tmp_path, target, "eve@elsewhere.test") is None
+    assert [h.sender for h in store.held(LIST)] == ["eve@elsewhere.test"]
+    rcpts = sorted(r.address for qid in listener.ids for r in spool.load(qid).recipients)
+    assert rcpts == ["eve@elsewhere.test", "owner@example.test"]
+
+
+def test_refusals_are_permanent_errors_for_the_poster(tmp_path):
+    _, _, listener, target = rig(tmp_path)
+    failure = post(tmp_path, target, "alice@example.test",
+                   headers=b"List-Id: dev <dev.example.test>\r\n")
+    assert isinstance(failure.value, MailError) and failure.value.code == 550
+    assert listener.ids == []
+
+
+@pytest.mark.parametrize("record,munged", [("v=DMARC1; p=reject", True),
+                                           ("v=DMARC1; p=none", False)])
+def test_dmarc_strict_posters_get_their_from_rewritten(tmp_path, record, munged):
+    store, spool, listener, target = rig(tmp_path, txt={"_dmarc.remote.test": [record]})
+    store.set(LIST, policy="open")
+    assert post(tmp_path, target, "bob@remote.test") is None
+    with open(spool.message_path(listener.ids[0]), "rb") as f:
+        copy = message_from_bytes(f.read(), policy=policy.default)
+    assert (copy["From"].addresses[0].addr_spec == LIST) is munged
+    assert ("bob@remote.test" in str(copy.get("Reply-To", ""))) is munged
+
+
+def test_mail_to_owner_goes_to_the_owners(tmp_path):
+    _, spool, listener, target = rig(tmp_path)
+    assert post(tmp_path, target, "someone@remote.test", to="dev-owner@example.test") is None
+    envelope = spool.load(listener.ids[0])
+    assert envelope.sender == "dev-bounces@example.test"
+    assert [r.address for r in envelope.recipients] == ["owner@example.test"]
+
+
+def test_directory_sees_lists_made_by_another_process(tmp_path):
+    store, _, _, _ = rig(tmp_path)
+    directory = ListDirectory(store)
+    assert directory("ops", "example.test") is None
+    other = ListStore(tmp_path / "lists")  # the CLI's connection
+    other.create("ops@example.test", ["owner@example.test"])
+    other.close()
+    route = directory("ops-request", "example.test")
+    assert route == Route(kind="list", address="ops-request@example.test",
+                          mailbox="ops@example.test", extension="request")
