@@ -35,6 +35,16 @@ def delivery_headers(envelope: Envelope, route: Route) -> bytes:
             f"Delivered-To: {route.address}\r\n").encode()
 
 
+def check_forwarding_loop(message: bytes, route: Route) -> None:
+    """554 5.4.6 when the message already carries our Delivered-To for this address:
+    it went out (a forward) and came back. Postfix's local(8) makes the same check."""
+    end = message.find(b"\r\n\r\n")
+    head = message[:end if end >= 0 else 65536].lower()
+    mark = b"\ndelivered-to: " + route.address.lower().encode() + b"\r\n"
+    if mark in b"\n" + head + b"\r\n":
+        raise MailError(554, "5.4.6", f"mail forwarding loop for <{route.address}>")
+
+
 @implementer(IDeliveryTarget)
 class MaildirDelivery:
     kind = "local"
@@ -52,7 +62,9 @@ class MaildirDelivery:
     def _deliver(self, envelope: Envelope, route: Route, message_path: str,
                  recovering: bool) -> Steps:
         with open(message_path, "rb") as f:
-            message = delivery_headers(envelope, route) + f.read()
+            original = f.read()
+        check_forwarding_loop(original, route)
+        message = delivery_headers(envelope, route) + original
         try:
             return (yield from self.store.deliver_steps(
                 route.mailbox, message, unique_name(envelope, route.mailbox, self.hostname),

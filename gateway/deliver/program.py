@@ -34,7 +34,7 @@ from twisted.protocols.basic import FileSender
 from zope.interface import implementer
 
 from gateway.config import ProgramSettings
-from gateway.deliver.maildir import delivery_headers
+from gateway.deliver.maildir import check_forwarding_loop, delivery_headers
 from gateway.deliver.reply import auto_reply, may_auto_reply
 from gateway.envelope import Envelope
 from gateway.errors import MailError
@@ -195,6 +195,8 @@ class ProgramDelivery:
 
     @defer.inlineCallbacks
     def _deliver(self, envelope: Envelope, route: Route, message_path: str):
+        with open(message_path, "rb") as f:  # the header section, from the page cache
+            check_forwarding_loop(f.read(65536), route)
         argv = argv_for(route)
         executable = shutil.which(argv[0], path=self.settings.path)
         if executable is None:

@@ -57,3 +57,21 @@ def test_names_from_the_network_never_escape_the_mail_root(setup, mailbox):
     failure = deliver(target, env, route, str(msg))
     assert failure.check(MailError)
     assert failure.value.code == 550 or failure.value.code == 553
+
+
+def test_a_message_that_was_delivered_here_before_is_a_forwarding_loop():
+    from gateway.deliver.maildir import check_forwarding_loop
+    from gateway.errors import MailError
+    from gateway.interfaces import Route
+
+    route = Route(kind="local", address="team@example.test", mailbox="alice@example.test")
+    looped = b"Received: x\r\nDelivered-To: TEAM@example.test\r\nSubject: s\r\n\r\nbody"
+    try:
+        check_forwarding_loop(looped, route)
+    except MailError as e:
+        assert (e.code, e.enhanced) == (554, "5.4.6")
+    else:
+        raise AssertionError("loop not found")
+    # Other addresses, and the body, do not count.
+    check_forwarding_loop(b"Delivered-To: bob@example.test\r\n\r\nDelivered-To: team@example."
+                          b"test\r\n", route)
