@@ -76,7 +76,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
         spool=spool, router=router, settings=settings.queue, reactor=reactor,
         targets={"local": MaildirDelivery(store, settings.hostname, run_blocking),
                  "remote": _relay(settings, reactor, run_blocking, top)},
-        run_blocking=run_blocking, bouncer=bouncer, control_root=settings.spool_dir)
+        run_blocking=run_blocking, run_unsynced=in_thread(reactor), bouncer=bouncer,
+        control_root=settings.spool_dir)
     RunnerService(runner).setServiceParent(top)
     # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
     factories: dict[str, object] = {}
