@@ -379,6 +379,11 @@ class Postfix(Server):
         super().__init__(workdir, recipient)
         self.sessions = sessions
         self.confdir = workdir
+        # Where virtual(8) delivers: base folder and the Maildir below it (trailing "/");
+        # by default RUNDIR/maildirs and DOMAIN/LOCAL/. mailbox_bench.py points both
+        # at the Maildir its Dovecot serves.
+        self.mail_base: Path | None = None
+        self.mailbox: str | None = None
 
     def check(self) -> None:
         for tool in ("/usr/sbin/postfix", "/usr/sbin/postconf"):
@@ -395,13 +400,13 @@ class Postfix(Server):
         # Config, queue and data apart: `postfix check` wants the config tree all root's.
         self.confdir = rundir / "postfix-etc"
         local, domain = self.recipient.split("@", 1)
-        base = rundir / "maildirs"
+        base = self.mail_base or rundir / "maildirs"
         # virtual(8) writes as an unprivileged user; "nobody" is what a site would pick.
         user = pwd.getpwnam("nobody")
         postfix = pwd.getpwnam("postfix")
         # Postfix makes the queue's sub-folders itself, not the queue folder.
         for folder in (self.confdir, rundir / "postfix-queue", rundir / "postfix-data", base):
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=folder == base)
         rundir.chmod(0o755)
         for parent in rundir.parents:
             if not parent.stat().st_mode & 0o001:
@@ -410,7 +415,7 @@ class Postfix(Server):
         os.chown(base, user.pw_uid, user.pw_gid)
         vmailbox = self.confdir / "vmailbox"
         # The trailing "/" makes virtual(8) deliver to a Maildir, not an mbox file.
-        vmailbox.write_text(f"{self.recipient} {domain}/{local}/\n")
+        vmailbox.write_text(f"{self.recipient} {self.mailbox or f'{domain}/{local}/'}\n")
         (self.confdir / "master.cf").write_text(MASTER_CF.format(listen=f"{LOOPBACK}:{port}"))
         (self.confdir / "main.cf").write_text(
             MAIN_CF.format(
@@ -461,6 +466,8 @@ class Postfix(Server):
 
     def maildir_new(self) -> Path:
         local, domain = self.recipient.split("@", 1)
+        if self.mail_base is not None and self.mailbox is not None:
+            return self.mail_base / self.mailbox / "new"
         return self.rundir / "maildirs" / domain / local / "new"
 
     def stop(self) -> None:
@@ -708,8 +715,12 @@ class MailgatewayImap(Mailgateway):
         if "max_connections_per_client" in imap:  # all the sessions come from 127.0.0.1
             imap["max_connections_per_client"] = max(imap["max_connections_per_client"],
                                                      self.sessions + 10)
+        self.more_settings(settings)
         path.write_text(f"# Written by bench/peers.py from {self.default_config}\n"
                         + toml_dumps(settings))
+
+    def more_settings(self, settings: dict[str, Any]) -> None:
+        """A subclass's changes to the configuration (mailbox_bench.py adds SMTP)."""
 
     def maildir(self) -> Path:
         local, domain = self.recipient.lower().split("@", 1)

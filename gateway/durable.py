@@ -14,7 +14,9 @@ A call may be a generator of steps: it writes its files (write_file), yields,
 then renames them into place, marks the directories (sync_dir), and returns
 its result. A trip runs every call up to its yield, makes all their files
 durable at once, resumes them, and makes all the marked directories durable,
-before any call's result is given back. So "durable before the 250" holds
+then runs what the calls asked for with when_durable (once each: a Maildir
+folder indexes all of the trip's deliveries in one transaction), before any
+call's result is given back. So "durable before the 250" holds
 for each call, and "data before the name" (the Maildir and spool rule) too.
 
 How a trip makes things durable is its sync mode:
@@ -40,12 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config import SYNC_MODES
 
 # A call that returns one of these is a call in steps (see the module's docstring).
 Steps = Generator[None, None, Any]
+_log = Logger()
 
 
 class BlockingBatcher:
@@ -121,6 +125,7 @@ class _Trip:
         self.sync = sync
         self.files: set[str] = set()  # directories of files written since the last step
         self.dirs: set[str] = set()   # directories with renames to make durable at the end
+        self.after: dict[Callable[[], Any], None] = {}  # when_durable calls, in order, once each
 
     def flush_files(self) -> None:
         try:
@@ -191,6 +196,20 @@ def sync_dir(path: Path | str) -> None:
         trip.dirs.add(str(path))
 
 
+def when_durable(f: Callable[[], Any]) -> None:
+    """Call f once the renames marked so far are durable: now outside a trip, else
+    at the end of the current trip, once however often it was asked for.
+
+    It runs even when the trip failed (the files it may look at are on disk,
+    durable or not), outside the trip; an exception from it is logged, not raised.
+    """
+    trip = _trip()
+    if trip is None:
+        f()
+    else:
+        trip.after.setdefault(f, None)
+
+
 def run_trip(calls: list[tuple[Callable[..., Any], tuple]], sync: str = "file"
              ) -> list[tuple[bool, Any]]:
     """Run calls in order, steps in lock-step; (ok, result or Failure) for each."""
@@ -222,6 +241,11 @@ def run_trip(calls: list[tuple[Callable[..., Any], tuple]], sync: str = "file"
         return [(False, Failure())] * len(calls)
     finally:
         _local.trip = None
+        for after in trip.after:
+            try:
+                after()
+            except Exception:
+                _log.failure("after a trip: {call!r}", call=after)
     return results
 
 

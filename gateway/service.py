@@ -107,7 +107,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
                "list": lists}
     runner = QueueRunner(
         spool=spool, router=router, settings=settings.queue, reactor=reactor, targets=targets,
-        run_blocking=run_blocking, bouncer=bouncer, control_root=settings.spool_dir)
+        run_blocking=run_blocking, run_unsynced=in_thread(reactor), bouncer=bouncer,
+        control_root=settings.spool_dir)
     submitter.listener = runner
     RunnerService(runner).setServiceParent(top)
     OutboxService(lists, reactor, settings.queue.control_interval).setServiceParent(top)

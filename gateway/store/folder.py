@@ -13,11 +13,21 @@ letters in ASCII order: D Draft, F Flagged, P Passed ($Forwarded), R Replied
 (Answered), S Seen, T Trashed (Deleted). Lower-case letters (Dovecot's
 keywords) are kept untouched. IMAP keywords are kept in the index only.
 
-Finding changes made by other programs: a directory's mtime changes whenever
-a file is added, removed or renamed in it, so sync() lists new/ or cur/ only
-when its mtime differs from the last listing. An mtime less than two
-seconds old is not trusted (a second change within the file system's clock
-tick leaves it unchanged), so such a directory is listed again next time.
+Finding changes: the gateway's own changes (deliveries, STORE, APPEND, COPY,
+EXPUNGE) update the index as they happen, so they never cost a listing: a
+delivery into new/ is learned from the name it wrote (arrived() and
+learn_arrived()), whatever the folder's size. Other programs (mutt, a POP3
+session, a second gateway) are found by directory mtimes: an mtime changes
+whenever a file is added, removed or renamed in the directory, so sync()
+stats new/ and cur/ and lists one only when its mtime differs from the one
+recorded. Two rules keep that honest:
+- An mtime less than two seconds old when recorded may hide a second change
+  made within the same clock tick of the file system, so such a record is
+  checked by one more listing once that mtime is two seconds old (not at
+  every sync: during a burst of deliveries that would be a listing each time).
+- Around our own renames the mtime is recorded before and after (_own_changes);
+  a foreign change inside that same tick is the one thing this cannot see, so
+  a full listing every five minutes (_RELIST_NS) bounds how long it can hide.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from twisted.logger import Logger
+
 from gateway.durable import fsync_dir
 from gateway.store.index import Index
 
@@ -43,6 +55,8 @@ LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
 _STABLE_NS = 2_000_000_000
 _RELIST_NS = 300 * 1_000_000_000
 _counter = itertools.count()
+_now_ns = time.time_ns  # the clock mtimes are compared with (tests move it)
+_log = Logger()
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
 
@@ -100,6 +114,7 @@ class Folder:
         self.listeners: set[FolderListener] = set()
         self.recent: set[int] = set()  # found in new/, not yet claimed by a session
         self._seen: dict[str, tuple[int, bool] | None] = {"new": None, "cur": None}
+        self._arrived: list[str] = []  # renamed into new/ by arrived(), not yet indexed
         self._listed: dict[str, int] = {}  # when each directory was last listed
         self.index = Index(self.path)
         self.uidvalidity = self.index.uidvalidity
@@ -124,13 +139,14 @@ class Folder:
 
     def _listing(self, sub: str, force: bool) -> list[str] | None:
         d = self.path / sub
-        now = time.time_ns()
+        now = _now_ns()
         mtime = os.stat(d).st_mtime_ns
         seen = self._seen[sub]
-        # Our own changes keep the record current (_own_changes); a full listing
-        # every few minutes bounds what a change racing one of ours could hide.
-        if not force and seen is not None and seen == (mtime, True) \
-                and now - self._listed.get(sub, 0) < _RELIST_NS:
+        if not force and seen is not None and seen[0] == mtime \
+                and now - self._listed.get(sub, 0) < _RELIST_NS \
+                and (seen[1] or now - mtime < _STABLE_NS):
+            # Unchanged since we last looked (or changed only by us); a record
+            # taken while the mtime was fresh waits until it has settled.
             return None
         names = os.listdir(d)
         self._seen[sub] = (mtime, now - mtime > _STABLE_NS)
@@ -138,17 +154,49 @@ class Folder:
         return names
 
     @contextmanager
-    def _own_changes(self) -> Iterator[None]:
+    def _own_changes(self, subs: tuple[str, ...] = SUBS) -> Iterator[None]:
         """Around our own renames/links/unlinks: if nobody else had changed a
         directory since we last looked, its new mtime is ours and needs no listing."""
-        before = {sub: os.stat(self.path / sub).st_mtime_ns for sub in SUBS}
+        before = {sub: os.stat(self.path / sub).st_mtime_ns for sub in subs}
         try:
             yield
         finally:
-            for sub in SUBS:
+            for sub in subs:
                 seen = self._seen[sub]
                 if seen is not None and seen[0] == before[sub]:
                     self._seen[sub] = (os.stat(self.path / sub).st_mtime_ns, seen[1])
+
+    # -- deliveries: learned from the delivery itself, never by listing ----------
+
+    def arrived(self, tmp: Path, name: str) -> None:
+        """Rename a delivered file from tmp/ into new/ as name (under the lock, so
+        the change is known to be ours); learn_arrived() then indexes it."""
+        with self.lock:
+            with self._own_changes(("new",)):
+                os.rename(tmp, self.path / "new" / name)
+            self._arrived.append(name)
+
+    def learn_arrived(self) -> list[int]:
+        """Index the files arrived() put into new/ since the last call, in one
+        transaction; returns their UIDs. Cost: one stat per file, whatever the
+        folder holds. The files are delivered already, so a failure here is
+        logged, not raised: the next sync() lists new/ and finds them."""
+        with self.lock:
+            names, self._arrived = self._arrived, []
+            try:
+                fresh = []
+                for name in names:
+                    base, sep, info = name.partition(":")
+                    if base not in self.by_base:  # a sync() may have found it first
+                        fresh.append((base, "new", sep + info))
+                added = self._add_found(fresh)
+            except Exception:
+                self._seen["new"] = None
+                _log.failure("indexing deliveries in {path}", path=str(self.path))
+                return []
+            if added:
+                self._notify([], [], added, None)
+            return added
 
     def sync(self, force: bool = False) -> bool:
         """Bring the index in line with the Maildir; True when anything changed."""

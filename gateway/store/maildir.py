@@ -14,15 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.durable import Steps, complete, fsync_dir, sync_dir, write_file
+from gateway.durable import Steps, complete, fsync_dir, sync_dir, when_durable, write_file
 from gateway.envelope import parse_address
 from gateway.interfaces import IMailStore
 from gateway.store.folders import FolderNameError, FolderRegistry, FolderSet, disk_name
-
-_log = Logger()
 
 # Names from the network become directory names only through this pattern:
 # no "/", no leading dot, no "..", nothing outside printable ASCII.
@@ -81,9 +78,17 @@ class MaildirStore:
         yield
         # rename, not link: the name is ours alone (queue ID + recipient), and a
         # leftover tmp file from a crash is simply overwritten above.
-        os.rename(tmp, path / "new" / unique)
+        opened = self._folders.get(path)
+        if opened is None:  # no IMAP session has it open: its first sync() lists new/
+            os.rename(tmp, path / "new" / unique)
+        else:
+            opened.arrived(tmp, unique)
         sync_dir(path / "new")  # at once, or once for the whole trip (gateway/durable.py)
-        self._delivered(path)
+        if opened is not None:
+            # Sessions (IDLE) hear of it once its name is durable, from the name
+            # itself: no listing, so a delivery into a 100,000-message INBOX costs
+            # what one into an empty one does. One index transaction per trip.
+            when_durable(opened.learn_arrived)
         return True
 
     @staticmethod
@@ -115,19 +120,6 @@ class MaildirStore:
         folders = FolderSet(self.ensure(mailbox), self._folders)
         folders.ensure_defaults()
         return folders
-
-    def _delivered(self, path: Path) -> None:
-        # If an IMAP session has this INBOX open, index the new message now
-        # and wake the session (IDLE sees SMTP deliveries at once). Only
-        # new/ is listed, so this stays cheap on a 100,000-message INBOX.
-        # The message is safely delivered already: a failure here must not
-        # fail the delivery (a retry would deliver it twice).
-        folder = self._folders.get(path)
-        if folder is not None:
-            try:
-                folder.sync()
-            except Exception:
-                _log.failure("indexing a delivery in {path}", path=str(path))
 
 
 def _call_now(f: Callable[[], None]) -> None:

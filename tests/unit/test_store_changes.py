@@ -1,0 +1,171 @@
+"""store/folder.py + store/maildir.py: how an open folder learns of changes.
+
+A delivery is learned from the name it wrote, so its cost does not grow with
+the folder (no listing); changes by other programs are still found through
+directory mtimes. Counting listings, not timing, keeps these tests exact.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import gateway.durable as durable
+import gateway.store.folder as folder_mod
+from gateway.store.index import Index
+from gateway.store.maildir import MaildirStore
+
+BOX = "alice@example.test"
+
+
+class Listener:
+    def __init__(self, events=None):
+        self.added: list[int] = []
+        self.events = events if events is not None else []
+
+    def folder_changed(self, expunged, flagged, added):
+        self.added += added
+        self.events.append(("changed", tuple(added)))
+
+    def wake(self):
+        pass
+
+
+@pytest.fixture
+def store(tmp_path):
+    return MaildirStore(tmp_path / "mail")
+
+
+@pytest.fixture
+def listings(monkeypatch):
+    """Every directory listing the store makes (listdir and scandir), by path."""
+    seen: list[str] = []
+    real_listdir, real_scandir = os.listdir, os.scandir
+
+    def listdir(path="."):
+        seen.append(str(path))
+        return real_listdir(path)
+
+    def scandir(path="."):
+        seen.append(str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(os, "scandir", scandir)
+    return seen
+
+
+def big_inbox(store, n):
+    """An INBOX of n read messages in cur/, as mutt or an import leaves it."""
+    root = store.ensure(BOX)
+    for i in range(n):
+        (root / "cur" / f"OLD{i:06d}:2,S").write_bytes(b"Subject: old\r\n\r\n")
+    return root
+
+
+def test_a_delivery_into_a_large_open_folder_lists_nothing(store, listings):
+    big_inbox(store, 3000)
+    inbox = store.open_folders(BOX).open("INBOX")
+    assert len(inbox.uids) == 3000
+    listener = Listener()
+    inbox.attach(listener)
+    listings.clear()
+    for n in range(20):
+        assert store.deliver(BOX, b"Subject: %d\r\n\r\n" % n, f"NEW{n:02d}")
+    assert listings == []  # not one directory listed, though IMAP knows them all
+    assert listener.added == list(range(3001, 3021))
+    assert [inbox.by_uid[u].base for u in listener.added] == [f"NEW{n:02d}" for n in range(20)]
+    assert inbox.recent >= set(listener.added)
+    assert not inbox.sync() and listings == []  # and nothing is left to find by listing
+
+
+def test_a_trip_indexes_its_deliveries_once_after_their_names_are_durable(
+        store, monkeypatch):
+    inbox = store.open_folders(BOX).open("INBOX")
+    events: list = []
+    inbox.attach(Listener(events))
+    real_fsync_dir, real_add = durable.fsync_dir, Index.add
+    monkeypatch.setattr(durable, "fsync_dir",
+                        lambda p: events.append(("fsync", os.path.basename(p)))
+                        or real_fsync_dir(p))
+    monkeypatch.setattr(Index, "add", lambda self, entries: events.append(
+        ("index", len(entries))) or real_add(self, entries))
+    calls = [(store.deliver_steps, (BOX, b"Subject: %d\r\n\r\n" % n, f"T{n}")) for n in range(5)]
+    results = durable.run_trip(calls, sync="file")
+    assert results == [(True, True)] * 5
+    assert events == [("fsync", "new"), ("index", 5), ("changed", (1, 2, 3, 4, 5))]
+
+
+def test_a_change_by_another_program_is_still_found(store, listings):
+    inbox = store.open_folders(BOX).open("INBOX")
+    store.deliver(BOX, b"Subject: ours\r\n\r\n", "OURS")
+    root = store.mailbox_path(BOX)
+    # mutt files a draft into cur/ and another MDA drops a message into new/.
+    (root / "cur" / "MUTT:2,D").write_bytes(b"Subject: draft\r\n\r\n")
+    (root / "new" / "OTHER").write_bytes(b"Subject: other\r\n\r\n")
+    for sub, stamp in (("cur", 5), ("new", 6)):  # their mtimes moved on
+        os.utime(root / sub, (stamp, stamp))
+    listings.clear()
+    assert inbox.sync()
+    assert sorted(listings) == [str(root / "cur"), str(root / "new")]
+    assert [inbox.by_uid[u].base for u in inbox.uids] == ["OURS", "MUTT", "OTHER"]
+
+
+def test_a_change_within_the_same_clock_tick_is_found_once_the_mtime_settles(
+        store, listings, monkeypatch):
+    inbox = store.open_folders(BOX).open("INBOX")  # listed with fresh mtimes
+    store.deliver(BOX, b"Subject: ours\r\n\r\n", "OURS")
+    new = store.mailbox_path(BOX) / "new"
+    recorded = os.stat(new).st_mtime_ns
+    (new / "SAMETICK").write_bytes(b"Subject: hidden\r\n\r\n")
+    os.utime(new, ns=(recorded, recorded))  # a file system clock tick hides it
+    monkeypatch.setattr(folder_mod, "_now_ns", lambda: recorded + 1_000_000)
+    listings.clear()
+    assert not inbox.sync() and listings == []  # fresh: not listed at every sync
+    monkeypatch.setattr(folder_mod, "_now_ns", lambda: recorded + 3_000_000_000)
+    assert inbox.sync() and str(new) in listings  # once, to check what the tick may hide
+    assert [inbox.by_uid[u].base for u in inbox.uids] == ["OURS", "SAMETICK"]
+    listings.clear()
+    assert not inbox.sync() and listings == []  # settled and checked: trusted now
+
+
+def test_a_change_racing_our_own_is_found_by_the_periodic_listing(
+        store, listings, monkeypatch):
+    root = store.ensure(BOX)
+    for sub in ("new", "cur"):
+        os.utime(root / sub, (1, 1))  # old mtimes: the first listing is trusted
+    inbox = store.open_folders(BOX).open("INBOX")
+    store.deliver(BOX, b"Subject: ours\r\n\r\n", "OURS")
+    new = root / "new"
+    recorded = os.stat(new).st_mtime_ns
+    (new / "RACER").write_bytes(b"Subject: racer\r\n\r\n")
+    os.utime(new, ns=(recorded, recorded))
+    now = folder_mod._now_ns()
+    monkeypatch.setattr(folder_mod, "_now_ns", lambda: now + 10_000_000_000)
+    listings.clear()
+    assert not inbox.sync() and listings == []
+    monkeypatch.setattr(folder_mod, "_now_ns", lambda: now + 301_000_000_000)
+    assert inbox.sync() and str(new) in listings
+    assert "RACER" in inbox.by_base
+
+
+def test_a_failure_to_index_a_delivery_keeps_the_message_and_a_sync_finds_it(
+        store, monkeypatch):
+    inbox = store.open_folders(BOX).open("INBOX")
+
+    def broken(self, entries):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Index, "add", broken)
+    assert store.deliver(BOX, b"Subject: x\r\n\r\n", "U1")  # delivered all the same
+    assert inbox.uids == [] and (store.mailbox_path(BOX) / "new" / "U1").exists()
+    monkeypatch.undo()
+    assert inbox.sync() and [inbox.by_uid[u].base for u in inbox.uids] == ["U1"]
+
+
+def test_a_delivery_to_a_folder_nobody_opened_is_found_at_the_first_open(store, listings):
+    store.deliver(BOX, b"Subject: x\r\n\r\n", "U1")
+    assert not any(p.endswith("/new") for p in listings)
+    inbox = store.open_folders(BOX).open("INBOX")
+    assert [inbox.by_uid[u].base for u in inbox.uids] == ["U1"]
