@@ -45,6 +45,14 @@ def check_forwarding_loop(message: bytes, route: Route) -> None:
         raise MailError(554, "5.4.6", f"mail forwarding loop for <{route.address}>")
 
 
+def local_copy(envelope: Envelope, route: Route, message_path: str) -> bytes:
+    """The message as a local delivery writes it: trace headers first, loops refused."""
+    with open(message_path, "rb") as f:
+        original = f.read()
+    check_forwarding_loop(original, route)
+    return delivery_headers(envelope, route) + original
+
+
 @implementer(IDeliveryTarget)
 class MaildirDelivery:
     kind = "local"
@@ -61,10 +69,7 @@ class MaildirDelivery:
 
     def _deliver(self, envelope: Envelope, route: Route, message_path: str,
                  recovering: bool) -> Steps:
-        with open(message_path, "rb") as f:
-            original = f.read()
-        check_forwarding_loop(original, route)
-        message = delivery_headers(envelope, route) + original
+        message = local_copy(envelope, route, message_path)
         try:
             return (yield from self.store.deliver_steps(
                 route.mailbox, message, unique_name(envelope, route.mailbox, self.hostname),

@@ -29,7 +29,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from gateway.config import MboxSettings
-from gateway.deliver.maildir import check_forwarding_loop, delivery_headers
+from gateway.deliver.maildir import local_copy
 from gateway.envelope import Envelope
 from gateway.errors import MailError
 from gateway.interfaces import IDeliveryTarget, Route
@@ -141,9 +141,6 @@ class MboxDelivery:
                                  self.clock.seconds())
 
     def _deliver(self, envelope: Envelope, route: Route, message_path: str, now: float) -> None:
-        with open(message_path, "rb") as f:
-            original = f.read()
-        check_forwarding_loop(original, route)
-        message = delivery_headers(envelope, route) + original
+        message = local_copy(envelope, route, message_path)
         sender = envelope.sender if route.sender is None else route.sender
         append(route.path, mbox_entry(sender, message, now), self.settings.lock_timeout)
