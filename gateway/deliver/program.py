@@ -160,10 +160,9 @@ class _Run(protocol.ProcessProtocol):
                 self.stdout += data[:room]
 
     def inConnectionLost(self) -> None:
-        # Stdin closed under the sender (the program exited or closed it).
-        if self._file is not None:
-            self.transport.unregisterProducer()
-            self._close_file()
+        # Stdin closed (by us at the end, or by a program that stopped reading: its
+        # exit status decides). The pipe stopped the file sender already.
+        self._close_file()
 
     def processEnded(self, reason) -> None:
         self._close_file()

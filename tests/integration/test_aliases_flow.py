@@ -278,3 +278,13 @@ def test_shipped_responder_replies_to_the_sender_but_never_to_automatic_mail(
     wait_for(lambda: gw.log_text().count("exited 0") == 2, what="the second run")
     wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
     assert len(gw.messages("alice@example.test")) == 1
+
+
+def test_a_program_that_reads_nothing_of_a_large_message_is_still_delivered(
+        make_gateway, tmp_path, out_dir):
+    prog = script(out_dir, "ignore", f"touch {out_dir}/ran\n")  # never reads its input
+    gw = aliases_gateway(make_gateway, tmp_path, f'ignore: "|{prog}"\n')
+    send(gw, "ignore@example.test", ("x" * 998 + "\r\n") * 3000)  # 3 MB: more than a pipe holds
+    wait_for(lambda: (out_dir / "ran").exists(), what="the run")
+    wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
+    assert "exited 0" in gw.log_text()
