@@ -1,0 +1,88 @@
+"""Hostile IMAP clients (issue 11): bounded CPU and memory per command, over StringTransport.
+
+Sessions are those of tests/unit/imap_dialogue.py: no sockets, store work inline.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from imap_dialogue import Session, fresh_store, make_factory
+from twisted.internet.testing import MemoryReactorClock
+
+from gateway.access.imap.account import pattern_matcher
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = fresh_store(tmp_path)
+    clock = MemoryReactorClock()
+
+    def connect(peer: str = "127.0.0.1", **kw) -> Session:
+        return Session(make_factory(store, clock, **kw), peer)
+
+    connect.store, connect.clock = store, clock
+    return connect
+
+
+# -- LIST/LSUB wildcards (RFC 3501 6.3.8) -------------------------------------------------
+
+@pytest.mark.parametrize("pattern, name, matches", [
+    ("*", "a.b.c", True), ("%", "a.b", False), ("%", "abc", True), ("a%", "a", True),
+    ("a.%", "a.b", True), ("a.%", "a.b.c", False), ("a.*", "a.b.c", True),
+    ("*b", "a.b", True), ("*b", "a.bc", False), ("a*c", "abc", True), ("a*c", "ab", False),
+    ("%.%", "a.b", True), ("%.%", "a", False), ("", "", True), ("", "a", False),
+    ("INBOX", "INBOX", True), ("IN%X", "INBOX", True), ("*%*", "x.y", True),
+    ("a%%b", "a.b", False), ("a**b", "a.x.b", True),
+])
+def test_wildcards_match_as_rfc3501_says(pattern, name, matches):
+    assert pattern_matcher(pattern)(name) is matches
+
+
+def test_wildcards_agree_with_a_reference_on_many_patterns():
+    import itertools
+
+    def reference(pattern: str) -> re.Pattern[str]:
+        return re.compile("".join(".*" if c == "*" else "[^.]*" if c == "%" else re.escape(c)
+                                  for c in pattern), re.DOTALL)
+
+    names = ["", "a", "b", "ab", "a.b", "a.b.a", "ba.", ".a", "aab.b"]
+    for n in range(5):
+        for chars in itertools.product("ab.*%", repeat=n):
+            pattern = "".join(chars)
+            ours, ref = pattern_matcher(pattern), reference(pattern)
+            for name in names:
+                assert ours(name) == bool(ref.fullmatch(name)), (pattern, name)
+
+
+def test_lsub_with_a_backtracking_pattern_answers_at_once(tmp_path):
+    # With a backtracking regex this LSUB runs for days (each "*a" multiplies
+    # the work by about six) and holds the interpreter: the whole gateway
+    # freezes. A child process keeps a regression from hanging the test run.
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(HERE)!r})
+        from pathlib import Path
+        from imap_dialogue import Session, fresh_store, make_factory
+        from twisted.internet.testing import MemoryReactorClock
+        s = Session(make_factory(fresh_store(Path({str(tmp_path)!r})), MemoryReactorClock()))
+        s.login()
+        s("CREATE " + "a" * 60)
+        s("SUBSCRIBE " + "a" * 60)
+        out = s('LSUB "" "' + "*a" * 40 + 'b"')
+        print(out.decode().splitlines()[-1])
+        out = s('LSUB "" "' + "*a" * 40 + '"')
+        print(out.decode().splitlines()[0])
+    """)
+    # The bound only turns a hang into a failure; the matcher takes milliseconds.
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["a4 OK LSUB completed",
+                                        '* LSUB (\\HasNoChildren) "." "' + "a" * 60 + '"']
