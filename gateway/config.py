@@ -46,6 +46,8 @@ class SmtpSettings:
     max_connections_per_client: int
     vrfy: bool
     bare_linefeeds: str
+    # Bytes of input held while a command is busy (accept/smtp.py); beyond: 421 and close.
+    max_pending_input: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         max_connections_per_client=r.positive("smtp", "max_connections_per_client", int, 50),
         vrfy=r.get("smtp", "vrfy", bool, False),
         bare_linefeeds=bare,
+        max_pending_input=r.positive("smtp", "max_pending_input", int, 1 << 20),
     )
     if smtp.max_line_length < 80:
         r.fault("smtp", "max_line_length", "must be at least 80")
