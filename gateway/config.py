@@ -77,6 +77,19 @@ class ImapSettings:
     auth_failure_delay: float = 1.0
     poll_interval: float = 10.0
     max_connections_per_client: int = 50
+    # Parentheses in one command, and NOT/OR/parentheses in one SEARCH, nested deeper: BAD.
+    max_nesting: int = 32
+    # Search keys in one SEARCH, and message bytes it may read (BODY, TEXT, HEADER).
+    max_search_keys: int = 100
+    max_search_bytes: int = 134217728
+
+
+@dataclass(frozen=True)
+class ThreadSettings:
+    """[threads]: pools by kind of slow work (service.py), so one kind never waits on another."""
+
+    auth: int = 2  # password hashes (scrypt) for SMTP AUTH, POP3 and IMAP logins
+    mailbox: int = 4  # POP3 and IMAP folder work: opening, SEARCH, FETCH, COPY
 
 
 # [queue] sync: how a group commit makes writes durable (gateway/durable.py).
@@ -147,6 +160,7 @@ class Settings:
     # The TLS fronts ([[tlsfront]]) and the PROXY-requiring listeners behind them.
     tlsfront: tuple[FrontSettings, ...] = ()
     proxied: ProxiedSettings = field(default_factory=lambda: ProxiedSettings())
+    threads: ThreadSettings = field(default_factory=ThreadSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -287,6 +301,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     pop3 = _pop3_settings(r)
     imap = _imap_settings(r)
     plaintext = r.get("auth", "plaintext_from_loopback", bool, False)
+    threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
+                             mailbox=r.positive("threads", "mailbox", int,
+                                                ThreadSettings.mailbox))
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -311,6 +328,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         raw=data,
         tlsfront=fronts,
         proxied=proxied,
+        threads=threads,
     )
 
 
@@ -329,6 +347,9 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         poll_interval=r.positive("imap", "poll_interval", float, d.poll_interval),
         max_connections_per_client=r.positive("imap", "max_connections_per_client", int,
                                               d.max_connections_per_client),
+        max_nesting=r.positive("imap", "max_nesting", int, d.max_nesting),
+        max_search_keys=r.positive("imap", "max_search_keys", int, d.max_search_keys),
+        max_search_bytes=r.positive("imap", "max_search_bytes", int, d.max_search_bytes),
     )
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")
