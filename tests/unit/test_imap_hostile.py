@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from imap_dialogue import Session, fresh_store, make_factory
+from imap_dialogue import BOX, Session, fresh_store, make_factory
 from twisted.internet.testing import MemoryReactorClock
 
 from gateway.access.imap.account import pattern_matcher
@@ -30,6 +30,20 @@ def env(tmp_path):
 
     connect.store, connect.clock = store, clock
     return connect
+
+
+def selected(env, **kw) -> Session:
+    for n in range(3):
+        env.store.deliver(BOX, b"From: a@example.test\r\nSubject: note %d\r\n\r\n" % n
+                          + b"body text %d\r\n" % n + b"x" * 1000 + b"\r\n", f"100{n}.U{n}.host")
+    s = env(**kw)
+    s.login()
+    s("SELECT INBOX")
+    return s
+
+
+def last_line(out: bytes) -> bytes:
+    return out.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
 
 
 # -- LIST/LSUB wildcards (RFC 3501 6.3.8) -------------------------------------------------
@@ -69,7 +83,7 @@ def test_lsub_with_a_backtracking_pattern_answers_at_once(tmp_path):
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(HERE)!r})
         from pathlib import Path
-        from imap_dialogue import Session, fresh_store, make_factory
+        from imap_dialogue import BOX, Session, fresh_store, make_factory
         from twisted.internet.testing import MemoryReactorClock
         s = Session(make_factory(fresh_store(Path({str(tmp_path)!r})), MemoryReactorClock()))
         s.login()
@@ -86,3 +100,39 @@ def test_lsub_with_a_backtracking_pattern_answers_at_once(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["a4 OK LSUB completed",
                                         '* LSUB (\\HasNoChildren) "." "' + "a" * 60 + '"']
+
+
+# -- SEARCH: bounded parsing and cost ----------------------------------------------------
+
+@pytest.mark.parametrize("keys", [
+    "(" * 20000 + "ALL" + ")" * 20000,
+    "NOT " * 8000 + "ALL",
+    "OR " * 5000 + "ALL " * 5001,
+])
+def test_deeply_nested_search_is_refused_with_bad_not_a_traceback(env, keys):
+    s = selected(env)
+    out = s("SEARCH " + keys, expect=b"BAD")
+    assert b"nested deeper than 32" in out and b"SERVERBUG" not in out
+    assert s("SEARCH OR SUBJECT note NOT (SUBJECT 1) ALL").startswith(b"* SEARCH 1 2 3\r\n")
+
+
+def test_nesting_limit_is_the_setting(env):
+    s = selected(env, imap={"max_nesting": 3})
+    assert s("SEARCH NOT NOT NOT ALL").startswith(b"* SEARCH\r\n")
+    assert b"nested deeper than 3" in s("SEARCH NOT NOT NOT NOT ALL", expect=b"BAD")
+    assert b"nested deeper than 3" in s("FETCH 1 (((((FLAGS)))))", expect=b"BAD")
+
+
+def test_too_many_search_keys_get_no_limit(env):
+    s = selected(env, imap={"max_search_keys": 10})
+    assert s("SEARCH " + "SUBJECT note " * 10).startswith(b"* SEARCH 1 2 3\r\n")
+    out = s("SEARCH " + "SUBJECT note " * 11, expect=b"NO")
+    assert last_line(out) == b"a4 NO [LIMIT] more than 10 search keys"
+
+
+def test_search_reading_more_than_the_byte_budget_gets_no_limit(env):
+    s = selected(env, imap={"max_search_bytes": 2500})
+    assert s("SEARCH SUBJECT note").startswith(b"* SEARCH 1 2 3\r\n")  # the index: no reads
+    assert s("SEARCH 1:2 BODY text").startswith(b"* SEARCH 1 2\r\n")  # two messages fit
+    out = s("SEARCH BODY text", expect=b"NO")
+    assert b"[LIMIT] SEARCH would read more than 2500 octets" in last_line(out)

@@ -296,7 +296,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         tag = first if re.fullmatch(rb"[!#$&'-*,-Z^-z|~]+", first) and b"+" not in first \
             else b"*"
         try:
-            tokens = wire.tokenize(pieces)
+            tokens = wire.tokenize(pieces, self.settings.max_nesting)
             if not tokens or not isinstance(tokens[0], Atom) or tokens[0] == b"*" \
                     or b"+" in tokens[0]:
                 raise Bad("missing or bad tag")
