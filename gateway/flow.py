@@ -73,3 +73,32 @@ class ReadGate:
 
     def stopProducing(self) -> None:
         self.stopped = True
+
+
+def closing(transport: Any) -> bool:
+    """True once the session asked to close: reading is over, pausing is moot."""
+    return not getattr(transport, "connected", True) or getattr(transport, "disconnecting",
+                                                                 False)
+
+
+def transport_gate(transport: Any, go_on: Callable[[], Any]) -> ReadGate:
+    """A gate that pauses and resumes transport's reading, then calls go_on (the
+    session's loop over input it already holds)."""
+    def pause() -> None:
+        if not closing(transport):
+            transport.pauseProducing()
+
+    def resume() -> None:
+        if not closing(transport):
+            transport.resumeProducing()
+            go_on()
+
+    return ReadGate(pause, resume)
+
+
+def lose(transport: Any) -> None:
+    """Close after the replies already written: the gate stops being the producer first,
+    for a TLS transport (twisted.protocols.tls) does not close while one is registered."""
+    if getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()
+    transport.loseConnection()

@@ -84,7 +84,6 @@ class SMTPServer(SMTPAuth, ESMTP):
         self.timeout = self.settings.idle_timeout
         self.callLater = factory.reactor.callLater  # TimeoutMixin's clock, injectable
         self._buffer = bytearray()
-        self._gate = flow.ReadGate(self._read_paused, self._read_resumed)
         self._processing = False
         self._closing = False
         self._skip_line = False
@@ -98,6 +97,7 @@ class SMTPServer(SMTPAuth, ESMTP):
 
     def connectionMade(self) -> None:
         self.session = Session(client_address=self.client_host())
+        self._gate = flow.transport_gate(self.transport, self._process)
         self.transport.registerProducer(self._gate, True)
         self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.ctx is not None
         if self.is_tls():  # behind tlsfront: TLS already, so no STARTTLS, and AUTH is allowed
@@ -151,7 +151,7 @@ class SMTPServer(SMTPAuth, ESMTP):
     def _close(self) -> None:
         self._closing = True
         self._buffer.clear()
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     # --- input loop ----------------------------------------------------------
 
@@ -184,15 +184,6 @@ class SMTPServer(SMTPAuth, ESMTP):
                     return
         finally:
             self._processing = False
-
-    def _read_paused(self) -> None:
-        self.transport.pauseProducing()
-
-    def _read_resumed(self) -> None:
-        if self._closing or not self.transport.connected:
-            return
-        self.transport.resumeProducing()
-        self._process()
 
     def _line_step(self) -> bool:
         buf = self._buffer

@@ -12,7 +12,8 @@ no STLS, advertises joke capabilities, counts deleted messages in STAT/LIST,
 turns CRLF into CR CR LF in RETR and misses dot-stuffing across chunks, takes
 "DELE 0" as "delete the last message", queues pipelined commands without
 bound and stops the idle timer while a message is sent (a client that stops
-reading would hold the maildrop lock forever).
+reading would hold the maildrop lock forever). The client is not read
+while a command is busy or while it leaves its replies unread (gateway/flow.py).
 
 The TRANSACTION-state commands that read the maildrop (STAT, LIST, UIDL,
 DELE, RETR, TOP) and the streaming sender live in access/pop3_transfer.py.
@@ -33,7 +34,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from gateway import sasl
+from gateway import flow, sasl
 from gateway.access.pop3_transfer import MessageSender, TransactionCommands
 from gateway.access.session import AccessSession
 from gateway.config import PopSettings
@@ -78,6 +79,8 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         # Not Twisted's: its greeting carries an APOP timestamp, and APOP needs
         # plaintext passwords we do not keep. Timeouts use the injected reactor.
         self.settings = self.factory.settings
+        self._gate = flow.transport_gate(self.transport, self._drain)
+        self.transport.registerProducer(self._gate, True)
         self.callLater = self.factory.reactor.callLater
         self.timeOut = self.settings.idle_timeout
         self._counted_as = self.client_host()
@@ -88,7 +91,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.failResponse(b"[SYS/TEMP] Too many connections from your address, "
                               b"try again later")
             self._gone = True  # nothing more is read from this client
-            self.transport.loseConnection()
+            flow.lose(self.transport)
             return
         self.successResponse(f"{self.factory.hostname} POP3 server ready")
         self.setTimeout(self.timeOut)
@@ -118,7 +121,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.transport.abortConnection()  # mid-message and not reading: cannot say more
             return
         self.failResponse(b"Idle timeout, closing connection")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     def successResponse(self, message: Any = b"") -> None:
         # Twisted always writes "+OK " with a space, even with no text.
@@ -150,7 +153,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             return  # a command finished synchronously inside the loop below
         self._draining = True
         try:
-            while (self._lines and not self._busy and not self._gone
+            while (self._lines and not self._busy and not self._gone and self._gate.open
                    and not getattr(self.transport, "disconnecting", False)):
                 line = self._lines.popleft()
                 self._pending -= len(line)
@@ -161,15 +164,30 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         finally:
             self._draining = False
 
+    def sending(self, sender: MessageSender) -> None:
+        """RETR/TOP: the sender is the transport's (pull) producer while the message goes
+        out; the gate takes its place again after."""
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(sender, False)
+
+        def sent(finished: bool) -> bool:
+            if finished and not self._gone:  # the sender unregistered itself
+                self.transport.registerProducer(self._gate, True)
+                self._gate.release(flow.OUTPUT)  # the transport pauses it again if still full
+            return finished
+
+        sender.deferred.addCallback(sent)
+
     def _wait(self, d: defer.Deferred) -> None:
         """Hold further commands until d fires (PIPELINING, RFC 2449 6.6)."""
         self._busy = True
+        self._gate.hold(flow.BUSY)
 
         def done(_: object) -> None:
             self._busy = False
             self._sender = None
             if not self._gone:
-                self._drain()
+                self._gate.release(flow.BUSY)  # goes on with what is pending
 
         d.addErrback(self._internal_error).addBoth(done)
 
@@ -179,7 +197,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.transport.abortConnection()
             return
         self.failResponse(b"Line too long")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     def state_COMMAND(self, line: bytes) -> None:
         # Twisted's answers unknown commands with exception class names and
@@ -206,7 +224,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         self._bad += 1
         if self._bad >= self.settings.max_bad_commands:
             self.failResponse(b"Too many bad commands, closing connection")
-            self.transport.loseConnection()
+            flow.lose(self.transport)
         else:
             self.failResponse(text)
 
@@ -351,7 +369,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         def answer(_: object) -> None:
             self.failResponse(b"[AUTH] Authentication failed")
             if self._auth_failures >= self.settings.max_auth_failures:
-                self.transport.loseConnection()
+                flow.lose(self.transport)
 
         return d.addCallback(answer)
 
@@ -359,7 +377,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         # Twisted's QUIT answers +OK even when deletions fail (RFC 1939 6).
         if self.mbox is None:
             self.successResponse(b"Bye")
-            return self.transport.loseConnection()
+            return flow.lose(self.transport)
         mbox, self.mbox = self.mbox, None
         # Deleting and renaming files, with fsyncs: off the reactor thread (RFC 1939 6).
         d = self.factory.run_blocking(mbox.sync)
@@ -378,7 +396,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.failResponse(b"[SYS/TEMP] Some deleted messages not removed")
         else:
             self.successResponse(b"Bye")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
 
 class POP3Factory(ServerFactory):

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from imap_dialogue import BOX, Session, fresh_store, make_factory
+from imap_dialogue import BOX, PASSWORD, Session, fresh_store, make_factory
 from twisted.internet.testing import MemoryReactorClock
 
 from gateway.access.imap.account import pattern_matcher
@@ -136,3 +136,37 @@ def test_search_reading_more_than_the_byte_budget_gets_no_limit(env):
     assert s("SEARCH 1:2 BODY text").startswith(b"* SEARCH 1 2\r\n")  # two messages fit
     out = s("SEARCH BODY text", expect=b"NO")
     assert b"[LIMIT] SEARCH would read more than 2500 octets" in last_line(out)
+
+
+# -- a client that does not read its replies -----------------------------------------
+
+def test_client_that_does_not_read_replies_stops_being_read(env):
+    s = env()
+    s.transport.producer.pauseProducing()  # the socket's send buffer is full
+    assert s.transport.producerState == "paused"
+    assert s.raw(b"".join(b"c%d CAPABILITY\r\n" % n for n in range(500))) == b""
+    s.transport.producer.resumeProducing()  # the client read its replies
+    out = s.take()
+    assert out.count(b" OK CAPABILITY completed\r\n") == 500
+    assert s.transport.producerState == "producing"
+
+
+def test_client_is_not_read_while_a_command_is_busy(env):
+    from twisted.internet import defer
+
+    pending = []
+
+    def later(f, *args):
+        d = defer.Deferred()
+        pending.append((d, f, args))
+        return d
+
+    s = env(run_blocking=later)
+    assert s.raw(b"a1 LOGIN " + BOX.encode() + b' "' + PASSWORD.encode() + b'"\r\n') == b""
+    assert pending  # the password check is the fake directory's, at once; opening waits
+    while pending:
+        assert s.transport.producerState == "paused"
+        d, f, args = pending.pop(0)
+        d.callback(f(*args))
+    assert s.take().endswith(b"] Logged in\r\n")
+    assert s.transport.producerState == "producing"

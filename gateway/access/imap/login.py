@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import sasl
+from gateway import flow, sasl
 from gateway.access.imap import wire
 from gateway.access.imap.account import Account
 from gateway.access.imap.wire import Bad, No
@@ -124,7 +124,7 @@ class LoginCommands:
             if self._auth_failures >= self.settings.max_auth_failures:
                 self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
                 self.sendLine(b"* BYE Too many failed logins")
-                self.transport.loseConnection()
+                flow.lose(self.transport)
                 return None
             raise No("[AUTHENTICATIONFAILED] Authentication failed")
 

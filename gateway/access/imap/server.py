@@ -15,7 +15,8 @@ IDLE; input pipelined after STARTTLS is answered inside TLS, CVE-2011-0411)
 and answers ID, ENABLE, MOVE, UID EXPUNGE with BAD. Here whole commands are
 gathered (lines + literals, sized before they are read), tokenised by
 wire.py and dispatched by name; one command runs at a time, later input
-waits (the transport is paused) until it is answered.
+waits (the transport is paused) until it is answered; and a client that
+does not read its replies is not read either (gateway/flow.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import connection
+from gateway import connection, flow
 from gateway.access.imap import wire
 from gateway.access.imap.commands import AuthenticatedCommands
 from gateway.access.imap.login import LoginCommands
@@ -66,26 +67,33 @@ MAX_LITERALS = 64  # literals in one command
 
 
 @implementer(IPushProducer)
-class Pacer:
-    """Output flow control: FETCH waits for the client to read before writing more."""
+class Pacer(flow.ReadGate):
+    """Flow control: input is read only while no command is busy and the client reads
+    its replies (flow.ReadGate); FETCH waits for the client to read before writing more."""
 
-    def __init__(self) -> None:
-        self.paused = False
+    def __init__(self, pause, resume) -> None:
+        super().__init__(pause, resume)
         self._waiting: list[defer.Deferred] = []
 
-    def pauseProducing(self) -> None:
-        self.paused = True
+    @property
+    def paused(self) -> bool:
+        return self.held(flow.OUTPUT)
 
     def resumeProducing(self) -> None:
-        self.paused = False
+        super().resumeProducing()
+        self._wake()
+
+    def stopProducing(self) -> None:
+        super().stopProducing()
+        self._wake()
+
+    def _wake(self) -> None:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
 
-    stopProducing = resumeProducing
-
     def wait(self) -> defer.Deferred:
-        if not self.paused:
+        if not self.paused or self.stopped:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._waiting.append(d)
@@ -117,7 +125,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.address = ""
         self.account: Any = None
         self.view: Any = None
-        self.pacer = Pacer()
+        # Reading pauses through LineReceiver's own pause (input already read waits).
+        self.pacer = Pacer(self._read_paused, self._read_resumed)
 
     @property
     def settings(self) -> ImapSettings:
@@ -152,11 +161,19 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             _log.info("imap connection limit for {client}", client=self._counted_as)
             self.transport.write(b"* BYE [UNAVAILABLE] Too many connections from your "
                                  b"address, try again later\r\n")
-            self.transport.loseConnection()
+            flow.lose(self.transport)
             return
         self.setTimeout(self.settings.login_timeout)
         self.sendServerGreeting()
         _log.info("imap connect from {client}", client=self.client_host())
+
+    def _read_paused(self) -> None:
+        if not flow.closing(self.transport):
+            imap4.IMAP4Server.pauseProducing(self)
+
+    def _read_resumed(self) -> None:
+        if not self._gone and not flow.closing(self.transport):
+            imap4.IMAP4Server.resumeProducing(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
@@ -180,11 +197,11 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         _log.info("imap idle timeout for {client} user={user}", client=self.client_host(),
                   user=self.address or "-")
         self.sendLine(b"* BYE Autologout; idle for too long")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.sendLine(b"* BYE Command line too long")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     # -- input: lines, literals ----------------------------------------------------
 
@@ -328,7 +345,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         """Answer a command now, or when its Deferred fires (input waits till then)."""
         if isinstance(result, defer.Deferred):
             self._busy = True
-            self.pauseProducing()  # later commands wait in the transport
+            self.pacer.hold(flow.BUSY)  # later commands wait in the transport
             result.addBoth(self._finish, tag, command, uid, pieces or [])
         else:
             self._finish(result, tag, command, uid, pieces or [])
@@ -340,7 +357,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         if self._busy:  # answered: now the next pipelined command may run
             self._busy = False
             if not self._gone:
-                self.resumeProducing()
+                self.pacer.release(flow.BUSY)
 
     def _reply(self, result: Any, tag: bytes, command: bytes, uid: bool) -> None:
         if isinstance(result, Failure):
@@ -370,7 +387,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self._bad += 1
         if self._bad >= self.settings.max_bad_commands:
             self.sendLine(b"* BYE Too many invalid commands")
-            self.transport.loseConnection()
+            flow.lose(self.transport)
             return
         self.sendBadResponse(tag, text.encode("utf-8", "replace"))
 
@@ -404,7 +421,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.sendUntaggedResponse(b"BYE Logging out")
         self.sendPositiveResponse(tag, b"LOGOUT completed")
         self.state = "logout"
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     def do_ID(self, tag: bytes, args: list, uid: bool) -> bytes:
         # RFC 2971: the client's identity (logged) for ours.
