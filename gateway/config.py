@@ -48,6 +48,8 @@ class SmtpSettings:
     bare_linefeeds: str
     # Bytes of input held while a command is busy (accept/smtp.py); beyond: 421 and close.
     max_pending_input: int = 1 << 20
+    # Seconds from the 354 to the final dot, whatever the pace: beyond, 421 and close.
+    data_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class PopSettings:
     auth_failure_delay: float
     idle_timeout: float
     max_connections_per_client: int
+    # Seconds from connecting to a successful login, in all (commands do not restart it).
+    login_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,11 @@ class ImapSettings:
     # Search keys in one SEARCH, and message bytes it may read (BODY, TEXT, HEADER).
     max_search_keys: int = 100
     max_search_bytes: int = 134217728
+    # Octets of all literals of one command (APPEND's message apart), and before login.
+    max_command_literals: int = 262144
+    max_unauthenticated_literals: int = 8192
+    # Seconds one literal may take to arrive, whatever its pace (APPEND's message too).
+    literal_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -279,6 +288,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         vrfy=r.get("smtp", "vrfy", bool, False),
         bare_linefeeds=bare,
         max_pending_input=r.positive("smtp", "max_pending_input", int, 1 << 20),
+        data_timeout=r.positive("smtp", "data_timeout", float, 600.0),
     )
     if smtp.max_line_length < 80:
         r.fault("smtp", "max_line_length", "must be at least 80")
@@ -350,6 +360,11 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         max_nesting=r.positive("imap", "max_nesting", int, d.max_nesting),
         max_search_keys=r.positive("imap", "max_search_keys", int, d.max_search_keys),
         max_search_bytes=r.positive("imap", "max_search_bytes", int, d.max_search_bytes),
+        max_command_literals=r.positive("imap", "max_command_literals", int,
+                                        d.max_command_literals),
+        max_unauthenticated_literals=r.positive("imap", "max_unauthenticated_literals", int,
+                                                d.max_unauthenticated_literals),
+        literal_timeout=r.positive("imap", "literal_timeout", float, d.literal_timeout),
     )
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")
@@ -371,6 +386,7 @@ def _pop3_settings(r: _Reader) -> PopSettings:
         auth_failure_delay=r.get("pop3", "auth_failure_delay", float, 1.0),
         idle_timeout=r.positive("pop3", "idle_timeout", float, 600.0),
         max_connections_per_client=r.positive("pop3", "max_connections_per_client", int, 50),
+        login_timeout=r.positive("pop3", "login_timeout", float, 60.0),
     )
     if pop3.max_command_length < 255:  # RFC 2449 4: commands may be 255 octets
         r.fault("pop3", "max_command_length", "must be at least 255")

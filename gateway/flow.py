@@ -102,3 +102,24 @@ def lose(transport: Any) -> None:
     if getattr(transport, "producer", None) is not None:
         transport.unregisterProducer()
     transport.loseConnection()
+
+
+class Deadline:
+    """A total time for one phase of a session (logging in, one DATA, one literal).
+
+    The idle timer (TimeoutMixin) restarts on every byte, so a client sending
+    one byte every few seconds would never meet it; a deadline does not restart.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._call: Any = None
+
+    def start(self, seconds: float, expired: Callable[[], Any]) -> None:
+        self.cancel()
+        self._call = self.clock.callLater(seconds, expired)
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None

@@ -85,6 +85,7 @@ class SMTPServer(SMTPAuth, ESMTP):
         self.callLater = factory.reactor.callLater  # TimeoutMixin's clock, injectable
         self._buffer = bytearray()
         self._processing = False
+        self._data_deadline = flow.Deadline(factory.reactor)
         self._closing = False
         self._skip_line = False
         self._bad_commands = 0
@@ -115,6 +116,7 @@ class SMTPServer(SMTPAuth, ESMTP):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
+        self._data_deadline.cancel()
         if self.session is not None:
             self.factory.connections.closed(self.session.client_address)
             if hasattr(self, "_opened"):
@@ -401,7 +403,17 @@ class SMTPServer(SMTPAuth, ESMTP):
             raise MailError(554, "5.5.1", "No valid recipients")
         self.mode = "DATA"
         self._body = BodyReader(self.settings)
+        # The idle timer restarts on every byte; this does not (a byte every 2 s).
+        self._data_deadline.start(self.settings.data_timeout, self._data_expired)
         self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+
+    def _data_expired(self) -> None:
+        log.info("{client} DATA not completed in {seconds} seconds",
+                 client=self.session.client_address, seconds=self.settings.data_timeout)
+        self.reply(421, "4.4.2", f"{self.factory.hostname} Message not received within "
+                   f"{self.settings.data_timeout:g} seconds, closing connection")
+        self._body = None
+        self._close()
 
     def _data_step(self) -> bool:
         """Feed input to the body reader; False when more input is needed."""
@@ -411,6 +423,7 @@ class SMTPServer(SMTPAuth, ESMTP):
         if not finished:
             return False
         self.mode = "COMMAND"
+        self._data_deadline.cancel()
         self._gate.hold(flow.BUSY)
         self._end_of_data().addBoth(self._resume)
         return True

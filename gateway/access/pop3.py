@@ -81,6 +81,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         self.settings = self.factory.settings
         self._gate = flow.transport_gate(self.transport, self._drain)
         self.transport.registerProducer(self._gate, True)
+        self._login_deadline = flow.Deadline(self.factory.reactor)
         self.callLater = self.factory.reactor.callLater
         self.timeOut = self.settings.idle_timeout
         self._counted_as = self.client_host()
@@ -95,12 +96,14 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             return
         self.successResponse(f"{self.factory.hostname} POP3 server ready")
         self.setTimeout(self.timeOut)
+        self._login_deadline.start(self.settings.login_timeout, self._login_expired)
         _log.info("pop3 connect from {client}", client=self.client_host())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
         self._lines.clear()
         self.setTimeout(None)
+        self._login_deadline.cancel()
         if self._counted_as is not None:
             self.factory.connections.closed(self._counted_as)
             self._counted_as = None
@@ -113,6 +116,12 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             _log.info("pop3 {user} from {client} dropped without QUIT",
                       user=self._address, client=self.client_host())
             self.mbox = None
+
+    def _login_expired(self) -> None:
+        _log.info("pop3 login timeout for {client}", client=self.client_host())
+        self.failResponse(b"No login within %d seconds, closing connection"
+                          % self.settings.login_timeout)
+        flow.lose(self.transport)
 
     def timeoutConnection(self) -> None:
         _log.info("pop3 idle timeout for {client} user={user}",
@@ -348,6 +357,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
                          user=address, client=client)
             return self.failResponse(b"[SYS/TEMP] Cannot open the mailbox")
         self.mbox, self._address = maildrop, address
+        self._login_deadline.cancel()
         sizes = self.mbox.listMessages()
         _log.info("pop3 login {user} from {client} via {mechanism} tls={tls}: {n} messages",
                   user=address, client=client, mechanism=mechanism, tls=self.is_tls(),

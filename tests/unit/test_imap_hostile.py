@@ -170,3 +170,58 @@ def test_client_is_not_read_while_a_command_is_busy(env):
         d.callback(f(*args))
     assert s.take().endswith(b"] Logged in\r\n")
     assert s.transport.producerState == "producing"
+
+
+# -- literals: bounded per command and before login ----------------------------------
+
+def test_literals_before_login_are_bounded_in_all(env):
+    s = env(imap={"max_unauthenticated_literals": 100})
+    assert s.raw(b"a1 LOGIN {60}\r\n") == b"+ Ready for literal data\r\n"
+    out = s.raw(b"x" * 60 + b" {41}\r\n")
+    assert out == b"a1 NO [TOOBIG] Literals of this command over the limit of 100 octets\r\n"
+    # LITERAL+: the refused literal is skipped unread, then the session goes on
+    assert s.raw(b"a2 LOGIN {60+}\r\n" + b"x" * 60 + b" {41+}\r\n" + b"y" * 41 + b"\r\n") \
+        == b"a2 NO [TOOBIG] Literals of this command over the limit of 100 octets\r\n"
+    assert s("NOOP").endswith(b"OK NOOP completed\r\n")
+
+
+def test_literals_of_one_command_are_bounded_after_login(env):
+    s = env(imap={"max_command_literals": 1000})
+    s.login()
+    s("SELECT INBOX")
+    s.raw(b"a9 SEARCH TEXT {600}\r\n")
+    out = s.raw(b"x" * 600 + b" TEXT {401}\r\n")
+    assert out == b"a9 NO [TOOBIG] Literals of this command over the limit of 1000 octets\r\n"
+
+
+# -- deadlines per phase ----------------------------------------------------------------
+
+def test_login_timeout_is_total_not_restarted_by_commands(env):
+    s = env(imap={"login_timeout": 60})
+    for _ in range(29):
+        env.clock.advance(2)
+        s("NOOP")
+    env.clock.advance(2)
+    assert s.take() == b"* BYE Autologout; no login within 60 seconds\r\n"
+    assert s.transport.disconnecting
+
+
+def test_login_timeout_stops_at_login(env):
+    s = env(imap={"login_timeout": 60})
+    s.login()
+    env.clock.advance(120)
+    assert s.take() == b"" and not s.transport.disconnecting
+
+
+def test_a_literal_trickling_in_meets_its_deadline(env):
+    s = env(imap={"literal_timeout": 30})
+    s.login()
+    s.raw(b"a5 APPEND INBOX {1000}\r\n")
+    for _ in range(14):
+        env.clock.advance(2)
+        s.raw(b"x")
+    env.clock.advance(2)
+    assert s.take() == b"* BYE Literal not received within 30 seconds\r\n"
+    assert s.transport.disconnected
+    s.drop()  # what the reactor does next: the partial upload is removed
+    assert list((env.store.mailbox_path(BOX) / "tmp").iterdir()) == []

@@ -46,3 +46,19 @@ def test_client_is_not_read_while_a_login_is_checked(env):
     d.clock.advance(5)
     assert d.take().startswith(b"-ERR")
     assert d.transport.producerState == "producing"
+
+
+def test_login_timeout_is_total_not_restarted_by_commands(env):
+    d = env(pop3={"login_timeout": 60})
+    for _ in range(29):
+        d.clock.advance(2)
+        d("CAPA")
+    d.clock.advance(2)
+    assert d.take() == b"-ERR No login within 60 seconds, closing connection\r\n"
+    assert d.transport.disconnecting
+
+
+def test_login_timeout_stops_at_login(env):
+    d = logged_in(env, pop3={"login_timeout": 60})
+    d.clock.advance(120)
+    assert d.take() == b"" and not d.transport.disconnecting

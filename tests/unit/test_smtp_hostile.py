@@ -65,3 +65,24 @@ def test_overlong_line_is_refused_and_the_next_line_still_runs():
     assert out == b"500 5.5.6 Line too long (limit 100 octets)\r\n250 2.0.0 Ok\r\n"
     out = d.send(b"NOOP " + b"x" * 94 + b"\r\n")  # 99 + CR: at the limit
     assert out == b"250 2.0.0 Ok\r\n"
+
+
+def test_data_trickling_in_meets_the_data_timeout():
+    d = message_dialogue(overrides={"data_timeout": 60, "idle_timeout": 10})
+    for _ in range(29):
+        d.clock.advance(2)
+        d.send(b"x")  # a byte every 2 s: the idle timeout never fires
+    assert not d.transport.disconnecting
+    d.clock.advance(2)
+    assert d.read() == (b"421 4.4.2 mx.example.test Message not received within 60 seconds, "
+                        b"closing connection\r\n")
+    assert d.transport.disconnecting and d.spool.stored == []
+
+
+def test_data_timeout_stops_at_the_final_dot():
+    d = message_dialogue(overrides={"data_timeout": 60})
+    assert d.send(b"Hi\r\n.\r\n").startswith(b"250 2.0.0 Ok: queued as")
+    d.clock.advance(59)
+    d.cmd("NOOP", expect=b"250")
+    d.clock.advance(10)
+    assert d.read() == b"" and not d.transport.disconnecting

@@ -97,6 +97,7 @@ class LoginCommands:
         def opened(folders: Any) -> bytes:
             self.account, self.address = Account(address, folders), address
             self.state = "auth"
+            self.login_deadline.cancel()
             self.setTimeout(self.settings.idle_timeout)
             _log.info("imap login {user} from {client} via {mechanism} tls={tls}",
                       user=address, client=self.client_host(), mechanism=mechanism,

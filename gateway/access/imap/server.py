@@ -155,6 +155,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.callLater = self.factory.reactor.callLater  # TimeoutMixin on the injected clock
         self.MAX_LENGTH = self.settings.max_command_length
         self.tags = {}
+        self.login_deadline = flow.Deadline(self.factory.reactor)
+        self._literal_deadline = flow.Deadline(self.factory.reactor)
         self.transport.registerProducer(self.pacer, True)
         self._counted_as = self.client_host()
         if not self.factory.connections.opened(self._counted_as):
@@ -163,7 +165,9 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
                                  b"address, try again later\r\n")
             flow.lose(self.transport)
             return
+        # Idle timer and a total deadline: commands restart the one, not the other.
         self.setTimeout(self.settings.login_timeout)
+        self.login_deadline.start(self.settings.login_timeout, self._login_expired)
         self.sendServerGreeting()
         _log.info("imap connect from {client}", client=self.client_host())
 
@@ -181,6 +185,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             self.factory.connections.closed(self._counted_as)
             self._counted_as = None
         self.setTimeout(None)
+        for deadline in (self.login_deadline, self._literal_deadline):
+            deadline.cancel()
         for call in (self._delayed, self._idle_poll):
             if call is not None and call.active():
                 call.cancel()
@@ -192,6 +198,19 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         if self.account is not None:
             _log.info("imap {user} from {client} disconnected", user=self.address,
                       client=self.client_host())
+
+    def _login_expired(self) -> None:
+        _log.info("imap login timeout for {client}", client=self.client_host())
+        self.sendLine(b"* BYE Autologout; no login within %d seconds"
+                      % self.settings.login_timeout)
+        flow.lose(self.transport)
+
+    def _literal_expired(self) -> None:
+        _log.info("imap literal timeout for {client} user={user}", client=self.client_host(),
+                  user=self.address or "-")
+        self.sendLine(b"* BYE Literal not received within %d seconds"
+                      % self.settings.literal_timeout)
+        self.transport.abortConnection()  # mid-literal: nothing more will be read
 
     def timeoutConnection(self) -> None:
         _log.info("imap idle timeout for {client} user={user}", client=self.client_host(),
@@ -235,9 +254,15 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         is_append = command == b"APPEND" and self.account is not None and (
             len(head) > 2 or len(self._pieces) > 1)
         limit = self.settings.max_message_size if is_append else self.settings.max_literal_size
+        # All literals of one command together, fewer before login (a name, a password).
+        total = (self.settings.max_command_literals if self.account is not None
+                 else self.settings.max_unauthenticated_literals)
+        held = sum(len(p) for p in self._pieces[1::2] if isinstance(p, bytes))
         problem = None
         if size > limit:
             problem = b"NO [TOOBIG] Literal of %d octets is over the limit of %d" % (size, limit)
+        elif not is_append and held + size > total:
+            problem = b"NO [TOOBIG] Literals of this command over the limit of %d octets" % total
         elif len(self._pieces) > 2 * MAX_LITERALS:
             problem = b"BAD Too many literals in one command"
         if problem is not None:
@@ -259,6 +284,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         if size == 0:
             self._literal_end(b"")
         else:
+            self._literal_deadline.start(self.settings.literal_timeout, self._literal_expired)
             self.setRawMode()
 
     def _begin_discard(self, size: int) -> None:
@@ -284,6 +310,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def _literal_end(self, rest: bytes) -> None:
         if not rest:  # the rest of the command line is still to come: ask for it now
             connection.quick_ack(self.transport)
+        self._literal_deadline.cancel()
         sink, self._sink = self._sink, None
         if isinstance(sink, bytearray):
             self._pieces.append(bytes(sink))
