@@ -94,6 +94,17 @@ class ImapSettings:
 
 
 @dataclass(frozen=True)
+class AuthGuardSettings:
+    """[auth]: the password-guessing budget of access/authguard.py, shared by all protocols."""
+
+    max_failures_per_client: int = 10
+    max_failures_per_account: int = 30
+    failure_window: float = 900.0
+    failure_delay: float = 0.5
+    failure_delay_max: float = 8.0
+
+
+@dataclass(frozen=True)
 class ThreadSettings:
     """[threads]: pools by kind of slow work (service.py), so one kind never waits on another."""
 
@@ -170,6 +181,7 @@ class Settings:
     tlsfront: tuple[FrontSettings, ...] = ()
     proxied: ProxiedSettings = field(default_factory=lambda: ProxiedSettings())
     threads: ThreadSettings = field(default_factory=ThreadSettings)
+    auth_guard: AuthGuardSettings = field(default_factory=AuthGuardSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -311,6 +323,18 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     pop3 = _pop3_settings(r)
     imap = _imap_settings(r)
     plaintext = r.get("auth", "plaintext_from_loopback", bool, False)
+    g = AuthGuardSettings
+    auth_guard = AuthGuardSettings(
+        max_failures_per_client=r.positive("auth", "max_failures_per_client", int,
+                                           g.max_failures_per_client),
+        max_failures_per_account=r.positive("auth", "max_failures_per_account", int,
+                                            g.max_failures_per_account),
+        failure_window=r.positive("auth", "failure_window", float, g.failure_window),
+        failure_delay=r.get("auth", "failure_delay", float, g.failure_delay),
+        failure_delay_max=r.get("auth", "failure_delay_max", float, g.failure_delay_max))
+    for name in ("failure_delay", "failure_delay_max"):
+        if getattr(auth_guard, name) < 0:
+            r.fault("auth", name, f"must be 0 or greater, not {getattr(auth_guard, name)}")
     threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
                              mailbox=r.positive("threads", "mailbox", int,
                                                 ThreadSettings.mailbox))
@@ -339,6 +363,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         tlsfront=fronts,
         proxied=proxied,
         threads=threads,
+        auth_guard=auth_guard,
     )
 
 

@@ -17,6 +17,7 @@ from gateway import proxyproto, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
+from gateway.access.authguard import GuardedDirectory
 from gateway.access.imap.server import IMAPFactory
 from gateway.access.pop3 import POP3Factory
 from gateway.config import Settings
@@ -85,7 +86,9 @@ def build(settings: Settings, reactor) -> service.MultiService:
     auth_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.auth, name="auth")
     mailbox_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.mailbox,
                               name="mailbox")
-    users = UserDirectory(settings.users_file, reactor, auth_pool)
+    # One guessing budget for SMTP AUTH, POP3 and IMAP (access/authguard.py).
+    users = GuardedDirectory(UserDirectory(settings.users_file, reactor, auth_pool),
+                             settings.auth_guard, reactor)
     router = Router(settings.domains, users)
     spool = Spool(settings.spool_dir, reactor, accept_blocking)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.

@@ -121,7 +121,7 @@ class UserDirectory:
     def exists(self, address: str) -> bool:
         return address.lower() in self._current()
 
-    def authenticate(self, address: str, password: str) -> defer.Deferred:
+    def authenticate(self, address: str, password: str, client: str = "") -> defer.Deferred:
         try:
             address = normalize_address(address).lower()
         except MailError:

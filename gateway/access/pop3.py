@@ -39,6 +39,7 @@ from gateway.access.pop3_transfer import MessageSender, TransactionCommands
 from gateway.access.session import AccessSession
 from gateway.config import PopSettings
 from gateway.connection import ConnectionCounter
+from gateway.errors import AuthThrottled
 from gateway.interfaces import IMailStore, IUserDirectory
 from gateway.store.maildrop import Maildrop, MaildropInUse
 
@@ -322,7 +323,8 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         address = user.decode("utf-8", "replace")
         try:
             pw = password.decode("utf-8")
-            d = defer.maybeDeferred(self.factory.users.authenticate, address, pw)
+            d = defer.maybeDeferred(self.factory.users.authenticate, address, pw,
+                                    client=self.client_host())
         except UnicodeDecodeError:
             d = defer.fail(LoginFailed("password is not UTF-8"))
         d.addCallbacks(self._logged_in, self._login_failed,
@@ -365,6 +367,9 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         self.successResponse(b"Logged in, %d messages (%d octets)" % (len(sizes), sum(sizes)))
 
     def _login_failed(self, failure: Failure, address: str, mechanism: str) -> Any:
+        if failure.check(AuthThrottled):  # too many failures: logged by access/authguard.py
+            self._auth_failures += 1
+            return self.failResponse(b"[SYS/TEMP] Too many failed logins, try again later")
         if not failure.check(LoginFailed):  # UnauthorizedLogin is a LoginFailed
             _log.failure("pop3 authentication error for {user}", failure, user=address)
             return self.failResponse(b"[SYS/TEMP] Authentication temporarily unavailable")

@@ -21,6 +21,7 @@ from gateway import flow, sasl
 from gateway.access.imap import wire
 from gateway.access.imap.account import Account
 from gateway.access.imap.wire import Bad, No
+from gateway.errors import AuthThrottled
 
 _log = Logger()
 
@@ -84,7 +85,7 @@ class LoginCommands:
         address = user.decode("utf-8", "replace")
         try:
             d = defer.maybeDeferred(self.factory.users.authenticate, address,
-                                    password.decode("utf-8"))
+                                    password.decode("utf-8"), client=self.client_host())
         except UnicodeDecodeError:
             d = defer.fail(LoginFailed("password is not UTF-8"))
         d.addCallback(self._authenticated, mechanism)
@@ -110,6 +111,9 @@ class LoginCommands:
                       mechanism: str) -> Any:
         if failure.check(Bad, No):
             return failure
+        if failure.check(AuthThrottled):  # too many failures: logged by access/authguard.py
+            self._auth_failures += 1
+            raise No("[UNAVAILABLE] Too many failed logins, try again later")
         if not failure.check(LoginFailed):  # UnauthorizedLogin is a LoginFailed
             _log.failure("imap login error for {user}", failure, user=address)
             raise No("[UNAVAILABLE] Authentication temporarily unavailable")
