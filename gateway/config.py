@@ -46,6 +46,10 @@ class SmtpSettings:
     max_connections_per_client: int
     vrfy: bool
     bare_linefeeds: str
+    # Bytes of input held while a command is busy (accept/smtp.py); beyond: 421 and close.
+    max_pending_input: int = 1 << 20
+    # Seconds from the 354 to the final dot, whatever the pace: beyond, 421 and close.
+    data_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class PopSettings:
     auth_failure_delay: float
     idle_timeout: float
     max_connections_per_client: int
+    # Seconds from connecting to a successful login, in all (commands do not restart it).
+    login_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,35 @@ class ImapSettings:
     auth_failure_delay: float = 1.0
     poll_interval: float = 10.0
     max_connections_per_client: int = 50
+    # Parentheses in one command, and NOT/OR/parentheses in one SEARCH, nested deeper: BAD.
+    max_nesting: int = 32
+    # Search keys in one SEARCH, and message bytes it may read (BODY, TEXT, HEADER).
+    max_search_keys: int = 100
+    max_search_bytes: int = 134217728
+    # Octets of all literals of one command (APPEND's message apart), and before login.
+    max_command_literals: int = 262144
+    max_unauthenticated_literals: int = 8192
+    # Seconds one literal may take to arrive, whatever its pace (APPEND's message too).
+    literal_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class AuthGuardSettings:
+    """[auth]: the password-guessing budget of access/authguard.py, shared by all protocols."""
+
+    max_failures_per_client: int = 10
+    max_failures_per_account: int = 30
+    failure_window: float = 900.0
+    failure_delay: float = 0.5
+    failure_delay_max: float = 8.0
+
+
+@dataclass(frozen=True)
+class ThreadSettings:
+    """[threads]: pools by kind of slow work (service.py), so one kind never waits on another."""
+
+    auth: int = 2  # password hashes (scrypt) for SMTP AUTH, POP3 and IMAP logins
+    mailbox: int = 4  # POP3 and IMAP folder work: opening, SEARCH, FETCH, COPY
 
 
 # [queue] sync: how a group commit makes writes durable (gateway/durable.py).
@@ -183,6 +218,8 @@ class Settings:
     aliases: AliasSettings = field(default_factory=AliasSettings)
     program: ProgramSettings = field(default_factory=ProgramSettings)
     mbox: MboxSettings = field(default_factory=MboxSettings)
+    threads: ThreadSettings = field(default_factory=ThreadSettings)
+    auth_guard: AuthGuardSettings = field(default_factory=AuthGuardSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -300,6 +337,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         max_connections_per_client=r.positive("smtp", "max_connections_per_client", int, 50),
         vrfy=r.get("smtp", "vrfy", bool, False),
         bare_linefeeds=bare,
+        max_pending_input=r.positive("smtp", "max_pending_input", int, 1 << 20),
+        data_timeout=r.positive("smtp", "data_timeout", float, 600.0),
     )
     if smtp.max_line_length < 80:
         r.fault("smtp", "max_line_length", "must be at least 80")
@@ -323,6 +362,21 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     imap = _imap_settings(r)
     aliases, program, mbox = _alias_settings(r)
     plaintext = r.get("auth", "plaintext_from_loopback", bool, False)
+    g = AuthGuardSettings
+    auth_guard = AuthGuardSettings(
+        max_failures_per_client=r.positive("auth", "max_failures_per_client", int,
+                                           g.max_failures_per_client),
+        max_failures_per_account=r.positive("auth", "max_failures_per_account", int,
+                                            g.max_failures_per_account),
+        failure_window=r.positive("auth", "failure_window", float, g.failure_window),
+        failure_delay=r.get("auth", "failure_delay", float, g.failure_delay),
+        failure_delay_max=r.get("auth", "failure_delay_max", float, g.failure_delay_max))
+    for name in ("failure_delay", "failure_delay_max"):
+        if getattr(auth_guard, name) < 0:
+            r.fault("auth", name, f"must be 0 or greater, not {getattr(auth_guard, name)}")
+    threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
+                             mailbox=r.positive("threads", "mailbox", int,
+                                                ThreadSettings.mailbox))
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -350,6 +404,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         aliases=aliases,
         program=program,
         mbox=mbox,
+        threads=threads,
+        auth_guard=auth_guard,
     )
 
 
@@ -414,6 +470,14 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         poll_interval=r.positive("imap", "poll_interval", float, d.poll_interval),
         max_connections_per_client=r.positive("imap", "max_connections_per_client", int,
                                               d.max_connections_per_client),
+        max_nesting=r.positive("imap", "max_nesting", int, d.max_nesting),
+        max_search_keys=r.positive("imap", "max_search_keys", int, d.max_search_keys),
+        max_search_bytes=r.positive("imap", "max_search_bytes", int, d.max_search_bytes),
+        max_command_literals=r.positive("imap", "max_command_literals", int,
+                                        d.max_command_literals),
+        max_unauthenticated_literals=r.positive("imap", "max_unauthenticated_literals", int,
+                                                d.max_unauthenticated_literals),
+        literal_timeout=r.positive("imap", "literal_timeout", float, d.literal_timeout),
     )
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")
@@ -435,6 +499,7 @@ def _pop3_settings(r: _Reader) -> PopSettings:
         auth_failure_delay=r.get("pop3", "auth_failure_delay", float, 1.0),
         idle_timeout=r.positive("pop3", "idle_timeout", float, 600.0),
         max_connections_per_client=r.positive("pop3", "max_connections_per_client", int, 50),
+        login_timeout=r.positive("pop3", "login_timeout", float, 60.0),
     )
     if pop3.max_command_length < 255:  # RFC 2449 4: commands may be 255 octets
         r.fault("pop3", "max_command_length", "must be at least 255")

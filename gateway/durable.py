@@ -93,11 +93,13 @@ class BlockingBatcher:
         self._start()
 
 
-def in_thread(reactor) -> Callable[..., defer.Deferred]:
-    """A run_blocking without group commit: each call alone in a pool thread (POP3 and
-    IMAP sessions: a login must not wait behind a batch of deliveries)."""
+def in_thread(reactor, pool: Any = None) -> Callable[..., defer.Deferred]:
+    """A run_blocking without group commit: each call alone in a thread of pool (default:
+    the reactor's). POP3 and IMAP sessions get their own pool ([threads] mailbox), so a
+    login must not wait behind a batch of deliveries, nor a delivery behind a SEARCH."""
     def run_blocking(f: Callable[..., Any], *args: Any) -> defer.Deferred:
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), complete, f, *args)
+        return threads.deferToThreadPool(reactor, pool or reactor.getThreadPool(), complete,
+                                         f, *args)
     return run_blocking
 
 

@@ -29,5 +29,11 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{f}: {k}: {r}" for f, k, r in problems))
 
 
+class AuthThrottled(Exception):
+    """A login refused unchecked: too many recent failures from that client or for that
+    account (access/authguard.py). Temporary: SMTP 454 4.7.0, POP3 [SYS/TEMP], IMAP
+    [UNAVAILABLE]."""
+
+
 class SpoolError(Exception):
     """The spool could not store or update an entry (disk full, I/O error)."""

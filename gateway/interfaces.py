@@ -81,8 +81,9 @@ class IUserDirectory(Interface):
     def exists(address: str) -> bool:
         """True when address (domain lower-cased) names a local mailbox."""
 
-    def authenticate(address: str, password: str) -> Any:
-        """Deferred firing with the canonical address, or failing with UnauthorizedLogin."""
+    def authenticate(address: str, password: str, client: str = "") -> Any:
+        """Deferred firing with the canonical address, or failing with UnauthorizedLogin
+        (or errors.AuthThrottled after too many failures from client, its IP address)."""
 
 
 class IRouter(Interface):

@@ -18,6 +18,7 @@ from gateway import aliasfile, proxyproto, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
+from gateway.access.authguard import GuardedDirectory
 from gateway.access.imap.server import IMAPFactory
 from gateway.access.pop3 import POP3Factory
 from gateway.config import Settings
@@ -58,12 +59,29 @@ class RunnerService(service.Service):
         return super().stopService()
 
 
+class PoolsService(service.Service):
+    """Starts and stops thread pools of their own kind ([threads]) with the gateway."""
+
+    def __init__(self, *pools: ThreadPool):
+        self.pools = pools
+
+    def startService(self) -> None:
+        super().startService()
+        for pool in self.pools:
+            pool.start()
+
+    def stopService(self):
+        for pool in self.pools:
+            pool.stop()
+        return super().stopService()
+
+
 def build(settings: Settings, reactor) -> service.MultiService:
     """The whole gateway for settings, as one twistd service."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tls.ensure_certificate(settings.certificate, settings.private_key, settings.hostname)
     tls_options = tls.server_options(settings.certificate, settings.private_key)
-    # Spool writes, Maildir deliveries and password hashes all run in threads.
+    # Spool writes and Maildir deliveries run in the reactor's threads.
     reactor.suggestThreadPoolSize(max(10, settings.queue.concurrency + 6))
 
     # Disk work of the queue goes to the pool in batches (group commit, durable.py),
@@ -71,7 +89,14 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # runner's work. More threads only fought over the GIL (bench/RESULTS.md).
     accept_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync)
     run_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync)
-    users = UserDirectory(settings.users_file, reactor)
+    # Password hashes and mailbox work (POP3, IMAP SEARCH ...) have pools of their
+    # own, so guessing passwords or searching never delays a 250 (issue 11).
+    auth_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.auth, name="auth")
+    mailbox_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.mailbox,
+                              name="mailbox")
+    # One guessing budget for SMTP AUTH, POP3 and IMAP (access/authguard.py).
+    users = GuardedDirectory(UserDirectory(settings.users_file, reactor, auth_pool),
+                             settings.auth_guard, reactor)
     table, faults = aliasfile.load_table(settings)
     if faults:
         raise ConfigError([(settings.source, "aliases.file", fault) for fault in faults])
@@ -84,6 +109,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
     top = service.MultiService()
+    PoolsService(auth_pool, mailbox_pool).setServiceParent(top)
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,
                       max_age=settings.queue.max_age, run_blocking=run_blocking)
@@ -128,11 +154,13 @@ def build(settings: Settings, reactor) -> service.MultiService:
         factory = factories["pop3"] = POP3Factory(
             hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
             plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-            settings=settings.pop3, reactor=reactor, run_blocking=in_thread(reactor))
+            settings=settings.pop3, reactor=reactor,
+            run_blocking=in_thread(reactor, mailbox_pool))
     if settings.listen["pop3"]:
         strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
-        factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options)
+        factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options,
+                                            mailbox_pool)
     if settings.listen["imap"]:
         strports.service(settings.listen["imap"], factory, reactor=reactor).setServiceParent(top)
     _fronts(settings, factories, reactor, top)
@@ -146,12 +174,12 @@ def build(settings: Settings, reactor) -> service.MultiService:
 # --- IMAP4 ---------------------------------------------------------------------------
 
 
-def _imap(settings: Settings, reactor, users, store, tls_options) -> IMAPFactory:
-    """The IMAP server's factory; its folder work runs in the reactor's thread pool."""
+def _imap(settings: Settings, reactor, users, store, tls_options, pool) -> IMAPFactory:
+    """The IMAP server's factory; its folder work runs in the mailbox thread pool."""
     return IMAPFactory(
         hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
         plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-        settings=settings.imap, reactor=reactor, run_blocking=in_thread(reactor))
+        settings=settings.imap, reactor=reactor, run_blocking=in_thread(reactor, pool))
 
 
 # --- outbound relay ------------------------------------------------------------------

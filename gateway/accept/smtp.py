@@ -6,6 +6,9 @@ TimeoutMixin), with the gaps of DESIGN.md's "Known traps" filled here:
 
 - input is read by our own loop that stops while a command's answer is
   pending (AUTH, the spool write), so PIPELINING (RFC 2920) answers in order;
+  meanwhile, and while the client leaves its replies unread, the client is
+  not read at all (gateway/flow.py), and lines are cut off the front of one
+  buffer, so a megabyte of pipelined commands costs linear time;
 - MAIL/RCPT parameters are parsed (SIZE RFC 1870, BODY RFC 6152) and refused
   when unknown (555 5.5.4);
 - DATA is read in bulk by accept/data.py with its own limits: an overlong
@@ -27,7 +30,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 
-from gateway import connection, proxyproto
+from gateway import connection, flow, proxyproto
 from gateway.accept.data import BodyReader
 from gateway.accept.policy import RelayPolicy, Session
 from gateway.accept.received import protocol_keyword, received_header
@@ -80,8 +83,9 @@ class SMTPServer(SMTPAuth, ESMTP):
         self.host = factory.hostname.encode("ascii")
         self.timeout = self.settings.idle_timeout
         self.callLater = factory.reactor.callLater  # TimeoutMixin's clock, injectable
-        self._buffer = b""
-        self._paused = False
+        self._buffer = bytearray()
+        self._processing = False
+        self._data_deadline = flow.Deadline(factory.reactor)
         self._closing = False
         self._skip_line = False
         self._bad_commands = 0
@@ -94,6 +98,8 @@ class SMTPServer(SMTPAuth, ESMTP):
 
     def connectionMade(self) -> None:
         self.session = Session(client_address=self.client_host())
+        self._gate = flow.transport_gate(self.transport, self._process)
+        self.transport.registerProducer(self._gate, True)
         self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.ctx is not None
         if self.is_tls():  # behind tlsfront: TLS already, so no STARTTLS, and AUTH is allowed
             self.startedTLS = True
@@ -110,6 +116,7 @@ class SMTPServer(SMTPAuth, ESMTP):
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
+        self._data_deadline.cancel()
         if self.session is not None:
             self.factory.connections.closed(self.session.client_address)
             if hasattr(self, "_opened"):
@@ -145,8 +152,8 @@ class SMTPServer(SMTPAuth, ESMTP):
 
     def _close(self) -> None:
         self._closing = True
-        self._buffer = b""
-        self.transport.loseConnection()
+        self._buffer.clear()
+        flow.lose(self.transport)
 
     # --- input loop ----------------------------------------------------------
 
@@ -154,31 +161,53 @@ class SMTPServer(SMTPAuth, ESMTP):
         if self._closing:
             return
         self._buffer += data
+        if not self._gate.open and len(self._buffer) > self.settings.max_pending_input:
+            # Only a transport that ignored pauseProducing gets here.
+            log.warn("{client}: too much pipelined input, dropped",
+                     client=self.session.client_address)
+            self.reply(421, "4.7.0", f"{self.factory.hostname} Too much pipelined input")
+            self._closing = True
+            self._buffer.clear()
+            self.transport.abortConnection()
+            return
         self._process()
 
     def _process(self) -> None:
-        while not self._paused and not self._closing:
-            if self.mode == "DATA":
-                if not self._data_step():
+        if self._processing:
+            return  # a command answered at once, inside the loop below: it goes on
+        self._processing = True
+        try:
+            while self._gate.open and not self._closing:
+                if self.mode == "DATA":
+                    if not self._data_step():
+                        return
+                    continue
+                if not self._line_step():
                     return
-                continue
-            if not self._line_step():
-                return
+        finally:
+            self._processing = False
 
     def _line_step(self) -> bool:
-        end = self._buffer.find(b"\n")
+        buf = self._buffer
         limit = self.settings.max_command_length
-        if end < 0:
-            if len(self._buffer) > limit:
-                self._buffer = b""
-                if not self._skip_line:
-                    self._skip_line = True
-                    self._bad(500, "5.5.6", f"Line too long (limit {limit} octets)")
-            return False
-        line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
         if self._skip_line:  # the tail of a line already refused as too long
+            nl = buf.find(b"\n")
+            if nl < 0:
+                buf.clear()
+                return False
+            del buf[:nl + 1]
             self._skip_line = False
             return True
+        # Only as far as the longest allowed line: never rescan a long buffer per line.
+        end = buf.find(b"\n", 0, limit + 2)
+        if end < 0:
+            if len(buf) <= limit + 1:
+                return False  # the line is not complete yet
+            self._skip_line = True
+            self._bad(500, "5.5.6", f"Line too long (limit {limit} octets)")
+            return True
+        line = bytes(buf[:end])
+        del buf[:end + 1]  # cheap: a bytearray drops its front without copying the rest
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > limit:
@@ -187,15 +216,13 @@ class SMTPServer(SMTPAuth, ESMTP):
         self.resetTimeout()
         result = self.lineReceived(line)
         if isinstance(result, defer.Deferred):
-            self._paused = True
+            self._gate.hold(flow.BUSY)
             result.addErrback(self._internal_error)
             result.addBoth(self._resume)
         return True
 
     def _resume(self, _=None) -> None:
-        self._paused = False
-        if not self._closing and self.transport.connected:
-            self._process()
+        self._gate.release(flow.BUSY)
 
     def _internal_error(self, failure) -> None:
         log.failure("internal error for {client}", failure, client=self.session.client_address)
@@ -297,7 +324,7 @@ class SMTPServer(SMTPAuth, ESMTP):
         self.reply(220, "2.0.0", "Ready to start TLS")
         # RFC 3207 4.2: forget everything, including commands the client
         # pipelined after STARTTLS in the clear (CVE-2011-0411).
-        self._buffer = b""
+        self._buffer.clear()
         self._helo_name = ""
         self._reset_transaction()
         self.transport.startTLS(self.ctx)
@@ -376,16 +403,28 @@ class SMTPServer(SMTPAuth, ESMTP):
             raise MailError(554, "5.5.1", "No valid recipients")
         self.mode = "DATA"
         self._body = BodyReader(self.settings)
+        # The idle timer restarts on every byte; this does not (a byte every 2 s).
+        self._data_deadline.start(self.settings.data_timeout, self._data_expired)
         self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
+
+    def _data_expired(self) -> None:
+        log.info("{client} DATA not completed in {seconds} seconds",
+                 client=self.session.client_address, seconds=self.settings.data_timeout)
+        self.reply(421, "4.4.2", f"{self.factory.hostname} Message not received within "
+                   f"{self.settings.data_timeout:g} seconds, closing connection")
+        self._body = None
+        self._close()
 
     def _data_step(self) -> bool:
         """Feed input to the body reader; False when more input is needed."""
-        self._buffer, finished = self._body.consume(self._buffer)
+        rest, finished = self._body.consume(self._buffer)
+        self._buffer = rest if isinstance(rest, bytearray) else bytearray(rest)
         self.resetTimeout()
         if not finished:
             return False
         self.mode = "COMMAND"
-        self._paused = True
+        self._data_deadline.cancel()
+        self._gate.hold(flow.BUSY)
         self._end_of_data().addBoth(self._resume)
         return True
 

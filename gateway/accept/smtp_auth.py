@@ -14,7 +14,7 @@ from twisted.cred import error as cred_error
 from twisted.logger import Logger
 
 from gateway import connection, sasl
-from gateway.errors import MailError
+from gateway.errors import AuthThrottled, MailError
 
 log = Logger()
 
@@ -72,7 +72,8 @@ class SMTPAuth:
             self.mode = "COMMAND"
             raise MailError(501, "5.5.2", f"Cannot decode response: {e}") from None
         d = self.factory.users.authenticate(user.decode("utf-8", "replace"),
-                                            password.decode("utf-8", "replace"))
+                                            password.decode("utf-8", "replace"),
+                                            client=self.session.client_address)
         d.addCallbacks(self._auth_ok, self._auth_failed)
         return d
 
@@ -83,6 +84,10 @@ class SMTPAuth:
         self.reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure) -> None:
+        if failure.check(AuthThrottled):
+            # RFC 4954 6: 454 4.7.0 Temporary authentication failure.
+            return self.reply(454, "4.7.0", "Temporary authentication failure: too many "
+                              "failed logins, try again later")
         failure.trap(cred_error.UnauthorizedLogin)
         log.info("{client} failed authentication", client=self.session.client_address)
         self._bad(535, "5.7.8", "Authentication credentials invalid")

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
+from typing import Any
 
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
@@ -98,9 +99,12 @@ def remove_user(path: Path, address: str) -> bool:
 class UserDirectory:
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, path: Path, reactor):
+    def __init__(self, path: Path, reactor, pool: Any = None):
         self.path = Path(path)
         self.reactor = reactor
+        # Hashing gets its own threads ([threads] auth): guessers wait for each
+        # other there, never in front of a spool write.
+        self.pool = pool
         self._mtime: float | None = None
         self._users: dict[str, str] = {}
 
@@ -117,14 +121,14 @@ class UserDirectory:
     def exists(self, address: str) -> bool:
         return address.lower() in self._current()
 
-    def authenticate(self, address: str, password: str) -> defer.Deferred:
+    def authenticate(self, address: str, password: str, client: str = "") -> defer.Deferred:
         try:
             address = normalize_address(address).lower()
         except MailError:
             return defer.fail(error.UnauthorizedLogin("bad user name"))
         # Unknown users cost a hash too, so timing does not tell who exists.
         stored = self._current().get(address, _DUMMY)
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+        d = threads.deferToThreadPool(self.reactor, self.pool or self.reactor.getThreadPool(),
                                       verify_password, password, stored)
 
         def checked(ok: bool) -> str:

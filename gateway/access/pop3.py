@@ -12,7 +12,8 @@ no STLS, advertises joke capabilities, counts deleted messages in STAT/LIST,
 turns CRLF into CR CR LF in RETR and misses dot-stuffing across chunks, takes
 "DELE 0" as "delete the last message", queues pipelined commands without
 bound and stops the idle timer while a message is sent (a client that stops
-reading would hold the maildrop lock forever).
+reading would hold the maildrop lock forever). The client is not read
+while a command is busy or while it leaves its replies unread (gateway/flow.py).
 
 The TRANSACTION-state commands that read the maildrop (STAT, LIST, UIDL,
 DELE, RETR, TOP) and the streaming sender live in access/pop3_transfer.py.
@@ -33,11 +34,12 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from gateway import sasl
+from gateway import flow, sasl
 from gateway.access.pop3_transfer import MessageSender, TransactionCommands
 from gateway.access.session import AccessSession
 from gateway.config import PopSettings
 from gateway.connection import ConnectionCounter
+from gateway.errors import AuthThrottled
 from gateway.interfaces import IMailStore, IUserDirectory
 from gateway.store.maildrop import Maildrop, MaildropInUse
 
@@ -78,6 +80,9 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         # Not Twisted's: its greeting carries an APOP timestamp, and APOP needs
         # plaintext passwords we do not keep. Timeouts use the injected reactor.
         self.settings = self.factory.settings
+        self._gate = flow.transport_gate(self.transport, self._drain)
+        self.transport.registerProducer(self._gate, True)
+        self._login_deadline = flow.Deadline(self.factory.reactor)
         self.callLater = self.factory.reactor.callLater
         self.timeOut = self.settings.idle_timeout
         self._counted_as = self.client_host()
@@ -88,16 +93,18 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.failResponse(b"[SYS/TEMP] Too many connections from your address, "
                               b"try again later")
             self._gone = True  # nothing more is read from this client
-            self.transport.loseConnection()
+            flow.lose(self.transport)
             return
         self.successResponse(f"{self.factory.hostname} POP3 server ready")
         self.setTimeout(self.timeOut)
+        self._login_deadline.start(self.settings.login_timeout, self._login_expired)
         _log.info("pop3 connect from {client}", client=self.client_host())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
         self._lines.clear()
         self.setTimeout(None)
+        self._login_deadline.cancel()
         if self._counted_as is not None:
             self.factory.connections.closed(self._counted_as)
             self._counted_as = None
@@ -111,6 +118,12 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
                       user=self._address, client=self.client_host())
             self.mbox = None
 
+    def _login_expired(self) -> None:
+        _log.info("pop3 login timeout for {client}", client=self.client_host())
+        self.failResponse(b"No login within %d seconds, closing connection"
+                          % self.settings.login_timeout)
+        flow.lose(self.transport)
+
     def timeoutConnection(self) -> None:
         _log.info("pop3 idle timeout for {client} user={user}",
                   client=self.client_host(), user=self._address or "-")
@@ -118,7 +131,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.transport.abortConnection()  # mid-message and not reading: cannot say more
             return
         self.failResponse(b"Idle timeout, closing connection")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     def successResponse(self, message: Any = b"") -> None:
         # Twisted always writes "+OK " with a space, even with no text.
@@ -150,7 +163,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             return  # a command finished synchronously inside the loop below
         self._draining = True
         try:
-            while (self._lines and not self._busy and not self._gone
+            while (self._lines and not self._busy and not self._gone and self._gate.open
                    and not getattr(self.transport, "disconnecting", False)):
                 line = self._lines.popleft()
                 self._pending -= len(line)
@@ -161,15 +174,30 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         finally:
             self._draining = False
 
+    def sending(self, sender: MessageSender) -> None:
+        """RETR/TOP: the sender is the transport's (pull) producer while the message goes
+        out; the gate takes its place again after."""
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(sender, False)
+
+        def sent(finished: bool) -> bool:
+            if finished and not self._gone:  # the sender unregistered itself
+                self.transport.registerProducer(self._gate, True)
+                self._gate.release(flow.OUTPUT)  # the transport pauses it again if still full
+            return finished
+
+        sender.deferred.addCallback(sent)
+
     def _wait(self, d: defer.Deferred) -> None:
         """Hold further commands until d fires (PIPELINING, RFC 2449 6.6)."""
         self._busy = True
+        self._gate.hold(flow.BUSY)
 
         def done(_: object) -> None:
             self._busy = False
             self._sender = None
             if not self._gone:
-                self._drain()
+                self._gate.release(flow.BUSY)  # goes on with what is pending
 
         d.addErrback(self._internal_error).addBoth(done)
 
@@ -179,7 +207,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.transport.abortConnection()
             return
         self.failResponse(b"Line too long")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     def state_COMMAND(self, line: bytes) -> None:
         # Twisted's answers unknown commands with exception class names and
@@ -206,7 +234,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         self._bad += 1
         if self._bad >= self.settings.max_bad_commands:
             self.failResponse(b"Too many bad commands, closing connection")
-            self.transport.loseConnection()
+            flow.lose(self.transport)
         else:
             self.failResponse(text)
 
@@ -295,7 +323,8 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         address = user.decode("utf-8", "replace")
         try:
             pw = password.decode("utf-8")
-            d = defer.maybeDeferred(self.factory.users.authenticate, address, pw)
+            d = defer.maybeDeferred(self.factory.users.authenticate, address, pw,
+                                    client=self.client_host())
         except UnicodeDecodeError:
             d = defer.fail(LoginFailed("password is not UTF-8"))
         d.addCallbacks(self._logged_in, self._login_failed,
@@ -330,6 +359,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
                          user=address, client=client)
             return self.failResponse(b"[SYS/TEMP] Cannot open the mailbox")
         self.mbox, self._address = maildrop, address
+        self._login_deadline.cancel()
         sizes = self.mbox.listMessages()
         _log.info("pop3 login {user} from {client} via {mechanism} tls={tls}: {n} messages",
                   user=address, client=client, mechanism=mechanism, tls=self.is_tls(),
@@ -337,6 +367,9 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         self.successResponse(b"Logged in, %d messages (%d octets)" % (len(sizes), sum(sizes)))
 
     def _login_failed(self, failure: Failure, address: str, mechanism: str) -> Any:
+        if failure.check(AuthThrottled):  # too many failures: logged by access/authguard.py
+            self._auth_failures += 1
+            return self.failResponse(b"[SYS/TEMP] Too many failed logins, try again later")
         if not failure.check(LoginFailed):  # UnauthorizedLogin is a LoginFailed
             _log.failure("pop3 authentication error for {user}", failure, user=address)
             return self.failResponse(b"[SYS/TEMP] Authentication temporarily unavailable")
@@ -351,7 +384,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         def answer(_: object) -> None:
             self.failResponse(b"[AUTH] Authentication failed")
             if self._auth_failures >= self.settings.max_auth_failures:
-                self.transport.loseConnection()
+                flow.lose(self.transport)
 
         return d.addCallback(answer)
 
@@ -359,7 +392,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         # Twisted's QUIT answers +OK even when deletions fail (RFC 1939 6).
         if self.mbox is None:
             self.successResponse(b"Bye")
-            return self.transport.loseConnection()
+            return flow.lose(self.transport)
         mbox, self.mbox = self.mbox, None
         # Deleting and renaming files, with fsyncs: off the reactor thread (RFC 1939 6).
         d = self.factory.run_blocking(mbox.sync)
@@ -378,7 +411,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             self.failResponse(b"[SYS/TEMP] Some deleted messages not removed")
         else:
             self.successResponse(b"Bye")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
 
 class POP3Factory(ServerFactory):

@@ -181,7 +181,7 @@ class ProgramDelivery:
         self.hostname = hostname
         self.reactor = reactor
         self.submit = submit
-        self.spawn = spawn or reactor.spawnProcess
+        self.spawn = spawn  # default: reactor.spawnProcess, looked up when a program runs
         self.slots = defer.DeferredSemaphore(settings.concurrency)
         self.uid, self.gid, self.home, self.user = _identity(settings)
         # setsid(1) makes the program a session and process group leader, so the
@@ -208,8 +208,9 @@ class ProgramDelivery:
                    self.settings.output_limit,
                    self.settings.reply_limit if "reply" in route.options else 0)
         env = environment(envelope, route, self.home, self.settings.path, self.user)
-        process = self.spawn(run, argv[0], argv, env=env, path=self.settings.directory,
-                             uid=self.uid, gid=self.gid)
+        spawn = self.spawn or self.reactor.spawnProcess
+        process = spawn(run, argv[0], argv, env=env, path=self.settings.directory,
+                        uid=self.uid, gid=self.gid)
         timer = self.reactor.callLater(self.settings.timeout, self._kill, process)
         exit_code, sig = yield run.done
         timed_out = not timer.active()

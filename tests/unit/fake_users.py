@@ -16,7 +16,7 @@ class FakeUsers:
     def exists(self, address: str) -> bool:
         return address.lower() == BOX
 
-    def authenticate(self, address: str, password: str) -> defer.Deferred:
+    def authenticate(self, address: str, password: str, client: str = "") -> defer.Deferred:
         self.calls.append((address, password))
         if address.lower() == BOX and password == PASSWORD:
             return defer.succeed(BOX)

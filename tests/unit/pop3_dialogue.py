@@ -55,7 +55,8 @@ class Dialogue:
         self.greeting = self.take()
 
     def take(self) -> bytes:
-        while self.transport.producer is not None:  # what a real transport does for RETR
+        while self.transport.producer is not None and not self.transport.streaming:
+            # a RETR/TOP sender (pull producer): what a real transport does is ask for more
             self.transport.producer.resumeProducing()
         out = self.transport.value()
         self.transport.clear()

@@ -24,7 +24,7 @@ class FakeUsers:
     def exists(self, address: str) -> bool:
         return address.lower() in self.users
 
-    def authenticate(self, address: str, password: str) -> defer.Deferred:
+    def authenticate(self, address: str, password: str, client: str = "") -> defer.Deferred:
         if self.users.get(address.lower()) == password:
             return defer.succeed(address.lower())
         return defer.fail(cred_error.UnauthorizedLogin())

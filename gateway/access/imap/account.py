@@ -10,7 +10,7 @@ Hierarchy delimiter "." (Maildir++), one personal namespace "" (RFC 2342).
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.access.imap.mailbox import View
@@ -19,17 +19,48 @@ from gateway.store.folder import Folder, transfer
 from gateway.store.folders import DELIMITER, FolderNameError, FolderSet, canonical
 
 
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """RFC 3501 6.3.8: "*" matches anything, "%" anything but the delimiter."""
-    out = []
-    for c in pattern:
-        if c == "*":
-            out.append(".*")
-        elif c == "%":
-            out.append(f"[^{re.escape(DELIMITER)}]*")
-        else:
-            out.append(re.escape(c))
-    return re.compile("".join(out), re.DOTALL)
+def pattern_matcher(pattern: str) -> Callable[[str], bool]:
+    """RFC 3501 6.3.8: "*" matches anything, "%" anything but the delimiter.
+
+    Matched by simulating the pattern as a set of positions (a Thompson NFA),
+    so one name costs O(len(name) * len(pattern)) whatever the pattern: a
+    backtracking regex of "*a*a*a...b" is exponential and a client could
+    freeze the process with one LIST or LSUB.
+    """
+    size = len(pattern)
+
+    def closure(states: set[int]) -> set[int]:
+        # A wildcard may match nothing: being before it is also being after it.
+        out = set()
+        for i in sorted(states):
+            while True:
+                out.add(i)
+                if i < size and pattern[i] in "*%":
+                    i += 1
+                    continue
+                break
+        return out
+
+    start = closure({0})
+
+    def match(name: str) -> bool:
+        states = start
+        for c in name:
+            step = set()
+            for i in states:
+                if i == size:
+                    continue
+                p = pattern[i]
+                if p == "*" or (p == "%" and c != DELIMITER):
+                    step.add(i)
+                elif p == c:
+                    step.add(i + 1)
+            if not step:
+                return False
+            states = closure(step)
+        return size in states
+
+    return match
 
 
 class Account:
@@ -51,7 +82,7 @@ class Account:
     def list(self, reference: str, pattern: str, subscribed: bool) -> list[tuple[str, list[str]]]:
         """(name, attributes) for LIST or LSUB, INBOX first (RFC 3501 6.3.8, 6.3.9)."""
         full = canonical(reference + pattern)
-        matcher = pattern_regex(full)
+        matcher = pattern_matcher(full)
         existing = self.folders.names()
         exist_set = set(existing)
         parents: set[str] = set()
@@ -63,7 +94,7 @@ class Account:
         candidates = list(dict.fromkeys(pool + sorted(parents - exist_set)))
         out = []
         for name in candidates:
-            if not matcher.fullmatch(name):
+            if not matcher(name):
                 continue
             if subscribed and name not in pool:
                 continue

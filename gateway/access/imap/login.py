@@ -17,10 +17,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import sasl
+from gateway import flow, sasl
 from gateway.access.imap import wire
 from gateway.access.imap.account import Account
 from gateway.access.imap.wire import Bad, No
+from gateway.errors import AuthThrottled
 
 _log = Logger()
 
@@ -84,7 +85,7 @@ class LoginCommands:
         address = user.decode("utf-8", "replace")
         try:
             d = defer.maybeDeferred(self.factory.users.authenticate, address,
-                                    password.decode("utf-8"))
+                                    password.decode("utf-8"), client=self.client_host())
         except UnicodeDecodeError:
             d = defer.fail(LoginFailed("password is not UTF-8"))
         d.addCallback(self._authenticated, mechanism)
@@ -97,6 +98,7 @@ class LoginCommands:
         def opened(folders: Any) -> bytes:
             self.account, self.address = Account(address, folders), address
             self.state = "auth"
+            self.login_deadline.cancel()
             self.setTimeout(self.settings.idle_timeout)
             _log.info("imap login {user} from {client} via {mechanism} tls={tls}",
                       user=address, client=self.client_host(), mechanism=mechanism,
@@ -109,6 +111,9 @@ class LoginCommands:
                       mechanism: str) -> Any:
         if failure.check(Bad, No):
             return failure
+        if failure.check(AuthThrottled):  # too many failures: logged by access/authguard.py
+            self._auth_failures += 1
+            raise No("[UNAVAILABLE] Too many failed logins, try again later")
         if not failure.check(LoginFailed):  # UnauthorizedLogin is a LoginFailed
             _log.failure("imap login error for {user}", failure, user=address)
             raise No("[UNAVAILABLE] Authentication temporarily unavailable")
@@ -124,7 +129,7 @@ class LoginCommands:
             if self._auth_failures >= self.settings.max_auth_failures:
                 self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
                 self.sendLine(b"* BYE Too many failed logins")
-                self.transport.loseConnection()
+                flow.lose(self.transport)
                 return None
             raise No("[AUTHENTICATIONFAILED] Authentication failed")
 

@@ -6,6 +6,11 @@ through IMessage objects for every key (quadratic on big folders); here flags,
 sizes, dates and UIDs come from the in-memory index, FROM/TO/CC/BCC/SUBJECT
 from the cached summaries (RFC 2047 decoded), and only BODY/TEXT/HEADER
 read files. Matching is case-insensitive substring, as 6.4.4 says.
+
+One SEARCH has a Budget ([imap] max_search_keys, max_nesting,
+max_search_bytes): past it the search stops with NO [LIMIT] (RFC 5530), so
+one command can neither recurse without bound nor read a whole mailbox many
+times over while other sessions wait for the thread pool.
 """
 
 from __future__ import annotations
@@ -42,15 +47,32 @@ _MONTHS = {m: i for i, m in enumerate(
 CHARSETS = (b"US-ASCII", b"UTF-8")
 
 
+class Budget:
+    """What one SEARCH may cost: keys and nesting (parsing), message bytes read (running)."""
+
+    def __init__(self, settings) -> None:
+        self.keys = settings.max_search_keys
+        self.depth = settings.max_nesting
+        self.bytes = settings.max_search_bytes
+        self.bytes_read = 0
+
+    def read(self, n: int) -> None:
+        self.bytes_read += n
+        if self.bytes_read > self.bytes:
+            raise No(f"[LIMIT] SEARCH would read more than {self.bytes} octets of "
+                     "messages; narrow it (a UID range, fewer text keys)")
+
+
 class Message:
     """One message as a predicate sees it; the expensive parts load on first use."""
 
-    __slots__ = ("seq", "uid", "m", "view", "_summary", "_data", "_sums")
+    __slots__ = ("seq", "uid", "m", "view", "_summary", "_data", "_sums", "_budget")
 
     def __init__(self, seq: int, uid: int, m, view: View,
-                 sums: dict[int, HeaderSummary]) -> None:
+                 sums: dict[int, HeaderSummary], budget: Budget | None = None) -> None:
         self.seq, self.uid, self.m, self.view, self._sums = seq, uid, m, view, sums
         self._data: bytes | None = None
+        self._budget = budget
 
     @property
     def summary(self) -> HeaderSummary | None:
@@ -59,6 +81,8 @@ class Message:
     @property
     def data(self) -> bytes:
         if self._data is None:
+            if self._budget is not None:
+                self._budget.read(self.m.size)  # before reading: never past the budget
             self._data = self.view.folder.read(self.uid) or b""
         return self._data
 
@@ -80,9 +104,11 @@ def _text(token) -> str:
 
 
 class Parser:
-    def __init__(self, tokens: list, view: View) -> None:
+    def __init__(self, tokens: list, view: View, budget: Budget, depth: int = 0) -> None:
         self.tokens, self.i, self.view = tokens, 0, view
+        self.budget, self.depth = budget, depth
         self.wants_summary = False
+        self.keys = 0  # keys parsed, this parser and those nested in it
 
     def take(self):
         if self.i >= len(self.tokens):
@@ -100,10 +126,14 @@ class Parser:
 
     def key(self) -> Predicate:
         token = self.take()
+        self.keys += 1
+        if self.keys > self.budget.keys:
+            raise No(f"[LIMIT] more than {self.budget.keys} search keys")
         if isinstance(token, list):
-            inner = Parser(token, self.view)
+            inner = self._nested(token)
             p = inner.all()
             self.wants_summary |= inner.wants_summary
+            self.keys = inner.keys
             return p
         if not isinstance(token, Atom):
             raise Bad("search key expected")
@@ -146,16 +176,33 @@ class Parser:
             return (lambda msg: msg.m.size > n) if k == b"LARGER" else (
                 lambda msg: msg.m.size < n)
         if k == b"NOT":
-            inner = self.key()
+            inner = self._nested_key()
             return lambda msg: not inner(msg)
         if k == b"OR":
-            a, b = self.key(), self.key()
+            a, b = self._nested_key(), self._nested_key()
             return lambda msg: a(msg) or b(msg)
         if k == b"UID":
             return _in_ranges(sequence_set(self.take(), self.view.largest(True)), "uid")
         if is_sequence_set(token):
             return _in_ranges(sequence_set(token, self.view.largest(False)), "seq")
         raise Bad(f"unknown search key {k[:30].decode('ascii', 'replace')}")
+
+    def _nested(self, tokens: list) -> Parser:
+        """A parser one level down: the nesting is bounded here, so recursion stays shallow."""
+        if self.depth >= self.budget.depth:
+            raise Bad(f"search keys nested deeper than {self.budget.depth}")
+        inner = Parser(tokens, self.view, self.budget, self.depth + 1)
+        inner.keys = self.keys
+        return inner
+
+    def _nested_key(self) -> Predicate:
+        """The key after NOT or OR, parsed one level down."""
+        inner = self._nested(self.tokens)
+        inner.i = self.i
+        p = inner.key()
+        self.i, self.keys = inner.i, inner.keys
+        self.wants_summary |= inner.wants_summary
+        return p
 
     def _date_key(self, k: bytes, day: int) -> Predicate:
         if k.startswith(b"SENT"):
@@ -193,7 +240,7 @@ def _header_has(data: bytes, name: bytes, s: str) -> bool:
                for n, raw in root.fields)
 
 
-def parse(tokens: list, view: View) -> tuple[Predicate, bool]:
+def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool]:
     """(predicate, needs summaries) for SEARCH's arguments after the tag."""
     if tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
         if len(tokens) < 2 or not isinstance(tokens[1], (Atom, Str)):
@@ -201,12 +248,13 @@ def parse(tokens: list, view: View) -> tuple[Predicate, bool]:
         if tokens[1].upper() not in CHARSETS:
             raise No("[BADCHARSET (US-ASCII UTF-8)] charset not supported")
         tokens = tokens[2:]
-    p = Parser(tokens, view)
+    p = Parser(tokens, view, budget)
     predicate = p.all()
     return predicate, p.wants_summary
 
 
-def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool) -> list[int]:
+def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool,
+        budget: Budget | None = None) -> list[int]:
     """Sequence numbers (or UIDs) of the matching messages. Blocking: runs in a thread."""
     folder = view.folder
     with folder.lock:
@@ -214,4 +262,4 @@ def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool) -> lis
     pairs = [(n, u, m) for n, u, m in pairs if m is not None]
     sums = summaries(folder, [u for _, u, _ in pairs], HeaderSummary) if wants_summary else {}
     return [u if uid else n for n, u, m in pairs
-            if predicate(Message(n, u, m, view, sums))]
+            if predicate(Message(n, u, m, view, sums, budget))]

@@ -75,7 +75,8 @@ class SelectedCommands:
     # -- SEARCH -----------------------------------------------------------------------
 
     def do_SEARCH(self, tag: bytes, args: list, uid: bool) -> Any:
-        predicate, wants_summary = search.parse(args, self.view)
+        budget = search.Budget(self.settings)
+        predicate, wants_summary = search.parse(args, self.view, budget)
 
         def found(numbers: list[int]) -> bytes:
             # Always a SEARCH response, even with no match (Twisted sends none then).
@@ -83,7 +84,7 @@ class SelectedCommands:
             return b"SEARCH completed"
 
         return self.run_blocking(search.run, self.view, predicate, wants_summary,
-                                 uid).addCallback(found)
+                                 uid, budget).addCallback(found)
 
     # -- FETCH ------------------------------------------------------------------------
 

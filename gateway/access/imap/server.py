@@ -15,7 +15,8 @@ IDLE; input pipelined after STARTTLS is answered inside TLS, CVE-2011-0411)
 and answers ID, ENABLE, MOVE, UID EXPUNGE with BAD. Here whole commands are
 gathered (lines + literals, sized before they are read), tokenised by
 wire.py and dispatched by name; one command runs at a time, later input
-waits (the transport is paused) until it is answered.
+waits (the transport is paused) until it is answered; and a client that
+does not read its replies is not read either (gateway/flow.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import connection
+from gateway import connection, flow
 from gateway.access.imap import wire
 from gateway.access.imap.commands import AuthenticatedCommands
 from gateway.access.imap.login import LoginCommands
@@ -66,26 +67,33 @@ MAX_LITERALS = 64  # literals in one command
 
 
 @implementer(IPushProducer)
-class Pacer:
-    """Output flow control: FETCH waits for the client to read before writing more."""
+class Pacer(flow.ReadGate):
+    """Flow control: input is read only while no command is busy and the client reads
+    its replies (flow.ReadGate); FETCH waits for the client to read before writing more."""
 
-    def __init__(self) -> None:
-        self.paused = False
+    def __init__(self, pause, resume) -> None:
+        super().__init__(pause, resume)
         self._waiting: list[defer.Deferred] = []
 
-    def pauseProducing(self) -> None:
-        self.paused = True
+    @property
+    def paused(self) -> bool:
+        return self.held(flow.OUTPUT)
 
     def resumeProducing(self) -> None:
-        self.paused = False
+        super().resumeProducing()
+        self._wake()
+
+    def stopProducing(self) -> None:
+        super().stopProducing()
+        self._wake()
+
+    def _wake(self) -> None:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
 
-    stopProducing = resumeProducing
-
     def wait(self) -> defer.Deferred:
-        if not self.paused:
+        if not self.paused or self.stopped:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._waiting.append(d)
@@ -117,7 +125,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.address = ""
         self.account: Any = None
         self.view: Any = None
-        self.pacer = Pacer()
+        # Reading pauses through LineReceiver's own pause (input already read waits).
+        self.pacer = Pacer(self._read_paused, self._read_resumed)
 
     @property
     def settings(self) -> ImapSettings:
@@ -146,17 +155,29 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.callLater = self.factory.reactor.callLater  # TimeoutMixin on the injected clock
         self.MAX_LENGTH = self.settings.max_command_length
         self.tags = {}
+        self.login_deadline = flow.Deadline(self.factory.reactor)
+        self._literal_deadline = flow.Deadline(self.factory.reactor)
         self.transport.registerProducer(self.pacer, True)
         self._counted_as = self.client_host()
         if not self.factory.connections.opened(self._counted_as):
             _log.info("imap connection limit for {client}", client=self._counted_as)
             self.transport.write(b"* BYE [UNAVAILABLE] Too many connections from your "
                                  b"address, try again later\r\n")
-            self.transport.loseConnection()
+            flow.lose(self.transport)
             return
+        # Idle timer and a total deadline: commands restart the one, not the other.
         self.setTimeout(self.settings.login_timeout)
+        self.login_deadline.start(self.settings.login_timeout, self._login_expired)
         self.sendServerGreeting()
         _log.info("imap connect from {client}", client=self.client_host())
+
+    def _read_paused(self) -> None:
+        if not flow.closing(self.transport):
+            imap4.IMAP4Server.pauseProducing(self)
+
+    def _read_resumed(self) -> None:
+        if not self._gone and not flow.closing(self.transport):
+            imap4.IMAP4Server.resumeProducing(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
@@ -164,6 +185,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             self.factory.connections.closed(self._counted_as)
             self._counted_as = None
         self.setTimeout(None)
+        for deadline in (self.login_deadline, self._literal_deadline):
+            deadline.cancel()
         for call in (self._delayed, self._idle_poll):
             if call is not None and call.active():
                 call.cancel()
@@ -176,15 +199,28 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             _log.info("imap {user} from {client} disconnected", user=self.address,
                       client=self.client_host())
 
+    def _login_expired(self) -> None:
+        _log.info("imap login timeout for {client}", client=self.client_host())
+        self.sendLine(b"* BYE Autologout; no login within %d seconds"
+                      % self.settings.login_timeout)
+        flow.lose(self.transport)
+
+    def _literal_expired(self) -> None:
+        _log.info("imap literal timeout for {client} user={user}", client=self.client_host(),
+                  user=self.address or "-")
+        self.sendLine(b"* BYE Literal not received within %d seconds"
+                      % self.settings.literal_timeout)
+        self.transport.abortConnection()  # mid-literal: nothing more will be read
+
     def timeoutConnection(self) -> None:
         _log.info("imap idle timeout for {client} user={user}", client=self.client_host(),
                   user=self.address or "-")
         self.sendLine(b"* BYE Autologout; idle for too long")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.sendLine(b"* BYE Command line too long")
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     # -- input: lines, literals ----------------------------------------------------
 
@@ -218,9 +254,15 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         is_append = command == b"APPEND" and self.account is not None and (
             len(head) > 2 or len(self._pieces) > 1)
         limit = self.settings.max_message_size if is_append else self.settings.max_literal_size
+        # All literals of one command together, fewer before login (a name, a password).
+        total = (self.settings.max_command_literals if self.account is not None
+                 else self.settings.max_unauthenticated_literals)
+        held = sum(len(p) for p in self._pieces[1::2] if isinstance(p, bytes))
         problem = None
         if size > limit:
             problem = b"NO [TOOBIG] Literal of %d octets is over the limit of %d" % (size, limit)
+        elif not is_append and held + size > total:
+            problem = b"NO [TOOBIG] Literals of this command over the limit of %d octets" % total
         elif len(self._pieces) > 2 * MAX_LITERALS:
             problem = b"BAD Too many literals in one command"
         if problem is not None:
@@ -242,6 +284,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         if size == 0:
             self._literal_end(b"")
         else:
+            self._literal_deadline.start(self.settings.literal_timeout, self._literal_expired)
             self.setRawMode()
 
     def _begin_discard(self, size: int) -> None:
@@ -267,6 +310,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def _literal_end(self, rest: bytes) -> None:
         if not rest:  # the rest of the command line is still to come: ask for it now
             connection.quick_ack(self.transport)
+        self._literal_deadline.cancel()
         sink, self._sink = self._sink, None
         if isinstance(sink, bytearray):
             self._pieces.append(bytes(sink))
@@ -296,7 +340,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         tag = first if re.fullmatch(rb"[!#$&'-*,-Z^-z|~]+", first) and b"+" not in first \
             else b"*"
         try:
-            tokens = wire.tokenize(pieces)
+            tokens = wire.tokenize(pieces, self.settings.max_nesting)
             if not tokens or not isinstance(tokens[0], Atom) or tokens[0] == b"*" \
                     or b"+" in tokens[0]:
                 raise Bad("missing or bad tag")
@@ -328,7 +372,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         """Answer a command now, or when its Deferred fires (input waits till then)."""
         if isinstance(result, defer.Deferred):
             self._busy = True
-            self.pauseProducing()  # later commands wait in the transport
+            self.pacer.hold(flow.BUSY)  # later commands wait in the transport
             result.addBoth(self._finish, tag, command, uid, pieces or [])
         else:
             self._finish(result, tag, command, uid, pieces or [])
@@ -340,7 +384,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         if self._busy:  # answered: now the next pipelined command may run
             self._busy = False
             if not self._gone:
-                self.resumeProducing()
+                self.pacer.release(flow.BUSY)
 
     def _reply(self, result: Any, tag: bytes, command: bytes, uid: bool) -> None:
         if isinstance(result, Failure):
@@ -370,7 +414,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self._bad += 1
         if self._bad >= self.settings.max_bad_commands:
             self.sendLine(b"* BYE Too many invalid commands")
-            self.transport.loseConnection()
+            flow.lose(self.transport)
             return
         self.sendBadResponse(tag, text.encode("utf-8", "replace"))
 
@@ -404,7 +448,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.sendUntaggedResponse(b"BYE Logging out")
         self.sendPositiveResponse(tag, b"LOGOUT completed")
         self.state = "logout"
-        self.transport.loseConnection()
+        flow.lose(self.transport)
 
     def do_ID(self, tag: bytes, args: list, uid: bool) -> bytes:
         # RFC 2971: the client's identity (logged) for ours.

@@ -50,10 +50,12 @@ class Upload:
         self.size = size
 
 
-def tokenize(pieces: Sequence[Any]) -> list:
+def tokenize(pieces: Sequence[Any], max_depth: int = 32) -> list:
     """Parse a command: pieces alternate text and literal (text, lit, text, ..., text).
 
-    Returns nested lists of Atom, Str, Upload; raises Bad on bad syntax.
+    Returns nested lists of Atom, Str, Upload; raises Bad on bad syntax, and on
+    lists nested deeper than max_depth ([imap] max_nesting), so that what works
+    on the tokens later may recurse without a client choosing the depth.
     """
     stack: list[list] = [[]]
     for k in range(0, len(pieces), 2):
@@ -64,6 +66,8 @@ def tokenize(pieces: Sequence[Any]) -> list:
             if c == 0x20:
                 i += 1
             elif c == 0x28:  # (
+                if len(stack) > max_depth:
+                    raise Bad(f"parentheses nested deeper than {max_depth}")
                 stack.append([])
                 i += 1
             elif c == 0x29:  # )

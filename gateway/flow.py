@@ -1,0 +1,125 @@
+"""Reading a client only as fast as it is served: one gate per session, shared by all servers.
+
+Used by accept/smtp.py, access/pop3.py and access/imap/server.py (DESIGN.md,
+"Sharing one process fairly"). A session stops reading its client while
+anything holds the gate:
+
+- "busy": a command is being answered (a password check, a spool write, a
+  folder search); input pipelined behind it stays in the kernel's socket
+  buffer, and once that is full, in the client's (TCP flow control);
+- "output": the client does not read its replies. The gate is the
+  transport's streaming producer (IPushProducer), so the transport pauses it
+  when its write buffer is full and resumes it once drained, exactly as the
+  TLS front relays (tlsfront/relay.py). Without it a client sending
+  `HELP` without reading the answers grows the process without bound.
+
+Memory per session is then one read (64 KiB) of input and one write buffer
+of output, whatever the client sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+BUSY = "busy"
+OUTPUT = "output"
+
+
+@implementer(IPushProducer)
+class ReadGate:
+    """Holds of a session's reading, by reason; reading resumes when the last one lifts.
+
+    pause() and resume() act on the session: pause stops the transport reading,
+    resume starts it again and goes on with input already buffered.
+    """
+
+    def __init__(self, pause: Callable[[], Any], resume: Callable[[], Any]) -> None:
+        self._pause = pause
+        self._resume = resume
+        self._holds: set[str] = set()
+        self.stopped = False
+
+    @property
+    def open(self) -> bool:
+        return not self._holds and not self.stopped
+
+    def hold(self, reason: str) -> None:
+        was_open = not self._holds
+        self._holds.add(reason)
+        if was_open and not self.stopped:
+            self._pause()
+
+    def release(self, reason: str) -> None:
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if not self._holds and not self.stopped:
+            self._resume()
+
+    def held(self, reason: str) -> bool:
+        return reason in self._holds
+
+    # -- IPushProducer: the transport's write side tells us when its buffer is full --
+
+    def pauseProducing(self) -> None:
+        self.hold(OUTPUT)
+
+    def resumeProducing(self) -> None:
+        self.release(OUTPUT)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+def closing(transport: Any) -> bool:
+    """True once the session asked to close: reading is over, pausing is moot."""
+    return not getattr(transport, "connected", True) or getattr(transport, "disconnecting",
+                                                                 False)
+
+
+def transport_gate(transport: Any, go_on: Callable[[], Any]) -> ReadGate:
+    """A gate that pauses and resumes transport's reading, then calls go_on (the
+    session's loop over input it already holds)."""
+    def pause() -> None:
+        if not closing(transport):
+            transport.pauseProducing()
+
+    def resume() -> None:
+        if not closing(transport):
+            transport.resumeProducing()
+            go_on()
+
+    return ReadGate(pause, resume)
+
+
+def lose(transport: Any) -> None:
+    """Close after the replies already written: the gate stops being the producer first,
+    for a TLS transport (twisted.protocols.tls) does not close while one is registered."""
+    if getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()
+    transport.loseConnection()
+
+
+class Deadline:
+    """A total time for one phase of a session (logging in, one DATA, one literal).
+
+    The idle timer (TimeoutMixin) restarts on every byte, so a client sending
+    one byte every few seconds would never meet it; a deadline does not restart.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._call: Any = None
+
+    def start(self, seconds: float, expired: Callable[[], Any]) -> None:
+        self.cancel()
+        self._call = self.clock.callLater(seconds, expired)
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None

@@ -1,0 +1,80 @@
+"""Slow work runs in pools by kind ([threads], service.py): guessing passwords or
+searching mailboxes never queues in front of the spool writes of accept/smtp.py.
+
+The real composition root is built on a memory reactor; pools are not
+started, so work handed to a pool stays in its queue where the test sees it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.threadpool import ThreadPool
+
+from gateway import service
+from gateway.config import parse
+from gateway.errors import ConfigError
+
+
+class PoolReactor(MemoryReactorClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = ThreadPool(minthreads=0, maxthreads=1, name="reactor")
+
+    def getThreadPool(self) -> ThreadPool:
+        return self.pool
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        pass
+
+    def callFromThread(self, f, *args, **kw) -> None:
+        f(*args, **kw)
+
+
+def factories(top) -> dict:
+    out = {}
+    for child in top:
+        factory = getattr(child, "factory", None)
+        if factory is not None:
+            out[type(factory).__name__] = factory
+    return out
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("state")  # the self-signed certificate is made once
+
+
+@pytest.fixture
+def built(state_dir):
+    settings = parse({"server": {"domains": ["example.test"], "state_dir": str(state_dir)},
+                      "listen": {name: "tcp:0:interface=127.0.0.1"
+                                 for name in ("smtp", "submission", "pop3", "imap")},
+                      "threads": {"auth": 3, "mailbox": 5}})
+    reactor = PoolReactor()
+    return service.build(settings, reactor), reactor
+
+
+def test_password_checks_run_in_the_auth_pool_not_the_reactors(built):
+    top, reactor = built
+    smtp = factories(top)["SMTPFactory"]
+    smtp.users.authenticate("alice@example.test", "guess")
+    assert reactor.pool.q.qsize() == 0
+    assert smtp.users.pool.name == "auth" and smtp.users.pool.max == 3
+    assert smtp.users.pool.q.qsize() == 1
+
+
+@pytest.mark.parametrize("name", ["IMAPFactory", "POP3Factory"])
+def test_mailbox_work_runs_in_the_mailbox_pool(built, name):
+    top, reactor = built
+    factory = factories(top)[name]
+    factory.run_blocking(lambda: None)
+    assert reactor.pool.q.qsize() == 0
+    pools = [s for s in top if isinstance(s, service.PoolsService)][0].pools
+    mailbox = [p for p in pools if p.name == "mailbox"][0]
+    assert mailbox.max == 5 and mailbox.q.qsize() == 1
+
+
+def test_pool_sizes_are_checked():
+    with pytest.raises(ConfigError, match="threads"):
+        parse({"server": {"domains": ["example.test"]}, "threads": {"auth": 0}})
