@@ -105,7 +105,9 @@ def test_received_header_names_tls(tls_gateway, ca):
     assert b"with ESMTPS id " in stored and b"(TLSv1.3 with cipher " in stored
 
 
-def test_fifty_concurrent_senders_all_delivered(gateway):
+def test_fifty_concurrent_senders_all_delivered(make_gateway):
+    # Room above the 50: the fixture's own port probes may still count for a moment.
+    gateway = make_gateway("[smtp]\nmax_connections_per_client = 60\n")
     errors = []
 
     def send(n: int) -> None:
