@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 BUSY = "busy"
@@ -102,6 +103,14 @@ def lose(transport: Any) -> None:
     if getattr(transport, "producer", None) is not None:
         transport.unregisterProducer()
     transport.loseConnection()
+    # After STARTTLS, twisted.protocols.tls sends its close_notify and then waits for
+    # the client's before closing TCP; mbsync and others wait for the server's close
+    # instead, so both waited for ever. RFC 8446 6.1 lets the closing side go once its
+    # close_notify is sent: close TCP now, when nothing is left in the TLS layer.
+    tls = getattr(transport, "protocol", None)
+    if (isinstance(tls, TLSMemoryBIOProtocol) and tls.transport is not None
+            and not getattr(tls, "_appSendBuffer", None)):
+        tls.transport.loseConnection()
 
 
 class Deadline:

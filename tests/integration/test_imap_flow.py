@@ -9,6 +9,7 @@ trustme certificate.
 from __future__ import annotations
 
 import imaplib
+import os
 import re
 import smtplib
 import socket
@@ -235,3 +236,32 @@ def test_client_dropping_mid_append_leaves_no_message(gw):
     raw.close()
     wait_for(lambda: not any(tmp.iterdir()), what="the partial upload to be removed")
     assert gw.messages(ALICE) == []
+
+
+@pytest.mark.parametrize("port,starttls,ok,logout,bye", [
+    ("imap", b"a STARTTLS", b"a OK", b"b LOGOUT", b"b OK"),
+    ("pop3", b"STLS", b"+OK", b"QUIT", b"+OK")])
+def test_the_server_closes_after_logout_inside_starttls(make_tls_gateway, ca, port, starttls,
+                                                        ok, logout, bye):
+    """mbsync (SSLType STARTTLS) waits for the server to close after LOGOUT."""
+    gw = make_tls_gateway()
+    with socket.create_connection(("127.0.0.1", gw.ports[port]), timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline()[:3] in (b"* O", b"+OK")
+        raw.sendall(starttls + b"\r\n")
+        assert reader.readline().startswith(ok)
+        reader.close()
+        with client_context(ca).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(logout + b"\r\n")
+            got = b""
+            while True:  # until the server closes: EOF, never the 10 s timeout
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            # That was TLS's close_notify. The TCP connection must end too, without
+            # the client's close_notify (mbsync sends none and waits).
+            with socket.socket(fileno=os.dup(tls.fileno())) as tcp:
+                tcp.settimeout(5)
+                assert tcp.recv(1) == b""
+        assert bye in got
