@@ -53,6 +53,28 @@ CREATE TABLE cache(
 Row = tuple[int, str, str, str, str, int, int]
 
 
+UIDVALIDITY_NAME = "mailgateway-uidvalidity"
+
+
+def next_uidvalidity(index_path: Path) -> int:
+    """The clock, but always above any UIDVALIDITY given before in this account, as
+    Dovecot's dovecot-uidvalidity file does: a folder deleted and created again in
+    the same second must not get its old value (RFC 3501 2.3.1.1), or clients would
+    keep the deleted messages' data."""
+    folder = index_path.parent
+    root = folder.parent if folder.name.startswith(".") else folder  # Maildir++ layout
+    record = root / UIDVALIDITY_NAME
+    try:
+        last = int(record.read_text().strip() or 0)
+    except (OSError, ValueError):
+        last = 0
+    value = max(int(time.time()), last + 1)
+    tmp = record.with_name(UIDVALIDITY_NAME + ".tmp")
+    tmp.write_text(f"{value}\n")
+    os.replace(tmp, record)
+    return value
+
+
 class Index:
     """One folder's SQLite index. Not thread-safe by itself: the Folder's lock guards it."""
 
@@ -99,7 +121,7 @@ class Index:
         # A new UIDVALIDITY each time UIDs start over (RFC 3501 2.3.1.1): the
         # clock, so a rebuilt index never repeats the value its clients knew.
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                       [("schema", SCHEMA_VERSION), ("uidvalidity", int(time.time())),
+                       [("schema", SCHEMA_VERSION), ("uidvalidity", next_uidvalidity(self.path)),
                         ("uidnext", 1)])
         db.execute("COMMIT")
         self.created = True

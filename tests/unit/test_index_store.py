@@ -150,3 +150,17 @@ def test_own_changes_do_not_cost_a_listing_but_foreign_ones_are_found(store, mon
     os.utime(cur, (2, 2))
     assert inbox.sync() and str(cur) in listed
     assert [inbox.by_uid[u].base for u in inbox.uids] == ["U1", inbox.by_uid[2].base, "FOREIGN"]
+
+
+def test_a_folder_deleted_and_made_again_gets_a_new_uidvalidity_at_once(tmp_path):
+    from gateway.store.folders import FolderRegistry, FolderSet
+
+    folders = FolderSet(tmp_path, FolderRegistry(lambda f: f()))
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / sub).mkdir()
+    values = []
+    for _ in range(3):  # well within one second
+        assert folders.create("Work")
+        values.append(folders.open("Work").uidvalidity)
+        assert folders.delete("Work")
+    assert values == sorted(set(values)), values  # strictly increasing
