@@ -28,7 +28,7 @@ import shutil
 import signal
 from collections.abc import Callable
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from zope.interface import implementer
@@ -239,7 +239,7 @@ class ProgramDelivery:
                 os.killpg(pid, signal.SIGKILL)
             else:
                 process.signalProcess("KILL")
-        except (OSError, Exception):
+        except (OSError, error.ProcessExitedAlready):
             pass  # it ended meanwhile
 
     @defer.inlineCallbacks
