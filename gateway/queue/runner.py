@@ -13,6 +13,11 @@ Outcomes, per recipient:
   MailError, permanent     -> recipient failed
   no target for the kind   -> stays queued (451 4.4.0)
   more than max_hops Received headers -> failed, 554 5.4.6 (a mail loop)
+A recipient that expands (IRouter.expand: an alias, aliases(5)) is replaced by
+one recipient per final route, stored with its route and saved before any of
+them is delivered; each then has its own state, retries and DSN. A
+recipient's own sender (an alias's owner-NAME, a list member's VERP address)
+is its delivery's envelope sender and receives its DSN.
 Failed recipients get one DSN (IBouncer, RFC 3464) to the envelope sender,
 never for the null sender; with delay_warning set, still-pending ones get one
 "delayed" DSN. The envelope is rewritten as soon as each batch completes (so
