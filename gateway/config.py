@@ -46,6 +46,9 @@ class SmtpSettings:
     max_connections_per_client: int
     vrfy: bool
     bare_linefeeds: str
+    # A logged-in user may send only as their own addresses (Postfix's
+    # reject_sender_login_mismatch): 553 5.7.1 otherwise.
+    sender_login_match: bool = True
     # Bytes of input held while a command is busy (accept/smtp.py); beyond: 421 and close.
     max_pending_input: int = 1 << 20
     # Seconds from the 354 to the final dot, whatever the pace: beyond, 421 and close.
@@ -337,6 +340,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         max_connections_per_client=r.positive("smtp", "max_connections_per_client", int, 50),
         vrfy=r.get("smtp", "vrfy", bool, False),
         bare_linefeeds=bare,
+        sender_login_match=r.get("smtp", "sender_login_match", bool, True),
         max_pending_input=r.positive("smtp", "max_pending_input", int, 1 << 20),
         data_timeout=r.positive("smtp", "data_timeout", float, 600.0),
     )

@@ -144,7 +144,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
         if settings.listen[name] or name in settings.proxied.listen:
             factory = factories[name] = SMTPFactory(
                 hostname=settings.hostname, domains=settings.domains, settings=settings.smtp,
-                policy=RelayPolicy(router, settings.trusted_networks, submission=submission),
+                policy=RelayPolicy(router, settings.trusted_networks, submission=submission,
+                                   sender_login=settings.smtp.sender_login_match),
                 spool=spool, listener=runner, users=users, tls_options=tls_options,
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
                 reactor=reactor)

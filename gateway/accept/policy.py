@@ -27,10 +27,14 @@ class Session:
 
 
 class RelayPolicy:
-    def __init__(self, router: IRouter, trusted_networks: Sequence, submission: bool = False):
+    def __init__(self, router: IRouter, trusted_networks: Sequence, submission: bool = False,
+                 sender_login: bool = True):
         self.router = router
         self.trusted_networks = tuple(trusted_networks)
         self.submission = submission
+        # Postfix's reject_sender_login_mismatch: a logged-in user sends only as
+        # an address of theirs ([smtp] sender_login_match).
+        self.sender_login = sender_login
 
     def trusted(self, session: Session) -> bool:
         try:
@@ -48,6 +52,25 @@ class RelayPolicy:
             raise MailError(530, "5.7.0", "Authentication required")
         if sender:
             parse_address(sender)
+            if (session.authenticated and self.sender_login
+                    and not self.owns(session.authenticated, sender)):
+                raise MailError(553, "5.7.1", f"<{sender}>: Sender address rejected: not "
+                                f"owned by user {session.authenticated}")
+
+    def owns(self, user: str, sender: str) -> bool:
+        """True when sender is the user's address, a subaddress of it (RFC 5233), or
+        an alias whose expansion reaches the user's mailbox."""
+        user = user.lower()
+        local, domain = parse_address(sender)
+        if f"{local.lower()}@{domain}" == user:
+            return True
+        if not self.router.is_local_domain(domain):
+            return False
+        try:
+            routes = self.router.expand(sender)
+        except MailError:
+            return False
+        return any(r.kind == "local" and r.mailbox == user for r in routes)
 
     def check_recipient(self, session: Session, address: str) -> Route:
         """RCPT TO: local recipients must exist, remote ones need relay permission."""

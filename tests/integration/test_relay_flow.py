@@ -291,3 +291,14 @@ def test_queue_administration_while_running(gateway):
     assert gw.cli("queue", "show", entry_id).returncode == 1
     assert gw.cli("queue", "hold", "NOSUCHENTRY0000").returncode == 1
     assert gw.messages("alice@example.test") == []  # deleting never bounces
+
+
+def test_a_logged_in_user_cannot_send_as_someone_else(make_gateway):
+    gw = make_gateway("[auth]\nplaintext_from_loopback = true\n",
+                      users=("alice@example.test", "bob@example.test"))
+    with smtplib.SMTP("127.0.0.1", gw.ports["submission"], timeout=30) as s:
+        s.login("alice@example.test", PASSWORD)
+        code, text = s.mail("bob@example.test")
+        assert (code, text[:5]) == (553, b"5.7.1"), text
+        s.rset()
+        assert s.mail("alice+news@example.test")[0] == 250

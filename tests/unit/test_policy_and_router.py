@@ -57,3 +57,24 @@ def test_received_header_shape():
                       b"\tby mx.example.test (mailgateway) with ESMTPS id ABCDEFGHJKLMNPQR"
                       b" (TLSv1.3 with cipher X)\r\n"
                       b"\tfor <alice@example.test>; Thu, 01 Jan 1970 00:00:00 GMT\r\n")
+
+
+def test_a_logged_in_user_sends_only_as_their_own_addresses():
+    from gateway.resolve.aliases import parse
+
+    table, _ = parse("team: alice, carol@remote.test\nothers: bob\n", "aliases",
+                     read=lambda p: "", domains=["example.test"])
+    policy = RelayPolicy(Router(["example.test"], Users(), aliases=table), [],
+                         submission=True)
+    alice = Session("198.51.100.4", authenticated="alice@example.test")
+    for sender in ("alice@example.test", "Alice@Example.test", "alice+lists@example.test",
+                   "team@example.test", ""):
+        policy.check_sender(alice, sender)
+    for sender in ("bob@example.test", "others@example.test", "alice@remote.test",
+                   "nobody@example.test"):
+        with pytest.raises(MailError) as e:
+            policy.check_sender(alice, sender)
+        assert (e.value.code, e.value.enhanced) == (553, "5.7.1")
+    lax = RelayPolicy(Router(["example.test"], Users()), [], submission=True,
+                      sender_login=False)
+    lax.check_sender(alice, "bob@example.test")
