@@ -1,7 +1,7 @@
 """How every benchmark in bench/ runs: a work folder, the servers in turn, rounds, Ctrl-C,
 clean-up, and the report on stdout (and appended to a results file when asked).
 
-The four scripts (smtp_accept, relay_bench, imap_bench, tlsfront_bench) differ in
+The five scripts (smtp_accept, relay_bench, imap_bench, tlsfront_bench, alias_bench) differ in
 what a round measures, not in this.
 """
 

@@ -184,6 +184,8 @@ class ProgramDelivery:
         self.submit = submit
         self.spawn = spawn or reactor.spawnProcess
         self.slots = defer.DeferredSemaphore(settings.concurrency)
+        # An alias's several programs may start together; slots bounds them anyway.
+        self.parallel = settings.concurrency
         self.uid, self.gid, self.home, self.user = _identity(settings)
         # setsid(1) makes the program a session and process group leader, so the
         # timeout reaches its children too (util-linux, in every Debian system).

@@ -125,3 +125,67 @@ def test_loop_bounces_once_with_its_diagnostic(tmp_path):
     assert (sender, rcpts, action) == ("carol@remote.test", ["a@example.test"], "failed")
     assert errors == ["554 5.4.6 alias loop: a -> b -> a"]
     assert spool.queue_ids() == []
+
+
+class HeldTarget:
+    """A target whose deliveries end only when the test says so."""
+
+    def __init__(self, kind: str, parallel: int | None = None):
+        self.kind = kind
+        if parallel is not None:
+            self.parallel = parallel
+        self.waiting: list[tuple[str, defer.Deferred]] = []
+
+    def deliver(self, envelope, route, message_path, recovering):
+        d: defer.Deferred = defer.Deferred()
+        self.waiting.append((route.mailbox or route.command, d))
+        return d
+
+    def finish_first(self):
+        _, d = self.waiting.pop(0)
+        d.callback(None)  # the runner may hand over the next one at once
+
+
+def fanout_rig(tmp_path, local):
+    names = [f"u{i}" for i in range(1, 8)]
+    table, faults = parse_aliases("crew: " + ", ".join(names) + "\n", "aliases",
+                                  read=lambda p: "", domains=["example.test"])
+    assert not faults
+
+    class Everyone:
+        def exists(self, address: str) -> bool:
+            return address.split("@")[0] in names
+
+    spool = Spool(tmp_path, reactor=None)
+    clock = task.Clock()
+    clock.advance(1000)
+    runner = QueueRunner(spool=spool, router=Router(["example.test"], Everyone(), aliases=table),
+                         targets={"local": local},
+                         settings=parse({"server": {"domains": ["example.test"]}}).queue,
+                         reactor=clock, run_blocking=run_now, bouncer=Bouncer())
+    return runner, spool, clock
+
+
+def test_a_target_that_takes_several_gets_an_aliass_copies_at_once(tmp_path):
+    local = HeldTarget("local", parallel=3)
+    runner, spool, clock = fanout_rig(tmp_path, local)
+    send(runner, spool, clock, "crew@example.test")
+    # Three in flight, not one: Maildir copies then share one group commit.
+    assert [m for m, _ in local.waiting] == [f"u{i}@example.test" for i in (1, 2, 3)]
+    local.waiting.pop(1)[1].callback(None)  # one ends: the next starts, never more than 3
+    assert [m for m, _ in local.waiting] == [f"u{i}@example.test" for i in (1, 3, 4)]
+    while local.waiting:
+        local.finish_first()
+    assert spool.queue_ids() == []
+
+
+def test_a_target_without_parallel_gets_one_route_at_a_time(tmp_path):
+    local = HeldTarget("local")
+    runner, spool, clock = fanout_rig(tmp_path, local)
+    qid = send(runner, spool, clock, "crew@example.test")
+    assert [m for m, _ in local.waiting] == ["u1@example.test"]
+    local.finish_first()
+    assert [m for m, _ in local.waiting] == ["u2@example.test"]
+    while local.waiting:
+        local.finish_first()
+    assert spool.queue_ids() == [] and qid
