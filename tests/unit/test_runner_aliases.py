@@ -47,12 +47,12 @@ class Bouncer:
         return defer.succeed(None)
 
 
-ALIASES = ("team: alice, bob, \"|/usr/bin/log\"\n"
+ALIASES = ("team: alice, bob, \"|/usr/bin/log\"\nsolo: \"|/usr/bin/log\"\n"
            "dev: alice, ghost\nowner-dev: bob\n"
            "a: b\nb: a\n")
 
 
-def rig(tmp_path, program_outcomes=()):
+def rig(tmp_path, program_outcomes=(), run_blocking=run_now):
     table, faults = parse_aliases(ALIASES, "aliases", read=lambda p: "", domains=["example.test"])
     assert not faults
     router = Router(["example.test"], Users(), aliases=table)
@@ -64,7 +64,7 @@ def rig(tmp_path, program_outcomes=()):
     settings = parse({"server": {"domains": ["example.test"]}}).queue
     runner = QueueRunner(spool=spool, router=router, targets={"local": local,
                                                               "program": program},
-                         settings=settings, reactor=clock, run_blocking=run_now,
+                         settings=settings, reactor=clock, run_blocking=run_blocking,
                          bouncer=bouncer)
     return runner, spool, clock, local, program, bouncer
 
@@ -189,3 +189,30 @@ def test_a_target_without_parallel_gets_one_route_at_a_time(tmp_path):
     while local.waiting:
         local.finish_first()
     assert spool.queue_ids() == [] and qid
+
+
+def recording_pool(calls):
+    """run_now that notes what went to the pool (the reactor thread must not wait on disk)."""
+    def run_blocking(f, *args):
+        calls.append(f.__name__)
+        return run_now(f, *args)
+    return run_blocking
+
+
+def test_the_finished_entry_is_removed_in_the_pool(tmp_path):
+    calls = []
+    runner, spool, clock, local, program, _ = rig(tmp_path, run_blocking=recording_pool(calls))
+    send(runner, spool, clock, "team@example.test")
+    assert spool.queue_ids() == [] and calls[-1] == "remove"
+
+
+def test_one_target_is_delivered_without_recording_it_first(tmp_path):
+    calls = []
+    runner, spool, clock, local, program, _ = rig(tmp_path, run_blocking=recording_pool(calls))
+    send(runner, spool, clock, "solo@example.test")
+    # Nothing could be done before the only target: no envelope rewrite ahead of it.
+    assert [r.command for r in program.calls] == ["/usr/bin/log"]
+    assert program.seen_on_disk == [[]] and "update_steps" not in calls
+    assert spool.queue_ids() == []
+    send(runner, spool, clock, "team@example.test")  # several: recorded first, as before
+    assert "update_steps" in calls and local.seen_on_disk[0] != []
