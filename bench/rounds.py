@@ -1,7 +1,8 @@
 """How every benchmark in bench/ runs: a work folder, the servers in turn, rounds, Ctrl-C,
 clean-up, and the report on stdout (and appended to a results file when asked).
 
-The five scripts (smtp_accept, mailbox_bench, relay_bench, imap_bench, tlsfront_bench) differ in
+The six scripts (smtp_accept, mailbox_bench, relay_bench, imap_bench, tlsfront_bench,
+alias_bench) differ in
 what a round measures, not in this.
 """
 

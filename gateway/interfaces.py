@@ -154,7 +154,11 @@ class IQueueListener(Interface):
 
 
 class IDeliveryTarget(Interface):
-    """Acts on routes of one kind (deliver/). Decisions are made before, in resolve/."""
+    """Acts on routes of one kind (deliver/). Decisions are made before, in resolve/.
+
+    A target may have an int attribute `parallel`: how many routes of one
+    message the runner hands it at once. Without it, one after another.
+    """
 
     kind = Attribute("The Route.kind this target delivers.")
 

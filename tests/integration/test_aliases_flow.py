@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import mailbox
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -83,7 +85,8 @@ def test_remote_alias_target_is_queued_for_relay(make_gateway, tmp_path):
 
 
 def test_program_gets_the_exact_message_and_its_environment(make_gateway, tmp_path, out_dir):
-    prog = script(out_dir, "save", f'cat > {out_dir}/stdin\nenv > {out_dir}/env\n')
+    prog = script(out_dir, "save", f'cat > {out_dir}/stdin\nid -u > {out_dir}/ids\n'
+                  f'id -G >> {out_dir}/ids\npwd >> {out_dir}/ids\nenv > {out_dir}/env\n')
     gw = aliases_gateway(make_gateway, tmp_path, f'save: "|{prog}"\n')
     sent = send(gw, "save+tag@example.test", "the body")
     env_file = out_dir / "env"
@@ -101,8 +104,12 @@ def test_program_gets_the_exact_message_and_its_environment(make_gateway, tmp_pa
     assert env["CLIENT_ADDRESS"] == "127.0.0.1"
     assert len(env["QUEUE_ID"]) >= 12 and env["PATH"].startswith("/usr/local/bin")
     assert "PYTHONPATH" not in env and "VIRTUAL_ENV" not in env  # scrubbed
-    if os.getuid() == 0:
+    uid, groups, cwd = (out_dir / "ids").read_text().splitlines()
+    assert cwd == "/"  # [program] directory
+    if os.getuid() == 0:  # [program] user and group, no other group, never root
         assert env["USER"] == "nobody"
+        assert int(uid) == pwd.getpwnam("nobody").pw_uid
+        assert groups.split() == [str(grp.getgrnam("nogroup").gr_gid)]
 
 
 def test_exit_75_is_retried_then_delivered_once(make_gateway, tmp_path, out_dir):

@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from gateway.config import ProgramSettings
-from gateway.deliver.program import ProgramDelivery, argv_for, exit_error
+from gateway.deliver.program import ProgramDelivery, argv_for, exit_error, launcher
 from gateway.deliver.reply import may_auto_reply
 from gateway.envelope import Envelope, Recipient
 from gateway.errors import MailError
@@ -38,7 +38,7 @@ class Spawner:
     def __call__(self, proto, executable, argv, env, path, uid, gid):
         transport = ProcessTransport()
         self.runs.append({"proto": proto, "argv": argv, "env": env, "path": path,
-                          "transport": transport})
+                          "uid": uid, "gid": gid, "transport": transport})
         proto.makeConnection(transport)
         while transport.producer is not None:  # the file sender, pulled to the end
             transport.producer.resumeProducing()
@@ -98,7 +98,9 @@ def test_runs_without_a_shell_with_the_message_and_a_scrubbed_environment(tmp_pa
     assert not set(env) - {"SENDER", "RECIPIENT", "ORIGINAL_RECIPIENT", "LOCAL", "EXTENSION",
                            "DOMAIN", "QUEUE_ID", "CLIENT_ADDRESS", "HOME", "PATH", "USER",
                            "LOGNAME", "SHELL", "LANG"}
-    assert run["path"] == "/"
+    # [program] directory: entered by env -C before the program, or by spawnProcess.
+    argv = run["argv"]
+    assert run["path"] == "/" if run["path"] else argv[argv.index("-C") + 1] == "/"
     end(run, 0)
     assert outcome(d) is None
 
@@ -183,3 +185,44 @@ def test_reply_alias_mails_stdout_back_as_an_auto_reply(tmp_path):
 ])
 def test_auto_replies_follow_rfc_3834(sender, head, allowed):
     assert may_auto_reply(sender, head) is allowed
+
+
+TOOLS = {"setpriv": "/usr/bin/setpriv", "env": "/usr/bin/env"}
+
+
+def test_launcher_drops_privileges_and_enters_the_directory_before_the_program():
+    # As root: user and group IDs (real, effective, saved), no other groups, the directory.
+    assert launcher(65534, 65533, "/srv/progs", "/usr/bin/setsid", which=TOOLS.get) == [
+        "/usr/bin/setpriv", "--reuid=65534", "--regid=65533", "--clear-groups",
+        "/usr/bin/env", "-C", "/srv/progs"]
+    # Not root: nothing to drop.
+    assert launcher(None, None, "/srv/progs", "/usr/bin/setsid", which=TOOLS.get) == [
+        "/usr/bin/env", "-C", "/srv/progs"]
+
+
+@pytest.mark.parametrize("missing", ["setpriv", "env", "setsid"])
+def test_without_one_of_the_tools_spawnprocess_does_it_all(missing):
+    tools = {k: v for k, v in TOOLS.items() if k != missing}
+    setsid = None if missing == "setsid" else "/usr/bin/setsid"
+    assert launcher(65534, 65533, "/", setsid, which=tools.get) is None
+
+
+def test_the_launcher_runs_first_and_spawnprocess_gets_no_identity(tmp_path):
+    target, spawner, _, _, envelope, path = rig(tmp_path, directory="/srv")
+    target.setsid = "/usr/bin/setsid"
+    target.launch = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65533", "--clear-groups",
+                     "/usr/bin/env", "-C", "/srv"]
+    target.deliver(envelope, route("/bin/cat -n"), path, False)
+    (run,) = spawner.runs
+    assert run["argv"][:8] == [*target.launch, "/usr/bin/setsid"]
+    assert run["argv"][9:] == ["-n"] and run["argv"][8].endswith("/cat")
+    assert (run["uid"], run["gid"], run["path"]) == (None, None, None)  # posix_spawn's terms
+
+
+def test_without_a_launcher_spawnprocess_gets_identity_and_directory(tmp_path):
+    target, spawner, _, _, envelope, path = rig(tmp_path, directory="/srv")
+    target.launch, target.uid, target.gid = None, 65534, 65533
+    target.deliver(envelope, route("/bin/cat -n"), path, False)
+    (run,) = spawner.runs
+    assert (run["uid"], run["gid"], run["path"]) == (65534, 65533, "/srv")
+    assert "-C" not in run["argv"]

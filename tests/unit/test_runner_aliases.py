@@ -47,12 +47,12 @@ class Bouncer:
         return defer.succeed(None)
 
 
-ALIASES = ("team: alice, bob, \"|/usr/bin/log\"\n"
+ALIASES = ("team: alice, bob, \"|/usr/bin/log\"\nsolo: \"|/usr/bin/log\"\n"
            "dev: alice, ghost\nowner-dev: bob\n"
            "a: b\nb: a\n")
 
 
-def rig(tmp_path, program_outcomes=()):
+def rig(tmp_path, program_outcomes=(), run_blocking=run_now):
     table, faults = parse_aliases(ALIASES, "aliases", read=lambda p: "", domains=["example.test"])
     assert not faults
     router = Router(["example.test"], Users(), aliases=table)
@@ -64,7 +64,7 @@ def rig(tmp_path, program_outcomes=()):
     settings = parse({"server": {"domains": ["example.test"]}}).queue
     runner = QueueRunner(spool=spool, router=router, targets={"local": local,
                                                               "program": program},
-                         settings=settings, reactor=clock, run_blocking=run_now,
+                         settings=settings, reactor=clock, run_blocking=run_blocking,
                          bouncer=bouncer)
     return runner, spool, clock, local, program, bouncer
 
@@ -125,3 +125,94 @@ def test_loop_bounces_once_with_its_diagnostic(tmp_path):
     assert (sender, rcpts, action) == ("carol@remote.test", ["a@example.test"], "failed")
     assert errors == ["554 5.4.6 alias loop: a -> b -> a"]
     assert spool.queue_ids() == []
+
+
+class HeldTarget:
+    """A target whose deliveries end only when the test says so."""
+
+    def __init__(self, kind: str, parallel: int | None = None):
+        self.kind = kind
+        if parallel is not None:
+            self.parallel = parallel
+        self.waiting: list[tuple[str, defer.Deferred]] = []
+
+    def deliver(self, envelope, route, message_path, recovering):
+        d: defer.Deferred = defer.Deferred()
+        self.waiting.append((route.mailbox or route.command, d))
+        return d
+
+    def finish_first(self):
+        _, d = self.waiting.pop(0)
+        d.callback(None)  # the runner may hand over the next one at once
+
+
+def fanout_rig(tmp_path, local):
+    names = [f"u{i}" for i in range(1, 8)]
+    table, faults = parse_aliases("crew: " + ", ".join(names) + "\n", "aliases",
+                                  read=lambda p: "", domains=["example.test"])
+    assert not faults
+
+    class Everyone:
+        def exists(self, address: str) -> bool:
+            return address.split("@")[0] in names
+
+    spool = Spool(tmp_path, reactor=None)
+    clock = task.Clock()
+    clock.advance(1000)
+    runner = QueueRunner(spool=spool, router=Router(["example.test"], Everyone(), aliases=table),
+                         targets={"local": local},
+                         settings=parse({"server": {"domains": ["example.test"]}}).queue,
+                         reactor=clock, run_blocking=run_now, bouncer=Bouncer())
+    return runner, spool, clock
+
+
+def test_a_target_that_takes_several_gets_an_aliass_copies_at_once(tmp_path):
+    local = HeldTarget("local", parallel=3)
+    runner, spool, clock = fanout_rig(tmp_path, local)
+    send(runner, spool, clock, "crew@example.test")
+    # Three in flight, not one: Maildir copies then share one group commit.
+    assert [m for m, _ in local.waiting] == [f"u{i}@example.test" for i in (1, 2, 3)]
+    local.waiting.pop(1)[1].callback(None)  # one ends: the next starts, never more than 3
+    assert [m for m, _ in local.waiting] == [f"u{i}@example.test" for i in (1, 3, 4)]
+    while local.waiting:
+        local.finish_first()
+    assert spool.queue_ids() == []
+
+
+def test_a_target_without_parallel_gets_one_route_at_a_time(tmp_path):
+    local = HeldTarget("local")
+    runner, spool, clock = fanout_rig(tmp_path, local)
+    qid = send(runner, spool, clock, "crew@example.test")
+    assert [m for m, _ in local.waiting] == ["u1@example.test"]
+    local.finish_first()
+    assert [m for m, _ in local.waiting] == ["u2@example.test"]
+    while local.waiting:
+        local.finish_first()
+    assert spool.queue_ids() == [] and qid
+
+
+def recording_pool(calls):
+    """run_now that notes what went to the pool (the reactor thread must not wait on disk)."""
+    def run_blocking(f, *args):
+        calls.append(f.__name__)
+        return run_now(f, *args)
+    return run_blocking
+
+
+def test_the_finished_entry_is_removed_in_the_pool(tmp_path):
+    calls = []
+    runner, spool, clock, local, program, _ = rig(tmp_path, run_blocking=recording_pool(calls))
+    send(runner, spool, clock, "team@example.test")
+    assert spool.queue_ids() == [] and calls[-1] == "remove"
+
+
+def test_one_target_is_delivered_without_recording_it_first(tmp_path):
+    calls = []
+    runner, spool, clock, local, program, _ = rig(tmp_path, run_blocking=recording_pool(calls))
+    send(runner, spool, clock, "solo@example.test")
+    # Nothing could be done before the only target: no envelope rewrite ahead of it.
+    assert [r.command for r in program.calls] == ["/usr/bin/log"]
+    assert program.seen_on_disk == [[]] and "update_steps" not in calls
+    assert spool.queue_ids() == []
+    send(runner, spool, clock, "team@example.test")  # several: recorded first, as before
+    assert "update_steps" in calls and local.seen_on_disk[0] != []
