@@ -26,13 +26,19 @@ def login(gw, user: str) -> imaplib.IMAP4:
     return m
 
 
+def post(gw, message: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=60) as s:
+        assert s.sendmail(ALICE, [LIST], message) == {}
+
+
 def test_members_read_the_archive_read_only_and_others_do_not_see_it(make_gateway):
-    gw = make_gateway("[auth]\nplaintext_from_loopback = true\n", users=(ALICE, DAVE))
+    # IDLE's own poll far off: only the wake-up of the filing can reach the session in time.
+    gw = make_gateway("[auth]\nplaintext_from_loopback = true\n[imap]\npoll_interval = 600\n",
+                      users=(ALICE, DAVE))
     for args in (("create", LIST, "--owner", "owner@example.test"), ("add", LIST, ALICE)):
         result = gw.cli("list", *args)
         assert result.returncode == 0, result.stderr
-    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=60) as s:
-        assert s.sendmail(ALICE, [LIST], POST) == {}
+    post(gw, POST)
     wait_for(lambda: archived(gw), what="the post in the archive")
 
     m = login(gw, ALICE)
@@ -55,6 +61,8 @@ def test_members_read_the_archive_read_only_and_others_do_not_see_it(make_gatewa
     typ, data = m.fetch("1", "(BODY[])")
     message = data[0][1]
     assert b"List-Id: " in message and b"<dev.example.test>" in message
+    # The header names the folder it is read from (RFC 2369, RFC 5092).
+    assert b"List-Archive: <imap://example.test/Lists.dev>" in message
     assert b"We ship on Friday." in message and b"Subject: [dev] release plan" in message
     typ, data = m.uid("SEARCH", "SUBJECT", "release")
     assert typ == "OK" and data == [b"1"]
@@ -66,6 +74,16 @@ def test_members_read_the_archive_read_only_and_others_do_not_see_it(make_gatewa
     typ, data = m.create("Lists.mine")
     assert typ == "NO" and b"[NOPERM]" in data[0]
     assert len(archived(gw)) == 1
+
+    # A new post shows at once in a session that has the archive open.
+    m.send(b"i1 IDLE\r\n")
+    assert m.readline() == b"+ idling\r\n"
+    post(gw, POST.replace(b"<plan@", b"<plan2@"))
+    m.sock.settimeout(20)  # a deadline, not a wait: the line comes as soon as it is filed
+    assert m.readline() == b"* 2 EXISTS\r\n"
+    assert m.readline() == b"* 0 RECENT\r\n"  # no reader owns a post (shared.py)
+    m.send(b"DONE\r\n")
+    assert m.readline() == b"i1 OK IDLE terminated\r\n"
     m.logout()
 
     m = login(gw, DAVE)
