@@ -68,6 +68,8 @@ def test_a_member_lists_the_archive_under_lists_with_wildcards(env):
     assert set(listed(s('LIST "" "L*.d%"'))) == {"Lists.dev"}
     assert listed(s('LIST "" "lists.dev"')) == {}  # names are case-sensitive (RFC 3501 5.1)
     assert "Lists.dev" in listed(s('LSUB "" "*"'))  # always subscribed: clients show it
+    assert "Lists" not in listed(s('LSUB "" "*"'))
+    assert listed(s('LSUB "" "%"'))["Lists"] == b"\\Noselect \\HasChildren"  # RFC 3501 6.3.9
     assert b"[CANNOT]" in s('UNSUBSCRIBE "Lists.dev"', expect=b"NO")
     s('SUBSCRIBE "Lists.dev"')
 

@@ -91,8 +91,8 @@ class SharedNamespace:
         """personal's LIST/LSUB answer with the archives that matches() accepts.
 
         Archives count as subscribed (no client has to find them first); the
-        levels above them ("Lists") are \\Noselect in LIST, as RFC 3501 lists a
-        level that holds folders but is none.
+        levels above them ("Lists") are \\Noselect, as RFC 3501 lists a level
+        that holds folders but is none (in LSUB only where "%" stops at it, 6.3.9).
         """
         archives = self.folders()
         if not archives:
@@ -114,10 +114,11 @@ class SharedNamespace:
                 attrs += [] if "\\HasChildren" in attrs else ["\\HasChildren"]
                 parents.discard(name)
             out.append((name, attrs))
-        if not subscribed:
-            for name in parents:
-                if matches(name):
-                    found[name] = ["\\Noselect", "\\HasChildren"]
+        for name in parents:
+            # LSUB: a level only where "%" stopped short of a subscribed archive below it.
+            hides = any(a.startswith(name + DELIMITER) and a not in found for a in archives)
+            if matches(name) and (not subscribed or hides):
+                found[name] = ["\\Noselect", "\\HasChildren"]
         return out + list(found.items())
 
     # -- writes are refused ---------------------------------------------------------------
