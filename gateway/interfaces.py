@@ -261,3 +261,28 @@ class IMailStore(Interface):
         through the store's `announce` hook (reactor.callFromThread in the
         gateway), so IDLE sees SMTP deliveries at once.
         """
+
+    def open_folder(mailbox: str) -> Any:
+        """The mailbox's own Maildir as one store/folder.py Folder, for readers of a
+        shared folder (a list's archive) (blocking): made empty when missing, no
+        sub-folders or defaults. UIDs come from the same index as open_folders'."""
+
+
+@dataclass(frozen=True)
+class SharedFolder:
+    """A folder one user may read but does not own: a mailing list's archive.
+
+    name is its place under the shared namespace ("dev" shows as "Lists.dev");
+    the messages are the INBOX of mailbox in store (an IMailStore).
+    """
+
+    name: str
+    mailbox: str
+    store: Any
+
+
+class ISharedFolders(Interface):
+    """Which shared folders a user may read (lists/ answers, access/imap asks)."""
+
+    def readable(user: str) -> list[SharedFolder]:
+        """The shared folders user may read now, by name (blocking: a pool thread)."""

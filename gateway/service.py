@@ -30,6 +30,7 @@ from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
 from gateway.errors import ConfigError
+from gateway.lists.archive import ArchiveFolders
 from gateway.lists.directory import ListDirectory
 from gateway.lists.exploder import ListTarget
 from gateway.lists.store import ListStore
@@ -123,8 +124,11 @@ def build(settings: Settings, reactor) -> service.MultiService:
         key, _, reason = str(e).partition(": ")
         raise ConfigError([(settings.source, key, reason)]) from None
     relay, run_dns = _relay(settings, reactor, run_blocking, top)
-    lists = ListTarget(list_store, submitter, reactor, in_thread(reactor),
-                       archive=MaildirStore(settings.state_dir / "lists" / "archive"),
+    # One archive store for the exploder that writes it and the IMAP readers (shared
+    # folders), so a post filed in a pool thread wakes the sessions that have it open.
+    archive = MaildirStore(settings.state_dir / "lists" / "archive",
+                           announce=reactor.callFromThread)
+    lists = ListTarget(list_store, submitter, reactor, in_thread(reactor), archive=archive,
                        dmarc_txt=_txt_lookup(settings, run_dns))
     targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
                "remote": relay,
@@ -161,7 +165,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
         strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
         factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options,
-                                            mailbox_pool)
+                                            mailbox_pool, ArchiveFolders(list_store, archive))
     if settings.listen["imap"]:
         strports.service(settings.listen["imap"], factory, reactor=reactor).setServiceParent(top)
     _fronts(settings, factories, reactor, top)
@@ -175,12 +179,15 @@ def build(settings: Settings, reactor) -> service.MultiService:
 # --- IMAP4 ---------------------------------------------------------------------------
 
 
-def _imap(settings: Settings, reactor, users, store, tls_options, pool) -> IMAPFactory:
-    """The IMAP server's factory; its folder work runs in the mailbox thread pool."""
+def _imap(settings: Settings, reactor, users, store, tls_options, pool, shared
+          ) -> IMAPFactory:
+    """The IMAP server's factory; its folder work runs in the mailbox thread pool.
+    shared: the list archives each user may read, as the shared namespace "Lists."."""
     return IMAPFactory(
         hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
         plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-        settings=settings.imap, reactor=reactor, run_blocking=in_thread(reactor, pool))
+        settings=settings.imap, reactor=reactor, run_blocking=in_thread(reactor, pool),
+        shared=shared)
 
 
 # --- outbound relay ------------------------------------------------------------------

@@ -232,7 +232,8 @@ def _list_headers(mlist: MailingList, member: str | None) -> list[tuple[str, str
         headers.append(("List-Unsubscribe", leave))
     if mlist.archive:
         where = (f"{base}/lists/{quote(mlist.address, safe='@')}/archive" if base
-                 else f"imap://{mlist.domain}/Lists/{quote(mlist.name)}")  # RFC 5092
+                 # RFC 5092: the IMAP name, "." the delimiter (access/imap/shared.py)
+                 else f"imap://{mlist.domain}/Lists.{quote(mlist.name)}")
         headers.append(("List-Archive", f"<{where}>"))
     headers.append(("List-Owner", f"<mailto:{role_address(mlist.address, 'owner')}>"))
     headers.append(("Precedence", "list"))

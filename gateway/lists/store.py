@@ -171,6 +171,7 @@ CREATE TABLE IF NOT EXISTS members (
     list TEXT NOT NULL, key TEXT NOT NULL, address TEXT NOT NULL,
     enabled INTEGER NOT NULL DEFAULT 1, score REAL NOT NULL DEFAULT 0, last_bounce REAL,
     PRIMARY KEY (list, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_key ON members (key);
 CREATE TABLE IF NOT EXISTS held (
     id TEXT PRIMARY KEY, list TEXT NOT NULL, sender TEXT NOT NULL, reason TEXT NOT NULL,
     held_at REAL NOT NULL, message BLOB NOT NULL);
@@ -297,6 +298,11 @@ class ListStore:
     def is_member(self, address: str, member: str) -> bool:
         return bool(self._read("SELECT 1 FROM members WHERE list=? AND key=?",
                                (member_key(address), member_key(member))))
+
+    def lists_of(self, member: str) -> list[str]:
+        """The lists member belongs to (enabled or not), by address (members_key index)."""
+        return [r[0] for r in self._read("SELECT list FROM members WHERE key=? ORDER BY list",
+                                         (member_key(member),))]
 
     def add_members(self, address: str, members: Iterable[str]) -> int:
         """Add members in one transaction; the number that were new. A bad address

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from gateway.durable import Steps, complete, fsync_dir, sync_dir, when_durable, write_file
 from gateway.envelope import parse_address
 from gateway.interfaces import IMailStore
+from gateway.store.folder import Folder
 from gateway.store.folders import FolderNameError, FolderRegistry, FolderSet, disk_name
 
 # Names from the network become directory names only through this pattern:
@@ -120,6 +121,11 @@ class MaildirStore:
         folders = FolderSet(self.ensure(mailbox), self._folders)
         folders.ensure_defaults()
         return folders
+
+    def open_folder(self, mailbox: str) -> Folder:
+        """The mailbox's Maildir alone as one Folder (a list archive's readers): the
+        same index and registry as open_folders, but no default folders made."""
+        return self._folders.open(self.ensure(mailbox))
 
 
 def _call_now(f: Callable[[], None]) -> None:

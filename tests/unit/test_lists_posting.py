@@ -124,7 +124,7 @@ def test_decorate_keeps_body_bytes_and_untouched_fields():
     assert m["List-Subscribe"] == "<mailto:dev-join@example.test>"
     assert m["List-Unsubscribe"] == "<mailto:dev-leave@example.test>"
     assert m["List-Unsubscribe-Post"] is None
-    assert m["List-Archive"] == "<imap://example.test/Lists/dev>"
+    assert m["List-Archive"] == "<imap://example.test/Lists.dev>"
     assert m["Precedence"] == "list" and m["X-Loop"] == "dev@example.test"
     assert m["Disposition-Notification-To"] is None
     assert str(m["Subject"]) == "[dev] café time"

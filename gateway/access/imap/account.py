@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.access.imap.mailbox import View
+from gateway.access.imap.shared import SharedNamespace
 from gateway.access.imap.wire import No, Upload
 from gateway.store.folder import Folder, transfer
 from gateway.store.folders import DELIMITER, FolderNameError, FolderSet, canonical
@@ -64,11 +65,24 @@ def pattern_matcher(pattern: str) -> Callable[[str], bool]:
 
 
 class Account:
-    def __init__(self, address: str, folders: FolderSet) -> None:
+    def __init__(self, address: str, folders: FolderSet,
+                 shared: SharedNamespace | None = None) -> None:
         self.address = address
         self.folders = folders
+        self.shared = shared or SharedNamespace(None, address)
 
     def _open(self, name: str, missing: str = "NONEXISTENT") -> Folder:
+        return self._open_any(name, missing)[0]
+
+    def _open_any(self, name: str, missing: str = "NONEXISTENT") -> tuple[Folder, bool]:
+        """(folder, True for a list archive): an archive first (shared.py), any other
+        name is a personal folder."""
+        folder = self.shared.open(name)
+        if folder is not None:
+            return folder, True
+        return self._open_personal(name, missing), False
+
+    def _open_personal(self, name: str, missing: str) -> Folder:
         try:
             folder = self.folders.open(name)
         except FolderNameError as e:
@@ -109,11 +123,13 @@ class Account:
             if special:
                 attrs.append(special)
             out.append((name, attrs))
+        out = self.shared.merge(out, matcher, subscribed)
         out.sort(key=lambda item: (item[0] != "INBOX", item[0]))
         return out
 
     def create(self, name: str) -> None:
         name = name.rstrip(DELIMITER)  # RFC 3501 6.3.3: a trailing delimiter only says "parent"
+        self.shared.refuse_change(name, "CREATE", new=True)
         try:
             made = self.folders.create(name)
         except FolderNameError as e:
@@ -124,6 +140,7 @@ class Account:
     def delete(self, name: str) -> None:
         if canonical(name) == "INBOX":
             raise No("[CANNOT] INBOX cannot be deleted")
+        self.shared.refuse_change(name, "DELETE", new=False)
         try:
             if not self.folders.delete(name):
                 raise No("[NONEXISTENT] No such folder")
@@ -134,6 +151,8 @@ class Account:
         if canonical(old) == "INBOX":
             # RFC 3501 6.3.5 makes renaming INBOX move its messages; not offered.
             raise No("[CANNOT] INBOX cannot be renamed")
+        self.shared.refuse_change(old, "RENAME", new=False)
+        self.shared.refuse_change(new, "RENAME", new=True)
         try:
             if not self.folders.exists(old):
                 raise No("[NONEXISTENT] No such folder")
@@ -143,6 +162,10 @@ class Account:
             raise No(f"[CANNOT] {e}") from e
 
     def subscribe(self, name: str, on: bool) -> None:
+        if self.shared.find(name) is not None:  # archives are always subscribed (shared.py)
+            if on:
+                return
+            raise No("[CANNOT] A list archive stays subscribed while you may read it")
         try:
             self.folders.subscribe(name) if on else self.folders.unsubscribe(name)
         except FolderNameError as e:
@@ -159,7 +182,9 @@ class Account:
     # -- selecting ----------------------------------------------------------------
 
     def select(self, name: str, readonly: bool, view_factory) -> View:
-        view = view_factory(self._open(name))
+        """view_factory(folder, readonly): a list archive opens read-only (shared.py)."""
+        folder, shared = self._open_any(name)  # one answer: an archive is never writable
+        view = view_factory(folder, readonly or shared)
         view.open()
         return view
 
@@ -175,7 +200,8 @@ class Account:
                date: int | None) -> tuple[int, int]:
         """Store an uploaded message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
         try:
-            folder = self._open(name, "TRYCREATE")
+            self.shared.refuse_write(name, self.folders.exists)
+            folder = self._open_personal(name, "TRYCREATE")  # writes: never an archive
             fd = os.open(upload.path, os.O_RDONLY)
             try:
                 os.fsync(fd)  # on disk before the client hears OK
@@ -190,6 +216,7 @@ class Account:
 
     def copy(self, view: View, uids: list[int], name: str, move: bool) -> tuple[int, list]:
         """COPY or MOVE; returns (target UIDVALIDITY, [(source UID, target UID)])."""
-        target = self._open(name, "TRYCREATE")
+        self.shared.refuse_write(name, self.folders.exists)
+        target = self._open_personal(name, "TRYCREATE")  # writes: never an archive
         pairs = transfer(view.folder, target, uids, move, origin=view)
         return target.uidvalidity, pairs

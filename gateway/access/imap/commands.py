@@ -62,7 +62,7 @@ class AuthenticatedCommands:
         name = wire.decode_mailbox(wire.astring(args[0], "folder name"))
         self.close_view()
 
-        def make(folder: Any) -> View:
+        def make(folder: Any, readonly: bool) -> View:
             return View(folder, name, readonly, self.view_woken)
 
         def work() -> tuple[View, int, int]:
@@ -79,8 +79,9 @@ class AuthenticatedCommands:
                 view.close()
                 return b""
             self.view, self.state = view, "select"
+            ro = view.readonly  # EXAMINE, or SELECT of a list archive (shared.py)
             lines = [b"* FLAGS (" + SYSTEM_FLAGS + b")",
-                     b"* OK [PERMANENTFLAGS (" + (b"" if readonly else SYSTEM_FLAGS + b" \\*")
+                     b"* OK [PERMANENTFLAGS (" + (b"" if ro else SYSTEM_FLAGS + b" \\*")
                      + b")] Flags permitted",
                      b"* %d EXISTS" % len(view), b"* %d RECENT" % len(view.recent)]
             if first_unseen:
@@ -88,8 +89,8 @@ class AuthenticatedCommands:
             lines += [b"* OK [UIDVALIDITY %d] UIDs valid" % view.folder.uidvalidity,
                       b"* OK [UIDNEXT %d] Predicted next UID" % uidnext]
             self.transport.writeSequence([line + b"\r\n" for line in lines])
-            return (b"[READ-ONLY] EXAMINE" if readonly else b"[READ-WRITE] SELECT") + \
-                b" completed"
+            verb = b"EXAMINE" if readonly else b"SELECT"
+            return (b"[READ-ONLY] " if ro else b"[READ-WRITE] ") + verb + b" completed"
 
         return self.run_blocking(work).addCallback(selected)
 
@@ -178,7 +179,9 @@ class AuthenticatedCommands:
 
     def do_NAMESPACE(self, tag: bytes, args: list, uid: bool) -> bytes:
         wire.arity(args, 0)
-        self.sendUntaggedResponse(b'NAMESPACE (("" "%s")) NIL NIL' % DELIMITER.encode())
+        # RFC 2342: personal "", no other users', the list archives as shared (shared.py).
+        self.sendUntaggedResponse(b'NAMESPACE (("" "%s")) NIL %s' % (
+            DELIMITER.encode(), self.account.shared.namespace()))
         return b"NAMESPACE completed"
 
     def do_ENABLE(self, tag: bytes, args: list, uid: bool) -> bytes:

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from gateway import flow, sasl
 from gateway.access.imap import wire
 from gateway.access.imap.account import Account
+from gateway.access.imap.shared import SharedNamespace
 from gateway.access.imap.wire import Bad, No
 from gateway.errors import AuthThrottled
 
@@ -96,7 +97,8 @@ class LoginCommands:
         d = self.run_blocking(self.factory.store.open_folders, address)
 
         def opened(folders: Any) -> bytes:
-            self.account, self.address = Account(address, folders), address
+            shared = SharedNamespace(self.factory.shared, address)
+            self.account, self.address = Account(address, folders, shared), address
             self.state = "auth"
             self.login_deadline.cancel()
             self.setTimeout(self.settings.idle_timeout)

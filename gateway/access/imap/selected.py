@@ -39,7 +39,7 @@ class SelectedCommands:
 
     def _writable(self) -> None:
         if self.view.readonly:
-            raise No("[READ-ONLY] The folder is open read-only (EXAMINE)")
+            raise No("[READ-ONLY] The folder is open read-only (EXAMINE, or a list archive)")
 
     def do_CHECK(self, tag: bytes, args: list, uid: bool) -> Any:
         wire.arity(args, 0)

@@ -42,7 +42,7 @@ from gateway.access.imap.wire import LITERAL_AT_END, Atom, Bad, No, Upload
 from gateway.access.session import AccessSession
 from gateway.config import ImapSettings
 from gateway.connection import ConnectionCounter
-from gateway.interfaces import IMailStore, IUserDirectory
+from gateway.interfaces import IMailStore, ISharedFolders, IUserDirectory
 
 _log = Logger()
 
@@ -472,7 +472,7 @@ class IMAPFactory(ServerFactory):
 
     def __init__(self, *, hostname: str, users: IUserDirectory, store: IMailStore,
                  tls_options: Any, plaintext_from_loopback: bool, settings: ImapSettings,
-                 reactor: Any, run_blocking: Any) -> None:
+                 reactor: Any, run_blocking: Any, shared: ISharedFolders | None = None) -> None:
         self.hostname = hostname
         self.users = users
         self.store = store
@@ -482,3 +482,4 @@ class IMAPFactory(ServerFactory):
         self.reactor = reactor
         self.run_blocking = run_blocking  # f, *args -> Deferred, in a thread in the gateway
         self.connections = ConnectionCounter(settings.max_connections_per_client)
+        self.shared = shared  # the list archives each user may read (shared.py)
