@@ -7,7 +7,9 @@
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
   mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
 
-Every command takes --config PATH (default: the embedded configuration) and
+Every command takes --config PATH; without it the file is found as twistd
+finds it ($MAILGATEWAY_CONFIG, /etc/mailgateway/mailgateway.toml, the embedded
+default: config.locate), and `check-config` says which one it is. Each
 works while the gateway runs: it only reads the spool, writes the users
 file atomically (the gateway re-reads it when it changes), and hands queue
 changes to the runner as request files (gateway/queue/control.py).
@@ -28,18 +30,39 @@ from gateway.queue import control
 from gateway.queue.spool import Spool
 
 
-def _settings(args) -> config.Settings:
-    return config.load(args.config)
+class CommandError(Exception):
+    """A fault the command reports in one line (no traceback), exit status 1."""
+
+
+def _settings(args, create_state: bool = False) -> config.Settings:
+    """The gateway's own configuration (config.locate), with its state_dir present.
+
+    Only an explicitly chosen file may create state_dir (`user add` before the
+    first start): the embedded default's "./var" is relative to wherever the
+    command runs, and a new empty ./var there would hide the real one.
+    """
+    path, origin = config.locate(args.config)
+    settings = config.load(path)
+    if settings.state_dir.is_dir():
+        return settings
+    if create_state and origin != config.EMBEDDED:
+        settings.state_dir.mkdir(parents=True, mode=0o700)
+        return settings
+    where = (f"the state_dir of {config.EMBEDDED}, relative to the current directory"
+             if origin == config.EMBEDDED else f"server.state_dir in {settings.source}")
+    raise CommandError(f"no state directory {settings.state_dir} ({where}); has the gateway "
+                       f"run? Otherwise give --config or ${config.ENVIRONMENT_VARIABLE}")
 
 
 def cmd_check_config(args) -> int:
-    path = args.path or args.config
+    path, origin = config.locate(args.path or args.config)
     try:
         settings = config.load(path)
     except ConfigError as e:
-        for file, key, reason in e.problems:
-            print(f"{file}: {key}: {reason}" if key else f"{file}: {reason}", file=sys.stderr)
+        print("\n".join(e.lines()), file=sys.stderr)
         return 1
+    print(f"configuration: {settings.source} ({origin})")
+    print(f"state_dir: {settings.state_dir}")
     print(f"{settings.source}: ok")
     return 0
 
@@ -47,6 +70,9 @@ def cmd_check_config(args) -> int:
 def _read_password(args) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise CommandError("no terminal to ask for the password: "
+                           "give it on stdin with --password-stdin")
     first = getpass.getpass("Password: ")
     if first != getpass.getpass("Again: "):
         raise SystemExit("mailgateway: passwords differ")
@@ -54,7 +80,7 @@ def _read_password(args) -> str:
 
 
 def cmd_user(args) -> int:
-    settings = _settings(args)
+    settings = _settings(args, create_state=args.action == "add")
     path = settings.users_file
     if args.action in ("add", "passwd"):
         try:
@@ -256,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        print("\n".join(e.lines()), file=sys.stderr)
+        return 1
+    except CommandError as e:
+        print(f"mailgateway: {e}", file=sys.stderr)
         return 1
 
 

@@ -26,7 +26,11 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[tuple[str, str, str]]):
         self.problems = problems
-        super().__init__("\n".join(f"{f}: {k}: {r}" for f, k, r in problems))
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One "file: key: reason" line per fault ("file: reason" for the whole file)."""
+        return [f"{f}: {k}: {r}" if k else f"{f}: {r}" for f, k, r in self.problems]
 
 
 class SpoolError(Exception):

@@ -1,20 +1,26 @@
 """twistd's entry: `twistd mailgateway [--config PATH]`.
 
 The only module besides cli.py that imports the global reactor; it hands it
-to service.build().
+to service.build(). The configuration is found as the CLI finds it
+(config.locate). A fault found at start ends twistd with one line naming the
+file, key or listener and the reason, never a traceback.
 """
 
 from __future__ import annotations
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from gateway import config
 from gateway.errors import ConfigError
 
+log = Logger()
+
 
 class Options(usage.Options):
     optParameters = [
-        ["config", "c", None, "Configuration file (default: the embedded etc/mailgateway.toml)"],
+        ["config", "c", None, "Configuration file (default: $MAILGATEWAY_CONFIG, then "
+         "/etc/mailgateway/mailgateway.toml, then the embedded default)"],
     ]
 
 
@@ -23,8 +29,10 @@ def makeService(options: Options):
 
     from gateway import service
 
+    path, origin = config.locate(options["config"])
     try:
-        settings = config.load(options["config"])
+        settings = config.load(path)
     except ConfigError as e:
-        raise usage.UsageError(f"configuration errors:\n{e}") from None
+        raise SystemExit("\n".join(["mailgateway: configuration errors:", *e.lines()])) from None
+    log.info("configuration: {path} ({origin})", path=str(path), origin=origin)
     return service.build(settings, reactor)

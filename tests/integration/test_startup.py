@@ -1,0 +1,60 @@
+"""Starting the real twistd: it finds the configuration as the CLI does, and a
+fault at start is one line naming file, key or listener, with a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import subprocess
+
+from conftest import BIN, Gateway, port_open, wait_for
+
+
+def twistd(gw: Gateway, *args: str, env: dict | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess:
+    """twistd run to its end (a start that fails), its output as text."""
+    return subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "mailgateway", *args],
+                          cwd=gw.root, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_one_clean_fault(result: subprocess.CompletedProcess, *expected: str) -> str:
+    text = result.stdout + result.stderr
+    assert result.returncode != 0, text
+    assert "Traceback" not in text, text
+    for e in expected:
+        assert e in text, text
+    return text
+
+
+def test_twistd_reads_the_file_named_by_the_environment(tmp_path):
+    gw = Gateway(tmp_path / "gw")
+    gw.add_user("alice@example.test")
+    log = open(gw.log, "ab")
+    env = {**os.environ, "MAILGATEWAY_CONFIG": str(gw.config)}
+    gw.proc = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "mailgateway"],
+                               cwd=gw.root, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    try:
+        wait_for(lambda: port_open(gw.ports["smtp"]) or gw.proc.poll() is not None)
+        assert gw.proc.poll() is None, gw.log_text()
+        with smtplib.SMTP("127.0.0.1", gw.ports["smtp"]) as s:
+            s.sendmail("bob@example.org", ["alice@example.test"], b"Subject: env\r\n\r\nhi\r\n")
+        gw.wait_messages("alice@example.test", 1)
+        assert f"configuration: {gw.config} ($MAILGATEWAY_CONFIG)" in gw.log_text()
+    finally:
+        gw.stop()
+
+
+def test_bad_toml_under_twistd_is_one_line(tmp_path):
+    gw = Gateway(tmp_path / "gw")
+    gw.config.write_text("[server\n")
+    result = twistd(gw, "--config", str(gw.config))
+    assert_one_clean_fault(result, f"{gw.config}: not valid TOML")
+
+
+def test_config_fault_under_twistd_names_the_key(tmp_path):
+    gw = Gateway(tmp_path / "gw")
+    gw.config.write_text(gw.config.read_text() + "\n[smtp]\nmax_recipients = 0\n")
+    result = twistd(gw, "--config", str(gw.config))
+    assert_one_clean_fault(result, f"{gw.config}: smtp.max_recipients: must be greater than 0")
