@@ -23,7 +23,7 @@ import json
 import sys
 import time
 
-from gateway import config
+from gateway import config, startup
 from gateway.access import auth
 from gateway.errors import ConfigError, MailError
 from gateway.queue import control
@@ -63,6 +63,10 @@ def cmd_check_config(args) -> int:
         return 1
     print(f"configuration: {settings.source} ({origin})")
     print(f"state_dir: {settings.state_dir}")
+    problems = startup.check(settings)  # what twistd would refuse to start with
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
     print(f"{settings.source}: ok")
     return 0
 

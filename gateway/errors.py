@@ -35,3 +35,9 @@ class ConfigError(Exception):
 
 class SpoolError(Exception):
     """The spool could not store or update an entry (disk full, I/O error)."""
+
+
+class StartupError(Exception):
+    """A fault that stops the gateway at start (a port in use, a state_dir it cannot
+    write, a broken key), said in one line naming the setting or file: tap.py prints
+    it without a traceback and twistd exits non-zero."""

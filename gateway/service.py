@@ -8,7 +8,7 @@ is configured, a self-signed one.
 
 from __future__ import annotations
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -25,6 +25,7 @@ from gateway.deliver.mx import MXResolver, make_resolver
 from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
+from gateway.listeners import Listener
 from gateway.queue.bounce import Bouncer
 from gateway.queue.runner import QueueRunner
 from gateway.queue.spool import Spool
@@ -89,22 +90,27 @@ def build(settings: Settings, reactor) -> service.MultiService:
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
                 reactor=reactor)
         if settings.listen[name]:
-            strports.service(settings.listen[name], factory, reactor=reactor).setServiceParent(top)
+            _listen(f"listen.{name}", settings.listen[name], factory, reactor, top)
     if settings.listen["pop3"] or "pop3" in settings.proxied.listen:
         factory = factories["pop3"] = POP3Factory(
             hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
             plaintext_from_loopback=settings.plaintext_auth_from_loopback,
             settings=settings.pop3, reactor=reactor, run_blocking=in_thread(reactor))
     if settings.listen["pop3"]:
-        strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
+        _listen("listen.pop3", settings.listen["pop3"], factory, reactor, top)
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
         factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options)
     if settings.listen["imap"]:
-        strports.service(settings.listen["imap"], factory, reactor=reactor).setServiceParent(top)
+        _listen("listen.imap", settings.listen["imap"], factory, reactor, top)
     _fronts(settings, factories, reactor, top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)
     return top
+
+
+def _listen(setting: str, endpoint: str, factory, reactor, parent) -> None:
+    """A listener that names its setting when it cannot listen (gateway/listeners.py)."""
+    Listener(setting, endpoint, factory, reactor).setServiceParent(parent)
 
 
 # --- IMAP4 ---------------------------------------------------------------------------
@@ -184,7 +190,7 @@ def _fronts(settings: Settings, factories: dict, reactor, parent) -> None:
             continue
         wrapper = proxyproto.ProxiedFactory(factories[name], proxied.trusted_sources,
                                             proxied.header_timeout, reactor)
-        strports.service(endpoint, wrapper, reactor=reactor).setServiceParent(parent)
+        _listen(f"proxied.{name}", endpoint, wrapper, reactor, parent)
     fronts = []
     for front in settings.tlsfront:
         if front.backend and front.backend not in factories:

@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from gateway import config
 from gateway.errors import ConfigError
+from gateway.tlsfront.certs import CertificateError
 
 log = Logger()
 
@@ -27,7 +28,7 @@ class Options(usage.Options):
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from gateway import service
+    from gateway import service, startup
 
     path, origin = config.locate(options["config"])
     try:
@@ -35,4 +36,15 @@ def makeService(options: Options):
     except ConfigError as e:
         raise SystemExit("\n".join(["mailgateway: configuration errors:", *e.lines()])) from None
     log.info("configuration: {path} ({origin})", path=str(path), origin=origin)
-    return service.build(settings, reactor)
+    problems = startup.check(settings)
+    if problems:
+        raise SystemExit("\n".join(["mailgateway: cannot start:", *problems]))
+    try:
+        top = service.build(settings, reactor)
+    except CertificateError as e:
+        raise SystemExit(f"mailgateway: cannot start: {settings.source}: tls: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"mailgateway: cannot start: {startup.explain(e, settings)}") from None
+    guard = startup.Guard()  # listeners that cannot bind: one line, not a traceback
+    top.setServiceParent(guard)
+    return guard

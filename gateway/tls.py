@@ -17,6 +17,8 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.logger import Logger
 
+from gateway.tlsfront.certs import load_pair
+
 log = Logger()
 
 
@@ -51,16 +53,12 @@ def ensure_certificate(cert_path: Path, key_path: Path, hostname: str) -> bool:
 
 
 def server_options(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
-    """Options for server-side TLS from PEM files (the cert file may hold the chain)."""
-    cert_pem = Path(cert_path).read_bytes()
-    key_pem = Path(key_path).read_bytes()
-    marker = b"-----BEGIN CERTIFICATE-----"
-    blocks = [marker + b for b in cert_pem.split(marker)[1:]]
-    if not blocks:
-        raise ValueError(f"{cert_path}: no PEM certificate")
-    # cryptography objects, not pyOpenSSL's X509/PKey (deprecated in pyOpenSSL 24.3).
-    certs = [x509.load_pem_x509_certificate(b) for b in blocks]
-    key = serialization.load_pem_private_key(key_pem, password=None)
+    """Options for server-side TLS from PEM files (the cert file may hold the chain).
+
+    Raises CertificateError naming the file and the fault (unreadable, not PEM,
+    a key that is not the certificate's), which stops start-up in one line.
+    """
+    certs, key = load_pair(cert_path, key_path)
     return ssl.CertificateOptions(
         privateKey=key,
         certificate=certs[0],

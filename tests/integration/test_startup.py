@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import socket
 import subprocess
 
 from conftest import BIN, Gateway, port_open, wait_for
@@ -58,3 +59,23 @@ def test_config_fault_under_twistd_names_the_key(tmp_path):
     gw.config.write_text(gw.config.read_text() + "\n[smtp]\nmax_recipients = 0\n")
     result = twistd(gw, "--config", str(gw.config))
     assert_one_clean_fault(result, f"{gw.config}: smtp.max_recipients: must be greater than 0")
+
+
+def test_a_port_in_use_is_one_line_naming_the_listener(tmp_path):
+    gw = Gateway(tmp_path / "gw")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", gw.ports["pop3"]))
+        busy.listen()
+        result = twistd(gw, "--config", str(gw.config))
+    assert_one_clean_fault(result, f"listen.pop3: 127.0.0.1:{gw.ports['pop3']} is in use")
+
+
+def test_a_key_that_is_not_the_certificates_is_one_line(tmp_path, ca):
+    for name in ("a", "b"):
+        cert = ca.issue_cert("mx.example.test")
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+        cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+    gw = Gateway(tmp_path / "gw", f'[tls]\ncertificate = "{tmp_path}/a.pem"\n'
+                                  f'private_key = "{tmp_path}/b.key"\n')
+    result = twistd(gw, "--config", str(gw.config))
+    assert_one_clean_fault(result, f"{tmp_path}/b.key: not the private key of {tmp_path}/a.pem")
