@@ -18,14 +18,16 @@ changes to the runner as request files (gateway/queue/control.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
+import os
 import sys
 import time
 
-from gateway import config, startup
+from gateway import config, privileges, startup
 from gateway.access import auth
-from gateway.errors import ConfigError, MailError
+from gateway.errors import ConfigError, MailError, StartupError
 from gateway.queue import control
 from gateway.queue.spool import Spool
 
@@ -43,15 +45,32 @@ def _settings(args, create_state: bool = False) -> config.Settings:
     """
     path, origin = config.locate(args.config)
     settings = config.load(path)
+    who = _gateway_user(settings)
+    if not settings.state_dir.is_dir() and create_state and origin != config.EMBEDDED:
+        privileges.prepare_state_dir(settings.state_dir, who)
+    _acting.enter_context(privileges.acting_as(who))
     if settings.state_dir.is_dir():
-        return settings
-    if create_state and origin != config.EMBEDDED:
-        settings.state_dir.mkdir(parents=True, mode=0o700)
         return settings
     where = (f"the state_dir of {config.EMBEDDED}, relative to the current directory"
              if origin == config.EMBEDDED else f"server.state_dir in {settings.source}")
     raise CommandError(f"no state directory {settings.state_dir} ({where}); has the gateway "
                        f"run? Otherwise give --config or ${config.ENVIRONMENT_VARIABLE}")
+
+
+# Run as root, a command acts as the gateway's user ([server] user, else the owner of
+# state_dir) until main() returns, so what it writes is the gateway's (privileges.py).
+_acting = contextlib.ExitStack()
+
+
+def _gateway_user(settings: config.Settings) -> privileges.Identity | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        who = privileges.identity(settings.user, settings.group)
+    except StartupError as e:
+        raise CommandError(f"{settings.source}: {e}") from None
+    who = who or privileges.owner_of(settings.state_dir)
+    return None if who is None or who.uid == 0 else who
 
 
 def cmd_check_config(args) -> int:
@@ -283,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "user" and args.action != "list" and not args.address:
         parser().error("user add/passwd/del need an ADDRESS")
+    umask = os.umask(0o077)  # users file, state folders: private, like the gateway's
     try:
         return args.func(args)
     except ConfigError as e:
@@ -291,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as e:
         print(f"mailgateway: {e}", file=sys.stderr)
         return 1
+    finally:
+        _acting.close()
+        os.umask(umask)
 
 
 if __name__ == "__main__":

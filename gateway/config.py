@@ -149,6 +149,9 @@ class Settings:
     # The TLS fronts ([[tlsfront]]) and the PROXY-requiring listeners behind them.
     tlsfront: tuple[FrontSettings, ...] = ()
     proxied: ProxiedSettings = field(default_factory=lambda: ProxiedSettings())
+    # [server] user/group: who serves once the ports are bound (gateway/privileges.py).
+    user: str = ""
+    group: str = ""
 
     @property
     def spool_dir(self) -> Path:
@@ -257,6 +260,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     if not state_text:
         r.fault("server", "state_dir", "must be a directory name")
     state_dir = Path(state_text or "./var").absolute()
+    user, group = r.get("server", "user", str, ""), r.get("server", "group", str, "")
     networks = []
     for net in r.get("server", "trusted_networks", list, []):
         try:
@@ -339,6 +343,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         raw=data,
         tlsfront=fronts,
         proxied=proxied,
+        user=user,
+        group=group,
     )
 
 

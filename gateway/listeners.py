@@ -52,3 +52,10 @@ class Listener(internet.StreamServerEndpointService):
             super().privilegedStartService()
         except CannotListenError as e:
             raise StartupError(cannot_listen(self.setting, self.description, e)) from None
+
+    def socket_path(self) -> str | None:
+        """The path of a bound unix socket (to hand it to the serving user), else None."""
+        port = getattr(self._waitingForPort, "result", None)
+        host = port.getHost() if hasattr(port, "getHost") else None
+        name = getattr(host, "name", None)
+        return name.decode() if isinstance(name, bytes) else name

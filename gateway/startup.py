@@ -17,8 +17,10 @@ from pathlib import Path
 from twisted.application import service
 from twisted.logger import Logger
 
+from gateway import privileges
 from gateway.config import Settings
 from gateway.errors import StartupError
+from gateway.listeners import Listener
 from gateway.tlsfront.certs import CertificateError, load_pair
 
 log = Logger()
@@ -78,6 +80,10 @@ def check_state_dir(state_dir: Path) -> str | None:
 def check(settings: Settings) -> list[str]:
     """Every start-up fault of settings beyond the file's own syntax, one line each."""
     problems = []
+    try:
+        privileges.identity(settings.user, settings.group)
+    except StartupError as e:
+        problems.append(f"{settings.source}: {e}")
     fault = check_state_dir(settings.state_dir)
     if fault:
         problems.append(f"{settings.source}: server.state_dir: {fault}")
@@ -91,14 +97,36 @@ def check(settings: Settings) -> list[str]:
 
 
 class Guard(service.MultiService):
-    """The top service: a StartupError while binding or starting ends twistd in one
-    line (log and stderr) with exit status 1, instead of a traceback."""
+    """The top service: binds the listeners (as root if started so), then drops to
+    drop_to; a StartupError while binding or starting ends twistd in one line (log
+    and stderr) with exit status 1, instead of a traceback."""
+
+    def __init__(self, drop_to: privileges.Identity | None = None):
+        super().__init__()
+        self.drop_to = drop_to
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
+            if self.drop_to is not None:
+                self._give_sockets(self, self.drop_to)
+                privileges.drop(self.drop_to)
         except StartupError as e:
             self._fail(e)
+        except OSError as e:
+            self._fail(StartupError(f"{e.filename or ''}: {e.strerror}"))
+
+    def _give_sockets(self, parent: service.IServiceCollection, who) -> None:
+        # The TLS front reaches the proxied listeners over these unix sockets as the
+        # serving user; made by root while binding, they must be theirs.
+        for child in parent:
+            if isinstance(child, Listener) and child.socket_path():
+                path = child.socket_path()
+                for made in (path, f"{path}.lock"):  # lockfile=1: a symlink beside it
+                    if os.path.lexists(made):
+                        os.lchown(made, who.uid, who.gid)
+            elif isinstance(child, service.MultiService):
+                self._give_sockets(child, who)
 
     def startService(self) -> None:
         try:
