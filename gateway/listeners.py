@@ -41,6 +41,7 @@ class Listener(internet.StreamServerEndpointService):
 
     def __init__(self, setting: str, description: str, factory: Any, reactor: Any):
         super().__init__(endpoints.serverFromString(reactor, description), factory)
+        factory.noisy = False  # no "Starting factory <... at 0x...>" lines; logs.py says more
         self.setting = setting
         self.description = description
         # Twisted's documented switch: raise listen errors from privilegedStartService

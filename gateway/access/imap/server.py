@@ -32,7 +32,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import connection
+from gateway import connection, logs
 from gateway.access.imap import wire
 from gateway.access.imap.commands import AuthenticatedCommands
 from gateway.access.imap.login import LoginCommands
@@ -156,7 +156,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             return
         self.setTimeout(self.settings.login_timeout)
         self.sendServerGreeting()
-        _log.info("imap connect from {client}", client=self.client_host())
+        logs.connect("imap", self.client_host())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
