@@ -11,6 +11,8 @@ non-zero exit, where twistd would print a traceback.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import stat
 from pathlib import Path
 
@@ -133,7 +135,28 @@ class Guard(service.MultiService):
             super().startService()
         except StartupError as e:
             self._fail(e)
+        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+            # `systemctl reload` sends SIGHUP; with no TLS front to reload it must not kill.
+            # (A handler that does nothing: no logging inside a signal handler.)
+            signal.signal(signal.SIGHUP, lambda *_: None)
+        notify_systemd(b"READY=1\nSTATUS=serving")
 
     def _fail(self, e: StartupError) -> None:
         log.critical("cannot start: {reason}", reason=str(e))
         raise SystemExit(f"mailgateway: cannot start: {e}")
+
+
+def notify_systemd(message: bytes) -> bool:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (Type=notify)."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path.startswith(("/", "@")):
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path  # "@": abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(address)
+            s.sendall(message)
+        except OSError as e:
+            log.warn("cannot notify systemd at {path}: {reason}", path=path, reason=e.strerror)
+            return False
+    return True
