@@ -5,6 +5,7 @@
   mailgateway user del ADDRESS | user list
   mailgateway queue list [--json] | show ID [--json]
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
+  mailgateway status [--json]
   mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
 
 Every command takes --config PATH; without it the file is found as twistd
@@ -25,7 +26,7 @@ import os
 import sys
 import time
 
-from gateway import config, privileges, startup
+from gateway import config, privileges, startup, status
 from gateway.access import auth
 from gateway.errors import ConfigError, MailError, StartupError
 from gateway.queue import control
@@ -255,6 +256,25 @@ def _queue_request(settings: config.Settings, action: str, queue_id: str | None)
     return 0
 
 
+def cmd_status(args) -> int:
+    """A running gateway at a glance (gateway/status.py), or why it cannot be shown."""
+    settings = _settings(args)
+    if not settings.metrics_listen:
+        raise CommandError(f"the status endpoint is off: set [metrics] listen in "
+                           f"{settings.source} (`mailgateway queue list` works without it)")
+    try:
+        figures = status.fetch(settings)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"the gateway does not answer at {settings.metrics_listen} "
+                           f"([metrics] listen): {e}") from None
+    if args.json:
+        json.dump(figures, sys.stdout, indent=1)
+        print()
+    else:
+        print(status.render(figures))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailgateway", description=__doc__.splitlines()[0])
     p.add_argument("--config", "-c", default=None, help="configuration file")
@@ -273,12 +293,15 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("id", nargs="?", help="queue ID (show, retry, hold, release, delete)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_queue)
+    st = sub.add_parser("status", help="a running gateway at a glance ([metrics] listen)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
     t = sub.add_parser("tlsfront", help="run a TLS front alone, like stunnel")
     _add_tlsfront_arguments(t)
     t.add_argument("--config", "-c", default=argparse.SUPPRESS,
                    help="a file with [[tlsfront]] sections")
     t.set_defaults(func=cmd_tlsfront)
-    for s in (u, q):
+    for s in (u, q, st):
         s.add_argument("--config", "-c", default=argparse.SUPPRESS, help="configuration file")
     return p
 

@@ -152,6 +152,8 @@ class Settings:
     # [server] user/group: who serves once the ports are bound (gateway/privileges.py).
     user: str = ""
     group: str = ""
+    # [metrics] listen: the Prometheus and `mailgateway status` endpoint; "" is off.
+    metrics_listen: str = ""
 
     @property
     def spool_dir(self) -> Path:
@@ -319,6 +321,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     pop3 = _pop3_settings(r)
     imap = _imap_settings(r)
     plaintext = r.get("auth", "plaintext_from_loopback", bool, False)
+    metrics = r.get("metrics", "listen", str, "")
+    if metrics and not metrics.startswith(("tcp:", "tcp6:", "unix:")):
+        r.fault("metrics", "listen", f"{metrics!r} is not a tcp: or unix: endpoint string")
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -345,6 +350,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         proxied=proxied,
         user=user,
         group=group,
+        metrics_listen=metrics,
     )
 
 

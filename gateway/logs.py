@@ -30,6 +30,8 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, Logger, formatEvent, formatTime
 from zope.interface import provider
 
+from gateway.metrics import REGISTRY
+
 log = Logger(namespace="mailgateway")
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{1,500}>)", re.IGNORECASE | re.MULTILINE)
@@ -40,6 +42,7 @@ def client_name(address: str) -> str:
 
 
 def connect(service: str, client: str) -> None:
+    REGISTRY.inc("mailgateway_connections_total", service=service)
     log.info("connect from {client_name} service={service}", event="connect",
              client=client, client_name=client_name(client), service=service)
 
@@ -55,6 +58,8 @@ def reject(command: str, client: str, code: int, enhanced: str, text: str, *,
            sender: str | None = None, recipient: str | None = None, helo: str = "",
            service: str = "smtp") -> None:
     """A refused command, with the envelope known so far (Postfix's "reject:" line)."""
+    REGISTRY.inc("mailgateway_rejects_total", command=command, code=str(code))
+    REGISTRY.error(f"reject {command} from {client}: {code} {enhanced} {text}")
     parts = []
     if sender is not None:
         parts.append("from=<{sender}>")
@@ -73,6 +78,9 @@ def auth(ok: bool, service: str, client: str, mechanism: str, user: str,
 
     The failure line is what etc/fail2ban/filter.d/mailgateway.conf matches.
     """
+    REGISTRY.inc("mailgateway_auth_total", service=service, outcome="ok" if ok else "failed")
+    if not ok:
+        REGISTRY.error(f"auth failed: {service} {mechanism} <{_printable(user)}> from {client}")
     log.info("auth {outcome}: client={client_name} service={service} mechanism={mechanism} "
              "user=<{user}> tls={tls}", event="auth", outcome="ok" if ok else "failed",
              client=client, client_name=client_name(client), service=service,
@@ -88,6 +96,7 @@ def message_id(message: bytes) -> str:
 
 
 def queued(queue_id: str, sender: str, size: int, nrcpt: int, msgid: str, client: str) -> None:
+    REGISTRY.inc("mailgateway_messages_accepted_total")
     log.info("{queue_id}: from=<{sender}>, size={size}, nrcpt={nrcpt}, message-id={msgid}, "
              "client={client_name} queued", event="queued", queue_id=queue_id, sender=sender,
              size=size, nrcpt=nrcpt, msgid=msgid or "<>", client=client,
@@ -98,6 +107,11 @@ def delivery(queue_id: str, recipient: str, relay: str, arrived: float, started:
              finished: float, dsn: str, status: str, reply: str) -> None:
     """One recipient's attempt: status sent, deferred, bounced or expired (Postfix's
     "status=" line). delays= is waiting in the queue / this attempt, in seconds."""
+    REGISTRY.inc("mailgateway_deliveries_total", status=status)
+    if status != "deferred":
+        REGISTRY.observe("mailgateway_delivery_delay_seconds", max(0.0, finished - arrived))
+    if status in ("bounced", "expired"):
+        REGISTRY.error(f"{queue_id}: to=<{recipient}> {status}: {reply}")
     level = log.info if status in ("sent", "deferred") else log.warn
     level("{queue_id}: to=<{recipient}>, relay={relay}, delay={delay:.1f}, "
           "delays={waited:.1f}/{attempt:.1f}, dsn={dsn}, status={status} ({reply})",

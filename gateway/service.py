@@ -13,7 +13,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway import proxyproto, tls, tlsfront
+from gateway import metrics_web, proxyproto, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
@@ -26,6 +26,7 @@ from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
 from gateway.listeners import Listener
+from gateway.metrics import REGISTRY
 from gateway.queue.bounce import Bouncer
 from gateway.queue.runner import QueueRunner
 from gateway.queue.spool import Spool
@@ -103,6 +104,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     if settings.listen["imap"]:
         _listen("listen.imap", settings.listen["imap"], factory, reactor, top)
     _fronts(settings, factories, reactor, top)
+    _metrics(settings, spool, reactor, top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)
     return top
@@ -111,6 +113,16 @@ def build(settings: Settings, reactor) -> service.MultiService:
 def _listen(setting: str, endpoint: str, factory, reactor, parent) -> None:
     """A listener that names its setting when it cannot listen (gateway/listeners.py)."""
     Listener(setting, endpoint, factory, reactor).setServiceParent(parent)
+
+
+def _metrics(settings: Settings, spool: Spool, reactor, parent) -> None:
+    """[metrics] listen: /metrics and /status (gateway/metrics_web.py), off by default."""
+    REGISTRY.gauge("mailgateway_queue_entries", lambda: len(spool.queue_ids()))
+    if settings.metrics_listen:
+        listeners = {**{f"listen.{k}": v for k, v in settings.listen.items() if v},
+                     **{f"tlsfront.{f.name}": f.accept for f in settings.tlsfront}}
+        _listen("metrics.listen", settings.metrics_listen,
+                metrics_web.site(REGISTRY, listeners), reactor, parent)
 
 
 # --- IMAP4 ---------------------------------------------------------------------------

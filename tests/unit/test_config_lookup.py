@@ -90,7 +90,7 @@ def test_user_add_without_a_terminal_asks_for_password_stdin(tmp_path, monkeypat
     assert "--password-stdin" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["check-config", "user", "queue", "tlsfront"])
+@pytest.mark.parametrize("command", ["check-config", "user", "queue", "status", "tlsfront"])
 def test_every_sub_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])
