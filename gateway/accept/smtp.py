@@ -98,10 +98,10 @@ class SMTPServer(SMTPAuth, ESMTP):
         if self.is_tls():  # behind tlsfront: TLS already, so no STARTTLS, and AUTH is allowed
             self.startedTLS = True
             self.session.tls = "TLS"
-        logs.connect("smtp", self.session.client_address)
+        logs.connect(self.service(), self.session.client_address)
         if not self.factory.connections.opened(self.session.client_address):
             logs.reject("CONNECT", self.session.client_address, 421, "4.7.0",
-                        "Too many connections from your address")
+                        "Too many connections from your address", service=self.service())
             self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections from your "
                        "address, try again later")
             self._close()
@@ -118,14 +118,18 @@ class SMTPServer(SMTPAuth, ESMTP):
             if hasattr(self, "_opened"):
                 # Connect and disconnect lines (issue 14), though logging is a
                 # measurable share of the cost of a message (bench/RESULTS.md).
-                logs.disconnect("smtp", self.session.client_address, queued=self._queued_count,
-                                errors=self._bad_commands, seconds=round(
-                                    self.factory.reactor.seconds() - self._opened, 1))
+                logs.disconnect(self.service(), self.session.client_address,
+                                queued=self._queued_count, errors=self._bad_commands,
+                                seconds=round(self.factory.reactor.seconds() - self._opened, 1))
 
     def client_host(self) -> str:
         """The client's address; behind a PROXY header (gateway/proxyproto.py) getPeer()
         already says the real one, before connectionMade."""
         return connection.client_host(self.transport)
+
+    def service(self) -> str:
+        """The name in log lines: "submission" on a port that requires AUTH, else "smtp"."""
+        return "submission" if getattr(self.factory.policy, "submission", False) else "smtp"
 
     def is_tls(self) -> bool:
         """STARTTLS done, or the client spoke TLS to tlsfront (PROXY v2 PP2_TYPE_SSL)."""
@@ -244,7 +248,8 @@ class SMTPServer(SMTPAuth, ESMTP):
         sender = address_text if command == "MAIL" else self._sender
         recipient = address_text if command == "RCPT" else None
         logs.reject(command, self.session.client_address, e.code, e.enhanced, e.text,
-                    sender=sender, recipient=recipient, helo=self._helo_name)
+                    sender=sender, recipient=recipient, helo=self._helo_name,
+                    service=self.service())
 
     # --- greeting commands ---------------------------------------------------
 
@@ -410,7 +415,8 @@ class SMTPServer(SMTPAuth, ESMTP):
         client = self.session.client_address
         if fault is not None:
             logs.reject("DATA", client, fault.code, fault.enhanced, fault.text, sender=sender,
-                        recipient=",".join(recipients), helo=self._helo_name)
+                        recipient=",".join(recipients), helo=self._helo_name,
+                        service=self.service())
             self.reply_error(fault)
             return defer.succeed(None)
         tls = tls_description(self.transport) if self.startedTLS else ""

@@ -78,12 +78,12 @@ class SMTPAuth:
 
     def _auth_ok(self, address: str) -> None:
         self.session.authenticated = address
-        logs.auth(True, "smtp", self.session.client_address, self._auth_mech.decode(), address,
-                  self.is_tls())
+        logs.auth(True, self.service(), self.session.client_address, self._auth_mech.decode(),
+                  address, self.is_tls())
         self.reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure) -> None:
         failure.trap(cred_error.UnauthorizedLogin)
-        logs.auth(False, "smtp", self.session.client_address, self._auth_mech.decode(),
+        logs.auth(False, self.service(), self.session.client_address, self._auth_mech.decode(),
                   self._auth_user, self.is_tls())
         self._bad(535, "5.7.8", "Authentication credentials invalid")

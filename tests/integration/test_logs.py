@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, wait_for
+from smtp_sink import SinkScript
+from test_relay_flow import nameserver, relay_gateway, sinks, submit  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 FILTER = ROOT / "etc" / "fail2ban" / "filter.d" / "mailgateway.conf"
@@ -64,7 +66,7 @@ def test_each_event_is_one_greppable_line(make_gateway):
         r"reject: RCPT from unknown\[127\.0\.0\.1\]: 550 5\.1\.1 .*; from=<bob@remote\.test> "
         r"to=<nobody@example\.test> helo=<client\.test>",
         rf"auth failed: {c} service=smtp mechanism=PLAIN user=<alice@example\.test> tls=no",
-        rf"auth ok: {c} service=smtp mechanism=PLAIN user=<alice@example\.test> tls=no",
+        rf"auth ok: {c} service=submission mechanism=PLAIN user=<alice@example\.test> tls=no",
         rf"auth failed: {c} service=pop3 mechanism=USER user=<alice@example\.test>",
         rf"auth failed: {c} service=imap mechanism=LOGIN user=<mallory@example\.test>",
         r"(\w+): from=<bob@remote\.test>, size=\d+, nrcpt=1, message-id=<m1@remote\.test>, "
@@ -114,3 +116,21 @@ def test_json_lines_for_log_shippers(make_gateway):
     assert first["client"] == "127.0.0.1" and first["level"] == "info"
     assert first["text"].startswith("auth failed: client=unknown[127.0.0.1]")
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", first["time"])
+
+
+def test_relayed_and_bounced_lines(make_gateway, nameserver, sinks):  # noqa: F811
+    gw = relay_gateway(make_gateway, nameserver, sinks)
+    sinks("127.0.0.2", SinkScript(
+        rcpt={"b@remote.test": "550 5.1.1 <b@remote.test>: Recipient address rejected"}))
+    submit(gw, ["a@remote.test", "b@remote.test"], b"Subject: two\r\n\r\nhello\r\n")
+    gw.wait_messages("alice@example.test", 1)  # the DSN
+    wait_for(lambda: "status=bounced" in gw.log_text(), what="the bounce line")
+    log = gw.log_text()
+    for pattern in [
+        r"\w+: to=<a@remote\.test>, relay=mx1\.remote\.test, delay=[\d.]+, "
+        r"delays=[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent",
+        r"\w+: to=<b@remote\.test>, relay=mx1\.remote\.test, delay=[\d.]+, "
+        r"delays=[\d.]+/[\d.]+, dsn=5\.1\.1, status=bounced \(550 5\.1\.1 .*Recipient "
+        r"address rejected\)",
+    ]:
+        assert re.search(pattern, log), f"no line matches {pattern!r} in:\n{log[-6000:]}"

@@ -29,7 +29,7 @@ def test_scrape_and_status(make_gateway):
     assert s['mailgateway_rejects_total{code="554",command="RCPT"}'] == 1
     assert s['mailgateway_rejects_total{code="550",command="RCPT"}'] == 1
     assert s['mailgateway_auth_total{outcome="failed",service="imap"}'] == 1
-    assert s['mailgateway_auth_total{outcome="ok",service="smtp"}'] == 1
+    assert s['mailgateway_auth_total{outcome="ok",service="submission"}'] == 1
     assert s['mailgateway_connections_total{service="smtp"}'] >= 2
     assert s["mailgateway_delivery_delay_seconds_count"] == 1
     assert s["mailgateway_queue_entries"] == 1  # the deferred remote message

@@ -180,3 +180,20 @@ def test_check_as_the_serving_user_finds_a_root_state_dir(user, root_dir):
     with privileges.acting_as(privileges.identity(USER)):
         assert startup.check_state_dir(state) is None
     assert os.geteuid() == 0  # acting_as gave root back
+
+
+def test_a_key_the_serving_user_cannot_read_is_one_line(user, root_dir):
+    import trustme
+
+    cert = trustme.CA().issue_cert("mx.example.test")
+    cert.cert_chain_pems[0].write_to_path(str(root_dir / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(root_dir / "key.pem"))
+    (root_dir / "key.pem").chmod(0o600)  # root's only: the user cannot reload it later
+    gw = make(root_dir, f'user = "{USER}"\n[tls]\ncertificate = "{root_dir}/cert.pem"\n'
+                        f'private_key = "{root_dir}/key.pem"\n')
+    result = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "mailgateway",
+                             "--config", str(gw.config)], capture_output=True, text=True,
+                            timeout=60)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in text, text
+    assert f"tls: {root_dir}/key.pem: Permission denied" in text, text

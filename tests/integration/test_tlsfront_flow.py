@@ -103,8 +103,8 @@ def test_smtp_over_the_front_authenticates_relays_and_names_the_real_client(
     log = gw.log_text()
     assert "sni=- tls=TLSv1.3" in log  # an IP address is not sent as SNI
     # The real client behind the front, in the session's own lines (gateway/logs.py).
-    assert "connect from unknown[127.0.0.2] service=smtp" in log
-    assert "auth ok: client=unknown[127.0.0.2] service=smtp mechanism=" in log
+    assert "connect from unknown[127.0.0.2] service=submission" in log
+    assert "auth ok: client=unknown[127.0.0.2] service=submission mechanism=" in log
     assert "user=<alice@example.test>" in log
 
 
