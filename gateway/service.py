@@ -56,7 +56,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
     """The whole gateway for settings, as one twistd service."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tls.ensure_certificate(settings.certificate, settings.private_key, settings.hostname)
-    tls_options = tls.server_options(settings.certificate, settings.private_key)
+    # STARTTLS/STLS: the [tls] files, read again when they change (ACME renewals).
+    tls_options = tls.ReloadingServerTLS(settings.certificate, settings.private_key)
     # Spool writes, Maildir deliveries and password hashes all run in threads.
     reactor.suggestThreadPoolSize(max(10, settings.queue.concurrency + 6))
 

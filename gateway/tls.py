@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.logger import Logger
 
-from gateway.tlsfront.certs import load_pair
+from gateway.tlsfront.certs import CertificateError, load_pair
 
 log = Logger()
 
@@ -65,3 +65,37 @@ def server_options(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
         extraCertChain=certs[1:],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+
+
+class ReloadingServerTLS:
+    """The STARTTLS/STLS context factory: server_options() of the PEM files, read again
+    when they change (an ACME client's renewal), checked at each handshake.
+
+    Twisted's startTLS asks getContext() for every connection; two stat() calls
+    there cost nothing next to a handshake and need no timer or signal. A new
+    pair that does not load (a key not yet written, a mismatch) keeps the old
+    one and says why, as the TLS front does (tlsfront/certs.py).
+    """
+
+    def __init__(self, cert_path: Path, key_path: Path):
+        self.paths = (Path(cert_path), Path(key_path))
+        self._signature = self._stat()
+        self._options = server_options(*self.paths)  # CertificateError stops the start
+
+    def _stat(self) -> tuple:
+        try:
+            return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in map(os.stat, self.paths))
+        except OSError:
+            return ()
+
+    def getContext(self):  # noqa: N802 (Twisted's context factory interface)
+        signature = self._stat()
+        if signature != self._signature:
+            self._signature = signature
+            try:
+                self._options = server_options(*self.paths)
+                log.info("STARTTLS certificate reloaded from {path}", path=str(self.paths[0]))
+            except CertificateError as e:
+                log.error("STARTTLS certificate not reloaded, keeping the old one: {why}",
+                          why=str(e))
+        return self._options.getContext()
