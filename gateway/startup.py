@@ -103,9 +103,10 @@ class Guard(service.MultiService):
     drop_to; a StartupError while binding or starting ends twistd in one line (log
     and stderr) with exit status 1, instead of a traceback."""
 
-    def __init__(self, drop_to: privileges.Identity | None = None):
+    def __init__(self, drop_to: privileges.Identity | None = None, daemon: bool = False):
         super().__init__()
         self.drop_to = drop_to
+        self.daemon = daemon
 
     def privilegedStartService(self) -> None:
         try:
@@ -143,6 +144,10 @@ class Guard(service.MultiService):
 
     def _fail(self, e: StartupError) -> None:
         log.critical("cannot start: {reason}", reason=str(e))
+        if self.daemon:
+            # Daemonized, twistd's waiting parent hears only of an Exception (it writes
+            # it to the parent's status pipe and prints it); stderr is /dev/null here.
+            raise RuntimeError(f"mailgateway: cannot start: {e}") from None
         raise SystemExit(f"mailgateway: cannot start: {e}")
 
 

@@ -79,3 +79,19 @@ def test_a_key_that_is_not_the_certificates_is_one_line(tmp_path, ca):
                                   f'private_key = "{tmp_path}/b.key"\n')
     result = twistd(gw, "--config", str(gw.config))
     assert_one_clean_fault(result, f"{tmp_path}/b.key: not the private key of {tmp_path}/a.pem")
+
+
+def test_a_port_in_use_when_daemonized_reaches_the_terminal(tmp_path):
+    gw = Gateway(tmp_path / "gw")
+    pidfile = gw.root / "twistd.pid"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", gw.ports["smtp"]))
+        busy.listen()
+        result = subprocess.run(
+            [str(BIN / "twistd"), f"--pidfile={pidfile}", f"--logfile={gw.log}",
+             "mailgateway", "--config", str(gw.config)],
+            cwd=gw.root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"listen.smtp: 127.0.0.1:{gw.ports['smtp']} is in use" in result.stderr
+    # twistd's child removes its pidfile just after it tells the parent.
+    wait_for(lambda: not pidfile.exists(), what="the pidfile removed")
