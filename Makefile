@@ -12,8 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
+# Never served as root: run as root, it binds, gives ./var to nobody and drops to it.
 run: $(BIN)/.installed
-	$(BIN)/twistd -n mailgateway
+	$(BIN)/twistd -n --pidfile= $(if $(filter 0,$(shell id -u)),--uid=nobody) mailgateway
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -591,6 +591,8 @@ class Mailgateway(Server):
             settings = tomllib.load(fh)
         server = settings.setdefault("server", {})
         server["state_dir"] = str(state)
+        if os.geteuid() == 0:
+            server["user"] = "root"  # it refuses to serve as root unless told in so many words
         domain = self.recipient.split("@", 1)[1]
         if domain not in server.setdefault("domains", []):
             server["domains"].append(domain)

@@ -35,6 +35,8 @@ def load_table(settings: Settings) -> tuple[AliasTable, list[str]]:
     a = settings.aliases
     if not a.file:
         return AliasTable(), []
+    if a.file_optional and not os.path.exists(a.file):
+        return AliasTable(files=(a.file,)), []
     return aliases.load(a.file, read=_read, domains=settings.domains,
                         options=AliasOptions(include_commands=a.allow_include_commands,
                                              include_files=a.allow_include_files))

@@ -7,9 +7,12 @@
   mailgateway queue list [--json] | show ID [--json]
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
   mailgateway list create|show|set|delete|members|add|remove|held|approve|reject ...
+  mailgateway status [--json]
   mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
 
-Every command takes --config PATH (default: the embedded configuration) and
+Every command takes --config PATH; without it the file is found as twistd
+finds it ($MAILGATEWAY_CONFIG, /etc/mailgateway/mailgateway.toml, the embedded
+default: config.locate), and `check-config` says which one it is. Each
 works while the gateway runs: it only reads the spool, writes the users
 file atomically (the gateway re-reads it when it changes), and hands queue
 changes to the runner as request files (gateway/queue/control.py).
@@ -18,31 +21,75 @@ changes to the runner as request files (gateway/queue/control.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
+import os
 import sys
 import time
 
-from gateway import aliasfile, config
+from gateway import aliasfile, config, privileges, startup, status
 from gateway.access import auth
-from gateway.errors import ConfigError, MailError
+from gateway.errors import ConfigError, MailError, StartupError
 from gateway.lists import cli as lists_cli
 from gateway.queue import control
 from gateway.queue.spool import Spool
 from gateway.resolve.router import Router
 
 
-def _settings(args) -> config.Settings:
-    return config.load(args.config)
+class CommandError(Exception):
+    """A fault the command reports in one line (no traceback), exit status 1."""
+
+
+def _settings(args, create_state: bool = False) -> config.Settings:
+    """The gateway's own configuration (config.locate), with its state_dir present.
+
+    Only an explicitly chosen file may create state_dir (`user add` before the
+    first start): the embedded default's "./var" is relative to wherever the
+    command runs, and a new empty ./var there would hide the real one.
+    """
+    path, origin = config.locate(args.config)
+    settings = config.load(path)
+    who = _gateway_user(settings)
+    if not settings.state_dir.is_dir() and create_state and origin != config.EMBEDDED:
+        privileges.prepare_state_dir(settings.state_dir, who)
+    _acting.enter_context(privileges.acting_as(who))
+    if settings.state_dir.is_dir():
+        return settings
+    where = (f"the state_dir of {config.EMBEDDED}, relative to the current directory"
+             if origin == config.EMBEDDED else f"server.state_dir in {settings.source}")
+    raise CommandError(f"no state directory {settings.state_dir} ({where}); has the gateway "
+                       f"run? Otherwise give --config or ${config.ENVIRONMENT_VARIABLE}")
+
+
+# Run as root, a command acts as the gateway's user ([server] user, else the owner of
+# state_dir) until main() returns, so what it writes is the gateway's (privileges.py).
+_acting = contextlib.ExitStack()
+
+
+def _gateway_user(settings: config.Settings) -> privileges.Identity | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        who = privileges.identity(settings.user, settings.group)
+    except StartupError as e:
+        raise CommandError(f"{settings.source}: {e}") from None
+    who = who or privileges.owner_of(settings.state_dir)
+    return None if who is None or who.uid == 0 else who
 
 
 def cmd_check_config(args) -> int:
-    path = args.path or args.config
+    path, origin = config.locate(args.path or args.config)
     try:
         settings = config.load(path)
     except ConfigError as e:
-        for file, key, reason in e.problems:
-            print(f"{file}: {key}: {reason}" if key else f"{file}: {reason}", file=sys.stderr)
+        print("\n".join(e.lines()), file=sys.stderr)
+        return 1
+    print(f"configuration: {settings.source} ({origin})")
+    print(f"state_dir: {settings.state_dir}")
+    problems = startup.check(settings)  # what twistd would refuse to start with
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
         return 1
     table, faults = aliasfile.load_table(settings)
     for fault in faults:
@@ -62,6 +109,10 @@ class _Users:
 
     def exists(self, address: str) -> bool:
         return address in self.known
+
+
+def cmd_list(args) -> int:
+    return lists_cli.run(args, _settings(args, create_state=True))
 
 
 def cmd_alias(args) -> int:
@@ -91,6 +142,9 @@ def cmd_alias(args) -> int:
 def _read_password(args) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise CommandError("no terminal to ask for the password: "
+                           "give it on stdin with --password-stdin")
     first = getpass.getpass("Password: ")
     if first != getpass.getpass("Again: "):
         raise SystemExit("mailgateway: passwords differ")
@@ -98,7 +152,7 @@ def _read_password(args) -> str:
 
 
 def cmd_user(args) -> int:
-    settings = _settings(args)
+    settings = _settings(args, create_state=args.action == "add")
     path = settings.users_file
     if args.action in ("add", "passwd"):
         try:
@@ -250,6 +304,25 @@ def _queue_request(settings: config.Settings, action: str, queue_id: str | None)
     return 0
 
 
+def cmd_status(args) -> int:
+    """A running gateway at a glance (gateway/status.py), or why it cannot be shown."""
+    settings = _settings(args)
+    if not settings.metrics_listen:
+        raise CommandError(f"the status endpoint is off: set [metrics] listen in "
+                           f"{settings.source} (`mailgateway queue list` works without it)")
+    try:
+        figures = status.fetch(settings)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"the gateway does not answer at {settings.metrics_listen} "
+                           f"([metrics] listen): {e}") from None
+    if args.json:
+        json.dump(figures, sys.stdout, indent=1)
+        print()
+    else:
+        print(status.render(figures))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailgateway", description=__doc__.splitlines()[0])
     p.add_argument("--config", "-c", default=None, help="configuration file")
@@ -272,13 +345,17 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("id", nargs="?", help="queue ID (show, retry, hold, release, delete)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_queue)
-    lists_cli.add_parser(sub)  # `list ...`: gateway/lists/cli.py
+    # `list ...`: gateway/lists/cli.py, with the configuration and user of the others.
+    lists_cli.add_parser(sub).set_defaults(func=cmd_list)
+    st = sub.add_parser("status", help="a running gateway at a glance ([metrics] listen)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
     t = sub.add_parser("tlsfront", help="run a TLS front alone, like stunnel")
     _add_tlsfront_arguments(t)
     t.add_argument("--config", "-c", default=argparse.SUPPRESS,
                    help="a file with [[tlsfront]] sections")
     t.set_defaults(func=cmd_tlsfront)
-    for s in (u, q, a):
+    for s in (u, q, a, st):
         s.add_argument("--config", "-c", default=argparse.SUPPRESS, help="configuration file")
     return p
 
@@ -302,11 +379,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "user" and args.action != "list" and not args.address:
         parser().error("user add/passwd/del need an ADDRESS")
+    umask = os.umask(0o077)  # users file, state folders: private, like the gateway's
     try:
         return args.func(args)
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        print("\n".join(e.lines()), file=sys.stderr)
         return 1
+    except CommandError as e:
+        print(f"mailgateway: {e}", file=sys.stderr)
+        return 1
+    finally:
+        _acting.close()
+        os.umask(umask)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ from gateway.config_tlsfront import fronts as _fronts
 from gateway.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).with_name("default.toml")
+# Where twistd and the CLI look when neither --config nor $MAILGATEWAY_CONFIG names a file.
+SYSTEM_PATH = Path("/etc/mailgateway/mailgateway.toml")
+ENVIRONMENT_VARIABLE = "MAILGATEWAY_CONFIG"
+EMBEDDED = "the embedded default"
 
 _ENDPOINT_KINDS = ("tcp:", "tcp6:", "unix:", "ssl:", "systemd:")
 
@@ -168,6 +172,9 @@ class AliasSettings:
     """[aliases]: the aliases(5) table (resolve/aliases.py, resolve/router.py)."""
 
     file: str = ""
+    # The embedded default's "etc/aliases" is relative to wherever the gateway runs:
+    # missing there, it is an empty table (and is read once it appears).
+    file_optional: bool = False
     allow_include_commands: bool = False
     allow_include_files: bool = False
     max_depth: int = 20
@@ -223,6 +230,11 @@ class Settings:
     mbox: MboxSettings = field(default_factory=MboxSettings)
     threads: ThreadSettings = field(default_factory=ThreadSettings)
     auth_guard: AuthGuardSettings = field(default_factory=AuthGuardSettings)
+    # [server] user/group: who serves once the ports are bound (gateway/privileges.py).
+    user: str = ""
+    group: str = ""
+    # [metrics] listen: the Prometheus and `mailgateway status` endpoint; "" is off.
+    metrics_listen: str = ""
 
     @property
     def spool_dir(self) -> Path:
@@ -281,17 +293,40 @@ class _Reader:
                         self.fault(section, key, "unknown key")
 
 
+def locate(path: str | os.PathLike[str] | None = None,
+           environ: dict[str, str] | None = None) -> tuple[Path, str]:
+    """The configuration file twistd and the CLI use, and why that one: the given
+    path (--config), else $MAILGATEWAY_CONFIG, else SYSTEM_PATH if it exists, else
+    the embedded default. Both look it up here, so they never disagree."""
+    env = os.environ if environ is None else environ
+    if path:
+        return Path(path), "--config"
+    if env.get(ENVIRONMENT_VARIABLE):
+        return Path(env[ENVIRONMENT_VARIABLE]), f"${ENVIRONMENT_VARIABLE}"
+    if SYSTEM_PATH.exists():
+        return SYSTEM_PATH, "the system configuration"
+    return DEFAULT_PATH, EMBEDDED
+
+
+def _read(file: Path) -> dict[str, Any]:
+    """The parsed TOML of file, or ConfigError with one line saying why not."""
+    source = str(file)
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError([(source, "", f"cannot read: {e.strerror}")]) from e
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ConfigError([(source, "", f"not UTF-8: byte 0x{e.object[e.start]:02x} "
+                                        f"on line {line}")]) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([(source, "", f"not valid TOML: {e}")]) from e
+
+
 def load(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read and check a configuration file (the embedded default when path is None)."""
     file = Path(path) if path is not None else DEFAULT_PATH
-    source = str(file)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError([(source, "", f"cannot read: {e.strerror}")]) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([(source, "", f"not valid TOML: {e}")]) from e
-    return parse(data, source)
+    return parse(_read(file), str(file))
 
 
 def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
@@ -303,7 +338,12 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     if not domains or not all(isinstance(d, str) and d for d in domains):
         r.fault("server", "domains", "must be a non-empty list of domain names")
         domains = []
-    state_dir = Path(r.get("server", "state_dir", str, "./var"))
+    # Absolute from here on: logs and the CLI name the one directory meant.
+    state_text = r.get("server", "state_dir", str, "./var")
+    if not state_text:
+        r.fault("server", "state_dir", "must be a directory name")
+    state_dir = Path(state_text or "./var").absolute()
+    user, group = r.get("server", "user", str, ""), r.get("server", "group", str, "")
     networks = []
     for net in r.get("server", "trusted_networks", list, []):
         try:
@@ -381,6 +421,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
                              mailbox=r.positive("threads", "mailbox", int,
                                                 ThreadSettings.mailbox))
+    metrics = r.get("metrics", "listen", str, "")
+    if metrics and not metrics.startswith(("tcp:", "tcp6:", "unix:")):
+        r.fault("metrics", "listen", f"{metrics!r} is not a tcp: or unix: endpoint string")
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -410,6 +453,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         mbox=mbox,
         threads=threads,
         auth_guard=auth_guard,
+        user=user,
+        group=group,
+        metrics_listen=metrics,
     )
 
 
@@ -425,7 +471,8 @@ def _alias_settings(r: _Reader) -> tuple[AliasSettings, ProgramSettings, MboxSet
     """[aliases], [program] and [mbox]; defaults match gateway/default.toml."""
     d = AliasSettings()
     file = r.get("aliases", "file", str, d.file)
-    if file and not Path(file).is_file():
+    optional = r.source == str(DEFAULT_PATH)
+    if file and not optional and not Path(file).is_file():
         r.fault("aliases", "file", f"no such file: {file}")
     delimiter = r.get("aliases", "recipient_delimiter", str, d.recipient_delimiter)
     if len(delimiter) > 1 or (delimiter and (delimiter.isalnum() or delimiter in r'.@"\ ')):
@@ -433,6 +480,7 @@ def _alias_settings(r: _Reader) -> tuple[AliasSettings, ProgramSettings, MboxSet
                 f"must be one character such as \"+\" or \"-\", or \"\" (off), not {delimiter!r}")
     aliases = AliasSettings(
         file=file,
+        file_optional=optional,
         allow_include_commands=r.get("aliases", "allow_include_commands", bool, False),
         allow_include_files=r.get("aliases", "allow_include_files", bool, False),
         max_depth=r.positive("aliases", "max_depth", int, d.max_depth),
@@ -612,12 +660,7 @@ def load_fronts(path: str | os.PathLike[str]) -> tuple[FrontSettings, ...]:
     """The fronts of a file for `mailgateway tlsfront --config`: a whole gateway
     configuration, or one with only [[tlsfront]] sections (connect to endpoint strings)."""
     source = str(path)
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError([(source, "", f"cannot read: {e.strerror}")]) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([(source, "", f"not valid TOML: {e}")]) from e
+    data = _read(Path(path))
     if set(data) - {"tlsfront"}:
         return parse(data, source).tlsfront
     return parse_fronts(data, source)

@@ -26,7 +26,11 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[tuple[str, str, str]]):
         self.problems = problems
-        super().__init__("\n".join(f"{f}: {k}: {r}" for f, k, r in problems))
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One "file: key: reason" line per fault ("file: reason" for the whole file)."""
+        return [f"{f}: {k}: {r}" if k else f"{f}: {r}" for f, k, r in self.problems]
 
 
 class AuthThrottled(Exception):
@@ -37,3 +41,9 @@ class AuthThrottled(Exception):
 
 class SpoolError(Exception):
     """The spool could not store or update an entry (disk full, I/O error)."""
+
+
+class StartupError(Exception):
+    """A fault that stops the gateway at start (a port in use, a state_dir it cannot
+    write, a broken key), said in one line naming the setting or file: tap.py prints
+    it without a traceback and twistd exits non-zero."""

@@ -9,12 +9,12 @@ is configured, a self-signed one.
 from __future__ import annotations
 
 import dns.exception
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway import aliasfile, proxyproto, tls, tlsfront
+from gateway import aliasfile, metrics_web, proxyproto, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
@@ -30,10 +30,12 @@ from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
 from gateway.errors import ConfigError
+from gateway.listeners import Listener
 from gateway.lists.archive import ArchiveFolders
 from gateway.lists.directory import ListDirectory
 from gateway.lists.exploder import ListTarget
 from gateway.lists.store import ListStore
+from gateway.metrics import REGISTRY
 from gateway.queue.bounce import Bouncer
 from gateway.queue.runner import QueueRunner
 from gateway.queue.spool import Spool
@@ -81,7 +83,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
     """The whole gateway for settings, as one twistd service."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tls.ensure_certificate(settings.certificate, settings.private_key, settings.hostname)
-    tls_options = tls.server_options(settings.certificate, settings.private_key)
+    # STARTTLS/STLS: the [tls] files, read again when they change (ACME renewals).
+    tls_options = tls.ReloadingServerTLS(settings.certificate, settings.private_key)
     # Spool writes and Maildir deliveries run in the reactor's threads.
     reactor.suggestThreadPoolSize(max(10, settings.queue.concurrency + 6))
 
@@ -154,7 +157,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
                 reactor=reactor)
         if settings.listen[name]:
-            strports.service(settings.listen[name], factory, reactor=reactor).setServiceParent(top)
+            _listen(f"listen.{name}", settings.listen[name], factory, reactor, top)
     if settings.listen["pop3"] or "pop3" in settings.proxied.listen:
         factory = factories["pop3"] = POP3Factory(
             hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
@@ -162,18 +165,34 @@ def build(settings: Settings, reactor) -> service.MultiService:
             settings=settings.pop3, reactor=reactor,
             run_blocking=in_thread(reactor, mailbox_pool))
     if settings.listen["pop3"]:
-        strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
+        _listen("listen.pop3", settings.listen["pop3"], factory, reactor, top)
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
         factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options,
                                             mailbox_pool, ArchiveFolders(list_store, archive))
     if settings.listen["imap"]:
-        strports.service(settings.listen["imap"], factory, reactor=reactor).setServiceParent(top)
+        _listen("listen.imap", settings.listen["imap"], factory, reactor, top)
     _fronts(settings, factories, reactor, top)
     # After the fronts: its SIGHUP handler chains to theirs.
     aliasfile.AliasReloader(settings, router, reactor).setServiceParent(top)
+    _metrics(settings, spool, reactor, top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)
     return top
+
+
+def _listen(setting: str, endpoint: str, factory, reactor, parent) -> None:
+    """A listener that names its setting when it cannot listen (gateway/listeners.py)."""
+    Listener(setting, endpoint, factory, reactor).setServiceParent(parent)
+
+
+def _metrics(settings: Settings, spool: Spool, reactor, parent) -> None:
+    """[metrics] listen: /metrics and /status (gateway/metrics_web.py), off by default."""
+    REGISTRY.gauge("mailgateway_queue_entries", lambda: len(spool.queue_ids()))
+    if settings.metrics_listen:
+        listeners = {**{f"listen.{k}": v for k, v in settings.listen.items() if v},
+                     **{f"tlsfront.{f.name}": f.accept for f in settings.tlsfront}}
+        _listen("metrics.listen", settings.metrics_listen,
+                metrics_web.site(REGISTRY, listeners), reactor, parent)
 
 
 # --- IMAP4 ---------------------------------------------------------------------------
@@ -299,7 +318,7 @@ def _fronts(settings: Settings, factories: dict, reactor, parent) -> None:
             continue
         wrapper = proxyproto.ProxiedFactory(factories[name], proxied.trusted_sources,
                                             proxied.header_timeout, reactor)
-        strports.service(endpoint, wrapper, reactor=reactor).setServiceParent(parent)
+        _listen(f"proxied.{name}", endpoint, wrapper, reactor, parent)
     fronts = []
     for front in settings.tlsfront:
         if front.backend and front.backend not in factories:

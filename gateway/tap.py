@@ -1,30 +1,84 @@
 """twistd's entry: `twistd mailgateway [--config PATH]`.
 
 The only module besides cli.py that imports the global reactor; it hands it
-to service.build().
+to service.build(). The configuration is found as the CLI finds it
+(config.locate). Started as root, the gateway prepares state_dir for the
+serving user, builds as that user, binds as root and drops root before
+serving (gateway/privileges.py). A fault found at start ends twistd with one
+line naming the file, key or listener and the reason, never a traceback.
 """
 
 from __future__ import annotations
 
+import os
+
+from twisted.logger import Logger
 from twisted.python import usage
 
-from gateway import config
-from gateway.errors import ConfigError
+from gateway import config, privileges
+from gateway.errors import ConfigError, StartupError
+from gateway.tlsfront.certs import CertificateError
+
+log = Logger()
 
 
 class Options(usage.Options):
     optParameters = [
-        ["config", "c", None, "Configuration file (default: the embedded etc/mailgateway.toml)"],
+        ["config", "c", None, "Configuration file (default: $MAILGATEWAY_CONFIG, then "
+         "/etc/mailgateway/mailgateway.toml, then the embedded default)"],
     ]
 
 
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from gateway import service
+    from gateway import service, startup
 
+    path, origin = config.locate(options["config"])
     try:
-        settings = config.load(options["config"])
-        return service.build(settings, reactor)
+        settings = config.load(path)
     except ConfigError as e:
-        raise usage.UsageError(f"configuration errors:\n{e}") from None
+        raise SystemExit("\n".join(["mailgateway: configuration errors:", *e.lines()])) from None
+    log.info("configuration: {path} ({origin})", path=str(path), origin=origin)
+    twistd = getattr(options, "parent", None) or {}
+    if twistd.get("umask") is None:
+        os.umask(0o077)  # state, queue and mailboxes are private, whoever makes them
+    try:
+        who, drop = _serving_user(settings, twistd)
+        with privileges.acting_as(who):
+            problems = startup.check(settings)
+            if problems:
+                raise SystemExit("\n".join(["mailgateway: cannot start:", *problems]))
+            top = service.build(settings, reactor)
+    except ConfigError as e:  # found while building: the aliases file's faults
+        raise SystemExit("\n".join(["mailgateway: configuration errors:", *e.lines()])) from None
+    except StartupError as e:
+        raise SystemExit(f"mailgateway: cannot start: {settings.source}: {e}") from None
+    except CertificateError as e:
+        raise SystemExit(f"mailgateway: cannot start: {settings.source}: tls: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"mailgateway: cannot start: {startup.explain(e, settings)}") from None
+    # Binds as root, hands unix sockets to the user, drops root (unless twistd --uid
+    # does: it drops between binding and starting); a listener that cannot bind is
+    # one line, not a traceback.
+    guard = startup.Guard(drop_to=who if drop else None, daemon=not twistd.get("nodaemon", True))
+    top.setServiceParent(guard)
+    return guard
+
+
+def _serving_user(settings: config.Settings, twistd) -> tuple[privileges.Identity | None, bool]:
+    """Who serves, and whether the gateway drops root itself (False: twistd --uid does)."""
+    uid, gid = twistd.get("uid"), twistd.get("gid")
+    if uid is not None:
+        who = privileges.identity(uid, gid)
+    else:
+        who = privileges.identity(settings.user, settings.group)
+    if os.geteuid() != 0:
+        return None, False
+    if who is None:
+        raise privileges.refuse_root()
+    if who.uid == 0:
+        log.warn("serving as root: server.user = \"root\" (test machines only)")
+        return None, False
+    privileges.prepare_state_dir(settings.state_dir, who)
+    return who, uid is None

@@ -17,6 +17,8 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.logger import Logger
 
+from gateway.tlsfront.certs import CertificateError, load_pair
+
 log = Logger()
 
 
@@ -51,19 +53,49 @@ def ensure_certificate(cert_path: Path, key_path: Path, hostname: str) -> bool:
 
 
 def server_options(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
-    """Options for server-side TLS from PEM files (the cert file may hold the chain)."""
-    cert_pem = Path(cert_path).read_bytes()
-    key_pem = Path(key_path).read_bytes()
-    marker = b"-----BEGIN CERTIFICATE-----"
-    blocks = [marker + b for b in cert_pem.split(marker)[1:]]
-    if not blocks:
-        raise ValueError(f"{cert_path}: no PEM certificate")
-    # cryptography objects, not pyOpenSSL's X509/PKey (deprecated in pyOpenSSL 24.3).
-    certs = [x509.load_pem_x509_certificate(b) for b in blocks]
-    key = serialization.load_pem_private_key(key_pem, password=None)
+    """Options for server-side TLS from PEM files (the cert file may hold the chain).
+
+    Raises CertificateError naming the file and the fault (unreadable, not PEM,
+    a key that is not the certificate's), which stops start-up in one line.
+    """
+    certs, key = load_pair(cert_path, key_path)
     return ssl.CertificateOptions(
         privateKey=key,
         certificate=certs[0],
         extraCertChain=certs[1:],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+
+
+class ReloadingServerTLS:
+    """The STARTTLS/STLS context factory: server_options() of the PEM files, read again
+    when they change (an ACME client's renewal), checked at each handshake.
+
+    Twisted's startTLS asks getContext() for every connection; two stat() calls
+    there cost nothing next to a handshake and need no timer or signal. A new
+    pair that does not load (a key not yet written, a mismatch) keeps the old
+    one and says why, as the TLS front does (tlsfront/certs.py).
+    """
+
+    def __init__(self, cert_path: Path, key_path: Path):
+        self.paths = (Path(cert_path), Path(key_path))
+        self._signature = self._stat()
+        self._options = server_options(*self.paths)  # CertificateError stops the start
+
+    def _stat(self) -> tuple:
+        try:
+            return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in map(os.stat, self.paths))
+        except OSError:
+            return ()
+
+    def getContext(self):  # noqa: N802 (Twisted's context factory interface)
+        signature = self._stat()
+        if signature != self._signature:
+            self._signature = signature
+            try:
+                self._options = server_options(*self.paths)
+                log.info("STARTTLS certificate reloaded from {path}", path=str(self.paths[0]))
+            except CertificateError as e:
+                log.error("STARTTLS certificate not reloaded, keeping the old one: {why}",
+                          why=str(e))
+        return self._options.getContext()

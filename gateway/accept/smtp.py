@@ -30,7 +30,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 
-from gateway import connection, flow, proxyproto
+from gateway import connection, flow, logs, proxyproto
 from gateway.accept.data import BodyReader
 from gateway.accept.policy import RelayPolicy, Session
 from gateway.accept.received import protocol_keyword, received_header
@@ -104,7 +104,10 @@ class SMTPServer(SMTPAuth, ESMTP):
         if self.is_tls():  # behind tlsfront: TLS already, so no STARTTLS, and AUTH is allowed
             self.startedTLS = True
             self.session.tls = "TLS"
+        logs.connect(self.service(), self.session.client_address)
         if not self.factory.connections.opened(self.session.client_address):
+            logs.reject("CONNECT", self.session.client_address, 421, "4.7.0",
+                        "Too many connections from your address", service=self.service())
             self.reply(421, "4.7.0", f"{self.factory.hostname} Too many connections from your "
                        "address, try again later")
             self._close()
@@ -120,17 +123,20 @@ class SMTPServer(SMTPAuth, ESMTP):
         if self.session is not None:
             self.factory.connections.closed(self.session.client_address)
             if hasattr(self, "_opened"):
-                # One event per connection (not one at connect too): logging is a
+                # Connect and disconnect lines (issue 14), though logging is a
                 # measurable share of the cost of a message (bench/RESULTS.md).
-                log.info("disconnect from {client}: {n} queued, {errors} errors, {seconds:.1f}s",
-                         client=self.session.client_address, n=self._queued_count,
-                         errors=self._bad_commands,
-                         seconds=self.factory.reactor.seconds() - self._opened)
+                logs.disconnect(self.service(), self.session.client_address,
+                                queued=self._queued_count, errors=self._bad_commands,
+                                seconds=round(self.factory.reactor.seconds() - self._opened, 1))
 
     def client_host(self) -> str:
         """The client's address; behind a PROXY header (gateway/proxyproto.py) getPeer()
         already says the real one, before connectionMade."""
         return connection.client_host(self.transport)
+
+    def service(self) -> str:
+        """The name in log lines: "submission" on a port that requires AUTH, else "smtp"."""
+        return "submission" if getattr(self.factory.policy, "submission", False) else "smtp"
 
     def is_tls(self) -> bool:
         """STARTTLS done, or the client spoke TLS to tlsfront (PROXY v2 PP2_TYPE_SSL)."""
@@ -258,7 +264,19 @@ class SMTPServer(SMTPAuth, ESMTP):
         except MailError as e:
             if e.code >= 500:
                 self._bad_commands += 1
+            self._log_reject(verb, rest, e)
             self.reply_error(e)
+
+    def _log_reject(self, verb: bytes, rest: bytes, e: MailError) -> None:
+        """Postfix's "reject:" line: the command, the client, the reply, the envelope."""
+        command = verb.decode("ascii", "replace").upper()
+        address = rest.partition(b":")[2].strip().partition(b" ")[0].strip(b"<>")
+        address_text = address.decode("utf-8", "replace")
+        sender = address_text if command == "MAIL" else self._sender
+        recipient = address_text if command == "RCPT" else None
+        logs.reject(command, self.session.client_address, e.code, e.enhanced, e.text,
+                    sender=sender, recipient=recipient, helo=self._helo_name,
+                    service=self.service())
 
     # --- greeting commands ---------------------------------------------------
 
@@ -435,7 +453,9 @@ class SMTPServer(SMTPAuth, ESMTP):
         self._reset_transaction()
         client = self.session.client_address
         if fault is not None:
-            log.info("{client} message refused: {reason}", client=client, reason=fault.text)
+            logs.reject("DATA", client, fault.code, fault.enhanced, fault.text, sender=sender,
+                        recipient=",".join(recipients), helo=self._helo_name,
+                        service=self.service())
             self.reply_error(fault)
             return defer.succeed(None)
         tls = tls_description(self.transport) if self.startedTLS else ""
@@ -455,15 +475,14 @@ class SMTPServer(SMTPAuth, ESMTP):
         envelope.size = len(message)
         envelope.hops = count_received(message)
         d = self.factory.spool.store(envelope, message)
-        d.addCallbacks(self._queued, self._spool_failed, callbackArgs=(envelope,),
+        d.addCallbacks(self._queued, self._spool_failed,
+                       callbackArgs=(envelope, logs.message_id(message)),
                        errbackArgs=(envelope,))
         return d
 
-    def _queued(self, queue_id: str, envelope: Envelope) -> None:
-        log.info("{queue_id}: from=<{sender}> nrcpt={n} size={size} client={client} "
-                 "queued", queue_id=queue_id, sender=envelope.sender,
-                 n=len(envelope.recipients), size=envelope.size,
-                 client=envelope.client_address)
+    def _queued(self, queue_id: str, envelope: Envelope, message_id: str = "") -> None:
+        logs.queued(queue_id, envelope.sender, envelope.size, len(envelope.recipients),
+                    message_id, envelope.client_address)
         self.reply(250, "2.0.0", f"Ok: queued as {queue_id}")
         self._queued_count += 1
         self.factory.listener.enqueued(queue_id, envelope)

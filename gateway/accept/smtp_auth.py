@@ -13,7 +13,7 @@ from typing import Any
 from twisted.cred import error as cred_error
 from twisted.logger import Logger
 
-from gateway import connection, sasl
+from gateway import connection, logs, sasl
 from gateway.errors import AuthThrottled, MailError
 
 log = Logger()
@@ -71,16 +71,16 @@ class SMTPAuth:
         except sasl.SASLError as e:
             self.mode = "COMMAND"
             raise MailError(501, "5.5.2", f"Cannot decode response: {e}") from None
-        d = self.factory.users.authenticate(user.decode("utf-8", "replace"),
-                                            password.decode("utf-8", "replace"),
+        self._auth_user = user.decode("utf-8", "replace")
+        d = self.factory.users.authenticate(self._auth_user, password.decode("utf-8", "replace"),
                                             client=self.session.client_address)
         d.addCallbacks(self._auth_ok, self._auth_failed)
         return d
 
     def _auth_ok(self, address: str) -> None:
         self.session.authenticated = address
-        log.info("{client} authenticated as {user}", client=self.session.client_address,
-                 user=address)
+        logs.auth(True, self.service(), self.session.client_address, self._auth_mech.decode(),
+                  address, self.is_tls())
         self.reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure) -> None:
@@ -89,5 +89,6 @@ class SMTPAuth:
             return self.reply(454, "4.7.0", "Temporary authentication failure: too many "
                               "failed logins, try again later")
         failure.trap(cred_error.UnauthorizedLogin)
-        log.info("{client} failed authentication", client=self.session.client_address)
+        logs.auth(False, self.service(), self.session.client_address, self._auth_mech.decode(),
+                  self._auth_user, self.is_tls())
         self._bad(535, "5.7.8", "Authentication credentials invalid")

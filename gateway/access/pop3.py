@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from gateway import flow, sasl
+from gateway import flow, logs, sasl
 from gateway.access.pop3_transfer import MessageSender, TransactionCommands
 from gateway.access.session import AccessSession
 from gateway.config import PopSettings
@@ -98,7 +98,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         self.successResponse(f"{self.factory.hostname} POP3 server ready")
         self.setTimeout(self.timeOut)
         self._login_deadline.start(self.settings.login_timeout, self._login_expired)
-        _log.info("pop3 connect from {client}", client=self.client_host())
+        logs.connect("pop3", self.client_host())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
@@ -361,9 +361,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         self.mbox, self._address = maildrop, address
         self._login_deadline.cancel()
         sizes = self.mbox.listMessages()
-        _log.info("pop3 login {user} from {client} via {mechanism} tls={tls}: {n} messages",
-                  user=address, client=client, mechanism=mechanism, tls=self.is_tls(),
-                  n=len(sizes))
+        logs.auth(True, "pop3", client, mechanism, address, self.is_tls())
         self.successResponse(b"Logged in, %d messages (%d octets)" % (len(sizes), sum(sizes)))
 
     def _login_failed(self, failure: Failure, address: str, mechanism: str) -> Any:
@@ -374,8 +372,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
             _log.failure("pop3 authentication error for {user}", failure, user=address)
             return self.failResponse(b"[SYS/TEMP] Authentication temporarily unavailable")
         self._auth_failures += 1
-        _log.info("pop3 login failed for {user} from {client} via {mechanism}",
-                  user=address, client=self.client_host(), mechanism=mechanism)
+        logs.auth(False, "pop3", self.client_host(), mechanism, address, self.is_tls())
         # The delay slows password guessing; commands wait behind it (_wait).
         d: defer.Deferred[None] = defer.Deferred()
         self._delayed = self.factory.reactor.callLater(self.settings.auth_failure_delay,

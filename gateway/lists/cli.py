@@ -35,8 +35,8 @@ ACTIONS = ("create", "show", "set", "delete", "members", "add", "remove", "enabl
            "approve", "reject")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add `list` to the `mailgateway` command's sub-commands."""
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `list` to the `mailgateway` command's sub-commands (its func: run)."""
     p = sub.add_parser("list", help="manage mailing lists",
                        description=__doc__.split("\n\n")[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="configuration file")
     p.set_defaults(func=run)
+    return p
 
 
 def _fail(text: str) -> int:
@@ -55,8 +56,10 @@ def _fail(text: str) -> int:
     return 1
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = config.load(args.config)
+def run(args: argparse.Namespace, settings: config.Settings | None = None) -> int:
+    """One `list` action. settings: the gateway's, found and entered as the gateway's
+    user by gateway/cli.py (loaded from args.config when not given)."""
+    settings = settings or config.load(args.config)
     store = ListStore(settings.state_dir / "lists")
     try:
         return _ACTIONS[args.action](store, args)

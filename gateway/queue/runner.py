@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway import logs
 from gateway.config import QueueSettings
 from gateway.durable import in_thread
 from gateway.envelope import Envelope, Recipient, RecipientState, count_received
@@ -334,26 +335,28 @@ class QueueRunner:
         rcpt.attempts += 1
         rcpt.remote_mta = result.remote_mta
         e = result.error
+        relay = result.remote_mta or via
+
+        def logged(dsn: str, status: str, reply: str) -> None:  # Postfix's status= line
+            logs.delivery(qid, rcpt.address, relay, envelope.arrived, now,
+                          self.reactor.seconds(), dsn, status, reply)
+
         if e is None:
             rcpt.state = RecipientState.DONE
             rcpt.last_error = ""
-            log.info("{queue_id}: to=<{to}> delivered via {kind}{relay}", queue_id=qid,
-                     to=rcpt.address, kind=via,
-                     relay=f" ({result.remote_mta})" if result.remote_mta else "")
+            logged("2.0.0", "sent", "delivered")
             return
         rcpt.last_error = f"{e.code} {e.enhanced} {e.text}"
         expired = now - envelope.arrived >= self.settings.max_age
         if e.temporary and not expired:
             rcpt.next_attempt = now + backoff(self.settings, rcpt.attempts)
-            log.info("{queue_id}: to=<{to}> deferred: {error}", queue_id=qid,
-                     to=rcpt.address, error=rcpt.last_error)
+            logged(e.enhanced, "deferred", rcpt.last_error)
             return
         if e.temporary:
             rcpt.last_error = (f"{e.code} {e.enhanced} gave up after "
                                f"{int(now - envelope.arrived)}s: {e.text}")
         rcpt.state = RecipientState.FAILED
-        log.error("{queue_id}: to=<{to}> failed: {error}", queue_id=qid,
-                  to=rcpt.address, error=rcpt.last_error)
+        logged(e.enhanced, "expired" if e.temporary else "bounced", rcpt.last_error)
 
     # --- delivery status notifications (RFC 3464) ---------------------------------
 

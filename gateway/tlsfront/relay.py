@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.metrics import REGISTRY
 from gateway.tlsfront.proxyheader import TLSDetails, header
 
 log = Logger()
@@ -441,6 +442,9 @@ class FrontConnection(Protocol):
         # Formatted here: twisted.logger's own formatting (string.Formatter, in
         # Python) cost more than a resumed handshake's crypto.
         outcome = self.outcome or "closed"
+        REGISTRY.inc("mailgateway_connections_total", service=f"tlsfront {self.settings.name}")
+        REGISTRY.inc("mailgateway_tls_handshakes_total", front=self.settings.name,
+                     outcome="ok" if self.tls is not None else "failed")
         log.info("{line}", line=(
             f"tlsfront {self.settings.name}: client={self.client} sni={tls.sni or '-'} "
             f"tls={tls.version} cipher={tls.cipher} in={self.bytes_in} out={self.bytes_out} "

@@ -12,11 +12,12 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
 from gateway.config import FrontSettings
+from gateway.listeners import Listener
 from gateway.tlsfront.certs import FrontTLS
 from gateway.tlsfront.listener import FrontFactory
 
@@ -33,7 +34,8 @@ class FrontService(service.MultiService):
         self.tls = FrontTLS(settings)  # CertificateError here stops start-up
         self.factory = FrontFactory(settings, self.tls, reactor, backend)
         self._watch: task.LoopingCall | None = None
-        strports.service(settings.accept, self.factory, reactor=reactor).setServiceParent(self)
+        Listener(f"tlsfront.{settings.name}.accept", settings.accept, self.factory,
+                 reactor).setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()

@@ -65,9 +65,12 @@ class Gateway:
             # closed loopback port, so remote mail simply waits (4.4.3, retried).
             extra_config += (f'\n[relay]\nnameservers = ["127.0.0.1"]\n'
                              f"dns_port = {free_port()}\ndns_timeout = 2\n")
+        # Tests run as root on CI, where the gateway refuses to serve as root
+        # unless told so in as many words (test_privileges.py drops for real).
+        user = 'user = "root"\n' if os.geteuid() == 0 else ""
         self.config.write_text(
             "[server]\nhostname = \"mx.example.test\"\ndomains = [\"example.test\"]\n"
-            f"state_dir = \"{self.state}\"\n\n[listen]\n{listen}\n\n{extra_config}\n")
+            f"state_dir = \"{self.state}\"\n{user}\n[listen]\n{listen}\n\n{extra_config}\n")
         self.log = root / "twistd.log"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -80,12 +83,12 @@ class Gateway:
         result = self.cli("user", "add", address, "--password-stdin", stdin=password + "\n")
         assert result.returncode == 0, result.stderr
 
-    def start(self) -> None:
+    def start(self, *twistd_options: str) -> None:
         self.starts += 1
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile=", "mailgateway", "--config",
-             str(self.config)], cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
+            [str(BIN / "twistd"), "-n", "--pidfile=", *twistd_options, "mailgateway",
+             "--config", str(self.config)], cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         for port in self.ports.values():
             wait_for(lambda p=port: port_open(p) or self.proc.poll() is not None,

@@ -102,7 +102,10 @@ def test_smtp_over_the_front_authenticates_relays_and_names_the_real_client(
              what="the front's log line")
     log = gw.log_text()
     assert "sni=- tls=TLSv1.3" in log  # an IP address is not sent as SNI
-    assert "127.0.0.2 authenticated as alice@example.test" in log
+    # The real client behind the front, in the session's own lines (gateway/logs.py).
+    assert "connect from unknown[127.0.0.2] service=submission" in log
+    assert "auth ok: client=unknown[127.0.0.2] service=submission mechanism=" in log
+    assert "user=<alice@example.test>" in log
 
 
 def test_pop3_over_the_front(make_tls_gateway, ca):
@@ -123,7 +126,8 @@ def test_pop3_over_the_front(make_tls_gateway, ca):
         assert b"body" in b"\r\n".join(pop.retr(1)[1])
     finally:
         pop.quit()
-    assert "pop3 login alice@example.test from 127.0.0.2 via USER tls=True" in gw.log_text()
+    assert ("auth ok: client=unknown[127.0.0.2] service=pop3 mechanism=USER "
+            "user=<alice@example.test> tls=yes") in gw.log_text()
 
 
 class IMAP4FromClient(imaplib.IMAP4_SSL):

@@ -9,6 +9,6 @@ from twisted.application.service import ServiceMaker
 mailgateway = ServiceMaker(
     "mailgateway",
     "gateway.tap",
-    "Mail gateway: ESMTP, durable queue, Maildir delivery, POP3",
+    "Mail gateway: ESMTP relay and submission, durable queue, Maildir, POP3, IMAP4, TLS front",
     "mailgateway",
 )

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import flow, sasl
+from gateway import flow, logs, sasl
 from gateway.access.imap import wire
 from gateway.access.imap.account import Account
 from gateway.access.imap.shared import SharedNamespace
@@ -102,9 +102,7 @@ class LoginCommands:
             self.state = "auth"
             self.login_deadline.cancel()
             self.setTimeout(self.settings.idle_timeout)
-            _log.info("imap login {user} from {client} via {mechanism} tls={tls}",
-                      user=address, client=self.client_host(), mechanism=mechanism,
-                      tls=self.is_tls())
+            logs.auth(True, "imap", self.client_host(), mechanism, address, self.is_tls())
             return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
         return d.addCallback(opened)
@@ -120,8 +118,7 @@ class LoginCommands:
             _log.failure("imap login error for {user}", failure, user=address)
             raise No("[UNAVAILABLE] Authentication temporarily unavailable")
         self._auth_failures += 1
-        _log.info("imap login failed for {user} from {client} via {mechanism}",
-                  user=address, client=self.client_host(), mechanism=mechanism)
+        logs.auth(False, "imap", self.client_host(), mechanism, address, self.is_tls())
         # The delay slows password guessing; later commands wait behind it.
         d: defer.Deferred = defer.Deferred()
         self._delayed = self.factory.reactor.callLater(self.settings.auth_failure_delay,

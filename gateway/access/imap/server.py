@@ -33,7 +33,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import connection, flow
+from gateway import connection, flow, logs
 from gateway.access.imap import wire
 from gateway.access.imap.commands import AuthenticatedCommands
 from gateway.access.imap.login import LoginCommands
@@ -169,7 +169,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.setTimeout(self.settings.login_timeout)
         self.login_deadline.start(self.settings.login_timeout, self._login_expired)
         self.sendServerGreeting()
-        _log.info("imap connect from {client}", client=self.client_host())
+        logs.connect("imap", self.client_host())
 
     def _read_paused(self) -> None:
         if not flow.closing(self.transport):
