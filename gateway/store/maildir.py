@@ -16,7 +16,15 @@ from typing import Any
 
 from zope.interface import implementer
 
-from gateway.durable import Steps, complete, fsync_dir, sync_dir, when_durable, write_file
+from gateway.durable import (
+    Steps,
+    before_durable,
+    complete,
+    fsync_dir,
+    sync_dir,
+    when_durable,
+    write_file,
+)
 from gateway.envelope import parse_address
 from gateway.interfaces import IMailStore
 from gateway.store.folders import FolderRegistry, FolderSet
@@ -78,10 +86,12 @@ class MaildirStore:
             folder.arrived(tmp, unique)
         sync_dir(path / "new")  # at once, or once for the whole trip (gateway/durable.py)
         if folder is not None:
-            # Sessions (IDLE) hear of it once its name is durable, from the name
-            # itself: no listing, so a delivery into a 100,000-message INBOX costs
-            # what one into an empty one does. One index transaction per trip.
-            when_durable(folder.learn_arrived)
+            # The index learns of it from the name itself: no listing, so a delivery
+            # into a 100,000-message INBOX costs what one into an empty one does.
+            # One index transaction per trip, riding the trip's directory sync;
+            # sessions (IDLE) hear of it once both are durable.
+            before_durable(folder.index_arrived)
+            when_durable(folder.publish_arrived)
         return True
 
     @staticmethod
