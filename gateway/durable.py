@@ -16,11 +16,11 @@ its result. A trip runs every call up to its yield, makes all their files
 durable at once, resumes them, and makes all the marked directories durable,
 then runs what the calls asked for with when_durable (once each: a Maildir
 folder publishes all of the trip's deliveries at once), before any call's
-result is given back. Writes that may ride the directories' sync (an index
-commit) run just before it (before_durable); in "filesystem" mode that one
-syncfs makes them durable too (rides_dir_sync()), so they need no fsync of
-their own. So "durable before the 250" holds
-for each call, and "data before the name" (the Maildir and spool rule) too.
+result is given back. So "durable before the 250" holds for each call, and
+"data before the name" (the Maildir and spool rule) too. Writes that may ride
+the directories' sync (an index commit) run just before it (before_durable);
+in "filesystem" mode that one syncfs makes them durable too (rides_dir_sync()),
+so they need no fsync of their own.
 
 How a trip makes things durable is its sync mode:
   "filesystem"  one syncfs(2) per filesystem per step, for every file and
@@ -202,8 +202,8 @@ def sync_dir(path: Path | str) -> None:
 
 def before_durable(f: Callable[[], Any]) -> None:
     """Call f just before the renames marked so far are made durable: now outside a
-    trip, else once, after the trip's last step and before its directory sync.
-    An exception from it is logged, not raised (the trip's calls are done)."""
+    trip, else once, after the trip's last step and before its directory sync
+    (there an exception from it is logged, not raised: the trip's calls are done)."""
     trip = _trip()
     if trip is None:
         f()
@@ -222,8 +222,8 @@ def when_durable(f: Callable[[], Any]) -> None:
     """Call f once the renames marked so far are durable: now outside a trip, else
     at the end of the current trip, once however often it was asked for.
 
-    It runs even when the trip failed (the files it may look at are on disk,
-    durable or not), outside the trip; an exception from it is logged, not raised.
+    In a trip it runs even when the trip failed (the files it may look at are on
+    disk, durable or not), outside the trip; an exception from it is logged there.
     """
     trip = _trip()
     if trip is None:

@@ -15,12 +15,12 @@ keywords) are kept untouched. IMAP keywords are kept in the index only.
 
 Finding changes: the gateway's own changes (deliveries, STORE, APPEND, COPY,
 EXPUNGE) update the index as they happen, so they never cost a listing: a
-delivery into new/ is learned from the name it wrote (arrived(),
-index_arrived(), publish_arrived()), whatever the folder's size. Other programs (mutt, a POP3
-session, a second gateway) are found by directory mtimes: an mtime changes
-whenever a file is added, removed or renamed in the directory, so sync()
-stats new/ and cur/ and lists one only when its mtime differs from the one
-recorded. Two rules keep that honest:
+delivery into new/ is learned from the name it wrote (arrived(), then
+index_arrived() and publish_arrived()), whatever the folder's size. Other
+programs (mutt, a POP3 session, a second gateway) are found by directory
+mtimes: an mtime changes whenever a file is added, removed or renamed in the
+directory, so sync() stats new/ and cur/ and lists one only when its mtime
+differs from the one recorded. Two rules keep that honest:
 - An mtime less than two seconds old when recorded may hide a second change
   made within the same clock tick of the file system, so such a record is
   checked by one more listing once that mtime is two seconds old (not at
