@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from gateway.store.folders import FolderRegistry, FolderSet
 # no "/", no leading dot, no "..", nothing outside printable ASCII.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~-][A-Za-z0-9!#$%&'*+=?^_`{|}~.-]{0,63}$")
 _UNIQUE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_KNOWN_MAILDIRS = 64  # listings kept for recovered deliveries (a set of names each)
 
 
 @implementer(IMailStore)
@@ -42,6 +45,9 @@ class MaildirStore:
         gateway passes reactor.callFromThread); by default f runs at once."""
         self.root = Path(root)
         self._folders = FolderRegistry(announce or _call_now)
+        # Maildir -> unique names in it, for deliveries recovered after a crash.
+        self._known: OrderedDict[str, set[str]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     def mailbox_path(self, mailbox: str) -> Path:
         """The Maildir of mailbox (user@domain); ValueError for a name unfit for a path."""
@@ -84,6 +90,7 @@ class MaildirStore:
             os.rename(tmp, path / "new" / unique)
         else:
             folder.arrived(tmp, unique)
+        self._note(path, unique)
         sync_dir(path / "new")  # at once, or once for the whole trip (gateway/durable.py)
         if folder is not None:
             # The index learns of it from the name itself: no listing, so a delivery
@@ -94,13 +101,37 @@ class MaildirStore:
             when_durable(folder.publish_arrived)
         return True
 
-    @staticmethod
-    def _already_there(path: Path, unique: str) -> bool:
+    def _already_there(self, path: Path, unique: str) -> bool:
+        """Was this copy delivered before the crash (a flag rename moves it to cur/)?
+
+        Asked for every entry found in the queue at start: one listing per Maildir
+        for all of them, not one per entry (thousands of entries for one big INBOX
+        would each list its 100,000 names). What a listing taken after the start
+        misses can only be this process's own deliveries: _note adds those.
+        """
         if (path / "new" / unique).exists():
             return True
-        prefix = unique + ":"
-        with os.scandir(path / "cur") as it:
-            return any(e.name == unique or e.name.startswith(prefix) for e in it)
+        key = str(path)
+        with self._known_lock:
+            names = self._known.get(key)
+            if names is not None:
+                self._known.move_to_end(key)
+        if names is None:
+            names = set()
+            for sub in ("new", "cur"):
+                with os.scandir(path / sub) as it:
+                    names.update(e.name.partition(":")[0] for e in it)
+            with self._known_lock:
+                names = self._known.setdefault(key, names)
+                while len(self._known) > _KNOWN_MAILDIRS:
+                    self._known.popitem(last=False)
+        return unique in names
+
+    def _note(self, path: Path, unique: str) -> None:
+        with self._known_lock:
+            names = self._known.get(str(path))
+            if names is not None:
+                names.add(unique)
 
     def open_maildrop(self, mailbox: str):
         from gateway.store.maildrop import Maildrop

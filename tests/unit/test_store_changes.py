@@ -202,3 +202,20 @@ def test_a_delivery_to_a_folder_nobody_opened_is_found_at_the_first_open(store, 
     assert not any(p.endswith("/new") for p in listings)
     inbox = store.open_folders(BOX).open("INBOX")
     assert [inbox.by_uid[u].base for u in inbox.uids] == ["U1"]
+
+
+def test_recovered_deliveries_list_a_big_maildir_once_and_are_not_repeated(store, listings):
+    root = big_inbox(store, 3000)
+    store.deliver(BOX, b"Subject: 0\r\n\r\n", "Q0")  # before the crash, then flagged
+    os.rename(root / "new" / "Q0", root / "cur" / "Q0:2,S")
+    store.deliver(BOX, b"Subject: 1\r\n\r\n", "Q1")
+    again = MaildirStore(store.root)  # the process after the crash
+    listings.clear()
+    results = [again.deliver(BOX, b"Subject: %d\r\n\r\n" % n, f"Q{n}", recovering=True)
+               for n in range(20)]
+    assert results == [False, False] + [True] * 18
+    assert sorted(listings) == [str(root / "cur"), str(root / "new")]  # once, not per entry
+    # Delivered by this process after its listing, then flagged by a client: still known.
+    os.rename(root / "new" / "Q5", root / "cur" / "Q5:2,S")
+    assert again.deliver(BOX, b"Subject: 5\r\n\r\n", "Q5", recovering=True) is False
+    assert len(os.listdir(root / "new")) + len(os.listdir(root / "cur")) == 3000 + 20
