@@ -202,6 +202,10 @@ class Folder:
                 self.by_base[m.base] = m  # known: a sync() meanwhile must not add it again
             self._staged += staged
 
+    def pending(self) -> bool:
+        """Deliveries renamed in and not yet published (the registry keeps such a folder)."""
+        return bool(self._arrived or self._staged)
+
     def publish_arrived(self) -> list[int]:
         """Show what index_arrived() indexed to the sessions (EXISTS, IDLE); its UIDs."""
         with self.lock:

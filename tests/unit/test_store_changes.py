@@ -13,6 +13,7 @@ import pytest
 
 import gateway.durable as durable
 import gateway.store.folder as folder_mod
+from gateway.store.folders import FolderRegistry, FolderSet
 from gateway.store.index import Index
 from gateway.store.maildir import MaildirStore
 
@@ -219,3 +220,20 @@ def test_recovered_deliveries_list_a_big_maildir_once_and_are_not_repeated(store
     os.rename(root / "new" / "Q5", root / "cur" / "Q5:2,S")
     assert again.deliver(BOX, b"Subject: 5\r\n\r\n", "Q5", recovering=True) is False
     assert len(os.listdir(root / "new")) + len(os.listdir(root / "cur")) == 3000 + 20
+
+
+def test_a_folder_with_deliveries_not_yet_indexed_stays_in_the_registry(tmp_path):
+    store = MaildirStore(tmp_path / "mail")
+    registry = FolderRegistry(lambda f: f(), keep=1)
+    folders = FolderSet(store.ensure(BOX), registry)
+    folders.ensure_defaults()
+    inbox = folders.open("INBOX")
+    root = store.mailbox_path(BOX)
+    (root / "tmp" / "U1").write_bytes(b"Subject: x\r\n\r\n")
+    inbox.arrived(root / "tmp" / "U1", "U1")  # its trip has not indexed it yet
+    folders.open("Trash")  # over keep: the registry evicts what it can
+    assert registry.get(root) is inbox
+    inbox.index_arrived()
+    inbox.publish_arrived()
+    folders.open("Drafts")
+    assert registry.get(root) is None  # idle again: evicted as before
