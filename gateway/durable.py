@@ -15,9 +15,12 @@ then renames them into place, marks the directories (sync_dir), and returns
 its result. A trip runs every call up to its yield, makes all their files
 durable at once, resumes them, and makes all the marked directories durable,
 then runs what the calls asked for with when_durable (once each: a Maildir
-folder indexes all of the trip's deliveries in one transaction), before any
-call's result is given back. So "durable before the 250" holds
-for each call, and "data before the name" (the Maildir and spool rule) too.
+folder publishes all of the trip's deliveries at once), before any call's
+result is given back. So "durable before the 250" holds for each call, and
+"data before the name" (the Maildir and spool rule) too. Writes that may ride
+the directories' sync (an index commit) run just before it (before_durable);
+in "filesystem" mode that one syncfs makes them durable too (rides_dir_sync()),
+so they need no fsync of their own.
 
 How a trip makes things durable is its sync mode:
   "filesystem"  one syncfs(2) per filesystem per step, for every file and
@@ -127,6 +130,7 @@ class _Trip:
         self.sync = sync
         self.files: set[str] = set()  # directories of files written since the last step
         self.dirs: set[str] = set()   # directories with renames to make durable at the end
+        self.before: dict[Callable[[], Any], None] = {}  # before_durable calls, once each
         self.after: dict[Callable[[], Any], None] = {}  # when_durable calls, in order, once each
 
     def flush_files(self) -> None:
@@ -198,12 +202,30 @@ def sync_dir(path: Path | str) -> None:
         trip.dirs.add(str(path))
 
 
+def before_durable(f: Callable[[], Any]) -> None:
+    """Call f just before the renames marked so far are made durable: now outside a
+    trip, else once, after the trip's last step and before its directory sync
+    (there an exception from it is logged, not raised: the trip's calls are done)."""
+    trip = _trip()
+    if trip is None:
+        f()
+    else:
+        trip.before.setdefault(f, None)
+
+
+def rides_dir_sync() -> bool:
+    """True when the current trip's directory sync is a syncfs, which makes any file
+    written before it on that file system durable too: such a write needs no fsync."""
+    trip = _trip()
+    return trip is not None and trip.sync == "filesystem"
+
+
 def when_durable(f: Callable[[], Any]) -> None:
     """Call f once the renames marked so far are durable: now outside a trip, else
     at the end of the current trip, once however often it was asked for.
 
-    It runs even when the trip failed (the files it may look at are on disk,
-    durable or not), outside the trip; an exception from it is logged, not raised.
+    In a trip it runs even when the trip failed (the files it may look at are on
+    disk, durable or not), outside the trip; an exception from it is logged there.
     """
     trip = _trip()
     if trip is None:
@@ -237,6 +259,11 @@ def run_trip(calls: list[tuple[Callable[..., Any], tuple]], sync: str = "file"
             except OSError as e:
                 error = e  # thrown into each waiting call, which cleans up
             running = _advance(running, results, error)
+        for before in trip.before:
+            try:
+                before()
+            except Exception:
+                _log.failure("before a trip's sync: {call!r}", call=before)
         trip.flush_dirs()
     except OSError:
         # A directory could not be synced: no call of this trip may claim durability.

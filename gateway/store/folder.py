@@ -15,12 +15,12 @@ keywords) are kept untouched. IMAP keywords are kept in the index only.
 
 Finding changes: the gateway's own changes (deliveries, STORE, APPEND, COPY,
 EXPUNGE) update the index as they happen, so they never cost a listing: a
-delivery into new/ is learned from the name it wrote (arrived() and
-learn_arrived()), whatever the folder's size. Other programs (mutt, a POP3
-session, a second gateway) are found by directory mtimes: an mtime changes
-whenever a file is added, removed or renamed in the directory, so sync()
-stats new/ and cur/ and lists one only when its mtime differs from the one
-recorded. Two rules keep that honest:
+delivery into new/ is learned from the name it wrote (arrived(), then
+index_arrived() and publish_arrived()), whatever the folder's size. Other
+programs (mutt, a POP3 session, a second gateway) are found by directory
+mtimes: an mtime changes whenever a file is added, removed or renamed in the
+directory, so sync() stats new/ and cur/ and lists one only when its mtime
+differs from the one recorded. Two rules keep that honest:
 - An mtime less than two seconds old when recorded may hide a second change
   made within the same clock tick of the file system, so such a record is
   checked by one more listing once that mtime is two seconds old (not at
@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from gateway.durable import fsync_dir
+from gateway.durable import fsync_dir, rides_dir_sync
 from gateway.store.index import Index
 
 SUBS = ("new", "cur")
@@ -115,6 +115,7 @@ class Folder:
         self.recent: set[int] = set()  # found in new/, not yet claimed by a session
         self._seen: dict[str, tuple[int, bool] | None] = {"new": None, "cur": None}
         self._arrived: list[str] = []  # renamed into new/ by arrived(), not yet indexed
+        self._staged: list[Message] = []  # indexed by index_arrived(), not yet published
         self._listed: dict[str, int] = {}  # when each directory was last listed
         self.index = Index(self.path)
         self.uidvalidity = self.index.uidvalidity
@@ -170,30 +171,46 @@ class Folder:
 
     def arrived(self, tmp: Path, name: str) -> None:
         """Rename a delivered file from tmp/ into new/ as name (under the lock, so
-        the change is known to be ours); learn_arrived() then indexes it."""
+        the change is known to be ours); index_arrived() then indexes it."""
         with self.lock:
             with self._own_changes(("new",)):
                 os.rename(tmp, self.path / "new" / name)
             self._arrived.append(name)
 
-    def learn_arrived(self) -> list[int]:
-        """Index the files arrived() put into new/ since the last call, in one
-        transaction; returns their UIDs. Cost: one stat per file, whatever the
-        folder holds. The files are delivered already, so a failure here is
-        logged, not raised: the next sync() lists new/ and finds them."""
+    def index_arrived(self) -> None:
+        """Give the files arrived() put into new/ their UIDs, in arrival order and one
+        transaction: one stat per file, whatever the folder holds. publish_arrived()
+        shows them to sessions once they are durable. In a trip whose directory sync
+        is a syncfs, the index commit rides that sync (no fsync of its own).
+
+        The files are delivered already, so a failure here is logged, not raised:
+        the next sync() lists new/ and finds them."""
         with self.lock:
             names, self._arrived = self._arrived, []
+            fresh = []
+            for name in names:
+                base, sep, info = name.partition(":")
+                if base not in self.by_base:  # a sync() may have found it first
+                    fresh.append((base, "new", sep + info))
             try:
-                fresh = []
-                for name in names:
-                    base, sep, info = name.partition(":")
-                    if base not in self.by_base:  # a sync() may have found it first
-                        fresh.append((base, "new", sep + info))
-                added = self._add_found(fresh)
+                staged = self._index_found(fresh, synced=not rides_dir_sync())
             except Exception:
                 self._seen["new"] = None
                 _log.failure("indexing deliveries in {path}", path=str(self.path))
-                return []
+                return
+            for m in staged:
+                self.by_base[m.base] = m  # known: a sync() meanwhile must not add it again
+            self._staged += staged
+
+    def pending(self) -> bool:
+        """Deliveries renamed in and not yet published (the registry keeps such a folder)."""
+        return bool(self._arrived or self._staged)
+
+    def publish_arrived(self) -> list[int]:
+        """Show what index_arrived() indexed to the sessions (EXISTS, IDLE); its UIDs."""
+        with self.lock:
+            staged, self._staged = self._staged, []
+            added = self._publish(staged)
             if added:
                 self._notify([], [], added, None)
             return added
@@ -201,6 +218,8 @@ class Folder:
     def sync(self, force: bool = False) -> bool:
         """Bring the index in line with the Maildir; True when anything changed."""
         with self.lock:
+            if self._staged:  # UIDs taken before any this sync hands out: theirs come first
+                self.publish_arrived()
             listings = {sub: names for sub in SUBS
                         if (names := self._listing(sub, force)) is not None}
             if not listings:
@@ -239,6 +258,11 @@ class Folder:
             return bool(gone or changed or added)
 
     def _add_found(self, fresh: list[tuple[str, str, str]]) -> list[int]:
+        return self._publish(self._index_found(fresh))
+
+    def _index_found(self, fresh: list[tuple[str, str, str]], synced: bool = True
+                     ) -> list[Message]:
+        """UIDs in the index for these (base, sub, suffix); not yet in by_uid."""
         entries = []
         for base, sub, suffix in fresh:
             try:
@@ -248,11 +272,15 @@ class Folder:
             entries.append((st.st_mtime_ns, base, sub, suffix, st.st_size))
         entries.sort()  # UIDs in arrival order; the unique name breaks ties
         uids = self.index.add([(b, s, x, "", size, mt // 1_000_000_000)
-                               for mt, b, s, x, size in entries])
-        for uid, (mt, base, sub, suffix, size) in zip(uids, entries, strict=True):
-            self._remember(Message(uid, base, sub, suffix, "", size, mt // 1_000_000_000))
-        self.recent.update(u for u in uids if self.by_uid[u].sub == "new")
-        return uids
+                               for mt, b, s, x, size in entries], synced)
+        return [Message(uid, base, sub, suffix, "", size, mt // 1_000_000_000)
+                for uid, (mt, base, sub, suffix, size) in zip(uids, entries, strict=True)]
+
+    def _publish(self, messages: list[Message]) -> list[int]:
+        for m in messages:
+            self._remember(m)
+        self.recent.update(m.uid for m in messages if m.sub == "new")
+        return [m.uid for m in messages]
 
     def _remember(self, m: Message) -> None:
         self.by_uid[m.uid] = self.by_base[m.base] = m

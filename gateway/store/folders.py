@@ -102,7 +102,9 @@ class FolderRegistry:
     def _evict(self) -> None:
         # Dropped, not closed: a STATUS or APPEND in another thread may still hold
         # it; its SQLite connection closes when the last reference goes.
-        idle = [k for k, f in self._folders.items() if not f.listeners]
+        # Nor a folder with deliveries not yet indexed: a second Folder for the same
+        # directory would list and index them too (store/folder.py arrived()).
+        idle = [k for k, f in self._folders.items() if not f.listeners and not f.pending()]
         for key in idle[:max(0, len(self._folders) - self.keep)]:
             del self._folders[key]
 

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from zope.interface import implementer
 
-from gateway.durable import Steps, complete, fsync_dir, sync_dir, when_durable, write_file
+from gateway.durable import (
+    Steps,
+    before_durable,
+    complete,
+    fsync_dir,
+    sync_dir,
+    when_durable,
+    write_file,
+)
 from gateway.envelope import parse_address
 from gateway.interfaces import IMailStore
 from gateway.store.folder import Folder
@@ -26,6 +36,7 @@ from gateway.store.folders import FolderNameError, FolderRegistry, FolderSet, di
 # no "/", no leading dot, no "..", nothing outside printable ASCII.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~-][A-Za-z0-9!#$%&'*+=?^_`{|}~.-]{0,63}$")
 _UNIQUE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_KNOWN_MAILDIRS = 64  # listings kept for recovered deliveries (a set of names each)
 
 
 @implementer(IMailStore)
@@ -35,6 +46,9 @@ class MaildirStore:
         gateway passes reactor.callFromThread); by default f runs at once."""
         self.root = Path(root)
         self._folders = FolderRegistry(announce or _call_now)
+        # Maildir -> unique names in it, for deliveries recovered after a crash.
+        self._known: OrderedDict[str, set[str]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     def mailbox_path(self, mailbox: str) -> Path:
         """The Maildir of mailbox (user@domain); ValueError for a name unfit for a path."""
@@ -84,12 +98,15 @@ class MaildirStore:
             os.rename(tmp, path / "new" / unique)
         else:
             opened.arrived(tmp, unique)
+        self._note(path, unique)
         sync_dir(path / "new")  # at once, or once for the whole trip (gateway/durable.py)
         if opened is not None:
-            # Sessions (IDLE) hear of it once its name is durable, from the name
-            # itself: no listing, so a delivery into a 100,000-message INBOX costs
-            # what one into an empty one does. One index transaction per trip.
-            when_durable(opened.learn_arrived)
+            # The index learns of it from the name itself: no listing, so a delivery
+            # into a 100,000-message INBOX costs what one into an empty one does.
+            # One index transaction per trip, riding the trip's directory sync;
+            # sessions (IDLE) hear of it once both are durable.
+            before_durable(opened.index_arrived)
+            when_durable(opened.publish_arrived)
         return True
 
     @staticmethod
@@ -101,13 +118,37 @@ class MaildirStore:
             return inbox
         return path if path != inbox and (path / "cur").is_dir() else inbox
 
-    @staticmethod
-    def _already_there(path: Path, unique: str) -> bool:
+    def _already_there(self, path: Path, unique: str) -> bool:
+        """Was this copy delivered before the crash (a flag rename moves it to cur/)?
+
+        Asked for every entry found in the queue at start: one listing per Maildir
+        for all of them, not one per entry (thousands of entries for one big INBOX
+        would each list its 100,000 names). What a listing taken after the start
+        misses can only be this process's own deliveries: _note adds those.
+        """
         if (path / "new" / unique).exists():
             return True
-        prefix = unique + ":"
-        with os.scandir(path / "cur") as it:
-            return any(e.name == unique or e.name.startswith(prefix) for e in it)
+        key = str(path)
+        with self._known_lock:
+            names = self._known.get(key)
+            if names is not None:
+                self._known.move_to_end(key)
+        if names is None:
+            names = set()
+            for sub in ("new", "cur"):
+                with os.scandir(path / sub) as it:
+                    names.update(e.name.partition(":")[0] for e in it)
+            with self._known_lock:
+                names = self._known.setdefault(key, names)
+                while len(self._known) > _KNOWN_MAILDIRS:
+                    self._known.popitem(last=False)
+        return unique in names
+
+    def _note(self, path: Path, unique: str) -> None:
+        with self._known_lock:
+            names = self._known.get(str(path))
+            if names is not None:
+                names.add(unique)
 
     def open_maildrop(self, mailbox: str):
         from gateway.store.maildrop import Maildrop

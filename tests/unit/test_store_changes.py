@@ -13,6 +13,7 @@ import pytest
 
 import gateway.durable as durable
 import gateway.store.folder as folder_mod
+from gateway.store.folders import FolderRegistry, FolderSet
 from gateway.store.index import Index
 from gateway.store.maildir import MaildirStore
 
@@ -80,21 +81,54 @@ def test_a_delivery_into_a_large_open_folder_lists_nothing(store, listings):
     assert not inbox.sync() and listings == []  # and nothing is left to find by listing
 
 
-def test_a_trip_indexes_its_deliveries_once_after_their_names_are_durable(
-        store, monkeypatch):
+@pytest.fixture
+def trip_events(store, monkeypatch):
+    """What a trip does, in order: index commits (synced or not), syncs, session news."""
     inbox = store.open_folders(BOX).open("INBOX")
     events: list = []
     inbox.attach(Listener(events))
-    real_fsync_dir, real_add = durable.fsync_dir, Index.add
-    monkeypatch.setattr(durable, "fsync_dir",
-                        lambda p: events.append(("fsync", os.path.basename(p)))
-                        or real_fsync_dir(p))
-    monkeypatch.setattr(Index, "add", lambda self, entries: events.append(
-        ("index", len(entries))) or real_add(self, entries))
-    calls = [(store.deliver_steps, (BOX, b"Subject: %d\r\n\r\n" % n, f"T{n}")) for n in range(5)]
-    results = durable.run_trip(calls, sync="file")
-    assert results == [(True, True)] * 5
-    assert events == [("fsync", "new"), ("index", 5), ("changed", (1, 2, 3, 4, 5))]
+    real_fsync_dir, real_syncfs, real_add = durable.fsync_dir, durable._syncfs_each, Index.add
+    monkeypatch.setattr(durable, "fsync_dir", lambda p: events.append(
+        ("fsync", os.path.basename(p))) or real_fsync_dir(p))
+    monkeypatch.setattr(durable, "_syncfs_each", lambda dirs: (dirs and events.append(
+        ("syncfs", sorted(os.path.basename(d) for d in dirs)))) or real_syncfs(dirs))
+    monkeypatch.setattr(Index, "add", lambda self, entries, synced=True: events.append(
+        ("index", len(entries), synced)) or real_add(self, entries, synced))
+    return events
+
+
+def deliveries(store, n):
+    return [(store.deliver_steps, (BOX, b"Subject: %d\r\n\r\n" % i, f"T{i}")) for i in range(n)]
+
+
+def test_a_trip_indexes_its_deliveries_once_and_tells_sessions_after_the_sync(
+        store, trip_events):
+    assert durable.run_trip(deliveries(store, 5), sync="file") == [(True, True)] * 5
+    assert trip_events == [("index", 5, True), ("fsync", "new"),
+                           ("changed", (1, 2, 3, 4, 5))]
+
+
+@pytest.mark.skipif(not durable.syncfs_available(), reason="syncfs(2) is Linux only")
+def test_in_filesystem_mode_the_index_commit_rides_the_trips_syncfs(store, trip_events):
+    assert durable.run_trip(deliveries(store, 3), sync="filesystem") == [(True, True)] * 3
+    # No fsync of the index's own: the syncfs after it covers the index file too.
+    assert trip_events == [("syncfs", ["tmp"]), ("index", 3, False), ("syncfs", ["new"]),
+                           ("changed", (1, 2, 3))]
+
+
+def test_a_sync_between_index_and_publication_keeps_uids_in_order(store):
+    inbox = store.open_folders(BOX).open("INBOX")
+    listener = Listener()
+    inbox.attach(listener)
+    root = store.mailbox_path(BOX)
+    (root / "tmp" / "OURS").write_bytes(b"Subject: ours\r\n\r\n")
+    inbox.arrived(root / "tmp" / "OURS", "OURS")
+    inbox.index_arrived()  # UID 1 taken, not yet shown
+    (root / "new" / "OTHER").write_bytes(b"Subject: other\r\n\r\n")
+    assert inbox.sync(force=True)  # finds OTHER, and must not index OURS twice
+    assert [inbox.by_uid[u].base for u in inbox.uids] == ["OURS", "OTHER"]
+    assert listener.added == [1, 2]
+    assert inbox.publish_arrived() == []
 
 
 def test_a_change_by_another_program_is_still_found(store, listings):
@@ -169,3 +203,37 @@ def test_a_delivery_to_a_folder_nobody_opened_is_found_at_the_first_open(store, 
     assert not any(p.endswith("/new") for p in listings)
     inbox = store.open_folders(BOX).open("INBOX")
     assert [inbox.by_uid[u].base for u in inbox.uids] == ["U1"]
+
+
+def test_recovered_deliveries_list_a_big_maildir_once_and_are_not_repeated(store, listings):
+    root = big_inbox(store, 3000)
+    store.deliver(BOX, b"Subject: 0\r\n\r\n", "Q0")  # before the crash, then flagged
+    os.rename(root / "new" / "Q0", root / "cur" / "Q0:2,S")
+    store.deliver(BOX, b"Subject: 1\r\n\r\n", "Q1")
+    again = MaildirStore(store.root)  # the process after the crash
+    listings.clear()
+    results = [again.deliver(BOX, b"Subject: %d\r\n\r\n" % n, f"Q{n}", recovering=True)
+               for n in range(20)]
+    assert results == [False, False] + [True] * 18
+    assert sorted(listings) == [str(root / "cur"), str(root / "new")]  # once, not per entry
+    # Delivered by this process after its listing, then flagged by a client: still known.
+    os.rename(root / "new" / "Q5", root / "cur" / "Q5:2,S")
+    assert again.deliver(BOX, b"Subject: 5\r\n\r\n", "Q5", recovering=True) is False
+    assert len(os.listdir(root / "new")) + len(os.listdir(root / "cur")) == 3000 + 20
+
+
+def test_a_folder_with_deliveries_not_yet_indexed_stays_in_the_registry(tmp_path):
+    store = MaildirStore(tmp_path / "mail")
+    registry = FolderRegistry(lambda f: f(), keep=1)
+    folders = FolderSet(store.ensure(BOX), registry)
+    folders.ensure_defaults()
+    inbox = folders.open("INBOX")
+    root = store.mailbox_path(BOX)
+    (root / "tmp" / "U1").write_bytes(b"Subject: x\r\n\r\n")
+    inbox.arrived(root / "tmp" / "U1", "U1")  # its trip has not indexed it yet
+    folders.open("Trash")  # over keep: the registry evicts what it can
+    assert registry.get(root) is inbox
+    inbox.index_arrived()
+    inbox.publish_arrived()
+    folders.open("Drafts")
+    assert registry.get(root) is None  # idle again: evicted as before
