@@ -35,5 +35,9 @@ class AuthThrottled(Exception):
     [UNAVAILABLE]."""
 
 
+class StartupError(Exception):
+    """The gateway cannot start (its state_dir is in use): one line for the admin."""
+
+
 class SpoolError(Exception):
     """The spool could not store or update an entry (disk full, I/O error)."""

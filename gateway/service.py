@@ -13,7 +13,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway import proxyproto, tls, tlsfront
+from gateway import proxyproto, runlock, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
@@ -71,6 +71,8 @@ class PoolsService(service.Service):
 def build(settings: Settings, reactor) -> service.MultiService:
     """The whole gateway for settings, as one twistd service."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # One gateway per state_dir; sockets and locks a killed one left are cleared.
+    run_lock = runlock.claim(settings.state_dir)
     tls.ensure_certificate(settings.certificate, settings.private_key, settings.hostname)
     tls_options = tls.server_options(settings.certificate, settings.private_key)
     # Spool writes and Maildir deliveries run in the reactor's threads.
@@ -94,6 +96,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
     top = service.MultiService()
+    top.run_lock = run_lock  # held (open) as long as the gateway runs
     PoolsService(auth_pool, mailbox_pool).setServiceParent(top)
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.python import usage
 
 from gateway import config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StartupError
 
 
 class Options(usage.Options):
@@ -23,8 +23,13 @@ def makeService(options: Options):
 
     from gateway import service
 
+    # Errors as lines for the admin, not tracebacks: twistd calls this after it has
+    # parsed its options, where a UsageError is no longer turned into a message.
     try:
         settings = config.load(options["config"])
     except ConfigError as e:
-        raise usage.UsageError(f"configuration errors:\n{e}") from None
-    return service.build(settings, reactor)
+        raise SystemExit(f"mailgateway: configuration errors:\n{e}") from None
+    try:
+        return service.build(settings, reactor)
+    except StartupError as e:
+        raise SystemExit(f"mailgateway: {e}") from None

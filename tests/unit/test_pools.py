@@ -52,7 +52,9 @@ def built(state_dir):
                                  for name in ("smtp", "submission", "pop3", "imap")},
                       "threads": {"auth": 3, "mailbox": 5}})
     reactor = PoolReactor()
-    return service.build(settings, reactor), reactor
+    top = service.build(settings, reactor)
+    yield top, reactor
+    top.run_lock.close()
 
 
 def test_password_checks_run_in_the_auth_pool_not_the_reactors(built):
