@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.config_checks import endpoint_fault, state_dir_fault, tls_pair_faults
 from gateway.config_tlsfront import (  # noqa: F401 (config.FrontSettings etc. for callers)
     CLIENT_VERIFY,
     DEFAULT_FRONT_CIPHERS,
@@ -248,6 +249,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError([(source, "", f"cannot read: {e.strerror}")]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError([(source, "", f"not UTF-8 text (byte {e.start})")]) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([(source, "", f"not valid TOML: {e}")]) from e
     return parse(data, source)
@@ -263,6 +266,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         r.fault("server", "domains", "must be a non-empty list of domain names")
         domains = []
     state_dir = Path(r.get("server", "state_dir", str, "./var"))
+    if (fault := state_dir_fault(state_dir)) is not None:
+        r.fault("server", "state_dir", fault)
     networks = []
     for net in r.get("server", "trusted_networks", list, []):
         try:
@@ -275,6 +280,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         value = r.get("listen", name, str, default)
         if value and not value.startswith(_ENDPOINT_KINDS):
             r.fault("listen", name, f"{value!r} is not a Twisted endpoint string (tcp:PORT:...)")
+        elif (fault := endpoint_fault(value)) is not None:
+            r.fault("listen", name, fault)
         listen[name] = value
 
     cert = r.get("tls", "certificate", str, "")
@@ -282,9 +289,14 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     if bool(cert) != bool(key):
         r.fault("tls", "certificate" if not cert else "private_key",
                 "certificate and private_key must be given together")
+    missing = False
     for k, v in (("certificate", cert), ("private_key", key)):
         if v and not Path(v).is_file():
             r.fault("tls", k, f"no such file: {v}")
+            missing = True
+    if cert and key and not missing:
+        for k, reason in tls_pair_faults(Path(cert), Path(key)):
+            r.fault("tls", k, reason)
 
     bare = r.get("smtp", "bare_linefeeds", str, "reject")
     if bare not in ("reject", "accept"):
@@ -341,6 +353,14 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
+    for name, endpoint in proxied.listen.items():
+        if endpoint.startswith(("tcp:", "tcp6:")) and networks:
+            # Any local user can connect to a tcp: port and claim, in a PROXY header,
+            # an address of trusted_networks: an open relay. Unix sockets are guarded
+            # by their mode.
+            r.fault("proxied", name, f"{endpoint!r} is a tcp: listener while "
+                    "server.trusted_networks is not empty: anyone who can connect to it "
+                    "can claim a trusted address and relay; use a unix: socket")
     r.unknown_keys()
     if r.problems:
         raise ConfigError(r.problems)
@@ -524,6 +544,8 @@ def load_fronts(path: str | os.PathLike[str]) -> tuple[FrontSettings, ...]:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError([(source, "", f"cannot read: {e.strerror}")]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError([(source, "", f"not UTF-8 text (byte {e.start})")]) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([(source, "", f"not valid TOML: {e}")]) from e
     if set(data) - {"tlsfront"}:
