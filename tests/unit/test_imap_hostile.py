@@ -251,3 +251,10 @@ def test_raw_8bit_headers_are_served_and_searchable(env):
     assert s("SEARCH FROM jürgen".encode()).startswith(b"* SEARCH 1\r\n")
     assert s("SEARCH HEADER Subject caf").startswith(b"* SEARCH 1\r\n")
     assert s("SEARCH NOT SUBJECT caf").startswith(b"* SEARCH 2\r\n")
+
+
+def test_a_pipelined_flood_is_served_in_slices_between_other_clients(env):
+    s = env()
+    s.proto.dataReceived(b"".join(b"c%d NOOP\r\n" % n for n in range(300)))
+    assert s.transport.value().count(b" OK NOOP completed\r\n") == 64
+    assert s.take().count(b" OK NOOP completed\r\n") == 300
