@@ -110,7 +110,8 @@ class ThreadSettings:
     """[threads]: pools by kind of slow work (service.py), so one kind never waits on another."""
 
     auth: int = 2  # password hashes (scrypt) for SMTP AUTH, POP3 and IMAP logins
-    mailbox: int = 4  # POP3 and IMAP folder work: opening, SEARCH, FETCH, COPY
+    mailbox: int = 4  # POP3 and IMAP folder work: opening, FETCH, COPY, EXPUNGE
+    search: int = 1  # IMAP SEARCH
 
 
 # [queue] sync: how a group commit makes writes durable (gateway/durable.py).
@@ -349,7 +350,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
             r.fault("auth", name, f"must be 0 or greater, not {getattr(auth_guard, name)}")
     threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
                              mailbox=r.positive("threads", "mailbox", int,
-                                                ThreadSettings.mailbox))
+                                                ThreadSettings.mailbox),
+                             search=r.positive("threads", "search", int, ThreadSettings.search))
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)

@@ -88,6 +88,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     auth_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.auth, name="auth")
     mailbox_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.mailbox,
                               name="mailbox")
+    search_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.search, name="search")
     # One guessing budget for SMTP AUTH, POP3 and IMAP (access/authguard.py).
     users = GuardedDirectory(UserDirectory(settings.users_file, reactor, auth_pool),
                              settings.auth_guard, reactor)
@@ -97,7 +98,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
     top = service.MultiService()
     top.run_lock = run_lock  # held (open) as long as the gateway runs
-    PoolsService(auth_pool, mailbox_pool).setServiceParent(top)
+    PoolsService(auth_pool, mailbox_pool, search_pool).setServiceParent(top)
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,
                       max_age=settings.queue.max_age, run_blocking=run_blocking)
@@ -129,7 +130,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
         strports.service(settings.listen["pop3"], factory, reactor=reactor).setServiceParent(top)
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
         factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options,
-                                            mailbox_pool)
+                                            mailbox_pool, search_pool)
     if settings.listen["imap"]:
         strports.service(settings.listen["imap"], factory, reactor=reactor).setServiceParent(top)
     _fronts(settings, factories, reactor, top)
@@ -141,12 +142,15 @@ def build(settings: Settings, reactor) -> service.MultiService:
 # --- IMAP4 ---------------------------------------------------------------------------
 
 
-def _imap(settings: Settings, reactor, users, store, tls_options, pool) -> IMAPFactory:
-    """The IMAP server's factory; its folder work runs in the mailbox thread pool."""
+def _imap(settings: Settings, reactor, users, store, tls_options, pool,
+          search_pool) -> IMAPFactory:
+    """The IMAP server's factory; its folder work runs in the mailbox thread pool, its
+    searches in the search pool."""
     return IMAPFactory(
         hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
         plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-        settings=settings.imap, reactor=reactor, run_blocking=in_thread(reactor, pool))
+        settings=settings.imap, reactor=reactor, run_blocking=in_thread(reactor, pool),
+        run_search=in_thread(reactor, search_pool))
 
 
 # --- outbound relay ------------------------------------------------------------------

@@ -77,6 +77,15 @@ def test_mailbox_work_runs_in_the_mailbox_pool(built, name):
     assert mailbox.max == 5 and mailbox.q.qsize() == 1
 
 
+def test_searches_run_in_the_search_pool(built):
+    top, reactor = built
+    factory = factories(top)["IMAPFactory"]
+    factory.run_search(lambda: None)
+    pools = {p.name: p for p in [s for s in top if isinstance(s, service.PoolsService)][0].pools}
+    assert reactor.pool.q.qsize() == 0 and pools["mailbox"].q.qsize() == 0
+    assert pools["search"].max == 1 and pools["search"].q.qsize() == 1
+
+
 def test_pool_sizes_are_checked():
     with pytest.raises(ConfigError, match="threads"):
         parse({"server": {"domains": ["example.test"]}, "threads": {"auth": 0}})
