@@ -77,3 +77,16 @@ def test_a_state_dir_under_a_file_is_a_fault(tmp_path):
 
 def test_a_file_that_is_not_utf8_is_a_fault(tmp_path):
     assert faults(tmp_path, b'# caf\xe9\n') == [("", "not UTF-8 text (byte 41)")]
+
+
+@pytest.mark.parametrize("name", ["a/b@example.test", '"a..b"@example.test',
+                                  '"a b"@example.test', "a/b@"])
+def test_user_add_refuses_names_that_cannot_be_a_mailbox(tmp_path, name):
+    from gateway.access import auth
+    from gateway.errors import MailError
+
+    with pytest.raises(MailError):
+        auth.set_password(tmp_path / "users", name, "pw")
+    assert auth.read_users(tmp_path / "users") == {}
+    assert auth.set_password(tmp_path / "users", "o'brien@example.test", "pw") \
+        == "o'brien@example.test"
