@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-abuse clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: lint
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/smtp_accept.py
+
+# Issue 11's attacks, each against a real gateway while a good client works.
+bench-abuse: $(BIN)/.installed
+	$(BIN)/python bench/abuse.py
 
 clean:
 	rm -rf $(VENV) var

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.config_checks import endpoint_fault
 from gateway.config_tlsfront import (  # noqa: F401 (config.FrontSettings etc. for callers)
     CLIENT_VERIFY,
     DEFAULT_FRONT_CIPHERS,
@@ -116,7 +117,8 @@ class ThreadSettings:
     """[threads]: pools by kind of slow work (service.py), so one kind never waits on another."""
 
     auth: int = 2  # password hashes (scrypt) for SMTP AUTH, POP3 and IMAP logins
-    mailbox: int = 4  # POP3 and IMAP folder work: opening, SEARCH, FETCH, COPY
+    mailbox: int = 4  # POP3 and IMAP folder work: opening, FETCH, COPY, EXPUNGE
+    search: int = 1  # IMAP SEARCH
 
 
 # [queue] sync: how a group commit makes writes durable (gateway/durable.py).
@@ -356,6 +358,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         value = r.get("listen", name, str, default)
         if value and not value.startswith(_ENDPOINT_KINDS):
             r.fault("listen", name, f"{value!r} is not a Twisted endpoint string (tcp:PORT:...)")
+        elif (fault := endpoint_fault(value)) is not None:
+            r.fault("listen", name, fault)
         listen[name] = value
 
     cert = r.get("tls", "certificate", str, "")
@@ -363,6 +367,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     if bool(cert) != bool(key):
         r.fault("tls", "certificate" if not cert else "private_key",
                 "certificate and private_key must be given together")
+    # Whether they make a pair, and state_dir, are checked by gateway/startup.py
+    # (as the serving user), at check-config and at start.
     for k, v in (("certificate", cert), ("private_key", key)):
         if v and not Path(v).is_file():
             r.fault("tls", k, f"no such file: {v}")
@@ -420,13 +426,22 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
             r.fault("auth", name, f"must be 0 or greater, not {getattr(auth_guard, name)}")
     threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
                              mailbox=r.positive("threads", "mailbox", int,
-                                                ThreadSettings.mailbox))
+                                                ThreadSettings.mailbox),
+                             search=r.positive("threads", "search", int, ThreadSettings.search))
     metrics = r.get("metrics", "listen", str, "")
     if metrics and not metrics.startswith(("tcp:", "tcp6:", "unix:")):
         r.fault("metrics", "listen", f"{metrics!r} is not a tcp: or unix: endpoint string")
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
+    for name, endpoint in proxied.listen.items():
+        if endpoint.startswith(("tcp:", "tcp6:")) and networks:
+            # Any local user can connect to a tcp: port and claim, in a PROXY header,
+            # an address of trusted_networks: an open relay. Unix sockets are guarded
+            # by their mode.
+            r.fault("proxied", name, f"{endpoint!r} is a tcp: listener while "
+                    "server.trusted_networks is not empty: anyone who can connect to it "
+                    "can claim a trusted address and relay; use a unix: socket")
     r.unknown_keys()
     if r.problems:
         raise ConfigError(r.problems)

@@ -28,6 +28,11 @@ from zope.interface import implementer
 
 BUSY = "busy"
 OUTPUT = "output"
+TURN = "turn"
+# Commands one session may run in one turn of the reactor before the others get
+# theirs: 64 KiB of pipelined NOOPs is 11,000 commands, and run in one go they
+# would hold every other client for a tenth of a second per read.
+COMMANDS_PER_TURN = 64
 
 
 @implementer(IPushProducer)
@@ -43,6 +48,7 @@ class ReadGate:
         self._resume = resume
         self._holds: set[str] = set()
         self.stopped = False
+        self._spent = 0
 
     @property
     def open(self) -> bool:
@@ -63,6 +69,15 @@ class ReadGate:
 
     def held(self, reason: str) -> bool:
         return reason in self._holds
+
+    def spend(self, clock: Any) -> None:
+        """Count one command; past COMMANDS_PER_TURN, pause until the reactor's next turn
+        so that one client's pipelined flood is served in slices between the others."""
+        self._spent += 1
+        if self._spent >= COMMANDS_PER_TURN and not self.held(TURN):
+            self._spent = 0
+            self.hold(TURN)
+            clock.callLater(0, self.release, TURN)
 
     # -- IPushProducer: the transport's write side tells us when its buffer is full --
 

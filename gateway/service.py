@@ -14,7 +14,7 @@ from twisted.internet import task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway import aliasfile, metrics_web, proxyproto, tls, tlsfront
+from gateway import aliasfile, metrics_web, proxyproto, runlock, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
@@ -82,6 +82,8 @@ class PoolsService(service.Service):
 def build(settings: Settings, reactor) -> service.MultiService:
     """The whole gateway for settings, as one twistd service."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # One gateway per state_dir; sockets and locks a killed one left are cleared.
+    run_lock = runlock.claim(settings.state_dir)
     tls.ensure_certificate(settings.certificate, settings.private_key, settings.hostname)
     # STARTTLS/STLS: the [tls] files, read again when they change (ACME renewals).
     tls_options = tls.ReloadingServerTLS(settings.certificate, settings.private_key)
@@ -98,6 +100,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     auth_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.auth, name="auth")
     mailbox_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.mailbox,
                               name="mailbox")
+    search_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.search, name="search")
     # One guessing budget for SMTP AUTH, POP3 and IMAP (access/authguard.py).
     users = GuardedDirectory(UserDirectory(settings.users_file, reactor, auth_pool),
                              settings.auth_guard, reactor)
@@ -113,7 +116,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
     top = service.MultiService()
-    PoolsService(auth_pool, mailbox_pool).setServiceParent(top)
+    top.run_lock = run_lock  # held (open) as long as the gateway runs
+    PoolsService(auth_pool, mailbox_pool, search_pool).setServiceParent(top)
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,
                       max_age=settings.queue.max_age, run_blocking=run_blocking)
@@ -168,7 +172,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
         _listen("listen.pop3", settings.listen["pop3"], factory, reactor, top)
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
         factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options,
-                                            mailbox_pool, ArchiveFolders(list_store, archive))
+                                            mailbox_pool, search_pool,
+                                            ArchiveFolders(list_store, archive))
     if settings.listen["imap"]:
         _listen("listen.imap", settings.listen["imap"], factory, reactor, top)
     _fronts(settings, factories, reactor, top)
@@ -198,15 +203,16 @@ def _metrics(settings: Settings, spool: Spool, reactor, parent) -> None:
 # --- IMAP4 ---------------------------------------------------------------------------
 
 
-def _imap(settings: Settings, reactor, users, store, tls_options, pool, shared
-          ) -> IMAPFactory:
-    """The IMAP server's factory; its folder work runs in the mailbox thread pool.
-    shared: the list archives each user may read, as the shared namespace "Lists."."""
+def _imap(settings: Settings, reactor, users, store, tls_options, pool, search_pool,
+          shared) -> IMAPFactory:
+    """The IMAP server's factory; its folder work runs in the mailbox thread pool, its
+    searches in the search pool. shared: the list archives each user may read, as
+    the shared namespace "Lists."."""
     return IMAPFactory(
         hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
         plaintext_from_loopback=settings.plaintext_auth_from_loopback,
         settings=settings.imap, reactor=reactor, run_blocking=in_thread(reactor, pool),
-        shared=shared)
+        run_search=in_thread(reactor, search_pool), shared=shared)
 
 
 # --- outbound relay ------------------------------------------------------------------

@@ -220,6 +220,7 @@ class SMTPServer(SMTPAuth, ESMTP):
             self._bad(500, "5.5.6", f"Line too long (limit {limit} octets)")
             return True
         self.resetTimeout()
+        self._gate.spend(self.factory.reactor)
         result = self.lineReceived(line)
         if isinstance(result, defer.Deferred):
             self._gate.hold(flow.BUSY)

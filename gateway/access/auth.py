@@ -25,6 +25,7 @@ from gateway.durable import write_synced
 from gateway.envelope import normalize_address
 from gateway.errors import MailError
 from gateway.interfaces import IUserDirectory
+from gateway.store.maildir import MaildirStore
 
 # scrypt cost: N=2^15, r=8, p=1 is OWASP's 2023 minimum for interactive logins.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
@@ -81,6 +82,13 @@ def write_users(path: Path, users: dict[str, str]) -> None:
 
 def set_password(path: Path, address: str, password: str) -> str:
     address = normalize_address(address).lower()
+    try:
+        # The store's own rule for names that become directories (no "/", "..", spaces):
+        # a user who cannot have a Maildir is refused now, not at the first delivery.
+        MaildirStore(path.parent / "mail").mailbox_path(address)
+    except ValueError:
+        raise MailError(501, "5.1.3", f"{address!r} cannot be a mailbox name (letters, "
+                        "digits and !#$%&'*+-=?^_`{|}~. only, no \"..\")") from None
     users = read_users(path)
     users[address] = hash_password(password)
     write_users(path, users)

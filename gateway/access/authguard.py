@@ -8,7 +8,11 @@ with the larger count (failure_delay up to failure_delay_max); past
 max_failures_per_client (or max_failures_per_account) further attempts are
 refused at once with AuthThrottled, a temporary error, without hashing the
 password (guessing then costs the gateway nothing), until the window has
-passed since the last failure. Each refusal and each failure is logged with
+passed since the last failure. The checks of one client address run one at a
+time (answer delays included), so forty parallel connections guessing from
+one address hash one password at a time, and a well-behaved client from
+another address waits behind at most one of theirs in the auth threads.
+Each refusal and each failure is logged with
 the client address, in one line a fail2ban filter can match:
 
     auth failure user=<u> client=<ip> failures=<n>
@@ -46,6 +50,7 @@ class GuardedDirectory:
         self.settings = settings
         self.clock = clock
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (n, last)
+        self._turns: dict[str, defer.DeferredSemaphore] = {}  # client -> one check at a time
 
     def exists(self, address: str) -> bool:
         return self.users.exists(address)
@@ -82,6 +87,20 @@ class GuardedDirectory:
     # -- IUserDirectory ---------------------------------------------------------------
 
     def authenticate(self, address: str, password: str, client: str = "") -> defer.Deferred:
+        if not client:
+            return self._check(address, password, client)
+        turn = self._turns.get(client)
+        if turn is None:
+            turn = self._turns[client] = defer.DeferredSemaphore(1)
+
+        def done(result: object) -> object:
+            if turn.tokens == turn.limit and not turn.waiting:
+                self._turns.pop(client, None)  # nobody from there is waiting: forget it
+            return result
+
+        return turn.run(self._check, address, password, client).addBoth(done)
+
+    def _check(self, address: str, password: str, client: str) -> defer.Deferred:
         s = self.settings
         by_client, client_last = self._count("client " + client) if client else (0, 0.0)
         by_account, account_last = self._count("account " + address.lower())

@@ -167,6 +167,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
                    and not getattr(self.transport, "disconnecting", False)):
                 line = self._lines.popleft()
                 self._pending -= len(line)
+                self._gate.spend(self.factory.reactor)
                 if len(line) > self.settings.max_command_length:
                     self.lineLengthExceeded(line)
                     break

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import imaplib
+import os
 import poplib
 import random
 import signal
@@ -203,6 +204,34 @@ def test_the_front_works_again_after_kill_9(make_tls_gateway, ca):
     wait_ports(smtps)
     with SMTPFromClient(smtps, ca) as s:
         assert b"[127.0.0.2]" in s.ehlo("client.test")[1]
+
+
+def test_restart_after_kill_9_when_the_stale_locks_name_a_live_pid(make_tls_gateway, ca):
+    smtps, pop3s = free_port(), free_port()
+    gw = make_tls_gateway(front_config(smtps, pop3s))
+    wait_ports(smtps)
+    gw.kill9()
+    locks = sorted((gw.state / "run").glob("*.sock.lock"))
+    assert locks
+    for lock in locks:  # the PID in each lock is alive again (PID reuse after a reboot)
+        lock.unlink()
+        os.symlink(str(os.getpid()), lock)
+    gw.start()
+    wait_ports(smtps)
+    with SMTPFromClient(smtps, ca) as s:
+        assert b"[127.0.0.2]" in s.ehlo("client.test")[1]
+    assert "removed" in gw.log_text()
+
+
+def test_a_second_gateway_on_the_same_state_dir_is_refused_in_one_line(make_tls_gateway):
+    gw = make_tls_gateway()
+    other = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "mailgateway", "--config",
+                            str(gw.config)], cwd=gw.root, capture_output=True, text=True,
+                           timeout=60)
+    assert other.returncode != 0
+    assert f"another gateway (pid {gw.proc.pid}) is running with this state_dir" \
+        in other.stdout + other.stderr
+    assert "Traceback" not in other.stdout + other.stderr
 
 
 def serial_of(port: int, ca: trustme.CA) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fake_users import BOX, PASSWORD, FakeUsers  # noqa: F401  (re-exported to tests)
+from turns import next_turns
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITLSTransport
@@ -52,6 +53,7 @@ class Session:
         self.n = 0
 
     def take(self) -> bytes:
+        next_turns(self.proto.factory.reactor)
         out = self.transport.value()
         self.transport.clear()
         return out

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fake_users import BOX, PASSWORD, FakeUsers  # noqa: F401  (re-exported to tests)
+from turns import next_turns
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -55,6 +56,7 @@ class Dialogue:
         self.greeting = self.take()
 
     def take(self) -> bytes:
+        next_turns(self.clock)
         while self.transport.producer is not None and not self.transport.streaming:
             # a RETR/TOP sender (pull producer): what a real transport does is ask for more
             self.transport.producer.resumeProducing()

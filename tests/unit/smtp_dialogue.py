@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from turns import next_turns
 from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -92,6 +93,7 @@ class Dialogue:
         self.greeting = self.read()
 
     def read(self) -> bytes:
+        next_turns(self.clock)
         out = self.transport.value()
         self.transport.clear()
         return out

@@ -128,3 +128,15 @@ def test_budget_settings_are_read_and_checked():
         parse({"server": {"domains": ["example.test"]}, "auth": {"failure_delay": -1}})
     assert [(k, r) for _, k, r in e.value.problems] == [
         ("auth.failure_delay", "must be 0 or greater, not -1.0")]
+
+
+def test_checks_from_one_address_run_one_at_a_time(guard):
+    first = outcome(guard.authenticate(BOX, "guess", client="192.0.2.1"))
+    second = outcome(guard.authenticate(BOX, "guess", client="192.0.2.1"))
+    other = outcome(guard.authenticate(BOX, PASSWORD, client="192.0.2.9"))
+    assert len(guard.users.calls) == 2 and other == [BOX]  # the second waits its turn
+    guard.clock.advance(1)  # the first failure is answered: the second is checked
+    assert first[0].check(UnauthorizedLogin) and second == [] and len(guard.users.calls) == 3
+    guard.clock.advance(2)
+    assert second[0].check(UnauthorizedLogin)
+    assert guard._turns == {}  # nothing kept for addresses with nothing waiting

@@ -225,3 +225,36 @@ def test_a_literal_trickling_in_meets_its_deadline(env):
     assert s.transport.disconnected
     s.drop()  # what the reactor does next: the partial upload is removed
     assert list((env.store.mailbox_path(BOX) / "tmp").iterdir()) == []
+
+
+# -- 8-bit header bytes any sender can deliver -----------------------------------------
+
+RAW_8BIT = (b"From: J\xfcrgen <j@example.test>\r\nTo: a@example.test\r\n"
+            b"Subject: caf\xe9 \xff\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\nbody\r\n")
+
+
+def test_raw_8bit_headers_are_served_and_searchable(env):
+    env.store.deliver(BOX, RAW_8BIT, "1.U1.host")
+    env.store.deliver(BOX, b"Subject: plain\r\n\r\nx\r\n", "2.U2.host")
+    s = env()
+    s.login()
+    s("SELECT INBOX")
+    out = s("FETCH 1:2 ENVELOPE")
+    # RFC 3501 4.3: 8-bit is allowed in literals; the bytes go out as delivered.
+    assert b' {6}\r\ncaf\xe9 \xff (({6}\r\nJ\xfcrgen NIL "j" "example.test"))' in out
+    assert b'* 2 FETCH (ENVELOPE (NIL "plain"' in out
+    out = s("FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
+    assert b"{19}\r\nSubject: caf\xe9 \xff\r\n\r\n)" in out
+    # Unlabelled 8-bit that is not UTF-8 reads as Latin-1: "café" finds it.
+    assert s("SEARCH CHARSET UTF-8 SUBJECT caf\xc3\xa9".encode("latin-1")).startswith(
+        b"* SEARCH 1\r\n")
+    assert s("SEARCH FROM jürgen".encode()).startswith(b"* SEARCH 1\r\n")
+    assert s("SEARCH HEADER Subject caf").startswith(b"* SEARCH 1\r\n")
+    assert s("SEARCH NOT SUBJECT caf").startswith(b"* SEARCH 2\r\n")
+
+
+def test_a_pipelined_flood_is_served_in_slices_between_other_clients(env):
+    s = env()
+    s.proto.dataReceived(b"".join(b"c%d NOOP\r\n" % n for n in range(300)))
+    assert s.transport.value().count(b" OK NOOP completed\r\n") == 64
+    assert s.take().count(b" OK NOOP completed\r\n") == 300

@@ -52,7 +52,9 @@ def built(state_dir):
                                  for name in ("smtp", "submission", "pop3", "imap")},
                       "threads": {"auth": 3, "mailbox": 5}})
     reactor = PoolReactor()
-    return service.build(settings, reactor), reactor
+    top = service.build(settings, reactor)
+    yield top, reactor
+    top.run_lock.close()
 
 
 def test_password_checks_run_in_the_auth_pool_not_the_reactors(built):
@@ -73,6 +75,15 @@ def test_mailbox_work_runs_in_the_mailbox_pool(built, name):
     pools = [s for s in top if isinstance(s, service.PoolsService)][0].pools
     mailbox = [p for p in pools if p.name == "mailbox"][0]
     assert mailbox.max == 5 and mailbox.q.qsize() == 1
+
+
+def test_searches_run_in_the_search_pool(built):
+    top, reactor = built
+    factory = factories(top)["IMAPFactory"]
+    factory.run_search(lambda: None)
+    pools = {p.name: p for p in [s for s in top if isinstance(s, service.PoolsService)][0].pools}
+    assert reactor.pool.q.qsize() == 0 and pools["mailbox"].q.qsize() == 0
+    assert pools["search"].max == 1 and pools["search"].q.qsize() == 1
 
 
 def test_pool_sizes_are_checked():

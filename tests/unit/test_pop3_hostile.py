@@ -62,3 +62,10 @@ def test_login_timeout_stops_at_login(env):
     d = logged_in(env, pop3={"login_timeout": 60})
     d.clock.advance(120)
     assert d.take() == b"" and not d.transport.disconnecting
+
+
+def test_a_pipelined_flood_is_served_in_slices_between_other_clients(env):
+    d = env()
+    d.proto.dataReceived(b"CAPA\r\n" * 300)
+    assert d.transport.value().count(b"IMPLEMENTATION mailgateway\r\n.\r\n") == 64
+    assert d.take().count(b"IMPLEMENTATION mailgateway\r\n.\r\n") == 300

@@ -86,3 +86,12 @@ def test_data_timeout_stops_at_the_final_dot():
     d.cmd("NOOP", expect=b"250")
     d.clock.advance(10)
     assert d.read() == b"" and not d.transport.disconnecting
+
+
+def test_a_pipelined_flood_is_served_in_slices_between_other_clients():
+    d = Dialogue()
+    d.proto.dataReceived(NOOPS)  # 1000 commands in one read
+    assert d.transport.value().count(b"250 2.0.0 Ok\r\n") == 64  # one slice, then the others
+    assert d.transport.producerState == "paused"
+    assert d.read().count(b"250 2.0.0 Ok\r\n") == 1000  # the next turns serve the rest
+    assert d.transport.producerState == "producing"

@@ -241,10 +241,18 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
 # -- search fields --------------------------------------------------------------------
 
 def decoded(value: bytes | None) -> str:
-    """A header value with RFC 2047 words decoded, case-folded for SEARCH."""
+    """A header value with RFC 2047 words decoded, case-folded for SEARCH.
+
+    Raw 8-bit bytes are UTF-8 (RFC 6532) when they decode as such; otherwise
+    they are taken as Latin-1 (what unlabelled 8-bit headers mostly are), so
+    any bytes a sender delivered give a searchable string, never an error.
+    """
     if value is None:
         return ""
-    text = _text(value)
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = value.decode("latin-1")
     if "=?" in text:  # only then can there be encoded words (and the slow decoder)
         try:
             text = str(make_header(decode_header(text)))

@@ -83,8 +83,8 @@ class SelectedCommands:
             self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
             return b"SEARCH completed"
 
-        return self.run_blocking(search.run, self.view, predicate, wants_summary,
-                                 uid, budget).addCallback(found)
+        return self.factory.run_search(search.run, self.view, predicate, wants_summary,
+                                       uid, budget).addCallback(found)
 
     # -- FETCH ------------------------------------------------------------------------
 

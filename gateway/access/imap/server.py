@@ -226,6 +226,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
+        self.pacer.spend(self.factory.reactor)
         if self._gone or getattr(self.transport, "disconnecting", False):
             return
         if self._idle_tag is not None:
@@ -472,7 +473,8 @@ class IMAPFactory(ServerFactory):
 
     def __init__(self, *, hostname: str, users: IUserDirectory, store: IMailStore,
                  tls_options: Any, plaintext_from_loopback: bool, settings: ImapSettings,
-                 reactor: Any, run_blocking: Any, shared: ISharedFolders | None = None) -> None:
+                 reactor: Any, run_blocking: Any, shared: ISharedFolders | None = None,
+                 run_search: Any = None) -> None:
         self.hostname = hostname
         self.users = users
         self.store = store
@@ -481,5 +483,8 @@ class IMAPFactory(ServerFactory):
         self.settings = settings  # the [imap] limits
         self.reactor = reactor
         self.run_blocking = run_blocking  # f, *args -> Deferred, in a thread in the gateway
+        # SEARCH in threads of its own ([threads] search): many heavy searches wait for
+        # each other, not in front of other sessions' logins and FETCHes.
+        self.run_search = run_search or run_blocking
         self.connections = ConnectionCounter(settings.max_connections_per_client)
         self.shared = shared  # the list archives each user may read (shared.py)
