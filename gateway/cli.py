@@ -7,6 +7,7 @@
   mailgateway queue list [--json] | show ID [--json]
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
   mailgateway list create|show|set|delete|members|add|remove|held|approve|reject ...
+  mailgateway dkim keygen DOMAIN [--selector S] [--algorithm ed25519|rsa]
   mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
 
 Every command takes --config PATH (default: the embedded configuration) and
@@ -30,6 +31,7 @@ from gateway.lists import cli as lists_cli
 from gateway.queue import control
 from gateway.queue.spool import Spool
 from gateway.resolve.router import Router
+from gateway.sign import cli as dkim_cli
 
 
 def _settings(args) -> config.Settings:
@@ -273,6 +275,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_queue)
     lists_cli.add_parser(sub)  # `list ...`: gateway/lists/cli.py
+    dkim_cli.add_parser(sub)  # `dkim keygen`: gateway/sign/cli.py
     t = sub.add_parser("tlsfront", help="run a TLS front alone, like stunnel")
     _add_tlsfront_arguments(t)
     t.add_argument("--config", "-c", default=argparse.SUPPRESS,

@@ -196,6 +196,14 @@ class MboxSettings:
 
 
 @dataclass(frozen=True)
+class DkimSettings:
+    """[dkim]: outbound DKIM signing (gateway/sign/), keys in <state_dir>/dkim/."""
+
+    sign: bool = True
+    check_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str
     hostname: str
@@ -220,6 +228,7 @@ class Settings:
     mbox: MboxSettings = field(default_factory=MboxSettings)
     threads: ThreadSettings = field(default_factory=ThreadSettings)
     auth_guard: AuthGuardSettings = field(default_factory=AuthGuardSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -232,6 +241,10 @@ class Settings:
     @property
     def users_file(self) -> Path:
         return self.state_dir / "users"
+
+    @property
+    def dkim_dir(self) -> Path:
+        return self.state_dir / "dkim"
 
 
 class _Reader:
@@ -377,6 +390,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
                              mailbox=r.positive("threads", "mailbox", int,
                                                 ThreadSettings.mailbox))
+    dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
+                        check_interval=r.positive("dkim", "check_interval", float,
+                                                  DkimSettings.check_interval))
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -406,6 +422,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         mbox=mbox,
         threads=threads,
         auth_guard=auth_guard,
+        dkim=dkim,
     )
 
 
