@@ -8,6 +8,7 @@
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
   mailgateway list create|show|set|delete|members|add|remove|held|approve|reject ...
   mailgateway status [--json]
+  mailgateway dkim keygen DOMAIN [--selector S] [--algorithm ed25519|rsa]
   mailgateway tlsfront --accept EP --connect EP --cert PEM --key PEM [...] | --config FILE
 
 Every command takes --config PATH; without it the file is found as twistd
@@ -35,6 +36,7 @@ from gateway.lists import cli as lists_cli
 from gateway.queue import control
 from gateway.queue.spool import Spool
 from gateway.resolve.router import Router
+from gateway.sign import cli as dkim_cli
 
 
 class CommandError(Exception):
@@ -347,6 +349,7 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_queue)
     # `list ...`: gateway/lists/cli.py, with the configuration and user of the others.
     lists_cli.add_parser(sub).set_defaults(func=cmd_list)
+    dkim_cli.add_parser(sub)  # `dkim keygen`: gateway/sign/cli.py
     st = sub.add_parser("status", help="a running gateway at a glance ([metrics] listen)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)

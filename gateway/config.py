@@ -208,6 +208,14 @@ class MboxSettings:
 
 
 @dataclass(frozen=True)
+class DkimSettings:
+    """[dkim]: outbound DKIM signing (gateway/sign/), keys in <state_dir>/dkim/."""
+
+    sign: bool = True
+    check_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str
     hostname: str
@@ -237,6 +245,7 @@ class Settings:
     group: str = ""
     # [metrics] listen: the Prometheus and `mailgateway status` endpoint; "" is off.
     metrics_listen: str = ""
+    dkim: DkimSettings = field(default_factory=DkimSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -249,6 +258,10 @@ class Settings:
     @property
     def users_file(self) -> Path:
         return self.state_dir / "users"
+
+    @property
+    def dkim_dir(self) -> Path:
+        return self.state_dir / "dkim"
 
 
 class _Reader:
@@ -431,6 +444,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     metrics = r.get("metrics", "listen", str, "")
     if metrics and not metrics.startswith(("tcp:", "tcp6:", "unix:")):
         r.fault("metrics", "listen", f"{metrics!r} is not a tcp: or unix: endpoint string")
+    dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
+                        check_interval=r.positive("dkim", "check_interval", float,
+                                                  DkimSettings.check_interval))
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -471,6 +487,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         user=user,
         group=group,
         metrics_listen=metrics,
+        dkim=dkim,
     )
 
 

@@ -42,6 +42,8 @@ from gateway.queue.spool import Spool
 from gateway.queue.submit import Submitter
 from gateway.resolve.router import Router
 from gateway.resolve.transport import TransportMap
+from gateway.sign.keys import KeyRing
+from gateway.sign.signer import DkimSigner
 from gateway.store.maildir import MaildirStore
 
 log = Logger()
@@ -130,7 +132,10 @@ def build(settings: Settings, reactor) -> service.MultiService:
     except ValueError as e:
         key, _, reason = str(e).partition(": ")
         raise ConfigError([(settings.source, key, reason)]) from None
-    relay, run_dns = _relay(settings, reactor, run_blocking, top)
+    # DKIM signing of mail that leaves (gateway/sign/); dkim.sign(message) serves lists.
+    dkim = DkimSigner(KeyRing(settings.dkim_dir, settings.dkim.check_interval),
+                      enabled=settings.dkim.sign, trusted_networks=settings.trusted_networks)
+    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=dkim.sign_outbound)
     # One archive store for the exploder that writes it and the IMAP readers (shared
     # folders), so a post filed in a pool thread wakes the sessions that have it open.
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
@@ -235,7 +240,7 @@ class RelayService(service.Service):
         return super().stopService()
 
 
-def _relay(settings: Settings, reactor, run_blocking, parent):
+def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
     """The "remote" target: transport map -> MX (dnspython, own threads) -> SMTP client;
     and the DNS threads' runner, for the other lookups (DMARC)."""
     relay = settings.relay
@@ -258,7 +263,7 @@ def _relay(settings: Settings, reactor, run_blocking, parent):
             password = f.readline().rstrip("\r\n")
     target = RelayTarget(settings=relay, helo=helo, transport=TransportMap(relay), mx=resolver,
                          tls_options=ClientTLS(relay.tls_ca_file), reactor=reactor,
-                         run_blocking=run_blocking, password=password)
+                         run_blocking=run_blocking, password=password, sign=sign)
     RelayService(target, dns_pool).setServiceParent(parent)
     return target, run_dns
 

@@ -25,6 +25,7 @@ resolve/transport.py) for the next hop and TLS policy, resolves it
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from twisted.internet import defer, endpoints, error
 from twisted.internet.protocol import Factory
@@ -48,10 +49,14 @@ from gateway.interfaces import IBatchDeliveryTarget, ITransportMap, NextHop, Rec
 log = Logger()
 
 
-def read_stuffed(message_path: str) -> tuple[bytes, int]:
-    """The spooled message, dot-stuffed for DATA, and its size (blocking: run in a thread)."""
+def read_stuffed(message_path: str, sign: Callable[[bytes], bytes] | None = None
+                 ) -> tuple[bytes, int]:
+    """The spooled message, signed (DKIM, when sign is given), dot-stuffed for DATA, and
+    its size (blocking: run in a thread; signing is CPU work that must stay there too)."""
     with open(message_path, "rb") as f:
         message = f.read()
+    if sign is not None:
+        message = sign(message)
     return dot_stuff(message), len(message)
 
 
@@ -78,7 +83,8 @@ class RelayTarget:
     def __init__(self, *, settings: RelaySettings, helo: str, transport: ITransportMap,
                  mx: MXResolver, tls_options: Callable, reactor,
                  run_blocking: Callable[..., defer.Deferred], password: str = "",
-                 connect: Callable[[str, int], defer.Deferred] | None = None):
+                 connect: Callable[[str, int], defer.Deferred] | None = None,
+                 sign: Callable[[Envelope, bytes], bytes] | None = None):
         self.settings = settings
         self.helo = helo
         self.transport = transport
@@ -88,6 +94,8 @@ class RelayTarget:
         self.run_blocking = run_blocking
         self.password = password
         self.connect = connect or self._connect_tcp
+        # DKIM (gateway/sign/, wired by service.py): (envelope, message) -> message.
+        self.sign = sign
         self.max_batch = settings.recipients_per_transaction
         self.global_slots = defer.DeferredSemaphore(settings.concurrency)
         self.destination_slots: dict[tuple, defer.DeferredSemaphore] = {}
@@ -140,7 +148,8 @@ class RelayTarget:
     def _deliver(self, envelope: Envelope, routes: list[Route], message_path: str,
                  hop: NextHop, key: tuple):
         qid = envelope.queue_id
-        stuffed, size = yield self.run_blocking(read_stuffed, message_path)
+        sign = partial(self.sign, envelope) if self.sign is not None else None
+        stuffed, size = yield self.run_blocking(read_stuffed, message_path, sign)
         rcpts = [r.address for r in routes]
         # The runner batches routes of one sender only (owner-NAME, VERP: Route.sender).
         sender = envelope.sender if routes[0].sender is None else routes[0].sender

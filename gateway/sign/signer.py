@@ -1,0 +1,185 @@
+"""DKIM signing (RFC 6376; ed25519-sha256, RFC 8463) of a message as it leaves.
+
+Called by deliver/relay.py in its pool thread as it reads the spooled message
+for DATA, before dot-stuffing, and offered to the list exploder for list
+posts; never on the reactor thread.
+
+dkimpy does the canonicalization and signing: it is the maintained Python
+implementation (RFC 6376, 8301, 8463, and ARC for later), so none of that
+subtle code is ours. We choose what it signs:
+  - the domain: the From header's (RFC 7489 alignment needs d= to match it),
+    or its nearest parent domain holding keys; every key of that domain signs,
+    so RSA and ed25519 can sign side by side (RFC 8463 6);
+  - c=relaxed/relaxed, which survives the re-folding and re-encoding of
+    headers that relays do;
+  - h=: the header fields RFC 6376 5.4.1 recommends, plus the ones that decide
+    how the signed body is read (Message-ID, Sender, MIME-Version, Content-*,
+    as OpenDKIM signs them), each listed once more than present
+    ("oversigning", RFC 6376 8.15), so no such field can be added.
+dkimpy's RSA is pure Python: 25-55 ms of CPU per signature holding the GIL,
+the whole gateway stalled meanwhile. _OpenSSLRSA hands that one operation to
+OpenSSL (cryptography, ~1 ms); the rest stays dkimpy's.
+Mail is signed only when it originated here (see DkimSigner.originated_here):
+signing a forwarded message from outside would vouch for a forged From.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from types import SimpleNamespace
+
+import dkim
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, utils
+from dkim.util import InvalidTagValueList, parse_tag_value
+from twisted.logger import Logger
+
+from gateway.envelope import Envelope
+from gateway.sign.keys import DkimKey, KeyRing
+
+log = Logger()
+
+# RFC 6376 5.4.1, in its order.
+RECOMMENDED = (
+    "from", "reply-to", "subject", "date", "to", "cc", "resent-date", "resent-from",
+    "resent-to", "resent-cc", "in-reply-to", "references", "list-id", "list-help",
+    "list-unsubscribe", "list-subscribe", "list-post", "list-owner", "list-archive",
+)
+# What the message means beyond 5.4.1: a changed Content-Type shows another part.
+MEANING = ("sender", "message-id", "mime-version", "content-type",
+           "content-transfer-encoding")
+SIGNED_HEADERS = RECOMMENDED + MEANING
+
+
+def _header_section(message: bytes) -> bytes:
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        end = message.find(b"\n\n")
+    return message if end < 0 else message[:end + 2]
+
+
+def oversigned(names: Iterable[str], signed: tuple[str, ...] = SIGNED_HEADERS) -> list[str]:
+    """h= for a message with these header names: each signed field once more than present."""
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    return [h for h in signed for _ in range(counts.get(h, 0) + 1)]
+
+
+class _OpenSSLRSA(dkim.DKIM):
+    """dkimpy's DKIM with the RSA private-key operation done by OpenSSL.
+
+    gen_header() has the header hash computed by dkimpy and signs its digest with
+    pk.sign(digest).signature on its ed25519 path; for rsa-sha256 we take that path
+    with an RSA key whose sign() is RSASSA-PKCS1-v1_5 over the same SHA-256 digest
+    (RFC 8017 8.2), which is exactly what dkimpy's own RSA code computes. The tests
+    verify every RSA signature with dkimpy's verifier, so a dkimpy that changed
+    this path fails them, never the mail."""
+
+    def __init__(self, message: bytes, key):
+        super().__init__(message, signature_algorithm=b"rsa-sha256")
+        self._key = key
+
+    def gen_header(self, fields, include_headers, canon_policy, header_name, pk,
+                   standardize=False):
+        key = self._key
+
+        def sign(digest: bytes):
+            signature = key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+            return SimpleNamespace(signature=signature)
+
+        self.signature_algorithm = b"ed25519-sha256"  # the branch that calls pk.sign
+        try:
+            return super().gen_header(fields, include_headers, canon_policy, header_name,
+                                      SimpleNamespace(sign=sign), standardize)
+        finally:
+            self.signature_algorithm = b"rsa-sha256"
+
+
+def _signed_by(values: list) -> set[tuple[str, str]]:
+    """(d=, s=) of signatures already present: a list post signed by the exploder and
+    then relayed is not signed twice with the same key."""
+    pairs = set()
+    for value in values:
+        try:
+            unfolded = str(value).replace("\r", "").replace("\n", "")
+            tags = parse_tag_value(unfolded.encode("ascii", "replace"))
+        except InvalidTagValueList:
+            continue
+        d, sel = tags.get(b"d"), tags.get(b"s")
+        if d and sel:
+            pairs.add((d.decode("ascii", "replace").lower(), sel.decode("ascii", "replace")))
+    return pairs
+
+
+class DkimSigner:
+    def __init__(self, keys: KeyRing, *, enabled: bool = True,
+                 trusted_networks: tuple = ()):
+        self.keys = keys
+        self.enabled = enabled
+        self.trusted_networks = trusted_networks
+
+    def originated_here(self, envelope: Envelope) -> bool:
+        """Made here (bounces, list posts, replies), from a logged-in client, or from
+        trusted_networks: the mail OpenDKIM signs (its InternalHosts and
+        authenticated senders). Mail from outside that is forwarded is not ours."""
+        if envelope.protocol == "local" or envelope.authenticated:
+            return True
+        try:
+            address = ipaddress.ip_address(envelope.client_address)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted_networks)
+
+    def sign_outbound(self, envelope: Envelope, message: bytes) -> bytes:
+        """message with DKIM-Signature fields prepended when it originated here and its
+        From domain has keys; otherwise message itself. Blocking (CPU): run in a thread."""
+        if not self.enabled or not self.originated_here(envelope):
+            return message
+        return self.sign(message, queue_id=envelope.queue_id)
+
+    def keys_for(self, message: bytes) -> tuple[list[DkimKey], list[str]]:
+        """The keys that sign this message (its From domain's) and the header names."""
+        table = self.keys.keys()
+        if not table:
+            return [], []
+        headers = BytesHeaderParser(policy=compat32).parsebytes(_header_section(message))
+        chosen: list[DkimKey] = []
+        seen: set[str] = set()
+        done = _signed_by(headers.get_all("dkim-signature", []))
+        for _, address in getaddresses([str(v) for v in headers.get_all("from", [])]):
+            domain = address.rpartition("@")[2].lower().rstrip(".")
+            while domain and domain not in table:  # a subdomain: the parent's keys
+                domain = domain.partition(".")[2]
+            if domain and domain not in seen:
+                seen.add(domain)
+                chosen.extend(k for k in table[domain] if (k.domain, k.selector) not in done)
+        return chosen, list(headers.keys())
+
+    def sign(self, message: bytes, queue_id: str = "") -> bytes:
+        """message signed by every key of its From domain (unchanged when none).
+        Blocking (CPU): run in a thread."""
+        keys, names = self.keys_for(message)
+        if not keys:
+            return message
+        include = [h.encode("ascii") for h in oversigned(names)]
+        signatures = []
+        for key in keys:
+            if key.loaded is not None:
+                d = _OpenSSLRSA(message, key.loaded)
+            else:
+                d = dkim.DKIM(message, signature_algorithm=key.signature_algorithm)
+            try:
+                signatures.append(d.sign(
+                    key.selector.encode("ascii"), key.domain.encode("ascii"), key.private,
+                    canonicalize=(b"relaxed", b"relaxed"), include_headers=include))
+            except dkim.DKIMException as e:
+                # Unsigned mail still goes: the receiver judges it as it would any.
+                log.error("{queue_id}: dkim: not signed with {selector}._domainkey.{domain}:"
+                          " {error}", queue_id=queue_id, selector=key.selector,
+                          domain=key.domain, error=e)
+        return b"".join(signatures) + message
