@@ -267,8 +267,9 @@ class ListGateway(Mailgateway):
         self.sink_port = self.dns_port = 0
 
     def settings_text(self) -> str:
-        return (f"`list create {LIST} --policy open`, verp={str(self.verp).lower()} (the rest "
-                '`list` defaults, archive on); [relay] tls = "none", port = the sink\'s, '
+        sync = f'[queue] sync = "{self.args.gateway_sync}"; ' if self.args.gateway_sync else ""
+        return (f"{sync}`list create {LIST} --policy open`, verp={str(self.verp).lower()} "
+                '(the rest `list` defaults, archive on); [relay] tls = "none", port = the sink\'s, '
                 "nameservers = [\"127.0.0.1\"], dns_port = the DNS server's; the rest as in "
                 "gateway/default.toml")
 
@@ -279,6 +280,8 @@ class ListGateway(Mailgateway):
         settings["server"]["domains"] = [LOCAL_DOMAIN, LIST_DOMAIN]
         settings.setdefault("relay", {}).update(
             tls="none", port=self.sink_port, nameservers=[LOOPBACK], dns_port=self.dns_port)
+        if self.args.gateway_sync:
+            settings.setdefault("queue", {})["sync"] = self.args.gateway_sync
         settings["tlsfront"] = []
         path.write_text("# Written by bench/list_bench.py\n" + toml_dumps(settings))
 
@@ -773,6 +776,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", default="mailgateway,mlmmj,mailman",
                         help="mailgateway,mlmmj,mailman")
     parser.add_argument("--verp", default="on,off", help="on, off or on,off (on,off)")
+    parser.add_argument("--gateway-sync", choices=("filesystem", "file"),
+                        help="mailgateway's [queue] sync (default.toml's)")
     parser.add_argument("--venv", type=Path, help="default: REPO/.venv, else /tmp/v")
     parser.add_argument("--mailman-venv", type=Path, default=Path("/tmp/mailman-venv"),
                         help="a venv with PyPI mailman (/tmp/mailman-venv)")
