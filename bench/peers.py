@@ -600,6 +600,10 @@ class Mailgateway(Server):
         for key in listen:
             listen[key] = ""  # "" means off: only the listener under test runs
         listen["smtp"] = f"tcp:{port}:interface={LOOPBACK}"
+        aliases = settings.get("aliases", {})
+        if aliases.get("file") and not Path(aliases["file"]).is_absolute():
+            # Relative to the checkout, as for `make run`; the server runs in its rundir.
+            aliases["file"] = str(self.repo / aliases["file"])
         smtp = settings.get("smtp", {})
         if "max_connections_per_client" in smtp:
             # smtp-source's sessions all come from 127.0.0.1, plus the readiness probe.

@@ -198,3 +198,31 @@ def test_backoff_doubles_to_cap():
                       "queue": {"retry_initial": 300, "retry_max": 3600}}).queue
     assert [backoff(settings, n) for n in (1, 2, 3, 4, 5, 6)] == [
         300, 600, 1200, 2400, 3600, 3600]
+
+
+def test_local_recipients_of_one_sender_are_delivered_at_once(tmp_path):
+    """A list post without VERP: one sender for every local member. Each copy waits for a
+    disk sync; one after the other they would wait for all of them in turn."""
+    class SlowTarget:
+        kind = "local"
+        parallel = 10  # takes several routes at once, as MaildirDelivery does
+
+        def __init__(self):
+            self.pending = {}
+
+        def deliver(self, envelope, route, message_path, recovering):
+            self.pending[route.address] = defer.Deferred()
+            return self.pending[route.address]
+
+    target = SlowTarget()
+    runner, spool, clock = make_runner(tmp_path, target)
+    env = make_envelope("a@example.test", "b@example.test", "c@example.test")
+    spool.store_blocking(env, b"m")
+    runner.enqueued(env.queue_id)
+    clock.advance(0)
+    assert sorted(target.pending) == ["a@example.test", "b@example.test", "c@example.test"]
+    target.pending["b@example.test"].errback(MailError(550, "5.1.1", "gone"))
+    target.pending["c@example.test"].callback(None)
+    assert spool.queue_ids() == [env.queue_id]  # a still pending
+    target.pending["a@example.test"].callback(None)
+    assert spool.queue_ids() == []

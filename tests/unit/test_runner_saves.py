@@ -37,3 +37,20 @@ def test_a_failed_write_fails_its_waiters():
     errors = []
     saver.save().addErrback(lambda f: errors.append(f.value))
     assert [type(e) for e in errors] == [OSError]
+
+
+def test_a_save_writes_the_envelope_as_it_was_when_asked():
+    from gateway.envelope import Envelope, Recipient, RecipientState
+    from gateway.queue.runner import snapshot
+
+    live = Envelope("dev-bounces@example.test", [Recipient("a@example.net", sender="v@x.test"),
+                                                 Recipient("b@example.net")], queue_id="Q1")
+    saved = snapshot(live)
+    # What other batches do to the live envelope while the thread writes the copy:
+    live.recipients[0].state = RecipientState.DONE
+    live.recipients[1].attempts = 3
+    live.recipients.append(Recipient("c@example.net"))
+    assert [(r.address, r.state, r.attempts, r.sender) for r in saved.recipients] == [
+        ("a@example.net", RecipientState.PENDING, 0, "v@x.test"),
+        ("b@example.net", RecipientState.PENDING, 0, None)]
+    assert saved.to_json() != live.to_json() and saved.queue_id == "Q1"
