@@ -38,7 +38,7 @@ def claim(state_dir: Path) -> IO[str]:
     run_dir = state_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_dir.chmod(0o700)
-    handle = open(run_dir / LOCK_NAME, "a+", encoding="ascii")  # noqa: SIM115  held open
+    handle = open(run_dir / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115  held open
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -103,16 +103,20 @@ class Guard(service.MultiService):
     drop_to; a StartupError while binding or starting ends twistd in one line (log
     and stderr) with exit status 1, instead of a traceback."""
 
-    def __init__(self, drop_to: privileges.Identity | None = None, daemon: bool = False):
+    def __init__(self, drop_to: privileges.Identity | None = None, daemon: bool = False,
+                 serving: privileges.Identity | None = None):
         super().__init__()
         self.drop_to = drop_to
         self.daemon = daemon
+        # Who serves: drop_to, or the user twistd --uid switches to after binding.
+        self.serving = serving or drop_to
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
+            if self.serving is not None:
+                self._give_sockets(self, self.serving)
             if self.drop_to is not None:
-                self._give_sockets(self, self.drop_to)
                 privileges.drop(self.drop_to)
         except StartupError as e:
             self._fail(e)

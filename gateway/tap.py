@@ -61,7 +61,8 @@ def makeService(options: Options):
     # Binds as root, hands unix sockets to the user, drops root (unless twistd --uid
     # does: it drops between binding and starting); a listener that cannot bind is
     # one line, not a traceback.
-    guard = startup.Guard(drop_to=who if drop else None, daemon=not twistd.get("nodaemon", True))
+    guard = startup.Guard(drop_to=who if drop else None, daemon=not twistd.get("nodaemon", True),
+                          serving=who)
     top.setServiceParent(guard)
     return guard
 
