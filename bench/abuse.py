@@ -3,7 +3,8 @@
 Issue 11's proof: each attack runs for a few seconds against a fresh
 `twistd -n mailgateway` on loopback. Meanwhile a well-behaved client (from
 127.0.0.2, so the attackers' failed logins on 127.0.0.1 are not its own)
-sends a message over SMTP and logs in over POP3, again and again. For each
+sends a message over SMTP, logs in over POP3 and reads the newest message's
+envelope over IMAP, again and again. For each
 attack the report gives the well-behaved client's worst latency, the
 gateway's peak RSS growth over its size while serving only that client, and
 pass/fail against limits over the run without attack ("none", the noise of
@@ -144,10 +145,18 @@ class GoodClient(threading.Thread):
             s.sendall(b"QUIT\r\n")
             expect(s, b"\r\n")
 
+    def read_imap(self) -> None:
+        with conn(self.gw.ports["imap"], GOOD, 60) as s:
+            expect(s, b"\r\n")
+            s.sendall(f'l LOGIN {USER} "{PASSWORD}"\r\ns EXAMINE INBOX\r\n'
+                      f'f FETCH * (FLAGS ENVELOPE)\r\nq LOGOUT\r\n'.encode())
+            expect(s, b"q OK")
+
     def run(self) -> None:
         while not self.stop.is_set():
             self.timed(self.send)
             self.timed(self.read)
+            self.timed(self.read_imap)
             self.stop.wait(0.1)
 
 
