@@ -76,10 +76,14 @@ class Gateway:
                 [str(BIN / "twistd"), "-n", "--pidfile=", "mailgateway", "--config",
                  str(self.config)], cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, start_new_session=True)
-        for name, port in self.ports.items():
-            ready = {"pop3": b"+OK", "imap": b"* OK"}.get(name, b"220")
-            wait_greeting(port, time.monotonic() + 60, lambda: self.proc.poll() is None, ready,
-                          b"QUIT\r\n" if name != "imap" else b"a LOGOUT\r\n")
+        try:
+            for name, port in self.ports.items():
+                ready = {"pop3": b"+OK", "imap": b"* OK"}.get(name, b"220")
+                wait_greeting(port, time.monotonic() + 60, lambda: self.proc.poll() is None,
+                              ready, b"QUIT\r\n" if name != "imap" else b"a LOGOUT\r\n")
+        except BaseException:
+            self.stop()  # never leave a gateway running behind the bench
+            raise
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
