@@ -3,7 +3,8 @@
 Issue 11's proof: each attack runs for a few seconds against a fresh
 `twistd -n mailgateway` on loopback. Meanwhile a well-behaved client (from
 127.0.0.2, so the attackers' failed logins on 127.0.0.1 are not its own)
-sends a message over SMTP and logs in over POP3, again and again. For each
+sends a message over SMTP, logs in over POP3 and reads the newest message's
+envelope over IMAP, again and again. For each
 attack the report gives the well-behaved client's worst latency, the
 gateway's peak RSS growth over its size while serving only that client, and
 pass/fail against limits over the run without attack ("none", the noise of
@@ -75,10 +76,14 @@ class Gateway:
                 [str(BIN / "twistd"), "-n", "--pidfile=", "mailgateway", "--config",
                  str(self.config)], cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, start_new_session=True)
-        for name, port in self.ports.items():
-            ready = {"pop3": b"+OK", "imap": b"* OK"}.get(name, b"220")
-            wait_greeting(port, time.monotonic() + 60, lambda: self.proc.poll() is None, ready,
-                          b"QUIT\r\n" if name != "imap" else b"a LOGOUT\r\n")
+        try:
+            for name, port in self.ports.items():
+                ready = {"pop3": b"+OK", "imap": b"* OK"}.get(name, b"220")
+                wait_greeting(port, time.monotonic() + 60, lambda: self.proc.poll() is None,
+                              ready, b"QUIT\r\n" if name != "imap" else b"a LOGOUT\r\n")
+        except BaseException:
+            self.stop()  # never leave a gateway running behind the bench
+            raise
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -144,10 +149,18 @@ class GoodClient(threading.Thread):
             s.sendall(b"QUIT\r\n")
             expect(s, b"\r\n")
 
+    def read_imap(self) -> None:
+        with conn(self.gw.ports["imap"], GOOD, 60) as s:
+            expect(s, b"\r\n")
+            s.sendall(f'l LOGIN {USER} "{PASSWORD}"\r\ns EXAMINE INBOX\r\n'
+                      f'f FETCH * (FLAGS ENVELOPE)\r\nq LOGOUT\r\n'.encode())
+            expect(s, b"q OK")
+
     def run(self) -> None:
         while not self.stop.is_set():
             self.timed(self.send)
             self.timed(self.read)
+            self.timed(self.read_imap)
             self.stop.wait(0.1)
 
 
