@@ -26,6 +26,9 @@ HELP = {
     "mailgateway_delivery_delay_seconds": (
         "histogram", "Seconds from arrival to a final delivery (sent, bounced, expired)"),
     "mailgateway_queue_entries": ("gauge", "Messages in the queue now"),
+    "mailgateway_queue_entries_active": ("gauge", "Queue entries being attempted now"),
+    "mailgateway_queue_entries_scheduled": (
+        "gauge", "Queue entries waiting for their next attempt (retries, backoff)"),
     "mailgateway_uptime_seconds": ("gauge", "Seconds since the gateway started"),
 }
 

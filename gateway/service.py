@@ -184,7 +184,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     _fronts(settings, factories, reactor, top)
     # After the fronts: its SIGHUP handler chains to theirs.
     aliasfile.AliasReloader(settings, router, reactor).setServiceParent(top)
-    _metrics(settings, spool, reactor, top)
+    _metrics(settings, spool, runner, reactor, top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)
     return top
@@ -195,9 +195,12 @@ def _listen(setting: str, endpoint: str, factory, reactor, parent) -> None:
     Listener(setting, endpoint, factory, reactor).setServiceParent(parent)
 
 
-def _metrics(settings: Settings, spool: Spool, reactor, parent) -> None:
+def _metrics(settings: Settings, spool: Spool, runner: QueueRunner, reactor, parent) -> None:
     """[metrics] listen: /metrics and /status (gateway/metrics_web.py), off by default."""
     REGISTRY.gauge("mailgateway_queue_entries", lambda: len(spool.queue_ids()))
+    for state in ("active", "scheduled"):
+        REGISTRY.gauge(f"mailgateway_queue_entries_{state}",
+                       lambda state=state: runner.counts()[state])
     if settings.metrics_listen:
         listeners = {**{f"listen.{k}": v for k, v in settings.listen.items() if v},
                      **{f"tlsfront.{f.name}": f.accept for f in settings.tlsfront}}

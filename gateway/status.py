@@ -60,7 +60,9 @@ def render(status: dict[str, Any]) -> str:
         totals.setdefault(c["name"].removeprefix("mailgateway_"), {})[key] = c["value"]
     gauges = status["gauges"]
     lines = [f"uptime:     {_duration(status['uptime'])}",
-             f"queue:      {int(gauges.get('mailgateway_queue_entries', 0))} messages"]
+             f"queue:      {int(gauges.get('mailgateway_queue_entries', 0))} messages "
+             f"({int(gauges.get('mailgateway_queue_entries_active', 0))} being attempted, "
+             f"{int(gauges.get('mailgateway_queue_entries_scheduled', 0))} waiting to retry)"]
     for name, where in sorted(status["listeners"].items()):
         lines.append(f"listener:   {name} {where}")
     for name in ("connections_total", "messages_accepted_total", "deliveries_total",

@@ -114,6 +114,11 @@ class QueueRunner:
         self.spool.recover()
         return self.spool.queue_ids()
 
+    def counts(self) -> dict[str, int]:
+        """Entries by state, for the metrics: being attempted now, and waiting for
+        their next attempt (held entries wait for `queue release`, in neither)."""
+        return {"active": len(self._active), "scheduled": len(self._timers)}
+
     def stop(self) -> None:
         self._stopped = True
         if self._control_call is not None and self._control_call.active():

@@ -226,3 +226,15 @@ def test_local_recipients_of_one_sender_are_delivered_at_once(tmp_path):
     assert spool.queue_ids() == [env.queue_id]  # a still pending
     target.pending["a@example.test"].callback(None)
     assert spool.queue_ids() == []
+
+
+def test_counts_by_state_for_the_metrics(tmp_path):
+    temp = MailError(451, "4.3.0", "later")
+    runner, spool, clock = make_runner(tmp_path, Target([temp]), retry_initial=60)
+    assert runner.counts() == {"active": 0, "scheduled": 0}
+    env = make_envelope("alice@example.test")
+    spool.store_blocking(env, b"m")
+    runner.enqueued(env.queue_id)
+    assert runner.counts() == {"active": 0, "scheduled": 1}  # due now, not yet run
+    clock.advance(0)
+    assert runner.counts() == {"active": 0, "scheduled": 1}  # deferred: its retry waits
