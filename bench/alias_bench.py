@@ -67,8 +67,7 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
 from rounds import (  # noqa: E402
     REPO,
     command_line,
-    fs_type,
-    make_workdir,
+    open_workdir,
     pick_venv,
     publish,
     run_in_turn,
@@ -542,11 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ensure_postfix(not args.no_install):
         say("Postfix's smtp-source (Debian package postfix) is needed")
         return 2
-    workdir = make_workdir(args.workdir, "mailgateway-alias-")
-    kind = fs_type(workdir)
-    if kind in ("tmpfs", "ramfs"):
-        say(f"warning: {workdir} is on {kind}: fsync is free there, figures flatter everyone")
-    say(f"venv {venv}, work folder {workdir} ({kind})")
+    workdir = open_workdir(args.workdir, "mailgateway-alias-", venv)
 
     def tell(res: Round) -> str:
         return (f"program {fmt(res.prog_rate)}/s (injected {fmt(res.prog_inject_s, 2)} s, last "

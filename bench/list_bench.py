@@ -70,8 +70,7 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
 from rounds import (  # noqa: E402
     REPO,
     command_line,
-    fs_type,
-    make_workdir,
+    open_workdir,
     pick_venv,
     publish,
     run_in_turn,
@@ -830,11 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ensure_postfix(not args.no_install) or not SMTP_SINK.exists():
         say("Postfix's smtp-sink (Debian package postfix) is needed")
         return 2
-    workdir = make_workdir(args.workdir, "mailgateway-lists-")
-    kind = fs_type(workdir)
-    if kind in ("tmpfs", "ramfs"):
-        say(f"warning: {workdir} is on {kind}: fsync is free there, figures flatter everyone")
-    say(f"venv {venv}, work folder {workdir} ({kind})")
+    workdir = open_workdir(args.workdir, "mailgateway-lists-", venv)
     dns = start_dns(args)
     try:
         servers, results, interrupted = run_in_turn(

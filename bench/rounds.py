@@ -78,6 +78,16 @@ def make_workdir(parent: Path | None, prefix: str) -> Path:
     return workdir
 
 
+def open_workdir(parent: Path | None, prefix: str, venv: Path) -> Path:
+    """make_workdir, saying where it is and warning when fsync costs nothing there."""
+    workdir = make_workdir(parent, prefix)
+    kind = fs_type(workdir)
+    if kind in ("tmpfs", "ramfs"):
+        say(f"warning: {workdir} is on {kind}: fsync is free there, figures flatter everyone")
+    say(f"venv {venv}, work folder {workdir} ({kind})")
+    return workdir
+
+
 def run_in_turn(make: Callable[[], list[Any]], rounds: int, run: Callable[[Any, int], Any],
                 tell: Callable[[Any], str], workdir: Path, keep: bool
                 ) -> tuple[list[Any], dict[str, list[Any]], bool]:

@@ -48,8 +48,7 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
 from rounds import (  # noqa: E402
     REPO,
     command_line,
-    fs_type,
-    make_workdir,
+    open_workdir,
     pick_venv,
     publish,
     run_in_turn,
@@ -444,11 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ensure_postfix(not args.no_install):
         say(f"{SMTP_SOURCE} (Debian package postfix) is the load generator; cannot run without it")
         return 2
-    workdir = make_workdir(args.workdir, "mailgateway-bench-")
-    kind = fs_type(workdir)
-    if kind in ("tmpfs", "ramfs"):
-        say(f"warning: {workdir} is on {kind}: fsync is free there, figures flatter everyone")
-    say(f"venv {venv}, work folder {workdir} ({kind})")
+    workdir = open_workdir(args.workdir, "mailgateway-bench-", venv)
     servers, results, interrupted = run_in_turn(
         lambda: make_servers(args, venv, workdir), args.rounds,
         lambda server, rnd: run_round(server, rnd, args, venv, workdir),
