@@ -88,8 +88,8 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
         self._counted_as = self.client_host()
         if not self.factory.connections.opened(self._counted_as):
             # RFC 3206 4: SYS/TEMP, a problem that goes away; clients retry later.
-            _log.info("pop3 connection from {client} refused: too many from that address",
-                      client=self._counted_as)
+            logs.reject("CONNECT", self._counted_as, 421, "4.7.0",
+                        "Too many connections from your address", service="pop3")
             self.failResponse(b"[SYS/TEMP] Too many connections from your address, "
                               b"try again later")
             self._gone = True  # nothing more is read from this client

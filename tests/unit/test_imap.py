@@ -383,9 +383,17 @@ def test_connections_per_client_limit(env, tmp_path):
     factory = make_factory(env.store, env.clock, imap={"max_connections_per_client": 2})
     first, second = Session(factory), Session(factory)
     assert first.greeting.startswith(b"* OK") and second.greeting.startswith(b"* OK")
+    from gateway.metrics import REGISTRY
+
+    def refused() -> float:
+        return REGISTRY.counters.get(("mailgateway_rejects_total",
+                                      (("code", "421"), ("command", "CONNECT"))), 0.0)
+
+    before = refused()
     third = Session(factory)
     assert third.greeting == (b"* BYE [UNAVAILABLE] Too many connections from your address, "
                               b"try again later\r\n")
+    assert refused() == before + 1  # a "reject: CONNECT" line, counted
     assert third.transport.disconnecting
     other = Session(factory, peer="192.0.2.8")  # another client is not affected
     assert other.greeting.startswith(b"* OK")

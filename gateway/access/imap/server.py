@@ -160,7 +160,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.transport.registerProducer(self.pacer, True)
         self._counted_as = self.client_host()
         if not self.factory.connections.opened(self._counted_as):
-            _log.info("imap connection limit for {client}", client=self._counted_as)
+            logs.reject("CONNECT", self._counted_as, 421, "4.7.0",
+                        "Too many connections from your address", service="imap")
             self.transport.write(b"* BYE [UNAVAILABLE] Too many connections from your "
                                  b"address, try again later\r\n")
             flow.lose(self.transport)
