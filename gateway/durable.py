@@ -165,6 +165,17 @@ def write_file(path: Path | str, data: bytes) -> None:
     trip.files.add(os.path.dirname(path))
 
 
+def append_file(path: Path | str, data: bytes) -> None:
+    """Append data to path (made if missing): durable at once, or at the trip's next
+    step. The caller marks the directory (sync_dir) when the file may be new."""
+    trip = _trip()
+    if trip is None or trip.sync == "file":
+        _write(path, data, os.O_DSYNC, append=True)
+        return
+    _write(path, data, 0, append=True)
+    trip.files.add(os.path.dirname(path))
+
+
 def write_synced(path: Path | str, data: bytes) -> None:
     """Create path with data, durable when this returns (but for its directory entry).
 
@@ -175,8 +186,9 @@ def write_synced(path: Path | str, data: bytes) -> None:
     _write(path, data, os.O_DSYNC)
 
 
-def _write(path: Path | str, data: bytes, flags: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o600)
+def _write(path: Path | str, data: bytes, flags: int, append: bool = False) -> None:
+    mode = os.O_APPEND if append else os.O_TRUNC
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | flags, 0o600)
     try:
         view = memoryview(data)
         while view:

@@ -139,6 +139,9 @@ class Envelope:
     held: bool = False
     # Received headers in the message, counted by whoever spooled it; -1: not counted.
     hops: int = -1
+    # Bumped at each rewrite of the stored envelope; the outcome records appended
+    # beside it (queue/spool.py, record_steps) count only for their own generation.
+    generation: int = 0
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.state is RecipientState.PENDING]

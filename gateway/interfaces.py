@@ -119,6 +119,9 @@ class ISpool(Interface):
     def update_steps(envelope: Any) -> Any:
         """update() as a call in steps, for a group-commit trip (gateway/durable.py)."""
 
+    def record_steps(queue_id: str, generation: int, records: list[Any]) -> Any:
+        """Append (index, Recipient.to_json) records beside the envelope, in steps."""
+
     def has(queue_id: str) -> bool:
         """True when queue_id is a complete entry (blocking)."""
 

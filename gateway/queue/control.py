@@ -92,5 +92,6 @@ def set_held(spool: ISpool, queue_id: str, held: bool) -> bool:
         return False
     if envelope.held != held:
         envelope.held = held
+        envelope.generation += 1  # the outcome records are folded in: a new generation
         spool.update(envelope)
     return True

@@ -185,8 +185,10 @@ class QueueRunner:
             # An alias's targets are recorded before any is delivered: a crash
             # then repeats none that got done (a program is not asked twice).
             yield saver.save()
+        positions = {id(r): i for i, r in enumerate(envelope.recipients)}
         yield defer.gatherResults(
-            [self._deliver_group(envelope, target, pairs, message_path, recovering, now, saver)
+            [self._deliver_group(envelope, target, pairs, message_path, recovering, now, saver,
+                                 positions)
              for target, pairs in groups], consumeErrors=True)
         yield self._notify(envelope, message_path, now)
         if envelope.finished() and not self._unnotified(envelope):
@@ -218,7 +220,15 @@ class QueueRunner:
         return envelope, hops
 
     def _save(self, envelope: Envelope) -> defer.Deferred:
+        envelope.generation += 1  # the records of the last one are folded in
         return self.run_blocking(self.spool.update_steps, snapshot(envelope))
+
+    def _record_outcomes(self, envelope: Envelope, rcpts: list[Recipient],
+                         positions: dict[int, int]) -> defer.Deferred:
+        """One batch's outcomes, appended beside the envelope (Spool.record_steps)."""
+        records = [(positions[id(r)], r.to_json()) for r in rcpts if id(r) in positions]
+        return self.run_blocking(self.spool.record_steps, envelope.queue_id,
+                                 envelope.generation, records)
 
     def _groups(self, envelope: Envelope, due: list[Recipient], now: float):
         """Route each due recipient (expanding aliases); group them per target, batch key
@@ -283,7 +293,8 @@ class QueueRunner:
 
     @defer.inlineCallbacks
     def _deliver_group(self, envelope: Envelope, target, pairs, message_path: str,
-                       recovering: bool, now: float, saver: _Saver):
+                       recovering: bool, now: float, saver: _Saver,
+                       positions: dict[int, int]):
         """One target's recipients of one batch key, batch after batch."""
         if not IBatchDeliveryTarget.providedBy(target):
             # One after another, unless the target takes several at once (its
@@ -315,8 +326,9 @@ class QueueRunner:
                 self._record(envelope, rcpt, result, now, route.kind)
             # Durable before anything else happens, even before the entry's removal:
             # a remote server cannot be asked whether it already has the message, so
-            # a removal lost in a crash must find these recorded as done.
-            yield saver.save()
+            # a removal lost in a crash must find these recorded as done. Appended
+            # beside the envelope, not a rewrite of it (Spool.record_steps).
+            yield saver.run(self._record_outcomes, envelope, [r for r, _ in chunk], positions)
 
     @defer.inlineCallbacks
     def _deliver_one(self, target: IDeliveryTarget, envelope: Envelope, route: Route,

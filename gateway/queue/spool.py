@@ -24,8 +24,16 @@ from pathlib import Path
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.durable import Steps, complete, fsync_dir, in_thread, sync_dir, write_file
-from gateway.envelope import Envelope, valid_queue_id
+from gateway.durable import (
+    Steps,
+    append_file,
+    complete,
+    fsync_dir,
+    in_thread,
+    sync_dir,
+    write_file,
+)
+from gateway.envelope import Envelope, Recipient, valid_queue_id
 from gateway.errors import SpoolError
 from gateway.interfaces import ISpool
 
@@ -95,10 +103,32 @@ class Spool:
             sync_dir(self.entries)
         except OSError as e:
             raise SpoolError(f"{qid}: cannot update envelope: {e}") from e
+        try:  # folded into the envelope (and of an older generation): not needed
+            os.unlink(f"{self._entries}{qid}.out")
+        except FileNotFoundError:
+            pass
+
+    def record_steps(self, queue_id: str, generation: int, records: list[tuple[int, dict]]
+                     ) -> Steps:
+        """Append the state of some recipients (index, Recipient.to_json) beside the
+        envelope instead of rewriting it: a list explosion's 10,000-recipient envelope
+        would otherwise be encoded again after every batch. load() applies the records
+        of the envelope's own generation; a rewrite (update) starts the next one (the
+        caller bumps Envelope.generation). A call in steps."""
+        qid = queue_id
+        lines = b"".join(json.dumps({"g": generation, "i": i, "r": r},
+                                    separators=(",", ":")).encode("utf-8") + b"\n"
+                         for i, r in records)
+        try:
+            append_file(f"{self._entries}{qid}.out", lines)
+            yield
+            sync_dir(self.entries)  # the first record made the file
+        except OSError as e:
+            raise SpoolError(f"{qid}: cannot record outcomes: {e}") from e
 
     def remove(self, queue_id: str) -> None:
         # Envelope first: without it the entry no longer exists, whatever else remains.
-        for suffix in (".env", ".msg"):
+        for suffix in (".env", ".msg", ".out"):
             try:
                 os.unlink(f"{self._entries}{queue_id}{suffix}")
             except FileNotFoundError:
@@ -126,7 +156,25 @@ class Spool:
             self.quarantine(queue_id, f"unreadable envelope: {e}")
             raise KeyError(queue_id) from e
         envelope.queue_id = queue_id
+        self._apply_records(envelope)
         return envelope
+
+    def _apply_records(self, envelope: Envelope) -> None:
+        try:
+            with open(f"{self._entries}{envelope.queue_id}.out", "rb") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                record = json.loads(line)
+                if record["g"] != envelope.generation:
+                    continue  # written before the envelope's last rewrite
+                i = int(record["i"])
+                if 0 <= i < len(envelope.recipients):
+                    envelope.recipients[i] = Recipient.from_json(record["r"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a record cut short by a crash was never acknowledged
 
     def message_path(self, queue_id: str) -> str:
         return f"{self._entries}{queue_id}.msg"
@@ -148,8 +196,10 @@ class Spool:
         names = set(os.listdir(self.entries))
         for name in names:
             qid, _, suffix = name.partition(".")
-            if not valid_queue_id(qid) or suffix not in ("msg", "env"):
+            if not valid_queue_id(qid) or suffix not in ("msg", "env", "out"):
                 self.quarantine_file(self.entries / name, "unexpected file in spool")
+            elif suffix == "out" and f"{qid}.env" not in names:
+                (self.entries / name).unlink()  # its entry was removed
             elif suffix == "msg" and f"{qid}.env" not in names:
                 # Written before a crash, never committed, never answered 250.
                 (self.entries / name).unlink()
@@ -158,7 +208,7 @@ class Spool:
         fsync_dir(self.entries)
 
     def quarantine(self, queue_id: str, reason: str) -> None:
-        for suffix in (".env", ".msg"):
+        for suffix in (".env", ".msg", ".out"):
             path = self.entries / f"{queue_id}{suffix}"
             if path.exists():
                 self.quarantine_file(path, reason)

@@ -238,3 +238,77 @@ def test_counts_by_state_for_the_metrics(tmp_path):
     assert runner.counts() == {"active": 0, "scheduled": 1}  # due now, not yet run
     clock.advance(0)
     assert runner.counts() == {"active": 0, "scheduled": 1}  # deferred: its retry waits
+
+
+def test_outcome_records_beside_the_envelope(tmp_path):
+    from gateway.durable import complete
+
+    spool = Spool(tmp_path, reactor=None)
+    env = make_envelope("a@example.test", "b@remote.test", "c@remote.test")
+    spool.store_blocking(env, b"m")
+    b = Recipient("b@remote.test", state=RecipientState.DONE, attempts=1)
+    c = Recipient("c@remote.test", state=RecipientState.FAILED, attempts=1, last_error="550 x")
+    complete(spool.record_steps, env.queue_id, 0, [(1, b.to_json())])
+    complete(spool.record_steps, env.queue_id, 0, [(2, c.to_json())])
+    with open(tmp_path / "entries" / f"{env.queue_id}.out", "ab") as f:
+        f.write(b'{"g":0,"i":0,"r":{"addr')  # a record cut short by a crash
+    loaded = spool.load(env.queue_id)
+    assert [r.state for r in loaded.recipients] == [
+        RecipientState.PENDING, RecipientState.DONE, RecipientState.FAILED]
+    # A rewrite folds them in and starts a new generation: old records no longer count.
+    loaded.recipients[2].dsn = "failed"
+    loaded.generation += 1
+    spool.update(loaded)
+    assert not (tmp_path / "entries" / f"{env.queue_id}.out").exists()
+    complete(spool.record_steps, env.queue_id, 0, [(2, c.to_json())])  # stale generation
+    assert spool.load(env.queue_id).recipients[2].dsn == "failed"
+    spool.remove(env.queue_id)
+    assert list((tmp_path / "entries").iterdir()) == []
+
+
+def test_a_batch_appends_its_outcomes_and_does_not_rewrite_the_envelope(tmp_path):
+    class Spy(Spool):
+        updates = 0
+
+        def update_steps(self, envelope):
+            Spy.updates += 1
+            return (yield from super().update_steps(envelope))
+
+    class Batch:
+        kind = "remote"
+        max_batch = 1
+
+        def __init__(self):
+            self.seen = []
+
+        def batch_key(self, route):
+            return route.domain
+
+        def deliver(self, *a):
+            raise AssertionError("batches only")
+
+        def deliver_batch(self, envelope, routes, message_path, recovering):
+            # What a crash now would find: the batches before this one, recorded.
+            self.seen.append(sum(r.state is RecipientState.DONE
+                                 for r in spool.load(envelope.queue_id).recipients))
+            return defer.succeed([RecipientResult()] * len(routes))
+
+    from zope.interface import directlyProvides
+
+    from gateway.interfaces import IBatchDeliveryTarget, RecipientResult
+
+    settings = parse({"server": {"domains": ["example.test"]}}).queue
+    clock = task.Clock()
+    spool = Spy(tmp_path, reactor=None)
+    target = Batch()
+    directlyProvides(target, IBatchDeliveryTarget)
+    runner = QueueRunner(spool=spool, router=Router(), targets={"remote": target},
+                         settings=settings, reactor=clock, run_blocking=run_now)
+    env = make_envelope(*(f"r{i}@d{i}.test" for i in range(5)))
+    env.sender = ""  # no DSN involved
+    spool.store_blocking(env, b"m")
+    runner.enqueued(env.queue_id)
+    clock.advance(0)
+    assert target.seen == [0, 1, 2, 3, 4]
+    assert Spy.updates == 0  # every recipient done: removed, never rewritten
+    assert spool.queue_ids() == []
