@@ -199,7 +199,8 @@ class QueueRunner:
             # repeated is durable already (local deliveries are recognised again;
             # batches were saved as they ended).
             yield saver.run(self.run_unsynced, self.spool.remove, queue_id)
-            log.debug("{queue_id}: removed, all recipients done", queue_id=queue_id)
+            # Postfix's "removed" line: the entry's last word in the log.
+            log.info("{queue_id}: removed", queue_id=queue_id, event="removed")
             return
         yield saver.save()
         wakes = [r.next_attempt for r in envelope.pending()]

@@ -82,6 +82,20 @@ def test_each_event_is_one_greppable_line(make_gateway):
     # The queue ID of the queued line is the one the delivery line names.
     qid = re.search(r"(\w+): from=<bob@remote\.test>, size=", log).group(1)
     assert re.search(rf"{qid}: to=<alice@example\.test>, .*status=sent", log)
+    # And its last line, once every recipient is done (Postfix's "removed").
+    wait_for(lambda: f"{qid}: removed" in gw.log_text(), what="the removed line")
+
+
+def test_an_expired_recipient_is_logged_and_bounced(make_gateway):
+    gw = make_gateway(PLAINTEXT + "[queue]\nmax_age = 1\nretry_initial = 1\n")
+    with smtplib.SMTP("127.0.0.1", gw.ports["submission"], timeout=30) as s:
+        s.login("alice@example.test", PASSWORD)
+        s.sendmail("alice@example.test", ["carol@remote.test"], b"Subject: x\r\n\r\nx\r\n")
+    (dsn,) = gw.wait_messages("alice@example.test", 1)  # no DNS answers: it gives up
+    assert b"Undelivered Mail Returned to Sender" in dsn
+    log = gw.log_text()
+    assert re.search(r"(\w+): to=<carol@remote\.test>, relay=\S+, delay=[\d.]+, "
+                     r"delays=[\d.]+/[\d.]+, dsn=4\.\d\.\d, status=expired", log), log[-3000:]
 
 
 @pytest.mark.skipif(not shutil.which("fail2ban-regex"),

@@ -312,3 +312,23 @@ def test_a_batch_appends_its_outcomes_and_does_not_rewrite_the_envelope(tmp_path
     assert target.seen == [0, 1, 2, 3, 4]
     assert Spy.updates == 0  # every recipient done: removed, never rewritten
     assert spool.queue_ids() == []
+
+
+def test_an_expired_recipient_and_the_removal_are_logged(tmp_path):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        target = Target([MailError(451, "4.4.1", "no answer")])
+        runner, spool, clock = make_runner(tmp_path, target, max_age=10)
+        env = make_envelope("alice@example.test", arrived=900.0)  # older than max_age
+        env.sender = ""  # no DSN to queue
+        spool.store_blocking(env, b"m")
+        runner.enqueued(env.queue_id)
+        clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("queue_id") == env.queue_id]
+    assert any("to=<alice@example.test>" in x and "status=expired" in x for x in lines), lines
+    assert lines[-1] == f"{env.queue_id}: removed"
