@@ -89,8 +89,10 @@ class ListTarget:
 
     @defer.inlineCallbacks
     def deliver(self, envelope: Envelope, route: Route, message_path: str, recovering: bool):
+        # The router found the list (route.mailbox); classify again only for the role
+        # and a VERP member, against that one name: no read of every list's name.
         local, _, domain = route.address.rpartition("@")
-        where = classify(local, domain, set(self.store.names()))
+        where = classify(local, domain, {route.mailbox})
         if where is None:
             raise MailError(550, "5.1.1", f"<{route.address}>: no such list (deleted?)")
         mlist = yield self.run_blocking(self.store.get, where.list)
