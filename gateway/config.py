@@ -216,6 +216,26 @@ class DkimSettings:
 
 
 @dataclass(frozen=True)
+class InboundAuthSettings:
+    """[inbound_auth]: SPF, DKIM and DMARC of mail arriving on port 25 (gateway/verify/)."""
+
+    check: bool = True
+    spf_fail: str = "reject"  # reject (550 5.7.23) | mark
+    dmarc_reject: str = "reject"  # what p=reject does: reject (550 5.7.1) | quarantine | mark
+    dmarc_quarantine: str = "junk"  # what p=quarantine does: junk | mark
+    junk_folder: str = "Junk"
+    timeout: float = 20.0  # seconds of DNS for one message, all its lookups together
+    threads: int = 16
+    public_suffix_list: str = ""  # a newer public_suffix_list.dat; "": the packaged one
+    dkim_min_key_bits: int = 1024
+
+
+SPF_FAIL_ACTIONS = ("reject", "mark")
+DMARC_REJECT_ACTIONS = ("reject", "quarantine", "mark")
+DMARC_QUARANTINE_ACTIONS = ("junk", "mark")
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str
     hostname: str
@@ -246,6 +266,7 @@ class Settings:
     # [metrics] listen: the Prometheus and `mailgateway status` endpoint; "" is off.
     metrics_listen: str = ""
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    inbound_auth: InboundAuthSettings = field(default_factory=InboundAuthSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -447,6 +468,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
                         check_interval=r.positive("dkim", "check_interval", float,
                                                   DkimSettings.check_interval))
+    inbound_auth = _inbound_auth_settings(r)
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -488,7 +510,35 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         group=group,
         metrics_listen=metrics,
         dkim=dkim,
+        inbound_auth=inbound_auth,
     )
+
+
+def _inbound_auth_settings(r: _Reader) -> InboundAuthSettings:
+    d = InboundAuthSettings
+    choices = {"spf_fail": SPF_FAIL_ACTIONS, "dmarc_reject": DMARC_REJECT_ACTIONS,
+               "dmarc_quarantine": DMARC_QUARANTINE_ACTIONS}
+    chosen = {}
+    for key, allowed in choices.items():
+        value = r.get("inbound_auth", key, str, getattr(d, key))
+        if value not in allowed:
+            r.fault("inbound_auth", key, f"must be one of {', '.join(allowed)}, not {value!r}")
+            value = getattr(d, key)
+        chosen[key] = value
+    psl = r.get("inbound_auth", "public_suffix_list", str, d.public_suffix_list)
+    if psl and not Path(psl).is_file():
+        r.fault("inbound_auth", "public_suffix_list", f"no such file: {psl}")
+    junk = r.get("inbound_auth", "junk_folder", str, d.junk_folder)
+    if not junk or any(c in junk for c in "/\\*%.") or not junk.isprintable():
+        r.fault("inbound_auth", "junk_folder", f"must be a top-level folder name, not {junk!r}")
+        junk = d.junk_folder
+    return InboundAuthSettings(
+        check=r.get("inbound_auth", "check", bool, d.check),
+        timeout=r.positive("inbound_auth", "timeout", float, d.timeout),
+        threads=r.positive("inbound_auth", "threads", int, d.threads),
+        dkim_min_key_bits=r.positive("inbound_auth", "dkim_min_key_bits", int,
+                                     d.dkim_min_key_bits),
+        public_suffix_list=psl, junk_folder=junk, **chosen)
 
 
 def _names(r: _Reader, section: str, key: str) -> tuple[str, ...]:

@@ -249,8 +249,10 @@ class IMailStore(Interface):
         """
 
     def deliver_steps(mailbox: str, message: bytes, unique: str, recovering: bool,
-                      folder: str = "") -> Any:
-        """deliver() as a call in steps, for a group-commit trip (gateway/durable.py)."""
+                      folder: str = "", make_folder: bool = False) -> Any:
+        """deliver() as a call in steps, for a group-commit trip (gateway/durable.py).
+        make_folder: create folder when missing (a name the gateway chose, never one
+        from the network)."""
 
     def open_maildrop(mailbox: str) -> Any:
         """The mailbox's INBOX as a Maildrop for POP3."""

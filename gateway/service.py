@@ -45,6 +45,8 @@ from gateway.resolve.transport import TransportMap
 from gateway.sign.keys import KeyRing
 from gateway.sign.signer import DkimSigner
 from gateway.store.maildir import MaildirStore
+from gateway.verify.checker import InboundAuth
+from gateway.verify.orgdomain import OrgDomains
 
 log = Logger()
 
@@ -154,6 +156,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     submitter.listener = runner
     RunnerService(runner).setServiceParent(top)
     OutboxService(lists, reactor, settings.queue.control_interval).setServiceParent(top)
+    authcheck = _inbound_auth(settings, reactor, top)
     # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
     factories: dict[str, object] = {}
     for name, submission in (("smtp", False), ("submission", True)):
@@ -164,7 +167,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
                                    sender_login=settings.smtp.sender_login_match),
                 spool=spool, listener=runner, users=users, tls_options=tls_options,
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-                reactor=reactor)
+                reactor=reactor, authcheck=None if submission else authcheck)
         if settings.listen[name]:
             _listen(f"listen.{name}", settings.listen[name], factory, reactor, top)
     if settings.listen["pop3"] or "pop3" in settings.proxied.listen:
@@ -269,6 +272,21 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
                          run_blocking=run_blocking, password=password, sign=sign)
     RelayService(target, dns_pool).setServiceParent(parent)
     return target, run_dns
+
+
+def _inbound_auth(settings: Settings, reactor, parent) -> InboundAuth | None:
+    """SPF, DKIM and DMARC on port 25 (gateway/verify/), in a pool of their own: checks
+    wait on other people's name servers, and must never delay spool writes or logins."""
+    ia = settings.inbound_auth
+    if not ia.check:
+        return None
+    pool = ThreadPool(minthreads=0, maxthreads=ia.threads, name="verify")
+    PoolsService(pool).setServiceParent(parent)
+    relay = settings.relay
+    resolver = make_resolver(relay.nameservers, relay.dns_port,
+                             min(relay.dns_timeout, ia.timeout))
+    return InboundAuth(ia, settings.hostname, resolver, in_thread(reactor, pool), reactor,
+                       OrgDomains(ia.public_suffix_list))
 
 
 def _txt_lookup(settings: Settings, run_dns):

@@ -46,6 +46,7 @@ from gateway.envelope import (
 )
 from gateway.errors import MailError, SpoolError
 from gateway.interfaces import IQueueListener, ISpool, IUserDirectory
+from gateway.verify.checker import AuthFacts
 
 log = Logger()
 
@@ -472,7 +473,30 @@ class SMTPServer(SMTPAuth, ESMTP):
             helo=self._helo_name, client_address=client, hostname=self.factory.hostname,
             protocol=envelope.protocol, queue_id=envelope.queue_id, tls=tls,
             recipient=recipients[0] if len(recipients) == 1 else "", now=envelope.arrived)
-        message = header + body.message()
+        message = body.message()
+        if self.factory.authcheck is None:
+            return self._spool(envelope, header + message)
+        # Sender authentication (gateway/verify/): its verdict adds Authentication-Results,
+        # drops forged ones, and may refuse the message or send it to Junk.
+        d = self.factory.authcheck.check(
+            AuthFacts(client, self._helo_name, sender), message,
+            skip=not self.factory.policy.checks_sender(self.session))
+        d.addCallback(self._authenticated, envelope, header, message)
+        return d
+
+    def _authenticated(self, verdict, envelope: Envelope, header: bytes, message: bytes):
+        if verdict.refusal is not None:
+            e = verdict.refusal
+            logs.reject("DATA", envelope.client_address, e.code, e.enhanced, e.text,
+                        sender=envelope.sender,
+                        recipient=",".join(r.address for r in envelope.recipients),
+                        helo=envelope.helo, service=self.service())
+            self.reply_error(e)
+            return None
+        envelope.folder = verdict.folder
+        return self._spool(envelope, verdict.rewrite(header + message))
+
+    def _spool(self, envelope: Envelope, message: bytes) -> defer.Deferred:
         envelope.size = len(message)
         envelope.hops = count_received(message)
         d = self.factory.spool.store(envelope, message)
@@ -504,7 +528,8 @@ class SMTPFactory(protocol.ServerFactory):
 
     def __init__(self, *, hostname: str, domains: tuple[str, ...], settings: SmtpSettings,
                  policy: RelayPolicy, spool: ISpool, listener: IQueueListener,
-                 users: IUserDirectory, tls_options, plaintext_from_loopback: bool, reactor):
+                 users: IUserDirectory, tls_options, plaintext_from_loopback: bool, reactor,
+                 authcheck=None):
         self.hostname = hostname
         self.domains = domains
         self.settings = settings
@@ -515,6 +540,8 @@ class SMTPFactory(protocol.ServerFactory):
         self.tls_options = tls_options
         self.plaintext_from_loopback = plaintext_from_loopback
         self.reactor = reactor
+        # gateway/verify/checker.InboundAuth on the smtp listener; None: no checks.
+        self.authcheck = authcheck
         self.connections = ConnectionCounter(settings.max_connections_per_client)
 
     def buildProtocol(self, addr) -> SMTPServer:
