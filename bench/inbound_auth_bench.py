@@ -27,6 +27,7 @@ Run as root (Postfix, port 53): .venv/bin/python bench/inbound_auth_bench.py -m 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -173,6 +174,24 @@ class CheckingPostfix(Postfix):
             self.opendkim = None
 
 
+def ensure_peer_packages(install: bool) -> None:
+    """apt-get install opendkim and postfix-policyd-spf-python unless present (their
+    system services are not started: the policy-rc.d of smtp_accept.py is not needed,
+    neither package starts a listener of its own on install that the peer uses)."""
+    if (Path("/usr/sbin/opendkim").exists() and Path("/usr/bin/policyd-spf").exists()) \
+            or not install or shutil.which("apt-get") is None:
+        return
+    say("installing opendkim and postfix-policyd-spf-python with apt-get ...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", "opendkim",
+                  "postfix-policyd-spf-python"]):
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=900, check=False)
+        if done.returncode != 0:
+            say(f"`{' '.join(argv)}` failed:\n{done.stderr.decode(errors='replace')[-1500:]}")
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.sender = f"sender@{DOMAIN}"
@@ -183,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not ensure_postfix(not args.no_install):
         return 2
+    ensure_peer_packages(not args.no_install)
     from dns_server import DNSServer
 
     private, public = generate(ALGORITHM)
