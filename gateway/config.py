@@ -216,6 +216,16 @@ class DkimSettings:
 
 
 @dataclass(frozen=True)
+class ArcSettings:
+    """[arc]: ARC sealing (RFC 8617, gateway/sign/arc.py) with the DKIM keys."""
+
+    seal_lists: bool = True
+    seal_relayed: bool = False
+    domain: str = ""        # the sealing domain of relayed mail; "" is the first of domains
+    authserv_id: str = ""   # RFC 8601 authserv-id; "" is hostname
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str
     hostname: str
@@ -246,6 +256,7 @@ class Settings:
     # [metrics] listen: the Prometheus and `mailgateway status` endpoint; "" is off.
     metrics_listen: str = ""
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    arc: ArcSettings = field(default_factory=ArcSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -447,6 +458,12 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
                         check_interval=r.positive("dkim", "check_interval", float,
                                                   DkimSettings.check_interval))
+    arc = ArcSettings(seal_lists=r.get("arc", "seal_lists", bool, ArcSettings.seal_lists),
+                      seal_relayed=r.get("arc", "seal_relayed", bool, ArcSettings.seal_relayed),
+                      domain=r.get("arc", "domain", str, "").lower().rstrip("."),
+                      authserv_id=r.get("arc", "authserv_id", str, ""))
+    if any(c.isspace() or c == ";" for c in arc.authserv_id):
+        r.fault("arc", "authserv_id", f"{arc.authserv_id!r} is not a token (RFC 8601 2.5)")
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -488,6 +505,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         group=group,
         metrics_listen=metrics,
         dkim=dkim,
+        arc=arc,
     )
 
 

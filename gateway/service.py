@@ -42,6 +42,7 @@ from gateway.queue.spool import Spool
 from gateway.queue.submit import Submitter
 from gateway.resolve.router import Router
 from gateway.resolve.transport import TransportMap
+from gateway.sign.arc import ArcSealer, PostSigner, RelaySealer
 from gateway.sign.keys import KeyRing
 from gateway.sign.signer import DkimSigner
 from gateway.store.maildir import MaildirStore
@@ -132,16 +133,25 @@ def build(settings: Settings, reactor) -> service.MultiService:
     except ValueError as e:
         key, _, reason = str(e).partition(": ")
         raise ConfigError([(settings.source, key, reason)]) from None
-    # DKIM signing of mail that leaves (gateway/sign/); dkim.sign(message) serves lists.
-    dkim = DkimSigner(KeyRing(settings.dkim_dir, settings.dkim.check_interval),
-                      enabled=settings.dkim.sign, trusted_networks=settings.trusted_networks)
-    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=dkim.sign_outbound)
+    # DKIM signing and ARC sealing of mail that leaves (gateway/sign/): relayed mail in
+    # the relay's threads, list posts once each in the exploder's (PostSigner).
+    keyring = KeyRing(settings.dkim_dir, settings.dkim.check_interval)
+    dkim = DkimSigner(keyring, enabled=settings.dkim.sign,
+                      trusted_networks=settings.trusted_networks)
+    arc = settings.arc
+    sealer = ArcSealer(keyring, arc.authserv_id or settings.hostname,
+                       dnsfunc=_dkim_dnsfunc(settings))
+    sign = (RelaySealer(dkim, sealer, arc.domain or settings.domains[0]) if arc.seal_relayed
+            else dkim.sign_outbound)
+    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign)
     # One archive store for the exploder that writes it and the IMAP readers (shared
     # folders), so a post filed in a pool thread wakes the sessions that have it open.
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
                            announce=reactor.callFromThread)
     lists = ListTarget(list_store, submitter, reactor, in_thread(reactor), archive=archive,
-                       dmarc_txt=_txt_lookup(settings, run_dns))
+                       dmarc_txt=_txt_lookup(settings, run_dns),
+                       sign_post=PostSigner(dkim if settings.dkim.sign else None,
+                                            sealer if arc.seal_lists else None))
     targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
                "remote": relay,
                "program": program,
@@ -271,9 +281,9 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
     return target, run_dns
 
 
-def _txt_lookup(settings: Settings, run_dns):
-    """name -> Deferred of its TXT strings ([] when none, or when DNS fails: a list
-    post is then treated as from a lax domain, never held up)."""
+def _txt_blocking(settings: Settings):
+    """name -> its TXT strings ([] when none or when DNS fails), by the [relay] name
+    servers. Blocking: in a thread."""
     relay = settings.relay
     resolver = make_resolver(relay.nameservers, relay.dns_port, relay.dns_timeout)
 
@@ -284,7 +294,27 @@ def _txt_lookup(settings: Settings, run_dns):
             return []
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
+    return lookup
+
+
+def _txt_lookup(settings: Settings, run_dns):
+    """name -> Deferred of its TXT strings ([] when none, or when DNS fails: a list
+    post is then treated as from a lax domain, never held up)."""
+    lookup = _txt_blocking(settings)
     return lambda name: run_dns(lookup, name)
+
+
+def _dkim_dnsfunc(settings: Settings):
+    """dkimpy's dnsfunc (name bytes -> the first TXT record, or None) on the [relay] name
+    servers: the key records of an incoming ARC chain (sign/arc.py, pool threads)."""
+    lookup = _txt_blocking(settings)
+
+    def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        found = lookup(text)
+        return found[0].encode("utf-8") if found else None
+
+    return dnsfunc
 
 
 class OutboxService(service.Service):

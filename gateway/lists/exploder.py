@@ -4,7 +4,8 @@ Implements IDeliveryTarget for kind "list" (resolve/ decided the address is a
 list's, through lists/directory.py). By role:
   post      posting.decide: refuse (the error bounces to the poster), hold
             (store.hold, a notice to the moderators, a word to the poster), or
-            explode: posting.decorate once, the archive copy, and ONE new queue
+            explode: posting.decorate once, the archive copy, the list domain's
+            DKIM signature and ARC seal (sign_post) once, and ONE new queue
             entry from dev-bounces@ to every enabled member, each with its VERP
             sender when the list has verp on, so the queue groups remote
             members per domain and delivers local ones locally, with the same
@@ -76,7 +77,8 @@ class ListTarget:
     def __init__(self, store: ListStore, submit: ISubmit, clock,
                  run_blocking: Callable[..., defer.Deferred], *,
                  archive: IMailStore | None = None,
-                 dmarc_txt: Callable[[str], defer.Deferred] | None = None):
+                 dmarc_txt: Callable[[str], defer.Deferred] | None = None,
+                 sign_post: Callable[[str, bytes, bytes, str], bytes] | None = None):
         self.store = store
         self.submit = submit
         self.clock = clock
@@ -84,6 +86,10 @@ class ListTarget:
         self.archive = archive
         # name -> Deferred firing with its TXT strings ([] when none or on failure).
         self.dmarc_txt = dmarc_txt
+        # (list domain, post as it arrived, the list's copy, queue ID) -> the copy
+        # DKIM-signed and ARC-sealed by the list's domain (gateway/sign/arc.py,
+        # PostSigner). Blocking: called in the pool thread, once per post.
+        self.sign_post = sign_post
 
     # --- IDeliveryTarget -----------------------------------------------------------
 
@@ -172,6 +178,9 @@ class ListTarget:
         if mlist.archive and self.archive is not None:
             # Named after the explosion: a repeat after a crash finds the first copy.
             self.archive.deliver(mlist.address, copy, f"{queue_id}.archive", True)
+        if self.sign_post is not None:
+            # Once for every member: VERP changes only the envelope sender.
+            copy = self.sign_post(mlist.domain, message, copy, queue_id)
         return _Explosion(mlist, copy, self.store.members(mlist.address), queue_id)
 
     @defer.inlineCallbacks

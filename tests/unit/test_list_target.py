@@ -28,7 +28,7 @@ class Listener:
         self.ids.append(queue_id)
 
 
-def rig(tmp_path, txt=None):
+def rig(tmp_path, txt=None, sign_post=None):
     store = ListStore(tmp_path / "lists")
     store.create(LIST, ["owner@example.test"], "members")
     store.add_members(LIST, ["alice@example.test", "bob@remote.test", '"odd x"@remote.test'])
@@ -38,7 +38,7 @@ def rig(tmp_path, txt=None):
     listener = Listener()
     submit = Submitter(spool, listener, "mx.example.test", clock)
     lookup = None if txt is None else (lambda name: defer.succeed(txt.get(name, [])))
-    target = ListTarget(store, submit, clock, run_now, dmarc_txt=lookup)
+    target = ListTarget(store, submit, clock, run_now, dmarc_txt=lookup, sign_post=sign_post)
     return store, spool, listener, target
 
 
@@ -73,6 +73,24 @@ def test_a_members_post_is_one_queue_entry_with_a_verp_sender_each(tmp_path):
     # Delivered again (a crash before the post was recorded done): no second entry.
     assert post(tmp_path, target, "alice@example.test") is None
     assert listener.ids == [qid] and spool.queue_ids() == [qid]
+
+
+def test_a_post_is_signed_once_for_all_its_members(tmp_path):
+    calls = []
+
+    def sign_post(domain, arrived, copy, queue_id):
+        calls.append((domain, arrived, copy, queue_id))
+        return b"ARC-Seal: i=1; stand-in\r\n" + copy
+
+    store, spool, listener, target = rig(tmp_path, sign_post=sign_post)
+    assert post(tmp_path, target, "alice@example.test") is None
+    (qid,) = listener.ids
+    assert len(spool.load(qid).recipients) == 3
+    ((domain, arrived, copy, queue_id),) = calls  # one seal, however many members
+    assert domain == "example.test" and queue_id == qid
+    assert b"Subject: topic" in arrived and b"Subject: [dev] topic" in copy
+    with open(spool.message_path(qid), "rb") as f:
+        assert f.read() == b"ARC-Seal: i=1; stand-in\r\n" + copy
 
 
 def test_a_strangers_post_is_held_and_the_moderators_told(tmp_path):
