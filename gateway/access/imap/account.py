@@ -149,8 +149,7 @@ class Account:
 
     def rename(self, old: str, new: str) -> None:
         if canonical(old) == "INBOX":
-            # RFC 3501 6.3.5 makes renaming INBOX move its messages; not offered.
-            raise No("[CANNOT] INBOX cannot be renamed")
+            return self._rename_inbox(new)
         self.shared.refuse_change(old, "RENAME", new=False)
         self.shared.refuse_change(new, "RENAME", new=True)
         try:
@@ -160,6 +159,25 @@ class Account:
                 raise No("[ALREADYEXISTS] Target folder exists")
         except FolderNameError as e:
             raise No(f"[CANNOT] {e}") from e
+
+    def _rename_inbox(self, new: str) -> None:
+        """RFC 3501 6.3.5: every INBOX message moves to a new folder, INBOX stays, empty.
+        Folders below INBOX stay where they are. The moves are renames (transfer), so
+        a crash half-way leaves each message in one folder or the other."""
+        new = new.rstrip(DELIMITER)
+        if canonical(new) == "INBOX":
+            raise No("[CANNOT] INBOX cannot be renamed to itself")
+        self.shared.refuse_change(new, "RENAME", new=True)
+        try:
+            made = self.folders.create(new)
+        except FolderNameError as e:
+            raise No(f"[CANNOT] {e}") from e
+        if not made:
+            raise No("[ALREADYEXISTS] Target folder exists")
+        inbox = self._open_personal("INBOX", "NONEXISTENT")
+        target = self._open_personal(new, "NONEXISTENT")
+        inbox.sync(force=True)  # everything there now, new/ included
+        transfer(inbox, target, list(inbox.uids), move=True)
 
     def subscribe(self, name: str, on: bool) -> None:
         if self.shared.find(name) is not None:  # archives are always subscribed (shared.py)

@@ -14,11 +14,10 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.access.imap import wire
-from gateway.access.imap.mailbox import View
+from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
 from gateway.store.folders import DELIMITER
 
-SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 
 
@@ -80,9 +79,7 @@ class AuthenticatedCommands:
                 return b""
             self.view, self.state = view, "select"
             ro = view.readonly  # EXAMINE, or SELECT of a list archive (shared.py)
-            lines = [b"* FLAGS (" + SYSTEM_FLAGS + b")",
-                     b"* OK [PERMANENTFLAGS (" + (b"" if ro else SYSTEM_FLAGS + b" \\*")
-                     + b")] Flags permitted",
+            lines = [*view.flag_responses(),  # with every keyword of the folder
                      b"* %d EXISTS" % len(view), b"* %d RECENT" % len(view.recent)]
             if first_unseen:
                 lines.append(b"* OK [UNSEEN %d] First unseen" % first_unseen)
