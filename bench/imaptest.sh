@@ -6,6 +6,10 @@
 #   bench/imaptest.sh run    BUILD [TEST] # whole suite, or one test file/dir under BUILD/src/tests
 #   bench/imaptest.sh dovecot BUILD [TEST] # the same against a private Dovecot (root; the peer)
 #
+# IMAPTEST_ARGS replaces test=TEST, e.g. stress mode with its state checks:
+#   IMAPTEST_ARGS="mbox=BUILD/src-imaptest/src/tests/default.mbox clients=10 secs=20" \
+#       bench/imaptest.sh run BUILD
+#
 # Needs (Debian): dovecot-dev autoconf automake libtool pkg-config make gcc libssl-dev zlib1g-dev.
 # See /work/shared/PEERS.md; Dovecot 2.3 passes the whole suite with 0 failures.
 set -eu
@@ -57,7 +61,7 @@ TOML
         i=$((i+1)); [ $i -gt 200 ] && { cat "$work/twistd.log"; exit 1; }; sleep 0.1
     done
     "$build/src-imaptest/src/imaptest" host=127.0.0.1 port=$port user=imaptest@example.test \
-        pass=imaptest-password test="$tests" || true
+        pass=imaptest-password ${IMAPTEST_ARGS:-test="$tests"} || true
     grep -n "Traceback\|Unhandled" "$work/twistd.log" && sed -n '1,200p' "$work/twistd.log" || true
     ;;
 dovecot)
@@ -106,8 +110,8 @@ CONF
         i=$((i+1)); [ $i -gt 200 ] && { cat "$work/dovecot.log"; exit 1; }; sleep 0.1
     done
     "$build/src-imaptest/src/imaptest" host=127.0.0.1 port=$port user=imaptest \
-        pass=imaptest-password test="$tests" || true
+        pass=imaptest-password ${IMAPTEST_ARGS:-test="$tests"} || true
     ;;
 *)
-    sed -n '2,10p' "$0"; exit 2 ;;
+    sed -n '2,14p' "$0"; exit 2 ;;
 esac
