@@ -139,8 +139,14 @@ class AuthenticatedCommands:
         wire.arity(args, 2)
         if isinstance(args[0], list):
             raise Bad("LIST-EXTENDED selection options are not supported")
-        reference, pattern = self._name(args[0]), self._name(args[1])
         verb = b"LSUB" if subscribed else b"LIST"
+        raw = [wire.astring(t, "folder name") for t in args]
+        try:
+            reference, pattern = wire.decode_mailbox(raw[0]), wire.decode_mailbox(raw[1])
+        except No:
+            # Not modified UTF-7 (RFC 3501 5.1.3), so no folder's name: nothing matches,
+            # which is an empty answer, not an error (RFC 3501 6.3.8).
+            return defer.succeed(verb + b" completed")
         if not pattern and not subscribed:  # RFC 3501 6.3.8: the delimiter and root
             self.sendUntaggedResponse(b'LIST (\\Noselect) "%s" ""' % DELIMITER.encode())
             return defer.succeed(b"LIST completed")

@@ -35,6 +35,7 @@ class View:
         self.on_wake = on_wake
         self.uids: list[int] = []
         self.recent: set[int] = set()
+        self.no_recent = False  # a list archive: its posts are \Recent to no reader (shared.py)
         self._expunged: set[int] = set()
         self._flagged: set[int] = set()
         self._added = False
@@ -59,11 +60,19 @@ class View:
             folder.sync()
             folder.attach(self)
             self.uids = list(folder.uids)
-            if not self.readonly:
-                self.recent = folder.claim_recent()
+            self.recent = self._recent()
             self._expunged.clear()
             self._flagged.clear()
             self._added = False
+
+    def _recent(self) -> set[int]:
+        """The messages \\Recent in this session (RFC 3501 2.3.2): SELECT claims those no
+        session has seen, so no other session gets them; EXAMINE shows them without
+        claiming, as it must not change the mailbox (RFC 3501 6.3.2)."""
+        folder = self.folder
+        if self.no_recent:
+            return set()
+        return set(folder.recent) if self.readonly else folder.claim_recent()
 
     def close(self) -> None:
         self.folder.detach(self)
@@ -147,8 +156,7 @@ class View:
                 new = folder.uids[bisect_right(folder.uids, last):]
                 if new:
                     self.uids.extend(new)
-                    if not self.readonly:
-                        self.recent |= folder.claim_recent()
+                    self.recent |= self._recent()
                     lines.append(b"* %d EXISTS" % len(self.uids))
                     lines.append(b"* %d RECENT" % len(self.recent))
             if self._flagged:
