@@ -190,11 +190,27 @@ def _write(path: Path | str, data: bytes, flags: int, append: bool = False) -> N
     mode = os.O_APPEND if append else os.O_TRUNC
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | flags, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of data to fd (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def file_written(fd: int, path: Path | str) -> None:
+    """Make a file written in parts through fd (a message streamed in, queue/incoming.py)
+    durable: at once (fdatasync, as O_DSYNC does for write_file), or at the trip's
+    next step. fd stays open: the caller closes it."""
+    trip = _trip()
+    if trip is None or trip.sync == "file":
+        os.fdatasync(fd)
+        return
+    trip.files.add(os.path.dirname(path))
 
 
 def fsync_dir(path: Path | str) -> None:

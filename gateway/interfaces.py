@@ -107,6 +107,10 @@ class ISpool(Interface):
     def store(envelope: Any, message: bytes) -> Any:
         """Deferred firing with the queue ID once message and envelope are fsync'd."""
 
+    def receive(queue_id: str, buffer_size: int) -> IIncomingMessage:
+        """A message written to the spool as it arrives (SMTP DATA), at most
+        buffer_size bytes of it waiting in memory at a time."""
+
     def load(queue_id: str) -> Any:
         """The Envelope of queue_id (blocking; callers run it off the reactor)."""
 
@@ -130,6 +134,27 @@ class ISpool(Interface):
 
     def queue_ids() -> list[str]:
         """Every complete entry, oldest first (blocking)."""
+
+
+class IIncomingMessage(Interface):
+    """One message being written to the spool as it arrives (queue/incoming.py)."""
+
+    queue_id = Attribute("The queue ID the message will have.")
+    size = Attribute("Bytes written so far.")
+    full = Attribute("True while the buffer is full: stop reading until room() fires.")
+
+    def write(data: bytes) -> None:
+        """Append data (never blocks: it is written to disk in the background)."""
+
+    def room() -> Any:
+        """Deferred firing once the buffer is no longer full (at once if it is not)."""
+
+    def commit(envelope: Any) -> Any:
+        """Deferred firing with the queue ID once message and envelope are durable
+        (SpoolError on failure, the file then removed)."""
+
+    def abort() -> None:
+        """Forget the message: its file is removed; later writes are ignored."""
 
 
 class ISubmit(Interface):
