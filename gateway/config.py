@@ -58,6 +58,8 @@ class SmtpSettings:
     max_pending_input: int = 1 << 20
     # Seconds from the 354 to the final dot, whatever the pace: beyond, 421 and close.
     data_timeout: float = 600.0
+    # Bytes of a message a session holds while DATA streams to the spool file.
+    data_buffer_size: int = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -413,6 +415,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         sender_login_match=r.get("smtp", "sender_login_match", bool, True),
         max_pending_input=r.positive("smtp", "max_pending_input", int, 1 << 20),
         data_timeout=r.positive("smtp", "data_timeout", float, 600.0),
+        data_buffer_size=r.positive("smtp", "data_buffer_size", int, 1 << 18),
     )
     if smtp.max_line_length < 80:
         r.fault("smtp", "max_line_length", "must be at least 80")

@@ -14,6 +14,16 @@ from gateway.errors import MailError
 
 
 @dataclass(frozen=True)
+class MessageFile:
+    """A message to write without holding it whole: head (trace headers made for this
+    copy), then the contents of the file at path (a spool entry), copied in pieces
+    by gateway/durable.py. A 34 MB message costs a delivery a 1 MiB buffer (issue 11)."""
+
+    head: bytes
+    path: str
+
+
+@dataclass(frozen=True)
 class Route:
     """Where one recipient goes, decided by resolve/, acted on by the target of its kind.
 
@@ -107,6 +117,10 @@ class ISpool(Interface):
     def store(envelope: Any, message: bytes) -> Any:
         """Deferred firing with the queue ID once message and envelope are fsync'd."""
 
+    def receive(queue_id: str, buffer_size: int) -> IIncomingMessage:
+        """A message written to the spool as it arrives (SMTP DATA), at most
+        buffer_size bytes of it waiting in memory at a time."""
+
     def load(queue_id: str) -> Any:
         """The Envelope of queue_id (blocking; callers run it off the reactor)."""
 
@@ -130,6 +144,27 @@ class ISpool(Interface):
 
     def queue_ids() -> list[str]:
         """Every complete entry, oldest first (blocking)."""
+
+
+class IIncomingMessage(Interface):
+    """One message being written to the spool as it arrives (queue/incoming.py)."""
+
+    queue_id = Attribute("The queue ID the message will have.")
+    size = Attribute("Bytes written so far.")
+    full = Attribute("True while the buffer is full: stop reading until room() fires.")
+
+    def write(data: bytes) -> None:
+        """Append data (never blocks: it is written to disk in the background)."""
+
+    def room() -> Any:
+        """Deferred firing once the buffer is no longer full (at once if it is not)."""
+
+    def commit(envelope: Any) -> Any:
+        """Deferred firing with the queue ID once message and envelope are durable
+        (SpoolError on failure, the file then removed)."""
+
+    def abort() -> None:
+        """Forget the message: its file is removed; later writes are ignored."""
 
 
 class ISubmit(Interface):
@@ -240,7 +275,7 @@ class IBouncer(Interface):
 class IMailStore(Interface):
     """The one owner of mailbox files (store/)."""
 
-    def deliver(mailbox: str, message: bytes, unique: str, recovering: bool,
+    def deliver(mailbox: str, message: bytes | MessageFile, unique: str, recovering: bool,
                 folder: str = "") -> bool:
         """Write a message to mailbox's INBOX (or its existing folder) durably (blocking).
 
@@ -248,8 +283,8 @@ class IMailStore(Interface):
         is already there (a repeat after a crash), True when written.
         """
 
-    def deliver_steps(mailbox: str, message: bytes, unique: str, recovering: bool,
-                      folder: str = "") -> Any:
+    def deliver_steps(mailbox: str, message: bytes | MessageFile, unique: str,
+                      recovering: bool, folder: str = "") -> Any:
         """deliver() as a call in steps, for a group-commit trip (gateway/durable.py)."""
 
     def open_maildrop(mailbox: str) -> Any:
