@@ -257,6 +257,9 @@ class Settings:
     group: str = ""
     # [metrics] listen: the Prometheus and `mailgateway status` endpoint; "" is off.
     metrics_listen: str = ""
+    # [log]: the log writer's bound and batching (gateway/logwriter.py).
+    log_queue_lines: int = 10000
+    log_flush_interval: float = 0.1
     dkim: DkimSettings = field(default_factory=DkimSettings)
     arc: ArcSettings = field(default_factory=ArcSettings)
 
@@ -458,6 +461,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     metrics = r.get("metrics", "listen", str, "")
     if metrics and not metrics.startswith(("tcp:", "tcp6:", "unix:")):
         r.fault("metrics", "listen", f"{metrics!r} is not a tcp: or unix: endpoint string")
+    log_queue_lines = r.positive("log", "queue_lines", int, 10000)
+    log_flush_interval = r.positive("log", "flush_interval", float, 0.1)
     dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
                         check_interval=r.positive("dkim", "check_interval", float,
                                                   DkimSettings.check_interval))
@@ -507,6 +512,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         user=user,
         group=group,
         metrics_listen=metrics,
+        log_queue_lines=log_queue_lines,
+        log_flush_interval=log_flush_interval,
         dkim=dkim,
         arc=arc,
     )

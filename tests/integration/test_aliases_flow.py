@@ -121,7 +121,7 @@ def test_exit_75_is_retried_then_delivered_once(make_gateway, tmp_path, out_dir)
     wait_for(lambda: (out_dir / "delivered").exists(), what="the retry")
     wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
     assert (out_dir / "delivered").read_bytes().count(b"once only") == 1
-    assert "exited 75" in gw.log_text()
+    gw.wait_log("exited 75")
 
 
 def test_exit_1_bounces_with_the_programs_words(make_gateway, tmp_path, out_dir):
@@ -147,7 +147,7 @@ def test_hanging_program_is_killed_at_the_timeout_and_retried(make_gateway, tmp_
     child = int((out_dir / "child").read_text())
     # The whole process group was killed, the program's own children too.
     wait_for(lambda: not _alive(child), what="the sleeping child killed")
-    assert "killed after 1s" in gw.log_text()
+    gw.wait_log("killed after 1s")
 
 
 def read_mbox(path: Path) -> list:
@@ -181,7 +181,7 @@ def test_broken_file_at_reload_keeps_the_old_table(make_gateway, tmp_path):
     gw.aliases.write_text("team: bob\nbroken line\n")
     os.kill(gw.proc.pid, signal.SIGHUP)
     wait_for(lambda: "aliases not reloaded" in gw.log_text(), what="the refusal in the log")
-    assert f"{gw.aliases}:2: expected" in gw.log_text()
+    gw.wait_log(f"{gw.aliases}:2: expected")
     send(gw, "team@example.test")
     gw.wait_messages("alice@example.test", 1)
     assert gw.messages("bob@example.test") == []
@@ -295,4 +295,4 @@ def test_a_program_that_reads_nothing_of_a_large_message_is_still_delivered(
     send(gw, "ignore@example.test", ("x" * 998 + "\r\n") * 3000)  # 3 MB: more than a pipe holds
     wait_for(lambda: (out_dir / "ran").exists(), what="the run")
     wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
-    assert "exited 0" in gw.log_text()
+    gw.wait_log("exited 0")
