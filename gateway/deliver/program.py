@@ -130,11 +130,11 @@ class ProgramDelivery:
         self.submit = submit
         # Programs start in a helper process of their own (deliver/spawnhelper.py
         # says why), which the gateway starts on first use and again if it dies.
-        self.spawner = spawner or Spawner(reactor)
+        self.uid, self.gid, self.home, self.user = _identity(settings)
+        self.spawner = spawner or Spawner(reactor, self.uid, self.gid, settings.directory)
         self.slots = defer.DeferredSemaphore(settings.concurrency)
         # An alias's several programs may start together; slots bounds them anyway.
         self.parallel = settings.concurrency
-        self.uid, self.gid, self.home, self.user = _identity(settings)
 
     def deliver(self, envelope: Envelope, route: Route, message_path: str,
                 recovering: bool) -> defer.Deferred:
@@ -151,7 +151,6 @@ class ProgramDelivery:
                             f"(program.path {self.settings.path})")
         job = Job(argv=[executable, *argv[1:]],
                   env=environment(envelope, route, self.home, self.settings.path, self.user),
-                  directory=self.settings.directory, uid=self.uid, gid=self.gid,
                   head=delivery_headers(envelope, route), message_path=message_path,
                   output_limit=self.settings.output_limit,
                   reply_limit=self.settings.reply_limit if "reply" in route.options else 0)
@@ -167,19 +166,23 @@ class ProgramDelivery:
             raise MailError(451, "4.3.0", f"command {route.command!r} killed after "
                             f"{self.settings.timeout:g}s (program.timeout)")
         if outcome.error is not None:
-            # Like Postfix's EX_OSERR for an exec that failed: tried again later.
-            raise MailError(451, "4.3.0", f"command {route.command!r} not started: "
-                            f"{outcome.error}")
+            # Not started (like Postfix's EX_OSERR for an exec that failed), or killed
+            # with a helper that died: tried again later.
+            raise MailError(451, "4.3.0", f"command {route.command!r} {outcome.error}")
         if outcome.exit_code is None:
             raise MailError(451, "4.3.0", f"command {route.command!r} killed by signal "
                             f"{outcome.signal}")
         error = exit_error(outcome.exit_code, route.command, outcome.output)
-        log.info("{queue_id}: to=<{to}> command {command!r} exited {status}", queue_id=qid,
-                 to=route.address, command=route.command, status=outcome.exit_code)
         if error is not None:
+            log.info("{queue_id}: to=<{to}> command {command!r} exited {status}",
+                     queue_id=qid, to=route.address, command=route.command,
+                     status=outcome.exit_code)
             raise error
         if "reply" in route.options:
             yield self._reply(envelope, route, message_path, outcome.stdout)
+        # Said in the runner's status=sent line (as Postfix's "delivered to command:"),
+        # not in a line of its own: one log line less per program delivery.
+        return f"delivered to command {route.command!r}, exited 0"
 
     @defer.inlineCallbacks
     def _reply(self, envelope: Envelope, route: Route, message_path: str, output: bytes):

@@ -11,7 +11,10 @@ The helper is started through Twisted's process support on first use and
 again after it died. A death with programs running fails their deliveries
 as temporary (451 4.3.0, retried through the queue) after killing their
 process groups, so none of them can finish unrecorded and then run again:
-each message reaches the program once more at most as after a timeout.
+each message reaches the program once more at most as after a timeout. A
+helper that leaves a kill unanswered for KILL_GRACE seconds (stopped by a
+program, which may signal it: see spawnhelper.py) is killed, and so
+started again.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 log = Logger()
 
 HELPER = Path(__file__).with_name("spawnhelper.py")
 HEADER = struct.Struct(">I")
+KILL_GRACE = 10.0  # seconds for the helper to report a program it was told to kill
+LOST = "killed: the program spawner ended"
 
 
 @dataclass
@@ -39,9 +44,6 @@ class Job:
 
     argv: list[str]
     env: dict[str, str]
-    directory: str
-    uid: int | None
-    gid: int | None
     head: bytes
     message_path: str
     output_limit: int
@@ -59,16 +61,20 @@ class Outcome:
     signal: int | None = None
     output: bytes = b""
     stdout: bytes = b""
-    error: str | None = None  # it did not run (or the helper died under it)
+    error: str | None = None  # "not started (why)", or LOST
 
 
 class Spawner:
-    def __init__(self, reactor, argv: list[str] | None = None,
-                 killpg=os.killpg):
+    """Programs as uid/gid (when the gateway runs as root; None otherwise) in directory."""
+
+    def __init__(self, reactor, uid: int | None, gid: int | None, directory: str,
+                 argv: list[str] | None = None, killpg=os.killpg):
         self.reactor = reactor
         # -I: no environment variables nor user site; -S: no site-packages. The
-        # helper needs the standard library only, and stays small (cheap forks).
-        self.argv = argv or [sys.executable, "-I", "-S", str(HELPER)]
+        # helper needs the standard library only, and stays small.
+        self.argv = argv or [sys.executable, "-I", "-S", str(HELPER),
+                             "-" if uid is None else str(uid),
+                             "-" if gid is None else str(gid), directory]
         self.killpg = killpg
         self._helper: _HelperProtocol | None = None
         self._jobs: dict[int, Job] = {}
@@ -81,15 +87,24 @@ class Spawner:
         self._next_id += 1
         job.id = self._next_id
         self._jobs[job.id] = job
-        helper.send({"id": job.id, "argv": job.argv, "env": job.env, "dir": job.directory,
-                     "uid": job.uid, "gid": job.gid, "head": job.head.decode("latin-1"),
-                     "message": job.message_path, "output_limit": job.output_limit,
-                     "reply_limit": job.reply_limit})
+        helper.send({"id": job.id, "argv": job.argv, "env": job.env,
+                     "head": job.head.decode("latin-1"), "message": job.message_path,
+                     "output_limit": job.output_limit, "reply_limit": job.reply_limit})
         return job.done
 
     def kill(self, job: Job) -> None:
         if job.id in self._jobs and self._helper is not None:
             self._helper.send({"id": job.id, "kill": True})
+            self.reactor.callLater(KILL_GRACE, self._unanswered, job, self._helper)
+
+    def _unanswered(self, job: Job, helper: _HelperProtocol) -> None:
+        if job.id in self._jobs and helper is self._helper:
+            log.warn("program spawner did not kill a program in {grace:g}s: restarting it",
+                     grace=KILL_GRACE)
+            try:
+                helper.transport.signalProcess("KILL")
+            except (OSError, error.ProcessExitedAlready):
+                pass  # it ended meanwhile: processEnded comes
 
     def stop(self) -> None:
         """Close the helper's input: it kills what still runs and exits."""
@@ -136,7 +151,7 @@ class Spawner:
                     self.killpg(job.pid, signal.SIGKILL)
                 except OSError:
                     pass  # it ended meanwhile
-            job.done.callback(Outcome(error="the program spawner ended"))
+            job.done.callback(Outcome(error=LOST))
 
 
 class _HelperProtocol(protocol.ProcessProtocol):

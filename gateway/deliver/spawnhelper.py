@@ -1,21 +1,36 @@
 """The program spawner: a small process that starts, feeds and reaps program recipients.
 
-Runs as a script (`python -I -S spawnhelper.py`), started and restarted by
-deliver/spawner.py in the gateway, which sends it one request per program
-delivery (deliver/program.py decided the command, environment and identity).
-It imports nothing but the standard library, so it stays a few MB.
+Runs as a script (`python -I -S spawnhelper.py UID GID DIRECTORY`), started
+and restarted by deliver/spawner.py in the gateway, which sends it one
+request per program delivery (deliver/program.py decided the command and
+environment). It imports nothing but the standard library, so it stays a
+few MB.
 
 Why a process of its own (bench/RESULTS.md, issue 9): a program started
 from the gateway cost the reactor a posix_spawn of a 60-100 MB process (the
 reactor waits until the vfork child has exec'd, ~4 ms wall on a loaded
 machine), a scan of every open descriptor, three extra execs (setpriv, env
 -C, setsid: posix_spawn cannot change user, directory or session) and the
-pipe work of each run. Here Popen forks this small process, and its C child
-code drops the user and groups, enters the directory and makes a new
-session before the one exec; feeding the message and collecting the output
-happen on the other core. The gateway sends one request and reads two
-replies per program (Postfix's local(8) is likewise a small process of its
-own that forks the command).
+pipe work of each run. Here a posix_spawn of this small process starts the
+program directly; feeding the message and collecting the output happen on
+the other core. The gateway sends one request and reads two replies per
+program (Postfix's local(8) is likewise a small process of its own that
+forks the command).
+
+How a program gets its identity without a fork per program (a fork of even
+this process cost 0.3-0.75 ms of system time; a posix_spawn, which vforks,
+0.03 ms): run as root, this process takes its identity once at start
+(take_identity): no supplementary groups, real user and group IDs those of
+[program] user and group, effective and saved IDs still root (to open the
+spool's message files and to kill programs). posix_spawn's
+POSIX_SPAWN_RESETIDS then sets each child's effective IDs to those real
+ones before the exec, and the exec makes the saved ones alike, so the
+program runs with all of its user and group IDs [program]'s, no other
+group and no capability (Linux clears them when no user ID is 0). The
+directory is entered once, here, and inherited. A program can signal this
+process (its real user ID is the program's); one that stops it is dealt
+with by the gateway (deliver/spawner.py: a kill left unanswered restarts
+the helper).
 
 Each program, as Postfix's local(8) runs it: no shell (argv as given), the
 environment as given (nothing inherited), a new session (so a kill reaches
@@ -28,8 +43,8 @@ reply_limit bytes of stdout alone.
 
 Protocol, on this process's standard input and output: frames of a 4-byte
 big-endian length and a JSON object; bytes travel as latin-1 strings.
-  request  {"id", "argv", "env", "dir", "uid", "gid", "head", "message",
-            "output_limit", "reply_limit"}      start a program
+  request  {"id", "argv", "env", "head", "message", "output_limit",
+            "reply_limit"}                       start a program
            {"id", "kill": true}                  SIGKILL its process group
   replies  {"id", "pid"}                         started
            {"id", "error"}                       could not start (nothing ran)
@@ -41,13 +56,11 @@ left running, it would be run twice), then this process exits.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import selectors
 import signal
 import struct
-import subprocess
 import sys
 
 CHUNK = 65536
@@ -78,23 +91,20 @@ class Run:
             in_r, self.stdin = _pipe(fds)
             self.out, out_w = _pipe(fds)
             self.err, err_w = _pipe(fds)
-            options = {}
-            if os.geteuid() == 0:
-                if req["uid"] is None or req["gid"] is None or 0 in (req["uid"], req["gid"]):
-                    raise PermissionError(errno.EPERM, "programs never run as root")
-                options = {"user": req["uid"], "group": req["gid"], "extra_groups": []}
-            proc = subprocess.Popen(
-                req["argv"], stdin=in_r, stdout=out_w, stderr=err_w, env=req["env"],
-                cwd=req["dir"], start_new_session=True, close_fds=True,
-                restore_signals=True, **options)
+            argv = req["argv"]
+            # Every descriptor of this process but 0-2 is close-on-exec (PEP 446, and
+            # pipe2 here): the program gets its three pipes and nothing else.
+            self.pid = os.posix_spawn(
+                argv[0], argv, req["env"],
+                file_actions=[(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                              (os.POSIX_SPAWN_DUP2, err_w, 2)],
+                setsid=True, resetids=True, setsigmask=(), setsigdef=helper.ignored)
         except BaseException:
             for fd in (*fds, self.message):
                 os.close(fd)
             raise
         for fd in (in_r, out_w, err_w):
             os.close(fd)
-        proc.returncode = 0  # reaped by Helper.reap(), not by the Popen object
-        self.pid = proc.pid
         for fd in (self.stdin, self.out, self.err):
             os.set_blocking(fd, False)
         sel = helper.selector
@@ -196,6 +206,9 @@ class Helper:
             # gateway's to act on; this process ends when its input does.
             signal.signal(signum, _nothing)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self.reap)
+        # Signals ignored here (SIGPIPE, by Python) are not ignored in the programs.
+        self.ignored = [s for s in signal.valid_signals()
+                        if signal.getsignal(s) == signal.SIG_IGN]
         os.set_blocking(requests, False)
         self.selector.register(requests, selectors.EVENT_READ, self.read_requests)
 
@@ -238,7 +251,7 @@ class Helper:
         try:
             run = Run(self, req)
         except OSError as e:
-            self.reply({"id": req["id"], "error": f"{type(e).__name__}: {e}"})
+            self.reply({"id": req["id"], "error": f"not started ({type(e).__name__}: {e})"})
             return
         self.runs[run.id] = self.by_pid[run.pid] = run
         self.reply({"id": run.id, "pid": run.pid})
@@ -272,10 +285,30 @@ def _nothing(signum, frame) -> None:
     pass
 
 
-def main() -> int:
+def take_identity(uid: int | None, gid: int | None, directory: str) -> None:
+    """As root: real IDs [program]'s, no other groups (see the docstring); the directory."""
+    if os.geteuid() == 0:
+        if uid is None or gid is None or 0 in (uid, gid):
+            raise PermissionError("programs never run as root: a user and group are needed")
+        os.setgroups([])
+        os.setresgid(gid, 0, 0)
+        os.setresuid(uid, 0, 0)
+    os.chdir(directory)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: spawnhelper.py UID|- GID|- DIRECTORY", file=sys.stderr)
+        return 2
+    uid, gid = (None if a == "-" else int(a) for a in argv[:2])
+    try:
+        take_identity(uid, gid, argv[2])
+    except OSError as e:
+        print(f"spawnhelper: {e}", file=sys.stderr)
+        return 1
     Helper().loop()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

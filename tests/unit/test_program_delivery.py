@@ -6,6 +6,10 @@ test_spawnhelper.py, and end to end in tests/integration/test_aliases_flow.py.
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+
 import pytest
 from twisted.internet import defer, task
 
@@ -85,11 +89,10 @@ def test_runs_without_a_shell_with_the_message_and_a_scrubbed_environment(tmp_pa
     assert not set(env) - {"SENDER", "RECIPIENT", "ORIGINAL_RECIPIENT", "LOCAL", "EXTENSION",
                            "DOMAIN", "QUEUE_ID", "CLIENT_ADDRESS", "HOME", "PATH", "USER",
                            "LOGNAME", "SHELL", "LANG"}
-    assert job.directory == "/"  # [program] directory
-    assert (job.uid, job.gid) == (target.uid, target.gid)
     assert job.reply_limit == 0  # not a reply alias: its stdout is not kept
     end(job, 0)
-    assert outcome(d) is None
+    # Delivered: said in the runner's status=sent line, not in a line of its own.
+    assert outcome(d) == "delivered to command '/bin/cat -n', exited 0"
 
 
 def test_shell_only_when_the_alias_opts_in():
@@ -137,10 +140,11 @@ def test_timeout_kills_and_retries(tmp_path):
 def test_a_program_that_could_not_start_is_tried_again(tmp_path):
     target, spawner, _, clock, envelope, path = rig(tmp_path)
     d = target.deliver(envelope, route(), path, False)
-    end(spawner.jobs[0], error="PermissionError: [Errno 13] Permission denied")
+    end(spawner.jobs[0], error="not started (PermissionError: [Errno 13] Permission denied)")
     failure = outcome(d)
     assert (failure.value.code, failure.value.temporary) == (451, True)
-    assert "not started: PermissionError" in failure.value.text
+    assert failure.value.text == ("command '/bin/cat -n' not started (PermissionError: "
+                                  "[Errno 13] Permission denied)")
     assert not clock.getDelayedCalls()  # the timeout is cancelled
 
 
@@ -152,7 +156,7 @@ def test_concurrency_is_capped(tmp_path):
     assert len(spawner.jobs) == 3
     for job in spawner.jobs[1:]:
         end(job, 0)
-    assert all(outcome(d) is None for d in ds)
+    assert all(outcome(d).endswith("exited 0") for d in ds)
 
 
 def test_reply_alias_mails_stdout_back_as_an_auto_reply(tmp_path):
@@ -162,7 +166,7 @@ def test_reply_alias_mails_stdout_back_as_an_auto_reply(tmp_path):
     assert job.reply_limit == 65536  # [program] reply_limit: stdout alone is kept
     end(job, 0, output=b"Here is the help text.\na warning, not for the reply\n",
         stdout=b"Here is the help text.\n")
-    assert outcome(d) is None
+    assert outcome(d).endswith("exited 0")
     ((sender, rcpts, message),) = submit.sent
     assert (sender, rcpts) == ("", ["dave@remote.test"])
     assert b"Auto-Submitted: auto-replied" in message
@@ -182,3 +186,14 @@ def test_reply_alias_mails_stdout_back_as_an_auto_reply(tmp_path):
 ])
 def test_auto_replies_follow_rfc_3834(sender, head, allowed):
     assert may_auto_reply(sender, head) is allowed
+
+
+def test_the_spawner_gets_the_program_identity_and_directory(tmp_path):
+    target = ProgramDelivery(ProgramSettings(directory="/srv"), "mx.example.test", task.Clock())
+    uid, gid, directory = target.spawner.argv[-3:]
+    assert directory == "/srv"
+    if os.geteuid() == 0:  # [program] user and group, never root
+        assert (int(uid), int(gid)) == (pwd.getpwnam("nobody").pw_uid,
+                                        grp.getgrnam("nogroup").gr_gid)
+    else:  # nothing to change: programs run as the gateway's user
+        assert (uid, gid) == ("-", "-")

@@ -22,12 +22,15 @@ from gateway.deliver.spawner import HELPER
 
 FRAME = struct.Struct(">I")
 NOBODY = 65534
+# The program identity, as deliver/spawner.py gives it: only root can change it.
+IDENTITY = [str(NOBODY), str(NOBODY)] if os.geteuid() == 0 else ["-", "-"]
 
 
 class Helper:
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", str(HELPER)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={})
+    def __init__(self, identity=IDENTITY, directory="/"):
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", str(HELPER), *identity,
+                                      directory], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={})
 
     def send(self, **obj) -> None:
         data = json.dumps(obj).encode()
@@ -40,9 +43,8 @@ class Helper:
         return json.loads(self.proc.stdout.read(FRAME.unpack(head)[0]))
 
     def start(self, n: int, argv: list[str], message: str, head: str = "", **kw) -> dict:
-        req = {"id": n, "argv": argv, "env": {"PATH": "/usr/bin:/bin", "X": "1"}, "dir": "/",
-               "uid": NOBODY, "gid": NOBODY, "head": head, "message": message,
-               "output_limit": 4096, "reply_limit": 0}
+        req = {"id": n, "argv": argv, "env": {"PATH": "/usr/bin:/bin", "X": "1"},
+               "head": head, "message": message, "output_limit": 4096, "reply_limit": 0}
         req.update(kw)
         self.send(**req)
         return self.recv()
@@ -59,6 +61,7 @@ def helper():
     if not h.proc.stdin.closed:
         h.close()  # and the helper ends: nothing of it outlives a test
     h.proc.stdout.close()
+    h.proc.stderr.close()
 
 
 @pytest.fixture
@@ -135,7 +138,7 @@ def test_kill_reaches_the_whole_process_group(helper, message, tmp_path):
 
 def test_a_program_that_cannot_start_is_reported_and_the_helper_goes_on(helper, message):
     failed = helper.start(1, ["/nonexistent/prog"], message)
-    assert failed["id"] == 1 and "FileNotFoundError" in failed["error"]
+    assert failed["id"] == 1 and failed["error"].startswith("not started (FileNotFoundError")
     helper.start(2, ["/bin/true"], message)
     assert helper.recv() == {"id": 2, "exit": 0, "signal": None, "output": "", "stdout": ""}
 
@@ -149,11 +152,32 @@ def test_end_of_input_kills_the_running_programs_and_ends_the_helper(helper, mes
         time.sleep(0.01)
 
 
+def test_programs_run_in_the_directory_the_helper_was_given(tmp_path, message):
+    helper = Helper(directory="/usr")
+    try:
+        helper.start(1, ["/bin/pwd"], message, reply_limit=100)
+        assert helper.recv()["stdout"] == "/usr\n"
+    finally:
+        helper.close()
+        helper.proc.stdout.close()
+        helper.proc.stderr.close()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
-def test_as_root_programs_run_as_the_given_user_with_no_other_group_and_never_as_root(
+def test_as_root_every_id_of_a_program_is_the_given_user_s_with_no_group_or_capability(
         helper, message):
-    helper.start(1, ["/bin/sh", "-c", "id -u; id -g; id -G"], message, reply_limit=100)
-    assert helper.recv()["stdout"].split() == [str(NOBODY)] * 3
-    for uid, gid in ((None, None), (0, NOBODY), (NOBODY, 0)):
-        refused = helper.start(2, ["/bin/true"], message, uid=uid, gid=gid)
-        assert "never run as root" in refused["error"]
+    helper.start(1, ["/bin/grep", "-E", "^(Uid|Gid|Groups|CapPrm|CapEff):", "/proc/self/status"],
+                 message, reply_limit=1000)
+    status = dict(line.split(":", 1) for line in helper.recv()["stdout"].splitlines())
+    assert status["Uid"].split() == [str(NOBODY)] * 4  # real, effective, saved, file system
+    assert status["Gid"].split() == [str(NOBODY)] * 4
+    assert status["Groups"].split() == []
+    assert int(status["CapPrm"], 16) == int(status["CapEff"], 16) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+@pytest.mark.parametrize("identity", [["-", "-"], ["0", str(NOBODY)], [str(NOBODY), "0"]])
+def test_as_root_the_helper_refuses_to_run_programs_as_root(identity):
+    helper = Helper(identity)
+    _, err = helper.proc.communicate(timeout=30)
+    assert helper.proc.returncode == 1 and b"never run as root" in err
