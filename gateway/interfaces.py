@@ -203,6 +203,9 @@ class IDeliveryTarget(Interface):
     def deliver(envelope: Any, route: Route, message_path: str, recovering: bool) -> Any:
         """Deferred firing when the route is done; fails with MailError (temporary or not).
 
+        It may fire with a str: what the delivery's log line says of the success
+        (Postfix's "delivered to command: ..."), in place of "delivered".
+
         recovering is True when an earlier run may already have delivered this
         route (an entry found on disk at start); the target must then avoid a
         duplicate where it can.
@@ -219,6 +222,8 @@ class RecipientResult:
     error: MailError | None = None
     # Who gave the answer, for the DSN's Remote-MTA (RFC 3464 2.3.5): a host name.
     remote_mta: str = ""
+    # A success's words for the log line, when the target has more to say than "delivered".
+    detail: str = ""
 
 
 class IBatchDeliveryTarget(IDeliveryTarget):

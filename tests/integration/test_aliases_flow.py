@@ -296,3 +296,39 @@ def test_a_program_that_reads_nothing_of_a_large_message_is_still_delivered(
     wait_for(lambda: (out_dir / "ran").exists(), what="the run")
     wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
     gw.wait_log("exited 0")
+
+
+def _spawners(gateway_pid: int) -> list[int]:
+    """The gateway's program spawner processes (deliver/spawnhelper.py), by /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if ppid == gateway_pid and b"spawnhelper.py" in command:
+            found.append(int(entry))
+    return found
+
+
+def test_a_killed_spawner_is_started_again_and_each_message_delivered_once(
+        make_gateway, tmp_path, out_dir):
+    prog = script(out_dir, "append", f"cat >> {out_dir}/got\n")
+    gw = aliases_gateway(make_gateway, tmp_path, f'append: "|{prog}"\n')
+    got = out_dir / "got"
+    send(gw, "append@example.test", "first message")
+    wait_for(lambda: got.exists() and b"first message" in got.read_bytes(), what="first run")
+    (spawner,) = wait_for(lambda: _spawners(gw.proc.pid), what="the spawner")
+    os.kill(spawner, signal.SIGKILL)
+    send(gw, "append@example.test", "second message")
+    wait_for(lambda: b"second message" in got.read_bytes(), what="the run after the kill")
+    wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
+    text = got.read_bytes()
+    assert text.count(b"first message") == 1 and text.count(b"second message") == 1
+    assert _spawners(gw.proc.pid) not in ([], [spawner])  # a new one serves
+    gw.wait_log("program spawner started again")

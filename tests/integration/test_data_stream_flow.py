@@ -34,7 +34,7 @@ def test_a_multi_megabyte_message_arrives_byte_exact(gateway):
     [stored] = gateway.wait_messages("alice@example.test", 1)
     assert body_of(stored) == message
     assert tmp_files(gateway) == []
-    assert "message-id=<stream@remote.test>" in gateway.log_text()
+    gateway.wait_log("message-id=<stream@remote.test>")
 
 
 def start_data(gateway) -> socket.socket:
