@@ -216,6 +216,19 @@ class DkimSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """[web]: the RFC 8058 one-click unsubscribe endpoint (gateway/lists/web.py)."""
+
+    # Twisted endpoint string; "" (the default) is off.
+    listen: str = ""
+    # True: HTTPS with the [tls] certificate; False: plain HTTP for a reverse proxy
+    # that terminates TLS in front of it.
+    tls: bool = True
+    max_request_size: int = 65536
+    idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str
     hostname: str
@@ -246,6 +259,7 @@ class Settings:
     # [metrics] listen: the Prometheus and `mailgateway status` endpoint; "" is off.
     metrics_listen: str = ""
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -444,6 +458,14 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     metrics = r.get("metrics", "listen", str, "")
     if metrics and not metrics.startswith(("tcp:", "tcp6:", "unix:")):
         r.fault("metrics", "listen", f"{metrics!r} is not a tcp: or unix: endpoint string")
+    web = WebSettings(listen=r.get("web", "listen", str, WebSettings.listen),
+                      tls=r.get("web", "tls", bool, WebSettings.tls),
+                      max_request_size=r.positive("web", "max_request_size", int,
+                                                  WebSettings.max_request_size),
+                      idle_timeout=r.positive("web", "idle_timeout", float,
+                                              WebSettings.idle_timeout))
+    if web.listen and not web.listen.startswith(("tcp:", "tcp6:", "unix:")):
+        r.fault("web", "listen", f"{web.listen!r} is not a tcp: or unix: endpoint string")
     dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
                         check_interval=r.positive("dkim", "check_interval", float,
                                                   DkimSettings.check_interval))
@@ -488,6 +510,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         group=group,
         metrics_listen=metrics,
         dkim=dkim,
+        web=web,
     )
 
 
