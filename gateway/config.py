@@ -228,6 +228,19 @@ class ArcSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """[web]: the RFC 8058 one-click unsubscribe endpoint (gateway/lists/web.py)."""
+
+    # Twisted endpoint string; "" (the default) is off.
+    listen: str = ""
+    # True: HTTPS with the [tls] certificate; False: plain HTTP for a reverse proxy
+    # that terminates TLS in front of it.
+    tls: bool = True
+    max_request_size: int = 65536
+    idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str
     hostname: str
@@ -262,6 +275,8 @@ class Settings:
     log_flush_interval: float = 0.1
     dkim: DkimSettings = field(default_factory=DkimSettings)
     arc: ArcSettings = field(default_factory=ArcSettings)
+
+    web: WebSettings = field(default_factory=WebSettings)
 
     @property
     def spool_dir(self) -> Path:
@@ -463,6 +478,15 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         r.fault("metrics", "listen", f"{metrics!r} is not a tcp: or unix: endpoint string")
     log_queue_lines = r.positive("log", "queue_lines", int, 10000)
     log_flush_interval = r.positive("log", "flush_interval", float, 0.1)
+
+    web = WebSettings(listen=r.get("web", "listen", str, WebSettings.listen),
+                      tls=r.get("web", "tls", bool, WebSettings.tls),
+                      max_request_size=r.positive("web", "max_request_size", int,
+                                                  WebSettings.max_request_size),
+                      idle_timeout=r.positive("web", "idle_timeout", float,
+                                              WebSettings.idle_timeout))
+    if web.listen and not web.listen.startswith(("tcp:", "tcp6:", "unix:")):
+        r.fault("web", "listen", f"{web.listen!r} is not a tcp: or unix: endpoint string")
     dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
                         check_interval=r.positive("dkim", "check_interval", float,
                                                   DkimSettings.check_interval))
@@ -516,6 +540,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         log_flush_interval=log_flush_interval,
         dkim=dkim,
         arc=arc,
+
+        web=web,
     )
 
 

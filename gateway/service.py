@@ -12,6 +12,7 @@ import dns.exception
 from twisted.application import service
 from twisted.internet import task, threads
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from gateway import aliasfile, metrics_web, proxyproto, runlock, tls, tlsfront
@@ -31,6 +32,7 @@ from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
 from gateway.errors import ConfigError
 from gateway.listeners import Listener
+from gateway.lists import web as lists_web
 from gateway.lists.archive import ArchiveFolders
 from gateway.lists.directory import ListDirectory
 from gateway.lists.exploder import ListTarget
@@ -195,6 +197,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # After the fronts: its SIGHUP handler chains to theirs.
     aliasfile.AliasReloader(settings, router, reactor).setServiceParent(top)
     _metrics(settings, spool, runner, reactor, top)
+    _web(settings, list_store, tls_options, reactor, top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)
     return top
@@ -216,6 +219,19 @@ def _metrics(settings: Settings, spool: Spool, runner: QueueRunner, reactor, par
                      **{f"tlsfront.{f.name}": f.accept for f in settings.tlsfront}}
         _listen("metrics.listen", settings.metrics_listen,
                 metrics_web.site(REGISTRY, listeners), reactor, parent)
+
+
+def _web(settings: Settings, list_store: ListStore, tls_options, reactor, parent) -> None:
+    """[web] listen: RFC 8058 one-click unsubscribe (gateway/lists/web.py), off by default;
+    HTTPS with the STARTTLS certificate (reloaded alike) unless [web] tls = false."""
+    web = settings.web
+    if not web.listen:
+        return
+    factory = lists_web.site(list_store, in_thread(reactor), max_body=web.max_request_size,
+                             timeout=web.idle_timeout)
+    if web.tls:
+        factory = TLSMemoryBIOFactory(tls_options, False, factory)
+    _listen("web.listen", web.listen, factory, reactor, parent)
 
 
 # --- IMAP4 ---------------------------------------------------------------------------

@@ -49,8 +49,9 @@ RECOMMENDED = (
     "list-unsubscribe", "list-subscribe", "list-post", "list-owner", "list-archive",
 )
 # What the message means beyond 5.4.1: a changed Content-Type shows another part.
+# RFC 8058 4: a one-click List-Unsubscribe-Post counts only under a DKIM signature.
 MEANING = ("sender", "message-id", "mime-version", "content-type",
-           "content-transfer-encoding")
+           "content-transfer-encoding", "list-unsubscribe-post")
 SIGNED_HEADERS = RECOMMENDED + MEANING
 
 
