@@ -53,8 +53,10 @@ class Gateway:
         self.ports = {n: free_port() for n in ("smtp", "submission", "pop3", "imap")}
         listen = "".join(f'{n} = "tcp:{p}:interface=127.0.0.1"\n' for n, p in self.ports.items())
         self.config = root / "gw.toml"
+        # Run as root, it refuses to serve unless told so in as many words.
+        user = 'user = "root"\n' if os.geteuid() == 0 else ""
         self.config.write_text(
-            f'[server]\nhostname = "mx.example.test"\ndomains = ["example.test"]\n'
+            f'[server]\nhostname = "mx.example.test"\ndomains = ["example.test"]\n{user}'
             f'state_dir = "{root / "var"}"\n[listen]\n{listen}'
             f'[auth]\nplaintext_from_loopback = true\n'
             f'[relay]\nnameservers = ["127.0.0.1"]\ndns_port = {free_port()}\n'

@@ -15,7 +15,9 @@ everything is there. Recipients at the sink are counted from its dump
 Servers, each with VERP on and off, taking turns round after round:
   mailgateway   twistd with its default.toml: users, `list create --policy open`,
                 `list add --file -`, [relay] port/nameservers/dns_port to the
-                sink and the DNS server, tls "none" (the sink has no STARTTLS)
+                sink and the DNS server, tls "none" (the sink has no STARTTLS);
+                --one-click adds web_base_url (a personal copy, one queue entry,
+                per member: RFC 8058 links), which the peers have no match for
   mlmmj         Debian's mlmmj behind a private Postfix: Postfix pipes the
                 list's mail to mlmmj-receive (transport_maps), mlmmj-send
                 hands the copies back to Postfix's smtpd (VERP on: verp =
@@ -94,6 +96,7 @@ OWNER = f"owner@{LOCAL_DOMAIN}"
 POSTER = "poster@outside.test"
 MX_HOST = "mx.remote.test"
 TRUSTED = "127.0.0.0/8"
+ONE_CLICK_BASE = "https://lists.test"
 
 
 def remote_domains(count: int) -> list[str]:
@@ -267,6 +270,9 @@ class ListGateway(Mailgateway):
 
     def settings_text(self) -> str:
         sync = f'[queue] sync = "{self.args.gateway_sync}"; ' if self.args.gateway_sync else ""
+        if self.args.one_click:
+            sync += (f"web_base_url={ONE_CLICK_BASE} (a personal copy per member, RFC 8058 "
+                     "one-click); ")
         return (f"{sync}`list create {LIST} --policy open`, verp={str(self.verp).lower()} "
                 '(the rest `list` defaults, archive on); [relay] tls = "none", port = the sink\'s, '
                 "nameservers = [\"127.0.0.1\"], dns_port = the DNS server's; the rest as in "
@@ -308,6 +314,8 @@ class ListGateway(Mailgateway):
         self._cli("list", "create", LIST, "--owner", OWNER, "--policy", "open")
         if not self.verp:
             self._cli("list", "set", LIST, "verp=false")
+        if self.args.one_click:
+            self._cli("list", "set", LIST, f"web_base_url={ONE_CLICK_BASE}")
         members = local_members(self.args) + remote_members(self.args)
         self._cli("list", "add", LIST, "--file", "-", stdin="\n".join(members) + "\n")
         argv = [str(self.venv / "bin" / "twistd"), "-n", "--pidfile=", "mailgateway",
@@ -777,6 +785,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verp", default="on,off", help="on, off or on,off (on,off)")
     parser.add_argument("--gateway-sync", choices=("filesystem", "file"),
                         help="mailgateway's [queue] sync (default.toml's)")
+    parser.add_argument("--one-click", action="store_true",
+                        help="mailgateway's list with web_base_url: RFC 8058 personal copies")
     parser.add_argument("--venv", type=Path, help="default: REPO/.venv, else /tmp/v")
     parser.add_argument("--mailman-venv", type=Path, default=Path("/tmp/mailman-venv"),
                         help="a venv with PyPI mailman (/tmp/mailman-venv)")

@@ -718,10 +718,16 @@ class MailgatewayImap(Mailgateway):
             settings = tomllib.load(fh)
         settings["server"]["state_dir"] = str(state)
         settings["server"]["domains"] = [self.recipient.split("@", 1)[1]]
+        if os.geteuid() == 0:
+            settings["server"]["user"] = "root"  # as Mailgateway.write_config says
         settings["listen"] = {key: "" for key in settings["listen"]}
         settings["listen"]["imap"] = f"tcp:{port}:interface={LOOPBACK}"
         settings["auth"]["plaintext_from_loopback"] = True
         settings["tlsfront"] = []
+        aliases = settings.get("aliases", {})
+        if aliases.get("file") and not Path(aliases["file"]).is_absolute():
+            # Relative to the checkout, as for `make run`; the server runs in its rundir.
+            aliases["file"] = str(self.repo / aliases["file"])
         imap = settings["imap"]
         if "max_connections_per_client" in imap:  # all the sessions come from 127.0.0.1
             imap["max_connections_per_client"] = max(imap["max_connections_per_client"],

@@ -16,6 +16,14 @@ For each relay and round:
   peak RSS / PSS   the largest sum over the relay's processes (sink and
                    injectors not counted), sampled every 0.1 s
 
+--dkim (issue 15): both relays sign what they relay with an RSA-2048 key of the
+sender's domain: mailgateway with one from `mailgateway dkim keygen` ([dkim],
+gateway/sign/), Postfix through OpenDKIM as its milter (Debian packages
+opendkim, opendkim-tools; key from opendkim-genkey), the way a site runs it.
+The sink then keeps each message (smtp-sink -d, for both relays alike) and
+the report counts the signed ones ("signed"), so an unsigned round shows.
+OpenDKIM's process counts in Postfix's CPU and memory.
+
 This is a benchmark, not a test: it prints figures and never judges them.
 Everything it starts is stopped at the end, on Ctrl-C and on errors too.
 """
@@ -24,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -76,7 +86,10 @@ from smtp_accept import versions as accept_versions  # noqa: E402
 
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
+OPENDKIM = Path("/usr/sbin/opendkim")
+OPENDKIM_GENKEY = Path("/usr/sbin/opendkim-genkey")
 TRUSTED = "127.0.0.0/8"
+SELECTOR = "bench"
 
 
 def relay_domains(count: int) -> list[str]:
@@ -105,12 +118,16 @@ class Sink:
         self._reached = threading.Event()
         self._reader: threading.Thread | None = None
 
-    def start(self, port: int, deadline: float) -> None:
+    def start(self, port: int, deadline: float, dump: Path | None = None) -> None:
         self.port, self.count, self.reached = port, 0, None
         self._reached.clear()
         argv = [str(SMTP_SINK), "-c"]
         if os.geteuid() == 0:
             argv += ["-u", "nobody"]  # smtp-sink refuses to keep root privileges
+        if dump is not None:
+            dump.mkdir(parents=True)
+            dump.chmod(0o777)  # written by smtp-sink as nobody
+            argv += ["-d", f"{dump}/%H%M%S."]  # one file per message
         argv += [f"{LOOPBACK}:{port}", "1024"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
@@ -172,6 +189,8 @@ class RelayGateway(Mailgateway):
             f"destination_concurrency = {a.destination_concurrency}; [relay.routes] "
             f'"dNN.relay.test" = "[127.0.0.1]:SINK" for the {a.domains} domains; the rest as '
             "in gateway/default.toml"
+            + ("; an RSA-2048 key for the sender's domain (`mailgateway dkim keygen`), [dkim] "
+               "sign = true (its default)" if a.dkim else "")
         )
 
     def write_config(self, path: Path, state: Path, port: int) -> None:
@@ -188,6 +207,14 @@ class RelayGateway(Mailgateway):
         )
         settings["tlsfront"] = []  # no TLS front: only the SMTP listener runs
         path.write_text("# Written by bench/relay_bench.py\n" + toml_dumps(settings))
+        if self.args.dkim:
+            domain = self.args.sender.rpartition("@")[2]
+            done = subprocess.run(
+                [*self.cli(), "dkim", "keygen", domain, "--selector", SELECTOR, "--algorithm",
+                 "rsa", "--config", str(path)],
+                cwd=path.parent, env=self.env(), capture_output=True, timeout=120, check=False)
+            if done.returncode != 0:
+                raise Unavailable(f"`mailgateway dkim keygen` failed: {done.stderr.decode()}")
 
 
 class RelayPostfix(Postfix):
@@ -202,6 +229,18 @@ class RelayPostfix(Postfix):
         super().__init__(workdir, args.recipient, args.sessions)
         self.domains = relay_domains(args.domains)
         self.sink_port = 0
+        self.dkim = args.dkim
+        self.sender_domain = args.sender.rpartition("@")[2]
+        self.opendkim: subprocess.Popen[bytes] | None = None
+        self.opendkim_dir: Path | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.dkim:
+            for tool in (OPENDKIM, OPENDKIM_GENKEY):
+                if not os.access(tool, os.X_OK):
+                    raise Unavailable(f"{tool} is missing (Debian packages opendkim, "
+                                      "opendkim-tools)")
 
     def settings_text(self) -> str:
         return (
@@ -209,7 +248,61 @@ class RelayPostfix(Postfix):
             "reject_unauth_destination, relay_domains = the domains, transport_maps = texthash "
             '"dNN.relay.test smtp:[127.0.0.1]:SINK", smtp_tls_security_level = none; the rest '
             "Postfix's defaults (bench/peers.py MAIN_CF)"
+            + ("; smtpd_milters = OpenDKIM (inet, loopback), milter_default_action = tempfail; "
+               "opendkim.conf: Mode s, Domain/Selector/KeyFile (opendkim-genkey -b 2048), "
+               "Canonicalization relaxed/relaxed, InternalHosts 127.0.0.0/8, OversignHeaders "
+               "From (Debian's), the rest OpenDKIM's defaults" if self.dkim else "")
         )
+
+    def _start_opendkim(self, deadline: float) -> str:
+        """OpenDKIM in the foreground on a loopback port; the milter address for Postfix."""
+        # OpenDKIM refuses a configuration or key below a folder others may write (the
+        # work folder is in /tmp): its files go to a private folder in /run.
+        folder = Path(tempfile.mkdtemp(prefix="mailgateway-bench-opendkim-", dir="/run"))
+        self.opendkim_dir = folder
+        done = subprocess.run([str(OPENDKIM_GENKEY), "-b", "2048", "-d", self.sender_domain,
+                               "-s", SELECTOR, "-D", str(folder)],
+                              capture_output=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise Unavailable(f"opendkim-genkey failed: {done.stderr.decode(errors='replace')}")
+        key = folder / f"{SELECTOR}.private"
+        user = pwd.getpwnam("opendkim") if _has_user("opendkim") else pwd.getpwnam("nobody")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        os.chown(key, user.pw_uid, user.pw_gid)
+        key.chmod(0o600)
+        port = free_port()
+        conf = folder / "opendkim.conf"
+        conf.write_text(
+            "Syslog no\nMode s\nCanonicalization relaxed/relaxed\n"
+            f"Domain {self.sender_domain}\nSelector {SELECTOR}\nKeyFile {key}\n"
+            f"Socket inet:{port}@{LOOPBACK}\nInternalHosts 127.0.0.0/8\n"
+            f"OversignHeaders From\nUserID {user.pw_name}\nPidFile {folder}/pid\n"
+            "Background no\n")
+        with open(folder / "opendkim.log", "ab") as log:
+            self.opendkim = subprocess.Popen(
+                [str(OPENDKIM), "-f", "-x", str(conf)], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex((LOOPBACK, port)) == 0:
+                    break
+            if self.opendkim.poll() is not None or time.monotonic() >= deadline:
+                raise Unavailable(f"opendkim did not listen: {tail(folder / 'opendkim.log')}")
+            time.sleep(0.05)
+        return f"inet:{LOOPBACK}:{port}"
+
+    def pids(self) -> list[int]:
+        extra = [self.opendkim.pid] if self.opendkim and self.opendkim.poll() is None else []
+        return super().pids() + extra
+
+    def stop(self) -> None:
+        super().stop()
+        if self.opendkim is not None:
+            stop_process(self.opendkim, grace=5)
+            self.opendkim = None
+        if self.opendkim_dir is not None:
+            shutil.rmtree(self.opendkim_dir, ignore_errors=True)
+            self.opendkim_dir = None
 
     def _postfix(self, command: str, timeout: float) -> None:
         if command == "start":
@@ -221,6 +314,9 @@ class RelayPostfix(Postfix):
                     "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
                     f"relay_domains = {', '.join(self.domains)}",
                     f"transport_maps = texthash:{transport}", "smtp_tls_security_level = none"]
+            if self.dkim:
+                milter = self._start_opendkim(time.monotonic() + timeout)
+                argv += [f"smtpd_milters = {milter}", "milter_default_action = tempfail"]
             done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
             if done.returncode != 0:
                 raise Unavailable(f"postconf -e failed: {done.stderr.decode(errors='replace')}")
@@ -243,6 +339,7 @@ class Round:
     pss_mib: float = 0.0
     cpu_ms: float | None = None
     received: int = 0
+    signed: int | None = None  # --dkim: messages at the sink with the sender domain's signature
     error: str = ""
 
 
@@ -303,7 +400,8 @@ def run_round(
     sampler: RssSampler | None = None
     profile = None
     try:
-        sink.start(free_port(), time.monotonic() + args.start_timeout)
+        dump = rundir.parent / f"{rundir.name}-sink" if args.dkim else None
+        sink.start(free_port(), time.monotonic() + args.start_timeout, dump)
         server.sink_port = sink.port
         server.start(rundir, free_port(), time.monotonic() + args.start_timeout)
         sampler = RssSampler(server.pids)
@@ -332,6 +430,11 @@ def run_round(
         server.stop()
         sink.stop()
     result.received = sink.count
+    if dump is not None:
+        result.signed = count_signed(dump, args.sender.rpartition("@")[2])
+        shutil.rmtree(dump, ignore_errors=True)
+        if result.signed < result.received and not result.error:
+            result.error = f"only {result.signed} of {result.received} arrived signed"
     if result.received > args.messages and not result.error:
         result.error = f"the sink got {result.received} for {args.messages} sent (duplicates)"
     if result.error and args.keep:
@@ -339,6 +442,27 @@ def run_round(
     if not args.keep:
         shutil.rmtree(rundir, ignore_errors=True)
     return result
+
+
+def count_signed(dump: Path, domain: str) -> int:
+    """Messages smtp-sink kept whose header has a DKIM-Signature with d=domain."""
+    pattern = re.compile(rb"^DKIM-Signature:(?:.|\r?\n[ \t])*?\bd=" + re.escape(domain.encode())
+                         + rb";", re.M | re.I)
+    signed = 0
+    for path in dump.iterdir():
+        data = path.read_bytes()
+        end = data.find(b"\n\n")
+        if pattern.search(data if end < 0 else data[:end]):
+            signed += 1
+    return signed
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -375,7 +499,9 @@ def report(
         f"Load: {args.messages} messages of {args.size} bytes, one recipient each, to "
         f"{args.domains} domains (dNN.relay.test), injected by smtp-source ({args.sessions} "
         f"processes at a time, one session and one domain each) into each relay's SMTP port; "
-        f"all domains routed to one smtp-sink; {args.rounds} rounds (relays in turn), medians",
+        f"all domains routed to one smtp-sink; {args.rounds} rounds (relays in turn), medians"
+        + ("; DKIM signing on (--dkim), the sink keeping each message to count the signed"
+           if args.dkim else ""),
     ]
     lines += [f"Settings, {s.name}: {s.settings_text()}" for s in servers]  # type: ignore[attr-defined]
     lines += [
@@ -404,7 +530,8 @@ def report(
             f"| {ratio(gw['last_s'], pf['last_s'])} | {ratio(gw['cpu_ms'], pf['cpu_ms'])} "
             f"| {ratio(gw['rss_mib'], pf['rss_mib'])} | {ratio(gw['pss_mib'], pf['pss_mib'])} |",
             "",
-            "Issue 4's target for msg/s: mailgateway/Postfix at least 0.5.",
+            "Issue 15's target with DKIM signing (--dkim): mailgateway/Postfix at least 1."
+            if args.dkim else "Issue 4's target for msg/s: mailgateway/Postfix at least 0.5.",
         ]
     lines += report_footer([r for name in names for r in results[name]], interrupted)
     return "\n".join(lines) + "\n"
@@ -440,6 +567,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record the gateway with py-spy into DIR (slows the gateway rounds)")
     parser.add_argument("--append", type=Path, metavar="FILE", help="append the report to FILE")
+    parser.add_argument("--dkim", action="store_true",
+                        help="both relays DKIM-sign (mailgateway [dkim], Postfix + OpenDKIM)")
     args = parser.parse_args(argv)
     for name in ("messages", "domains", "sessions", "size", "rounds", "queue_concurrency",
                  "relay_concurrency", "destination_concurrency"):
@@ -482,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda res: (f"{fmt(res.rate)} msg/s, injected in {fmt(res.inject_s, 2)} s, last at "
                      f"sink {fmt(res.last_s, 2)} s, CPU {fmt(res.cpu_ms, 2)} ms/msg, RSS "
                      f"{fmt(res.rss_mib, 1)} MiB, PSS {fmt(res.pss_mib, 1)} MiB, "
-                     f"{res.received} at sink"),
+                     f"{res.received} at sink"
+                     + (f", {res.signed} signed" if res.signed is not None else "")),
         workdir, args.keep)
     if not servers and not interrupted:
         say("no relay can run here")

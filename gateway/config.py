@@ -58,6 +58,8 @@ class SmtpSettings:
     max_pending_input: int = 1 << 20
     # Seconds from the 354 to the final dot, whatever the pace: beyond, 421 and close.
     data_timeout: float = 600.0
+    # Bytes of a message a session holds while DATA streams to the spool file.
+    data_buffer_size: int = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -228,11 +230,37 @@ class InboundAuthSettings:
     threads: int = 16
     public_suffix_list: str = ""  # a newer public_suffix_list.dat; "": the packaged one
     dkim_min_key_bits: int = 1024
+    # Bytes of a message read whole for its DKIM body hashes; a bigger one gets
+    # dkim=neutral (not verified), so memory per check stays bounded.
+    max_verify_size: int = 10485760
 
 
 SPF_FAIL_ACTIONS = ("reject", "mark")
 DMARC_REJECT_ACTIONS = ("reject", "quarantine", "mark")
 DMARC_QUARANTINE_ACTIONS = ("junk", "mark")
+
+
+@dataclass(frozen=True)
+class ArcSettings:
+    """[arc]: ARC sealing (RFC 8617, gateway/sign/arc.py) with the DKIM keys."""
+
+    seal_lists: bool = True
+    seal_relayed: bool = False
+    domain: str = ""        # the sealing domain of relayed mail; "" is the first of domains
+    authserv_id: str = ""   # RFC 8601 authserv-id; "" is hostname
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """[web]: the RFC 8058 one-click unsubscribe endpoint (gateway/lists/web.py)."""
+
+    # Twisted endpoint string; "" (the default) is off.
+    listen: str = ""
+    # True: HTTPS with the [tls] certificate; False: plain HTTP for a reverse proxy
+    # that terminates TLS in front of it.
+    tls: bool = True
+    max_request_size: int = 65536
+    idle_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -265,8 +293,22 @@ class Settings:
     group: str = ""
     # [metrics] listen: the Prometheus and `mailgateway status` endpoint; "" is off.
     metrics_listen: str = ""
+    # [log]: the log writer's bound and batching (gateway/logwriter.py).
+    log_queue_lines: int = 10000
+    log_flush_interval: float = 0.1
     dkim: DkimSettings = field(default_factory=DkimSettings)
     inbound_auth: InboundAuthSettings = field(default_factory=InboundAuthSettings)
+    arc: ArcSettings = field(default_factory=ArcSettings)
+
+    web: WebSettings = field(default_factory=WebSettings)
+
+    @property
+    def authserv_id(self) -> str:
+        """The RFC 8601 authserv-id of our Authentication-Results: one name for the
+        inbound checks that write them (gateway/verify/) and the ARC sealer that
+        carries them on (gateway/sign/arc.py arrival_results), or the seal would
+        find none. [arc] authserv_id, "" being the hostname."""
+        return self.arc.authserv_id or self.hostname
 
     @property
     def spool_dir(self) -> Path:
@@ -423,6 +465,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         sender_login_match=r.get("smtp", "sender_login_match", bool, True),
         max_pending_input=r.positive("smtp", "max_pending_input", int, 1 << 20),
         data_timeout=r.positive("smtp", "data_timeout", float, 600.0),
+        data_buffer_size=r.positive("smtp", "data_buffer_size", int, 1 << 18),
     )
     if smtp.max_line_length < 80:
         r.fault("smtp", "max_line_length", "must be at least 80")
@@ -465,10 +508,27 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     metrics = r.get("metrics", "listen", str, "")
     if metrics and not metrics.startswith(("tcp:", "tcp6:", "unix:")):
         r.fault("metrics", "listen", f"{metrics!r} is not a tcp: or unix: endpoint string")
+    log_queue_lines = r.positive("log", "queue_lines", int, 10000)
+    log_flush_interval = r.positive("log", "flush_interval", float, 0.1)
+
+    web = WebSettings(listen=r.get("web", "listen", str, WebSettings.listen),
+                      tls=r.get("web", "tls", bool, WebSettings.tls),
+                      max_request_size=r.positive("web", "max_request_size", int,
+                                                  WebSettings.max_request_size),
+                      idle_timeout=r.positive("web", "idle_timeout", float,
+                                              WebSettings.idle_timeout))
+    if web.listen and not web.listen.startswith(("tcp:", "tcp6:", "unix:")):
+        r.fault("web", "listen", f"{web.listen!r} is not a tcp: or unix: endpoint string")
     dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
                         check_interval=r.positive("dkim", "check_interval", float,
                                                   DkimSettings.check_interval))
     inbound_auth = _inbound_auth_settings(r)
+    arc = ArcSettings(seal_lists=r.get("arc", "seal_lists", bool, ArcSettings.seal_lists),
+                      seal_relayed=r.get("arc", "seal_relayed", bool, ArcSettings.seal_relayed),
+                      domain=r.get("arc", "domain", str, "").lower().rstrip("."),
+                      authserv_id=r.get("arc", "authserv_id", str, ""))
+    if any(c.isspace() or c == ";" for c in arc.authserv_id):
+        r.fault("arc", "authserv_id", f"{arc.authserv_id!r} is not a token (RFC 8601 2.5)")
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -509,8 +569,13 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         user=user,
         group=group,
         metrics_listen=metrics,
+        log_queue_lines=log_queue_lines,
+        log_flush_interval=log_flush_interval,
         dkim=dkim,
         inbound_auth=inbound_auth,
+        arc=arc,
+
+        web=web,
     )
 
 
@@ -538,6 +603,8 @@ def _inbound_auth_settings(r: _Reader) -> InboundAuthSettings:
         threads=r.positive("inbound_auth", "threads", int, d.threads),
         dkim_min_key_bits=r.positive("inbound_auth", "dkim_min_key_bits", int,
                                      d.dkim_min_key_bits),
+        max_verify_size=r.positive("inbound_auth", "max_verify_size", int,
+                                   d.max_verify_size),
         public_suffix_list=psl, junk_folder=junk, **chosen)
 
 

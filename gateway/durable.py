@@ -49,6 +49,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config import SYNC_MODES
+from gateway.interfaces import MessageFile
+
+# The piece a MessageFile is copied in: the whole copy never sits in memory.
+COPY_CHUNK = 1 << 20
 
 # A call that returns one of these is a call in steps (see the module's docstring).
 Steps = Generator[None, None, Any]
@@ -155,7 +159,7 @@ def _trip() -> _Trip | None:
     return getattr(_local, "trip", None)
 
 
-def write_file(path: Path | str, data: bytes) -> None:
+def write_file(path: Path | str, data: bytes | MessageFile) -> None:
     """Create path with data: durable at once, or at the trip's next step."""
     trip = _trip()
     if trip is None or trip.sync == "file":
@@ -186,15 +190,40 @@ def write_synced(path: Path | str, data: bytes) -> None:
     _write(path, data, os.O_DSYNC)
 
 
-def _write(path: Path | str, data: bytes, flags: int, append: bool = False) -> None:
+def _write(path: Path | str, data: bytes | MessageFile, flags: int,
+           append: bool = False) -> None:
     mode = os.O_APPEND if append else os.O_TRUNC
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | flags, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes | MessageFile) -> None:
+    """Write all of data to fd (os.write may write less than asked); a MessageFile's
+    file in pieces of COPY_CHUNK."""
+    if isinstance(data, MessageFile):
+        write_all(fd, data.head)
+        piece = bytearray(COPY_CHUNK)
+        with open(data.path, "rb", buffering=0) as source, memoryview(piece) as view:
+            while n := source.readinto(piece):
+                write_all(fd, view[:n])
+        return
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def file_written(fd: int, path: Path | str) -> None:
+    """Make a file written in parts through fd (a message streamed in, queue/incoming.py)
+    durable: at once (fdatasync, as O_DSYNC does for write_file), or at the trip's
+    next step. fd stays open: the caller closes it."""
+    trip = _trip()
+    if trip is None or trip.sync == "file":
+        os.fdatasync(fd)
+        return
+    trip.files.add(os.path.dirname(path))
 
 
 def fsync_dir(path: Path | str) -> None:

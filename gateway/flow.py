@@ -7,6 +7,9 @@ anything holds the gate:
 - "busy": a command is being answered (a password check, a spool write, a
   folder search); input pipelined behind it stays in the kernel's socket
   buffer, and once that is full, in the client's (TCP flow control);
+- "disk": the message being received waits for the disk (SMTP DATA streams
+  to the spool, queue/incoming.py): a client faster than the disk is read
+  at the disk's pace instead of being buffered;
 - "output": the client does not read its replies. The gate is the
   transport's streaming producer (IPushProducer), so the transport pauses it
   when its write buffer is full and resumes it once drained, exactly as the
@@ -27,6 +30,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 BUSY = "busy"
+DISK = "disk"
 OUTPUT = "output"
 TURN = "turn"
 # Commands one session may run in one turn of the reactor before the others get

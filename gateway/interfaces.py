@@ -14,6 +14,16 @@ from gateway.errors import MailError
 
 
 @dataclass(frozen=True)
+class MessageFile:
+    """A message to write without holding it whole: head (trace headers made for this
+    copy), then the contents of the file at path (a spool entry), copied in pieces
+    by gateway/durable.py. A 34 MB message costs a delivery a 1 MiB buffer (issue 11)."""
+
+    head: bytes
+    path: str
+
+
+@dataclass(frozen=True)
 class Route:
     """Where one recipient goes, decided by resolve/, acted on by the target of its kind.
 
@@ -107,6 +117,10 @@ class ISpool(Interface):
     def store(envelope: Any, message: bytes) -> Any:
         """Deferred firing with the queue ID once message and envelope are fsync'd."""
 
+    def receive(queue_id: str, buffer_size: int) -> IIncomingMessage:
+        """A message written to the spool as it arrives (SMTP DATA), at most
+        buffer_size bytes of it waiting in memory at a time."""
+
     def load(queue_id: str) -> Any:
         """The Envelope of queue_id (blocking; callers run it off the reactor)."""
 
@@ -130,6 +144,32 @@ class ISpool(Interface):
 
     def queue_ids() -> list[str]:
         """Every complete entry, oldest first (blocking)."""
+
+
+class IIncomingMessage(Interface):
+    """One message being written to the spool as it arrives (queue/incoming.py)."""
+
+    queue_id = Attribute("The queue ID the message will have.")
+    size = Attribute("Bytes written so far.")
+    full = Attribute("True while the buffer is full: stop reading until room() fires.")
+
+    def write(data: bytes) -> None:
+        """Append data (never blocks: it is written to disk in the background)."""
+
+    def room() -> Any:
+        """Deferred firing once the buffer is no longer full (at once if it is not)."""
+
+    def reader(start: int = 0) -> Any:
+        """Deferred function, to call in a pool thread, that gives the message's bytes
+        from start on (after the last write, before commit: the sender checks)."""
+
+    def commit(envelope: Any, head: bytes | None = None, skip: int = 0) -> Any:
+        """Deferred firing with the queue ID once message and envelope are durable
+        (SpoolError on failure, the file then removed). head: it replaces the
+        message's first skip bytes (a header block changed by the sender checks)."""
+
+    def abort() -> None:
+        """Forget the message: its file is removed; later writes are ignored."""
 
 
 class ISubmit(Interface):
@@ -168,6 +208,9 @@ class IDeliveryTarget(Interface):
     def deliver(envelope: Any, route: Route, message_path: str, recovering: bool) -> Any:
         """Deferred firing when the route is done; fails with MailError (temporary or not).
 
+        It may fire with a str: what the delivery's log line says of the success
+        (Postfix's "delivered to command: ..."), in place of "delivered".
+
         recovering is True when an earlier run may already have delivered this
         route (an entry found on disk at start); the target must then avoid a
         duplicate where it can.
@@ -184,6 +227,8 @@ class RecipientResult:
     error: MailError | None = None
     # Who gave the answer, for the DSN's Remote-MTA (RFC 3464 2.3.5): a host name.
     remote_mta: str = ""
+    # A success's words for the log line, when the target has more to say than "delivered".
+    detail: str = ""
 
 
 class IBatchDeliveryTarget(IDeliveryTarget):
@@ -240,7 +285,7 @@ class IBouncer(Interface):
 class IMailStore(Interface):
     """The one owner of mailbox files (store/)."""
 
-    def deliver(mailbox: str, message: bytes, unique: str, recovering: bool,
+    def deliver(mailbox: str, message: bytes | MessageFile, unique: str, recovering: bool,
                 folder: str = "") -> bool:
         """Write a message to mailbox's INBOX (or its existing folder) durably (blocking).
 
@@ -248,8 +293,8 @@ class IMailStore(Interface):
         is already there (a repeat after a crash), True when written.
         """
 
-    def deliver_steps(mailbox: str, message: bytes, unique: str, recovering: bool,
-                      folder: str = "", make_folder: bool = False) -> Any:
+    def deliver_steps(mailbox: str, message: bytes | MessageFile, unique: str,
+                      recovering: bool, folder: str = "", make_folder: bool = False) -> Any:
         """deliver() as a call in steps, for a group-commit trip (gateway/durable.py).
         make_folder: create folder when missing (a name the gateway chose, never one
         from the network)."""

@@ -28,8 +28,8 @@ import sys
 from typing import IO, Any
 
 from twisted.logger import ILogObserver, Logger, formatEvent, formatTime
-from zope.interface import provider
 
+from gateway import logwriter
 from gateway.metrics import REGISTRY
 
 log = Logger(namespace="mailgateway")
@@ -130,24 +130,23 @@ def _printable(text: str) -> str:
 
 def json_lines(out: IO[str] | None = None) -> ILogObserver:
     """A twistd log observer (`twistd --logger gateway.logs.json_lines`): one JSON object
-    per event on stdout: time, level, namespace, text, and the event's own fields."""
-    stream = out if out is not None else sys.stdout
+    per event on stdout: time, level, namespace, text, and the event's own fields.
+    Written by a thread of its own (gateway/logwriter.py), like the text log."""
+    return logwriter.LineWriter(out if out is not None else sys.stdout).observer(json_line)
 
-    @provider(ILogObserver)
-    def observe(event: dict) -> None:
-        record: dict[str, Any] = {
-            "time": formatTime(event.get("log_time"), timeFormat="%Y-%m-%dT%H:%M:%S%z"),
-            "level": getattr(event.get("log_level"), "name", ""),
-            "namespace": event.get("log_namespace", ""),
-            "text": formatEvent(event),
-        }
-        for key, value in event.items():
-            if not key.startswith("log_") and key not in record and \
-                    isinstance(value, str | int | float | bool | type(None)):
-                record[key] = value
-        if event.get("log_failure") is not None:
-            record["traceback"] = event["log_failure"].getTraceback()
-        stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-        stream.flush()
 
-    return observe
+def json_line(event: dict) -> str:
+    """One event as a JSON object on one line (newline included)."""
+    record: dict[str, Any] = {
+        "time": formatTime(event.get("log_time"), timeFormat="%Y-%m-%dT%H:%M:%S%z"),
+        "level": getattr(event.get("log_level"), "name", ""),
+        "namespace": event.get("log_namespace", ""),
+        "text": formatEvent(event),
+    }
+    for key, value in event.items():
+        if not key.startswith("log_") and key not in record and \
+                isinstance(value, str | int | float | bool | type(None)):
+            record[key] = value
+    if event.get("log_failure") is not None:
+        record["traceback"] = event["log_failure"].getTraceback()
+    return json.dumps(record, ensure_ascii=False) + "\n"

@@ -12,6 +12,7 @@ import dns.exception
 from twisted.application import service
 from twisted.internet import task, threads
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from gateway import aliasfile, metrics_web, proxyproto, runlock, tls, tlsfront
@@ -31,6 +32,7 @@ from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
 from gateway.errors import ConfigError
 from gateway.listeners import Listener
+from gateway.lists import web as lists_web
 from gateway.lists.archive import ArchiveFolders
 from gateway.lists.directory import ListDirectory
 from gateway.lists.exploder import ListTarget
@@ -42,6 +44,7 @@ from gateway.queue.spool import Spool
 from gateway.queue.submit import Submitter
 from gateway.resolve.router import Router
 from gateway.resolve.transport import TransportMap
+from gateway.sign.arc import ArcSealer, PostSigner, RelaySealer
 from gateway.sign.keys import KeyRing
 from gateway.sign.signer import DkimSigner
 from gateway.store.maildir import MaildirStore
@@ -134,16 +137,25 @@ def build(settings: Settings, reactor) -> service.MultiService:
     except ValueError as e:
         key, _, reason = str(e).partition(": ")
         raise ConfigError([(settings.source, key, reason)]) from None
-    # DKIM signing of mail that leaves (gateway/sign/); dkim.sign(message) serves lists.
-    dkim = DkimSigner(KeyRing(settings.dkim_dir, settings.dkim.check_interval),
-                      enabled=settings.dkim.sign, trusted_networks=settings.trusted_networks)
-    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=dkim.sign_outbound)
+    # DKIM signing and ARC sealing of mail that leaves (gateway/sign/): relayed mail in
+    # the relay's threads, list posts once each in the exploder's (PostSigner).
+    keyring = KeyRing(settings.dkim_dir, settings.dkim.check_interval)
+    dkim = DkimSigner(keyring, enabled=settings.dkim.sign,
+                      trusted_networks=settings.trusted_networks)
+    arc = settings.arc
+    sealer = ArcSealer(keyring, settings.authserv_id,
+                       dnsfunc=_dkim_dnsfunc(settings))
+    sign = (RelaySealer(dkim, sealer, arc.domain or settings.domains[0]) if arc.seal_relayed
+            else dkim.sign_outbound)
+    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign)
     # One archive store for the exploder that writes it and the IMAP readers (shared
     # folders), so a post filed in a pool thread wakes the sessions that have it open.
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
                            announce=reactor.callFromThread)
     lists = ListTarget(list_store, submitter, reactor, in_thread(reactor), archive=archive,
-                       dmarc_txt=_txt_lookup(settings, run_dns))
+                       dmarc_txt=_txt_lookup(settings, run_dns),
+                       sign_post=PostSigner(dkim if settings.dkim.sign else None,
+                                            sealer if arc.seal_lists else None))
     targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
                "remote": relay,
                "program": program,
@@ -188,6 +200,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # After the fronts: its SIGHUP handler chains to theirs.
     aliasfile.AliasReloader(settings, router, reactor).setServiceParent(top)
     _metrics(settings, spool, runner, reactor, top)
+    _web(settings, list_store, tls_options, reactor, top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
              source=settings.source)
     return top
@@ -209,6 +222,19 @@ def _metrics(settings: Settings, spool: Spool, runner: QueueRunner, reactor, par
                      **{f"tlsfront.{f.name}": f.accept for f in settings.tlsfront}}
         _listen("metrics.listen", settings.metrics_listen,
                 metrics_web.site(REGISTRY, listeners), reactor, parent)
+
+
+def _web(settings: Settings, list_store: ListStore, tls_options, reactor, parent) -> None:
+    """[web] listen: RFC 8058 one-click unsubscribe (gateway/lists/web.py), off by default;
+    HTTPS with the STARTTLS certificate (reloaded alike) unless [web] tls = false."""
+    web = settings.web
+    if not web.listen:
+        return
+    factory = lists_web.site(list_store, in_thread(reactor), max_body=web.max_request_size,
+                             timeout=web.idle_timeout)
+    if web.tls:
+        factory = TLSMemoryBIOFactory(tls_options, False, factory)
+    _listen("web.listen", web.listen, factory, reactor, parent)
 
 
 # --- IMAP4 ---------------------------------------------------------------------------
@@ -285,13 +311,13 @@ def _inbound_auth(settings: Settings, reactor, parent) -> InboundAuth | None:
     relay = settings.relay
     resolver = make_resolver(relay.nameservers, relay.dns_port,
                              min(relay.dns_timeout, ia.timeout))
-    return InboundAuth(ia, settings.hostname, resolver, in_thread(reactor, pool), reactor,
+    return InboundAuth(ia, settings.authserv_id, resolver, in_thread(reactor, pool), reactor,
                        OrgDomains(ia.public_suffix_list))
 
 
-def _txt_lookup(settings: Settings, run_dns):
-    """name -> Deferred of its TXT strings ([] when none, or when DNS fails: a list
-    post is then treated as from a lax domain, never held up)."""
+def _txt_blocking(settings: Settings):
+    """name -> its TXT strings ([] when none or when DNS fails), by the [relay] name
+    servers. Blocking: in a thread."""
     relay = settings.relay
     resolver = make_resolver(relay.nameservers, relay.dns_port, relay.dns_timeout)
 
@@ -302,7 +328,27 @@ def _txt_lookup(settings: Settings, run_dns):
             return []
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
+    return lookup
+
+
+def _txt_lookup(settings: Settings, run_dns):
+    """name -> Deferred of its TXT strings ([] when none, or when DNS fails: a list
+    post is then treated as from a lax domain, never held up)."""
+    lookup = _txt_blocking(settings)
     return lambda name: run_dns(lookup, name)
+
+
+def _dkim_dnsfunc(settings: Settings):
+    """dkimpy's dnsfunc (name bytes -> the first TXT record, or None) on the [relay] name
+    servers: the key records of an incoming ARC chain (sign/arc.py, pool threads)."""
+    lookup = _txt_blocking(settings)
+
+    def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        found = lookup(text)
+        return found[0].encode("utf-8") if found else None
+
+    return dnsfunc
 
 
 class OutboxService(service.Service):

@@ -5,7 +5,9 @@ checks here find what would otherwise show only at the first connection (a
 state_dir the serving user cannot write, a key it cannot read, a key that is
 not the certificate's); Guard turns a StartupError raised while the listeners
 bind (gateway/listeners.py) into one line on stderr and in the log and a
-non-zero exit, where twistd would print a traceback.
+non-zero exit, where twistd would print a traceback. Guard also hands twistd
+the log observer tap.py made and starts and stops the log writers
+(gateway/logwriter.py) with the services.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import stat
 from pathlib import Path
 
 from twisted.application import service
-from twisted.logger import Logger
+from twisted.internet import defer
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
-from gateway import privileges
+from gateway import logwriter, privileges
 from gateway.config import Settings
 from gateway.errors import StartupError
 from gateway.listeners import Listener
@@ -104,12 +108,25 @@ class Guard(service.MultiService):
     and stderr) with exit status 1, instead of a traceback."""
 
     def __init__(self, drop_to: privileges.Identity | None = None, daemon: bool = False,
-                 serving: privileges.Identity | None = None):
+                 serving: privileges.Identity | None = None,
+                 log_observer: ILogObserver | None = None,
+                 log_queue_lines: int = logwriter.DEFAULT_LIMIT,
+                 log_flush_interval: float = logwriter.DEFAULT_INTERVAL):
         super().__init__()
         self.drop_to = drop_to
         self.daemon = daemon
         # Who serves: drop_to, or the user twistd --uid switches to after binding.
         self.serving = serving or drop_to
+        self.log_observer = log_observer
+        self.log_queue_lines = log_queue_lines
+        self.log_flush_interval = log_flush_interval
+
+    def setServiceParent(self, parent) -> None:
+        # twistd makes the application (a Componentized) and hands it here; the log
+        # observer it finds on it is the one it starts logging to (AppLogger.start).
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:
@@ -136,6 +153,9 @@ class Guard(service.MultiService):
                 self._give_sockets(child, who)
 
     def startService(self) -> None:
+        # From here (twistd has daemonized: no fork to come) log lines are written by
+        # the log writers' threads; until the stop below, written at once.
+        logwriter.start_all(self.log_queue_lines, self.log_flush_interval)
         try:
             super().startService()
         except StartupError as e:
@@ -146,6 +166,10 @@ class Guard(service.MultiService):
             signal.signal(signal.SIGHUP, lambda *_: None)
         notify_systemd(b"READY=1\nSTATUS=serving")
 
+    def stopService(self):
+        # Every line logged while stopping is written before the writers stop.
+        return defer.maybeDeferred(super().stopService).addBoth(_then_close_logs)
+
     def _fail(self, e: StartupError) -> None:
         log.critical("cannot start: {reason}", reason=str(e))
         if self.daemon:
@@ -153,6 +177,11 @@ class Guard(service.MultiService):
             # it to the parent's status pipe and prints it); stderr is /dev/null here.
             raise RuntimeError(f"mailgateway: cannot start: {e}") from None
         raise SystemExit(f"mailgateway: cannot start: {e}")
+
+
+def _then_close_logs(result):
+    logwriter.close_all()
+    return result
 
 
 def notify_systemd(message: bytes) -> bool:

@@ -6,18 +6,30 @@ keeps a 10 MB message cheap. Only CRLF.CRLF ends the body: a bare-LF "\\n.\\n"
 never does (SMTP smuggling), and an overlong line is skipped to its CRLF and
 never read as commands. Faults are remembered and reported at the end, so
 the client's body is always consumed whole.
+
+The body is not kept: each run of lines goes to write (the spool file,
+queue/incoming.py) as it comes. Only its first HEAD bytes stay, for what the
+gateway reads at accept time (the Received count for loop detection, the
+Message-ID for the log).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.config import SmtpSettings
 from gateway.errors import MailError
 
+# Bytes of the start of a body kept in memory for header checks. Each hop puts
+# its Received field on top (RFC 5321 4.4), so a loop's 50 are in the first 20 KB.
+HEAD = 65536
+
 
 class BodyReader:
-    def __init__(self, settings: SmtpSettings):
+    def __init__(self, settings: SmtpSettings, write: Callable[[bytes], None]):
         self.settings = settings
-        self.chunks: list[bytes] = []
+        self.write = write
+        self.head = b""
         self.size = 0
         self.fault: MailError | None = None
         self._mid_line = False
@@ -45,9 +57,6 @@ class BodyReader:
             self._refuse_long_line()
             self._mid_line = True
 
-    def message(self) -> bytes:
-        return b"".join(self.chunks)
-
     def _take(self, lines: bytes) -> None:
         """Complete CRLF-ended lines: unstuff, check, keep."""
         if not lines or self.fault is not None:
@@ -70,7 +79,9 @@ class BodyReader:
             self._fail(MailError(552, "5.3.4", "Message size exceeds fixed maximum message "
                                  f"size ({self.settings.max_message_size})"))
             return
-        self.chunks.append(lines)
+        if len(self.head) < HEAD:
+            self.head += lines[:HEAD - len(self.head)]
+        self.write(lines)
 
     def _refuse_long_line(self) -> None:
         self._fail(MailError(500, "5.5.2", f"Line too long (limit "
@@ -80,4 +91,3 @@ class BodyReader:
     def _fail(self, fault: MailError) -> None:
         if self.fault is None:
             self.fault = fault
-        self.chunks = []

@@ -14,6 +14,10 @@ TimeoutMixin), with the gaps of DESIGN.md's "Known traps" filled here:
 - DATA is read in bulk by accept/data.py with its own limits: an overlong
   line never ends DATA, so the rest of a body is never run as commands, and
   the end of data is only CRLF.CRLF (SMTP smuggling);
+- DATA streams to the spool as it arrives (ISpool.receive): the session holds
+  [smtp] data_buffer_size bytes of a message, not the message, and stops
+  reading its client while the disk is behind (Postfix's cleanup does the
+  same); the 250 follows the commit, so a message that got one is on disk;
 - STARTTLS discards input pipelined after it and resets the session
   (RFC 3207 4.2, CVE-2011-0411);
 - AUTH (RFC 4954) is offered only on TLS, or on loopback when configured.
@@ -45,7 +49,7 @@ from gateway.envelope import (
     parse_address,
 )
 from gateway.errors import MailError, SpoolError
-from gateway.interfaces import IQueueListener, ISpool, IUserDirectory
+from gateway.interfaces import IIncomingMessage, IQueueListener, ISpool, IUserDirectory
 from gateway.verify.checker import AuthFacts
 
 log = Logger()
@@ -92,6 +96,9 @@ class SMTPServer(SMTPAuth, ESMTP):
         self._bad_commands = 0
         self._esmtp = False
         self._helo_name = ""
+        self._incoming: IIncomingMessage | None = None  # the message DATA is writing
+        self._envelope: Envelope | None = None
+        self._received = b""  # its Received header
         self.session: Session | None = None
         self._reset_transaction()
 
@@ -121,6 +128,7 @@ class SMTPServer(SMTPAuth, ESMTP):
     def connectionLost(self, reason=protocol.connectionDone) -> None:
         self.setTimeout(None)
         self._data_deadline.cancel()
+        self._abort_data()
         if self.session is not None:
             self.factory.connections.closed(self.session.client_address)
             if hasattr(self, "_opened"):
@@ -421,8 +429,27 @@ class SMTPServer(SMTPAuth, ESMTP):
             raise MailError(503, "5.5.1", "Need MAIL command")
         if not self._recipients:
             raise MailError(554, "5.5.1", "No valid recipients")
+        # Queue ID and Received header now: they go first into the spool file.
+        now = self.factory.reactor.seconds()
+        client = self.session.client_address
+        tls = tls_description(self.transport) if self.startedTLS else ""
+        recipients = self._recipients
+        envelope = self._envelope = Envelope(
+            sender=self._sender, recipients=[Recipient(r) for r in recipients],
+            queue_id=new_queue_id(now), arrived=now, client_address=client,
+            helo=self._helo_name, authenticated=self.session.authenticated, tls=tls,
+            protocol=protocol_keyword(self._esmtp, self.startedTLS,
+                                      bool(self.session.authenticated)),
+            body=self._body_type)
+        self._received = received_header(
+            helo=self._helo_name, client_address=client, hostname=self.factory.hostname,
+            protocol=envelope.protocol, queue_id=envelope.queue_id, tls=tls,
+            recipient=recipients[0] if len(recipients) == 1 else "", now=now)
+        self._incoming = self.factory.spool.receive(envelope.queue_id,
+                                                    self.settings.data_buffer_size)
+        self._incoming.write(self._received)
         self.mode = "DATA"
-        self._body = BodyReader(self.settings)
+        self._body = BodyReader(self.settings, self._incoming.write)
         # The idle timer restarts on every byte; this does not (a byte every 2 s).
         self._data_deadline.start(self.settings.data_timeout, self._data_expired)
         self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
@@ -433,14 +460,28 @@ class SMTPServer(SMTPAuth, ESMTP):
         self.reply(421, "4.4.2", f"{self.factory.hostname} Message not received within "
                    f"{self.settings.data_timeout:g} seconds, closing connection")
         self._body = None
+        self._abort_data()
         self._close()
+
+    def _abort_data(self) -> None:
+        """The message being received is not to be (a refused body, a timeout, a lost
+        connection): its spool file goes."""
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            incoming.abort()
 
     def _data_step(self) -> bool:
         """Feed input to the body reader; False when more input is needed."""
         rest, finished = self._body.consume(self._buffer)
         self._buffer = rest if isinstance(rest, bytearray) else bytearray(rest)
         self.resetTimeout()
+        if self._body.fault is not None:
+            self._abort_data()  # refused: nothing more is written, the rest only read
         if not finished:
+            if self._incoming is not None and self._incoming.full:
+                # The disk is behind the client: stop reading it until there is room.
+                self._gate.hold(flow.DISK)
+                self._incoming.room().addCallback(lambda _: self._gate.release(flow.DISK))
             return False
         self.mode = "COMMAND"
         self._data_deadline.cancel()
@@ -451,41 +492,49 @@ class SMTPServer(SMTPAuth, ESMTP):
     def _end_of_data(self) -> defer.Deferred:
         sender, recipients = self._sender, self._recipients
         body, self._body = self._body, None
+        envelope, self._envelope = self._envelope, None
+        incoming, self._incoming = self._incoming, None
         fault = body.fault
         self._reset_transaction()
-        client = self.session.client_address
         if fault is not None:
-            logs.reject("DATA", client, fault.code, fault.enhanced, fault.text, sender=sender,
-                        recipient=",".join(recipients), helo=self._helo_name,
-                        service=self.service())
+            logs.reject("DATA", self.session.client_address, fault.code, fault.enhanced,
+                        fault.text, sender=sender, recipient=",".join(recipients),
+                        helo=self._helo_name, service=self.service())
             self.reply_error(fault)
             return defer.succeed(None)
-        tls = tls_description(self.transport) if self.startedTLS else ""
-        envelope = Envelope(
-            sender=sender, recipients=[Recipient(r) for r in recipients],
-            queue_id=new_queue_id(self.factory.reactor.seconds()),
-            arrived=self.factory.reactor.seconds(), client_address=client,
-            helo=self._helo_name, authenticated=self.session.authenticated, tls=tls,
-            protocol=protocol_keyword(self._esmtp, self.startedTLS,
-                                      bool(self.session.authenticated)),
-            body=self._body_type)
-        header = received_header(
-            helo=self._helo_name, client_address=client, hostname=self.factory.hostname,
-            protocol=envelope.protocol, queue_id=envelope.queue_id, tls=tls,
-            recipient=recipients[0] if len(recipients) == 1 else "", now=envelope.arrived)
-        message = body.message()
-        if self.factory.authcheck is None:
-            return self._spool(envelope, header + message)
-        # Sender authentication (gateway/verify/): its verdict adds Authentication-Results,
-        # drops forged ones, and may refuse the message or send it to Junk.
-        d = self.factory.authcheck.check(
-            AuthFacts(client, self._helo_name, sender), message,
-            skip=not self.factory.policy.checks_sender(self.session))
-        d.addCallback(self._authenticated, envelope, header, message)
-        return d
+        # The message is on its way to disk; what is read of it here is its start.
+        received = self._received
+        head = received + body.head
+        envelope.size = incoming.size
+        envelope.hops = count_received(head)
+        message_id = logs.message_id(head)
+        authcheck = self.factory.authcheck
+        if authcheck is None:
+            return self._commit(incoming.commit(envelope), envelope, message_id)
+        # Sender authentication (gateway/verify/), before the commit: its verdict adds
+        # Authentication-Results, drops forged ones, may refuse or send to Junk. It
+        # reads the message in its own thread (from the spool file, or memory for a
+        # small one), and only up to max_verify_size: memory stays bounded.
+        facts = AuthFacts(envelope.client_address, envelope.helo, envelope.sender)
+        if not self.factory.policy.checks_sender(self.session):
+            d = authcheck.check(facts, b"", skip=True)
+        elif incoming.size - len(received) <= authcheck.settings.max_verify_size:
+            d = incoming.reader(len(received))
+            d.addCallback(lambda read: authcheck.check(facts, read))
+        else:
+            d = authcheck.check(facts, body.head, whole=False)
+        d.addCallback(self._authenticated, envelope, incoming, received, body.head,
+                      message_id)
 
-    def _authenticated(self, verdict, envelope: Envelope, header: bytes, message: bytes):
+        def unexpected(failure):  # a bug, not the client's fault: its tmp file goes
+            incoming.abort()
+            return failure
+        return d.addErrback(unexpected)
+
+    def _authenticated(self, verdict, envelope: Envelope, incoming: IIncomingMessage,
+                       received: bytes, body_head: bytes, message_id: str):
         if verdict.refusal is not None:
+            incoming.abort()
             e = verdict.refusal
             logs.reject("DATA", envelope.client_address, e.code, e.enhanced, e.text,
                         sender=envelope.sender,
@@ -494,14 +543,16 @@ class SMTPServer(SMTPAuth, ESMTP):
             self.reply_error(e)
             return None
         envelope.folder = verdict.folder
-        return self._spool(envelope, verdict.rewrite(header + message))
+        block = verdict.header_block(received, body_head)
+        if block is None:
+            return self._commit(incoming.commit(envelope), envelope, message_id)
+        head, skip = block
+        envelope.size += len(head) - skip
+        return self._commit(incoming.commit(envelope, head, skip), envelope, message_id)
 
-    def _spool(self, envelope: Envelope, message: bytes) -> defer.Deferred:
-        envelope.size = len(message)
-        envelope.hops = count_received(message)
-        d = self.factory.spool.store(envelope, message)
+    def _commit(self, d: defer.Deferred, envelope: Envelope, message_id: str):
         d.addCallbacks(self._queued, self._spool_failed,
-                       callbackArgs=(envelope, logs.message_id(message)),
+                       callbackArgs=(envelope, message_id),
                        errbackArgs=(envelope,))
         return d
 

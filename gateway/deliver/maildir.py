@@ -18,7 +18,7 @@ from zope.interface import implementer
 from gateway.durable import Steps
 from gateway.envelope import Envelope
 from gateway.errors import MailError
-from gateway.interfaces import IDeliveryTarget, IMailStore, Route
+from gateway.interfaces import IDeliveryTarget, IMailStore, MessageFile, Route
 
 
 def unique_name(envelope: Envelope, mailbox: str, hostname: str) -> str:
@@ -53,6 +53,14 @@ def local_copy(envelope: Envelope, route: Route, message_path: str) -> bytes:
     return delivery_headers(envelope, route) + original
 
 
+def local_file(envelope: Envelope, route: Route, message_path: str) -> MessageFile:
+    """local_copy without reading the message whole: the store copies the spool file in
+    pieces (issue 11). The loop check reads its start, as program deliveries do."""
+    with open(message_path, "rb") as f:
+        check_forwarding_loop(f.read(65536), route)
+    return MessageFile(delivery_headers(envelope, route), message_path)
+
+
 @implementer(IDeliveryTarget)
 class MaildirDelivery:
     kind = "local"
@@ -73,7 +81,7 @@ class MaildirDelivery:
 
     def _deliver(self, envelope: Envelope, route: Route, message_path: str,
                  recovering: bool) -> Steps:
-        message = local_copy(envelope, route, message_path)
+        message = local_file(envelope, route, message_path)
         # A folder the gateway chose (DMARC quarantine) is made when missing; a
         # subaddress's folder (user+tag@) only when it exists.
         folder, make = (envelope.folder, True) if envelope.folder else (route.folder, False)

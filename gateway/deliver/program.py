@@ -5,11 +5,12 @@ names "|command" (only the aliases file can); this runs it the way Postfix's
 local(8) does:
   - the command is split like a shell would split it and run without one,
     unless the alias opts in ([aliases] shell: /bin/sh -c);
-  - through Twisted's process support, so the reactor never waits; the
-    message (trace headers first) is streamed with back-pressure, so a large
-    message to a slow reader costs a buffer, not the message;
-  - as [program] user/group when the gateway runs as root, never as root
-    (set by setpriv(1) before the program, see launcher());
+  - started, fed and reaped by a small helper process (deliver/spawner.py
+    starts it through Twisted's process support; deliver/spawnhelper.py says
+    why), so the reactor never waits; the message (trace headers first) is
+    streamed with back-pressure, so a large message to a slow reader costs a
+    buffer, not the message;
+  - as [program] user/group when the gateway runs as root, never as root;
     in [program] directory, with a scrubbed environment (Postfix's names);
   - in a session of its own, so the timeout kills the whole process group;
   - exit status per sysexits(3), as Postfix's sys_exits table: 0 delivered,
@@ -26,17 +27,15 @@ import os
 import pwd
 import shlex
 import shutil
-import signal
-from collections.abc import Callable
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.protocols.basic import FileSender
 from zope.interface import implementer
 
 from gateway.config import ProgramSettings
 from gateway.deliver.maildir import check_forwarding_loop, delivery_headers
 from gateway.deliver.reply import auto_reply, may_auto_reply
+from gateway.deliver.spawner import Job, Spawner
 from gateway.envelope import Envelope
 from gateway.errors import MailError
 from gateway.interfaces import IDeliveryTarget, ISubmit, Route
@@ -119,78 +118,23 @@ def environment(envelope: Envelope, route: Route, home: str, path: str, user: st
     }
 
 
-class _Run(protocol.ProcessProtocol):
-    """One program run: feed the message, keep the first output, report the status."""
-
-    def __init__(self, head: bytes, message_path: str, output_limit: int, reply_limit: int):
-        self.head = head
-        self.message_path = message_path
-        self.output_limit = output_limit
-        self.reply_limit = reply_limit
-        self.output = bytearray()   # stdout and stderr, for the diagnostic
-        self.stdout = bytearray()   # stdout alone, for a reply
-        self.done: defer.Deferred = defer.Deferred()
-        self._file = None
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.head)
-        self._file = open(self.message_path, "rb")  # noqa: SIM115 (closed when sent)
-        sending = FileSender().beginFileTransfer(self._file, self.transport)
-        sending.addCallbacks(self._sent, self._not_sent)
-
-    def _sent(self, _) -> None:
-        self._close_file()
-        self.transport.closeStdin()
-
-    def _not_sent(self, failure) -> None:
-        # The program closed its input early: its exit status decides.
-        self._close_file()
-
-    def _close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        room = self.output_limit - len(self.output)
-        if room > 0:
-            self.output += data[:room]
-        if fd == 1:
-            room = self.reply_limit - len(self.stdout)
-            if room > 0:
-                self.stdout += data[:room]
-
-    def inConnectionLost(self) -> None:
-        # Stdin closed (by us at the end, or by a program that stopped reading: its
-        # exit status decides). The pipe stopped the file sender already.
-        self._close_file()
-
-    def processEnded(self, reason) -> None:
-        self._close_file()
-        value = reason.value
-        self.done.callback((getattr(value, "exitCode", None), getattr(value, "signal", None)))
-
-
 @implementer(IDeliveryTarget)
 class ProgramDelivery:
     kind = "program"
 
     def __init__(self, settings: ProgramSettings, hostname: str, reactor,
-                 submit: ISubmit | None = None,
-                 spawn: Callable[..., object] | None = None):
+                 submit: ISubmit | None = None, spawner: Spawner | None = None):
         self.settings = settings
         self.hostname = hostname
         self.reactor = reactor
         self.submit = submit
-        self.spawn = spawn  # default: reactor.spawnProcess, looked up when a program runs
+        # Programs start in a helper process of their own (deliver/spawnhelper.py
+        # says why), which the gateway starts on first use and again if it dies.
+        self.uid, self.gid, self.home, self.user = _identity(settings)
+        self.spawner = spawner or Spawner(reactor, self.uid, self.gid, settings.directory)
         self.slots = defer.DeferredSemaphore(settings.concurrency)
         # An alias's several programs may start together; slots bounds them anyway.
         self.parallel = settings.concurrency
-        self.uid, self.gid, self.home, self.user = _identity(settings)
-        # setsid(1) makes the program a session and process group leader, so the
-        # timeout reaches its children too (util-linux, in every Debian system).
-        self.setsid = shutil.which("setsid")
-        self.launch = launcher(self.uid, self.gid, settings.directory, self.setsid)
 
     def deliver(self, envelope: Envelope, route: Route, message_path: str,
                 recovering: bool) -> defer.Deferred:
@@ -205,22 +149,15 @@ class ProgramDelivery:
         if executable is None:
             raise MailError(550, "5.3.0", f"command {argv[0]!r} not found "
                             f"(program.path {self.settings.path})")
-        argv = [executable, *argv[1:]]
-        if self.setsid:
-            argv = [self.setsid, *argv]
-        run = _Run(delivery_headers(envelope, route), message_path,
-                   self.settings.output_limit,
-                   self.settings.reply_limit if "reply" in route.options else 0)
-        env = environment(envelope, route, self.home, self.settings.path, self.user)
-        spawn = self.spawn or self.reactor.spawnProcess
-        if self.launch is not None:
-            argv = [*self.launch, *argv]
-            process = spawn(run, argv[0], argv, env=env, path=None, uid=None, gid=None)
-        else:
-            process = spawn(run, argv[0], argv, env=env, path=self.settings.directory,
-                            uid=self.uid, gid=self.gid)
-        timer = self.reactor.callLater(self.settings.timeout, self._kill, process)
-        exit_code, sig = yield run.done
+        job = Job(argv=[executable, *argv[1:]],
+                  env=environment(envelope, route, self.home, self.settings.path, self.user),
+                  head=delivery_headers(envelope, route), message_path=message_path,
+                  output_limit=self.settings.output_limit,
+                  reply_limit=self.settings.reply_limit if "reply" in route.options else 0)
+        d = self.spawner.run(job)
+        # The helper kills the whole process group (the program is a session leader).
+        timer = self.reactor.callLater(self.settings.timeout, self.spawner.kill, job)
+        outcome = yield d
         timed_out = not timer.active()
         if timer.active():
             timer.cancel()
@@ -228,27 +165,24 @@ class ProgramDelivery:
         if timed_out:
             raise MailError(451, "4.3.0", f"command {route.command!r} killed after "
                             f"{self.settings.timeout:g}s (program.timeout)")
-        if exit_code is None:
-            raise MailError(451, "4.3.0", f"command {route.command!r} killed by signal {sig}")
-        error = exit_error(exit_code, route.command, bytes(run.output))
-        log.info("{queue_id}: to=<{to}> command {command!r} exited {status}", queue_id=qid,
-                 to=route.address, command=route.command, status=exit_code)
+        if outcome.error is not None:
+            # Not started (like Postfix's EX_OSERR for an exec that failed), or killed
+            # with a helper that died: tried again later.
+            raise MailError(451, "4.3.0", f"command {route.command!r} {outcome.error}")
+        if outcome.exit_code is None:
+            raise MailError(451, "4.3.0", f"command {route.command!r} killed by signal "
+                            f"{outcome.signal}")
+        error = exit_error(outcome.exit_code, route.command, outcome.output)
         if error is not None:
+            log.info("{queue_id}: to=<{to}> command {command!r} exited {status}",
+                     queue_id=qid, to=route.address, command=route.command,
+                     status=outcome.exit_code)
             raise error
         if "reply" in route.options:
-            yield self._reply(envelope, route, message_path, bytes(run.stdout))
-
-    def _kill(self, process) -> None:
-        pid = getattr(process, "pid", None)
-        if pid is None:
-            return
-        try:
-            if self.setsid:
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                process.signalProcess("KILL")
-        except (OSError, error.ProcessExitedAlready):
-            pass  # it ended meanwhile
+            yield self._reply(envelope, route, message_path, outcome.stdout)
+        # Said in the runner's status=sent line (as Postfix's "delivered to command:"),
+        # not in a line of its own: one log line less per program delivery.
+        return f"delivered to command {route.command!r}, exited 0"
 
     @defer.inlineCallbacks
     def _reply(self, envelope: Envelope, route: Route, message_path: str, output: bytes):
@@ -271,36 +205,6 @@ class ProgramDelivery:
             return
         log.info("{queue_id}: reply of <{to}> queued as {reply}", queue_id=envelope.queue_id,
                  to=route.address, reply=qid)
-
-
-def launcher(uid: int | None, gid: int | None, directory: str, setsid: str | None,
-             which: Callable[[str], str | None] = shutil.which) -> list[str] | None:
-    """The programs that set up a program's process, each exec'ing the next, or None.
-
-    Twisted starts a process with posix_spawn(3) only when spawnProcess is
-    asked for no uid, gid or directory; otherwise it forks this whole
-    process and runs Python in the child before exec: 8.3 ms of CPU per
-    program against 2.5 ms this way, measured here with a warm 60 MB
-    process (bench/alias_bench.py: gateway CPU per program delivery 11.9 ->
-    5.9 ms). So small
-    programs take those steps instead: setpriv(1) sets the real, effective
-    and saved user and group IDs and drops supplementary groups (util-linux;
-    only when running as root), env(1) -C enters the directory (coreutils),
-    then setsid(1) (already the program's prefix). None when one is missing:
-    spawnProcess then does it all itself.
-    """
-    if setsid is None:
-        return None  # env's next operand must be a path without "=": setsid's
-    env = which("env")
-    if env is None:
-        return None
-    prefix = [env, "-C", directory]
-    if uid is None:
-        return prefix
-    setpriv = which("setpriv")
-    if setpriv is None:
-        return None
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *prefix]
 
 
 def _identity(settings: ProgramSettings) -> tuple[int | None, int | None, str, str]:

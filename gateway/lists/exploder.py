@@ -4,11 +4,15 @@ Implements IDeliveryTarget for kind "list" (resolve/ decided the address is a
 list's, through lists/directory.py). By role:
   post      posting.decide: refuse (the error bounces to the poster), hold
             (store.hold, a notice to the moderators, a word to the poster), or
-            explode: posting.decorate once, the archive copy, and ONE new queue
+            explode: posting.decorate once, the archive copy, the list domain's
+            DKIM signature and ARC seal (sign_post) once, and ONE new queue
             entry from dev-bounces@ to every enabled member, each with its VERP
             sender when the list has verp on, so the queue groups remote
             members per domain and delivers local ones locally, with the same
-            retries and bounces as any mail;
+            retries and bounces as any mail; a list with web_base_url gets
+            personal copies instead (each member's own RFC 8058 one-click
+            link, which DKIM must cover: so in the message, not added at
+            delivery), one queue entry per member;
   request, join, leave   requests.py; its replies are queued;
   owner     forwarded to the owners from dev-bounces@;
   bounces   bounces.py scores the member (VERP names it); notices queued.
@@ -38,7 +42,7 @@ from gateway.interfaces import IDeliveryTarget, IMailStore, ISubmit, Route
 from gateway.lists import bounces, outbox, posting, requests
 from gateway.lists.addresses import bounces_address, classify, verp_sender
 from gateway.lists.notices import Outgoing
-from gateway.lists.store import ListStore, MailingList
+from gateway.lists.store import ListStore, MailingList, member_key
 
 log = Logger()
 
@@ -49,6 +53,16 @@ def explosion_id(origin: str, list_address: str) -> str:
     return f"{origin[:24]}L{tag}"
 
 
+def personal_id(explosion: str, member: str) -> str:
+    """The queue ID of one member's personal copy of an explosion (idempotent too)."""
+    tag = hashlib.sha1(f"{explosion}\n{member_key(member)}".encode()).hexdigest()
+    return f"{explosion[:12]}P{tag[:19].upper()}"
+
+
+# Personal copies handed to the spool at once: enough to fill its group commits.
+PERSONAL_BATCH = 256
+
+
 def _from_address(headers) -> str:
     found = getaddresses([str(v) for v in headers.get_all("From", [])])
     return found[0][1] if found and "@" in found[0][1] else ""
@@ -57,11 +71,18 @@ def _from_address(headers) -> str:
 class _Explosion:
     """What a post becomes: the copy, its recipients, where it goes in the queue."""
 
-    def __init__(self, mlist: MailingList, message: bytes, members: list[str], queue_id: str):
+    def __init__(self, mlist: MailingList, message: bytes, members: list[str], queue_id: str,
+                 personal: list[bytes] | None = None):
         self.mlist = mlist
         self.message = message
         self.members = members
         self.queue_id = queue_id
+        # Each member's own copy (lists with web_base_url), in the order of members.
+        self.personal = personal
+
+    def sender(self, member: str) -> str:
+        return (verp_sender(self.mlist.address, member) if self.mlist.verp
+                else bounces_address(self.mlist.address))
 
     def recipients(self) -> list[Recipient]:
         if not self.mlist.verp:
@@ -76,7 +97,8 @@ class ListTarget:
     def __init__(self, store: ListStore, submit: ISubmit, clock,
                  run_blocking: Callable[..., defer.Deferred], *,
                  archive: IMailStore | None = None,
-                 dmarc_txt: Callable[[str], defer.Deferred] | None = None):
+                 dmarc_txt: Callable[[str], defer.Deferred] | None = None,
+                 sign_post: Callable[[str, bytes, bytes, str], bytes] | None = None):
         self.store = store
         self.submit = submit
         self.clock = clock
@@ -84,6 +106,10 @@ class ListTarget:
         self.archive = archive
         # name -> Deferred firing with its TXT strings ([] when none or on failure).
         self.dmarc_txt = dmarc_txt
+        # (list domain, post as it arrived, the list's copy, queue ID) -> the copy
+        # DKIM-signed and ARC-sealed by the list's domain (gateway/sign/arc.py,
+        # PostSigner). Blocking: called in the pool thread, once per post.
+        self.sign_post = sign_post
 
     # --- IDeliveryTarget -----------------------------------------------------------
 
@@ -161,10 +187,27 @@ class ListTarget:
             log.info("list {list}: post {queue_id} has no enabled member to go to",
                      list=mlist.address, queue_id=queue_id)
             return
+        if explosion.personal is not None:
+            yield self._submit_personal(explosion)
+            log.info("{queue_id}: list {list}: exploded to {n} members (personal copies)",
+                     queue_id=queue_id, list=mlist.address, n=len(explosion.members))
+            return
         qid = yield self.submit.submit(bounces_address(mlist.address), explosion.recipients(),
                                        explosion.message, queue_id=queue_id)
         log.info("{queue_id}: list {list}: exploded to {n} members", queue_id=qid,
                  list=mlist.address, n=len(explosion.members))
+
+    @defer.inlineCallbacks
+    def _submit_personal(self, explosion: _Explosion):
+        """One queue entry per member, a batch at a time (the spool's group commit
+        syncs a batch together); each ID is derived, so a repeat skips those made."""
+        pairs = list(zip(explosion.members, explosion.personal or [], strict=True))
+        for start in range(0, len(pairs), PERSONAL_BATCH):
+            yield defer.gatherResults([
+                self.submit.submit(explosion.sender(member), [Recipient(member)], copy,
+                                   queue_id=personal_id(explosion.queue_id, member))
+                for member, copy in pairs[start:start + PERSONAL_BATCH]], consumeErrors=True
+            ).addErrback(_first_error)
 
     def _prepare(self, mlist: MailingList, message: bytes, strict: bool, queue_id: str
                  ) -> _Explosion:
@@ -172,7 +215,22 @@ class ListTarget:
         if mlist.archive and self.archive is not None:
             # Named after the explosion: a repeat after a crash finds the first copy.
             self.archive.deliver(mlist.address, copy, f"{queue_id}.archive", True)
-        return _Explosion(mlist, copy, self.store.members(mlist.address), queue_id)
+        members = self.store.members(mlist.address)
+        personal = None
+        if mlist.web_base_url:
+            # Each copy names its member (RFC 8058), so each is signed and sealed on
+            # its own: DKIM must cover List-Unsubscribe and List-Unsubscribe-Post.
+            personal = [self._signed(mlist, message, posting.decorate(message, mlist, strict,
+                                                                      member), queue_id)
+                        for member in members]
+        # Otherwise once for every member: VERP changes only the envelope sender.
+        copy = self._signed(mlist, message, copy, queue_id)
+        return _Explosion(mlist, copy, members, queue_id, personal)
+
+    def _signed(self, mlist: MailingList, message: bytes, copy: bytes, queue_id: str) -> bytes:
+        if self.sign_post is None:
+            return copy
+        return self.sign_post(mlist.domain, message, copy, queue_id)
 
     @defer.inlineCallbacks
     def _dmarc_strict(self, domain: str):
@@ -210,3 +268,8 @@ class ListTarget:
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def _first_error(failure):
+    """The error itself, not gatherResults' FirstError wrapper (the runner reads MailError)."""
+    return failure.value.subFailure if failure.check(defer.FirstError) else failure

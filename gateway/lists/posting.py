@@ -223,17 +223,17 @@ def _list_headers(mlist: MailingList, member: str | None) -> list[tuple[str, str
     leave = f"<mailto:{role_address(mlist.address, 'leave')}>"
     base = mlist.web_base_url.rstrip("/")
     if base and member:
+        # RFC 8058 3.1: List-Unsubscribe-Post only beside an https URI that takes the
+        # one-click POST (gateway/lists/web.py serves it); exactly then.
         headers.append(("List-Unsubscribe", f"<{one_click_url(mlist, member)}>, {leave}"))
         headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-    elif base:
-        page = f"{base}/lists/{quote(mlist.address, safe='@')}"
-        headers.append(("List-Unsubscribe", f"<{page}>, {leave}"))
     else:
+        # No member (the archive's copy): no personal link, so mail only.
         headers.append(("List-Unsubscribe", leave))
     if mlist.archive:
-        where = (f"{base}/lists/{quote(mlist.address, safe='@')}/archive" if base
-                 # RFC 5092: the IMAP name, "." the delimiter (access/imap/shared.py)
-                 else f"imap://{mlist.domain}/Lists.{quote(mlist.name)}")
+        # RFC 5092: the IMAP name, "." the delimiter (access/imap/shared.py). Not a web
+        # page even with web_base_url: the web endpoint serves one-click only.
+        where = f"imap://{mlist.domain}/Lists.{quote(mlist.name)}"
         headers.append(("List-Archive", f"<{where}>"))
     headers.append(("List-Owner", f"<mailto:{role_address(mlist.address, 'owner')}>"))
     headers.append(("Precedence", "list"))

@@ -33,14 +33,18 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
+from twisted.logger import Logger
+
 from gateway.lists import outbox
 from gateway.lists.addresses import role_address
 from gateway.lists.notices import Outgoing, moderators_of, notice
 from gateway.lists.posting import is_auto_submitted, is_loop
 from gateway.lists.store import DAY, ListStore, MailingList, normalize
 
-__all__ = ["Outgoing", "RequestResult", "handle", "join", "leave", "hold_notice", "held_ack",
-           "TOKEN_TTL"]
+__all__ = ["Outgoing", "RequestResult", "handle", "join", "leave", "unsubscribe", "hold_notice",
+           "held_ack", "TOKEN_TTL"]
+
+log = Logger()
 
 # How long a confirmation token lives (Mailman's pending_request_life).
 TOKEN_TTL = 3 * DAY
@@ -100,6 +104,15 @@ def _one(store, mlist, sender, message, now, ttl, command) -> RequestResult:
     session = _Session(store, mlist, sender, msg, now, ttl)
     session.run([command])
     return session.finish()
+
+
+def unsubscribe(store: ListStore, list_address: str, member: str, how: str) -> bool:
+    """Take member off the list now, and log it: the one way out, for a confirmed
+    request by mail and for an RFC 8058 one-click POST (web.py). True if a member."""
+    left = store.remove_members(list_address, [member]) > 0
+    log.info("list {list}: {member} unsubscribed ({how}){note}", list=list_address,
+             member=member, how=how, note="" if left else ": was not a member")
+    return left
 
 
 def hold_notice(mlist: MailingList, held_id: str, sender: str, message: bytes, reason: str,
@@ -299,7 +312,7 @@ class _Session:
             self.store.enable(list_address, target)  # a re-subscribe clears a bounce disable
             self.lines.append(f"  {target} is now a member of {list_address}.")
         elif action == "unsubscribe":
-            self.store.remove_members(list_address, [target])
+            unsubscribe(self.store, list_address, target, "confirmed by mail")
             self.lines.append(f"  {target} has left {list_address}.")
 
     def do_approve(self, args, _verdict) -> None:

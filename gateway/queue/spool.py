@@ -12,6 +12,11 @@ leaves either a whole entry or a lone .msg (never answered 250), which
 start-up removes. Envelope updates replace ID.env atomically the same way.
 Both are calls in steps (gateway/durable.py), so a trip of the batcher makes
 all its entries durable together.
+
+A message from SMTP is not stored whole: receive() gives an Incoming
+(queue/incoming.py) that writes tmp/ID.msg as DATA arrives; its commit is
+the same store, finishing that file instead of writing one (commit_steps).
+Start-up removes whatever a crash left in tmp/.
 """
 
 from __future__ import annotations
@@ -28,24 +33,29 @@ from gateway.durable import (
     Steps,
     append_file,
     complete,
+    file_written,
     fsync_dir,
     in_thread,
     sync_dir,
+    write_all,
     write_file,
 )
 from gateway.envelope import Envelope, Recipient, valid_queue_id
 from gateway.errors import SpoolError
 from gateway.interfaces import ISpool
+from gateway.queue.incoming import Incoming, spool_error
 
 log = Logger()
 
 
 @implementer(ISpool)
 class Spool:
-    def __init__(self, root: Path, reactor, run_blocking=None):
+    def __init__(self, root: Path, reactor, run_blocking=None, run_write=None):
         self.root = Path(root)
         self.reactor = reactor
         self.run_blocking = run_blocking or in_thread(reactor)
+        # The parts of messages streamed in (receive()): plain writes, no group commit.
+        self.run_write = run_write or in_thread(reactor)
         self.tmp = self.root / "tmp"
         self.entries = self.root / "entries"
         self.quarantine_dir = self.root / "quarantine"
@@ -68,27 +78,89 @@ class Spool:
     def store_blocking(self, envelope: Envelope, message: bytes) -> str:
         return complete(self.store_steps, envelope, message)
 
+    def receive(self, queue_id: str, buffer_size: int) -> Incoming:
+        """queue_id's message, written to tmp/ as it arrives (queue/incoming.py)."""
+        if not valid_queue_id(queue_id):
+            raise SpoolError(f"invalid queue ID {queue_id!r}")
+        return Incoming(queue_id, f"{self._tmp}{queue_id}.msg", buffer_size,
+                        self.run_write, self.run_blocking, self.commit_steps)
+
     def store_steps(self, envelope: Envelope, message: bytes) -> Steps:
+        return self.commit_steps(envelope, message)
+
+    def commit_steps(self, envelope: Envelope, tail: bytes, fd: int | None = None,
+                     head: bytes | None = None, skip: int = 0) -> Steps:
+        """Store envelope's entry, a call in steps. Its message is tail, or, when fd is
+        given (tmp/ID.msg open, streamed in by an Incoming), what fd holds plus tail;
+        fd is closed here. head (with fd): the message's first skip bytes are
+        replaced by head (a header block the sender checks changed)."""
         qid = envelope.queue_id
-        if not valid_queue_id(qid):
-            raise SpoolError(f"invalid queue ID {qid!r}")
         tmp_msg, tmp_env = f"{self._tmp}{qid}.msg", f"{self._tmp}{qid}.env"
         try:
-            write_file(tmp_msg, message)
+            if not valid_queue_id(qid):
+                raise SpoolError(f"invalid queue ID {qid!r}")
+            if fd is not None and head is not None:
+                fd, tail = self._rewrite_head(fd, tmp_msg, head, skip, tail)
+            if fd is None:
+                write_file(tmp_msg, tail)
+            else:
+                try:
+                    write_all(fd, tail)
+                    file_written(fd, tmp_msg)
+                finally:
+                    os.close(fd)
             write_file(tmp_env, self._encode(envelope))
             yield
             os.rename(tmp_msg, f"{self._entries}{qid}.msg")
             os.rename(tmp_env, f"{self._entries}{qid}.env")
             sync_dir(self.entries)
         except OSError as e:
-            for p in (tmp_msg, tmp_env, f"{self._entries}{qid}.msg"):
+            for p in (tmp_msg, tmp_env, f"{tmp_msg}.new", f"{self._entries}{qid}.msg"):
                 try:
                     os.unlink(p)
                 except OSError:
                     pass
-            reason = "No space left on device" if e.errno == errno.ENOSPC else str(e)
-            raise SpoolError(f"{qid}: {reason}") from e
+            raise spool_error(qid, e) from e
         return qid
+
+    @staticmethod
+    def _rewrite_head(fd: int, path: str, head: bytes, skip: int,
+                      tail: bytes) -> tuple[int, bytes]:
+        """path (open as fd) as a new file: head, then its bytes from skip on; the
+        new file's fd, and what of tail is still to be appended. A file cannot
+        grow at its front, so this is one copy, done by the kernel
+        (copy_file_range) in pieces: no message in memory (queue/incoming.py)."""
+        new = f"{path}.new"
+        nfd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(nfd, head)
+            src = os.open(path, os.O_RDONLY)
+            try:
+                end = os.fstat(src).st_size
+                offset = min(skip, end)
+                while offset < end:
+                    count = min(end - offset, 1 << 24)
+                    try:
+                        done = os.copy_file_range(src, nfd, count, offset)
+                    except OSError as e:  # a file system without it: in 1 MiB pieces
+                        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                           errno.EOPNOTSUPP):
+                            raise
+                        piece = os.pread(src, min(count, 1 << 20), offset)
+                        write_all(nfd, piece)
+                        done = len(piece)
+                    if done <= 0:
+                        raise OSError(errno.EIO, f"{path}: short copy")
+                    offset += done
+            finally:
+                os.close(src)
+            os.rename(new, path)
+        except BaseException:
+            os.close(nfd)
+            raise
+        finally:
+            os.close(fd)
+        return nfd, tail[max(0, skip - end):]
 
     def update(self, envelope: Envelope) -> None:
         complete(self.update_steps, envelope)

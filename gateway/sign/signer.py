@@ -1,11 +1,11 @@
 """DKIM signing (RFC 6376; ed25519-sha256, RFC 8463) of a message as it leaves.
 
 Called by deliver/relay.py in its pool thread as it reads the spooled message
-for DATA, before dot-stuffing, and offered to the list exploder for list
+for DATA, before dot-stuffing, and by the list exploder (arc.PostSigner) for list
 posts; never on the reactor thread.
 
 dkimpy does the canonicalization and signing: it is the maintained Python
-implementation (RFC 6376, 8301, 8463, and ARC for later), so none of that
+implementation (RFC 6376, 8301, 8463, and ARC: arc.py), so none of that
 subtle code is ours. We choose what it signs:
   - the domain: the From header's (RFC 7489 alignment needs d= to match it),
     or its nearest parent domain holding keys; every key of that domain signs,
@@ -17,7 +17,7 @@ subtle code is ours. We choose what it signs:
     as OpenDKIM signs them), each listed once more than present
     ("oversigning", RFC 6376 8.15), so no such field can be added.
 dkimpy's RSA is pure Python: 25-55 ms of CPU per signature holding the GIL,
-the whole gateway stalled meanwhile. _OpenSSLRSA hands that one operation to
+the whole gateway stalled meanwhile. OpenSSLRSAMixin hands that one operation to
 OpenSSL (cryptography, ~1 ms); the rest stays dkimpy's.
 Mail is signed only when it originated here (see DkimSigner.originated_here):
 signing a forwarded message from outside would vouch for a forged From.
@@ -25,16 +25,15 @@ signing a forwarded message from outside would vouch for a forged From.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
 from types import SimpleNamespace
 
 import dkim
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, utils
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from dkim.util import InvalidTagValueList, parse_tag_value
 from twisted.logger import Logger
 
@@ -50,16 +49,10 @@ RECOMMENDED = (
     "list-unsubscribe", "list-subscribe", "list-post", "list-owner", "list-archive",
 )
 # What the message means beyond 5.4.1: a changed Content-Type shows another part.
+# RFC 8058 4: a one-click List-Unsubscribe-Post counts only under a DKIM signature.
 MEANING = ("sender", "message-id", "mime-version", "content-type",
-           "content-transfer-encoding")
+           "content-transfer-encoding", "list-unsubscribe-post")
 SIGNED_HEADERS = RECOMMENDED + MEANING
-
-
-def _header_section(message: bytes) -> bytes:
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        end = message.find(b"\n\n")
-    return message if end < 0 else message[:end + 2]
 
 
 def oversigned(names: Iterable[str], signed: tuple[str, ...] = SIGNED_HEADERS) -> list[str]:
@@ -70,8 +63,9 @@ def oversigned(names: Iterable[str], signed: tuple[str, ...] = SIGNED_HEADERS) -
     return [h for h in signed for _ in range(counts.get(h, 0) + 1)]
 
 
-class _OpenSSLRSA(dkim.DKIM):
-    """dkimpy's DKIM with the RSA private-key operation done by OpenSSL.
+class OpenSSLRSAMixin:
+    """For dkimpy's DKIM and ARC: the RSA private-key operation done by OpenSSL
+    (self._key, a cryptography RSA key; None leaves dkimpy's own path, for ed25519).
 
     gen_header() has the header hash computed by dkimpy and signs its digest with
     pk.sign(digest).signature on its ed25519 path; for rsa-sha256 we take that path
@@ -80,13 +74,14 @@ class _OpenSSLRSA(dkim.DKIM):
     verify every RSA signature with dkimpy's verifier, so a dkimpy that changed
     this path fails them, never the mail."""
 
-    def __init__(self, message: bytes, key):
-        super().__init__(message, signature_algorithm=b"rsa-sha256")
-        self._key = key
+    _key: rsa.RSAPrivateKey | None = None
 
     def gen_header(self, fields, include_headers, canon_policy, header_name, pk,
                    standardize=False):
         key = self._key
+        if key is None:
+            return super().gen_header(fields, include_headers, canon_policy, header_name, pk,
+                                      standardize)
 
         def sign(digest: bytes):
             signature = key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
@@ -98,6 +93,21 @@ class _OpenSSLRSA(dkim.DKIM):
                                       SimpleNamespace(sign=sign), standardize)
         finally:
             self.signature_algorithm = b"rsa-sha256"
+
+
+class _Signer(OpenSSLRSAMixin, dkim.DKIM):
+    """dkimpy's DKIM with the RSA private-key operation done by OpenSSL."""
+
+
+# dkimpy's sign() parses the PEM key with its pure-Python ASN.1 code on every call
+# (1-2 ms, a third of a signature's CPU), although OpenSSLRSAMixin never uses what
+# it parsed: each key file's content is parsed once. The result is only read.
+dkim.parse_pem_private_key = functools.lru_cache(maxsize=64)(dkim.parse_pem_private_key)
+
+
+def header_names(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The field names of dkimpy's parsed header section."""
+    return [name.decode("ascii", "replace") for name, _ in headers]
 
 
 def _signed_by(values: list) -> set[tuple[str, str]]:
@@ -142,40 +152,52 @@ class DkimSigner:
             return message
         return self.sign(message, queue_id=envelope.queue_id)
 
-    def keys_for(self, message: bytes) -> tuple[list[DkimKey], list[str]]:
-        """The keys that sign this message (its From domain's) and the header names."""
+    def keys_for(self, headers: list[tuple[bytes, bytes]], domain: str = "") -> list[DkimKey]:
+        """The keys that sign a message with these header fields (dkimpy's parse: raw
+        name, value): its From domain's, or domain's when given; none that signed it
+        already."""
         table = self.keys.keys()
         if not table:
-            return [], []
-        headers = BytesHeaderParser(policy=compat32).parsebytes(_header_section(message))
+            return []
+        found: dict[str, list[str]] = {"from": [], "dkim-signature": []}
+        for name, value in headers:
+            values = found.get(name.decode("ascii", "replace").lower())
+            if values is not None:
+                values.append(value.decode("utf-8", "replace"))
         chosen: list[DkimKey] = []
         seen: set[str] = set()
-        done = _signed_by(headers.get_all("dkim-signature", []))
-        for _, address in getaddresses([str(v) for v in headers.get_all("from", [])]):
-            domain = address.rpartition("@")[2].lower().rstrip(".")
+        done = _signed_by(found["dkim-signature"])
+        if domain:
+            domains = [domain]
+        else:
+            domains = [address.rpartition("@")[2] for _, address
+                       in getaddresses([" ".join(v.split()) for v in found["from"]])]
+        for domain in domains:
+            domain = domain.lower().rstrip(".")
             while domain and domain not in table:  # a subdomain: the parent's keys
                 domain = domain.partition(".")[2]
             if domain and domain not in seen:
                 seen.add(domain)
                 chosen.extend(k for k in table[domain] if (k.domain, k.selector) not in done)
-        return chosen, list(headers.keys())
+        return chosen
 
-    def sign(self, message: bytes, queue_id: str = "") -> bytes:
-        """message signed by every key of its From domain (unchanged when none).
-        Blocking (CPU): run in a thread."""
-        keys, names = self.keys_for(message)
+    def sign(self, message: bytes, queue_id: str = "", domain: str = "") -> bytes:
+        """message signed by every key of its From domain, or of domain when given (a
+        list's; unchanged when none). Blocking (CPU): run in a thread."""
+        if not self.enabled or not self.keys.keys():
+            return message
+        d = _Signer(message)  # parsed once, for the choice and every signature
+        keys = self.keys_for(d.headers, domain)
         if not keys:
             return message
-        include = [h.encode("ascii") for h in oversigned(names)]
+        include = [h.encode("ascii") for h in oversigned(header_names(d.headers))]
         signatures = []
         for key in keys:
-            if key.loaded is not None:
-                d = _OpenSSLRSA(message, key.loaded)
-            else:
-                d = dkim.DKIM(message, signature_algorithm=key.signature_algorithm)
+            d._key = key.loaded  # None: dkimpy's own ed25519 path
             try:
                 signatures.append(d.sign(
                     key.selector.encode("ascii"), key.domain.encode("ascii"), key.private,
+                    signature_algorithm=key.signature_algorithm,
                     canonicalize=(b"relaxed", b"relaxed"), include_headers=include))
             except dkim.DKIMException as e:
                 # Unsigned mail still goes: the receiver judges it as it would any.

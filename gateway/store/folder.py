@@ -10,8 +10,11 @@ access/imap runs them in the reactor's thread pool.
 Maildir rules (cr.yp.to/proto/maildir.html, and Dovecot's reading of them):
 system flags live in the file name's info, "<unique>:2,<letters>" with the
 letters in ASCII order: D Draft, F Flagged, P Passed ($Forwarded), R Replied
-(Answered), S Seen, T Trashed (Deleted). Lower-case letters (Dovecot's
-keywords) are kept untouched. IMAP keywords are kept in the index only.
+(Answered), S Seen, T Trashed (Deleted). Lower-case letters are keywords,
+numbered in the folder's dovecot-keywords file as Dovecot does
+(store/keywords.py); a letter that file does not name is kept untouched. The
+index holds each message's keywords too (Message.kw): those past the 26
+letters live there only.
 
 Finding changes: the gateway's own changes (deliveries, STORE, APPEND, COPY,
 EXPUNGE) update the index as they happen, so they never cost a listing: a
@@ -46,6 +49,7 @@ from twisted.logger import Logger
 
 from gateway.durable import fsync_dir, rides_dir_sync
 from gateway.store.index import Index
+from gateway.store.keywords import LETTERS, KeywordTable
 
 SUBS = ("new", "cur")
 # IMAP system flag <-> Maildir info letter. \Recent is per session, never stored.
@@ -100,9 +104,9 @@ class FolderListener(Protocol):
 
 
 def suffix_with(letters: Iterable[str], old_suffix: str) -> str:
-    """The ':2,' info for these system letters, keeping letters we do not manage."""
-    keep = [c for c in old_suffix[3:] if c not in LETTER_FLAGS] if old_suffix.startswith(
-        ":2,") else []
+    """The ':2,' info for these flag and keyword letters, keeping other characters."""
+    keep = [c for c in old_suffix[3:] if c not in LETTER_FLAGS and c not in LETTERS] \
+        if old_suffix.startswith(":2,") else []
     return ":2," + "".join(sorted(set(letters) | set(keep)))
 
 
@@ -119,11 +123,19 @@ class Folder:
         self._listed: dict[str, int] = {}  # when each directory was last listed
         self.index = Index(self.path)
         self.uidvalidity = self.index.uidvalidity
+        self.keywords = KeywordTable(self.path)
+        # Every keyword the folder has known, in the order learned; it only grows,
+        # so a session announces (FLAGS) what lies past the count it has told.
+        self.keyword_names: list[str] = []
+        self._keyword_set: set[str] = set()
+        self._learn(self.keywords.by_name)
         self.by_uid: dict[int, Message] = {}
         self.by_base: dict[str, Message] = {}
         for row in self.index.rows():
             m = Message(*row)
             self.by_uid[m.uid] = self.by_base[m.base] = m
+            if m.kw:
+                self._learn(m.kw.split(" "))
         self.uids: list[int] = sorted(self.by_uid)
         self.in_new: set[int] = {m.uid for m in self.by_uid.values() if m.sub == "new"}
         self.sync()
@@ -224,6 +236,8 @@ class Folder:
                         if (names := self._listing(sub, force)) is not None}
             if not listings:
                 return False
+            if self.keywords.reload():  # another program numbered new keywords
+                self._learn(self.keywords.by_name)
             found: dict[str, tuple[str, str]] = {}
             for sub, names in listings.items():
                 for name in names:
@@ -250,6 +264,7 @@ class Folder:
             for m, sub, suffix in changed:
                 if m.letters != suffix[3:]:
                     flagged.append(m.uid)
+                    m.kw = self._kw_of(suffix, m.kw)  # renamed by another Maildir program
                 self._moved(m, sub, suffix)
             self.index.update((m.uid, m.sub, m.suffix, m.kw) for m, _, _ in changed)
             self._forget(gone)
@@ -271,10 +286,41 @@ class Folder:
                 continue  # moved again while we looked: the next sync sees it
             entries.append((st.st_mtime_ns, base, sub, suffix, st.st_size))
         entries.sort()  # UIDs in arrival order; the unique name breaks ties
-        uids = self.index.add([(b, s, x, "", size, mt // 1_000_000_000)
-                               for mt, b, s, x, size in entries], synced)
-        return [Message(uid, base, sub, suffix, "", size, mt // 1_000_000_000)
-                for uid, (mt, base, sub, suffix, size) in zip(uids, entries, strict=True)]
+        kws = [self._kw_of(x) for _, _, _, x, _ in entries]
+        uids = self.index.add([(b, s, x, kw, size, mt // 1_000_000_000)
+                               for (mt, b, s, x, size), kw in zip(entries, kws, strict=True)],
+                              synced)
+        return [Message(uid, base, sub, suffix, kw, size, mt // 1_000_000_000)
+                for uid, (mt, base, sub, suffix, size), kw in zip(uids, entries, kws,
+                                                                   strict=True)]
+
+    # -- keywords: letters in file names, numbered in dovecot-keywords (keywords.py) --
+
+    def _kw_of(self, suffix: str, old_kw: str = "") -> str:
+        """Message.kw for a file name's info: its letters' keywords, then those of
+        old_kw that have no letter (kept in the index only)."""
+        # The file was read again at this sync's start (not per message: a rebuild
+        # of 100,000 messages would stat it 100,000 times).
+        letters = suffix[3:] if suffix.startswith(":2,") else ""
+        names = self.keywords.names(letters)
+        if old_kw:
+            names += [k for k in old_kw.split(" ") if k not in self.keywords.by_name]
+        self._learn(names)
+        return " ".join(names)
+
+    def _letters_for(self, system: Iterable[str], keywords: list[str], old: str = "") -> str:
+        """Info letters for these system letters and keywords (slots given as needed),
+        keeping letters of old that the keywords file does not name."""
+        letters, _index_only = self.keywords.letters(keywords)
+        foreign = [c for c in old if c in LETTERS and c not in self.keywords.by_letter]
+        self._learn(keywords)
+        return "".join(sorted(set(system) | set(letters) | set(foreign)))
+
+    def _learn(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self._keyword_set:
+                self._keyword_set.add(name)
+                self.keyword_names.append(name)
 
     def _publish(self, messages: list[Message]) -> list[int]:
         for m in messages:
@@ -431,11 +477,12 @@ class Folder:
                 else:
                     new, new_kw = have - letters, [k for k in kws if k not in keywords]
                 kw = " ".join(new_kw)
+                info = self._letters_for(new, new_kw, m.letters)
                 if kw != m.kw:
                     m.kw = kw
                     kw_only.append(m)
-                if new != have or m.sub == "new":
-                    renames.append((m, "".join(new)))
+                if set(info) != set(m.letters) or m.sub == "new":
+                    renames.append((m, info))
                 result[uid] = m
             done = {m.uid for m in self._rename_all(renames)}
             self.index.update((m.uid, m.sub, m.suffix, m.kw) for m in kw_only
@@ -477,9 +524,11 @@ class Folder:
         with self.lock:
             entries, slots = [], []
             for n, (source, flags, idate) in enumerate(items):
-                letters = "".join(sorted({FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS}))
-                kw = " ".join(dict.fromkeys(f for f in flags if f not in FLAG_LETTERS
-                                            and not f.startswith("\\")))
+                kws = list(dict.fromkeys(f for f in flags if f not in FLAG_LETTERS
+                                         and not f.startswith("\\")))
+                letters = self._letters_for({FLAG_LETTERS[f] for f in flags
+                                             if f in FLAG_LETTERS}, kws)
+                kw = " ".join(kws)
                 base = new_unique()
                 suffix = ":2," + letters
                 target = self.path / "cur" / (base + suffix)

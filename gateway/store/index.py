@@ -3,7 +3,9 @@
 Sits in store/, under store/folder.py (which keeps it in step with the
 Maildir) and above nothing: it is the persistent half of a Folder. It holds
 what Maildir cannot: UIDVALIDITY and UIDNEXT (RFC 3501 2.3.1.1), each
-message's UID against its Maildir unique name, the keywords, and a cache of
+message's UID against its Maildir unique name, its keywords (also in the
+file name, store/keywords.py; only those past Dovecot's 26 letters live here
+alone), and a cache of
 parsed headers (ENVELOPE, BODYSTRUCTURE, search fields) so FETCH and SEARCH
 need not reopen 100,000 files.
 
@@ -37,7 +39,7 @@ CREATE TABLE msg(
     base TEXT NOT NULL UNIQUE,   -- Maildir unique name (file name before ':')
     sub TEXT NOT NULL,           -- 'new' or 'cur'
     suffix TEXT NOT NULL,        -- ':2,FS' (or '' or foreign info), as on disk
-    kw TEXT NOT NULL DEFAULT '', -- IMAP keywords, space-separated
+    kw TEXT NOT NULL DEFAULT '', -- IMAP keywords, space-separated (letters' ones too)
     size INTEGER NOT NULL,
     idate INTEGER NOT NULL       -- INTERNALDATE, Unix seconds (the file's mtime)
 );

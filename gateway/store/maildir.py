@@ -28,7 +28,7 @@ from gateway.durable import (
     write_file,
 )
 from gateway.envelope import parse_address
-from gateway.interfaces import IMailStore
+from gateway.interfaces import IMailStore, MessageFile
 from gateway.store.folder import Folder
 from gateway.store.folders import FolderNameError, FolderRegistry, FolderSet, disk_name
 
@@ -70,11 +70,11 @@ class MaildirStore:
             fsync_dir(path.parent)
         return path
 
-    def deliver(self, mailbox: str, message: bytes, unique: str, recovering: bool = False,
-                folder: str = "") -> bool:
+    def deliver(self, mailbox: str, message: bytes | MessageFile, unique: str,
+                recovering: bool = False, folder: str = "") -> bool:
         return complete(self.deliver_steps, mailbox, message, unique, recovering, folder)
 
-    def deliver_steps(self, mailbox: str, message: bytes, unique: str,
+    def deliver_steps(self, mailbox: str, message: bytes | MessageFile, unique: str,
                       recovering: bool = False, folder: str = "",
                       make_folder: bool = False) -> Steps:
         """deliver() as a call in steps (gateway/durable.py): data durable, then named.

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from gateway.config import InboundAuthSettings
 from gateway.errors import MailError
 from gateway.verify import results
-from gateway.verify.dkimcheck import DkimResult, verify_all
+from gateway.verify.dkimcheck import DkimResult, unverified, verify_all
 from gateway.verify.dmarc import DmarcResult, evaluate
 from gateway.verify.dnsquery import DnsQuery
 from gateway.verify.orgdomain import OrgDomains
@@ -61,6 +61,22 @@ class Verdict:
     dkim: list[DkimResult] = field(default_factory=list)
     dmarc: DmarcResult | None = None
 
+    def header_block(self, received: bytes, head: bytes) -> tuple[bytes, int] | None:
+        """The new start of the spool file and how many bytes of the old one it
+        replaces, or None when nothing changes. The old file is received (our
+        Received field) then the message, whose start is head: the new one is our
+        fields, received, then the message's header without the fields that
+        claim our id. Ours go above our Received, as RFC 7208 9.1 says for
+        Received-SPF and RFC 8601's examples (Appendix B) show. A header block
+        longer than head (a 64 KiB header) keeps what is past it as it came."""
+        header, body = results.split_header(head)
+        if not body and not head.endswith((b"\r\n\r\n", b"\n\n")):
+            header = b""  # not all of it in head: leave it as it came
+        kept, dropped = results.strip_claims(header, self.authserv_id)
+        if not self.headers and not dropped:
+            return None
+        return self.headers + received + kept, len(received) + len(header)
+
     def rewrite(self, message: bytes) -> bytes:
         """message with Authentication-Results claiming our id dropped and ours on top."""
         header, body = results.split_header(message)
@@ -88,11 +104,17 @@ class InboundAuth:
         self.rng = rng
         self.monotonic = monotonic
 
-    def check(self, facts: AuthFacts, message: bytes, skip: bool = False) -> defer.Deferred:
-        """Deferred Verdict for message (as received, without our Received field)."""
+    def check(self, facts: AuthFacts, message: bytes | Callable[[], bytes],
+              skip: bool = False, whole: bool = True) -> defer.Deferred:
+        """Deferred Verdict for message (as received, without our Received field).
+
+        message: its bytes, or a function giving them that runs in the pool
+        thread (a read of the spool file: accept/smtp.py). whole=False: message
+        is only its start (it is bigger than max_verify_size), enough for SPF and
+        DMARC's From; its DKIM signatures are then neutral, not verified."""
         if skip:
             return defer.succeed(Verdict(self.authserv_id))
-        d = self.run_blocking(self.evaluate, facts, message)
+        d = self.run_blocking(self.evaluate, facts, message, whole)
         d.addTimeout(self.settings.timeout + GRACE, self.clock)
         d.addErrback(self._failed, facts)
         return d
@@ -107,14 +129,22 @@ class InboundAuth:
         header = (f"Authentication-Results: {self.authserv_id}; none ({reason})\r\n")
         return Verdict(self.authserv_id, header.encode("ascii"))
 
-    def evaluate(self, facts: AuthFacts, message: bytes) -> Verdict:
+    def evaluate(self, facts: AuthFacts, message: bytes | Callable[[], bytes],
+                 whole: bool = True) -> Verdict:
         """The checks themselves (blocking: a pool thread)."""
         s = self.settings
+        if callable(message):
+            message = message()
         query = DnsQuery(self.resolver, s.timeout, self.monotonic)
         spf = check_spf(query, facts.client_address, facts.sender, facts.helo,
                         self.authserv_id)
-        dkims = verify_all(message, query, s.dkim_min_key_bits)
         header, _ = results.split_header(message)
+        if whole:
+            dkims = verify_all(message, query, s.dkim_min_key_bits)
+        else:
+            reason = f"not verified: message over {s.max_verify_size} bytes"
+            dkims = [unverified(f.partition(b":")[2], reason) for f in results.fields(header)
+                     if f.partition(b":")[0].strip().lower() == b"dkim-signature"]
         domains = from_domains(header)
         dmarcs = [evaluate(query, d, spf, dkims, self.orgs, self.rng) for d in domains]
         if dmarcs:

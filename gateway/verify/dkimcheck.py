@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 import dkim
+import dkim.util
 
 from gateway.verify.dnsquery import DnsQuery, TempDNSError
 
@@ -47,6 +48,16 @@ def verify_all(message: bytes, query: DnsQuery, minkey: int = 1024) -> list[Dkim
         return [DkimResult("permerror", "", "", "", "", f"unreadable message: {e}")]
     count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
     return [_verify_one(d, i, query) for i in range(count)]
+
+
+def unverified(signature: bytes, reason: str) -> DkimResult:
+    """neutral for the DKIM-Signature field value signature, not verified (a message
+    over [inbound_auth] max_verify_size); its d=, s=, a= and b= named when readable."""
+    try:
+        fields = dkim.util.parse_tag_value(b"".join(signature.split()))
+    except Exception:  # noqa: BLE001 - an unreadable signature is named by reason only
+        fields = {}
+    return _result("neutral", fields, reason)
 
 
 def _verify_one(d: dkim.DKIM, idx: int, query: DnsQuery) -> DkimResult:

@@ -132,6 +132,12 @@ class Gateway:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_log(self, text: str, timeout: float = 20.0) -> str:
+        """The log once it holds TEXT. Lines reach the file from the log writer's thread
+        (gateway/logwriter.py), within [log] flush_interval of the event."""
+        wait_for(lambda: text in self.log_text(), timeout, what=f"{text!r} in the log")
+        return self.log_text()
+
 
 @pytest.fixture
 def make_gateway(tmp_path):

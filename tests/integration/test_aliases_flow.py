@@ -121,7 +121,7 @@ def test_exit_75_is_retried_then_delivered_once(make_gateway, tmp_path, out_dir)
     wait_for(lambda: (out_dir / "delivered").exists(), what="the retry")
     wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
     assert (out_dir / "delivered").read_bytes().count(b"once only") == 1
-    assert "exited 75" in gw.log_text()
+    gw.wait_log("exited 75")
 
 
 def test_exit_1_bounces_with_the_programs_words(make_gateway, tmp_path, out_dir):
@@ -147,7 +147,7 @@ def test_hanging_program_is_killed_at_the_timeout_and_retried(make_gateway, tmp_
     child = int((out_dir / "child").read_text())
     # The whole process group was killed, the program's own children too.
     wait_for(lambda: not _alive(child), what="the sleeping child killed")
-    assert "killed after 1s" in gw.log_text()
+    gw.wait_log("killed after 1s")
 
 
 def read_mbox(path: Path) -> list:
@@ -181,7 +181,7 @@ def test_broken_file_at_reload_keeps_the_old_table(make_gateway, tmp_path):
     gw.aliases.write_text("team: bob\nbroken line\n")
     os.kill(gw.proc.pid, signal.SIGHUP)
     wait_for(lambda: "aliases not reloaded" in gw.log_text(), what="the refusal in the log")
-    assert f"{gw.aliases}:2: expected" in gw.log_text()
+    gw.wait_log(f"{gw.aliases}:2: expected")
     send(gw, "team@example.test")
     gw.wait_messages("alice@example.test", 1)
     assert gw.messages("bob@example.test") == []
@@ -295,4 +295,40 @@ def test_a_program_that_reads_nothing_of_a_large_message_is_still_delivered(
     send(gw, "ignore@example.test", ("x" * 998 + "\r\n") * 3000)  # 3 MB: more than a pipe holds
     wait_for(lambda: (out_dir / "ran").exists(), what="the run")
     wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
-    assert "exited 0" in gw.log_text()
+    gw.wait_log("exited 0")
+
+
+def _spawners(gateway_pid: int) -> list[int]:
+    """The gateway's program spawner processes (deliver/spawnhelper.py), by /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if ppid == gateway_pid and b"spawnhelper.py" in command:
+            found.append(int(entry))
+    return found
+
+
+def test_a_killed_spawner_is_started_again_and_each_message_delivered_once(
+        make_gateway, tmp_path, out_dir):
+    prog = script(out_dir, "append", f"cat >> {out_dir}/got\n")
+    gw = aliases_gateway(make_gateway, tmp_path, f'append: "|{prog}"\n')
+    got = out_dir / "got"
+    send(gw, "append@example.test", "first message")
+    wait_for(lambda: got.exists() and b"first message" in got.read_bytes(), what="first run")
+    (spawner,) = wait_for(lambda: _spawners(gw.proc.pid), what="the spawner")
+    os.kill(spawner, signal.SIGKILL)
+    send(gw, "append@example.test", "second message")
+    wait_for(lambda: b"second message" in got.read_bytes(), what="the run after the kill")
+    wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
+    text = got.read_bytes()
+    assert text.count(b"first message") == 1 and text.count(b"second message") == 1
+    assert _spawners(gw.proc.pid) not in ([], [spawner])  # a new one serves
+    gw.wait_log("program spawner started again")

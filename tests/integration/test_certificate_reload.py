@@ -32,7 +32,7 @@ def test_starttls_uses_renewed_files_and_keeps_the_old_pair_when_broken(make_tls
     renewed = renew(tmp_path, ca)
     assert renewed != first
     assert starttls_certificate(gw, ca) == renewed
-    assert "STARTTLS certificate reloaded" in gw.log_text()
+    gw.wait_log("STARTTLS certificate reloaded")
     (tmp_path / "cert.pem").write_text("not a certificate\n")
     assert starttls_certificate(gw, ca) == renewed  # still served, and the reason logged
-    assert "STARTTLS certificate not reloaded, keeping the old one" in gw.log_text()
+    gw.wait_log("STARTTLS certificate not reloaded, keeping the old one")

@@ -133,3 +133,38 @@ def test_dns_that_never_answers_delays_only_its_message(checked):
     wait_for(lambda: len(checked.messages("alice@example.test")) == 2, what="both messages")
     heads = [header_of(m) for m in checked.messages("alice@example.test")]
     assert any("spf=temperror smtp.mailfrom=slow.test" in h for h in heads)
+
+
+def test_streamed_big_message_is_verified_and_delivered_whole(checked):
+    body = "\r\n".join(f"line {n:07d} of a message bigger than the DATA buffer"
+                       for n in range(40_000))  # about 2 MB: streamed to the spool file
+    forged = "Authentication-Results: mx.example.test; dkim=pass header.d=bank.test\r\n"
+    sent = forged.encode() + signed("news@good.test", body)
+    code, _ = send(checked, "news@good.test", sent)
+    assert code == 250
+    [raw] = checked.wait_messages("alice@example.test", 1)
+    head = header_of(raw)
+    assert head.count("Authentication-Results:") == 1 and "bank.test" not in head
+    assert "dkim=pass header.d=good.test" in head and "dmarc=pass" in head
+    assert raw.endswith(sent[len(forged):])  # the rest byte for byte
+
+
+def test_list_post_is_sealed_with_the_results_of_its_arrival(checked):
+    from test_dkim_flow import publish
+
+    gw = checked
+    made = gw.cli("dkim", "keygen", "example.test", "--selector", "lists", "--algorithm", "rsa")
+    assert made.returncode == 0, made.stderr
+    publish(gw.dns, made.stdout)
+    assert gw.cli("list", "create", "dev@example.test", "--owner", "alice@example.test",
+                  "--policy", "open").returncode == 0
+    assert gw.cli("list", "add", "dev@example.test", "alice@example.test").returncode == 0
+    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.test")
+        assert s.sendmail("news@good.test", ["dev@example.test"],
+                          signed("news@good.test")) == {}
+    [raw] = gw.wait_messages("alice@example.test", 1)
+    # One authserv-id for both: the seal carries what the inbound checks wrote.
+    aar = header_of(raw).split("ARC-Authentication-Results: ", 1)[1].split("\r\nARC-", 1)[0]
+    assert "i=1; mx.example.test;" in " ".join(aar.split())
+    assert "spf=pass smtp.mailfrom=good.test" in aar and "dkim=pass header.d=good.test" in aar

@@ -99,13 +99,11 @@ def test_smtp_over_the_front_authenticates_relays_and_names_the_real_client(
         assert head.startswith(b"Received: from client.test ([127.0.0.2])\r\n"
                                b"\tby mx.example.test (mailgateway) with ESMTPSA id "), head
         assert b"(TLSv1.3 with cipher TLS_" in head
-    wait_for(lambda: "tlsfront submissions: client=127.0.0.2:" in gw.log_text(),
-             what="the front's log line")
-    log = gw.log_text()
+    gw.wait_log("tlsfront submissions: client=127.0.0.2:")
+    log = gw.wait_log("auth ok: client=unknown[127.0.0.2] service=submission mechanism=")
     assert "sni=- tls=TLSv1.3" in log  # an IP address is not sent as SNI
     # The real client behind the front, in the session's own lines (gateway/logs.py).
     assert "connect from unknown[127.0.0.2] service=submission" in log
-    assert "auth ok: client=unknown[127.0.0.2] service=submission mechanism=" in log
     assert "user=<alice@example.test>" in log
 
 
@@ -127,8 +125,8 @@ def test_pop3_over_the_front(make_tls_gateway, ca):
         assert b"body" in b"\r\n".join(pop.retr(1)[1])
     finally:
         pop.quit()
-    assert ("auth ok: client=unknown[127.0.0.2] service=pop3 mechanism=USER "
-            "user=<alice@example.test> tls=yes") in gw.log_text()
+    gw.wait_log("auth ok: client=unknown[127.0.0.2] service=pop3 mechanism=USER "
+                "user=<alice@example.test> tls=yes")
 
 
 class IMAP4FromClient(imaplib.IMAP4_SSL):
@@ -174,7 +172,7 @@ def test_plaintext_claiming_proxy_is_refused_everywhere_but_the_fronts_socket(
         s.connect(str(sock_path))
         s.sendall(b"EHLO client.test\r\n")
         assert closed_without_a_word(s)  # no greeting
-    assert "proxied listener: unix socket peer refused: no PROXY header" in gw.log_text()
+    gw.wait_log("proxied listener: unix socket peer refused: no PROXY header")
 
 
 def test_tcp_proxied_listener_trusts_only_its_sources(make_tls_gateway, ca):
@@ -190,8 +188,7 @@ def test_tcp_proxied_listener_trusts_only_its_sources(make_tls_gateway, ca):
                                   source_address=(CLIENT, 0)) as s:
         s.sendall(header + b"EHLO client.test\r\n")
         assert closed_without_a_word(s)
-    assert "proxied listener: 127.0.0.2 refused: not in [proxied] trusted_sources" in \
-        gw.log_text()
+    gw.wait_log("proxied listener: 127.0.0.2 refused: not in [proxied] trusted_sources")
 
 
 def test_the_front_works_again_after_kill_9(make_tls_gateway, ca):
@@ -220,7 +217,7 @@ def test_restart_after_kill_9_when_the_stale_locks_name_a_live_pid(make_tls_gate
     wait_ports(smtps)
     with SMTPFromClient(smtps, ca) as s:
         assert b"[127.0.0.2]" in s.ehlo("client.test")[1]
-    assert "removed" in gw.log_text()
+    gw.wait_log("removed")
 
 
 def test_a_second_gateway_on_the_same_state_dir_is_refused_in_one_line(make_tls_gateway):
@@ -268,7 +265,7 @@ def test_certificate_reload_on_sighup_keeps_open_connections(make_tls_gateway, c
         wait_for(lambda: "keeping the old ones" in gw.log_text(), what="the refusal")
         assert serial_of(smtps, ca) == second
         assert s.noop()[0] == 250
-    assert f"{key}" in gw.log_text()
+    gw.wait_log(f"{key}")
 
 
 # --- `mailgateway tlsfront` alone -------------------------------------------------------

@@ -31,12 +31,48 @@ class FakeUsers:
         return defer.fail(cred_error.UnauthorizedLogin())
 
 
+class FakeIncoming:
+    """A streamed message kept in memory; its commit is the spool's store."""
+
+    full = False
+
+    def __init__(self, spool, queue_id):
+        self.spool, self.queue_id = spool, queue_id
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.aborted = False
+
+    def write(self, data):
+        self.parts.append(data)
+        self.size += len(data)
+
+    def room(self):
+        return defer.succeed(None)
+
+    def reader(self, start=0):
+        return defer.succeed(lambda: b"".join(self.parts)[start:])
+
+    def commit(self, envelope, head=None, skip=0):
+        message = b"".join(self.parts)
+        if head is not None:
+            message = head + message[skip:]
+        return self.spool.store(envelope, message)
+
+    def abort(self):
+        self.aborted = True
+
+
 @dataclass
 class FakeSpool:
     stored: list = field(default_factory=list)
     fail: Exception | None = None
     pending: defer.Deferred | None = None
     hold: bool = False
+    received: list = field(default_factory=list)
+
+    def receive(self, queue_id, buffer_size):
+        self.received.append(FakeIncoming(self, queue_id))
+        return self.received[-1]
 
     def store(self, envelope, message):
         if self.fail is not None:

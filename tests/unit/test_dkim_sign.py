@@ -98,6 +98,23 @@ def test_oversigned_headers_cannot_be_added(conf, capsys):
     assert dkim.verify(traced, dnsfunc=dnsfunc)
 
 
+def test_one_click_headers_are_covered(conf, capsys):
+    """RFC 8058 4: List-Unsubscribe and List-Unsubscribe-Post under the signature, so a
+    link changed on the way (someone else's unsubscribe) fails the check."""
+    records = dict([keygen(conf, capsys)])
+    head, _, body = MESSAGE.partition(b"\r\n\r\n")
+    copy = (head + b"\r\nList-Unsubscribe: <https://l.example.test/u?m=bob>\r\n"
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\n" + body)
+    signed = signer(conf).sign(copy)
+    h = re.search(rb"h=([^;]*);", signed.replace(b"\r\n ", b" ")).group(1).decode()
+    assert {"list-unsubscribe", "list-unsubscribe-post"} <= {f.strip() for f in h.split(":")}
+    dnsfunc = fake_dns(records)
+    assert dkim.verify(signed, dnsfunc=dnsfunc)
+    assert not dkim.verify(signed.replace(b"m=bob", b"m=eve"), dnsfunc=dnsfunc)
+    assert not dkim.verify(signed.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click"
+                                          b"\r\n", b""), dnsfunc=dnsfunc)
+
+
 def test_oversigned_counts_each_field_once_more_than_present():
     h = oversigned(["From", "To", "Received", "To"], signed=("from", "to", "cc"))
     assert h == ["from", "from", "to", "to", "to", "cc"]

@@ -40,10 +40,10 @@ def test_flags_live_in_file_names_and_other_tools_changes_are_seen(store):
     inbox = store.open_folders(BOX).open("INBOX")
     inbox.store([1], 1, ["\\Seen", "\\Answered", "\\Flagged", "$Label"])
     root = store.mailbox_path(BOX)
-    assert names(root) == ["U1:2,FRS"]
+    assert names(root) == ["U1:2,FRSa"]  # the keyword as Dovecot's letter (keywords.py)
     assert inbox.by_uid[1].flags() == ["\\Flagged", "\\Answered", "\\Seen", "$Label"]
     # mutt marks it deleted and drafts a new one straight into cur/.
-    os.rename(root / "cur" / "U1:2,FRS", root / "cur" / "U1:2,FRST")
+    os.rename(root / "cur" / "U1:2,FRSa", root / "cur" / "U1:2,FRSTa")
     (root / "cur" / "MUTT1:2,D").write_bytes(b"Subject: draft\r\n\r\n")
     assert inbox.sync(force=True)
     assert "\\Deleted" in inbox.by_uid[1].flags()

@@ -11,8 +11,10 @@ from gateway.durable import run_now
 from gateway.envelope import Envelope, Recipient
 from gateway.errors import MailError
 from gateway.interfaces import Route
+from gateway.lists.addresses import verp_sender
 from gateway.lists.directory import ListDirectory
-from gateway.lists.exploder import ListTarget, explosion_id
+from gateway.lists.exploder import ListTarget, explosion_id, personal_id
+from gateway.lists.posting import one_click_url
 from gateway.lists.store import ListStore
 from gateway.queue.spool import Spool
 from gateway.queue.submit import Submitter
@@ -28,7 +30,7 @@ class Listener:
         self.ids.append(queue_id)
 
 
-def rig(tmp_path, txt=None):
+def rig(tmp_path, txt=None, sign_post=None):
     store = ListStore(tmp_path / "lists")
     store.create(LIST, ["owner@example.test"], "members")
     store.add_members(LIST, ["alice@example.test", "bob@remote.test", '"odd x"@remote.test'])
@@ -38,7 +40,7 @@ def rig(tmp_path, txt=None):
     listener = Listener()
     submit = Submitter(spool, listener, "mx.example.test", clock)
     lookup = None if txt is None else (lambda name: defer.succeed(txt.get(name, [])))
-    target = ListTarget(store, submit, clock, run_now, dmarc_txt=lookup)
+    target = ListTarget(store, submit, clock, run_now, dmarc_txt=lookup, sign_post=sign_post)
     return store, spool, listener, target
 
 
@@ -73,6 +75,84 @@ def test_a_members_post_is_one_queue_entry_with_a_verp_sender_each(tmp_path):
     # Delivered again (a crash before the post was recorded done): no second entry.
     assert post(tmp_path, target, "alice@example.test") is None
     assert listener.ids == [qid] and spool.queue_ids() == [qid]
+
+
+def test_a_post_is_signed_once_for_all_its_members(tmp_path):
+    calls = []
+
+    def sign_post(domain, arrived, copy, queue_id):
+        calls.append((domain, arrived, copy, queue_id))
+        return b"ARC-Seal: i=1; stand-in\r\n" + copy
+
+    store, spool, listener, target = rig(tmp_path, sign_post=sign_post)
+    assert post(tmp_path, target, "alice@example.test") is None
+    (qid,) = listener.ids
+    assert len(spool.load(qid).recipients) == 3
+    ((domain, arrived, copy, queue_id),) = calls  # one seal, however many members
+    assert domain == "example.test" and queue_id == qid
+    assert b"Subject: topic" in arrived and b"Subject: [dev] topic" in copy
+    with open(spool.message_path(qid), "rb") as f:
+        assert f.read() == b"ARC-Seal: i=1; stand-in\r\n" + copy
+
+
+@pytest.mark.parametrize("verp", [True, False])
+def test_with_web_base_url_each_member_gets_a_personal_one_click_copy(tmp_path, verp):
+    """RFC 8058: the https link names the member, and DKIM must cover it (RFC 8058 4),
+    so it is in each member's own queue entry, not added at delivery."""
+    store, spool, listener, target = rig(tmp_path)
+    store.set(LIST, web_base_url="https://lists.example.test", verp=verp)
+    assert post(tmp_path, target, "alice@example.test") is None
+    explosion = explosion_id("1K15Q4ZNS55Q3TC1", LIST)
+    members = store.members(LIST)
+    assert sorted(listener.ids) == sorted(personal_id(explosion, m) for m in members)
+    mlist = store.get(LIST)
+    for member in members:
+        qid = personal_id(explosion, member)
+        envelope = spool.load(qid)
+        assert [r.address for r in envelope.recipients] == [member]
+        bounces = "dev-bounces@example.test"
+        assert envelope.sender == (verp_sender(LIST, member) if verp else bounces)
+        with open(spool.message_path(qid), "rb") as f:
+            copy = message_from_bytes(f.read(), policy=policy.default)
+        assert copy["List-Unsubscribe"] == (f"<{one_click_url(mlist, member)}>, "
+                                            "<mailto:dev-leave@example.test>")
+        assert copy["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert copy["Subject"] == "[dev] topic"
+    # Delivered again (a crash after some entries were made): none twice.
+    assert post(tmp_path, target, "alice@example.test") is None
+    assert len(listener.ids) == len(members) == len(spool.queue_ids())
+
+
+def test_personal_one_click_copies_are_each_signed_with_their_own_link(tmp_path):
+    """DKIM must cover each member's List-Unsubscribe (RFC 8058 4): one signature per copy."""
+    signed = []
+
+    def sign_post(domain, arrived, copy, queue_id):
+        signed.append(copy)
+        return b"DKIM-Signature: stand-in\r\n" + copy
+
+    store, spool, listener, target = rig(tmp_path, sign_post=sign_post)
+    store.set(LIST, web_base_url="https://lists.example.test")
+    assert post(tmp_path, target, "alice@example.test") is None
+    members = store.members(LIST)
+    explosion = explosion_id("1K15Q4ZNS55Q3TC1", LIST)
+    for member in members:
+        with open(spool.message_path(personal_id(explosion, member)), "rb") as f:
+            stored = f.read()
+        assert stored.startswith(b"DKIM-Signature: stand-in\r\n")
+        assert stored[len(b"DKIM-Signature: stand-in\r\n"):] in signed
+        link = one_click_url(store.get(LIST), member).encode()
+        assert link in stored.replace(b"\r\n ", b"").replace(b"\r\n\t", b"")
+
+
+def test_without_web_base_url_no_one_click_promise(tmp_path):
+    store, spool, listener, target = rig(tmp_path)
+    assert post(tmp_path, target, "alice@example.test") is None
+    (qid,) = listener.ids
+    with open(spool.message_path(qid), "rb") as f:
+        copy = message_from_bytes(f.read(), policy=policy.default)
+    assert copy["List-Unsubscribe"] == "<mailto:dev-leave@example.test>"
+    assert copy["List-Unsubscribe-Post"] is None
 
 
 def test_a_strangers_post_is_held_and_the_moderators_told(tmp_path):

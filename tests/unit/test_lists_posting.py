@@ -204,16 +204,15 @@ def test_web_base_url_gives_https_and_one_click_per_member():
     assert url.startswith("https://lists.example.test/lists/dev@example.test/unsubscribe?")
     assert m["List-Unsubscribe"] == f"<{url}>, <mailto:dev-leave@example.test>"
     assert m["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert m["List-Archive"] == "<https://lists.example.test/lists/dev@example.test/archive>"
+    assert m["List-Archive"] == "<imap://example.test/Lists.dev>"  # no web archive page
     assert str(m["List-Id"]) == "Dév, team <dev.example.test>"
     sig = url.rsplit("sig=", 1)[1]
     assert check_one_click(mlist, "carol@example.org", sig)
     assert not check_one_click(mlist, "dave@example.org", sig)
     assert not check_one_click(with_(secret="t" * 32), "carol@example.org", sig)
-    # no member: a page, but no one-click promise
+    # no member (the archive's copy): no https link, so no one-click promise either
     m = parsed(decorate(POST, mlist, False))
-    assert m["List-Unsubscribe"] == ("<https://lists.example.test/lists/dev@example.test>, "
-                                     "<mailto:dev-leave@example.test>")
+    assert m["List-Unsubscribe"] == "<mailto:dev-leave@example.test>"
     assert m["List-Unsubscribe-Post"] is None
 
 

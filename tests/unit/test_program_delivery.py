@@ -1,48 +1,40 @@
-"""deliver/program.py without real processes: a fake spawn, task.Clock for the timeout."""
+"""deliver/program.py without real processes: a fake spawner, task.Clock for the timeout.
+
+What the helper process does with a Job (feeding, limits, kills) is tested in
+test_spawnhelper.py, and end to end in tests/integration/test_aliases_flow.py.
+"""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 
 import pytest
-from twisted.internet import defer, error, task
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
+from twisted.internet import defer, task
 
 from gateway.config import ProgramSettings
-from gateway.deliver.program import ProgramDelivery, argv_for, exit_error, launcher
+from gateway.deliver.program import ProgramDelivery, argv_for, exit_error
 from gateway.deliver.reply import may_auto_reply
+from gateway.deliver.spawner import Outcome
 from gateway.envelope import Envelope, Recipient
 from gateway.errors import MailError
 from gateway.interfaces import Route
 
 
-class ProcessTransport(StringTransport):
+class FakeSpawner:
+    """Records each Job as deliver/spawner.Spawner would get it; a test ends it."""
+
     def __init__(self):
-        super().__init__()
-        self.stdin_closed = False
-        self.signals = []
-        self.pid = None
+        self.jobs = []
+        self.killed = []
 
-    def closeStdin(self):
-        self.stdin_closed = True
+    def run(self, job):
+        self.jobs.append(job)
+        return job.done
 
-    def signalProcess(self, name):
-        self.signals.append(name)
-
-
-class Spawner:
-    def __init__(self):
-        self.runs = []
-
-    def __call__(self, proto, executable, argv, env, path, uid, gid):
-        transport = ProcessTransport()
-        self.runs.append({"proto": proto, "argv": argv, "env": env, "path": path,
-                          "uid": uid, "gid": gid, "transport": transport})
-        proto.makeConnection(transport)
-        while transport.producer is not None:  # the file sender, pulled to the end
-            transport.producer.resumeProducing()
-        return transport
+    def kill(self, job):
+        self.killed.append(job)
 
 
 class Submit:
@@ -56,9 +48,9 @@ class Submit:
 
 def rig(tmp_path, **settings):
     clock = task.Clock()
-    spawner, submit = Spawner(), Submit()
+    spawner, submit = FakeSpawner(), Submit()
     target = ProgramDelivery(ProgramSettings(**settings), "mx.example.test", clock,
-                             submit=submit, spawn=spawner)
+                             submit=submit, spawner=spawner)
     message = tmp_path / "m.msg"
     message.write_bytes(b"Subject: help\r\nMessage-ID: <1@a>\r\n\r\nbody\r\n")
     envelope = Envelope(sender="dave@remote.test", recipients=[Recipient("x@example.test")],
@@ -66,9 +58,8 @@ def rig(tmp_path, **settings):
     return target, spawner, submit, clock, envelope, str(message)
 
 
-def end(run, code=None, signal=None):
-    reason = error.ProcessDone(0) if code == 0 else error.ProcessTerminated(code, signal)
-    run["proto"].processEnded(Failure(reason))
+def end(job, code=None, signal=None, output=b"", stdout=b"", error=None):
+    job.done.callback(Outcome(code, signal, output, stdout, error))
 
 
 def route(command="/bin/cat -n", **kw) -> Route:
@@ -86,23 +77,22 @@ def outcome(d: defer.Deferred):
 def test_runs_without_a_shell_with_the_message_and_a_scrubbed_environment(tmp_path):
     target, spawner, _, _, envelope, path = rig(tmp_path)
     d = target.deliver(envelope, route(), path, False)
-    (run,) = spawner.runs
-    assert run["argv"][-2:] == ["/usr/bin/cat", "-n"] or run["argv"][-2:] == ["/bin/cat", "-n"]
-    assert run["transport"].value() == (b"Return-Path: <dave@remote.test>\r\n"
-                                        b"Delivered-To: info+x@example.test\r\n"
-                                        b"Subject: help\r\nMessage-ID: <1@a>\r\n\r\nbody\r\n")
-    assert run["transport"].stdin_closed
-    env = run["env"]
+    (job,) = spawner.jobs
+    assert job.argv in (["/usr/bin/cat", "-n"], ["/bin/cat", "-n"])  # no shell, no launcher
+    # Standard input: the trace head, then the spool's message file.
+    assert job.head == (b"Return-Path: <dave@remote.test>\r\n"
+                        b"Delivered-To: info+x@example.test\r\n")
+    assert job.message_path == path
+    env = job.env
     assert env["SENDER"] == "dave@remote.test" and env["EXTENSION"] == "x"
     assert env["LOCAL"] == "info+x" and env["CLIENT_ADDRESS"] == "192.0.2.7"
     assert not set(env) - {"SENDER", "RECIPIENT", "ORIGINAL_RECIPIENT", "LOCAL", "EXTENSION",
                            "DOMAIN", "QUEUE_ID", "CLIENT_ADDRESS", "HOME", "PATH", "USER",
                            "LOGNAME", "SHELL", "LANG"}
-    # [program] directory: entered by env -C before the program, or by spawnProcess.
-    argv = run["argv"]
-    assert run["path"] == "/" if run["path"] else argv[argv.index("-C") + 1] == "/"
-    end(run, 0)
-    assert outcome(d) is None
+    assert job.reply_limit == 0  # not a reply alias: its stdout is not kept
+    end(job, 0)
+    # Delivered: said in the runner's status=sent line, not in a line of its own.
+    assert outcome(d) == "delivered to command '/bin/cat -n', exited 0"
 
 
 def test_shell_only_when_the_alias_opts_in():
@@ -123,49 +113,60 @@ def test_exit_status_per_sysexits(status, code, enhanced):
     assert exit_error(0, "prog", b"") is None
 
 
-def test_first_output_kept_for_the_bounce_and_bounded(tmp_path):
+def test_output_limit_goes_to_the_helper_and_the_output_to_the_bounce(tmp_path):
     target, spawner, _, _, envelope, path = rig(tmp_path, output_limit=10)
     d = target.deliver(envelope, route(), path, False)
-    (run,) = spawner.runs
-    run["proto"].childDataReceived(2, b"0123456789 and more that is dropped")
-    end(run, 1)
+    (job,) = spawner.jobs
+    assert job.output_limit == 10
+    end(job, 1, output=b"0123456789")
     failure = outcome(d)
     assert failure.value.code == 550 and failure.value.text.endswith(": 0123456789")
 
 
 def test_timeout_kills_and_retries(tmp_path):
     target, spawner, _, clock, envelope, path = rig(tmp_path, timeout=5)
-    target.setsid = None  # no process group: the process itself is signalled
     d = target.deliver(envelope, route(), path, False)
-    (run,) = spawner.runs
-    run["transport"].pid = os.getpid()  # never signalled for real: signalProcess is fake
-    clock.advance(5)
-    assert run["transport"].signals == ["KILL"]
-    end(run, None, 9)
+    (job,) = spawner.jobs
+    clock.advance(4.9)
+    assert spawner.killed == []
+    clock.advance(0.1)
+    assert spawner.killed == [job]  # the helper kills its process group
+    end(job, None, 9)
     failure = outcome(d)
     assert (failure.value.code, failure.value.temporary) == (451, True)
     assert "killed after 5s" in failure.value.text
 
 
+def test_a_program_that_could_not_start_is_tried_again(tmp_path):
+    target, spawner, _, clock, envelope, path = rig(tmp_path)
+    d = target.deliver(envelope, route(), path, False)
+    end(spawner.jobs[0], error="not started (PermissionError: [Errno 13] Permission denied)")
+    failure = outcome(d)
+    assert (failure.value.code, failure.value.temporary) == (451, True)
+    assert failure.value.text == ("command '/bin/cat -n' not started (PermissionError: "
+                                  "[Errno 13] Permission denied)")
+    assert not clock.getDelayedCalls()  # the timeout is cancelled
+
+
 def test_concurrency_is_capped(tmp_path):
     target, spawner, _, _, envelope, path = rig(tmp_path, concurrency=2)
     ds = [target.deliver(envelope, route(), path, False) for _ in range(3)]
-    assert len(spawner.runs) == 2
-    end(spawner.runs[0], 0)
-    assert len(spawner.runs) == 3
-    for run in spawner.runs[1:]:
-        end(run, 0)
-    assert all(outcome(d) is None for d in ds)
+    assert len(spawner.jobs) == 2
+    end(spawner.jobs[0], 0)
+    assert len(spawner.jobs) == 3
+    for job in spawner.jobs[1:]:
+        end(job, 0)
+    assert all(outcome(d).endswith("exited 0") for d in ds)
 
 
 def test_reply_alias_mails_stdout_back_as_an_auto_reply(tmp_path):
     target, spawner, submit, _, envelope, path = rig(tmp_path)
     d = target.deliver(envelope, route(options=("reply",)), path, False)
-    (run,) = spawner.runs
-    run["proto"].childDataReceived(1, b"Here is the help text.\n")
-    run["proto"].childDataReceived(2, b"a warning, not for the reply\n")
-    end(run, 0)
-    assert outcome(d) is None
+    (job,) = spawner.jobs
+    assert job.reply_limit == 65536  # [program] reply_limit: stdout alone is kept
+    end(job, 0, output=b"Here is the help text.\na warning, not for the reply\n",
+        stdout=b"Here is the help text.\n")
+    assert outcome(d).endswith("exited 0")
     ((sender, rcpts, message),) = submit.sent
     assert (sender, rcpts) == ("", ["dave@remote.test"])
     assert b"Auto-Submitted: auto-replied" in message
@@ -187,42 +188,12 @@ def test_auto_replies_follow_rfc_3834(sender, head, allowed):
     assert may_auto_reply(sender, head) is allowed
 
 
-TOOLS = {"setpriv": "/usr/bin/setpriv", "env": "/usr/bin/env"}
-
-
-def test_launcher_drops_privileges_and_enters_the_directory_before_the_program():
-    # As root: user and group IDs (real, effective, saved), no other groups, the directory.
-    assert launcher(65534, 65533, "/srv/progs", "/usr/bin/setsid", which=TOOLS.get) == [
-        "/usr/bin/setpriv", "--reuid=65534", "--regid=65533", "--clear-groups",
-        "/usr/bin/env", "-C", "/srv/progs"]
-    # Not root: nothing to drop.
-    assert launcher(None, None, "/srv/progs", "/usr/bin/setsid", which=TOOLS.get) == [
-        "/usr/bin/env", "-C", "/srv/progs"]
-
-
-@pytest.mark.parametrize("missing", ["setpriv", "env", "setsid"])
-def test_without_one_of_the_tools_spawnprocess_does_it_all(missing):
-    tools = {k: v for k, v in TOOLS.items() if k != missing}
-    setsid = None if missing == "setsid" else "/usr/bin/setsid"
-    assert launcher(65534, 65533, "/", setsid, which=tools.get) is None
-
-
-def test_the_launcher_runs_first_and_spawnprocess_gets_no_identity(tmp_path):
-    target, spawner, _, _, envelope, path = rig(tmp_path, directory="/srv")
-    target.setsid = "/usr/bin/setsid"
-    target.launch = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65533", "--clear-groups",
-                     "/usr/bin/env", "-C", "/srv"]
-    target.deliver(envelope, route("/bin/cat -n"), path, False)
-    (run,) = spawner.runs
-    assert run["argv"][:8] == [*target.launch, "/usr/bin/setsid"]
-    assert run["argv"][9:] == ["-n"] and run["argv"][8].endswith("/cat")
-    assert (run["uid"], run["gid"], run["path"]) == (None, None, None)  # posix_spawn's terms
-
-
-def test_without_a_launcher_spawnprocess_gets_identity_and_directory(tmp_path):
-    target, spawner, _, _, envelope, path = rig(tmp_path, directory="/srv")
-    target.launch, target.uid, target.gid = None, 65534, 65533
-    target.deliver(envelope, route("/bin/cat -n"), path, False)
-    (run,) = spawner.runs
-    assert (run["uid"], run["gid"], run["path"]) == (65534, 65533, "/srv")
-    assert "-C" not in run["argv"]
+def test_the_spawner_gets_the_program_identity_and_directory(tmp_path):
+    target = ProgramDelivery(ProgramSettings(directory="/srv"), "mx.example.test", task.Clock())
+    uid, gid, directory = target.spawner.argv[-3:]
+    assert directory == "/srv"
+    if os.geteuid() == 0:  # [program] user and group, never root
+        assert (int(uid), int(gid)) == (pwd.getpwnam("nobody").pw_uid,
+                                        grp.getgrnam("nogroup").gr_gid)
+    else:  # nothing to change: programs run as the gateway's user
+        assert (uid, gid) == ("-", "-")

@@ -135,9 +135,11 @@ class HeldTarget:
         if parallel is not None:
             self.parallel = parallel
         self.waiting: list[tuple[str, defer.Deferred]] = []
+        self.recovering: list[bool] = []
 
     def deliver(self, envelope, route, message_path, recovering):
         d: defer.Deferred = defer.Deferred()
+        self.recovering.append(recovering)
         self.waiting.append((route.mailbox or route.command, d))
         return d
 
@@ -216,3 +218,25 @@ def test_one_target_is_delivered_without_recording_it_first(tmp_path):
     assert spool.queue_ids() == []
     send(runner, spool, clock, "team@example.test")  # several: recorded first, as before
     assert "update_steps" in calls and local.seen_on_disk[0] != []
+
+
+def test_an_alias_of_mailboxes_only_is_not_recorded_before_its_copies(tmp_path):
+    local = HeldTarget("local", parallel=3)
+    runner, spool, clock = fanout_rig(tmp_path, local)
+    qid = send(runner, spool, clock, "crew@example.test")
+    local.finish_first()
+    local.finish_first()
+    # A crash now finds the alias itself pending, its copies not yet written down ...
+    (stored,) = spool.load(qid).recipients
+    assert (stored.address, stored.route) == ("crew@example.test", None)
+    runner.stop()
+    # ... and the next start expands it again, every copy marked as maybe done
+    # already, which a Maildir recognises by its name (deliver/maildir.py).
+    again = HeldTarget("local", parallel=3)
+    runner, spool, clock = fanout_rig(tmp_path, again)
+    runner.start()
+    clock.advance(0)
+    while again.waiting:
+        again.finish_first()
+    assert len(again.recovering) == 7 and all(again.recovering)
+    assert spool.queue_ids() == []

@@ -107,10 +107,11 @@ class Account:
         # A "%" can match a level whose folder does not exist: RFC 3501 lists it \Noselect.
         candidates = list(dict.fromkeys(pool + sorted(parents - exist_set)))
         out = []
+        if subscribed:
+            out = self._lsub_parents(pool, matcher) if "%" in full else []
+            candidates = pool
         for name in candidates:
             if not matcher(name):
-                continue
-            if subscribed and name not in pool:
                 continue
             attrs = []
             if name not in exist_set:
@@ -126,6 +127,22 @@ class Account:
         out = self.shared.merge(out, matcher, subscribed)
         out.sort(key=lambda item: (item[0] != "INBOX", item[0]))
         return out
+
+    @staticmethod
+    def _lsub_parents(subscribed: list[str], matcher: Callable[[str], bool]
+                      ) -> list[tuple[str, list[str]]]:
+        """RFC 3501 6.3.9: when "%" stops short of a subscribed name, LSUB answers with
+        the level it matches, flagged \\Noselect, unless that level is subscribed itself
+        (it is listed as such then); whether a folder of that name exists does not matter."""
+        pool = set(subscribed)
+        found: dict[str, None] = {}
+        for name in subscribed:
+            levels = name.split(DELIMITER)
+            for i in range(1, len(levels)):
+                parent = DELIMITER.join(levels[:i])
+                if parent not in pool and matcher(parent) and not matcher(name):
+                    found[parent] = None
+        return [(name, ["\\Noselect"]) for name in found]
 
     def create(self, name: str) -> None:
         name = name.rstrip(DELIMITER)  # RFC 3501 6.3.3: a trailing delimiter only says "parent"
@@ -149,8 +166,7 @@ class Account:
 
     def rename(self, old: str, new: str) -> None:
         if canonical(old) == "INBOX":
-            # RFC 3501 6.3.5 makes renaming INBOX move its messages; not offered.
-            raise No("[CANNOT] INBOX cannot be renamed")
+            return self._rename_inbox(new)
         self.shared.refuse_change(old, "RENAME", new=False)
         self.shared.refuse_change(new, "RENAME", new=True)
         try:
@@ -160,6 +176,25 @@ class Account:
                 raise No("[ALREADYEXISTS] Target folder exists")
         except FolderNameError as e:
             raise No(f"[CANNOT] {e}") from e
+
+    def _rename_inbox(self, new: str) -> None:
+        """RFC 3501 6.3.5: every INBOX message moves to a new folder, INBOX stays, empty.
+        Folders below INBOX stay where they are. The moves are renames (transfer), so
+        a crash half-way leaves each message in one folder or the other."""
+        new = new.rstrip(DELIMITER)
+        if canonical(new) == "INBOX":
+            raise No("[CANNOT] INBOX cannot be renamed to itself")
+        self.shared.refuse_change(new, "RENAME", new=True)
+        try:
+            made = self.folders.create(new)
+        except FolderNameError as e:
+            raise No(f"[CANNOT] {e}") from e
+        if not made:
+            raise No("[ALREADYEXISTS] Target folder exists")
+        inbox = self._open_personal("INBOX", "NONEXISTENT")
+        target = self._open_personal(new, "NONEXISTENT")
+        inbox.sync(force=True)  # everything there now, new/ included
+        transfer(inbox, target, list(inbox.uids), move=True)
 
     def subscribe(self, name: str, on: bool) -> None:
         if self.shared.find(name) is not None:  # archives are always subscribed (shared.py)
@@ -185,6 +220,7 @@ class Account:
         """view_factory(folder, readonly): a list archive opens read-only (shared.py)."""
         folder, shared = self._open_any(name)  # one answer: an archive is never writable
         view = view_factory(folder, readonly or shared)
+        view.no_recent = shared
         view.open()
         return view
 

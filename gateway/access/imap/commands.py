@@ -14,11 +14,10 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.access.imap import wire
-from gateway.access.imap.mailbox import View
+from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
 from gateway.store.folders import DELIMITER
 
-SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 
 
@@ -80,9 +79,7 @@ class AuthenticatedCommands:
                 return b""
             self.view, self.state = view, "select"
             ro = view.readonly  # EXAMINE, or SELECT of a list archive (shared.py)
-            lines = [b"* FLAGS (" + SYSTEM_FLAGS + b")",
-                     b"* OK [PERMANENTFLAGS (" + (b"" if ro else SYSTEM_FLAGS + b" \\*")
-                     + b")] Flags permitted",
+            lines = [*view.flag_responses(),  # with every keyword of the folder
                      b"* %d EXISTS" % len(view), b"* %d RECENT" % len(view.recent)]
             if first_unseen:
                 lines.append(b"* OK [UNSEEN %d] First unseen" % first_unseen)
@@ -142,8 +139,14 @@ class AuthenticatedCommands:
         wire.arity(args, 2)
         if isinstance(args[0], list):
             raise Bad("LIST-EXTENDED selection options are not supported")
-        reference, pattern = self._name(args[0]), self._name(args[1])
         verb = b"LSUB" if subscribed else b"LIST"
+        raw = [wire.astring(t, "folder name") for t in args]
+        try:
+            reference, pattern = wire.decode_mailbox(raw[0]), wire.decode_mailbox(raw[1])
+        except No:
+            # Not modified UTF-7 (RFC 3501 5.1.3), so no folder's name: nothing matches,
+            # which is an empty answer, not an error (RFC 3501 6.3.8).
+            return defer.succeed(verb + b" completed")
         if not pattern and not subscribed:  # RFC 3501 6.3.8: the delimiter and root
             self.sendUntaggedResponse(b'LIST (\\Noselect) "%s" ""' % DELIMITER.encode())
             return defer.succeed(b"LIST completed")

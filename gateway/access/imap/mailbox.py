@@ -8,6 +8,12 @@ collects what others changed (folder_changed, called by the Folder under its
 lock from any thread); take_updates() turns that into untagged responses at
 the moments RFC 3501 allows (NOOP, IDLE, command completion; EXPUNGE never
 during FETCH, STORE or SEARCH, 7.4.1).
+
+Keywords: a client learns the flags a mailbox may hold from FLAGS and
+PERMANENTFLAGS (RFC 3501 7.2.6, 7.1) and must see a keyword there before a
+FETCH shows it. The folder's keyword_names only grows, so the View remembers
+how many it has announced and announces them again (new_keywords()) before
+the first FETCH that could show a newer one, whichever session set it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 from gateway.store.folder import Folder
+
+SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
 
 
 class View:
@@ -27,9 +35,11 @@ class View:
         self.on_wake = on_wake
         self.uids: list[int] = []
         self.recent: set[int] = set()
+        self.no_recent = False  # a list archive: its posts are \Recent to no reader (shared.py)
         self._expunged: set[int] = set()
         self._flagged: set[int] = set()
         self._added = False
+        self.announced = 0  # how many of folder.keyword_names FLAGS has told
 
     # -- FolderListener ---------------------------------------------------------
 
@@ -50,17 +60,44 @@ class View:
             folder.sync()
             folder.attach(self)
             self.uids = list(folder.uids)
-            if not self.readonly:
-                self.recent = folder.claim_recent()
+            self.recent = self._recent()
             self._expunged.clear()
             self._flagged.clear()
             self._added = False
+
+    def _recent(self) -> set[int]:
+        """The messages \\Recent in this session (RFC 3501 2.3.2): SELECT claims those no
+        session has seen, so no other session gets them; EXAMINE shows them without
+        claiming, as it must not change the mailbox (RFC 3501 6.3.2)."""
+        folder = self.folder
+        if self.no_recent:
+            return set()
+        return set(folder.recent) if self.readonly else folder.claim_recent()
 
     def close(self) -> None:
         self.folder.detach(self)
 
     def pending(self) -> bool:
-        return bool(self._expunged or self._flagged or self._added)
+        return bool(self._expunged or self._flagged or self._added
+                    or len(self.folder.keyword_names) != self.announced)
+
+    # -- FLAGS and PERMANENTFLAGS ------------------------------------------------
+
+    def flag_responses(self) -> list[bytes]:
+        """FLAGS and OK [PERMANENTFLAGS] naming every keyword the folder knows
+        (RFC 3501 7.2.6, 7.1); \\* says clients may make new ones (none read-only)."""
+        names = list(self.folder.keyword_names)  # a copy: other threads append to it
+        self.announced = len(names)
+        flags = SYSTEM_FLAGS + b"".join(b" " + n.encode("ascii", "replace") for n in names)
+        permanent = b"" if self.readonly else flags + b" \\*"
+        return [b"* FLAGS (" + flags + b")",
+                b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted"]
+
+    def new_keywords(self) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS again if the folder learned a keyword since."""
+        if len(self.folder.keyword_names) == self.announced:
+            return []
+        return self.flag_responses()
 
     # -- numbering --------------------------------------------------------------
 
@@ -102,8 +139,8 @@ class View:
     def take_updates(self, allow_expunge: bool) -> list[bytes]:
         """Untagged responses for what other sessions and programs changed."""
         folder = self.folder
-        lines: list[bytes] = []
         with folder.lock:
+            lines = self.new_keywords()  # before any FETCH below shows a new keyword
             if allow_expunge and self._expunged:
                 gone = self._expunged
                 for uid in sorted(gone, reverse=True):  # from the end: lower numbers hold
@@ -119,8 +156,7 @@ class View:
                 new = folder.uids[bisect_right(folder.uids, last):]
                 if new:
                     self.uids.extend(new)
-                    if not self.readonly:
-                        self.recent |= folder.claim_recent()
+                    self.recent |= self._recent()
                     lines.append(b"* %d EXISTS" % len(self.uids))
                     lines.append(b"* %d RECENT" % len(self.recent))
             if self._flagged:

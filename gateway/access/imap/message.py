@@ -15,6 +15,7 @@ import email.utils
 import re
 from email.header import decode_header, make_header
 
+from gateway.access.imap import addresses
 from gateway.access.imap.wire import Raw, encode
 
 MAX_DEPTH = 20
@@ -132,17 +133,25 @@ def _bytes(s: str) -> bytes:
 
 
 def find(root: Part, path: tuple[int, ...]) -> Part | None:
-    """The part named by section numbers (1-based), None if there is none."""
-    cur = root
+    """The part named by section numbers (1-based), None if there is none.
+
+    RFC 3501 6.4.5: the parts of a multipart are numbered from 1; a message
+    that is not multipart has one part, 1, its body; the parts of a
+    MESSAGE/RFC822 part are those of the message it encapsulates. So when the
+    top-level message is itself MESSAGE/RFC822, BODY[1] is its body (the whole
+    encapsulated message), 1.HEADER that message's header and 1.1 its part 1.
+    """
+    cur, whole = root, True  # whole: cur is a message, not yet a numbered part of one
     for n in path:
-        if cur.message is not None and not cur.children:
-            cur = cur.message  # n names a part of the encapsulated message
+        if cur.message is not None and not cur.children and not whole:
+            cur, whole = cur.message, True  # n numbers the encapsulated message's parts
         if cur.children:
             if not 1 <= n <= len(cur.children):
                 return None
             cur = cur.children[n - 1]
         elif n != 1:
             return None
+        whole = False  # a message that is not multipart: part 1 is the message's body
     return cur
 
 
@@ -152,28 +161,28 @@ def line_count(data: bytes) -> int:
 
 # -- ENVELOPE ---------------------------------------------------------------------
 
-def _addresses(value: bytes | None) -> list | None:
-    if value is None:
-        return None
-    out = []
-    for name, addr in email.utils.getaddresses([_text(value)]):
-        if not addr and not name:
-            continue
-        mailbox, at, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
-        out.append([_bytes(name) if name else None, None, _bytes(mailbox) if mailbox else None,
-                    _bytes(host) if at else None])
-    return out or None
+def address_lists(part: Part) -> dict[bytes, list[addresses.Address]]:
+    """The parsed address fields of a header, each parsed once for ENVELOPE and SEARCH."""
+    return {name: addresses.parse(part.field(name))
+            for name in (b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc")}
 
 
-def envelope(part: Part) -> bytes:
-    """RFC 3501 7.4.2 ENVELOPE, encoded; header values raw (RFC 2047 words stay encoded)."""
+def address_text(found: list[addresses.Address], value: bytes | None) -> str:
+    """An address field as SEARCH FROM/TO/CC/BCC see it (RFC 3501 6.4.4): its
+    addresses and names without comments or routes (the raw value if none parse),
+    RFC 2047 decoded, case-folded."""
+    return decoded(addresses.text(found) if found else value)
+
+
+def envelope(part: Part, lists: dict[bytes, list[addresses.Address]] | None = None) -> bytes:
+    """RFC 3501 7.4.2 ENVELOPE, encoded; header values raw (RFC 2047 words stay encoded).
+    An empty or missing Sender or Reply-To is the From list."""
+    found = lists if lists is not None else address_lists(part)
+    got = {name: [list(a) for a in found[name]] or None for name in found}
     f = part.field
-    sender_from = _addresses(f(b"from"))
     return encode([
-        f(b"date"), f(b"subject"), sender_from,
-        _addresses(f(b"sender")) or sender_from,
-        _addresses(f(b"reply-to")) or sender_from,
-        _addresses(f(b"to")), _addresses(f(b"cc")), _addresses(f(b"bcc")),
+        f(b"date"), f(b"subject"), got[b"from"], got[b"sender"] or got[b"from"],
+        got[b"reply-to"] or got[b"from"], got[b"to"], got[b"cc"], got[b"bcc"],
         f(b"in-reply-to"), f(b"message-id"),
     ])
 

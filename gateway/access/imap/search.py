@@ -5,7 +5,10 @@ runs run() in the thread pool. Twisted's fallback search walks every message
 through IMessage objects for every key (quadratic on big folders); here flags,
 sizes, dates and UIDs come from the in-memory index, FROM/TO/CC/BCC/SUBJECT
 from the cached summaries (RFC 2047 decoded), and only BODY/TEXT/HEADER
-read files. Matching is case-insensitive substring, as 6.4.4 says.
+read files. Matching is case-insensitive substring, as 6.4.4 says; BODY and
+TEXT look in the decoded text (base64, quoted-printable, the part's charset:
+searchtext.py), and the search strings are read in the CHARSET the client
+named (6.4.4: any charset Python has a text codec for; others get BADCHARSET).
 
 One SEARCH has a Budget ([imap] max_search_keys, max_nesting,
 max_search_bytes): past it the search stops with NO [LIMIT] (RFC 5530), so
@@ -19,7 +22,7 @@ import datetime
 import time
 from collections.abc import Callable
 
-from gateway.access.imap import message
+from gateway.access.imap import message, searchtext
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.summary import HeaderSummary, summaries
 from gateway.access.imap.wire import (
@@ -44,7 +47,6 @@ _DATE_KEYS = {b"BEFORE", b"ON", b"SINCE", b"SENTBEFORE", b"SENTON", b"SENTSINCE"
 _MONTHS = {m: i for i, m in enumerate(
     [b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT",
      b"NOV", b"DEC"], 1)}
-CHARSETS = (b"US-ASCII", b"UTF-8")
 
 
 class Budget:
@@ -66,13 +68,17 @@ class Budget:
 class Message:
     """One message as a predicate sees it; the expensive parts load on first use."""
 
-    __slots__ = ("seq", "uid", "m", "view", "_summary", "_data", "_sums", "_budget")
+    __slots__ = ("seq", "uid", "m", "view", "_summary", "_data", "_sums", "_budget", "_root",
+                 "_body", "_text")
 
     def __init__(self, seq: int, uid: int, m, view: View,
                  sums: dict[int, HeaderSummary], budget: Budget | None = None) -> None:
         self.seq, self.uid, self.m, self.view, self._sums = seq, uid, m, view, sums
         self._data: bytes | None = None
         self._budget = budget
+        self._root: message.Part | None = None
+        self._body: str | None = None
+        self._text: str | None = None
 
     @property
     def summary(self) -> HeaderSummary | None:
@@ -85,6 +91,26 @@ class Message:
                 self._budget.read(self.m.size)  # before reading: never past the budget
             self._data = self.view.folder.read(self.uid) or b""
         return self._data
+
+    @property
+    def root(self) -> message.Part:
+        if self._root is None:
+            self._root = searchtext.parse(self.data)
+        return self._root
+
+    @property
+    def body(self) -> str:
+        """The decoded, case-folded body (SEARCH BODY); made once for all keys."""
+        if self._body is None:
+            self._body = searchtext.body_text(self.root)
+        return self._body
+
+    @property
+    def text(self) -> str:
+        """Header and decoded body (SEARCH TEXT)."""
+        if self._text is None:
+            self._text = searchtext.header_text(self.root) + "\n" + self.body
+        return self._text
 
 
 Predicate = Callable[[Message], bool]
@@ -99,14 +125,12 @@ def _date(token) -> int:
         raise Bad("bad date (d-Mon-yyyy expected)") from e
 
 
-def _text(token) -> str:
-    return astring(token, "search string").decode("utf-8", "replace").casefold()
-
-
 class Parser:
-    def __init__(self, tokens: list, view: View, budget: Budget, depth: int = 0) -> None:
+    def __init__(self, tokens: list, view: View, budget: Budget, depth: int = 0,
+                 codec: str = "utf-8") -> None:
         self.tokens, self.i, self.view = tokens, 0, view
         self.budget, self.depth = budget, depth
+        self.codec = codec  # of the search strings (SEARCH CHARSET)
         self.wants_summary = False
         self.keys = 0  # keys parsed, this parser and those nested in it
 
@@ -156,19 +180,19 @@ class Parser:
                 return lambda msg: (letter in msg.m.letters) == want
             return lambda msg: (word in msg.m.kw.split(" ")) == want
         if k in _ADDRESS_KEYS:
-            field, s = _ADDRESS_KEYS[k], _text(self.take())
+            field, s = _ADDRESS_KEYS[k], self._text()
             self.wants_summary = True
             return lambda msg: msg.summary is not None and s in msg.summary.search_field(field)
         if k == b"HEADER":
             name = astring(self.take(), "header name").lower()
-            s = _text(self.take())
-            return lambda msg: _header_has(msg.data, name, s)
+            s = self._text()
+            return lambda msg: _header_has(msg.root, name, s)
         if k == b"BODY":
-            s = _text(self.take())
-            return lambda msg: s in _body(msg.data).casefold()
+            s = self._text()
+            return lambda msg: s in msg.body
         if k == b"TEXT":
-            s = _text(self.take())
-            return lambda msg: s in msg.data.decode("utf-8", "replace").casefold()
+            s = self._text()
+            return lambda msg: s in msg.text
         if k in _DATE_KEYS:
             return self._date_key(k, _date(self.take()))
         if k in (b"LARGER", b"SMALLER"):
@@ -187,11 +211,15 @@ class Parser:
             return _in_ranges(sequence_set(token, self.view.largest(False)), "seq")
         raise Bad(f"unknown search key {k[:30].decode('ascii', 'replace')}")
 
+    def _text(self) -> str:
+        raw = astring(self.take(), "search string")
+        return searchtext.decode_bytes(raw, self.codec).casefold()
+
     def _nested(self, tokens: list) -> Parser:
         """A parser one level down: the nesting is bounded here, so recursion stays shallow."""
         if self.depth >= self.budget.depth:
             raise Bad(f"search keys nested deeper than {self.budget.depth}")
-        inner = Parser(tokens, self.view, self.budget, self.depth + 1)
+        inner = Parser(tokens, self.view, self.budget, self.depth + 1, self.codec)
         inner.keys = self.keys
         return inner
 
@@ -229,26 +257,22 @@ def _in_ranges(ranges: list[tuple[int, int]], attr: str) -> Predicate:
     return test
 
 
-def _body(data: bytes) -> str:
-    root = message.Part(data, 0, len(data), "text/plain", 0)
-    return root.text().decode("utf-8", "replace")
-
-
-def _header_has(data: bytes, name: bytes, s: str) -> bool:
-    root = message.Part(data, 0, len(data), "text/plain", 0)
+def _header_has(root: message.Part, name: bytes, s: str) -> bool:
     return any(n == name and s in message.decoded(message.unfold(raw))
                for n, raw in root.fields)
 
 
 def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool]:
     """(predicate, needs summaries) for SEARCH's arguments after the tag."""
+    codec = "utf-8"
     if tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
         if len(tokens) < 2 or not isinstance(tokens[1], (Atom, Str)):
             raise Bad("charset expected")
-        if tokens[1].upper() not in CHARSETS:
-            raise No("[BADCHARSET (US-ASCII UTF-8)] charset not supported")
-        tokens = tokens[2:]
-    p = Parser(tokens, view, budget)
+        found = searchtext.charset_codec(bytes(tokens[1]).decode("ascii", "replace"))
+        if found is None:  # RFC 3501 6.4.4, 7.1: NO, with charsets we do know
+            raise No(f"[BADCHARSET ({searchtext.ADVERTISED})] charset not supported")
+        codec, tokens = found, tokens[2:]
+    p = Parser(tokens, view, budget, codec=codec)
     predicate = p.all()
     return predicate, p.wants_summary
 

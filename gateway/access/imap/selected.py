@@ -107,7 +107,9 @@ class SelectedCommands:
                                              set_seen)
             if self._gone or self.view is not view:
                 return None
-            self.transport.writeSequence(chunks)
+            # A keyword another session set meanwhile is announced before it is shown.
+            self.transport.writeSequence([line + b"\r\n" for line in view.new_keywords()]
+                                         + chunks)
             yield self.pacer.wait()  # the client has read what was written
         return b"FETCH completed"
 
@@ -137,6 +139,8 @@ class SelectedCommands:
         view = self.view
 
         def stored(result: dict[int, list[str]]) -> bytes:
+            if self.view is view:  # a new keyword: FLAGS first (RFC 3501 7.2.6)
+                self.transport.writeSequence([line + b"\r\n" for line in view.new_keywords()])
             if not silent and self.view is view:
                 out = []
                 for seq, u in pairs:

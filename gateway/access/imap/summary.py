@@ -18,6 +18,10 @@ from typing import TypeVar
 from gateway.access.imap import message
 
 MAX_CACHED_HEADER = 32 * 1024  # longer header blocks are read from the file when asked
+# After the kind letter in each blob: a summary made by an older layout (before
+# ENVELOPE had groups and routes) does not match, so it is made again. Never a
+# digit: a blob of the first layout has its first field's length there.
+_LAYOUT = b"v2."
 
 
 @dataclass
@@ -33,6 +37,7 @@ class HeaderSummary:
     sent: bytes  # the Date field's day ordinal (message.sent_day), as digits
 
     KIND = "h"
+    LAYOUT = _LAYOUT
 
     @property
     def sent_day(self) -> int:
@@ -48,6 +53,7 @@ class StructureSummary:
     bodystructure: bytes
 
     KIND = "b"
+    LAYOUT = _LAYOUT
 
 
 def summarize_header(head: bytes) -> HeaderSummary:
@@ -55,14 +61,15 @@ def summarize_header(head: bytes) -> HeaderSummary:
     header = root.header()
     complete = len(header) <= MAX_CACHED_HEADER
     f = root.field
+    lists = message.address_lists(root)
     return HeaderSummary(
-        envelope=message.envelope(root),
+        envelope=message.envelope(root, lists),
         header=header if complete else b"",
         header_complete=b"1" if complete else b"0",
-        sfrom=message.decoded(f(b"from")).encode(),
-        sto=message.decoded(f(b"to")).encode(),
-        scc=message.decoded(f(b"cc")).encode(),
-        sbcc=message.decoded(f(b"bcc")).encode(),
+        sfrom=message.address_text(lists[b"from"], f(b"from")).encode(),
+        sto=message.address_text(lists[b"to"], f(b"to")).encode(),
+        scc=message.address_text(lists[b"cc"], f(b"cc")).encode(),
+        sbcc=message.address_text(lists[b"bcc"], f(b"bcc")).encode(),
         ssubject=message.decoded(f(b"subject")).encode(),
         sent=b"%d" % message.sent_day(root),
     )
@@ -75,7 +82,7 @@ def summarize_structure(data: bytes) -> StructureSummary:
 
 
 def pack(s: HeaderSummary | StructureSummary) -> bytes:
-    out = [s.KIND.encode()]
+    out = [s.KIND.encode() + s.LAYOUT]
     for value in astuple(s):
         out.append(b"%d:" % len(value))
         out.append(value)
@@ -87,7 +94,7 @@ T = TypeVar("T", HeaderSummary, StructureSummary)
 
 def unpack(blob: bytes, cls: type[T]) -> T | None:
     """The summary in blob; None if it is of another layout or damaged (then re-made)."""
-    kind = cls.KIND.encode()
+    kind = cls.KIND.encode() + cls.LAYOUT
     if not blob.startswith(kind):
         return None
     values, i = [], len(kind)

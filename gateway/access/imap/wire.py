@@ -96,20 +96,12 @@ def tokenize(pieces: Sequence[Any], max_depth: int = 32) -> list:
                         i += 1
                 stack[-1].append(Str(out))
             else:
-                start, depth = i, 0
-                while i < n:
-                    c = text[i]
-                    if c == 0x5B:  # [ ... ] is part of the atom (BODY[HEADER.FIELDS (A B)])
-                        depth += 1
-                    elif c == 0x5D and depth:
-                        depth -= 1
-                    elif depth == 0 and c in _ATOM_END:
-                        break
-                    elif c in _CTL:
-                        raise Bad("control character in command")
-                    i += 1
-                if depth:
-                    raise Bad("unbalanced bracket")
+                start = i
+                i = _atom_end(text, i, True)
+                if i < 0:
+                    # No closing "]": "[" is a plain ATOM-CHAR (RFC 3501 9), as in a
+                    # folder name "a[b"; only atom-specials end the atom then.
+                    i = _atom_end(text, start, False)
                 if i == start:
                     raise Bad(f"unexpected character {chr(text[i])!r}")
                 stack[-1].append(Atom(text[start:i]))
@@ -119,6 +111,25 @@ def tokenize(pieces: Sequence[Any], max_depth: int = 32) -> list:
     if len(stack) != 1:
         raise Bad("unbalanced parenthesis")
     return stack[0]
+
+
+def _atom_end(text: bytes, i: int, brackets: bool) -> int:
+    """Where the atom starting at i ends. With brackets, "[ ... ]" is part of the
+    atom, spaces and parentheses included (BODY[HEADER.FIELDS (A B)]); -1 when a
+    "[" is never closed."""
+    depth, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if brackets and c == 0x5B:
+            depth += 1
+        elif c == 0x5D and depth:
+            depth -= 1
+        elif depth == 0 and c in _ATOM_END:
+            break
+        elif c in _CTL:
+            raise Bad("control character in command")
+        i += 1
+    return -1 if depth else i
 
 
 # -- reading arguments -------------------------------------------------------------
