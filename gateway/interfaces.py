@@ -271,6 +271,15 @@ class IMailStore(Interface):
         sub-folders or defaults. UIDs come from the same index as open_folders'."""
 
 
+class IQuotaCheck(Interface):
+    """Is a local mailbox full (RFC 9208)? Asked by accept/ at RCPT; store/ answers."""
+
+    def over_quota(mailbox: str) -> bool:
+        """True when mailbox is known to be at or over its quota. Cheap enough for the
+        reactor thread: never lists the mailbox (unknown counts as not over; the
+        delivery then decides)."""
+
+
 @dataclass(frozen=True)
 class SharedFolder:
     """A folder one user may read but does not own: a mailing list's archive.

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from gateway.durable import fsync_dir, rides_dir_sync
+from gateway.store import quota
 from gateway.store.index import Index
 
 SUBS = ("new", "cur")
@@ -452,14 +453,16 @@ class Folder:
             pool = self.by_uid.values() if uids is None else filter(
                 None, (self.by_uid.get(u) for u in uids))
             doomed = [m for m in pool if "T" in m.letters]
-            removed = []
+            removed, freed = [], 0
             with self._own_changes():
                 for m in doomed:
                     try:
                         os.unlink(self.path / m.relpath())
+                        freed += m.size
                     except FileNotFoundError:
                         pass  # already gone: expunged all the same
                     removed.append(m.uid)
+            quota.note(self.path, -freed, -len(removed))
             removed.sort()
             self._forget(removed)
             if removed:
@@ -495,6 +498,7 @@ class Folder:
                                 idate if idate is not None else int(st.st_mtime)))
                 slots.append(n)
             uids = self.index.add(entries)
+            quota.note(self.path, sum(e[4] for e in entries), len(entries))
             for uid, e in zip(uids, entries, strict=True):
                 self._remember(Message(uid, *e))
             # RFC 3501 6.3.11, 6.4.7: appended and copied messages are \Recent.
@@ -529,6 +533,8 @@ def transfer(src: Folder, dst: Folder, uids: Iterable[int], move: bool,
         if move:
             moved = [m.uid for m, u in zip(chosen, new, strict=True) if u is not None]
             src._forget(moved)
+            quota.note(src.path, -sum(m.size for m, u in zip(chosen, new, strict=True)
+                                      if u is not None), -len(moved))
             if moved:
                 src._notify(moved, [], [], origin)
         return pairs

@@ -188,6 +188,20 @@ class Account:
         view.open()
         return view
 
+    # -- quota (RFC 9208) ---------------------------------------------------------
+
+    def quota(self):
+        """The account's store/quota.py Usage, None when it has no limit."""
+        if not self.folders.limit():
+            return None  # no limit: nothing to count
+        return self.folders.usage()
+
+    def _check_quota(self, adding: int) -> None:
+        usage = self.quota()
+        if usage is not None and not usage.allows(adding):
+            # RFC 9208 4.3.1: the command would go over the limit; nothing was stored.
+            raise No("[OVERQUOTA] Mailbox full: quota exceeded")
+
     # -- adding messages ----------------------------------------------------------
 
     def upload_path(self) -> Path:
@@ -207,6 +221,7 @@ class Account:
                 os.fsync(fd)  # on disk before the client hears OK
             finally:
                 os.close(fd)
+            self._check_quota(upload.size)
             uid = folder.add_file(Path(upload.path), flags, date, "rename")
         finally:
             Path(upload.path).unlink(missing_ok=True)
@@ -218,5 +233,8 @@ class Account:
         """COPY or MOVE; returns (target UIDVALIDITY, [(source UID, target UID)])."""
         self.shared.refuse_write(name, self.folders.exists)
         target = self._open_personal(name, "TRYCREATE")  # writes: never an archive
+        if not move:  # a MOVE within the account changes nothing of its usage
+            sizes = (view.folder.by_uid.get(u) for u in uids)
+            self._check_quota(sum(m.size for m in sizes if m is not None))
         pairs = transfer(view.folder, target, uids, move, origin=view)
         return target.uidvalidity, pairs
