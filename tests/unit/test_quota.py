@@ -266,3 +266,14 @@ def test_cli_user_add_with_quota_and_user_quota(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.endswith(
         f"{BOX}: 1000 bytes in 1 messages; quota unlimited\n")
     assert cli.main(["user", "quota", "nobody@example.test", "1G", *c]) == 1
+
+
+def test_status_size_is_the_sum_of_the_messages(tmp_path):
+    store = store_with(tmp_path)
+    store.deliver(BOX, MSG, "1.A.host")
+    store.deliver(BOX, b"y" * 234, "2.B.host")
+    s = imap(store)
+    assert b" STATUS=SIZE" in s("CAPABILITY")
+    assert s("STATUS INBOX (MESSAGES SIZE)").startswith(
+        b'* STATUS "INBOX" (MESSAGES 2 SIZE 1234)\r\n')
+    assert b"SIZE 0)" in s("STATUS Trash (SIZE)")
