@@ -453,16 +453,16 @@ class Folder:
             pool = self.by_uid.values() if uids is None else filter(
                 None, (self.by_uid.get(u) for u in uids))
             doomed = [m for m in pool if "T" in m.letters]
-            removed, freed = [], 0
+            removed, freed, unlinked = [], 0, 0
             with self._own_changes():
                 for m in doomed:
                     try:
                         os.unlink(self.path / m.relpath())
-                        freed += m.size
+                        freed, unlinked = freed + m.size, unlinked + 1
                     except FileNotFoundError:
-                        pass  # already gone: expunged all the same
+                        pass  # already gone (and uncounted by whoever removed it)
                     removed.append(m.uid)
-            quota.note(self.path, -freed, -len(removed))
+            quota.note(self.path, -freed, -unlinked)
             removed.sort()
             self._forget(removed)
             if removed:

@@ -62,10 +62,15 @@ def test_per_user_limits_override_the_default_and_are_reread(tmp_path):
 
 # -- accounting -------------------------------------------------------------------------
 
-def test_deliveries_are_counted_without_listing_the_folders(tmp_path):
+def test_deliveries_are_counted_without_listing_the_folders(tmp_path, monkeypatch):
     store = store_with(tmp_path, default=10_000)
     store.deliver(BOX, MSG, "1.A.host")  # the first look summed the (empty) folders
     assert store.usage(BOX) == quota.Usage(1000, 1, 10_000)
+
+    def listing(root):
+        raise AssertionError("a delivery listed the folders")
+
+    monkeypatch.setattr(quota, "measure", listing)
     store.deliver(BOX, MSG, "2.B.host")
     # Each delivery appended a line: the record tells without a listing.
     assert record_lines(store) == ["10000S", "0 0", "1000 1", "1000 1"]
