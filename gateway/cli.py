@@ -235,6 +235,9 @@ def cmd_user(args) -> int:
         if not auth.remove_user(path, args.address):
             print(f"mailgateway: no user {args.address}", file=sys.stderr)
             return 1
+        limits = quota.read_limits(settings.quotas_file)
+        if limits.pop(args.address.lower(), None) is not None:  # a new user of that name
+            quota.write_limits(settings.quotas_file, limits)  # starts from the default
         print(f"{args.address}: removed (its Maildir is kept)")
     else:
         for address in sorted(auth.read_users(path)):

@@ -271,6 +271,8 @@ def test_cli_user_add_with_quota_and_user_quota(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.endswith(
         f"{BOX}: 1000 bytes in 1 messages; quota unlimited\n")
     assert cli.main(["user", "quota", "nobody@example.test", "1G", *c]) == 1
+    assert cli.main(["user", "del", BOX, *c]) == 0
+    assert quota.read_limits(tmp_path / "quotas") == {}  # its own limit went with it
 
 
 def test_status_size_is_the_sum_of_the_messages(tmp_path):
