@@ -275,7 +275,11 @@ class Settings:
     log_flush_interval: float = 0.1
     dkim: DkimSettings = field(default_factory=DkimSettings)
     arc: ArcSettings = field(default_factory=ArcSettings)
-
+    # [mailbox] quota: each user's storage limit in bytes (RFC 9208), 0: none;
+    # <state_dir>/quotas overrides it per user (gateway/store/quota.py).
+    mailbox_quota: int = 0
+    # [mailbox] quota_grace: percent of the quota a delivery may go past it.
+    mailbox_quota_grace: int = 10
     web: WebSettings = field(default_factory=WebSettings)
 
     @property
@@ -289,6 +293,10 @@ class Settings:
     @property
     def users_file(self) -> Path:
         return self.state_dir / "users"
+
+    @property
+    def quotas_file(self) -> Path:
+        return self.state_dir / "quotas"
 
     @property
     def dkim_dir(self) -> Path:
@@ -337,6 +345,31 @@ class _Reader:
                 for key in table:
                     if key not in self.known[section]:
                         self.fault(section, key, "unknown key")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from 1048576, "500M", "1G" (binary units, as Dovecot reads them);
+    "" and 0 are 0. ValueError names what is wrong."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be a size such as \"1G\" or a number of bytes")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = value.strip().upper().removesuffix("B")
+        unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+        digits = text[:len(text) - len(unit)].strip()
+        if not text:
+            return 0
+        if not digits.isdigit():
+            raise ValueError(f"must be a size such as \"1G\", \"500M\" or a number of "
+                             f"bytes, not {value!r}")
+        number = int(digits) * _SIZE_UNITS[unit]
+    if number < 0:
+        raise ValueError(f"must be 0 (unlimited) or more, not {value!r}")
+    return number
 
 
 def locate(path: str | os.PathLike[str] | None = None,
@@ -496,6 +529,16 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
                       authserv_id=r.get("arc", "authserv_id", str, ""))
     if any(c.isspace() or c == ";" for c in arc.authserv_id):
         r.fault("arc", "authserv_id", f"{arc.authserv_id!r} is not a token (RFC 8601 2.5)")
+    quota_setting = r.get("mailbox", "quota", object, 0)
+    try:
+        mailbox_quota = parse_size(quota_setting)
+    except ValueError as e:
+        r.fault("mailbox", "quota", str(e))
+        mailbox_quota = 0
+    quota_grace = r.get("mailbox", "quota_grace", int, 10)
+    if not 0 <= quota_grace <= 100:
+        r.fault("mailbox", "quota_grace", f"must be a percentage from 0 to 100, not {quota_grace}")
+        quota_grace = 10
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -540,8 +583,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         log_flush_interval=log_flush_interval,
         dkim=dkim,
         arc=arc,
-
         web=web,
+        mailbox_quota=mailbox_quota,
+        mailbox_quota_grace=quota_grace,
     )
 
 

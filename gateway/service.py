@@ -48,6 +48,7 @@ from gateway.sign.arc import ArcSealer, PostSigner, RelaySealer
 from gateway.sign.keys import KeyRing
 from gateway.sign.signer import DkimSigner
 from gateway.store.maildir import MaildirStore
+from gateway.store.quota import Limits
 
 log = Logger()
 
@@ -119,7 +120,9 @@ def build(settings: Settings, reactor) -> service.MultiService:
                     lists=ListDirectory(list_store))
     spool = Spool(settings.spool_dir, reactor, accept_blocking)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
-    store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
+    store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread,
+                         limits=Limits(settings.quotas_file, settings.mailbox_quota,
+                                       settings.mailbox_quota_grace))
     top = service.MultiService()
     top.run_lock = run_lock  # held (open) as long as the gateway runs
     PoolsService(auth_pool, mailbox_pool, search_pool).setServiceParent(top)
@@ -173,7 +176,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
             factory = factories[name] = SMTPFactory(
                 hostname=settings.hostname, domains=settings.domains, settings=settings.smtp,
                 policy=RelayPolicy(router, settings.trusted_networks, submission=submission,
-                                   sender_login=settings.smtp.sender_login_match),
+                                   sender_login=settings.smtp.sender_login_match,
+                                   quota=store),
                 spool=spool, listener=runner, users=users, tls_options=tls_options,
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
                 reactor=reactor)

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from gateway.durable import fsync_dir, rides_dir_sync
+from gateway.store import quota
 from gateway.store.index import Index
 from gateway.store.keywords import LETTERS, KeywordTable
 
@@ -499,14 +500,16 @@ class Folder:
             pool = self.by_uid.values() if uids is None else filter(
                 None, (self.by_uid.get(u) for u in uids))
             doomed = [m for m in pool if "T" in m.letters]
-            removed = []
+            removed, freed, unlinked = [], 0, 0
             with self._own_changes():
                 for m in doomed:
                     try:
                         os.unlink(self.path / m.relpath())
+                        freed, unlinked = freed + m.size, unlinked + 1
                     except FileNotFoundError:
-                        pass  # already gone: expunged all the same
+                        pass  # already gone (and uncounted by whoever removed it)
                     removed.append(m.uid)
+            quota.note(self.path, -freed, -unlinked)
             removed.sort()
             self._forget(removed)
             if removed:
@@ -544,6 +547,7 @@ class Folder:
                                 idate if idate is not None else int(st.st_mtime)))
                 slots.append(n)
             uids = self.index.add(entries)
+            quota.note(self.path, sum(e[4] for e in entries), len(entries))
             for uid, e in zip(uids, entries, strict=True):
                 self._remember(Message(uid, *e))
             # RFC 3501 6.3.11, 6.4.7: appended and copied messages are \Recent.
@@ -578,6 +582,8 @@ def transfer(src: Folder, dst: Folder, uids: Iterable[int], move: bool,
         if move:
             moved = [m.uid for m, u in zip(chosen, new, strict=True) if u is not None]
             src._forget(moved)
+            quota.note(src.path, -sum(m.size for m, u in zip(chosen, new, strict=True)
+                                      if u is not None), -len(moved))
             if moved:
                 src._notify(moved, [], [], origin)
         return pairs

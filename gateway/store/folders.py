@@ -26,6 +26,7 @@ from typing import Any
 
 import twisted.mail.imap4  # noqa: F401  registers the "imap4-utf-7" codec
 
+from gateway.store import quota
 from gateway.store.folder import Folder
 
 DELIMITER = "."
@@ -123,9 +124,15 @@ class FolderRegistry:
 class FolderSet:
     """One user's folders. Blocking methods; names are Unicode, "." the delimiter."""
 
-    def __init__(self, root: Path, registry: FolderRegistry) -> None:
+    def __init__(self, root: Path, registry: FolderRegistry,
+                 limit: Callable[[], int] = lambda: 0) -> None:
         self.root = Path(root)
         self.registry = registry
+        self.limit = limit  # the user's quota in bytes, 0: none (store/quota.py)
+
+    def usage(self) -> quota.Usage:
+        """The account's storage against its quota (RFC 9208), all folders together."""
+        return quota.usage(self.root, self.limit())
 
     def path(self, name: str) -> Path:
         return self.root / disk_name(name)
@@ -175,6 +182,7 @@ class FolderSet:
         trash = self.root / "tmp" / (path.name + ".deleting")
         shutil.rmtree(trash, ignore_errors=True)
         os.rename(path, trash)
+        quota.forget(self.root)  # its messages no longer count: summed again at the next look
         shutil.rmtree(trash, ignore_errors=True)
         self.unsubscribe(name)
         return True

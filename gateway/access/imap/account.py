@@ -210,7 +210,9 @@ class Account:
         folder = self._open(name)
         values = {"MESSAGES": lambda: len(folder.uids), "RECENT": lambda: len(folder.recent),
                   "UIDNEXT": lambda: folder.uidnext, "UIDVALIDITY": lambda: folder.uidvalidity,
-                  "UNSEEN": folder.unseen}
+                  "UNSEEN": folder.unseen,
+                  # RFC 8438 STATUS=SIZE: the sum of RFC822.SIZE, from the index alone.
+                  "SIZE": lambda: sum(m.size for m in folder.by_uid.values())}
         with folder.lock:
             return [(item, values[item]()) for item in items]
 
@@ -223,6 +225,20 @@ class Account:
         view.no_recent = shared
         view.open()
         return view
+
+    # -- quota (RFC 9208) ---------------------------------------------------------
+
+    def quota(self):
+        """The account's store/quota.py Usage, None when it has no limit."""
+        if not self.folders.limit():
+            return None  # no limit: nothing to count
+        return self.folders.usage()
+
+    def _check_quota(self, adding: int) -> None:
+        usage = self.quota()
+        if usage is not None and not usage.allows(adding):
+            # RFC 9208 4.3.1: the command would go over the limit; nothing was stored.
+            raise No("[OVERQUOTA] Mailbox full: quota exceeded")
 
     # -- adding messages ----------------------------------------------------------
 
@@ -243,6 +259,7 @@ class Account:
                 os.fsync(fd)  # on disk before the client hears OK
             finally:
                 os.close(fd)
+            self._check_quota(upload.size)
             uid = folder.add_file(Path(upload.path), flags, date, "rename")
         finally:
             Path(upload.path).unlink(missing_ok=True)
@@ -254,5 +271,8 @@ class Account:
         """COPY or MOVE; returns (target UIDVALIDITY, [(source UID, target UID)])."""
         self.shared.refuse_write(name, self.folders.exists)
         target = self._open_personal(name, "TRYCREATE")  # writes: never an archive
+        if not move:  # a MOVE within the account changes nothing of its usage
+            sizes = (view.folder.by_uid.get(u) for u in uids)
+            self._check_quota(sum(m.size for m in sizes if m is not None))
         pairs = transfer(view.folder, target, uids, move, origin=view)
         return target.uidvalidity, pairs

@@ -18,7 +18,7 @@ from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
 from gateway.store.folders import DELIMITER
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE")
 
 
 def flag_list(token: Any) -> list[str]:
@@ -194,6 +194,51 @@ class AuthenticatedCommands:
             raise Bad("ENABLE needs capability names")
         self.sendUntaggedResponse(b"ENABLED")
         return b"ENABLE completed"
+
+    # -- QUOTA (RFC 9208) -------------------------------------------------------------
+    # One quota root per user, named "" (all folders together, as Dovecot's
+    # "User quota"), with one resource, STORAGE, in units of 1024 octets. A user
+    # without a limit has no quota root. The administrator sets limits, so
+    # SETQUOTA is refused.
+
+    def _quota_line(self, usage) -> bytes:
+        return b'QUOTA "" (STORAGE %d %d)' % (usage.used // 1024, usage.limit // 1024)
+
+    def do_GETQUOTAROOT(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 1)
+        name = self._name(args[0])
+
+        def answer(usage) -> bytes:
+            if usage is None:
+                self.sendUntaggedResponse(b"QUOTAROOT " + wire.mailbox_name(name))
+            else:
+                self.sendUntaggedResponse(b"QUOTAROOT " + wire.mailbox_name(name) + b' ""')
+                self.sendUntaggedResponse(self._quota_line(usage))
+            return b"GETQUOTAROOT completed"
+
+        def check() -> Any:
+            # NO [NONEXISTENT] for a folder that is not there; a list archive is
+            # nobody's storage, so it has no quota root.
+            _, shared = self.account._open_any(name)
+            return None if shared else self.account.quota()
+
+        return self._simple(check).addCallback(answer)
+
+    def do_GETQUOTA(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 1)
+        root = wire.astring(args[0], "quota root")
+
+        def answer(usage) -> bytes:
+            if usage is None or root != b"":
+                raise No("[NONEXISTENT] No such quota root")
+            self.sendUntaggedResponse(self._quota_line(usage))
+            return b"GETQUOTA completed"
+
+        return self._simple(self.account.quota).addCallback(answer)
+
+    def do_SETQUOTA(self, tag: bytes, args: list, uid: bool) -> bytes:
+        wire.arity(args, 2)
+        raise No("[NOPERM] Quotas are set by the administrator (mailgateway user quota)")
 
     # -- APPEND ---------------------------------------------------------------------
 

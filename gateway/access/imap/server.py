@@ -59,6 +59,7 @@ COMMANDS = {
     b"CHECK": SELECTED, b"CLOSE": SELECTED, b"UNSELECT": SELECTED, b"EXPUNGE": SELECTED,
     b"SEARCH": SELECTED, b"FETCH": SELECTED, b"STORE": SELECTED, b"COPY": SELECTED,
     b"MOVE": SELECTED,
+    b"GETQUOTAROOT": AUTH, b"GETQUOTA": AUTH, b"SETQUOTA": AUTH,
 }
 UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE"}
 # RFC 3501 7.4.1: no EXPUNGE responses while answering these (the UID forms may).
@@ -142,7 +143,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         # Only what works (Twisted's advertises AUTH=LOGIN/PLAIN only after STARTTLS
         # and nothing of the extensions below).
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
-                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
+                b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE"]
         if self.state == "unauth":
             if self.can_starttls():
                 caps.append(b"STARTTLS")
