@@ -210,7 +210,7 @@ class Account:
         folder = self._open(name)
         values = {"MESSAGES": lambda: len(folder.uids), "RECENT": lambda: len(folder.recent),
                   "UIDNEXT": lambda: folder.uidnext, "UIDVALIDITY": lambda: folder.uidvalidity,
-                  "UNSEEN": folder.unseen}
+                  "UNSEEN": folder.unseen, "HIGHESTMODSEQ": lambda: folder.highestmodseq}
         with folder.lock:
             return [(item, values[item]()) for item in items]
 
