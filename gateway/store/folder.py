@@ -72,12 +72,13 @@ def new_unique() -> str:
 
 
 class Message:
-    __slots__ = ("uid", "base", "sub", "suffix", "kw", "size", "idate")
+    __slots__ = ("uid", "base", "sub", "suffix", "kw", "size", "idate", "modseq")
 
     def __init__(self, uid: int, base: str, sub: str, suffix: str, kw: str, size: int,
-                 idate: int) -> None:
+                 idate: int, modseq: int = 0) -> None:
         self.uid, self.base, self.sub, self.suffix = uid, base, sub, suffix
         self.kw, self.size, self.idate = kw, size, idate
+        self.modseq = modseq  # RFC 7162: raised with each change of flags or keywords
 
     @property
     def letters(self) -> str:
@@ -144,6 +145,16 @@ class Folder:
     @property
     def uidnext(self) -> int:
         return self.index.uidnext
+
+    @property
+    def highestmodseq(self) -> int:
+        """RFC 7162 HIGHESTMODSEQ: raised by every arrival, flag change and expunge."""
+        return self.index.highestmodseq
+
+    def vanished_since(self, modseq: int) -> list[int]:
+        """UIDs expunged after modseq (QRESYNC)."""
+        with self.lock:
+            return self.index.vanished_since(modseq)
 
     def close(self) -> None:
         with self.lock:
@@ -267,7 +278,8 @@ class Folder:
                     flagged.append(m.uid)
                     m.kw = self._kw_of(suffix, m.kw)  # renamed by another Maildir program
                 self._moved(m, sub, suffix)
-            self.index.update((m.uid, m.sub, m.suffix, m.kw) for m, _, _ in changed)
+            self._bumped(self.index.update(
+                [(m.uid, m.sub, m.suffix, m.kw) for m, _, _ in changed], flagged), flagged)
             self._forget(gone)
             if gone or flagged or added:
                 self._notify(gone, flagged, added, None)
@@ -291,9 +303,16 @@ class Folder:
         uids = self.index.add([(b, s, x, kw, size, mt // 1_000_000_000)
                                for (mt, b, s, x, size), kw in zip(entries, kws, strict=True)],
                               synced)
-        return [Message(uid, base, sub, suffix, kw, size, mt // 1_000_000_000)
+        modseq = self.index.highestmodseq
+        return [Message(uid, base, sub, suffix, kw, size, mt // 1_000_000_000, modseq)
                 for uid, (mt, base, sub, suffix, size), kw in zip(uids, entries, kws,
                                                                    strict=True)]
+
+    def _bumped(self, modseq: int | None, uids: Iterable[int]) -> None:
+        """The in-memory side of Index.update(..., flagged): their new modseq."""
+        if modseq is not None:
+            for u in uids:
+                self.by_uid[u].modseq = modseq
 
     # -- keywords: letters in file names, numbered in dovecot-keywords (keywords.py) --
 
@@ -458,16 +477,19 @@ class Folder:
     # -- changing ---------------------------------------------------------------
 
     def store(self, uids: Iterable[int], mode: int, flags: Iterable[str],
-              origin: FolderListener | None = None) -> dict[int, list[str]]:
+              origin: FolderListener | None = None,
+              unchangedsince: int | None = None) -> dict[int, list[str]]:
         """Set (mode 0), add (1) or remove (-1) flags; returns uid -> new flags for each
-        message still here. \\Recent cannot be stored (RFC 3501 2.3.2)."""
+        message still here. \\Recent cannot be stored (RFC 3501 2.3.2).
+        unchangedsince (RFC 7162 3.1.3): a message whose modseq is above it is left
+        alone and missing from the answer (the caller reports it MODIFIED)."""
         letters = {FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS}
         keywords = [f for f in flags if f not in FLAG_LETTERS and not f.startswith("\\")]
         with self.lock:
-            renames, kw_only, result = [], [], {}
+            renames, kw_only, result, flagged = [], [], {}, []
             for uid in uids:
                 m = self.by_uid.get(uid)
-                if m is None:
+                if m is None or (unchangedsince is not None and m.modseq > unchangedsince):
                     continue
                 have = set(c for c in m.letters if c in LETTER_FLAGS)
                 kws = m.kw.split(" ") if m.kw else []
@@ -479,6 +501,8 @@ class Folder:
                     new, new_kw = have - letters, [k for k in kws if k not in keywords]
                 kw = " ".join(new_kw)
                 info = self._letters_for(new, new_kw, m.letters)
+                if kw != m.kw or new != have:
+                    flagged.append(uid)
                 if kw != m.kw:
                     m.kw = kw
                     kw_only.append(m)
@@ -486,8 +510,10 @@ class Folder:
                     renames.append((m, info))
                 result[uid] = m
             done = {m.uid for m in self._rename_all(renames)}
-            self.index.update((m.uid, m.sub, m.suffix, m.kw) for m in kw_only
-                              if m.uid not in done)
+            kw_uids = {m.uid for m in kw_only}
+            flagged = [u for u in flagged if u in done or u in kw_uids]
+            self._bumped(self.index.update([(m.uid, m.sub, m.suffix, m.kw) for m in kw_only
+                                            if m.uid not in done], flagged), flagged)
             changed = sorted(done | {m.uid for m in kw_only})
             if changed:
                 self._notify([], changed, [], origin)
@@ -549,7 +575,7 @@ class Folder:
             uids = self.index.add(entries)
             quota.note(self.path, sum(e[4] for e in entries), len(entries))
             for uid, e in zip(uids, entries, strict=True):
-                self._remember(Message(uid, *e))
+                self._remember(Message(uid, *e, self.index.highestmodseq))
             # RFC 3501 6.3.11, 6.4.7: appended and copied messages are \Recent.
             self.recent.update(uids)
             if uids:

@@ -210,7 +210,7 @@ class Account:
         folder = self._open(name)
         values = {"MESSAGES": lambda: len(folder.uids), "RECENT": lambda: len(folder.recent),
                   "UIDNEXT": lambda: folder.uidnext, "UIDVALIDITY": lambda: folder.uidvalidity,
-                  "UNSEEN": folder.unseen,
+                  "UNSEEN": folder.unseen, "HIGHESTMODSEQ": lambda: folder.highestmodseq,
                   # RFC 8438 STATUS=SIZE: the sum of RFC822.SIZE, from the index alone.
                   "SIZE": lambda: sum(m.size for m in folder.by_uid.values())}
         with folder.lock:

@@ -126,6 +126,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.address = ""
         self.account: Any = None
         self.view: Any = None
+        self.condstore = self.qresync = False  # RFC 7162, once enabled (commands.py)
         # Reading pauses through LineReceiver's own pause (input already read waits).
         self.pacer = Pacer(self._read_paused, self._read_resumed)
 
@@ -143,8 +144,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         # Only what works (Twisted's advertises AUTH=LOGIN/PLAIN only after STARTTLS
         # and nothing of the extensions below).
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
-                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
-                b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE"]
+                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
+                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE"]
         if self.state == "unauth":
             if self.can_starttls():
                 caps.append(b"STARTTLS")
