@@ -99,6 +99,10 @@ class ImapSettings:
     max_unauthenticated_literals: int = 8192
     # Seconds one literal may take to arrive, whatever its pace (APPEND's message too).
     literal_timeout: float = 600.0
+    # Keywords one folder may know, and the longest keyword (Dovecot's
+    # mail_max_keyword_length); beyond: NO [LIMIT] (RFC 5530).
+    max_keywords_per_folder: int = 128
+    max_keyword_length: int = 50
 
 
 @dataclass(frozen=True)
@@ -580,6 +584,9 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         max_unauthenticated_literals=r.positive("imap", "max_unauthenticated_literals", int,
                                                 d.max_unauthenticated_literals),
         literal_timeout=r.positive("imap", "literal_timeout", float, d.literal_timeout),
+        max_keywords_per_folder=r.positive("imap", "max_keywords_per_folder", int,
+                                           d.max_keywords_per_folder),
+        max_keyword_length=r.positive("imap", "max_keyword_length", int, d.max_keyword_length),
     )
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")

@@ -62,7 +62,7 @@ class AuthenticatedCommands:
         self.close_view()
 
         def make(folder: Any, readonly: bool) -> View:
-            return View(folder, name, readonly, self.view_woken)
+            return View(folder, name, readonly, self.view_woken, self.settings)
 
         def work() -> tuple[View, int, int]:
             view = self.account.select(name, readonly, make)

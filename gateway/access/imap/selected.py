@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.access.imap import fetch, search, wire
+from gateway.access.imap import fetch, keywordlimit, search, wire
 from gateway.access.imap.commands import flag_list
 from gateway.access.imap.wire import Bad, No
 
@@ -151,8 +151,14 @@ class SelectedCommands:
                 self.transport.writeSequence(out)
             return b"STORE completed"
 
-        return self.run_blocking(view.folder.store, [u for _, u in pairs], mode, flags,
-                                 view).addCallback(stored)
+        def work() -> dict[int, list[str]]:
+            folder = view.folder
+            with folder.lock:  # the check and the change as one (keywordlimit.py)
+                if mode >= 0:
+                    keywordlimit.check(folder, flags, self.settings)
+                return folder.store([u for _, u in pairs], mode, flags, view)
+
+        return self.run_blocking(work).addCallback(stored)
 
     # -- COPY / MOVE ------------------------------------------------------------------
 
