@@ -81,8 +81,14 @@ class View:
         self.folder.detach(self)
 
     def pending(self) -> bool:
-        return bool(self._expunged or self._flagged or self._added
+        return bool(self._expunged or self._flagged or self._added or self.folder.gone
                     or len(self.folder.keyword_names) != self.announced)
+
+    @property
+    def gone(self) -> bool:
+        """The folder was deleted or replaced (store/folder.py lose()): the session must
+        leave it, as Dovecot does, rather than answer from its old messages."""
+        return self.folder.gone
 
     # -- FLAGS and PERMANENTFLAGS ------------------------------------------------
 
