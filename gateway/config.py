@@ -107,13 +107,17 @@ class ImapSettings:
 
 @dataclass(frozen=True)
 class AuthGuardSettings:
-    """[auth]: the password-guessing budget of access/authguard.py, shared by all protocols."""
+    """[auth]: the password-guessing budget of access/authguard.py, shared by all protocols,
+    and the memory of successful logins (access/authcache.py)."""
 
     max_failures_per_client: int = 10
     max_failures_per_account: int = 30
     failure_window: float = 900.0
     failure_delay: float = 0.5
     failure_delay_max: float = 8.0
+    # Successful logins remembered (access/authcache.py): seconds, entries; 0 is off.
+    cache_ttl: float = 300.0
+    cache_size: int = 10000
 
 
 @dataclass(frozen=True)
@@ -448,8 +452,10 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
                                             g.max_failures_per_account),
         failure_window=r.positive("auth", "failure_window", float, g.failure_window),
         failure_delay=r.get("auth", "failure_delay", float, g.failure_delay),
-        failure_delay_max=r.get("auth", "failure_delay_max", float, g.failure_delay_max))
-    for name in ("failure_delay", "failure_delay_max"):
+        failure_delay_max=r.get("auth", "failure_delay_max", float, g.failure_delay_max),
+        cache_ttl=r.get("auth", "cache_ttl", float, g.cache_ttl),
+        cache_size=r.get("auth", "cache_size", int, g.cache_size))
+    for name in ("failure_delay", "failure_delay_max", "cache_ttl", "cache_size"):
         if getattr(auth_guard, name) < 0:
             r.fault("auth", name, f"must be 0 or greater, not {getattr(auth_guard, name)}")
     threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
