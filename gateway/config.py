@@ -101,17 +101,25 @@ class ImapSettings:
     max_unauthenticated_literals: int = 8192
     # Seconds one literal may take to arrive, whatever its pace (APPEND's message too).
     literal_timeout: float = 600.0
+    # Keywords one folder may know, and the longest keyword (Dovecot's
+    # mail_max_keyword_length); beyond: NO [LIMIT] (RFC 5530).
+    max_keywords_per_folder: int = 128
+    max_keyword_length: int = 50
 
 
 @dataclass(frozen=True)
 class AuthGuardSettings:
-    """[auth]: the password-guessing budget of access/authguard.py, shared by all protocols."""
+    """[auth]: the password-guessing budget of access/authguard.py, shared by all protocols,
+    and the memory of successful logins (access/authcache.py)."""
 
     max_failures_per_client: int = 10
     max_failures_per_account: int = 30
     failure_window: float = 900.0
     failure_delay: float = 0.5
     failure_delay_max: float = 8.0
+    # Successful logins remembered (access/authcache.py): seconds, entries; 0 is off.
+    cache_ttl: float = 300.0
+    cache_size: int = 10000
 
 
 @dataclass(frozen=True)
@@ -498,8 +506,10 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
                                             g.max_failures_per_account),
         failure_window=r.positive("auth", "failure_window", float, g.failure_window),
         failure_delay=r.get("auth", "failure_delay", float, g.failure_delay),
-        failure_delay_max=r.get("auth", "failure_delay_max", float, g.failure_delay_max))
-    for name in ("failure_delay", "failure_delay_max"):
+        failure_delay_max=r.get("auth", "failure_delay_max", float, g.failure_delay_max),
+        cache_ttl=r.get("auth", "cache_ttl", float, g.cache_ttl),
+        cache_size=r.get("auth", "cache_size", int, g.cache_size))
+    for name in ("failure_delay", "failure_delay_max", "cache_ttl", "cache_size"):
         if getattr(auth_guard, name) < 0:
             r.fault("auth", name, f"must be 0 or greater, not {getattr(auth_guard, name)}")
     threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
@@ -660,6 +670,9 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         max_unauthenticated_literals=r.positive("imap", "max_unauthenticated_literals", int,
                                                 d.max_unauthenticated_literals),
         literal_timeout=r.positive("imap", "literal_timeout", float, d.literal_timeout),
+        max_keywords_per_folder=r.positive("imap", "max_keywords_per_folder", int,
+                                           d.max_keywords_per_folder),
+        max_keyword_length=r.positive("imap", "max_keyword_length", int, d.max_keyword_length),
     )
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")

@@ -19,6 +19,7 @@ from gateway import aliasfile, metrics_web, proxyproto, runlock, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
+from gateway.access.authcache import AuthCache
 from gateway.access.authguard import GuardedDirectory
 from gateway.access.imap.server import IMAPFactory
 from gateway.access.pop3 import POP3Factory
@@ -108,8 +109,10 @@ def build(settings: Settings, reactor) -> service.MultiService:
                               name="mailbox")
     search_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.search, name="search")
     # One guessing budget for SMTP AUTH, POP3 and IMAP (access/authguard.py).
-    users = GuardedDirectory(UserDirectory(settings.users_file, reactor, auth_pool),
-                             settings.auth_guard, reactor)
+    g = settings.auth_guard
+    cache = AuthCache(g.cache_ttl, g.cache_size, reactor.seconds)
+    users = GuardedDirectory(UserDirectory(settings.users_file, reactor, auth_pool, cache),
+                             g, reactor)
     table, faults = aliasfile.load_table(settings)
     if faults:
         raise ConfigError([(settings.source, "aliases.file", fault) for fault in faults])

@@ -31,6 +31,14 @@ differs from the one recorded. Two rules keep that honest:
 - Around our own renames the mtime is recorded before and after (_own_changes);
   a foreign change inside that same tick is the one thing this cannot see, so
   a full listing every five minutes (_RELIST_NS) bounds how long it can hide.
+
+A folder deleted, or deleted and made again, by another program (a second
+gateway, a restore, mbsync) is noticed by the same stats: new/ or cur/ is
+missing or is another directory (device and inode). Its Folder is then
+"gone" (lose()): its UIDs, keywords and cached summaries belong to messages
+that no longer exist, so sessions that have it selected are disconnected
+and the registry (store/folders.py) opens the directory afresh, with the
+index found there or a new one with a new UIDVALIDITY (RFC 3501 2.3.1.1).
 """
 
 from __future__ import annotations
@@ -123,6 +131,10 @@ class Folder:
         self._arrived: list[str] = []  # renamed into new/ by arrived(), not yet indexed
         self._staged: list[Message] = []  # indexed by index_arrived(), not yet published
         self._listed: dict[str, int] = {}  # when each directory was last listed
+        # Which directories new/ and cur/ are: another one there means the folder
+        # was deleted and made again behind our back (see the module docstring).
+        self._dirs = {sub: _identity(os.stat(self.path / sub)) for sub in SUBS}
+        self.gone = False  # deleted or replaced on disk: never serve its data again
         self.index = Index(self.path)
         self.uidvalidity = self.index.uidvalidity
         self.keywords = KeywordTable(self.path)
@@ -165,7 +177,10 @@ class Folder:
     def _listing(self, sub: str, force: bool) -> list[str] | None:
         d = self.path / sub
         now = _now_ns()
-        mtime = os.stat(d).st_mtime_ns
+        st = os.stat(d)  # FileNotFoundError: the folder was deleted
+        if _identity(st) != self._dirs[sub]:
+            raise FileNotFoundError(f"{d} was replaced")
+        mtime = st.st_mtime_ns
         seen = self._seen[sub]
         if not force and seen is not None and seen[0] == mtime \
                 and now - self._listed.get(sub, 0) < _RELIST_NS \
@@ -242,10 +257,16 @@ class Folder:
     def sync(self, force: bool = False) -> bool:
         """Bring the index in line with the Maildir; True when anything changed."""
         with self.lock:
+            if self.gone:
+                return False
             if self._staged:  # UIDs taken before any this sync hands out: theirs come first
                 self.publish_arrived()
-            listings = {sub: names for sub in SUBS
-                        if (names := self._listing(sub, force)) is not None}
+            try:
+                listings = {sub: names for sub in SUBS
+                            if (names := self._listing(sub, force)) is not None}
+            except FileNotFoundError:  # deleted, or replaced by another directory
+                self.lose()
+                return True
             if not listings:
                 return False
             if self.keywords.reload():  # another program numbered new keywords
@@ -381,6 +402,15 @@ class Folder:
             if listener is not origin:
                 listener.folder_changed(expunged, flagged, added)
                 self.announce(listener.wake)
+
+    def lose(self) -> None:
+        """The folder was deleted or replaced: tell its sessions (they must leave it,
+        View.pending()); the registry opens the directory afresh. The index stays
+        open for threads still inside a call; it closes with the last reference."""
+        with self.lock:
+            if not self.gone:
+                self.gone = True
+                self._notify([], [], [], None)
 
     # -- sessions -------------------------------------------------------------
 
@@ -588,6 +618,10 @@ class Folder:
     def tmp_path(self) -> Path:
         """A fresh file name in tmp/ for a message being written (APPEND)."""
         return self.path / "tmp" / (new_unique() + ".part")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def transfer(src: Folder, dst: Folder, uids: Iterable[int], move: bool,

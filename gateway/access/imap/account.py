@@ -13,9 +13,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.access.imap import keywordlimit
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.shared import SharedNamespace
 from gateway.access.imap.wire import No, Upload
+from gateway.config import ImapSettings
 from gateway.store.folder import Folder, transfer
 from gateway.store.folders import DELIMITER, FolderNameError, FolderSet, canonical
 
@@ -66,10 +68,12 @@ def pattern_matcher(pattern: str) -> Callable[[str], bool]:
 
 class Account:
     def __init__(self, address: str, folders: FolderSet,
-                 shared: SharedNamespace | None = None) -> None:
+                 shared: SharedNamespace | None = None,
+                 settings: ImapSettings | None = None) -> None:
         self.address = address
         self.folders = folders
         self.shared = shared or SharedNamespace(None, address)
+        self.settings = settings or ImapSettings()  # the [imap] limits (keywords)
 
     def _open(self, name: str, missing: str = "NONEXISTENT") -> Folder:
         return self._open_any(name, missing)[0]
@@ -260,7 +264,9 @@ class Account:
             finally:
                 os.close(fd)
             self._check_quota(upload.size)
-            uid = folder.add_file(Path(upload.path), flags, date, "rename")
+            with folder.lock:  # the check and the change as one (keywordlimit.py)
+                keywordlimit.check(folder, flags, self.settings)
+                uid = folder.add_file(Path(upload.path), flags, date, "rename")
         finally:
             Path(upload.path).unlink(missing_ok=True)
         if uid is None:

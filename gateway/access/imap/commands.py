@@ -102,7 +102,7 @@ class AuthenticatedCommands:
         self.close_view()
 
         def make(folder: Any, readonly: bool) -> View:
-            view = View(folder, name, readonly, self.view_woken)
+            view = View(folder, name, readonly, self.view_woken, self.settings)
             view.condstore, view.qresync = self.condstore, self.qresync
             return view
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
+from gateway.access.imap import keywordlimit
 from gateway.access.imap.wire import compact
+from gateway.config import ImapSettings
 from gateway.store.folder import Folder
 
 SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
@@ -33,8 +35,9 @@ SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
 
 class View:
     def __init__(self, folder: Folder, name: str, readonly: bool,
-                 on_wake: Callable[[], None]) -> None:
+                 on_wake: Callable[[], None], settings: ImapSettings | None = None) -> None:
         self.folder = folder
+        self.settings = settings or ImapSettings()  # the keyword bounds (keywordlimit.py)
         self.name = name
         self.readonly = readonly
         self.on_wake = on_wake
@@ -85,18 +88,26 @@ class View:
         self.folder.detach(self)
 
     def pending(self) -> bool:
-        return bool(self._expunged or self._flagged or self._added
+        return bool(self._expunged or self._flagged or self._added or self.folder.gone
                     or len(self.folder.keyword_names) != self.announced)
+
+    @property
+    def gone(self) -> bool:
+        """The folder was deleted or replaced (store/folder.py lose()): the session must
+        leave it, as Dovecot does, rather than answer from its old messages."""
+        return self.folder.gone
 
     # -- FLAGS and PERMANENTFLAGS ------------------------------------------------
 
     def flag_responses(self) -> list[bytes]:
         """FLAGS and OK [PERMANENTFLAGS] naming every keyword the folder knows
-        (RFC 3501 7.2.6, 7.1); \\* says clients may make new ones (none read-only)."""
+        (RFC 3501 7.2.6, 7.1); \\* says clients may make new ones (none read-only, nor
+        once the folder holds [imap] max_keywords_per_folder: keywordlimit.py)."""
         names = list(self.folder.keyword_names)  # a copy: other threads append to it
         self.announced = len(names)
         flags = SYSTEM_FLAGS + b"".join(b" " + n.encode("ascii", "replace") for n in names)
-        permanent = b"" if self.readonly else flags + b" \\*"
+        room = b"" if keywordlimit.full(self.folder, self.settings) else b" \\*"
+        permanent = b"" if self.readonly else flags + room
         return [b"* FLAGS (" + flags + b")",
                 b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.access.imap import fetch, search, wire
+from gateway.access.imap import fetch, keywordlimit, search, wire
 from gateway.access.imap.commands import flag_list
 from gateway.access.imap.wire import Atom, Bad, No, compact
 
@@ -200,6 +200,8 @@ class SelectedCommands:
         def work() -> tuple[dict[int, list[str]], dict[int, int], set[int], set[int]]:
             folder = view.folder
             with folder.lock:
+                if mode >= 0:  # the check and the change as one (keywordlimit.py)
+                    keywordlimit.check(folder, flags, self.settings)
                 before = {u: m.modseq for u in uids if (m := folder.by_uid.get(u))}
                 result = folder.store(uids, mode, flags, view, unchangedsince)
                 after = {u: folder.by_uid[u].modseq for u in result}

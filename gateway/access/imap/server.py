@@ -366,6 +366,9 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         except Bad as e:
             self._release_uploads(pieces)
             return self.bad(tag, str(e))
+        if self.view is not None and self.view.gone:
+            self._release_uploads(pieces)
+            return self.folder_lost()
         try:
             result = getattr(self, "do_" + command.decode())(tag, args, uid)
         except Exception:
@@ -429,9 +432,22 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def flush_updates(self, allow_expunge: bool = True) -> None:
         """Tell the client what other sessions and programs changed (RFC 3501 7)."""
         if self.view is not None and self.view.pending() and not self._gone:
+            if self.view.gone:
+                return self.folder_lost()
             lines = self.view.take_updates(allow_expunge)
             if lines:
                 self.transport.writeSequence([line + b"\r\n" for line in lines])
+
+    def folder_lost(self) -> None:
+        """The selected folder was deleted or replaced (by another session or program):
+        its messages are no more, so say so and close, as Dovecot does; a new SELECT
+        in a new session sees the folder as it is now (RFC 3501 2.3.1.1, 7.1.5)."""
+        if self.view is not None:
+            self.view.close()
+            self.view, self.state = None, "logout"
+        if not flow.closing(self.transport):
+            self.sendLine(b"* BYE Selected folder was deleted or replaced, have to disconnect")
+            flow.lose(self.transport)
 
     # -- any state ------------------------------------------------------------------
 
