@@ -10,7 +10,6 @@ import re
 import smtplib
 
 import pytest
-from conftest import PASSWORD
 
 ALICE = "alice@example.test"
 
@@ -18,12 +17,6 @@ ALICE = "alice@example.test"
 @pytest.fixture
 def gw(make_gateway):
     return make_gateway("[auth]\nplaintext_from_loopback = true\n")
-
-
-def login(gw) -> imaplib.IMAP4:
-    m = imaplib.IMAP4("127.0.0.1", gw.ports["imap"], timeout=30)
-    m.login(ALICE, PASSWORD)
-    return m
 
 
 def code(m: imaplib.IMAP4, name: str) -> int:
@@ -45,7 +38,7 @@ def test_reconnecting_client_gets_the_vanished_set_and_changed_flags(gw):
     gw.wait_messages(ALICE, 6)
 
     # The client syncs, remembers UIDVALIDITY and HIGHESTMODSEQ, and goes away.
-    away = login(gw)
+    away = gw.imap_login(ALICE)
     assert "QRESYNC" in away.capabilities and "CONDSTORE" in away.capabilities
     away.enable("QRESYNC")
     assert away.untagged_responses.pop("ENABLED") == [b"QRESYNC"]
@@ -55,12 +48,12 @@ def test_reconnecting_client_gets_the_vanished_set_and_changed_flags(gw):
     away.logout()
 
     # A second client that stays: it hears VANISHED live.
-    live = login(gw)
+    live = gw.imap_login(ALICE)
     live.enable("QRESYNC")
     live.select("INBOX")
 
     # Meanwhile another session expunges UIDs 2, 3 and 5 and flags UID 6.
-    other = login(gw)
+    other = gw.imap_login(ALICE)
     other.select("INBOX")
     other.uid("STORE", "2,3,5", "+FLAGS", r"(\Deleted)")
     other.expunge()
@@ -73,7 +66,7 @@ def test_reconnecting_client_gets_the_vanished_set_and_changed_flags(gw):
     assert "EXPUNGE" not in live.untagged_responses
     live.logout()
 
-    back = login(gw)
+    back = gw.imap_login(ALICE)
     back.enable("QRESYNC")
     got = qresync_select(back, f"(QRESYNC ({validity} {known} 1:6))")
     assert got["VANISHED"] == [b"(EARLIER) 2:3,5"]

@@ -188,13 +188,7 @@ class Account:
         new = new.rstrip(DELIMITER)
         if canonical(new) == "INBOX":
             raise No("[CANNOT] INBOX cannot be renamed to itself")
-        self.shared.refuse_change(new, "RENAME", new=True)
-        try:
-            made = self.folders.create(new)
-        except FolderNameError as e:
-            raise No(f"[CANNOT] {e}") from e
-        if not made:
-            raise No("[ALREADYEXISTS] Target folder exists")
+        self.create(new)
         inbox = self._open_personal("INBOX", "NONEXISTENT")
         target = self._open_personal(new, "NONEXISTENT")
         inbox.sync(force=True)  # everything there now, new/ included
