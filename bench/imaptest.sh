@@ -9,6 +9,7 @@
 # IMAPTEST_ARGS replaces test=TEST, e.g. stress mode with its state checks:
 #   IMAPTEST_ARGS="mbox=BUILD/src-imaptest/src/tests/default.mbox clients=10 secs=20" \
 #       bench/imaptest.sh run BUILD
+# IMAPTEST_AUTH adds lines to the gateway's [auth] section, e.g. "cache_ttl = 0".
 #
 # Needs (Debian): dovecot-dev autoconf automake libtool pkg-config make gcc libssl-dev zlib1g-dev.
 # See /work/shared/PEERS.md; Dovecot 2.3 passes the whole suite with 0 failures.
@@ -51,6 +52,7 @@ imap = "tcp:$port:interface=127.0.0.1"
 [auth]
 # imaptest logs in with LOGIN in plaintext over loopback.
 plaintext_from_loopback = true
+${IMAPTEST_AUTH:-}
 TOML
     echo imaptest-password | "$here/.venv/bin/mailgateway" --config "$work/mailgateway.toml" \
         user add imaptest@example.test --password-stdin
@@ -62,7 +64,9 @@ TOML
     done
     "$build/src-imaptest/src/imaptest" host=127.0.0.1 port=$port user=imaptest@example.test \
         pass=imaptest-password ${IMAPTEST_ARGS:-test="$tests"} || true
-    grep -n "Traceback\|Unhandled" "$work/twistd.log" && sed -n '1,200p' "$work/twistd.log" || true
+    # twistd rotates its log at 1 MB (a stress run writes several): read every piece.
+    cat $(ls -r "$work"/twistd.log.* 2>/dev/null) "$work/twistd.log" > "$work/all.log"
+    grep -n -A40 "Traceback\|Unhandled" "$work/all.log" | sed -n '1,200p' || true
     ;;
 dovecot)
     # The peer (/work/shared/PEERS.md): dovecot-imapd, passwd-file, Maildir, loopback.

@@ -1,8 +1,8 @@
 """`mailgateway`: the administrator's command line.
 
   mailgateway check-config [PATH]
-  mailgateway user add|passwd ADDRESS [--password-stdin]
-  mailgateway user del ADDRESS | user list
+  mailgateway user add|passwd ADDRESS [--password-stdin] [--quota SIZE]
+  mailgateway user del ADDRESS | user list | user quota ADDRESS [SIZE|default]
   mailgateway alias show ADDRESS...
   mailgateway queue list [--json] | show ID [--json]
   mailgateway queue flush | retry ID | hold ID | release ID | delete ID
@@ -37,6 +37,8 @@ from gateway.queue import control
 from gateway.queue.spool import Spool
 from gateway.resolve.router import Router
 from gateway.sign import cli as dkim_cli
+from gateway.store import quota
+from gateway.store.maildir import MaildirStore
 
 
 class CommandError(Exception):
@@ -153,9 +155,53 @@ def _read_password(args) -> str:
     return first
 
 
+def _set_quota(settings: config.Settings, address: str, size: str) -> str:
+    """Write address's own limit ("default": back to [mailbox] quota); returns a report."""
+    limits = quota.read_limits(settings.quotas_file)
+    if size == "default":
+        limits.pop(address, None)
+    else:
+        try:
+            limits[address] = config.parse_size(size)
+        except ValueError as e:
+            raise CommandError(f"quota {e}") from None
+    quota.write_limits(settings.quotas_file, limits)
+    limit = limits.get(address, settings.mailbox_quota)
+    return f"{address}: quota {_size(limit)}" + ("" if address in limits else " (the default)")
+
+
+def _size(n: int) -> str:
+    return "unlimited" if not n else f"{n} bytes ({n / (1 << 20):.1f} MiB)"
+
+
+def cmd_user_quota(args, settings: config.Settings) -> int:
+    address = args.address.lower()
+    if address not in auth.read_users(settings.users_file):
+        print(f"mailgateway: no user {args.address}", file=sys.stderr)
+        return 1
+    if args.size is not None:
+        print(_set_quota(settings, address, args.size))
+        return 0
+    limit = quota.Limits(settings.quotas_file, settings.mailbox_quota).limit(address)
+    store = MaildirStore(settings.mail_dir)
+    root = store.mailbox_path(address)
+    used = quota.usage(root, limit) if (root / "cur").is_dir() else quota.Usage(0, 0, limit)
+    print(f"{address}: {used.used} bytes in {used.count} messages; quota {_size(limit)}")
+    return 0
+
+
 def cmd_user(args) -> int:
     settings = _settings(args, create_state=args.action == "add")
     path = settings.users_file
+    if args.action == "quota":
+        return cmd_user_quota(args, settings)
+    if args.size is not None:
+        raise CommandError(f"unexpected argument {args.size!r} (a quota: --quota SIZE)")
+    if args.quota is not None:
+        try:
+            config.parse_size(args.quota)  # refused before anything is written
+        except ValueError as e:
+            raise CommandError(f"--quota {e}") from None
     if args.action in ("add", "passwd"):
         try:
             local, domain = args.address.rsplit("@", 1)
@@ -183,10 +229,15 @@ def cmd_user(args) -> int:
             print(f"mailgateway: {e.text}", file=sys.stderr)
             return 1
         print(f"{address}: password set")
+        if args.quota is not None:
+            print(_set_quota(settings, address, args.quota))
     elif args.action == "del":
         if not auth.remove_user(path, args.address):
             print(f"mailgateway: no user {args.address}", file=sys.stderr)
             return 1
+        limits = quota.read_limits(settings.quotas_file)
+        if limits.pop(args.address.lower(), None) is not None:  # a new user of that name
+            quota.write_limits(settings.quotas_file, limits)  # starts from the default
         print(f"{args.address}: removed (its Maildir is kept)")
     else:
         for address in sorted(auth.read_users(path)):
@@ -333,9 +384,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("path", nargs="?")
     c.set_defaults(func=cmd_check_config)
     u = sub.add_parser("user", help="manage mailbox users")
-    u.add_argument("action", choices=("add", "passwd", "del", "list"))
+    u.add_argument("action", choices=("add", "passwd", "del", "list", "quota"))
     u.add_argument("address", nargs="?")
+    u.add_argument("size", nargs="?", help="quota: the user's own limit (\"2G\", \"500M\", "
+                   "bytes, 0 unlimited) or \"default\" ([mailbox] quota); none: show usage")
     u.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    u.add_argument("--quota", default=None, metavar="SIZE",
+                   help="add/passwd: also set the user's own quota (as `user quota`)")
     u.set_defaults(func=cmd_user)
     a = sub.add_parser("alias", help="what addresses expand to (aliases, subaddresses)")
     a.add_argument("action", choices=("show",))

@@ -101,17 +101,25 @@ class ImapSettings:
     max_unauthenticated_literals: int = 8192
     # Seconds one literal may take to arrive, whatever its pace (APPEND's message too).
     literal_timeout: float = 600.0
+    # Keywords one folder may know, and the longest keyword (Dovecot's
+    # mail_max_keyword_length); beyond: NO [LIMIT] (RFC 5530).
+    max_keywords_per_folder: int = 128
+    max_keyword_length: int = 50
 
 
 @dataclass(frozen=True)
 class AuthGuardSettings:
-    """[auth]: the password-guessing budget of access/authguard.py, shared by all protocols."""
+    """[auth]: the password-guessing budget of access/authguard.py, shared by all protocols,
+    and the memory of successful logins (access/authcache.py)."""
 
     max_failures_per_client: int = 10
     max_failures_per_account: int = 30
     failure_window: float = 900.0
     failure_delay: float = 0.5
     failure_delay_max: float = 8.0
+    # Successful logins remembered (access/authcache.py): seconds, entries; 0 is off.
+    cache_ttl: float = 300.0
+    cache_size: int = 10000
 
 
 @dataclass(frozen=True)
@@ -299,7 +307,11 @@ class Settings:
     dkim: DkimSettings = field(default_factory=DkimSettings)
     inbound_auth: InboundAuthSettings = field(default_factory=InboundAuthSettings)
     arc: ArcSettings = field(default_factory=ArcSettings)
-
+    # [mailbox] quota: each user's storage limit in bytes (RFC 9208), 0: none;
+    # <state_dir>/quotas overrides it per user (gateway/store/quota.py).
+    mailbox_quota: int = 0
+    # [mailbox] quota_grace: percent of the quota a delivery may go past it.
+    mailbox_quota_grace: int = 10
     web: WebSettings = field(default_factory=WebSettings)
 
     @property
@@ -321,6 +333,10 @@ class Settings:
     @property
     def users_file(self) -> Path:
         return self.state_dir / "users"
+
+    @property
+    def quotas_file(self) -> Path:
+        return self.state_dir / "quotas"
 
     @property
     def dkim_dir(self) -> Path:
@@ -369,6 +385,31 @@ class _Reader:
                 for key in table:
                     if key not in self.known[section]:
                         self.fault(section, key, "unknown key")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from 1048576, "500M", "1G" (binary units, as Dovecot reads them);
+    "" and 0 are 0. ValueError names what is wrong."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be a size such as \"1G\" or a number of bytes")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = value.strip().upper().removesuffix("B")
+        unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+        digits = text[:len(text) - len(unit)].strip()
+        if not text:
+            return 0
+        if not digits.isdigit():
+            raise ValueError(f"must be a size such as \"1G\", \"500M\" or a number of "
+                             f"bytes, not {value!r}")
+        number = int(digits) * _SIZE_UNITS[unit]
+    if number < 0:
+        raise ValueError(f"must be 0 (unlimited) or more, not {value!r}")
+    return number
 
 
 def locate(path: str | os.PathLike[str] | None = None,
@@ -497,8 +538,10 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
                                             g.max_failures_per_account),
         failure_window=r.positive("auth", "failure_window", float, g.failure_window),
         failure_delay=r.get("auth", "failure_delay", float, g.failure_delay),
-        failure_delay_max=r.get("auth", "failure_delay_max", float, g.failure_delay_max))
-    for name in ("failure_delay", "failure_delay_max"):
+        failure_delay_max=r.get("auth", "failure_delay_max", float, g.failure_delay_max),
+        cache_ttl=r.get("auth", "cache_ttl", float, g.cache_ttl),
+        cache_size=r.get("auth", "cache_size", int, g.cache_size))
+    for name in ("failure_delay", "failure_delay_max", "cache_ttl", "cache_size"):
         if getattr(auth_guard, name) < 0:
             r.fault("auth", name, f"must be 0 or greater, not {getattr(auth_guard, name)}")
     threads = ThreadSettings(auth=r.positive("threads", "auth", int, ThreadSettings.auth),
@@ -529,6 +572,16 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
                       authserv_id=r.get("arc", "authserv_id", str, ""))
     if any(c.isspace() or c == ";" for c in arc.authserv_id):
         r.fault("arc", "authserv_id", f"{arc.authserv_id!r} is not a token (RFC 8601 2.5)")
+    quota_setting = r.get("mailbox", "quota", object, 0)
+    try:
+        mailbox_quota = parse_size(quota_setting)
+    except ValueError as e:
+        r.fault("mailbox", "quota", str(e))
+        mailbox_quota = 0
+    quota_grace = r.get("mailbox", "quota_grace", int, 10)
+    if not 0 <= quota_grace <= 100:
+        r.fault("mailbox", "quota_grace", f"must be a percentage from 0 to 100, not {quota_grace}")
+        quota_grace = 10
     tls_dir = state_dir / "tls"
     fronts, proxied = _fronts(r, state_dir, Path(cert) if cert else tls_dir / "cert.pem",
                               Path(key) if key else tls_dir / "key.pem", listen, hostname)
@@ -574,8 +627,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         dkim=dkim,
         inbound_auth=inbound_auth,
         arc=arc,
-
         web=web,
+        mailbox_quota=mailbox_quota,
+        mailbox_quota_grace=quota_grace,
     )
 
 
@@ -679,6 +733,9 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         max_unauthenticated_literals=r.positive("imap", "max_unauthenticated_literals", int,
                                                 d.max_unauthenticated_literals),
         literal_timeout=r.positive("imap", "literal_timeout", float, d.literal_timeout),
+        max_keywords_per_folder=r.positive("imap", "max_keywords_per_folder", int,
+                                           d.max_keywords_per_folder),
+        max_keyword_length=r.positive("imap", "max_keyword_length", int, d.max_keyword_length),
     )
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")

@@ -21,6 +21,15 @@ class MailError(Exception):
         return f"{self.enhanced} {self.text}"
 
 
+class OverQuota(MailError):
+    """A mailbox full (RFC 3463 4.2.2): 452 at RCPT, a deferral at delivery,
+    NO [OVERQUOTA] in IMAP (RFC 9208 4.3)."""
+
+    def __init__(self, mailbox: str):
+        super().__init__(452, "4.2.2", f"<{mailbox}>: Mailbox full")
+        self.mailbox = mailbox
+
+
 class ConfigError(Exception):
     """Every fault found in a configuration, each as (file, key, reason)."""
 

@@ -5,6 +5,7 @@ service.py is the one place that plugs concrete classes into these.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,10 @@ class MessageFile:
 
     head: bytes
     path: str
+
+    def __len__(self) -> int:
+        """Its size in bytes, as for bytes (a quota check, store/quota.py): one stat."""
+        return len(self.head) + os.stat(self.path).st_size
 
 
 @dataclass(frozen=True)
@@ -316,6 +321,15 @@ class IMailStore(Interface):
         """The mailbox's own Maildir as one store/folder.py Folder, for readers of a
         shared folder (a list's archive) (blocking): made empty when missing, no
         sub-folders or defaults. UIDs come from the same index as open_folders'."""
+
+
+class IQuotaCheck(Interface):
+    """Is a local mailbox full (RFC 9208)? Asked by accept/ at RCPT; store/ answers."""
+
+    def over_quota(mailbox: str) -> bool:
+        """True when mailbox is known to be at or over its quota. Cheap enough for the
+        reactor thread: never lists the mailbox (unknown counts as not over; the
+        delivery then decides)."""
 
 
 @dataclass(frozen=True)

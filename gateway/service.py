@@ -19,6 +19,7 @@ from gateway import aliasfile, metrics_web, proxyproto, runlock, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.access.auth import UserDirectory
+from gateway.access.authcache import AuthCache
 from gateway.access.authguard import GuardedDirectory
 from gateway.access.imap.server import IMAPFactory
 from gateway.access.pop3 import POP3Factory
@@ -48,6 +49,7 @@ from gateway.sign.arc import ArcSealer, PostSigner, RelaySealer
 from gateway.sign.keys import KeyRing
 from gateway.sign.signer import DkimSigner
 from gateway.store.maildir import MaildirStore
+from gateway.store.quota import Limits
 from gateway.verify.checker import InboundAuth
 from gateway.verify.orgdomain import OrgDomains
 
@@ -109,8 +111,10 @@ def build(settings: Settings, reactor) -> service.MultiService:
                               name="mailbox")
     search_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.search, name="search")
     # One guessing budget for SMTP AUTH, POP3 and IMAP (access/authguard.py).
-    users = GuardedDirectory(UserDirectory(settings.users_file, reactor, auth_pool),
-                             settings.auth_guard, reactor)
+    g = settings.auth_guard
+    cache = AuthCache(g.cache_ttl, g.cache_size, reactor.seconds)
+    users = GuardedDirectory(UserDirectory(settings.users_file, reactor, auth_pool, cache),
+                             g, reactor)
     table, faults = aliasfile.load_table(settings)
     if faults:
         raise ConfigError([(settings.source, "aliases.file", fault) for fault in faults])
@@ -121,7 +125,9 @@ def build(settings: Settings, reactor) -> service.MultiService:
                     lists=ListDirectory(list_store))
     spool = Spool(settings.spool_dir, reactor, accept_blocking)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
-    store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread)
+    store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread,
+                         limits=Limits(settings.quotas_file, settings.mailbox_quota,
+                                       settings.mailbox_quota_grace))
     top = service.MultiService()
     top.run_lock = run_lock  # held (open) as long as the gateway runs
     PoolsService(auth_pool, mailbox_pool, search_pool).setServiceParent(top)
@@ -176,7 +182,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
             factory = factories[name] = SMTPFactory(
                 hostname=settings.hostname, domains=settings.domains, settings=settings.smtp,
                 policy=RelayPolicy(router, settings.trusted_networks, submission=submission,
-                                   sender_login=settings.smtp.sender_login_match),
+                                   sender_login=settings.smtp.sender_login_match,
+                                   quota=store),
                 spool=spool, listener=runner, users=users, tls_options=tls_options,
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
                 reactor=reactor, authcheck=None if submission else authcheck)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.envelope import parse_address
-from gateway.errors import MailError
-from gateway.interfaces import IRouter, Route
+from gateway.errors import MailError, OverQuota
+from gateway.interfaces import IQuotaCheck, IRouter, Route
 
 
 @dataclass
@@ -28,8 +28,11 @@ class Session:
 
 class RelayPolicy:
     def __init__(self, router: IRouter, trusted_networks: Sequence, submission: bool = False,
-                 sender_login: bool = True):
+                 sender_login: bool = True, quota: IQuotaCheck | None = None):
         self.router = router
+        # A local mailbox known to be full gets 452 4.2.2 at RCPT (RFC 9208 5.1,
+        # RFC 3463): the sending MTA keeps the message, nothing bounces from here.
+        self.quota = quota
         self.trusted_networks = tuple(trusted_networks)
         self.submission = submission
         # Postfix's reject_sender_login_mismatch: a logged-in user sends only as
@@ -82,4 +85,8 @@ class RelayPolicy:
         _, domain = parse_address(address)
         if not self.router.is_local_domain(domain) and not self.may_relay(session):
             raise MailError(554, "5.7.1", f"<{address}>: Relay access denied")
-        return self.router.route(address)
+        route = self.router.route(address)
+        if route.kind == "local" and self.quota is not None and \
+                self.quota.over_quota(route.mailbox):
+            raise OverQuota(address)
+        return route

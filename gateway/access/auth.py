@@ -3,8 +3,10 @@
 Implements IUserDirectory, and a twisted.cred checker over it so the SMTP and
 POP3 servers authenticate through one path. Passwords are kept only as salted
 scrypt hashes (RFC 7914); verifying one costs ~50 ms of CPU, so it runs in the
-reactor's thread pool. The file is re-read when its mtime changes, so
-`mailgateway user add` takes effect on a running gateway.
+reactor's thread pool; a correct password checked again within [auth]
+cache_ttl is answered from access/authcache.py without the hash. The file is
+re-read when its mtime changes, so `mailgateway user add` (or a new
+password) takes effect on a running gateway.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, threads
 from zope.interface import implementer
 
+from gateway.access.authcache import AuthCache
 from gateway.durable import write_synced
 from gateway.envelope import normalize_address
 from gateway.errors import MailError
@@ -107,9 +110,12 @@ def remove_user(path: Path, address: str) -> bool:
 class UserDirectory:
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, path: Path, reactor, pool: Any = None):
+    def __init__(self, path: Path, reactor, pool: Any = None,
+                 cache: AuthCache | None = None):
         self.path = Path(path)
         self.reactor = reactor
+        # Successful logins remembered for a while (access/authcache.py); off if None.
+        self.cache = cache
         # Hashing gets its own threads ([threads] auth): guessers wait for each
         # other there, never in front of a spool write.
         self.pool = pool
@@ -136,11 +142,16 @@ class UserDirectory:
             return defer.fail(error.UnauthorizedLogin("bad user name"))
         # Unknown users cost a hash too, so timing does not tell who exists.
         stored = self._current().get(address, _DUMMY)
+        cache = self.cache
+        if cache is not None and stored is not _DUMMY and cache.hit(address, password, stored):
+            return defer.succeed(address)
         d = threads.deferToThreadPool(self.reactor, self.pool or self.reactor.getThreadPool(),
                                       verify_password, password, stored)
 
         def checked(ok: bool) -> str:
             if ok and stored is not _DUMMY:
+                if cache is not None:
+                    cache.remember(address, password, stored)
                 return address
             raise error.UnauthorizedLogin("bad user name or password")
 

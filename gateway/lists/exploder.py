@@ -110,6 +110,10 @@ class ListTarget:
         # DKIM-signed and ARC-sealed by the list's domain (gateway/sign/arc.py,
         # PostSigner). Blocking: called in the pool thread, once per post.
         self.sign_post = sign_post
+        # One outbox pass at a time: the timer (OutboxService) and a moderator's
+        # approval by mail both start one, and two passes at once exploded the same
+        # approved post twice at once (its archive copy's rename then failed).
+        self._outbox_lock = defer.DeferredLock()
 
     # --- IDeliveryTarget -----------------------------------------------------------
 
@@ -241,9 +245,13 @@ class ListTarget:
 
     # --- approved posts ----------------------------------------------------------------
 
+    def poll_outbox(self) -> defer.Deferred:
+        """Explode every approved post waiting in the outbox, then forget it; a pass
+        asked for while one runs starts after it (and finds what it left)."""
+        return self._outbox_lock.run(self._poll_outbox)
+
     @defer.inlineCallbacks
-    def poll_outbox(self):
-        """Explode every approved post waiting in the outbox, then forget it."""
+    def _poll_outbox(self):
         posts = yield self.run_blocking(outbox.pending, self.store.root)
         for post in posts:
             mlist = yield self.run_blocking(self.store.get, post.list)

@@ -31,6 +31,14 @@ differs from the one recorded. Two rules keep that honest:
 - Around our own renames the mtime is recorded before and after (_own_changes);
   a foreign change inside that same tick is the one thing this cannot see, so
   a full listing every five minutes (_RELIST_NS) bounds how long it can hide.
+
+A folder deleted, or deleted and made again, by another program (a second
+gateway, a restore, mbsync) is noticed by the same stats: new/ or cur/ is
+missing or is another directory (device and inode). Its Folder is then
+"gone" (lose()): its UIDs, keywords and cached summaries belong to messages
+that no longer exist, so sessions that have it selected are disconnected
+and the registry (store/folders.py) opens the directory afresh, with the
+index found there or a new one with a new UIDVALIDITY (RFC 3501 2.3.1.1).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from gateway.durable import fsync_dir, rides_dir_sync
+from gateway.store import quota
 from gateway.store.index import Index
 from gateway.store.keywords import LETTERS, KeywordTable
 
@@ -71,12 +80,13 @@ def new_unique() -> str:
 
 
 class Message:
-    __slots__ = ("uid", "base", "sub", "suffix", "kw", "size", "idate")
+    __slots__ = ("uid", "base", "sub", "suffix", "kw", "size", "idate", "modseq")
 
     def __init__(self, uid: int, base: str, sub: str, suffix: str, kw: str, size: int,
-                 idate: int) -> None:
+                 idate: int, modseq: int = 0) -> None:
         self.uid, self.base, self.sub, self.suffix = uid, base, sub, suffix
         self.kw, self.size, self.idate = kw, size, idate
+        self.modseq = modseq  # RFC 7162: raised with each change of flags or keywords
 
     @property
     def letters(self) -> str:
@@ -121,6 +131,10 @@ class Folder:
         self._arrived: list[str] = []  # renamed into new/ by arrived(), not yet indexed
         self._staged: list[Message] = []  # indexed by index_arrived(), not yet published
         self._listed: dict[str, int] = {}  # when each directory was last listed
+        # Which directories new/ and cur/ are: another one there means the folder
+        # was deleted and made again behind our back (see the module docstring).
+        self._dirs = {sub: _identity(os.stat(self.path / sub)) for sub in SUBS}
+        self.gone = False  # deleted or replaced on disk: never serve its data again
         self.index = Index(self.path)
         self.uidvalidity = self.index.uidvalidity
         self.keywords = KeywordTable(self.path)
@@ -144,6 +158,16 @@ class Folder:
     def uidnext(self) -> int:
         return self.index.uidnext
 
+    @property
+    def highestmodseq(self) -> int:
+        """RFC 7162 HIGHESTMODSEQ: raised by every arrival, flag change and expunge."""
+        return self.index.highestmodseq
+
+    def vanished_since(self, modseq: int) -> list[int]:
+        """UIDs expunged after modseq (QRESYNC)."""
+        with self.lock:
+            return self.index.vanished_since(modseq)
+
     def close(self) -> None:
         with self.lock:
             self.index.close()
@@ -153,7 +177,10 @@ class Folder:
     def _listing(self, sub: str, force: bool) -> list[str] | None:
         d = self.path / sub
         now = _now_ns()
-        mtime = os.stat(d).st_mtime_ns
+        st = os.stat(d)  # FileNotFoundError: the folder was deleted
+        if _identity(st) != self._dirs[sub]:
+            raise FileNotFoundError(f"{d} was replaced")
+        mtime = st.st_mtime_ns
         seen = self._seen[sub]
         if not force and seen is not None and seen[0] == mtime \
                 and now - self._listed.get(sub, 0) < _RELIST_NS \
@@ -230,10 +257,16 @@ class Folder:
     def sync(self, force: bool = False) -> bool:
         """Bring the index in line with the Maildir; True when anything changed."""
         with self.lock:
+            if self.gone:
+                return False
             if self._staged:  # UIDs taken before any this sync hands out: theirs come first
                 self.publish_arrived()
-            listings = {sub: names for sub in SUBS
-                        if (names := self._listing(sub, force)) is not None}
+            try:
+                listings = {sub: names for sub in SUBS
+                            if (names := self._listing(sub, force)) is not None}
+            except FileNotFoundError:  # deleted, or replaced by another directory
+                self.lose()
+                return True
             if not listings:
                 return False
             if self.keywords.reload():  # another program numbered new keywords
@@ -266,7 +299,8 @@ class Folder:
                     flagged.append(m.uid)
                     m.kw = self._kw_of(suffix, m.kw)  # renamed by another Maildir program
                 self._moved(m, sub, suffix)
-            self.index.update((m.uid, m.sub, m.suffix, m.kw) for m, _, _ in changed)
+            self._bumped(self.index.update(
+                [(m.uid, m.sub, m.suffix, m.kw) for m, _, _ in changed], flagged), flagged)
             self._forget(gone)
             if gone or flagged or added:
                 self._notify(gone, flagged, added, None)
@@ -290,9 +324,16 @@ class Folder:
         uids = self.index.add([(b, s, x, kw, size, mt // 1_000_000_000)
                                for (mt, b, s, x, size), kw in zip(entries, kws, strict=True)],
                               synced)
-        return [Message(uid, base, sub, suffix, kw, size, mt // 1_000_000_000)
+        modseq = self.index.highestmodseq
+        return [Message(uid, base, sub, suffix, kw, size, mt // 1_000_000_000, modseq)
                 for uid, (mt, base, sub, suffix, size), kw in zip(uids, entries, kws,
                                                                    strict=True)]
+
+    def _bumped(self, modseq: int | None, uids: Iterable[int]) -> None:
+        """The in-memory side of Index.update(..., flagged): their new modseq."""
+        if modseq is not None:
+            for u in uids:
+                self.by_uid[u].modseq = modseq
 
     # -- keywords: letters in file names, numbered in dovecot-keywords (keywords.py) --
 
@@ -361,6 +402,15 @@ class Folder:
             if listener is not origin:
                 listener.folder_changed(expunged, flagged, added)
                 self.announce(listener.wake)
+
+    def lose(self) -> None:
+        """The folder was deleted or replaced: tell its sessions (they must leave it,
+        View.pending()); the registry opens the directory afresh. The index stays
+        open for threads still inside a call; it closes with the last reference."""
+        with self.lock:
+            if not self.gone:
+                self.gone = True
+                self._notify([], [], [], None)
 
     # -- sessions -------------------------------------------------------------
 
@@ -457,16 +507,19 @@ class Folder:
     # -- changing ---------------------------------------------------------------
 
     def store(self, uids: Iterable[int], mode: int, flags: Iterable[str],
-              origin: FolderListener | None = None) -> dict[int, list[str]]:
+              origin: FolderListener | None = None,
+              unchangedsince: int | None = None) -> dict[int, list[str]]:
         """Set (mode 0), add (1) or remove (-1) flags; returns uid -> new flags for each
-        message still here. \\Recent cannot be stored (RFC 3501 2.3.2)."""
+        message still here. \\Recent cannot be stored (RFC 3501 2.3.2).
+        unchangedsince (RFC 7162 3.1.3): a message whose modseq is above it is left
+        alone and missing from the answer (the caller reports it MODIFIED)."""
         letters = {FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS}
         keywords = [f for f in flags if f not in FLAG_LETTERS and not f.startswith("\\")]
         with self.lock:
-            renames, kw_only, result = [], [], {}
+            renames, kw_only, result, flagged = [], [], {}, []
             for uid in uids:
                 m = self.by_uid.get(uid)
-                if m is None:
+                if m is None or (unchangedsince is not None and m.modseq > unchangedsince):
                     continue
                 have = set(c for c in m.letters if c in LETTER_FLAGS)
                 kws = m.kw.split(" ") if m.kw else []
@@ -478,6 +531,8 @@ class Folder:
                     new, new_kw = have - letters, [k for k in kws if k not in keywords]
                 kw = " ".join(new_kw)
                 info = self._letters_for(new, new_kw, m.letters)
+                if kw != m.kw or new != have:
+                    flagged.append(uid)
                 if kw != m.kw:
                     m.kw = kw
                     kw_only.append(m)
@@ -485,8 +540,10 @@ class Folder:
                     renames.append((m, info))
                 result[uid] = m
             done = {m.uid for m in self._rename_all(renames)}
-            self.index.update((m.uid, m.sub, m.suffix, m.kw) for m in kw_only
-                              if m.uid not in done)
+            kw_uids = {m.uid for m in kw_only}
+            flagged = [u for u in flagged if u in done or u in kw_uids]
+            self._bumped(self.index.update([(m.uid, m.sub, m.suffix, m.kw) for m in kw_only
+                                            if m.uid not in done], flagged), flagged)
             changed = sorted(done | {m.uid for m in kw_only})
             if changed:
                 self._notify([], changed, [], origin)
@@ -499,14 +556,16 @@ class Folder:
             pool = self.by_uid.values() if uids is None else filter(
                 None, (self.by_uid.get(u) for u in uids))
             doomed = [m for m in pool if "T" in m.letters]
-            removed = []
+            removed, freed, unlinked = [], 0, 0
             with self._own_changes():
                 for m in doomed:
                     try:
                         os.unlink(self.path / m.relpath())
+                        freed, unlinked = freed + m.size, unlinked + 1
                     except FileNotFoundError:
-                        pass  # already gone: expunged all the same
+                        pass  # already gone (and uncounted by whoever removed it)
                     removed.append(m.uid)
+            quota.note(self.path, -freed, -unlinked)
             removed.sort()
             self._forget(removed)
             if removed:
@@ -544,8 +603,9 @@ class Folder:
                                 idate if idate is not None else int(st.st_mtime)))
                 slots.append(n)
             uids = self.index.add(entries)
+            quota.note(self.path, sum(e[4] for e in entries), len(entries))
             for uid, e in zip(uids, entries, strict=True):
-                self._remember(Message(uid, *e))
+                self._remember(Message(uid, *e, self.index.highestmodseq))
             # RFC 3501 6.3.11, 6.4.7: appended and copied messages are \Recent.
             self.recent.update(uids)
             if uids:
@@ -558,6 +618,10 @@ class Folder:
     def tmp_path(self) -> Path:
         """A fresh file name in tmp/ for a message being written (APPEND)."""
         return self.path / "tmp" / (new_unique() + ".part")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def transfer(src: Folder, dst: Folder, uids: Iterable[int], move: bool,
@@ -578,6 +642,8 @@ def transfer(src: Folder, dst: Folder, uids: Iterable[int], move: bool,
         if move:
             moved = [m.uid for m, u in zip(chosen, new, strict=True) if u is not None]
             src._forget(moved)
+            quota.note(src.path, -sum(m.size for m, u in zip(chosen, new, strict=True)
+                                      if u is not None), -len(moved))
             if moved:
                 src._notify(moved, [], [], origin)
         return pairs

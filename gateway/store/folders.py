@@ -26,7 +26,8 @@ from typing import Any
 
 import twisted.mail.imap4  # noqa: F401  registers the "imap4-utf-7" codec
 
-from gateway.store.folder import Folder
+from gateway.store import quota
+from gateway.store.folder import Folder, new_unique
 
 DELIMITER = "."
 # RFC 6154 special-use folders, made for every new account.
@@ -84,19 +85,36 @@ class FolderRegistry:
         self.keep = keep
         self._lock = threading.Lock()
         self._folders: OrderedDict[str, Folder] = OrderedDict()
+        # One lock per folder being opened: a second session opening the same folder
+        # meanwhile waits for that Folder, never makes its own (two Folders over one
+        # index would both index the same new files: UNIQUE constraint failed). Other
+        # folders open in parallel, however long one index takes to build.
+        self._opening: dict[str, threading.Lock] = {}
 
-    def open(self, path: Path) -> Folder:
+    def open(self, path: Path, retry: bool = True) -> Folder:
         key = str(path)
         with self._lock:
             folder = self._folders.get(key)
             if folder is not None:
                 self._folders.move_to_end(key)
+            else:
+                opening = self._opening.setdefault(key, threading.Lock())
         if folder is None:
-            made = Folder(path, self.announce)
-            with self._lock:
-                folder = self._folders.setdefault(key, made)
-                self._evict()
+            with opening:
+                with self._lock:
+                    folder = self._folders.get(key)
+                if folder is None:
+                    made = Folder(path, self.announce)
+                    with self._lock:
+                        folder = self._folders.setdefault(key, made)
+                        self._opening.pop(key, None)
+                        self._evict()
         folder.sync()
+        if folder.gone and retry:  # replaced behind our back: read the new one afresh
+            with self._lock:
+                if self._folders.get(key) is folder:
+                    del self._folders[key]
+            return self.open(path, retry=False)
         return folder
 
     def _evict(self) -> None:
@@ -110,22 +128,32 @@ class FolderRegistry:
 
     def get(self, path: Path) -> Folder | None:
         with self._lock:
-            return self._folders.get(str(path))
+            folder = self._folders.get(str(path))
+        return None if folder is None or folder.gone else folder
 
     def drop(self, path: Path) -> None:
-        """Forget folders at or below path (deleted or renamed)."""
+        """Forget folders at or below path (deleted or renamed); sessions that have one
+        selected are told it is gone (Folder.lose()), never served its old data."""
         prefix = str(path)
         with self._lock:
-            for key in [k for k in self._folders if k == prefix or k.startswith(prefix + ".")]:
-                self._folders.pop(key).close()
+            dropped = [self._folders.pop(k) for k in list(self._folders)
+                       if k == prefix or k.startswith(prefix + ".")]
+        for folder in dropped:
+            folder.lose()
 
 
 class FolderSet:
     """One user's folders. Blocking methods; names are Unicode, "." the delimiter."""
 
-    def __init__(self, root: Path, registry: FolderRegistry) -> None:
+    def __init__(self, root: Path, registry: FolderRegistry,
+                 limit: Callable[[], int] = lambda: 0) -> None:
         self.root = Path(root)
         self.registry = registry
+        self.limit = limit  # the user's quota in bytes, 0: none (store/quota.py)
+
+    def usage(self) -> quota.Usage:
+        """The account's storage against its quota (RFC 9208), all folders together."""
+        return quota.usage(self.root, self.limit())
 
     def path(self, name: str) -> Path:
         return self.root / disk_name(name)
@@ -157,12 +185,19 @@ class FolderSet:
         path = self.path(name)
         if path == self.root or path.exists():
             return False
-        tmp = self.root / "tmp" / (path.name + ".creating")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A name of its own: two sessions may create the same folder at once (the
+        # defaults at a new account's first logins); one wins, the other finds it made.
+        tmp = self.root / "tmp" / f"{path.name}.{new_unique()}.creating"
         for sub in ("tmp", "new", "cur"):
             (tmp / sub).mkdir(parents=True, mode=0o700)
         (tmp / "maildirfolder").touch(mode=0o600)
-        os.rename(tmp, path)  # all or nothing: no half-made folder is ever listed
+        try:
+            os.rename(tmp, path)  # all or nothing: no half-made folder is ever listed
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if path.is_dir():  # made meanwhile by someone else
+                return False
+            raise
         return True
 
     def delete(self, name: str) -> bool:
@@ -175,6 +210,7 @@ class FolderSet:
         trash = self.root / "tmp" / (path.name + ".deleting")
         shutil.rmtree(trash, ignore_errors=True)
         os.rename(path, trash)
+        quota.forget(self.root)  # its messages no longer count: summed again at the next look
         shutil.rmtree(trash, ignore_errors=True)
         self.unsubscribe(name)
         return True
@@ -207,7 +243,7 @@ class FolderSet:
         return [line for line in text.splitlines() if line]
 
     def _write_subscriptions(self, names: list[str]) -> None:
-        tmp = self.root / "tmp" / (SUBSCRIPTIONS + ".new")
+        tmp = self.root / "tmp" / f"{SUBSCRIPTIONS}.{new_unique()}.new"
         tmp.write_text("".join(n + "\n" for n in dict.fromkeys(names)), encoding="utf-8")
         os.replace(tmp, self.root / SUBSCRIPTIONS)
 

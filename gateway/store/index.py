@@ -9,6 +9,19 @@ alone), and a cache of
 parsed headers (ENVELOPE, BODYSTRUCTURE, search fields) so FETCH and SEARCH
 need not reopen 100,000 files.
 
+Mod-sequences (RFC 7162 CONDSTORE/QRESYNC): each message has a MODSEQ, set
+on arrival and raised whenever its flags or keywords change; HIGHESTMODSEQ
+(meta) is the largest ever given, raised by expunges too, and the table
+`vanished` keeps each expunged UID with the modseq of its expunge, so
+QRESYNC can tell a client what went away since the modseq it knew. One
+change (a transaction) takes one new value: max(HIGHESTMODSEQ + 1, the clock
+in microseconds). Like UIDVALIDITY, the value follows the clock, so an index
+rebuilt after a loss starts (seeded from the clock, and never below its new
+UIDVALIDITY in microseconds) above every value its predecessor gave: a
+HIGHESTMODSEQ never goes back, as RFC 7162 3.1.2.1 asks, without a counter
+file written on every change. (A rebuild gives a new UIDVALIDITY as well,
+which tells QRESYNC clients to resynchronise fully.)
+
 It is a cache: the Maildir file names (unique name + ":2,FLAGS") stay the
 truth for which messages exist and their system flags. Delete the file and
 the next open rebuilds it from the Maildir with a new UIDVALIDITY, as RFC 3501
@@ -30,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 INDEX_NAME = "mailgateway.index"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -41,7 +54,12 @@ CREATE TABLE msg(
     suffix TEXT NOT NULL,        -- ':2,FS' (or '' or foreign info), as on disk
     kw TEXT NOT NULL DEFAULT '', -- IMAP keywords, space-separated (letters' ones too)
     size INTEGER NOT NULL,
-    idate INTEGER NOT NULL       -- INTERNALDATE, Unix seconds (the file's mtime)
+    idate INTEGER NOT NULL,      -- INTERNALDATE, Unix seconds (the file's mtime)
+    modseq INTEGER NOT NULL DEFAULT 1  -- RFC 7162: raised on each flag/keyword change
+);
+CREATE TABLE vanished(
+    uid INTEGER PRIMARY KEY,     -- expunged (RFC 7162 QRESYNC: VANISHED (EARLIER))
+    modseq INTEGER NOT NULL      -- the HIGHESTMODSEQ its expunge took
 );
 CREATE TABLE cache(
     uid INTEGER NOT NULL,
@@ -51,8 +69,9 @@ CREATE TABLE cache(
 );
 """
 
-# (uid, base, sub, suffix, kw, size, idate)
-Row = tuple[int, str, str, str, str, int, int]
+# (uid, base, sub, suffix, kw, size, idate, modseq)
+Row = tuple[int, str, str, str, str, int, int, int]
+_clock_ns = time.time_ns  # the modseq clock (in microseconds: // 1000); tests move it
 
 
 UIDVALIDITY_NAME = "mailgateway-uidvalidity"
@@ -84,6 +103,7 @@ class Index:
         self.path = Path(folder) / INDEX_NAME
         self.created = False  # True when this open made a fresh index (UIDs start anew)
         self.db = self._open()
+        self.highestmodseq = self.meta("highestmodseq")
 
     def _open(self) -> sqlite3.Connection:
         for attempt in range(2):
@@ -92,6 +112,8 @@ class Index:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
+                if not fresh and self._version(db) == 2:
+                    self._upgrade_2(db)
                 if fresh or not self._valid(db):
                     if not fresh:
                         raise sqlite3.DatabaseError("not a mailgateway index")
@@ -108,12 +130,36 @@ class Index:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _valid(db: sqlite3.Connection) -> bool:
+    def _version(db: sqlite3.Connection) -> int | None:
         try:
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError:
-            return False
-        return row is not None and row[0] == SCHEMA_VERSION
+            return None
+        return None if row is None else row[0]
+
+    @classmethod
+    def _valid(cls, db: sqlite3.Connection) -> bool:
+        return cls._version(db) == SCHEMA_VERSION
+
+    def _upgrade_2(self, db: sqlite3.Connection) -> None:
+        """Schema 2 had no mod-sequences: add them, keeping UIDs and UIDVALIDITY (a
+        rebuild would make every client download the folder again). Every message
+        starts at one seed; no client knew a modseq of this folder before."""
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ALTER TABLE msg ADD COLUMN modseq INTEGER NOT NULL DEFAULT 1")
+        db.execute("CREATE TABLE IF NOT EXISTS vanished("
+                   "uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)")
+        seed = self._seed(db.execute("SELECT value FROM meta WHERE key='uidvalidity'"
+                                     ).fetchone()[0])
+        db.execute("UPDATE msg SET modseq=?", (seed,))
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                       [("highestmodseq", seed), ("schema", SCHEMA_VERSION)])
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _seed(uidvalidity: int) -> int:
+        """The first HIGHESTMODSEQ of an index: the clock (see the module docstring)."""
+        return max(_clock_ns() // 1000, uidvalidity * 1_000_000)
 
     def _create(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -122,9 +168,10 @@ class Index:
                 db.execute(statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
         # A new UIDVALIDITY each time UIDs start over (RFC 3501 2.3.1.1): the
         # clock, so a rebuilt index never repeats the value its clients knew.
+        uidvalidity = next_uidvalidity(self.path)
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                       [("schema", SCHEMA_VERSION), ("uidvalidity", next_uidvalidity(self.path)),
-                        ("uidnext", 1)])
+                       [("schema", SCHEMA_VERSION), ("uidvalidity", uidvalidity),
+                        ("uidnext", 1), ("highestmodseq", self._seed(uidvalidity))])
         db.execute("COMMIT")
         self.created = True
 
@@ -144,15 +191,27 @@ class Index:
     def uidnext(self) -> int:
         return self.meta("uidnext")
 
+    def _next_modseq(self) -> int:
+        """A new mod-sequence for the change being written (inside its transaction)."""
+        value = max(self.highestmodseq + 1, _clock_ns() // 1000)
+        self.db.execute("UPDATE meta SET value=? WHERE key='highestmodseq'", (value,))
+        return value
+
     # -- messages -------------------------------------------------------------
 
     def rows(self) -> list[Row]:
-        return self.db.execute(
-            "SELECT uid, base, sub, suffix, kw, size, idate FROM msg ORDER BY uid").fetchall()
+        return self.db.execute("SELECT uid, base, sub, suffix, kw, size, idate, modseq "
+                               "FROM msg ORDER BY uid").fetchall()
+
+    def vanished_since(self, modseq: int) -> list[int]:
+        """UIDs expunged by a change after modseq (RFC 7162 3.2.5.1, VANISHED (EARLIER))."""
+        return [u for (u,) in self.db.execute(
+            "SELECT uid FROM vanished WHERE modseq > ? ORDER BY uid", (modseq,))]
 
     def add(self, entries: Sequence[tuple[str, str, str, str, int, int]],
             synced: bool = True) -> list[int]:
         """Give each (base, sub, suffix, kw, size, idate) the next UID; returns the UIDs.
+        They share one new modseq, self.highestmodseq after the call.
 
         synced=False: the caller makes the index file durable (a syncfs that
         follows) before any UID reaches a client, so the commit skips its fsync.
@@ -168,37 +227,62 @@ class Index:
             try:
                 first = self.uidnext
                 uids = list(range(first, first + len(entries)))
-                db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               [(u, *e) for u, e in zip(uids, entries, strict=True)])
+                modseq = self._next_modseq()
+                db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               [(u, *e, modseq) for u, e in zip(uids, entries, strict=True)])
                 db.execute("UPDATE meta SET value=? WHERE key='uidnext'",
                            (first + len(entries),))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self.highestmodseq = modseq
         finally:
             if not synced:
                 db.execute("PRAGMA synchronous=FULL")
         return uids
 
-    def update(self, changes: Iterable[tuple[int, str, str, str]]) -> None:
-        """Record (uid, sub, suffix, kw) for messages renamed or given keywords."""
-        self._write("UPDATE msg SET sub=?, suffix=?, kw=? WHERE uid=?",
-                    [(sub, suffix, kw, uid) for uid, sub, suffix, kw in changes])
+    def update(self, changes: Iterable[tuple[int, str, str, str]],
+               flagged: Iterable[int] = ()) -> int | None:
+        """Record (uid, sub, suffix, kw) for messages renamed or given keywords; those
+        in flagged (their flags or keywords changed) get one new modseq, returned."""
+        params = [(sub, suffix, kw, uid) for uid, sub, suffix, kw in changes]
+        raised = [(u,) for u in flagged]
+        if not params and not raised:
+            return None
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE msg SET sub=?, suffix=?, kw=? WHERE uid=?", params)
+            modseq = None
+            if raised:
+                modseq = self._next_modseq()
+                db.executemany(f"UPDATE msg SET modseq={modseq} WHERE uid=?", raised)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if modseq is not None:
+            self.highestmodseq = modseq
+        return modseq
 
     def remove(self, uids: Iterable[int]) -> None:
+        """Forget expunged messages, remembering their UIDs under a new modseq (QRESYNC)."""
         params = [(u,) for u in uids]
         if not params:
             return
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            modseq = self._next_modseq()
             db.executemany("DELETE FROM msg WHERE uid=?", params)
             db.executemany("DELETE FROM cache WHERE uid=?", params)  # every kind
+            db.executemany(f"INSERT OR REPLACE INTO vanished VALUES (?, {modseq})", params)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.highestmodseq = modseq
 
     def _write(self, sql: str, params: list[tuple]) -> None:
         if not params:

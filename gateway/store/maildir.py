@@ -28,7 +28,9 @@ from gateway.durable import (
     write_file,
 )
 from gateway.envelope import parse_address
-from gateway.interfaces import IMailStore, MessageFile
+from gateway.errors import OverQuota
+from gateway.interfaces import IMailStore, IQuotaCheck, MessageFile
+from gateway.store import quota
 from gateway.store.folder import Folder
 from gateway.store.folders import FolderNameError, FolderRegistry, FolderSet, disk_name
 
@@ -39,12 +41,15 @@ _UNIQUE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _KNOWN_MAILDIRS = 64  # listings kept for recovered deliveries (a set of names each)
 
 
-@implementer(IMailStore)
+@implementer(IMailStore, IQuotaCheck)
 class MaildirStore:
-    def __init__(self, root: Path, announce: Callable[[Callable[[], None]], Any] | None = None):
+    def __init__(self, root: Path, announce: Callable[[Callable[[], None]], Any] | None = None,
+                 limits: quota.Limits | None = None):
         """announce(f) must run f on the thread that serves IMAP sessions (the
-        gateway passes reactor.callFromThread); by default f runs at once."""
+        gateway passes reactor.callFromThread); by default f runs at once.
+        limits: each user's quota (store/quota.py); None: no limits."""
         self.root = Path(root)
+        self.limits = limits
         self._folders = FolderRegistry(announce or _call_now)
         # Maildir -> unique names in it, for deliveries recovered after a crash.
         self._known: OrderedDict[str, set[str]] = OrderedDict()
@@ -95,6 +100,12 @@ class MaildirStore:
             path = self._existing_folder(path, folder)
         if recovering and self._already_there(path, unique):
             return False
+        limit = self.limit(mailbox)
+        # Checked here, where the size is known; OverQuota is a 4.2.2 deferral,
+        # and a bounce after max_age. The grace: store/quota.py Usage.accepts.
+        if limit and not quota.usage(quota.account_root(path), limit).accepts(
+                len(message), self.limits.grace):
+            raise OverQuota(mailbox)
         tmp = path / "tmp" / unique
         write_file(tmp, message)
         yield
@@ -106,6 +117,7 @@ class MaildirStore:
         else:
             opened.arrived(tmp, unique)
         self._note(path, unique)
+        quota.note(path, len(message), 1)
         sync_dir(path / "new")  # at once, or once for the whole trip (gateway/durable.py)
         if opened is not None:
             # The index learns of it from the name itself: no listing, so a delivery
@@ -157,6 +169,31 @@ class MaildirStore:
             if names is not None:
                 names.add(unique)
 
+    # -- quotas (store/quota.py, RFC 9208) --
+
+    def limit(self, mailbox: str) -> int:
+        """mailbox's storage limit in bytes; 0: none."""
+        return self.limits.limit(mailbox) if self.limits is not None else 0
+
+    def usage(self, mailbox: str, recalc: bool = True) -> quota.Usage | None:
+        """mailbox's usage and limit (blocking). recalc=False never lists the
+        folders (for the reactor thread) and answers None when it would have to."""
+        limit = self.limit(mailbox)
+        path = self.mailbox_path(mailbox)
+        if not recalc:
+            return quota.usage(path, limit, recalc=False) if path.is_dir() else None
+        return quota.usage(self.ensure(mailbox), limit)
+
+    def over_quota(self, mailbox: str) -> bool:
+        """IQuotaCheck: is mailbox known to be full, without listing it (RCPT)?"""
+        if not self.limit(mailbox):
+            return False
+        try:
+            usage = self.usage(mailbox, recalc=False)
+        except (ValueError, OSError):
+            return False  # the delivery will tell
+        return usage is not None and usage.over
+
     def open_maildrop(self, mailbox: str):
         from gateway.store.maildrop import Maildrop
 
@@ -166,7 +203,8 @@ class MaildirStore:
 
     def open_folders(self, mailbox: str) -> FolderSet:
         """The mailbox's Maildir++ folders, with the RFC 6154 defaults made on first use."""
-        folders = FolderSet(self.ensure(mailbox), self._folders)
+        folders = FolderSet(self.ensure(mailbox), self._folders,
+                            limit=lambda: self.limit(mailbox))
         folders.ensure_defaults()
         return folders
 

@@ -27,6 +27,7 @@ from twisted.mail.pop3 import IMailbox
 from zope.interface import implementer
 
 from gateway.durable import fsync_dir
+from gateway.store import quota
 
 LOCK_FILE = ".pop3.lock"
 _INFO = ":2,"
@@ -241,7 +242,7 @@ class Maildrop:
 
     def delete(self, indices: Iterable[int]) -> list[int]:
         """Unlink messages now (a message already gone counts as deleted)."""
-        failed, dirs = [], set()
+        failed, dirs, freed, count = [], set(), 0, 0
         for i in sorted(set(indices)):
             m = self._messages[i]
             path: Path | None = m.path
@@ -249,6 +250,7 @@ class Maildrop:
                 try:
                     os.unlink(path)
                     dirs.add(path.parent)
+                    freed, count = freed + m.size, count + 1
                     break
                 except FileNotFoundError:
                     path = self._relocate(m)
@@ -259,6 +261,7 @@ class Maildrop:
                     break
         for d in dirs:
             fsync_dir(d)
+        quota.note(self.path, -freed, -count)  # the account's usage (store/quota.py)
         return failed
 
     def mark_seen(self, indices: Iterable[int]) -> None:

@@ -6,6 +6,7 @@ wait: every wait polls with a deadline.
 
 from __future__ import annotations
 
+import imaplib
 import os
 import signal
 import socket
@@ -131,6 +132,12 @@ class Gateway:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def imap_login(self, address: str, timeout: float = 30) -> imaplib.IMAP4:
+        """A plaintext IMAP session logged in as address (plaintext_from_loopback)."""
+        m = imaplib.IMAP4("127.0.0.1", self.ports["imap"], timeout=timeout)
+        m.login(address, PASSWORD)
+        return m
 
     def wait_log(self, text: str, timeout: float = 20.0) -> str:
         """The log once it holds TEXT. Lines reach the file from the log writer's thread

@@ -7,12 +7,10 @@ cache): it is a letter in the file name, numbered in dovecot-keywords
 
 from __future__ import annotations
 
-import imaplib
 import os
 import smtplib
 
 import pytest
-from conftest import PASSWORD
 
 ALICE = "alice@example.test"
 
@@ -22,17 +20,11 @@ def gw(make_gateway):
     return make_gateway("[auth]\nplaintext_from_loopback = true\n")
 
 
-def login(gw) -> imaplib.IMAP4:
-    m = imaplib.IMAP4("127.0.0.1", gw.ports["imap"], timeout=30)
-    m.login(ALICE, PASSWORD)
-    return m
-
-
 def test_a_keyword_survives_losing_the_index(gw):
     with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=60) as s:
         s.sendmail("bob@remote.test", [ALICE], b"Subject: keep me\r\n\r\nbody\r\n")
     gw.wait_messages(ALICE, 1)
-    m = login(gw)
+    m = gw.imap_login(ALICE)
     m.select("INBOX")
     m.store("1", "+FLAGS", r"($Label2 \Flagged)")
     m.logout()
@@ -43,7 +35,7 @@ def test_a_keyword_survives_losing_the_index(gw):
     for name in index_files:  # the index is lost while the gateway is down
         os.unlink(root / name)
     gw.start()
-    m = login(gw)
+    m = gw.imap_login(ALICE)
     typ, _ = m.select("INBOX")
     assert typ == "OK"
     flags = m.response("FLAGS")[1][0]

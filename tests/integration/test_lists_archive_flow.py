@@ -7,7 +7,7 @@ import imaplib
 import re
 import smtplib
 
-from conftest import PASSWORD, wait_for
+from conftest import wait_for
 
 ALICE, DAVE, LIST = "alice@example.test", "dave@example.test", "dev@example.test"
 POST = (b"From: alice@example.test\r\nTo: dev@example.test\r\nSubject: release plan\r\n"
@@ -18,12 +18,6 @@ def archived(gw) -> list[str]:
     box = gw.state / "lists" / "archive" / "example.test" / "dev"
     return [p.name for sub in ("new", "cur") if (box / sub).is_dir()
             for p in (box / sub).iterdir()]
-
-
-def login(gw, user: str) -> imaplib.IMAP4:
-    m = imaplib.IMAP4("127.0.0.1", gw.ports["imap"], timeout=30)
-    m.login(user, PASSWORD)
-    return m
 
 
 def post(gw, message: bytes) -> None:
@@ -41,7 +35,7 @@ def test_members_read_the_archive_read_only_and_others_do_not_see_it(make_gatewa
     post(gw, POST)
     wait_for(lambda: archived(gw), what="the post in the archive")
 
-    m = login(gw, ALICE)
+    m = gw.imap_login(ALICE)
     typ, data = m.namespace()
     assert typ == "OK" and data == [b'(("" ".")) NIL (("Lists." "."))']
     typ, data = m.list()
@@ -86,7 +80,7 @@ def test_members_read_the_archive_read_only_and_others_do_not_see_it(make_gatewa
     assert m.readline() == b"i1 OK IDLE terminated\r\n"
     m.logout()
 
-    m = login(gw, DAVE)
+    m = gw.imap_login(DAVE)
     typ, data = m.list()
     assert not any(re.search(rb'"\." "?Lists', line) for line in data), data
     typ, data = m.select("Lists.dev", readonly=True)

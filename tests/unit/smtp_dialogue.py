@@ -107,7 +107,8 @@ class Dialogue:
 
     def __init__(self, *, peer: str = "127.0.0.1", submission: bool = False,
                  tls_options: object | None = "ctx", overrides: dict | None = None,
-                 plaintext_from_loopback: bool = False, trusted: tuple = ()):
+                 plaintext_from_loopback: bool = False, trusted: tuple = (),
+                 quota: object | None = None):
         data = {"server": {"domains": ["example.test"], "trusted_networks": list(trusted)},
                 "smtp": overrides or {}}
         self.settings = parse(data)
@@ -119,7 +120,8 @@ class Dialogue:
         self.factory = SMTPFactory(
             hostname="mx.example.test", domains=self.settings.domains,
             settings=self.settings.smtp,
-            policy=RelayPolicy(self.router, self.settings.trusted_networks, submission),
+            policy=RelayPolicy(self.router, self.settings.trusted_networks, submission,
+                               quota=quota),
             spool=self.spool, listener=self.listener, users=self.users,
             tls_options=tls_options, plaintext_from_loopback=plaintext_from_loopback,
             reactor=self.clock)

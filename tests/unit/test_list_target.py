@@ -201,3 +201,40 @@ def test_directory_sees_lists_made_by_another_process(tmp_path):
     route = directory("ops-request", "example.test")
     assert route == Route(kind="list", address="ops-request@example.test",
                           mailbox="ops@example.test", extension="request")
+
+
+def test_two_outbox_passes_at_once_explode_an_approved_post_once(tmp_path):
+    """The timer and an approval by mail may both start a pass: they run one after
+    the other, so the post is exploded (and archived) once."""
+    from gateway.lists import outbox
+
+    store, spool, listener, target = rig(tmp_path)
+    held_id = store.hold(LIST, "stranger@remote.test",
+                         b"From: stranger@remote.test\r\nSubject: topic\r\n\r\nhi\r\n",
+                         "not a member", 0.0)
+    assert outbox.release(store, held_id) is not None
+    calls = []
+    explode = target.explode
+
+    def counting(*args):
+        calls.append(args[-1])
+        return explode(*args)
+
+    target.explode = counting
+    waiting = []  # blocking calls held back, as a busy thread pool holds them
+
+    def held(f, *args, **kwargs):
+        d = defer.Deferred()
+        waiting.append((d, f, args, kwargs))
+        return d
+
+    target.run_blocking = held
+    first, second = target.poll_outbox(), target.poll_outbox()
+    results = []
+    defer.gatherResults([first, second]).addBoth(results.append)
+    while waiting:
+        d, f, args, kwargs = waiting.pop(0)
+        d.callback(f(*args, **kwargs))
+    assert results and not isinstance(results[0], Exception), results
+    assert len(calls) == 1
+    assert len(listener.ids) == 1

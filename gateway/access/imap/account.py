@@ -13,9 +13,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.access.imap import keywordlimit
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.shared import SharedNamespace
 from gateway.access.imap.wire import No, Upload
+from gateway.config import ImapSettings
 from gateway.store.folder import Folder, transfer
 from gateway.store.folders import DELIMITER, FolderNameError, FolderSet, canonical
 
@@ -66,10 +68,12 @@ def pattern_matcher(pattern: str) -> Callable[[str], bool]:
 
 class Account:
     def __init__(self, address: str, folders: FolderSet,
-                 shared: SharedNamespace | None = None) -> None:
+                 shared: SharedNamespace | None = None,
+                 settings: ImapSettings | None = None) -> None:
         self.address = address
         self.folders = folders
         self.shared = shared or SharedNamespace(None, address)
+        self.settings = settings or ImapSettings()  # the [imap] limits (keywords)
 
     def _open(self, name: str, missing: str = "NONEXISTENT") -> Folder:
         return self._open_any(name, missing)[0]
@@ -184,13 +188,7 @@ class Account:
         new = new.rstrip(DELIMITER)
         if canonical(new) == "INBOX":
             raise No("[CANNOT] INBOX cannot be renamed to itself")
-        self.shared.refuse_change(new, "RENAME", new=True)
-        try:
-            made = self.folders.create(new)
-        except FolderNameError as e:
-            raise No(f"[CANNOT] {e}") from e
-        if not made:
-            raise No("[ALREADYEXISTS] Target folder exists")
+        self.create(new)
         inbox = self._open_personal("INBOX", "NONEXISTENT")
         target = self._open_personal(new, "NONEXISTENT")
         inbox.sync(force=True)  # everything there now, new/ included
@@ -210,7 +208,9 @@ class Account:
         folder = self._open(name)
         values = {"MESSAGES": lambda: len(folder.uids), "RECENT": lambda: len(folder.recent),
                   "UIDNEXT": lambda: folder.uidnext, "UIDVALIDITY": lambda: folder.uidvalidity,
-                  "UNSEEN": folder.unseen}
+                  "UNSEEN": folder.unseen, "HIGHESTMODSEQ": lambda: folder.highestmodseq,
+                  # RFC 8438 STATUS=SIZE: the sum of RFC822.SIZE, from the index alone.
+                  "SIZE": lambda: sum(m.size for m in folder.by_uid.values())}
         with folder.lock:
             return [(item, values[item]()) for item in items]
 
@@ -223,6 +223,20 @@ class Account:
         view.no_recent = shared
         view.open()
         return view
+
+    # -- quota (RFC 9208) ---------------------------------------------------------
+
+    def quota(self):
+        """The account's store/quota.py Usage, None when it has no limit."""
+        if not self.folders.limit():
+            return None  # no limit: nothing to count
+        return self.folders.usage()
+
+    def _check_quota(self, adding: int) -> None:
+        usage = self.quota()
+        if usage is not None and not usage.allows(adding):
+            # RFC 9208 4.3.1: the command would go over the limit; nothing was stored.
+            raise No("[OVERQUOTA] Mailbox full: quota exceeded")
 
     # -- adding messages ----------------------------------------------------------
 
@@ -243,7 +257,10 @@ class Account:
                 os.fsync(fd)  # on disk before the client hears OK
             finally:
                 os.close(fd)
-            uid = folder.add_file(Path(upload.path), flags, date, "rename")
+            self._check_quota(upload.size)
+            with folder.lock:  # the check and the change as one (keywordlimit.py)
+                keywordlimit.check(folder, flags, self.settings)
+                uid = folder.add_file(Path(upload.path), flags, date, "rename")
         finally:
             Path(upload.path).unlink(missing_ok=True)
         if uid is None:
@@ -254,5 +271,8 @@ class Account:
         """COPY or MOVE; returns (target UIDVALIDITY, [(source UID, target UID)])."""
         self.shared.refuse_write(name, self.folders.exists)
         target = self._open_personal(name, "TRYCREATE")  # writes: never an archive
+        if not move:  # a MOVE within the account changes nothing of its usage
+            sizes = (view.folder.by_uid.get(u) for u in uids)
+            self._check_quota(sum(m.size for m in sizes if m is not None))
         pairs = transfer(view.folder, target, uids, move, origin=view)
         return target.uidvalidity, pairs

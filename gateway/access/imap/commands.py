@@ -2,7 +2,9 @@
 
 A mixin of server.IMAPServer. RFC 3501 6.3, RFC 2177 (IDLE), RFC 2342
 (NAMESPACE), RFC 5161 (ENABLE), RFC 4315 (APPENDUID), RFC 6154 (SPECIAL-USE
-attributes in LIST), RFC 3348 (CHILDREN). Folder work blocks on the disk,
+attributes in LIST), RFC 3348 (CHILDREN), RFC 7162 (SELECT (CONDSTORE), SELECT
+(QRESYNC ...) with VANISHED (EARLIER), STATUS HIGHESTMODSEQ, ENABLE CONDSTORE
+and QRESYNC). Folder work blocks on the disk,
 so it runs in the thread pool (account.py); answers come back here.
 """
 
@@ -18,7 +20,29 @@ from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
 from gateway.store.folders import DELIMITER
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+                "SIZE")
+ENABLE_NAMES = ("CONDSTORE", "QRESYNC")  # RFC 5161 names this server can enable
+
+
+def qresync_params(token: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
+    """SELECT's (QRESYNC (uidvalidity modseq [known-uids [seq-match]])) (RFC 7162
+    3.2.5) -> (uidvalidity, modseq, known UID ranges or None). The sequence match
+    data only helps a server that forgets expunges; this one keeps them all."""
+    if not isinstance(token, list) or not 2 <= len(token) <= 4:
+        raise Bad("QRESYNC takes (uidvalidity modseq [known-uids [seq-match-data]])")
+    uidvalidity = wire.number(token[0], "UIDVALIDITY")
+    modseq = wire.modseq(token[1])
+    if uidvalidity == 0 or modseq == 0:
+        raise Bad("QRESYNC UIDVALIDITY and mod-sequence must not be 0")
+    known = wire.sequence_set(token[2], 0xFFFFFFFF) if len(token) > 2 else None
+    if len(token) > 3 and (not isinstance(token[3], list) or len(token[3]) != 2):
+        raise Bad("QRESYNC sequence match data is (sequences uids)")
+    return uidvalidity, modseq, known
+
+
+def in_ranges(uid: int, ranges: list[tuple[int, int]] | None) -> bool:
+    return ranges is None or any(lo <= uid <= hi for lo, hi in ranges)
 
 
 def flag_list(token: Any) -> list[str]:
@@ -57,23 +81,56 @@ class AuthenticatedCommands:
     # -- SELECT / EXAMINE ---------------------------------------------------------
 
     def do_SELECT(self, tag: bytes, args: list, uid: bool, readonly: bool = False) -> Any:
-        wire.arity(args, 1)
+        wire.arity(args, 1, 2)
         name = wire.decode_mailbox(wire.astring(args[0], "folder name"))
+        qresync = None
+        if len(args) == 2:  # RFC 4466 select-params: (CONDSTORE) or (QRESYNC (...))
+            params = args[1] if isinstance(args[1], list) else [args[1]]
+            if len(params) == 1 and isinstance(params[0], Atom) \
+                    and params[0].upper() == b"CONDSTORE":
+                pass
+            elif len(params) == 2 and isinstance(params[0], Atom) \
+                    and params[0].upper() == b"QRESYNC":
+                if not self.qresync:  # RFC 7162 3.2.5: only once ENABLEd
+                    raise Bad("QRESYNC must be enabled first (ENABLE QRESYNC)")
+                qresync = qresync_params(params[1])
+            else:
+                raise Bad("SELECT takes (CONDSTORE) or (QRESYNC (...)) only")
+            self.condstore = True
+        if self.view is not None:  # RFC 7162 3.2.11: tell where one mailbox's responses end
+            self.sendUntaggedResponse(b"OK [CLOSED] Previous mailbox closed")
         self.close_view()
 
         def make(folder: Any, readonly: bool) -> View:
-            return View(folder, name, readonly, self.view_woken)
+            view = View(folder, name, readonly, self.view_woken, self.settings)
+            view.condstore, view.qresync = self.condstore, self.qresync
+            return view
 
-        def work() -> tuple[View, int, int]:
+        def work() -> tuple[View, int, int, list[bytes]]:
             view = self.account.select(name, readonly, make)
             with view.folder.lock:
                 by_uid = view.folder.by_uid
                 first_unseen = next((n for n, u in enumerate(view.uids, 1)
                                      if u in by_uid and "S" not in by_uid[u].letters), 0)
-                return view, first_unseen, view.folder.uidnext
+                return view, first_unseen, view.folder.uidnext, resync(view)
 
-        def selected(result: tuple[View, int, int]) -> bytes:
-            view, first_unseen, uidnext = result
+        def resync(view: View) -> list[bytes]:
+            """RFC 7162 3.2.5.1: what changed since the modseq the client knew."""
+            folder = view.folder
+            if qresync is None or qresync[0] != folder.uidvalidity:
+                return []  # a client with another UIDVALIDITY starts over
+            _, since, known = qresync
+            gone = [u for u in folder.vanished_since(since) if in_ranges(u, known)]
+            lines = [b"* VANISHED (EARLIER) " + wire.compact(gone)] if gone else []
+            for n, u in enumerate(view.uids, 1):
+                m = folder.by_uid.get(u)
+                if m is not None and m.modseq > since and in_ranges(u, known):
+                    lines.append(b"* %d FETCH (UID %d FLAGS (%s) MODSEQ (%d))" % (
+                        n, u, " ".join(view.flags(u) or []).encode(), m.modseq))
+            return lines
+
+        def selected(result: tuple[View, int, int, list[bytes]]) -> bytes:
+            view, first_unseen, uidnext, changes = result
             if self._gone:
                 view.close()
                 return b""
@@ -84,7 +141,10 @@ class AuthenticatedCommands:
             if first_unseen:
                 lines.append(b"* OK [UNSEEN %d] First unseen" % first_unseen)
             lines += [b"* OK [UIDVALIDITY %d] UIDs valid" % view.folder.uidvalidity,
-                      b"* OK [UIDNEXT %d] Predicted next UID" % uidnext]
+                      b"* OK [UIDNEXT %d] Predicted next UID" % uidnext,
+                      # RFC 7162 3.1.2.1: with every SELECT, the modseqs being persistent
+                      b"* OK [HIGHESTMODSEQ %d] Highest" % view.folder.highestmodseq,
+                      *changes]
             self.transport.writeSequence([line + b"\r\n" for line in lines])
             verb = b"EXAMINE" if readonly else b"SELECT"
             return (b"[READ-ONLY] " if ro else b"[READ-WRITE] ") + verb + b" completed"
@@ -93,6 +153,17 @@ class AuthenticatedCommands:
 
     def do_EXAMINE(self, tag: bytes, args: list, uid: bool) -> Any:
         return self.do_SELECT(tag, args, uid, readonly=True)
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE enabling command (RFC 7162 3.1): from now on MODSEQ goes with flag
+        changes; in the selected state the client hears HIGHESTMODSEQ first."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.view is not None:
+            self.view.condstore = True
+            self.sendUntaggedResponse(b"OK [HIGHESTMODSEQ %d] Highest"
+                                      % self.view.folder.highestmodseq)
 
     def close_view(self) -> None:
         if self.view is not None:
@@ -172,6 +243,8 @@ class AuthenticatedCommands:
         items = [wire.atom(t, "status item").decode().upper() for t in args[1]]
         if any(i not in STATUS_ITEMS for i in items):
             raise Bad("unknown STATUS item")
+        if "HIGHESTMODSEQ" in items:
+            self.enable_condstore()
 
         def answer(values: list[tuple[str, int]]) -> bytes:
             body = " ".join(f"{k} {v}" for k, v in values).encode()
@@ -188,12 +261,67 @@ class AuthenticatedCommands:
         return b"NAMESPACE completed"
 
     def do_ENABLE(self, tag: bytes, args: list, uid: bool) -> bytes:
-        # RFC 5161: none of the extensions that need enabling (CONDSTORE, UTF8=ACCEPT,
-        # QRESYNC) is offered, so nothing is enabled.
+        # RFC 5161: ENABLED names what this command turned on; names unknown or
+        # already on are left out. RFC 7162 3.2.3: QRESYNC turns CONDSTORE on too.
         if not args:
             raise Bad("ENABLE needs capability names")
-        self.sendUntaggedResponse(b"ENABLED")
+        names = [wire.atom(a, "capability name").decode("ascii", "replace").upper()
+                 for a in args]
+        enabled = []
+        for name in dict.fromkeys(n for n in names if n in ENABLE_NAMES):
+            if name == "QRESYNC" and not self.qresync:
+                self.qresync = self.condstore = True
+                enabled.append(name)
+            elif name == "CONDSTORE" and not self.condstore:
+                self.condstore = True
+                enabled.append(name)
+        self.sendUntaggedResponse(" ".join(["ENABLED", *enabled]).encode())
         return b"ENABLE completed"
+
+    # -- QUOTA (RFC 9208) -------------------------------------------------------------
+    # One quota root per user, named "" (all folders together, as Dovecot's
+    # "User quota"), with one resource, STORAGE, in units of 1024 octets. A user
+    # without a limit has no quota root. The administrator sets limits, so
+    # SETQUOTA is refused.
+
+    def _quota_line(self, usage) -> bytes:
+        return b'QUOTA "" (STORAGE %d %d)' % (usage.used // 1024, usage.limit // 1024)
+
+    def do_GETQUOTAROOT(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 1)
+        name = self._name(args[0])
+
+        def answer(usage) -> bytes:
+            if usage is None:
+                self.sendUntaggedResponse(b"QUOTAROOT " + wire.mailbox_name(name))
+            else:
+                self.sendUntaggedResponse(b"QUOTAROOT " + wire.mailbox_name(name) + b' ""')
+                self.sendUntaggedResponse(self._quota_line(usage))
+            return b"GETQUOTAROOT completed"
+
+        def check() -> Any:
+            # NO [NONEXISTENT] for a folder that is not there; a list archive is
+            # nobody's storage, so it has no quota root.
+            _, shared = self.account._open_any(name)
+            return None if shared else self.account.quota()
+
+        return self._simple(check).addCallback(answer)
+
+    def do_GETQUOTA(self, tag: bytes, args: list, uid: bool) -> Any:
+        wire.arity(args, 1)
+        root = wire.astring(args[0], "quota root")
+
+        def answer(usage) -> bytes:
+            if usage is None or root != b"":
+                raise No("[NONEXISTENT] No such quota root")
+            self.sendUntaggedResponse(self._quota_line(usage))
+            return b"GETQUOTA completed"
+
+        return self._simple(self.account.quota).addCallback(answer)
+
+    def do_SETQUOTA(self, tag: bytes, args: list, uid: bool) -> bytes:
+        wire.arity(args, 2)
+        raise No("[NOPERM] Quotas are set by the administrator (mailgateway user quota)")
 
     # -- APPEND ---------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ a time. Sections are slices of the stored file (message.py), so BODY[]
 is the message byte for byte; a partial <o.n> answers with <o> and exactly
 those octets (Twisted returns the whole message, its issue 5613). FLAGS,
 UID, INTERNALDATE and RFC822.SIZE come from the index alone; ENVELOPE,
-BODY and BODYSTRUCTURE from the summary cache (summary.py).
+BODY and BODYSTRUCTURE from the summary cache (summary.py). MODSEQ (RFC
+7162 3.1.4) comes from the index too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from gateway.access.imap.summary import HeaderSummary, StructureSummary, summari
 from gateway.access.imap.wire import Atom, Bad, quoted
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE"}
+_SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE",
+           b"MODSEQ"}
 _MACROS = {b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
            b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
            b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"]}
@@ -166,7 +168,8 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
         if want_content and data is None:
             continue
         parts = []
-        if with_uid and not any(i.kind == b"UID" for i in items):
+        # RFC 7162 3.2.4: with QRESYNC on, every FETCH response names its UID.
+        if (with_uid or view.qresync) and not any(i.kind == b"UID" for i in items):
             parts.append(b"UID %d" % uid)
         for item in items:
             k = item.kind
@@ -176,6 +179,8 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
                 parts.append(b"UID %d" % uid)
             elif k == b"INTERNALDATE":
                 parts.append(b"INTERNALDATE " + internaldate(m.idate))
+            elif k == b"MODSEQ":
+                parts.append(b"MODSEQ (%d)" % m.modseq)
             elif k == b"RFC822.SIZE":
                 parts.append(b"RFC822.SIZE %d" % m.size)
             elif k == b"ENVELOPE":
@@ -188,6 +193,8 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
                 parts.append(_render_section(item, uid, data, heads.get(uid), folder))
         if uid in seen_now and not ask_flags:  # RFC 3501 6.4.5: tell of the implied \Seen
             parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
+            if view.condstore and not any(i.kind == b"MODSEQ" for i in items):
+                parts.append(b"MODSEQ (%d)" % m.modseq)  # RFC 7162 3.2
         out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
     return out
 

@@ -98,7 +98,7 @@ class LoginCommands:
 
         def opened(folders: Any) -> bytes:
             shared = SharedNamespace(self.factory.shared, address)
-            self.account, self.address = Account(address, folders, shared), address
+            self.account, self.address = Account(address, folders, shared, self.settings), address
             self.state = "auth"
             self.login_deadline.cancel()
             self.setTimeout(self.settings.idle_timeout)

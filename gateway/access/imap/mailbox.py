@@ -14,6 +14,10 @@ PERMANENTFLAGS (RFC 3501 7.2.6, 7.1) and must see a keyword there before a
 FETCH shows it. The folder's keyword_names only grows, so the View remembers
 how many it has announced and announces them again (new_keywords()) before
 the first FETCH that could show a newer one, whichever session set it.
+
+RFC 7162: once the session has CONDSTORE on, each FETCH telling of a flag
+change carries the message's MODSEQ; once QRESYNC is on, expunges are told
+as VANISHED (UIDs) instead of EXPUNGE (sequence numbers).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
+from gateway.access.imap import keywordlimit
+from gateway.access.imap.wire import compact
+from gateway.config import ImapSettings
 from gateway.store.folder import Folder
 
 SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
@@ -28,8 +35,9 @@ SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
 
 class View:
     def __init__(self, folder: Folder, name: str, readonly: bool,
-                 on_wake: Callable[[], None]) -> None:
+                 on_wake: Callable[[], None], settings: ImapSettings | None = None) -> None:
         self.folder = folder
+        self.settings = settings or ImapSettings()  # the keyword bounds (keywordlimit.py)
         self.name = name
         self.readonly = readonly
         self.on_wake = on_wake
@@ -40,6 +48,8 @@ class View:
         self._flagged: set[int] = set()
         self._added = False
         self.announced = 0  # how many of folder.keyword_names FLAGS has told
+        self.condstore = False  # RFC 7162: MODSEQ in flag updates
+        self.qresync = False  # RFC 7162: VANISHED instead of EXPUNGE
 
     # -- FolderListener ---------------------------------------------------------
 
@@ -78,18 +88,26 @@ class View:
         self.folder.detach(self)
 
     def pending(self) -> bool:
-        return bool(self._expunged or self._flagged or self._added
+        return bool(self._expunged or self._flagged or self._added or self.folder.gone
                     or len(self.folder.keyword_names) != self.announced)
+
+    @property
+    def gone(self) -> bool:
+        """The folder was deleted or replaced (store/folder.py lose()): the session must
+        leave it, as Dovecot does, rather than answer from its old messages."""
+        return self.folder.gone
 
     # -- FLAGS and PERMANENTFLAGS ------------------------------------------------
 
     def flag_responses(self) -> list[bytes]:
         """FLAGS and OK [PERMANENTFLAGS] naming every keyword the folder knows
-        (RFC 3501 7.2.6, 7.1); \\* says clients may make new ones (none read-only)."""
+        (RFC 3501 7.2.6, 7.1); \\* says clients may make new ones (none read-only, nor
+        once the folder holds [imap] max_keywords_per_folder: keywordlimit.py)."""
         names = list(self.folder.keyword_names)  # a copy: other threads append to it
         self.announced = len(names)
         flags = SYSTEM_FLAGS + b"".join(b" " + n.encode("ascii", "replace") for n in names)
-        permanent = b"" if self.readonly else flags + b" \\*"
+        room = b"" if keywordlimit.full(self.folder, self.settings) else b" \\*"
+        permanent = b"" if self.readonly else flags + room
         return [b"* FLAGS (" + flags + b")",
                 b"* OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted"]
 
@@ -143,10 +161,7 @@ class View:
             lines = self.new_keywords()  # before any FETCH below shows a new keyword
             if allow_expunge and self._expunged:
                 gone = self._expunged
-                for uid in sorted(gone, reverse=True):  # from the end: lower numbers hold
-                    n = self.seq(uid)
-                    if n is not None:
-                        lines.append(b"* %d EXPUNGE" % n)
+                lines += self._expunge_lines(gone)
                 self.uids = [u for u in self.uids if u not in gone]
                 self.recent -= gone
                 self._expunged = set()
@@ -163,19 +178,28 @@ class View:
                 for uid in sorted(self._flagged):
                     n, flags = self.seq(uid), self.flags(uid)
                     if n is not None and flags is not None:
-                        lines.append(b"* %d FETCH (UID %d FLAGS (%s))"
-                                     % (n, uid, " ".join(flags).encode()))
+                        lines.append(b"* %d FETCH (UID %d FLAGS (%s)%s)"
+                                     % (n, uid, " ".join(flags).encode(), self.modseq_item(uid)))
                 self._flagged = set()
         return lines
+
+    def modseq_item(self, uid: int) -> bytes:
+        """' MODSEQ (n)' for a FETCH response once CONDSTORE is on (RFC 7162 3.1.4)."""
+        m = self.folder.by_uid.get(uid)
+        return b" MODSEQ (%d)" % m.modseq if self.condstore and m is not None else b""
+
+    def _expunge_lines(self, gone: set[int]) -> list[bytes]:
+        """EXPUNGE responses, from the end so lower numbers hold; or one VANISHED
+        with QRESYNC on (RFC 7162 3.2.10)."""
+        known = [u for u in sorted(gone) if self.seq(u) is not None]
+        if self.qresync:
+            return [b"* VANISHED " + compact(known)] if known else []
+        return [b"* %d EXPUNGE" % self.seq(u) for u in reversed(known)]
 
     def forget(self, uids: list[int]) -> list[bytes]:
         """EXPUNGE responses for this session's own expunge or move of uids."""
         gone = set(uids)
-        lines = []
-        for uid in sorted(gone, reverse=True):
-            n = self.seq(uid)
-            if n is not None:
-                lines.append(b"* %d EXPUNGE" % n)
+        lines = self._expunge_lines(gone)
         self.uids = [u for u in self.uids if u not in gone]
         self.recent -= gone
         self._expunged -= gone

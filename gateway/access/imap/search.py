@@ -9,6 +9,9 @@ read files. Matching is case-insensitive substring, as 6.4.4 says; BODY and
 TEXT look in the decoded text (base64, quoted-printable, the part's charset:
 searchtext.py), and the search strings are read in the CHARSET the client
 named (6.4.4: any charset Python has a text codec for; others get BADCHARSET).
+MODSEQ (RFC 7162 3.1.5) compares each message's one modseq: this server
+keeps no separate modseq per flag, which the RFC allows (the entry name and
+type are read and not used).
 
 One SEARCH has a Budget ([imap] max_search_keys, max_nesting,
 max_search_bytes): past it the search stops with NO [LIMIT] (RFC 5530), so
@@ -31,7 +34,9 @@ from gateway.access.imap.wire import (
     No,
     Str,
     astring,
+    atom,
     is_sequence_set,
+    modseq,
     number,
     sequence_set,
 )
@@ -132,6 +137,7 @@ class Parser:
         self.budget, self.depth = budget, depth
         self.codec = codec  # of the search strings (SEARCH CHARSET)
         self.wants_summary = False
+        self.modseq = False  # a MODSEQ key: the answer ends with (MODSEQ n)
         self.keys = 0  # keys parsed, this parser and those nested in it
 
     def take(self):
@@ -157,6 +163,7 @@ class Parser:
             inner = self._nested(token)
             p = inner.all()
             self.wants_summary |= inner.wants_summary
+            self.modseq |= inner.modseq
             self.keys = inner.keys
             return p
         if not isinstance(token, Atom):
@@ -205,6 +212,17 @@ class Parser:
         if k == b"OR":
             a, b = self._nested_key(), self._nested_key()
             return lambda msg: a(msg) or b(msg)
+        if k == b"MODSEQ":
+            token = self.take()
+            if isinstance(token, Str) or (isinstance(token, Atom) and not token.isdigit()):
+                astring(token, "entry name")  # "/flags/\\Seen": one modseq serves all
+                entry_type = atom(self.take(), "entry type").lower()
+                if entry_type not in (b"priv", b"shared", b"all"):
+                    raise Bad("MODSEQ entry type is priv, shared or all")
+                token = self.take()
+            since = modseq(token)
+            self.modseq = True
+            return lambda msg: msg.m.modseq >= since
         if k == b"UID":
             return _in_ranges(sequence_set(self.take(), self.view.largest(True)), "uid")
         if is_sequence_set(token):
@@ -230,6 +248,7 @@ class Parser:
         p = inner.key()
         self.i, self.keys = inner.i, inner.keys
         self.wants_summary |= inner.wants_summary
+        self.modseq |= inner.modseq
         return p
 
     def _date_key(self, k: bytes, day: int) -> Predicate:
@@ -262,8 +281,8 @@ def _header_has(root: message.Part, name: bytes, s: str) -> bool:
                for n, raw in root.fields)
 
 
-def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool]:
-    """(predicate, needs summaries) for SEARCH's arguments after the tag."""
+def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool, bool]:
+    """(predicate, needs summaries, has a MODSEQ key) for SEARCH's arguments after the tag."""
     codec = "utf-8"
     if tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
         if len(tokens) < 2 or not isinstance(tokens[1], (Atom, Str)):
@@ -274,7 +293,7 @@ def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool]:
         codec, tokens = found, tokens[2:]
     p = Parser(tokens, view, budget, codec=codec)
     predicate = p.all()
-    return predicate, p.wants_summary
+    return predicate, p.wants_summary, p.modseq
 
 
 def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool,

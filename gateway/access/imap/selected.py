@@ -1,7 +1,8 @@
 """The selected state of an IMAP session: FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE.
 
 A mixin of server.IMAPServer. RFC 3501 6.4, RFC 4315 (UIDPLUS: COPYUID,
-UID EXPUNGE), RFC 6851 (MOVE), RFC 3691 (UNSELECT). The work runs in the
+UID EXPUNGE), RFC 6851 (MOVE), RFC 3691 (UNSELECT), RFC 7162 (FETCH MODSEQ and
+CHANGEDSINCE [VANISHED], STORE UNCHANGEDSINCE, SEARCH MODSEQ). The work runs in the
 thread pool against the shared store Folder; sequence numbers are the
 session's own (mailbox.View). Large FETCH answers go out a batch at a time,
 each batch after the client has read the last (server.Pacer), so a
@@ -14,23 +15,30 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.access.imap import fetch, search, wire
+from gateway.access.imap import fetch, keywordlimit, search, wire
 from gateway.access.imap.commands import flag_list
-from gateway.access.imap.wire import Bad, No
+from gateway.access.imap.wire import Atom, Bad, No, compact
 
 _STORE_MODES = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}
+_FETCH_MODIFIERS = (b"CHANGEDSINCE", b"VANISHED")
 
 
-def compact(uids: list[int]) -> bytes:
-    """A UID set in the shortest form, "1:3,7" (for COPYUID)."""
-    out, i = [], 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
-        i = j + 1
-    return b",".join(out)
+def fetch_modifiers(token: list, uid: bool, qresync: bool) -> tuple[int, bool]:
+    """FETCH's (CHANGEDSINCE n [VANISHED]) (RFC 7162 3.1.4.1, 3.2.6) -> (n, vanished)."""
+    changedsince, vanished, i = None, False, 0
+    while i < len(token):
+        name = wire.atom(token[i], "FETCH modifier").upper()
+        if name == b"CHANGEDSINCE" and i + 1 < len(token) and changedsince is None:
+            changedsince, i = wire.modseq(token[i + 1]), i + 2
+        elif name == b"VANISHED" and not vanished:
+            vanished, i = True, i + 1
+        else:
+            raise Bad("FETCH modifiers are CHANGEDSINCE n and VANISHED")
+    if changedsince is None:
+        raise Bad("FETCH modifiers need CHANGEDSINCE")
+    if vanished and not (uid and qresync):  # RFC 7162 3.2.6
+        raise Bad("VANISHED needs UID FETCH and QRESYNC enabled")
+    return changedsince, vanished
 
 
 class SelectedCommands:
@@ -76,35 +84,70 @@ class SelectedCommands:
 
     def do_SEARCH(self, tag: bytes, args: list, uid: bool) -> Any:
         budget = search.Budget(self.settings)
-        predicate, wants_summary = search.parse(args, self.view, budget)
+        view = self.view
+        predicate, wants_summary, modseq = search.parse(args, view, budget)
+        if modseq:
+            self.enable_condstore()
 
-        def found(numbers: list[int]) -> bytes:
+        def work() -> tuple[list[int], bytes]:
+            numbers = search.run(view, predicate, wants_summary, uid, budget)
+            if not (modseq and numbers):
+                return numbers, b""
+            # RFC 7162 3.1.5: the highest modseq of the messages found.
+            uids = numbers if uid else [view.uids[n - 1] for n in numbers]
+            with view.folder.lock:
+                top = max((m.modseq for u in uids if (m := view.folder.by_uid.get(u))),
+                          default=0)
+            return numbers, b" (MODSEQ %d)" % top if top else b""
+
+        def found(result: tuple[list[int], bytes]) -> bytes:
+            numbers, tail = result
             # Always a SEARCH response, even with no match (Twisted sends none then).
-            self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+            self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + tail
+                                 + b"\r\n")
             return b"SEARCH completed"
 
-        return self.factory.run_search(search.run, self.view, predicate, wants_summary,
-                                       uid, budget).addCallback(found)
+        return self.factory.run_search(work).addCallback(found)
 
     # -- FETCH ------------------------------------------------------------------------
 
     def do_FETCH(self, tag: bytes, args: list, uid: bool) -> Any:
         if len(args) < 2:
             raise Bad("FETCH needs a sequence set and items")
+        changedsince, vanished = None, False
+        last = args[-1]
+        if len(args) >= 3 and isinstance(last, list) and last and isinstance(last[0], Atom) \
+                and last[0].upper() in _FETCH_MODIFIERS:
+            changedsince, vanished = fetch_modifiers(last, uid, self.qresync)
+            args = args[:-1]
         pairs = self._pairs(args[0], uid)
         items = fetch.parse(args[1:])
-        return self._fetch(pairs, items, uid)
+        if changedsince is not None and not any(i.kind == b"MODSEQ" for i in items):
+            items.append(fetch.Item(b"MODSEQ"))  # RFC 7162 3.1.4.1: implied
+        if changedsince is not None or any(i.kind == b"MODSEQ" for i in items):
+            self.enable_condstore()
+        # VANISHED: UIDs in the set expunged since; "*" reaches past the last UID here.
+        known = wire.sequence_set(args[0], max(self.view.largest(True),
+                                               self.view.folder.uidnext - 1)) \
+            if vanished else None
+        return self._fetch(pairs, items, uid, changedsince, known)
 
     @defer.inlineCallbacks
-    def _fetch(self, pairs: list[tuple[int, int]], items: list, uid: bool):
+    def _fetch(self, pairs: list[tuple[int, int]], items: list, uid: bool,
+               changedsince: int | None = None, known: list | None = None):
         view = self.view
+        if known is not None:  # RFC 7162 3.2.6: before the FETCH responses
+            gone = yield self.run_blocking(view.folder.vanished_since, changedsince)
+            gone = [u for u in gone if any(lo <= u <= hi for lo, hi in known)]
+            if gone and not self._gone and self.view is view:
+                self.transport.write(b"* VANISHED (EARLIER) " + compact(gone) + b"\r\n")
         set_seen = any(i.seen for i in items) and not view.readonly
         summary, content = fetch.needs(items)
         size = 100 if content else 1000 if summary else 5000
         for start in range(0, len(pairs), size):
             batch = pairs[start:start + size]
             chunks = yield self.run_blocking(self._fetch_batch, view, batch, items, uid,
-                                             set_seen)
+                                             set_seen, changedsince)
             if self._gone or self.view is not view:
                 return None
             # A keyword another session set meanwhile is announced before it is shown.
@@ -114,7 +157,12 @@ class SelectedCommands:
         return b"FETCH completed"
 
     @staticmethod
-    def _fetch_batch(view, batch, items, uid: bool, set_seen: bool) -> list[bytes]:
+    def _fetch_batch(view, batch, items, uid: bool, set_seen: bool,
+                     changedsince: int | None = None) -> list[bytes]:
+        if changedsince is not None:  # RFC 7162 3.1.4.1: only what changed since
+            folder = view.folder
+            batch = [(n, u) for n, u in batch
+                     if (m := folder.message(u)) is not None and m.modseq > changedsince]
         seen_now: set[int] = set()
         if set_seen:  # RFC 3501 6.4.5: BODY[...] without PEEK sets \Seen
             folder = view.folder
@@ -127,7 +175,15 @@ class SelectedCommands:
     # -- STORE ------------------------------------------------------------------------
 
     def do_STORE(self, tag: bytes, args: list, uid: bool) -> Any:
-        wire.arity(args, 3)
+        wire.arity(args, 3, 4)
+        unchangedsince = None
+        if len(args) == 4:  # RFC 7162 3.1.3: STORE set (UNCHANGEDSINCE n) mode flags
+            mods = args[1]
+            if not isinstance(mods, list) or len(mods) != 2 or not isinstance(mods[0], Atom) \
+                    or mods[0].upper() != b"UNCHANGEDSINCE":
+                raise Bad("STORE modifier is (UNCHANGEDSINCE n)")
+            unchangedsince = wire.modseq(mods[1])
+            args = [args[0], *args[2:]]
         pairs = self._pairs(args[0], uid)
         mode_text = wire.atom(args[1], "store mode").upper()
         silent = mode_text.endswith(b".SILENT")
@@ -136,23 +192,50 @@ class SelectedCommands:
             raise Bad("STORE takes FLAGS, +FLAGS or -FLAGS (.SILENT)")
         flags = flag_list(args[2])
         self._writable()
+        if unchangedsince is not None:
+            self.enable_condstore()
         view = self.view
+        uids = [u for _, u in pairs]
 
-        def stored(result: dict[int, list[str]]) -> bytes:
+        def work() -> tuple[dict[int, list[str]], dict[int, int], set[int], set[int]]:
+            folder = view.folder
+            with folder.lock:
+                if mode >= 0:  # the check and the change as one (keywordlimit.py)
+                    keywordlimit.check(folder, flags, self.settings)
+                before = {u: m.modseq for u in uids if (m := folder.by_uid.get(u))}
+                result = folder.store(uids, mode, flags, view, unchangedsince)
+                after = {u: folder.by_uid[u].modseq for u in result}
+                # RFC 7162 3.1.3: those left alone because they changed since.
+                modified = {u for u in before if u not in result and u in folder.by_uid}
+                changed = {u for u in result if after[u] != before[u]}
+                return result, after, modified if unchangedsince is not None else set(), \
+                    changed
+
+        def stored(answer) -> bytes:
+            result, modseqs, modified, changed = answer
             if self.view is view:  # a new keyword: FLAGS first (RFC 3501 7.2.6)
                 self.transport.writeSequence([line + b"\r\n" for line in view.new_keywords()])
-            if not silent and self.view is view:
+            if self.view is view:
                 out = []
                 for seq, u in pairs:
-                    if u in result:
+                    if u not in result:
+                        continue
+                    modseq = b" MODSEQ (%d)" % modseqs[u] if view.condstore else b""
+                    tail = (b" UID %d" % u if uid or view.qresync else b"") + modseq
+                    if not silent:
                         shown = result[u] + (["\\Recent"] if u in view.recent else [])
                         out.append(b"* %d FETCH (FLAGS (%s)%s)\r\n" % (
-                            seq, " ".join(shown).encode(), b" UID %d" % u if uid else b""))
+                            seq, " ".join(shown).encode(), tail))
+                    elif view.condstore and u in changed:
+                        # RFC 7162 3.2: .SILENT still tells the new MODSEQ.
+                        out.append(b"* %d FETCH (%s)\r\n" % (seq, tail.lstrip()))
                 self.transport.writeSequence(out)
+            if modified:
+                numbers = sorted(u if uid else seq for seq, u in pairs if u in modified)
+                return b"[MODIFIED " + compact(numbers) + b"] Conditional STORE failed"
             return b"STORE completed"
 
-        return self.run_blocking(view.folder.store, [u for _, u in pairs], mode, flags,
-                                 view).addCallback(stored)
+        return self.run_blocking(work).addCallback(stored)
 
     # -- COPY / MOVE ------------------------------------------------------------------
 

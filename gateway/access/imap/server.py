@@ -59,6 +59,7 @@ COMMANDS = {
     b"CHECK": SELECTED, b"CLOSE": SELECTED, b"UNSELECT": SELECTED, b"EXPUNGE": SELECTED,
     b"SEARCH": SELECTED, b"FETCH": SELECTED, b"STORE": SELECTED, b"COPY": SELECTED,
     b"MOVE": SELECTED,
+    b"GETQUOTAROOT": AUTH, b"GETQUOTA": AUTH, b"SETQUOTA": AUTH,
 }
 UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE"}
 # RFC 3501 7.4.1: no EXPUNGE responses while answering these (the UID forms may).
@@ -125,6 +126,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.address = ""
         self.account: Any = None
         self.view: Any = None
+        self.condstore = self.qresync = False  # RFC 7162, once enabled (commands.py)
         # Reading pauses through LineReceiver's own pause (input already read waits).
         self.pacer = Pacer(self._read_paused, self._read_resumed)
 
@@ -142,7 +144,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         # Only what works (Twisted's advertises AUTH=LOGIN/PLAIN only after STARTTLS
         # and nothing of the extensions below).
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
-                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
+                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE"]
         if self.state == "unauth":
             if self.can_starttls():
                 caps.append(b"STARTTLS")
@@ -363,6 +366,9 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         except Bad as e:
             self._release_uploads(pieces)
             return self.bad(tag, str(e))
+        if self.view is not None and self.view.gone:
+            self._release_uploads(pieces)
+            return self.folder_lost()
         try:
             result = getattr(self, "do_" + command.decode())(tag, args, uid)
         except Exception:
@@ -426,9 +432,22 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def flush_updates(self, allow_expunge: bool = True) -> None:
         """Tell the client what other sessions and programs changed (RFC 3501 7)."""
         if self.view is not None and self.view.pending() and not self._gone:
+            if self.view.gone:
+                return self.folder_lost()
             lines = self.view.take_updates(allow_expunge)
             if lines:
                 self.transport.writeSequence([line + b"\r\n" for line in lines])
+
+    def folder_lost(self) -> None:
+        """The selected folder was deleted or replaced (by another session or program):
+        its messages are no more, so say so and close, as Dovecot does; a new SELECT
+        in a new session sees the folder as it is now (RFC 3501 2.3.1.1, 7.1.5)."""
+        if self.view is not None:
+            self.view.close()
+            self.view, self.state = None, "logout"
+        if not flow.closing(self.transport):
+            self.sendLine(b"* BYE Selected folder was deleted or replaced, have to disconnect")
+            flow.lose(self.transport)
 
     # -- any state ------------------------------------------------------------------
 

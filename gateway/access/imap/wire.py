@@ -154,6 +154,27 @@ def number(token: Any, what: str = "number") -> int:
     raise Bad(f"{what} must be a number")
 
 
+def modseq(token: Any, what: str = "mod-sequence") -> int:
+    """RFC 7162 mod-sequence-valzer: 0 to 2^63-1."""
+    if isinstance(token, Atom) and token.isdigit() and len(token) <= 19:
+        value = int(token)
+        if value < 1 << 63:
+            return value
+    raise Bad(f"{what} must be a number below 2^63")
+
+
+def compact(uids: list[int]) -> bytes:
+    """Sorted UIDs as a UID set in the shortest form, "1:3,7" (COPYUID, VANISHED)."""
+    out, i = [], 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
+        i = j + 1
+    return b",".join(out)
+
+
 def arity(args: list, fewest: int, most: int | None = None) -> None:
     most = fewest if most is None else most
     if not fewest <= len(args) <= most:
