@@ -539,6 +539,8 @@ class Mailgateway(Server):
 
     name = "mailgateway"
     password = "bench-only-password-1"
+    # [inbound_auth] check: off unless a benchmark of those checks turns it on.
+    inbound_auth = False
 
     def __init__(
         self, workdir: Path, recipient: str, venv: Path, repo: Path, sessions: int
@@ -600,6 +602,9 @@ class Mailgateway(Server):
         for key in listen:
             listen[key] = ""  # "" means off: only the listener under test runs
         listen["smtp"] = f"tcp:{port}:interface={LOOPBACK}"
+        # SPF/DKIM/DMARC would ask this machine's name servers about every sender;
+        # the peers check nothing either (bench/inbound_auth_bench.py measures them).
+        settings.setdefault("inbound_auth", {})["check"] = self.inbound_auth
         aliases = settings.get("aliases", {})
         if aliases.get("file") and not Path(aliases["file"]).is_absolute():
             # Relative to the checkout, as for `make run`; the server runs in its rundir.

@@ -273,8 +273,12 @@ def run_round(
         sampler.start()
         profile = start_profile(args, venv, server, rnd)
         cpu_before = cpu_seconds(server.pids())
-        argv = [str(SMTP_SOURCE), "-c", "-l", str(args.size), "-m", str(args.messages)]
+        argv = [str(SMTP_SOURCE), "-c", "-m", str(args.messages)]
         argv += ["-s", str(args.sessions), "-f", args.sender, "-t", args.recipient]
+        if getattr(args, "message_file", None):  # a ready message (inbound_auth_bench.py)
+            argv += ["-F", str(args.message_file)]
+        else:
+            argv += ["-l", str(args.size)]
         argv += [f"127.0.0.1:{port}"]
         started = time.monotonic()
         try:

@@ -226,6 +226,29 @@ class DkimSettings:
 
 
 @dataclass(frozen=True)
+class InboundAuthSettings:
+    """[inbound_auth]: SPF, DKIM and DMARC of mail arriving on port 25 (gateway/verify/)."""
+
+    check: bool = True
+    spf_fail: str = "reject"  # reject (550 5.7.23) | mark
+    dmarc_reject: str = "reject"  # what p=reject does: reject (550 5.7.1) | quarantine | mark
+    dmarc_quarantine: str = "junk"  # what p=quarantine does: junk | mark
+    junk_folder: str = "Junk"
+    timeout: float = 20.0  # seconds of DNS for one message, all its lookups together
+    threads: int = 16
+    public_suffix_list: str = ""  # a newer public_suffix_list.dat; "": the packaged one
+    dkim_min_key_bits: int = 1024
+    # Bytes of a message read whole for its DKIM body hashes; a bigger one gets
+    # dkim=neutral (not verified), so memory per check stays bounded.
+    max_verify_size: int = 10485760
+
+
+SPF_FAIL_ACTIONS = ("reject", "mark")
+DMARC_REJECT_ACTIONS = ("reject", "quarantine", "mark")
+DMARC_QUARANTINE_ACTIONS = ("junk", "mark")
+
+
+@dataclass(frozen=True)
 class ArcSettings:
     """[arc]: ARC sealing (RFC 8617, gateway/sign/arc.py) with the DKIM keys."""
 
@@ -282,6 +305,7 @@ class Settings:
     log_queue_lines: int = 10000
     log_flush_interval: float = 0.1
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    inbound_auth: InboundAuthSettings = field(default_factory=InboundAuthSettings)
     arc: ArcSettings = field(default_factory=ArcSettings)
     # [mailbox] quota: each user's storage limit in bytes (RFC 9208), 0: none;
     # <state_dir>/quotas overrides it per user (gateway/store/quota.py).
@@ -289,6 +313,14 @@ class Settings:
     # [mailbox] quota_grace: percent of the quota a delivery may go past it.
     mailbox_quota_grace: int = 10
     web: WebSettings = field(default_factory=WebSettings)
+
+    @property
+    def authserv_id(self) -> str:
+        """The RFC 8601 authserv-id of our Authentication-Results: one name for the
+        inbound checks that write them (gateway/verify/) and the ARC sealer that
+        carries them on (gateway/sign/arc.py arrival_results), or the seal would
+        find none. [arc] authserv_id, "" being the hostname."""
+        return self.arc.authserv_id or self.hostname
 
     @property
     def spool_dir(self) -> Path:
@@ -533,6 +565,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     dkim = DkimSettings(sign=r.get("dkim", "sign", bool, DkimSettings.sign),
                         check_interval=r.positive("dkim", "check_interval", float,
                                                   DkimSettings.check_interval))
+    inbound_auth = _inbound_auth_settings(r)
     arc = ArcSettings(seal_lists=r.get("arc", "seal_lists", bool, ArcSettings.seal_lists),
                       seal_relayed=r.get("arc", "seal_relayed", bool, ArcSettings.seal_relayed),
                       domain=r.get("arc", "domain", str, "").lower().rstrip("."),
@@ -592,11 +625,41 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         log_queue_lines=log_queue_lines,
         log_flush_interval=log_flush_interval,
         dkim=dkim,
+        inbound_auth=inbound_auth,
         arc=arc,
         web=web,
         mailbox_quota=mailbox_quota,
         mailbox_quota_grace=quota_grace,
     )
+
+
+def _inbound_auth_settings(r: _Reader) -> InboundAuthSettings:
+    d = InboundAuthSettings
+    choices = {"spf_fail": SPF_FAIL_ACTIONS, "dmarc_reject": DMARC_REJECT_ACTIONS,
+               "dmarc_quarantine": DMARC_QUARANTINE_ACTIONS}
+    chosen = {}
+    for key, allowed in choices.items():
+        value = r.get("inbound_auth", key, str, getattr(d, key))
+        if value not in allowed:
+            r.fault("inbound_auth", key, f"must be one of {', '.join(allowed)}, not {value!r}")
+            value = getattr(d, key)
+        chosen[key] = value
+    psl = r.get("inbound_auth", "public_suffix_list", str, d.public_suffix_list)
+    if psl and not Path(psl).is_file():
+        r.fault("inbound_auth", "public_suffix_list", f"no such file: {psl}")
+    junk = r.get("inbound_auth", "junk_folder", str, d.junk_folder)
+    if not junk or any(c in junk for c in "/\\*%.") or not junk.isprintable():
+        r.fault("inbound_auth", "junk_folder", f"must be a top-level folder name, not {junk!r}")
+        junk = d.junk_folder
+    return InboundAuthSettings(
+        check=r.get("inbound_auth", "check", bool, d.check),
+        timeout=r.positive("inbound_auth", "timeout", float, d.timeout),
+        threads=r.positive("inbound_auth", "threads", int, d.threads),
+        dkim_min_key_bits=r.positive("inbound_auth", "dkim_min_key_bits", int,
+                                     d.dkim_min_key_bits),
+        max_verify_size=r.positive("inbound_auth", "max_verify_size", int,
+                                   d.max_verify_size),
+        public_suffix_list=psl, junk_folder=junk, **chosen)
 
 
 def _names(r: _Reader, section: str, key: str) -> tuple[str, ...]:

@@ -142,6 +142,9 @@ class Envelope:
     # Bumped at each rewrite of the stored envelope; the outcome records appended
     # beside it (queue/spool.py, record_steps) count only for their own generation.
     generation: int = 0
+    # A folder every local copy goes to, made when missing (DMARC quarantine: the
+    # recipient's Junk, gateway/verify/checker.py); "": INBOX or the route's own.
+    folder: str = ""
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.state is RecipientState.PENDING]

@@ -164,9 +164,14 @@ class IIncomingMessage(Interface):
     def room() -> Any:
         """Deferred firing once the buffer is no longer full (at once if it is not)."""
 
-    def commit(envelope: Any) -> Any:
+    def reader(start: int = 0) -> Any:
+        """Deferred function, to call in a pool thread, that gives the message's bytes
+        from start on (after the last write, before commit: the sender checks)."""
+
+    def commit(envelope: Any, head: bytes | None = None, skip: int = 0) -> Any:
         """Deferred firing with the queue ID once message and envelope are durable
-        (SpoolError on failure, the file then removed)."""
+        (SpoolError on failure, the file then removed). head: it replaces the
+        message's first skip bytes (a header block changed by the sender checks)."""
 
     def abort() -> None:
         """Forget the message: its file is removed; later writes are ignored."""
@@ -294,8 +299,10 @@ class IMailStore(Interface):
         """
 
     def deliver_steps(mailbox: str, message: bytes | MessageFile, unique: str,
-                      recovering: bool, folder: str = "") -> Any:
-        """deliver() as a call in steps, for a group-commit trip (gateway/durable.py)."""
+                      recovering: bool, folder: str = "", make_folder: bool = False) -> Any:
+        """deliver() as a call in steps, for a group-commit trip (gateway/durable.py).
+        make_folder: create folder when missing (a name the gateway chose, never one
+        from the network)."""
 
     def open_maildrop(mailbox: str) -> Any:
         """The mailbox's INBOX as a Maildrop for POP3."""

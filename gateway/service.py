@@ -50,6 +50,8 @@ from gateway.sign.keys import KeyRing
 from gateway.sign.signer import DkimSigner
 from gateway.store.maildir import MaildirStore
 from gateway.store.quota import Limits
+from gateway.verify.checker import InboundAuth
+from gateway.verify.orgdomain import OrgDomains
 
 log = Logger()
 
@@ -147,7 +149,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     dkim = DkimSigner(keyring, enabled=settings.dkim.sign,
                       trusted_networks=settings.trusted_networks)
     arc = settings.arc
-    sealer = ArcSealer(keyring, arc.authserv_id or settings.hostname,
+    sealer = ArcSealer(keyring, settings.authserv_id,
                        dnsfunc=_dkim_dnsfunc(settings))
     sign = (RelaySealer(dkim, sealer, arc.domain or settings.domains[0]) if arc.seal_relayed
             else dkim.sign_outbound)
@@ -172,6 +174,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     submitter.listener = runner
     RunnerService(runner).setServiceParent(top)
     OutboxService(lists, reactor, settings.queue.control_interval).setServiceParent(top)
+    authcheck = _inbound_auth(settings, reactor, top)
     # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
     factories: dict[str, object] = {}
     for name, submission in (("smtp", False), ("submission", True)):
@@ -183,7 +186,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
                                    quota=store),
                 spool=spool, listener=runner, users=users, tls_options=tls_options,
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-                reactor=reactor)
+                reactor=reactor, authcheck=None if submission else authcheck)
         if settings.listen[name]:
             _listen(f"listen.{name}", settings.listen[name], factory, reactor, top)
     if settings.listen["pop3"] or "pop3" in settings.proxied.listen:
@@ -302,6 +305,21 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
                          run_blocking=run_blocking, password=password, sign=sign)
     RelayService(target, dns_pool).setServiceParent(parent)
     return target, run_dns
+
+
+def _inbound_auth(settings: Settings, reactor, parent) -> InboundAuth | None:
+    """SPF, DKIM and DMARC on port 25 (gateway/verify/), in a pool of their own: checks
+    wait on other people's name servers, and must never delay spool writes or logins."""
+    ia = settings.inbound_auth
+    if not ia.check:
+        return None
+    pool = ThreadPool(minthreads=0, maxthreads=ia.threads, name="verify")
+    PoolsService(pool).setServiceParent(parent)
+    relay = settings.relay
+    resolver = make_resolver(relay.nameservers, relay.dns_port,
+                             min(relay.dns_timeout, ia.timeout))
+    return InboundAuth(ia, settings.authserv_id, resolver, in_thread(reactor, pool), reactor,
+                       OrgDomains(ia.public_suffix_list))
 
 
 def _txt_blocking(settings: Settings):

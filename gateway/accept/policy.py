@@ -46,6 +46,11 @@ class RelayPolicy:
             return False
         return any(ip in net for net in self.trusted_networks)
 
+    def checks_sender(self, session: Session) -> bool:
+        """SPF, DKIM and DMARC (gateway/verify/) apply: mail from outside on port 25, not
+        submission, an authenticated client or trusted_networks."""
+        return not self.submission and not session.authenticated and not self.trusted(session)
+
     def may_relay(self, session: Session) -> bool:
         return bool(session.authenticated) or self.trusted(session)
 

@@ -50,6 +50,7 @@ from gateway.envelope import (
 )
 from gateway.errors import MailError, SpoolError
 from gateway.interfaces import IIncomingMessage, IQueueListener, ISpool, IUserDirectory
+from gateway.verify.checker import AuthFacts
 
 log = Logger()
 
@@ -502,12 +503,56 @@ class SMTPServer(SMTPAuth, ESMTP):
             self.reply_error(fault)
             return defer.succeed(None)
         # The message is on its way to disk; what is read of it here is its start.
-        head = self._received + body.head
+        received = self._received
+        head = received + body.head
         envelope.size = incoming.size
         envelope.hops = count_received(head)
-        d = incoming.commit(envelope)
+        message_id = logs.message_id(head)
+        authcheck = self.factory.authcheck
+        if authcheck is None:
+            return self._commit(incoming.commit(envelope), envelope, message_id)
+        # Sender authentication (gateway/verify/), before the commit: its verdict adds
+        # Authentication-Results, drops forged ones, may refuse or send to Junk. It
+        # reads the message in its own thread (from the spool file, or memory for a
+        # small one), and only up to max_verify_size: memory stays bounded.
+        facts = AuthFacts(envelope.client_address, envelope.helo, envelope.sender)
+        if not self.factory.policy.checks_sender(self.session):
+            d = authcheck.check(facts, b"", skip=True)
+        elif incoming.size - len(received) <= authcheck.settings.max_verify_size:
+            d = incoming.reader(len(received))
+            d.addCallback(lambda read: authcheck.check(facts, read))
+        else:
+            d = authcheck.check(facts, body.head, whole=False)
+        d.addCallback(self._authenticated, envelope, incoming, received, body.head,
+                      message_id)
+
+        def unexpected(failure):  # a bug, not the client's fault: its tmp file goes
+            incoming.abort()
+            return failure
+        return d.addErrback(unexpected)
+
+    def _authenticated(self, verdict, envelope: Envelope, incoming: IIncomingMessage,
+                       received: bytes, body_head: bytes, message_id: str):
+        if verdict.refusal is not None:
+            incoming.abort()
+            e = verdict.refusal
+            logs.reject("DATA", envelope.client_address, e.code, e.enhanced, e.text,
+                        sender=envelope.sender,
+                        recipient=",".join(r.address for r in envelope.recipients),
+                        helo=envelope.helo, service=self.service())
+            self.reply_error(e)
+            return None
+        envelope.folder = verdict.folder
+        block = verdict.header_block(received, body_head)
+        if block is None:
+            return self._commit(incoming.commit(envelope), envelope, message_id)
+        head, skip = block
+        envelope.size += len(head) - skip
+        return self._commit(incoming.commit(envelope, head, skip), envelope, message_id)
+
+    def _commit(self, d: defer.Deferred, envelope: Envelope, message_id: str):
         d.addCallbacks(self._queued, self._spool_failed,
-                       callbackArgs=(envelope, logs.message_id(head)),
+                       callbackArgs=(envelope, message_id),
                        errbackArgs=(envelope,))
         return d
 
@@ -534,7 +579,8 @@ class SMTPFactory(protocol.ServerFactory):
 
     def __init__(self, *, hostname: str, domains: tuple[str, ...], settings: SmtpSettings,
                  policy: RelayPolicy, spool: ISpool, listener: IQueueListener,
-                 users: IUserDirectory, tls_options, plaintext_from_loopback: bool, reactor):
+                 users: IUserDirectory, tls_options, plaintext_from_loopback: bool, reactor,
+                 authcheck=None):
         self.hostname = hostname
         self.domains = domains
         self.settings = settings
@@ -545,6 +591,8 @@ class SMTPFactory(protocol.ServerFactory):
         self.tls_options = tls_options
         self.plaintext_from_loopback = plaintext_from_loopback
         self.reactor = reactor
+        # gateway/verify/checker.InboundAuth on the smtp listener; None: no checks.
+        self.authcheck = authcheck
         self.connections = ConnectionCounter(settings.max_connections_per_client)
 
     def buildProtocol(self, addr) -> SMTPServer:

@@ -82,10 +82,13 @@ class MaildirDelivery:
     def _deliver(self, envelope: Envelope, route: Route, message_path: str,
                  recovering: bool) -> Steps:
         message = local_file(envelope, route, message_path)
+        # A folder the gateway chose (DMARC quarantine) is made when missing; a
+        # subaddress's folder (user+tag@) only when it exists.
+        folder, make = (envelope.folder, True) if envelope.folder else (route.folder, False)
         try:
             return (yield from self.store.deliver_steps(
                 route.mailbox, message, unique_name(envelope, route.mailbox, self.hostname),
-                recovering, route.folder))
+                recovering, folder, make))
         except ValueError as e:
             raise MailError(550, "5.1.3", str(e)) from e
         except OSError as e:

@@ -18,6 +18,18 @@ session is a buffer, not a message (DESIGN.md, "Sharing one process fairly").
   messages were stored whole.
 - commit() makes the file durable (fdatasync, or the trip's syncfs) and
   renames it into entries/ with its envelope (queue/spool.py).
+- A sender check (gateway/verify/, on port 25) reads the message at the
+  final dot, before the commit: reader() gives a function that reads it
+  (the file, then what is still in memory) in the check's thread, so the
+  reactor holds no more than before. Its result changes the header block
+  (Authentication-Results on top, forged ones out): commit(head=, skip=)
+  puts head in place of the first skip bytes. The body is already on disk
+  by then, and a file cannot grow at its front, so a streamed message is
+  copied once into a new file (copy_file_range, in the kernel: no memory)
+  in the commit's own write, before the same fsync as before, and the 250
+  still follows it; a small message is rewritten in memory. Holding the
+  header back until the check instead would hold a header of any size
+  (up to max_message_size) in memory.
 - abort() (a refused message, a timeout, a lost connection) removes the file
   once any write in flight is done; what a crash leaves in tmp/ is removed by
   Spool.recover() at start. A write error (a full disk) is kept, the rest of
@@ -94,7 +106,25 @@ class Incoming:
             d.callback(None)
         return d
 
-    def commit(self, envelope: Any) -> defer.Deferred:
+    def reader(self, start: int = 0) -> defer.Deferred:
+        """Deferred function (call it in a pool thread) giving the bytes from start
+        on; for after the last write(), before commit()."""
+        def snapshot(_: Any):
+            path, on_disk, tail = self.path, self._opened, b"".join(self._waiting)
+            in_file = self.size - len(tail) if on_disk else 0
+
+            def read() -> bytes:
+                if start >= in_file:
+                    return tail[start - in_file:]
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    return f.read(in_file - start) + tail
+
+            return read
+
+        return self._when_idle().addCallback(snapshot)
+
+    def commit(self, envelope: Any, head: bytes | None = None, skip: int = 0) -> defer.Deferred:
         if self._done:
             return defer.fail(SpoolError(f"{self.queue_id}: already committed or aborted"))
         self._done = True
@@ -107,7 +137,11 @@ class Incoming:
                 return removed.addBoth(lambda _: Failure(error))
             tail = self._take_waiting()
             fd, self._fd = self._fd, None  # commit_steps closes it
-            return self._run_commit(self._commit_steps, envelope, tail, fd)
+            if head is None:
+                return self._run_commit(self._commit_steps, envelope, tail, fd)
+            if fd is None:  # all of it in memory
+                return self._run_commit(self._commit_steps, envelope, head + tail[skip:])
+            return self._run_commit(self._commit_steps, envelope, tail, fd, head, skip)
 
         return d.addCallback(store)
 

@@ -21,6 +21,7 @@ Start-up removes whatever a crash left in tmp/.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -87,15 +88,19 @@ class Spool:
     def store_steps(self, envelope: Envelope, message: bytes) -> Steps:
         return self.commit_steps(envelope, message)
 
-    def commit_steps(self, envelope: Envelope, tail: bytes, fd: int | None = None) -> Steps:
+    def commit_steps(self, envelope: Envelope, tail: bytes, fd: int | None = None,
+                     head: bytes | None = None, skip: int = 0) -> Steps:
         """Store envelope's entry, a call in steps. Its message is tail, or, when fd is
         given (tmp/ID.msg open, streamed in by an Incoming), what fd holds plus tail;
-        fd is closed here."""
+        fd is closed here. head (with fd): the message's first skip bytes are
+        replaced by head (a header block the sender checks changed)."""
         qid = envelope.queue_id
         tmp_msg, tmp_env = f"{self._tmp}{qid}.msg", f"{self._tmp}{qid}.env"
         try:
             if not valid_queue_id(qid):
                 raise SpoolError(f"invalid queue ID {qid!r}")
+            if fd is not None and head is not None:
+                fd, tail = self._rewrite_head(fd, tmp_msg, head, skip, tail)
             if fd is None:
                 write_file(tmp_msg, tail)
             else:
@@ -110,13 +115,52 @@ class Spool:
             os.rename(tmp_env, f"{self._entries}{qid}.env")
             sync_dir(self.entries)
         except OSError as e:
-            for p in (tmp_msg, tmp_env, f"{self._entries}{qid}.msg"):
+            for p in (tmp_msg, tmp_env, f"{tmp_msg}.new", f"{self._entries}{qid}.msg"):
                 try:
                     os.unlink(p)
                 except OSError:
                     pass
             raise spool_error(qid, e) from e
         return qid
+
+    @staticmethod
+    def _rewrite_head(fd: int, path: str, head: bytes, skip: int,
+                      tail: bytes) -> tuple[int, bytes]:
+        """path (open as fd) as a new file: head, then its bytes from skip on; the
+        new file's fd, and what of tail is still to be appended. A file cannot
+        grow at its front, so this is one copy, done by the kernel
+        (copy_file_range) in pieces: no message in memory (queue/incoming.py)."""
+        new = f"{path}.new"
+        nfd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(nfd, head)
+            src = os.open(path, os.O_RDONLY)
+            try:
+                end = os.fstat(src).st_size
+                offset = min(skip, end)
+                while offset < end:
+                    count = min(end - offset, 1 << 24)
+                    try:
+                        done = os.copy_file_range(src, nfd, count, offset)
+                    except OSError as e:  # a file system without it: in 1 MiB pieces
+                        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                           errno.EOPNOTSUPP):
+                            raise
+                        piece = os.pread(src, min(count, 1 << 20), offset)
+                        write_all(nfd, piece)
+                        done = len(piece)
+                    if done <= 0:
+                        raise OSError(errno.EIO, f"{path}: short copy")
+                    offset += done
+            finally:
+                os.close(src)
+            os.rename(new, path)
+        except BaseException:
+            os.close(nfd)
+            raise
+        finally:
+            os.close(fd)
+        return nfd, tail[max(0, skip - end):]
 
     def update(self, envelope: Envelope) -> None:
         complete(self.update_steps, envelope)

@@ -80,7 +80,8 @@ class MaildirStore:
         return complete(self.deliver_steps, mailbox, message, unique, recovering, folder)
 
     def deliver_steps(self, mailbox: str, message: bytes | MessageFile, unique: str,
-                      recovering: bool = False, folder: str = "") -> Steps:
+                      recovering: bool = False, folder: str = "",
+                      make_folder: bool = False) -> Steps:
         """deliver() as a call in steps (gateway/durable.py): data durable, then named.
 
         folder (a subaddress, RFC 5233) is used when it names an existing folder;
@@ -89,6 +90,12 @@ class MaildirStore:
         if not _UNIQUE.match(unique):
             raise ValueError(f"bad unique name {unique!r}")
         path = self.ensure(mailbox)
+        if folder and make_folder:
+            try:
+                if FolderSet(path, self._folders).create(folder):  # False when it exists
+                    fsync_dir(path)  # the new folder's name durable with the message
+            except (OSError, FolderNameError):
+                pass  # not made: INBOX below, the message is not lost
         if folder:
             path = self._existing_folder(path, folder)
         if recovering and self._already_there(path, unique):

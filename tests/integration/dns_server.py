@@ -3,7 +3,8 @@
 Built on dnspython's message codec and the standard socketserver, run in
 threads. Records are {(name, type): [rdata text, ...]}; a name that has no
 record at all answers NXDOMAIN, a name with other types answers NOERROR with
-no data (so "no MX" means implicit MX), and the value "SERVFAIL" answers that.
+no data (so "no MX" means implicit MX), and the value "SERVFAIL" answers that;
+"DROP" never answers (a name server that hangs).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socketserver
 import struct
 import threading
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -32,15 +34,21 @@ class DNSServer:
         self._threads: list[threading.Thread] = []
         self.port = 0
 
-    def answer(self, wire: bytes) -> bytes:
+    def answer(self, wire: bytes, limit: int = 65535) -> bytes | None:
+        """The reply to wire; over UDP (limit: 512, or the client's EDNS size) a reply
+        that does not fit is sent empty with TC set, so the client asks again over TCP."""
         query = dns.message.from_wire(wire)
         response = dns.message.make_response(query)
-        response.flags |= dns.flags.AA
+        # RA as well: a forwarding resolver (libunbound in opendkim, bench/) takes a
+        # server without it for lame.
+        response.flags |= dns.flags.AA | dns.flags.RA
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
         rdtype = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((name, rdtype))
         value = self.records.get((name, rdtype))
+        if value == "DROP":
+            return None
         if value == "SERVFAIL":
             response.set_rcode(dns.rcode.SERVFAIL)
         elif value is not None:
@@ -48,15 +56,25 @@ class DNSServer:
                 question.name, 60, dns.rdataclass.IN, question.rdtype, value))
         elif not any(n == name for n, _ in self.records):
             response.set_rcode(dns.rcode.NXDOMAIN)
-        return response.to_wire()
+        if limit < 65535:
+            limit = max(512, query.payload) if query.edns >= 0 else 512
+        try:
+            return response.to_wire(max_size=limit)
+        except dns.exception.TooBig:
+            response.answer.clear()
+            response.flags |= dns.flags.TC
+            return response.to_wire()
 
-    def start(self) -> DNSServer:
+    def start(self, port: int = 0) -> DNSServer:
+        """Serve on port (0: a free one, found for UDP and TCP alike)."""
         server = self
 
         class UDPHandler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 data, sock = self.request
-                sock.sendto(server.answer(data), self.client_address)
+                reply = server.answer(data, limit=512)
+                if reply is not None:
+                    sock.sendto(reply, self.client_address)
 
         class TCPHandler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
@@ -66,10 +84,12 @@ class DNSServer:
                         return
                     (length,) = struct.unpack("!H", head)
                     reply = server.answer(self.rfile.read(length))
+                    if reply is None:
+                        return
                     self.wfile.write(struct.pack("!H", len(reply)) + reply)
 
         for _ in range(20):  # find a port free for both UDP and TCP
-            udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), UDPHandler)
+            udp = socketserver.ThreadingUDPServer(("127.0.0.1", port), UDPHandler)
             self.port = udp.server_address[1]
             tcp = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), TCPHandler,
                                                   bind_and_activate=False)

@@ -49,8 +49,14 @@ class FakeIncoming:
     def room(self):
         return defer.succeed(None)
 
-    def commit(self, envelope):
-        return self.spool.store(envelope, b"".join(self.parts))
+    def reader(self, start=0):
+        return defer.succeed(lambda: b"".join(self.parts)[start:])
+
+    def commit(self, envelope, head=None, skip=0):
+        message = b"".join(self.parts)
+        if head is not None:
+            message = head + message[skip:]
+        return self.spool.store(envelope, message)
 
     def abort(self):
         self.aborted = True
