@@ -72,6 +72,7 @@ from rounds import (  # noqa: E402
     publish,
     run_in_turn,
     say,
+    usable,
 )
 from smtp_accept import ensure_postfix, fmt, median, start_profile, stop_profile  # noqa: E402
 from smtp_accept import versions as accept_versions  # noqa: E402
@@ -225,6 +226,11 @@ class AliasPostfix(Postfix):
         self.args = args
         self.aliases_text = ""
         self.news: list[Path] = []
+
+    def check(self) -> None:
+        super().check()
+        if not POSTALIAS.exists():
+            raise Unavailable(f"{POSTALIAS} is missing (Debian package postfix)")
 
     def settings_text(self) -> str:
         return ("mydestination = example.test, alias_maps = alias_database = hash:aliases "
@@ -517,21 +523,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_servers(args: argparse.Namespace, venv: Path, workdir: Path) -> list[Server]:
     """The servers asked for; each checked once, or left out with the reason."""
-    servers: list[Server] = []
-    for name in args.servers:
-        server: Server = (AliasGateway(args, workdir, venv) if name == "mailgateway"
-                          else AliasPostfix(args, workdir))
-        try:
-            server.check()
-            if name == "postfix" and not POSTALIAS.exists():
-                raise Unavailable(f"{POSTALIAS} is missing (Debian package postfix)")
-            if os.geteuid() != 0:
-                raise Unavailable("programs run as nobody: the benchmark needs root")
-        except (Unavailable, OSError, subprocess.TimeoutExpired) as exc:
-            say(f"skipping {server.name}: {exc}")
-            continue
-        servers.append(server)
-    return servers
+    if os.geteuid() != 0:
+        say("skipping every server: programs run as nobody, the benchmark needs root")
+        return []
+    return usable(AliasGateway(args, workdir, venv) if name == "mailgateway"
+                  else AliasPostfix(args, workdir) for name in args.servers)
 
 
 def main(argv: list[str] | None = None) -> int:

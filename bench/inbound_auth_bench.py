@@ -39,7 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integ
 
 import dkim  # noqa: E402
 from peers import Mailgateway, Postfix, Unavailable, free_port, toml_dumps  # noqa: E402
-from rounds import command_line, open_workdir, pick_venv, publish, run_in_turn, say  # noqa: E402
+from rounds import (  # noqa: E402
+    command_line,
+    open_workdir,
+    pick_venv,
+    publish,
+    run_in_turn,
+    say,
+    usable,
+)
 from smtp_accept import ensure_postfix, fmt, parse_args, report, run_round  # noqa: E402
 
 from gateway.sign.keys import generate, txt_record  # noqa: E402
@@ -223,14 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.sessions))
             if "postfix" in args.servers:
                 servers.append(CheckingPostfix(workdir, args.recipient, args.sessions, resolv))
-            usable = []
-            for server in servers:
-                try:
-                    server.check()
-                    usable.append(server)
-                except Unavailable as exc:
-                    say(f"skipping {server.name}: {exc}")
-            return usable
+            return usable(servers)
 
         servers, results, interrupted = run_in_turn(
             make, args.rounds, lambda server, rnd: run_round(server, rnd, args, venv, workdir),

@@ -77,6 +77,7 @@ from rounds import (  # noqa: E402
     publish,
     run_in_turn,
     say,
+    usable,
 )
 from smtp_accept import (  # noqa: E402  (same conventions, same report format)
     _output,
@@ -817,19 +818,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_servers(args: argparse.Namespace, venv: Path, workdir: Path) -> list[Server]:
-    servers: list[Server] = []
-    for name in args.servers:
-        for verp in (v == "on" for v in args.verp):
-            server: Server = (ListGateway(args, workdir, venv, verp) if name == "mailgateway"
-                              else Mlmmj(args, workdir, verp) if name == "mlmmj"
-                              else Mailman(args, workdir, verp))
-            try:
-                server.check()
-            except (Unavailable, OSError, subprocess.TimeoutExpired) as exc:
-                say(f"skipping {server.name}: {exc}")
-                continue
-            servers.append(server)
-    return servers
+    return usable(ListGateway(args, workdir, venv, verp) if name == "mailgateway"
+                  else Mlmmj(args, workdir, verp) if name == "mlmmj"
+                  else Mailman(args, workdir, verp)
+                  for name in args.servers for verp in (v == "on" for v in args.verp))
 
 
 def main(argv: list[str] | None = None) -> int:

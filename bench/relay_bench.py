@@ -73,6 +73,7 @@ from rounds import (  # noqa: E402
     publish,
     run_in_turn,
     say,
+    usable,
 )
 from smtp_accept import (  # noqa: E402  (its helpers: same conventions, same report format)
     ensure_postfix,
@@ -582,19 +583,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_servers(args: argparse.Namespace, venv: Path, workdir: Path) -> list[Server]:
     """The relays asked for; each checked once, or left out with the reason."""
-    servers: list[Server] = []
-    for name in args.servers:
-        server: Server = (
-            RelayGateway(args, workdir, venv) if name == "mailgateway"
-            else RelayPostfix(args, workdir)
-        )
-        try:
-            server.check()
-        except (Unavailable, OSError, subprocess.TimeoutExpired) as exc:
-            say(f"skipping {server.name}: {exc}")
-            continue
-        servers.append(server)
-    return servers
+    return usable(RelayGateway(args, workdir, venv) if name == "mailgateway"
+                  else RelayPostfix(args, workdir) for name in args.servers)
 
 
 def main(argv: list[str] | None = None) -> int:

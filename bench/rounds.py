@@ -11,14 +11,15 @@ from __future__ import annotations
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from peers import append_report
+from peers import Unavailable, append_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,20 @@ REPO = Path(__file__).resolve().parents[1]
 def say(text: str) -> None:
     """Progress on stderr, so stdout holds only the report."""
     print(text, file=sys.stderr, flush=True)
+
+
+def usable(candidates: Iterable[Any]) -> list[Any]:
+    """The servers (or fronts) asked for whose check() passes, each checked once
+    before round 1; any other is left out, saying why."""
+    kept = []
+    for server in candidates:
+        try:
+            server.check()
+        except (Unavailable, OSError, subprocess.TimeoutExpired) as exc:
+            say(f"skipping {server.name}: {exc}")
+            continue
+        kept.append(server)
+    return kept
 
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:

@@ -53,6 +53,7 @@ from rounds import (  # noqa: E402
     publish,
     run_in_turn,
     say,
+    usable,
 )
 
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
@@ -200,13 +201,8 @@ def make_servers(args: argparse.Namespace, venv: Path, workdir: Path) -> list[Se
         else:
             ensure_aiosmtpd(python, install)
             server = Aiosmtpd(workdir, args.recipient, python)
-        try:
-            server.check()
-        except (Unavailable, OSError, subprocess.TimeoutExpired) as exc:
-            say(f"skipping {server.name}: {exc}")
-            continue
         servers.append(server)
-    return servers
+    return usable(servers)
 
 
 # --- one round -------------------------------------------------------------------------------

@@ -52,7 +52,15 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     tail,
     toml_dumps,
 )
-from rounds import REPO, command_line, make_workdir, pick_venv, publish, run_in_turn, say  # noqa: E402
+from rounds import (  # noqa: E402
+    REPO,
+    command_line,
+    make_workdir,
+    pick_venv,
+    publish,
+    run_in_turn,
+    usable,
+)
 
 STUNNEL = "stunnel4"
 # The gateway's default TLS 1.2 ciphers (gateway/default.toml), given to stunnel as well.
@@ -518,16 +526,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def make() -> list[Front]:
         cert, key = make_cert(workdir, args.key_type)
-        fronts: list[Front] = []
-        for name in args.fronts:
-            front: Front = (Stunnel(workdir, cert, key, args.idle) if name == "stunnel" else
-                            GatewayFront(workdir, cert, key, args.idle, venv))
-            try:
-                front.check()
-                fronts.append(front)
-            except Unavailable as exc:
-                say(f"skipping {front.name}: {exc}")
-        return fronts
+        return usable(Stunnel(workdir, cert, key, args.idle) if name == "stunnel" else
+                      GatewayFront(workdir, cert, key, args.idle, venv) for name in args.fronts)
 
     fronts, results, interrupted = run_in_turn(
         make, args.rounds, lambda front, rnd: run_round(front, rnd, args, workdir),
