@@ -1,0 +1,246 @@
+"""IMAP transfer throughput: FETCH MiB/s in plaintext and over implicit TLS, APPEND msg/s.
+
+Issue 13's last two targets ("APPEND and FETCH throughput >= 1.0x Dovecot"), measured
+beside a private Dovecot in the same run, same client (Python's imaplib), servers in
+turn. Per server and round, on a fresh INBOX hard-linked from one built tree:
+
+  FETCH plain   UID FETCH 1:* (BODY.PEEK[]) of the whole INBOX in one command, on
+                the plaintext port: MiB of message data per second at the client
+  FETCH TLS     the same over implicit TLS: mailgateway's TLS front (993-style,
+                [[tlsfront]]) and Dovecot's own imaps listener, one certificate
+  APPEND        --appends messages of --append-size bytes, one after another
+                (imaplib waits for each tagged OK), msg/s
+
+Both servers fsync what they save (their defaults), and keep their own defaults
+otherwise. The INBOX files stay in the page cache. A benchmark: figures and ratios,
+no verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import random
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import (  # noqa: E402  (bench/ is not a package: found via the line above)
+    Dovecot,
+    MailgatewayImap,
+    Unavailable,
+    free_port,
+    report_footer,
+)
+from rounds import (  # noqa: E402
+    REPO,
+    command_line,
+    fs_type,
+    make_workdir,
+    pick_venv,
+    publish,
+    run_in_turn,
+    say,
+    usable,
+)
+from smtp_accept import fmt, median, ratio  # noqa: E402
+
+RECIPIENT = "bench@example.test"
+
+
+def build_tree(path: Path, count: int, size: int, seed: int) -> int:
+    """COUNT messages of about SIZE bytes in PATH (a cur/ folder); their total bytes."""
+    path.mkdir(parents=True)
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(2000)]
+    total = 0
+    for n in range(count):
+        head = (f"From: Sender {n} <s{n}@example.org>\r\nTo: {RECIPIENT}\r\n"
+                f"Subject: transfer {n}\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\n"
+                f"Message-ID: <t{n}@example.org>\r\n\r\n").encode()
+        lines, length = [], len(head)
+        while length < size:
+            line = b" ".join(rng.choice(words) for _ in range(12)) + b"\r\n"
+            lines.append(line)
+            length += len(line)
+        data = head + b"".join(lines)
+        (path / f"{1700000000 + n}.M{n}P1.bench:2,S").write_bytes(data)
+        total += len(data)
+    return total
+
+
+@dataclass
+class Round:
+    server: str
+    number: int
+    rates: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+class TlsMailgateway(MailgatewayImap):
+    """mailgateway's IMAP with the TLS front on tls_port (same certificate as Dovecot)."""
+
+    tls_port = 0
+    cert: tuple[Path, Path] = (Path(), Path())
+
+    def more_settings(self, settings: dict[str, Any]) -> None:
+        settings["tls"] = {"certificate": str(self.cert[0]), "private_key": str(self.cert[1])}
+        settings["tlsfront"] = [{"name": "imaps", "connect": "imap",
+                                 "accept": f"tcp:{self.tls_port}:interface=127.0.0.1"}]
+
+
+class TlsDovecot(Dovecot):
+    """Dovecot with its own imaps listener on tls_port."""
+
+    tls_port = 0
+    cert: tuple[Path, Path] = (Path(), Path())
+
+    def setup(self, rundir: Path, port: int, cur: Path) -> None:
+        super().setup(rundir, port, cur)
+        text = self.config.read_text()
+        text = text.replace("ssl = no\n", f"ssl = yes\nssl_cert = <{self.cert[0]}\n"
+                                          f"ssl_key = <{self.cert[1]}\n")
+        text = text.replace("inet_listener imaps {\n    port = 0\n",
+                            f"inet_listener imaps {{\n    address = 127.0.0.1\n"
+                            f"    port = {self.tls_port}\n    ssl = yes\n")
+        if f"port = {self.tls_port}" not in text:
+            raise Unavailable("could not add the imaps listener to Dovecot's configuration")
+        self.config.write_text(text)
+
+
+def fetch_all(client: imaplib.IMAP4) -> int:
+    """UID FETCH 1:* (BODY.PEEK[]); the bytes of message data received."""
+    client.select("INBOX", readonly=True)
+    typ, data = client.uid("FETCH", "1:*", "(BODY.PEEK[])")
+    if typ != "OK":
+        raise RuntimeError(f"FETCH: {typ} {data!r:.200}")
+    return sum(len(item[1]) for item in data if isinstance(item, tuple))
+
+
+def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
+              workdir: Path, ca: Any) -> Round:
+    result = Round(server.name, number)
+    port, server.tls_port = free_port(), free_port()
+    try:
+        server.setup(workdir / f"{server.name}-{number}", port, tree)
+        server.launch(time.monotonic() + 60)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        clients = {
+            "fetch_plain": lambda: imaplib.IMAP4("127.0.0.1", port, timeout=120),
+            "fetch_tls": lambda: imaplib.IMAP4_SSL("127.0.0.1", server.tls_port,
+                                                   ssl_context=context, timeout=120),
+        }
+        for name, connect in clients.items():
+            client = connect()
+            client.login(RECIPIENT, server.password)
+            fetch_all(client)  # once to warm the server's index and caches, as a client would
+            started = time.monotonic()
+            size = fetch_all(client)
+            result.rates[name] = size / 2**20 / (time.monotonic() - started)
+            client.logout()
+        client = imaplib.IMAP4("127.0.0.1", port, timeout=120)
+        client.login(RECIPIENT, server.password)
+        client.create("Appended")
+        body = b"Subject: appended\r\n\r\n" + b"x" * (args.append_size - 23) + b"\r\n"
+        started = time.monotonic()
+        for _ in range(args.appends):
+            typ, data = client.append("Appended", None, None, body)
+            if typ != "OK":
+                raise RuntimeError(f"APPEND: {typ} {data!r:.200}")
+        result.rates["append"] = args.appends / (time.monotonic() - started)
+        client.logout()
+    except (OSError, RuntimeError, imaplib.IMAP4.error, Unavailable) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        server.stop()
+    return result
+
+
+FIGURES = (("fetch_plain", "FETCH plain, MiB/s"), ("fetch_tls", "FETCH over TLS, MiB/s"),
+           ("append", "APPEND, msg/s"))
+
+
+def report(args: argparse.Namespace, results: dict[str, list[Round]], command: str,
+           total: int, workdir_fs: str, interrupted: bool) -> str:
+    medians = {name: {key: median([r.rates[key] for r in rounds if not r.error])
+                      for key, _ in FIGURES} for name, rounds in results.items()}
+    names = list(results)
+    lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"Command: `{command}`",
+             f"Load: INBOX of {args.messages} messages ({total / 2**20:.1f} MiB, about "
+             f"{args.size:,} B each) on {workdir_fs}; {args.appends} APPENDs of "
+             f"{args.append_size} B; client imaplib; {args.rounds} rounds in turn, medians", "",
+             "| figure | " + " | ".join(names) + " | mailgateway/Dovecot |",
+             "|---|" + "---:|" * (len(names) + 1)]
+    for key, label in FIGURES:
+        row = [fmt(medians[n][key], 1) for n in names]
+        mine, peer = medians.get("mailgateway", {}).get(key), medians.get("Dovecot", {}).get(key)
+        lines.append(f"| {label} | " + " | ".join(row) + f" | {ratio(mine, peer)} |")
+    lines.append("")
+    lines.append("Ratios above 1: mailgateway is faster.")
+    lines += report_footer([r for rounds in results.values() for r in rounds], interrupted)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", nargs="+", default=["mailgateway", "Dovecot"])
+    parser.add_argument("--messages", type=int, default=50)
+    parser.add_argument("--size", type=int, default=1 << 20, help="bytes per message")
+    parser.add_argument("--appends", type=int, default=500)
+    parser.add_argument("--append-size", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--venv", type=Path)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--append", metavar="RESULTS_MD")
+    args = parser.parse_args(argv)
+    command = command_line("imap_transfer.py", argv)
+    venv = pick_venv(args.venv)
+    workdir = make_workdir(args.workdir, "mailgateway-imap-transfer-")
+    workdir_fs = fs_type(workdir)
+    say(f"venv {venv}, work folder {workdir} ({workdir_fs})")
+    import trustme  # in the venv (a test dependency); one certificate for both servers
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(workdir / "key.pem"))
+    (workdir / "key.pem").chmod(0o600)
+    paths = (workdir / "cert.pem", workdir / "key.pem")
+    tree = workdir / "tree" / "cur"
+    total = 0
+
+    def make() -> list[Any]:
+        nonlocal total
+        made: list[Any] = []
+        for name in args.servers:
+            server: Any = (TlsMailgateway(workdir, RECIPIENT, venv, REPO, 10)
+                           if name == "mailgateway" else TlsDovecot(workdir, RECIPIENT, 10))
+            server.cert = paths
+            made.append(server)
+        kept = usable(made)
+        if kept:
+            total = build_tree(tree, args.messages, args.size, args.seed)
+        return kept
+
+    servers, results, interrupted = run_in_turn(
+        make, args.rounds, lambda server, rnd: run_round(server, rnd, args, tree, workdir, ca),
+        lambda res: ", ".join(f"{k} {v:.1f}" for k, v in res.rates.items()),
+        workdir, args.keep)
+    if not servers and not interrupted:
+        return 2
+    return publish(results, interrupted,
+                   lambda: report(args, results, command, total, workdir_fs, interrupted),
+                   args.append, ": IMAP transfer, bench/imap_transfer.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
