@@ -105,6 +105,9 @@ class ImapSettings:
     # mail_max_keyword_length); beyond: NO [LIMIT] (RFC 5530).
     max_keywords_per_folder: int = 128
     max_keyword_length: int = 50
+    # Bytes of messages one FETCH reads and renders at a time; the next batch is
+    # prepared while this one is sent (what a session holds for its client).
+    fetch_buffer: int = 1048576
 
 
 @dataclass(frozen=True)
@@ -736,6 +739,7 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         max_keywords_per_folder=r.positive("imap", "max_keywords_per_folder", int,
                                            d.max_keywords_per_folder),
         max_keyword_length=r.positive("imap", "max_keyword_length", int, d.max_keyword_length),
+        fetch_buffer=r.positive("imap", "fetch_buffer", int, d.fetch_buffer),
     )
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")

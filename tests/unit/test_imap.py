@@ -400,3 +400,36 @@ def test_connections_per_client_limit(env, tmp_path):
     for s in (first, second, third, other):
         s.proto.connectionLost(None)
     assert factory.connections == {}
+
+
+def test_fetch_of_message_bytes_goes_in_batches_of_fetch_buffer_bytes():
+    """[imap] fetch_buffer bounds what one FETCH reads and holds at a time (at least
+    one message a batch); responses without message bytes go many at a time."""
+    from types import SimpleNamespace
+
+    from gateway.access.imap import fetch
+
+    sizes = {1: 600, 2: 600, 3: 300, 4: 3000, 5: 10}
+    folder = SimpleNamespace(message=lambda uid: SimpleNamespace(size=sizes[uid]))
+    pairs = [(n, n) for n in sizes]
+    body = fetch.parse([fetch.Atom(b"BODY.PEEK[]")])
+    assert fetch.batches(folder, pairs, body, 1000) == [
+        [(1, 1)], [(2, 2), (3, 3)], [(4, 4)], [(5, 5)]]
+    flags = fetch.parse([fetch.Atom(b"FLAGS")])
+    assert fetch.batches(folder, pairs, flags, 1000) == [pairs]
+
+
+def test_fetch_in_small_batches_keeps_every_message_whole_and_in_order(env):
+    s = env(imap={"fetch_buffer": 100})  # smaller than either message: one a batch
+    s.login()
+    s("SELECT INBOX")
+    out = s("FETCH 1:2 (UID BODY.PEEK[])")
+    first, second = out.split(b"* 2 FETCH ")
+    assert first.startswith(b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % len(MULTIPART))
+    assert literal(first, b"BODY[]") == MULTIPART
+    assert second.startswith(b"(UID 2 BODY[] {%d}\r\n" % len(PLAIN) + PLAIN + b")\r\n")
+
+
+def test_fetch_of_no_message_completes(env):
+    s = selected(env)
+    assert s("UID FETCH 99 UID") == b"a3 OK FETCH completed\r\n"

@@ -115,6 +115,35 @@ def needs(items: list[Item]) -> tuple[bool, bool]:
     return summary, content
 
 
+def batches(folder, pairs: list[tuple[int, int]], items: list[Item],
+            buffer: int) -> list[list[tuple[int, int]]]:
+    """The (seq, uid) pairs cut into the batches render() takes one at a time.
+
+    With message contents, a batch holds about `buffer` bytes of messages ([imap]
+    fetch_buffer; at least one message), so what a session holds for its client is
+    bounded and the next batch can be read while this one is sent; without, many
+    messages go together, as their responses are small.
+    """
+    summary, content = needs(items)
+    if not content:
+        size = 1000 if summary else 5000
+        return [pairs[start:start + size] for start in range(0, len(pairs), size)]
+    out: list[list[tuple[int, int]]] = []
+    batch: list[tuple[int, int]] = []
+    held = 0
+    for pair in pairs:
+        m = folder.message(pair[1])
+        size = m.size if m is not None else 0
+        if batch and (held + size > buffer or len(batch) >= 100):
+            out.append(batch)
+            batch, held = [], 0
+        batch.append(pair)
+        held += size
+    if batch:
+        out.append(batch)
+    return out
+
+
 def internaldate(seconds: int) -> bytes:
     t = time.gmtime(seconds)
     return b'"%02d-%s-%04d %02d:%02d:%02d +0000"' % (
@@ -149,7 +178,8 @@ def _header(block: bytes, item: Item) -> bytes:
 
 def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
            with_uid: bool, seen_now: set[int]) -> list[bytes]:
-    """The untagged FETCH responses for (seq, uid) pairs. Blocking: runs in a thread."""
+    """The untagged FETCH responses for (seq, uid) pairs, as pieces to send in order.
+    Blocking: runs in a thread."""
     folder = view.folder
     want_summary, want_content = needs(items)
     uids = [u for _, u in pairs]
@@ -157,7 +187,7 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
         i.kind == b"ENVELOPE" or _header_only(i) for i in items) else {}
     structures: dict[int, StructureSummary] = summaries(folder, uids, StructureSummary) if any(
         i.kind in (b"BODY", b"BODYSTRUCTURE") for i in items) else {}
-    out = []
+    out: list[bytes] = []
     ask_flags = any(i.kind == b"FLAGS" for i in items)
     for seq, uid in pairs:
         m = folder.message(uid)
@@ -167,7 +197,8 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
         data = folder.read(uid) if want_content else None
         if want_content and data is None:
             continue
-        parts = []
+        parts: list = []  # bytes, or (literal head, its bytes)
+        literals = False
         # RFC 7162 3.2.4: with QRESYNC on, every FETCH response names its UID.
         if (with_uid or view.qresync) and not any(i.kind == b"UID" for i in items):
             parts.append(b"UID %d" % uid)
@@ -189,18 +220,31 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
                 parts.append(b"BODYSTRUCTURE " + structures[uid].bodystructure)
             elif k == b"BODY":
                 parts.append(b"BODY " + structures[uid].body)
-            else:
+            else:  # a literal: its head, then the message bytes as they are
                 parts.append(_render_section(item, uid, data, heads.get(uid), folder))
+                literals = True
         if uid in seen_now and not ask_flags:  # RFC 3501 6.4.5: tell of the implied \Seen
             parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
             if view.condstore and not any(i.kind == b"MODSEQ" for i in items):
                 parts.append(b"MODSEQ (%d)" % m.modseq)  # RFC 7162 3.2
-        out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+        if not literals:
+            out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+            continue
+        # With message bytes: pieces, so the file's bytes are sent without copies here.
+        out.append(b"* %d FETCH (" % seq)
+        for n, part in enumerate(parts):
+            if n:
+                out.append(b" ")
+            if isinstance(part, tuple):
+                out.extend(part)
+            else:
+                out.append(part)
+        out.append(b")\r\n")
     return out
 
 
 def _render_section(item: Item, uid: int, data: bytes | None, summary: HeaderSummary | None,
-                    folder) -> bytes:
+                    folder) -> tuple[bytes, bytes]:
     if data is None and summary is not None and summary.header_complete == b"1":
         value = _header(summary.header, item)
     else:
@@ -214,4 +258,4 @@ def _render_section(item: Item, uid: int, data: bytes | None, summary: HeaderSum
         name += b"<%d>" % item.origin
         value = value[item.origin:item.origin + item.count]
     # Literal always: message data may hold CR, LF and 8-bit bytes (RFC 3501 4.3).
-    return name + b" {%d}\r\n" % len(value) + value if value else name + b" " + quoted(b"")
+    return (name + b" {%d}\r\n" % len(value), value) if value else (name + b" " + quoted(b""), b"")

@@ -142,14 +142,18 @@ class SelectedCommands:
             if gone and not self._gone and self.view is view:
                 self.transport.write(b"* VANISHED (EARLIER) " + compact(gone) + b"\r\n")
         set_seen = any(i.seen for i in items) and not view.readonly
-        summary, content = fetch.needs(items)
-        size = 100 if content else 1000 if summary else 5000
-        for start in range(0, len(pairs), size):
-            batch = pairs[start:start + size]
-            chunks = yield self.run_blocking(self._fetch_batch, view, batch, items, uid,
-                                             set_seen, changedsince)
+        batches = fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer)
+        # The next batch is read and rendered in the pool while this one is sent, so
+        # disk, CPU and socket overlap; a session holds at most two batches.
+        pending = self.run_blocking(self._fetch_batch, view, batches[0], items, uid,
+                                    set_seen, changedsince) if batches else None
+        for following in [*batches[1:], None] if batches else []:
+            chunks = yield pending
             if self._gone or self.view is not view:
                 return None
+            if following is not None:
+                pending = self.run_blocking(self._fetch_batch, view, following, items, uid,
+                                            set_seen, changedsince)
             # A keyword another session set meanwhile is announced before it is shown.
             self.transport.writeSequence([line + b"\r\n" for line in view.new_keywords()]
                                          + chunks)
