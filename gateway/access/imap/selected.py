@@ -174,7 +174,9 @@ class SelectedCommands:
                       if (m := folder.message(u)) is not None and "S" not in m.letters]
             if unseen:
                 seen_now = set(folder.store(unseen, 1, ["\\Seen"], origin=view))
-        return fetch.render(view, batch, items, uid, seen_now)
+        # Joined here, in the pool: the transport then sends the one piece as it is,
+        # instead of copying the batch together on the reactor thread.
+        return [b"".join(fetch.render(view, batch, items, uid, seen_now))]
 
     # -- STORE ------------------------------------------------------------------------
 
