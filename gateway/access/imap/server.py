@@ -117,6 +117,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self._pieces: list[Any] = []  # the command being gathered: text, literal, text ...
         self._sink: Any = None  # bytearray or open file of the literal being read
         self._left = 0  # octets of that literal still to come
+        self._sink_binary = False  # that literal is a literal8 (RFC 3516)
         self._discard = 0  # octets of a refused LITERAL+ still to skip
         self._refused: bytes | None = None  # reply for a command whose literal was refused
         self._busy = self._gone = False
@@ -149,7 +150,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         # and nothing of the extensions below).
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
                 b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"COMPRESS=DEFLATE"]
+                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"COMPRESS=DEFLATE",
+                b"BINARY"]
         if self.state == "unauth":
             if self.can_starttls():
                 caps.append(b"STARTTLS")
@@ -271,8 +273,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         m = LITERAL_AT_END.search(line)
         text = line if m is None else line[:m.start()]
         if self._refused is not None:  # rest of a command whose LITERAL+ was refused
-            if m is not None and m.group(2):
-                self._begin_discard(int(m.group(1)))
+            if m is not None and m.group(3):
+                self._begin_discard(int(m.group(2)))
             elif m is None:
                 self._refused = None
             return
@@ -280,9 +282,9 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         if m is None:
             pieces, self._pieces = self._pieces, []
             return self.execute(pieces)
-        self._literal_start(int(m.group(1)), bool(m.group(2)))
+        self._literal_start(int(m.group(2)), bool(m.group(3)), bool(m.group(1)))
 
-    def _literal_start(self, size: int, plus: bool) -> None:
+    def _literal_start(self, size: int, plus: bool, binary: bool = False) -> None:
         head = b"".join(p for p in self._pieces if isinstance(p, bytes)).split(None, 3)
         tag = head[0] if head else b"*"
         command = head[1].upper() if len(head) > 1 else b""
@@ -301,6 +303,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             problem = b"NO [TOOBIG] Literals of this command over the limit of %d octets" % total
         elif len(self._pieces) > 2 * MAX_LITERALS:
             problem = b"BAD Too many literals in one command"
+        elif binary and not is_append:  # RFC 3516 4.4: literal8 is APPEND's message only
+            problem = b"BAD A literal8 (~{n}) is only for APPEND's message"
         if problem is not None:
             self._pieces = []
             self.sendLine(tag + b" " + problem)
@@ -312,6 +316,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             path = self.account.upload_path()
             self._sink = open(path, "wb")  # noqa: SIM115  closed in _literal_end
             self._uploads.add(str(path))
+            self._sink_binary = binary
         else:
             self._sink = bytearray()
         self._left = size
@@ -353,7 +358,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         else:
             size = sink.tell()
             sink.close()
-            self._pieces.append(Upload(sink.name, size))
+            self._pieces.append(Upload(sink.name, size, self._sink_binary))
         self.setLineMode(rest)
 
     def _drop_literal(self) -> None:
