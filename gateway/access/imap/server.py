@@ -520,6 +520,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         early, self._buffer = self._buffer, b""
         self.transport = DeflateTransport(self.transport, self.settings.compress_level)
         self._inflater = Inflater(self._inflated, self._wants_input)
+        _log.info("imap {user} from {client} compress deflate", user=self.address,
+                  client=self.client_host())
         if early:
             self._inflater.feed_later(early)
             self.factory.reactor.callLater(0, self.dataReceived, b"")
