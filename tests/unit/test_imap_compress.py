@@ -88,6 +88,13 @@ def test_literals_inside_the_compressed_stream(session):
     assert b"* SEARCH 2\r\nb2 OK" in out and out.endswith(b"b3 OK NOOP completed\r\n"), out
 
 
+def test_idle_and_done_inside_the_compressed_stream(session):
+    session("SELECT INBOX")
+    c = compress(session)
+    assert c(b"b1", b"IDLE").startswith(b"+ ")
+    assert c.send(b"DONE\r\n") == b"b1 OK IDLE terminated\r\n"
+
+
 def test_second_compress_refused(session):
     c = compress(session)
     assert c(b"b1", b"COMPRESS DEFLATE") == \
