@@ -108,6 +108,8 @@ class ImapSettings:
     # Bytes of messages one FETCH reads and renders at a time; the next batch is
     # prepared while this one is sent (what a session holds for its client).
     fetch_buffer: int = 1048576
+    # zlib level of COMPRESS=DEFLATE (RFC 4978): 1 fastest .. 9 smallest (Dovecot's 6).
+    compress_level: int = 6
 
 
 @dataclass(frozen=True)
@@ -740,7 +742,10 @@ def _imap_settings(r: _Reader) -> ImapSettings:
                                            d.max_keywords_per_folder),
         max_keyword_length=r.positive("imap", "max_keyword_length", int, d.max_keyword_length),
         fetch_buffer=r.positive("imap", "fetch_buffer", int, d.fetch_buffer),
+        compress_level=r.positive("imap", "compress_level", int, d.compress_level),
     )
+    if imap.compress_level > 9:
+        r.fault("imap", "compress_level", f"must be 1 to 9, not {imap.compress_level}")
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")
     if imap.max_command_length < 1000:  # RFC 7162 3.2.3 asks servers to take 8192

@@ -336,7 +336,7 @@ def test_bad_commands_get_bad_and_too_many_close(env):
 
 
 @pytest.mark.parametrize("command", [b'FETCH 1 (BODY[', b"FETCH 1 (FLAGS", b"FETCH x FLAGS",
-                                     b"FETCH 1 BINARY[]", b'STORE 1 FLAGS (\\Bogus)',
+                                     b"FETCH 1 BINARY[HEADER]", b'STORE 1 FLAGS (\\Bogus)',
                                      b"UID FROB 1", b'LIST "unterminated', b"SEARCH"])
 def test_malformed_commands_get_bad_and_the_session_goes_on(env, command):
     s = selected(env)

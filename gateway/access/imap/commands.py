@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.access.imap import wire
+from gateway.access.imap import binary, wire
 from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
 from gateway.store.folders import DELIMITER
@@ -353,6 +353,10 @@ class AuthenticatedCommands:
         def done(result: tuple[int, int]) -> bytes:
             return b"[APPENDUID %d %d] APPEND completed" % result
 
+        if upload.binary:  # RFC 3516 4.4: binary parts are kept base64 (binary.py)
+            return self.run_blocking(binary.to_base64, upload).addCallback(
+                lambda _: self._simple(self.account.append, name, upload, flags, date)
+            ).addCallback(done)
         return self._simple(self.account.append, name, upload, flags, date).addCallback(done)
 
     # -- IDLE (RFC 2177) ------------------------------------------------------------

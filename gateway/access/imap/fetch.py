@@ -7,7 +7,8 @@ is the message byte for byte; a partial <o.n> answers with <o> and exactly
 those octets (Twisted returns the whole message, its issue 5613). FLAGS,
 UID, INTERNALDATE and RFC822.SIZE come from the index alone; ENVELOPE,
 BODY and BODYSTRUCTURE from the summary cache (summary.py). MODSEQ (RFC
-7162 3.1.4) comes from the index too.
+7162 3.1.4) comes from the index too. BINARY[part], BINARY.PEEK and
+BINARY.SIZE (RFC 3516) are a part's content decoded (binary.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from gateway.access.imap import message
+from gateway.access.imap import binary, message
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.summary import HeaderSummary, StructureSummary, summaries
 from gateway.access.imap.wire import Atom, Bad, quoted
@@ -28,6 +29,10 @@ _MACROS = {b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
            b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
            b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"]}
 _BODY = re.compile(rb"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?", re.I)
+# RFC 3516 4.2: section-binary is part numbers only; BINARY.SIZE takes no partial.
+_BINARY = re.compile(rb"(BINARY(?:\.PEEK|\.SIZE)?)\[((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\]"
+                     rb"(?:<(\d{1,10})\.(\d{1,10})>)?", re.I)
+_BINARY_KINDS = (b"BINARY", b"BINARY.SIZE")
 _SECTION = re.compile(rb"((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\.?"
                       rb"(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?"
                       rb"(?: \((.*)\))?", re.I | re.S)
@@ -70,6 +75,8 @@ def _item(token) -> Item:
         return Item(b"SECTION", b"RFC822.HEADER", spec=b"HEADER")
     if upper == b"RFC822.TEXT":
         return Item(b"SECTION", b"RFC822.TEXT", spec=b"TEXT", seen=True)
+    if upper.startswith(b"BINARY"):
+        return _binary_item(token)
     m = _BODY.fullmatch(bytes(token))
     if not m:
         raise Bad(f"unknown fetch attribute {token[:40].decode('ascii', 'replace')}")
@@ -103,6 +110,25 @@ def _item(token) -> Item:
     return item
 
 
+def _binary_item(token: bytes) -> Item:
+    m = _BINARY.fullmatch(bytes(token))
+    if not m:
+        raise Bad("bad BINARY section (part numbers only)")
+    kind = m.group(1).upper()
+    path = tuple(int(p) for p in m.group(2).split(b".")) if m.group(2) else ()
+    section = b"[" + (m.group(2) or b"") + b"]"
+    if kind == b"BINARY.SIZE":
+        if m.group(3) is not None:
+            raise Bad("BINARY.SIZE takes no partial")
+        return Item(b"BINARY.SIZE", b"BINARY.SIZE" + section, path)
+    item = Item(b"BINARY", b"BINARY" + section, path, seen=kind == b"BINARY")
+    if m.group(3) is not None:
+        item.origin, item.count = int(m.group(3)), int(m.group(4))
+        if item.count == 0:
+            raise Bad("partial length must not be 0")
+    return item
+
+
 def _header_only(i: Item) -> bool:
     return i.kind == b"SECTION" and not i.path and i.spec.startswith(b"HEADER")
 
@@ -111,7 +137,8 @@ def needs(items: list[Item]) -> tuple[bool, bool]:
     """(needs summaries, needs file contents) for these items."""
     summary = any(i.kind in (b"ENVELOPE", b"BODYSTRUCTURE", b"BODY") or _header_only(i)
                   for i in items)
-    content = any(i.kind == b"SECTION" and not _header_only(i) for i in items)
+    content = any(i.kind == b"SECTION" and not _header_only(i) or i.kind in _BINARY_KINDS
+                  for i in items)
     return summary, content
 
 
@@ -220,6 +247,8 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
                 parts.append(b"BODYSTRUCTURE " + structures[uid].bodystructure)
             elif k == b"BODY":
                 parts.append(b"BODY " + structures[uid].body)
+            elif k in _BINARY_KINDS:
+                parts.append(_render_binary(item, data or b""))
             else:  # a literal: its head, then the message bytes as they are
                 parts.append(_render_section(item, uid, data, heads.get(uid), folder))
                 literals = True
@@ -259,3 +288,23 @@ def _render_section(item: Item, uid: int, data: bytes | None, summary: HeaderSum
         value = value[item.origin:item.origin + item.count]
     # Literal always: message data may hold CR, LF and 8-bit bytes (RFC 3501 4.3).
     return (name + b" {%d}\r\n" % len(value), value) if value else (name + b" " + quoted(b""), b"")
+
+
+def _render_binary(item: Item, data: bytes) -> bytes:
+    """BINARY[part] (a literal8, ~{n}, when it holds NUL) or BINARY.SIZE[part]
+    (RFC 3516 4.2); BINARY[] is the whole message as stored."""
+    part = None
+    if item.path:
+        part = message.find(message.Part(data, 0, len(data), "text/plain", 0), item.path)
+        value = binary.decoded(part) if part is not None else b""
+    else:
+        value = data
+    if item.kind == b"BINARY.SIZE":
+        return item.name + b" %d" % len(value)
+    name = item.name
+    if item.origin is not None:
+        name += b"<%d>" % item.origin
+        value = value[item.origin:item.origin + item.count]
+    if not value:
+        return name + b' ""'
+    return name + (b" ~{%d}\r\n" if b"\0" in value else b" {%d}\r\n") % len(value) + value

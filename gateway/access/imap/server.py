@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from typing import Any
 
 from twisted.internet import defer
@@ -42,6 +43,7 @@ from gateway.access.imap.wire import LITERAL_AT_END, Atom, Bad, No, Upload
 from gateway.access.session import AccessSession
 from gateway.config import ImapSettings
 from gateway.connection import ConnectionCounter
+from gateway.deflate import DeflateTransport, Inflater
 from gateway.interfaces import IMailStore, ISharedFolders, IUserDirectory
 
 _log = Logger()
@@ -60,6 +62,7 @@ COMMANDS = {
     b"SEARCH": SELECTED, b"FETCH": SELECTED, b"STORE": SELECTED, b"COPY": SELECTED,
     b"MOVE": SELECTED,
     b"GETQUOTAROOT": AUTH, b"GETQUOTA": AUTH, b"SETQUOTA": AUTH,
+    b"COMPRESS": AUTH,  # RFC 4978 3: after authentication only
 }
 UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE"}
 # RFC 3501 7.4.1: no EXPUNGE responses while answering these (the UID forms may).
@@ -114,6 +117,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self._pieces: list[Any] = []  # the command being gathered: text, literal, text ...
         self._sink: Any = None  # bytearray or open file of the literal being read
         self._left = 0  # octets of that literal still to come
+        self._sink_binary = False  # that literal is a literal8 (RFC 3516)
         self._discard = 0  # octets of a refused LITERAL+ still to skip
         self._refused: bytes | None = None  # reply for a command whose literal was refused
         self._busy = self._gone = False
@@ -127,6 +131,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.account: Any = None
         self.view: Any = None
         self.condstore = self.qresync = False  # RFC 7162, once enabled (commands.py)
+        self._inflater: Inflater | None = None  # RFC 4978, once COMPRESS DEFLATE is on
         # Reading pauses through LineReceiver's own pause (input already read waits).
         self.pacer = Pacer(self._read_paused, self._read_resumed)
 
@@ -145,7 +150,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         # and nothing of the extensions below).
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
                 b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE"]
+                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"COMPRESS=DEFLATE",
+                b"BINARY"]
         if self.state == "unauth":
             if self.can_starttls():
                 caps.append(b"STARTTLS")
@@ -228,6 +234,33 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
 
     # -- input: lines, literals ----------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        if self._inflater is None:
+            return imap4.IMAP4Server.dataReceived(self, data)
+        if not data:  # resumed (LineReceiver.resumeProducing): lines held back go first
+            imap4.IMAP4Server.dataReceived(self, b"")
+        try:
+            self._inflater.feed(data)
+        except zlib.error as e:
+            _log.info("imap bad compressed input from {client} user={user}: {error}",
+                      client=self.client_host(), user=self.address or "-", error=str(e))
+            self.transport.abortConnection()
+
+    def setLineMode(self, extra: bytes = b"") -> None:
+        # LineReceiver's would hand extra (input already decompressed, the rest after a
+        # literal) to dataReceived, which decompresses: give it to the line reader.
+        self.line_mode = 1
+        if extra:
+            imap4.IMAP4Server.dataReceived(self, extra)
+
+    def _inflated(self, data: bytes) -> None:
+        imap4.IMAP4Server.dataReceived(self, data)
+
+    def _wants_input(self) -> bool:
+        """Hand on more decompressed input only while it would be read now (RFC 4978
+        under the same bounds as plaintext: paused means held, not buffered)."""
+        return not self.paused and not self._gone and not flow.closing(self.transport)
+
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
         self.pacer.spend(self.factory.reactor)
@@ -240,8 +273,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         m = LITERAL_AT_END.search(line)
         text = line if m is None else line[:m.start()]
         if self._refused is not None:  # rest of a command whose LITERAL+ was refused
-            if m is not None and m.group(2):
-                self._begin_discard(int(m.group(1)))
+            if m is not None and m.group(3):
+                self._begin_discard(int(m.group(2)))
             elif m is None:
                 self._refused = None
             return
@@ -249,9 +282,9 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         if m is None:
             pieces, self._pieces = self._pieces, []
             return self.execute(pieces)
-        self._literal_start(int(m.group(1)), bool(m.group(2)))
+        self._literal_start(int(m.group(2)), bool(m.group(3)), bool(m.group(1)))
 
-    def _literal_start(self, size: int, plus: bool) -> None:
+    def _literal_start(self, size: int, plus: bool, binary: bool = False) -> None:
         head = b"".join(p for p in self._pieces if isinstance(p, bytes)).split(None, 3)
         tag = head[0] if head else b"*"
         command = head[1].upper() if len(head) > 1 else b""
@@ -270,6 +303,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             problem = b"NO [TOOBIG] Literals of this command over the limit of %d octets" % total
         elif len(self._pieces) > 2 * MAX_LITERALS:
             problem = b"BAD Too many literals in one command"
+        elif binary and not is_append:  # RFC 3516 4.4: literal8 is APPEND's message only
+            problem = b"BAD A literal8 (~{n}) is only for APPEND's message"
         if problem is not None:
             self._pieces = []
             self.sendLine(tag + b" " + problem)
@@ -281,6 +316,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             path = self.account.upload_path()
             self._sink = open(path, "wb")  # noqa: SIM115  closed in _literal_end
             self._uploads.add(str(path))
+            self._sink_binary = binary
         else:
             self._sink = bytearray()
         self._left = size
@@ -322,7 +358,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         else:
             size = sink.tell()
             sink.close()
-            self._pieces.append(Upload(sink.name, size))
+            self._pieces.append(Upload(sink.name, size, self._sink_binary))
         self.setLineMode(rest)
 
     def _drop_literal(self) -> None:
@@ -470,6 +506,26 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.sendPositiveResponse(tag, b"LOGOUT completed")
         self.state = "logout"
         flow.lose(self.transport)
+
+    def do_COMPRESS(self, tag: bytes, args: list, uid: bool) -> None:
+        """RFC 4978: after this OK both directions are raw DEFLATE, a layer under the
+        session (gateway/deflate.py), inside TLS when TLS is on."""
+        wire.arity(args, 1)
+        if wire.atom(args[0], "mechanism").upper() != b"DEFLATE":
+            raise Bad("COMPRESS knows DEFLATE only")
+        if self._inflater is not None:
+            raise No("[COMPRESSIONACTIVE] DEFLATE is active already")
+        self.sendPositiveResponse(tag, b"DEFLATE active")  # the last uncompressed octets
+        # What the client sent after the command line is compressed already.
+        early, self._buffer = self._buffer, b""
+        self.transport = DeflateTransport(self.transport, self.settings.compress_level)
+        self._inflater = Inflater(self._inflated, self._wants_input)
+        _log.info("imap {user} from {client} compress deflate", user=self.address,
+                  client=self.client_host())
+        if early:
+            self._inflater.feed_later(early)
+            self.factory.reactor.callLater(0, self.dataReceived, b"")
+        return None
 
     def do_ID(self, tag: bytes, args: list, uid: bool) -> bytes:
         # RFC 2971: the client's identity (logged) for ours.

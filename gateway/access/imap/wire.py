@@ -19,7 +19,8 @@ _CTL = set(range(0x20)) | {0x7F}
 # Bytes a quoted string cannot hold (RFC 3501 4.3): a regex, not a Python loop per byte.
 _UNQUOTABLE = re.compile(rb"[\x00-\x1f\x7f-\xff]")
 _ATOM_END = frozenset(b' (){"') | _CTL  # "]" and "%*" handled by callers
-LITERAL_AT_END = re.compile(rb"\{(\d{1,12})(\+?)\}$")
+# A literal announced at a line's end: "~" (literal8, RFC 3516 4.4), size, "+" (RFC 7888).
+LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,12})(\+?)\}$")
 
 
 class Bad(Exception):
@@ -45,9 +46,10 @@ class Str(bytes):
 class Upload:
     """An APPEND literal spooled to a file (server.py makes it, account.py adopts it)."""
 
-    def __init__(self, path: Any, size: int) -> None:
+    def __init__(self, path: Any, size: int, binary: bool = False) -> None:
         self.path = path
         self.size = size
+        self.binary = binary  # sent as a literal8 (RFC 3516): may hold NUL
 
 
 def tokenize(pieces: Sequence[Any], max_depth: int = 32) -> list:

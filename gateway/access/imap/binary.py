@@ -1,0 +1,112 @@
+"""BINARY (RFC 3516): a part's content with its Content-Transfer-Encoding undone, and
+APPEND of binary content.
+
+Part of access/imap: fetch.py answers BINARY[section], BINARY.PEEK and
+BINARY.SIZE with decoded(); commands.py (APPEND with a literal8, ~{n}) runs
+to_base64() on the spooled message in the thread pool first. The store keeps
+messages as sent; a part sent with "Content-Transfer-Encoding: binary" is
+stored base64-encoded instead (as Dovecot does), so BODY[...] never has to
+carry NUL octets (RFC 3516 4.3, RFC 3501 4.3) while BINARY[...] still gives
+the client the octets it appended.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path
+
+from gateway.access.imap import message
+from gateway.access.imap.wire import No, Upload
+
+IDENTITY = {b"7bit", b"8bit", b"binary"}
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_LINES = re.compile(rb"(\r?\n)")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def encoding(part: message.Part) -> bytes:
+    """The part's Content-Transfer-Encoding, lower case; 7bit if none (RFC 2045 6.1)."""
+    value = part.field(b"content-transfer-encoding")
+    return value.strip().lower() if value else b"7bit"
+
+
+def decoded(part: message.Part) -> bytes:
+    """What BINARY[part] gives: a leaf part's body decoded; a multipart or message/rfc822
+    part as it is (it has no encoding of its own to undo). No [UNKNOWN-CTE] for an
+    encoding not known here (RFC 3516 4.3)."""
+    body = part.text()
+    if part.children or part.message is not None:
+        return body
+    cte = encoding(part)
+    if cte in IDENTITY:
+        return body
+    if cte == b"base64":
+        return _base64(body)
+    if cte == b"quoted-printable":
+        return quoted_printable(body)
+    raise No("[UNKNOWN-CTE] Unknown Content-Transfer-Encoding "
+             + cte[:40].decode("ascii", "replace"))
+
+
+def _base64(body: bytes) -> bytes:
+    """RFC 2045 6.8: characters outside the alphabet are ignored; what is left is
+    decoded as far as it goes (a lost pad or a stray octet do not lose the part)."""
+    text = _NOT_BASE64.sub(b"", body.split(b"=", 1)[0])
+    text = text[:len(text) - len(text) % 4 if len(text) % 4 == 1 else len(text)]
+    try:
+        return binascii.a2b_base64(text + b"=" * (-len(text) % 4))
+    except binascii.Error:
+        return b""
+
+
+def quoted_printable(body: bytes) -> bytes:
+    """RFC 2045 6.7: whitespace at a line's end is dropped, "=" at its end joins it to
+    the next (a soft break), =XX is the octet XX; a malformed "=" stays as it is."""
+    out = []
+    pieces = _LINES.split(body)  # text, eol, text, eol, ..., text
+    for k in range(0, len(pieces), 2):
+        line = pieces[k].rstrip(b" \t")
+        eol = pieces[k + 1] if k + 1 < len(pieces) else b""
+        if line.endswith(b"="):
+            line, eol = line[:-1], b""
+        out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), line))
+        out.append(eol)
+    return b"".join(out)
+
+
+def to_base64(upload: Upload) -> None:
+    """Rewrite the message at path so that every part sent as "binary" is base64
+    (RFC 3516 4.4 lets the server store binary content in another encoding; BINARY
+    gives the same octets back). Blocking: runs in the thread pool."""
+    path = Path(upload.path)
+    data = path.read_bytes()
+    root = message.Part(data, 0, len(data), "text/plain", 0)
+    leaves: list[message.Part] = []
+    _binary_leaves(root, leaves)
+    if not leaves:
+        return
+    out = bytearray(data)
+    for part in sorted(leaves, key=lambda p: p.start, reverse=True):
+        encoded = base64.encodebytes(part.text()).replace(b"\n", b"\r\n")
+        if part.end < len(data):  # the CRLF before the next delimiter is the delimiter's
+            encoded = encoded[:-2]
+        out[part.body:part.end] = encoded
+        header = bytes(out[part.start:part.body])
+        raw = next(r for n, r in part.fields if n == b"content-transfer-encoding")
+        at = part.start + header.index(raw)
+        eol = b"\r\n" if raw.endswith(b"\r\n") else b"\n"
+        out[at:at + len(raw)] = b"Content-Transfer-Encoding: base64" + eol
+    path.write_bytes(bytes(out))
+    upload.size = len(out)
+
+
+def _binary_leaves(part: message.Part, found: list[message.Part]) -> None:
+    for child in part.children:
+        _binary_leaves(child, found)
+    if part.message is not None:
+        _binary_leaves(part.message, found)
+    if not part.children and part.message is None and encoding(part) == b"binary" \
+            and part.field(b"content-transfer-encoding") is not None:
+        found.append(part)

@@ -1,0 +1,99 @@
+"""A DEFLATE layer under a session (RFC 4978 COMPRESS=DEFLATE, RFC 1951 raw deflate).
+
+Used by access/imap/server.py once COMPRESS DEFLATE is answered OK: the
+session's transport is replaced by a DeflateTransport wrapping the one below
+(TCP, TCP with TLS started, or the plaintext from tlsfront), so every reply
+written anywhere in the session is compressed, inside TLS when there is TLS,
+and the session's dataReceived hands what arrives to an Inflater.
+
+Output: each write is compressed and flushed with Z_SYNC_FLUSH (RFC 4978 4:
+the client must be able to decode each response as soon as it arrives).
+Input: decompressed in pieces of at most `piece` octets, handed on only
+while the session reads (not paused), so a small compressed input cannot
+expand in memory without bound (a "zip bomb" of a command line meets the
+session's line and literal limits a piece at a time, as plaintext would).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from zope.interface import directlyProvides, providedBy
+
+PIECE = 16384  # octets decompressed at a time (a bound on memory, not a setting of use)
+
+
+class DeflateTransport:
+    """A transport that compresses what is written and passes the rest to the one below."""
+
+    def __init__(self, lower: Any, level: int = 6) -> None:
+        self._lower = lower
+        # wbits -15: raw deflate without zlib header or checksum (RFC 4978 3).
+        self._z = zlib.compressobj(level, zlib.DEFLATED, -15)
+        self.bytes_in = self.bytes_out = 0  # before compression, after compression
+        directlyProvides(self, providedBy(lower))  # ISSLTransport etc. as below
+
+    @property
+    def lower(self) -> Any:
+        return self._lower
+
+    def write(self, data: bytes) -> None:
+        self.writeSequence([data])
+
+    def writeSequence(self, seq: list[bytes]) -> None:
+        z = self._z
+        out = [z.compress(d) for d in seq]
+        out.append(z.flush(zlib.Z_SYNC_FLUSH))
+        self.bytes_in += sum(len(d) for d in seq)
+        data = b"".join(out)
+        self.bytes_out += len(data)
+        self._lower.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (pause/resume, loseConnection, getPeer, disconnecting,
+        # producer, protocol, getHandle ...) is the lower transport's.
+        return getattr(self._lower, name)
+
+
+class Inflater:
+    """Decompresses input a piece at a time while ready() says the reader wants more."""
+
+    def __init__(self, deliver: Callable[[bytes], Any], ready: Callable[[], bool],
+                 piece: int = PIECE) -> None:
+        self._z = zlib.decompressobj(-15)
+        self._deliver = deliver
+        self._ready = ready
+        self._piece = piece
+        self._pending = b""  # compressed input not yet decompressed
+        self._running = self._full = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def feed_later(self, data: bytes) -> None:
+        """Hold input to be decompressed at the next feed()."""
+        self._pending += data
+
+    def feed(self, data: bytes) -> None:
+        """Take compressed input; deliver as much as the reader is ready for.
+        zlib.error (corrupt input) goes to the caller."""
+        if data:
+            self._pending += data
+        if self._running:  # called again from deliver(): the loop below goes on
+            return
+        self._running = True
+        try:
+            # _full: the last piece filled up, so zlib may hold more output already.
+            while (self._pending or self._full) and self._ready():
+                out = self._z.decompress(self._pending, self._piece)
+                self._pending = self._z.unconsumed_tail
+                self._full = len(out) == self._piece
+                if self._z.eof and (self._z.unused_data or self._pending):
+                    raise zlib.error("data after the end of the compressed stream")
+                if out:
+                    self._deliver(out)
+        finally:
+            self._running = False
