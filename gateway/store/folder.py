@@ -471,6 +471,11 @@ class Folder:
     def message(self, uid: int) -> Message | None:
         return self.by_uid.get(uid)
 
+    def file_name(self, uid: int) -> str | None:
+        """file_path() as a str, without pathlib's cost (SEARCH asks it 100,000 times)."""
+        m = self.by_uid.get(uid)
+        return None if m is None else f"{self.path}/{m.sub}/{m.base}{m.suffix}"
+
     def file_path(self, uid: int) -> Path | None:
         m = self.by_uid.get(uid)
         return None if m is None else self.path / m.relpath()
@@ -478,14 +483,25 @@ class Folder:
     def read(self, uid: int) -> bytes | None:
         """The message's bytes as stored; None if it has gone."""
         for _ in range(2):
-            path = self.file_path(uid)
-            if path is None:
+            m = self.by_uid.get(uid)
+            if m is None:
                 return None
-            try:
-                with open(path, "rb") as f:
-                    return f.read()
+            try:  # os-level, no Path: SEARCH BODY reads 100,000 files this way
+                fd = os.open(f"{self.path}/{m.sub}/{m.base}{m.suffix}", os.O_RDONLY)
             except FileNotFoundError:
                 self.sync(force=True)  # renamed by another program: find it again
+                continue
+            try:
+                want = max(m.size, 4096) + 1
+                data = os.read(fd, want)
+                if len(data) < want:  # the whole file: one read
+                    return data
+                chunks = [data]  # grown since it was indexed
+                while chunk := os.read(fd, 1 << 20):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+            finally:
+                os.close(fd)
         return None
 
     def read_head(self, uid: int, limit: int = 65536) -> bytes | None:

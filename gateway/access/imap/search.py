@@ -77,15 +77,15 @@ class Shared:
     keys (one SQL query each over the index's search fields, filled first where
     missing) and the Date days for SENT*."""
 
-    def __init__(self, view: View, uids: list[int]) -> None:
-        self.view, self.uids = view, uids
+    def __init__(self, view: View, pairs: list[tuple[int, int, object]]) -> None:
+        self.view, self.pairs = view, pairs  # (seq, uid, store message) searched
         self._filled = False
         self._matches: dict[tuple[str, str], set[int]] = {}
         self._sent: dict[int, int] | None = None
 
     def _fill(self) -> None:
         if not self._filled:
-            searchfields.fill(self.view.folder, self.uids)
+            searchfields.fill(self.view.folder, [u for _, u, _ in self.pairs])
             self._filled = True
 
     def matches(self, field: str, s: str) -> set[int]:
@@ -228,7 +228,13 @@ class Parser:
         if k in _ADDRESS_KEYS:
             field, s = _ADDRESS_KEYS[k], self._text()
             self.wants_summary = True
-            return lambda msg: msg.uid in msg.shared.matches(field, s)
+            found: list = [None, set()]  # (Shared, its answer): asked once per SEARCH
+
+            def test(msg: Message) -> bool:
+                if found[0] is not msg.shared:
+                    found[:] = [msg.shared, msg.shared.matches(field, s)]
+                return msg.uid in found[1]
+            return test
         if k == b"HEADER":
             name = astring(self.take(), "header name").lower()
             s = self._text()
@@ -340,8 +346,9 @@ def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool,
     """Sequence numbers (or UIDs) of the matching messages. Blocking: runs in a thread."""
     folder = view.folder
     with folder.lock:
-        pairs = [(n, u, folder.by_uid.get(u)) for n, u in enumerate(view.uids, 1)]
-    pairs = [(n, u, m) for n, u, m in pairs if m is not None]
-    shared = Shared(view, [u for _, u, _ in pairs])
+        by_uid = folder.by_uid
+        pairs = [(n, u, m) for n, u in enumerate(view.uids, 1)
+                 if (m := by_uid.get(u)) is not None]
+    shared = Shared(view, pairs)
     return [u if uid else n for n, u, m in pairs
             if predicate(Message(n, u, m, view, shared, budget))]

@@ -39,6 +39,9 @@ _MONTHS = {m: i for i, m in enumerate(
     (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
      b"dec"), 1)}
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
+# A field of SEARCH's at a line start (after a "\n" put in front of the block), its
+# value running on over folded lines.
+_FIELD = re.compile(rb"\n(from|to|cc|bcc|subject|date):([^\n]*(?:\n[ \t][^\n]*)*)")
 
 
 def of_part(root: message.Part, lists: dict[bytes, list[addresses.Address]] | None = None
@@ -72,15 +75,24 @@ def of_head(head: bytes) -> Fields:
     if not head.isascii() or b" :" in low or b"\t:" in low or head[:1] in (b" ", b"\t") \
             or head.count(b"\r") != head.count(b"\r\n"):
         return _exact(head)
+    if b"=?" not in low:  # all is case-folded in the end: read the lower-case copy
+        found = _FIELD.findall(b"\n" + low)
+    else:  # encoded words (base64 is case-sensitive): the values as written
+        found = [(m.group(1), head[m.start(2) - 1:m.end(2) - 1])
+                 for m in _FIELD.finditer(b"\n" + low)]
+    values = {}
+    for name, value in reversed(found):  # the first field of each name counts
+        values[name] = (_UNFOLD.sub(b"", value) if b"\n" in value else value).strip()
     out: list[bytes] = []
     for name in (b"from", b"to", b"cc", b"bcc"):
-        value = _value(head, low, name)
-        text = _address_text(value)
+        text = _address_text(values.get(name))
         if text is None:
             return _exact(head)
         out.append(text)
-    out.append(message.decoded(_value(head, low, b"subject")).encode("utf-8", "surrogatepass"))
-    day = _sent_day(_value(head, low, b"date"))
+    subject = values.get(b"subject", b"")
+    out.append(subject.lower() if b"=?" not in subject  # ASCII: lower() is casefold()
+               else message.decoded(subject).encode("utf-8", "surrogatepass"))
+    day = _sent_day(values.get(b"date"))
     if day is None:
         return _exact(head)
     return (*out, day)  # type: ignore[return-value]
@@ -90,35 +102,15 @@ def _exact(head: bytes) -> Fields:
     return of_part(message.Part(head, 0, len(head), "text/plain", message.MAX_DEPTH))
 
 
-def _value(head: bytes, low: bytes, name: bytes) -> bytes | None:
-    """The unfolded value of the first field called name, as Part.field() gives it."""
-    key = name + b":"
-    if low.startswith(key):
-        start = len(key)
-    else:
-        i = low.find(b"\n" + key)
-        if i < 0:
-            return None
-        start = i + 1 + len(key)
-    end = start
-    while True:  # the field runs on over lines that start with a blank (folding)
-        nl = head.find(b"\n", end)
-        if nl < 0:
-            end = len(head)
-            break
-        end = nl + 1
-        if head[end:end + 1] not in (b" ", b"\t"):
-            break
-    value = head[start:end]
-    if b"\n" in value.rstrip(b"\r\n"):
-        value = _UNFOLD.sub(b"", value)
-    return value.strip()
-
-
 def _address_text(value: bytes | None) -> bytes | None:
     """message.address_text of a field of plain addresses; None when it is not plain."""
     if not value:
         return b""
+    if b"," not in value:  # one address, the common case
+        m = _ANGLE.fullmatch(value)
+        if m is not None and m.group(1) is not None and b"=?" not in value:
+            return (m.group(1) + b" <" + m.group(3) + b"@" + m.group(4) + b">").lower() \
+                if m.group(1) else (m.group(3) + b"@" + m.group(4)).lower()
     parts = []
     for piece in value.split(b","):
         m = _ANGLE.fullmatch(piece)
@@ -132,7 +124,10 @@ def _address_text(value: bytes | None) -> bytes | None:
         if m is None:
             return None  # comments, groups, routes, quoting: the exact parser
         parts.append(m.group(1) + b"@" + m.group(2))
-    return message.decoded(b", ".join(parts)).encode("utf-8", "surrogatepass")
+    text = b", ".join(parts)
+    if b"=?" not in text:
+        return text.lower()  # ASCII (of_head checked): lower() is casefold()
+    return message.decoded(text).encode("utf-8", "surrogatepass")
 
 
 _days: dict[tuple[int, int, int], int] = {}
@@ -184,7 +179,7 @@ def fill(folder, uids: list[int]) -> None:
 def _read_head(folder, uid: int) -> bytes | None:
     """The head of the message: one read of its first 8 KiB (the common case), else
     Folder.read_head (longer headers, a file renamed meanwhile)."""
-    path = folder.file_path(uid)
+    path = folder.file_name(uid)
     if path is None:
         return None
     try:
