@@ -46,6 +46,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import sys
 import threading
 import time
 from array import array
@@ -56,6 +57,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from gateway import memtrim
 from gateway.durable import fsync_dir, rides_dir_sync
 from gateway.store import quota
 from gateway.store.index import Index
@@ -146,8 +148,12 @@ class Folder:
         self._learn(self.keywords.by_name)
         self.by_uid: dict[int, Message] = {}
         self.by_base: dict[str, Message] = {}
-        for row in self.index.rows():
-            m = Message(*row)
+        # 100,000 messages share a few distinct sub, suffix, kw and modseq values:
+        # one object each instead of one per message (SQLite makes a new one per row).
+        same: dict = {}
+        for uid, base, sub, suffix, kw, size, idate, modseq in self.index.rows():
+            m = Message(uid, base, same.setdefault(sub, sub), same.setdefault(suffix, suffix),
+                        same.setdefault(kw, kw), size, idate, same.setdefault(modseq, modseq))
             self.by_uid[m.uid] = self.by_base[m.base] = m
             if m.kw:
                 self._learn(m.kw.split(" "))
@@ -155,6 +161,7 @@ class Folder:
         self._snapshot: array[int] | None = None  # uids, shared by sessions (snapshot())
         self.in_new: set[int] = {m.uid for m in self.by_uid.values() if m.sub == "new"}
         self.sync()
+        memtrim.after(len(self.uids))  # the rows and the listing were garbage
 
     def snapshot(self) -> Sequence[int]:
         """The UIDs now, as one compact read-only array shared by every session that
@@ -291,7 +298,7 @@ class Folder:
                     base, sep, info = name.partition(":")
                     # A copy in both new/ and cur/ (a crash mid-rename): cur/ wins.
                     if base not in found or sub == "cur":
-                        found[base] = (sub, sep + info)
+                        found[base] = (sub, sys.intern(sep + info))  # few distinct ones
             candidates = (self.by_uid.values() if "cur" in listings
                           else [self.by_uid[u] for u in self.in_new])
             gone, changed = [], []

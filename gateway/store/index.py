@@ -44,7 +44,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 INDEX_NAME = "mailgateway.index"
@@ -226,9 +226,11 @@ class Index:
 
     # -- messages -------------------------------------------------------------
 
-    def rows(self) -> list[Row]:
-        return self.db.execute("SELECT uid, base, sub, suffix, kw, size, idate, modseq "
-                               "FROM msg ORDER BY uid").fetchall()
+    def rows(self) -> Iterator[Row]:
+        """Every message, in UID order; a cursor, not a list: 100,000 rows at once
+        would raise the process's memory for good (the allocator keeps it)."""
+        return iter(self.db.execute("SELECT uid, base, sub, suffix, kw, size, idate, modseq "
+                                    "FROM msg ORDER BY uid"))
 
     def vanished_since(self, modseq: int) -> list[int]:
         """UIDs expunged by a change after modseq (RFC 7162 3.2.5.1, VANISHED (EARLIER))."""

@@ -28,6 +28,7 @@ import datetime
 import time
 from collections.abc import Callable
 
+from gateway import memtrim
 from gateway.access.imap import bodyscan, message, searchfields, searchtext
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.wire import (
@@ -350,5 +351,8 @@ def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool,
         pairs = [(n, u, m) for n, u in enumerate(view.uids, 1)
                  if (m := by_uid.get(u)) is not None]
     shared = Shared(view, pairs)
-    return [u if uid else n for n, u, m in pairs
-            if predicate(Message(n, u, m, view, shared, budget))]
+    try:
+        return [u if uid else n for n, u, m in pairs
+                if predicate(Message(n, u, m, view, shared, budget))]
+    finally:
+        memtrim.after(len(pairs))  # what the search read and parsed is garbage now
