@@ -59,10 +59,11 @@ def header_block(data: bytes) -> bytes:
     """The header block at the start of data (blank line included), as Part splits it."""
     if data.startswith((b"\r\n", b"\n")):
         return b""
-    lf, crlf = data.find(b"\n\n"), data.find(b"\n\r\n")  # the first blank line
-    if lf < 0 and crlf < 0:
-        return data
-    return data[:lf + 2] if crlf < 0 or 0 <= lf < crlf else data[:crlf + 3]
+    lf = data.find(b"\n\n")  # the first blank line, LF or CRLF (searched only before it)
+    crlf = data.find(b"\n\r\n", 0, len(data) if lf < 0 else lf)
+    if crlf >= 0:
+        return data[:crlf + 3]
+    return data if lf < 0 else data[:lf + 2]
 
 
 def of_head(head: bytes) -> Fields:
