@@ -8,8 +8,8 @@ and SENT* from the index's search field columns (RFC 2047 decoded,
 searchfields.py: one SQL query per key, filled on the first such SEARCH),
 and only BODY/TEXT/HEADER read files. BODY first looks for the string in
 the raw file when that cannot miss a match (bodyscan.py), and decodes only
-the messages where it may be. Matching is case-insensitive substring, as 6.4.4 says; BODY and
-TEXT look in the decoded text (base64, quoted-printable, the part's charset:
+the messages where it may be. Matching is case-insensitive substring, as
+6.4.4 says; BODY and TEXT look in the decoded text (base64, quoted-printable, the part's charset:
 searchtext.py), and the search strings are read in the CHARSET the client
 named (6.4.4: any charset Python has a text codec for; others get BADCHARSET).
 MODSEQ (RFC 7162 3.1.5) compares each message's one modseq: this server
@@ -344,7 +344,8 @@ def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool, bo
 
 def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool,
         budget: Budget | None = None) -> list[int]:
-    """Sequence numbers (or UIDs) of the matching messages. Blocking: runs in a thread."""
+    """Sequence numbers (or UIDs) of the matching messages. Blocking: runs in a thread.
+    wants_summary is parse()'s; the header fields now load when a key first asks."""
     folder = view.folder
     with folder.lock:
         by_uid = folder.by_uid
