@@ -95,7 +95,7 @@ class ImapSettings:
     max_nesting: int = 32
     # Search keys in one SEARCH, and message bytes it may read (BODY, TEXT, HEADER).
     max_search_keys: int = 100
-    max_search_bytes: int = 134217728
+    max_search_bytes: int = 1073741824  # 1 GiB: a BODY search of a 100,000-message INBOX
     # Octets of all literals of one command (APPEND's message apart), and before login.
     max_command_literals: int = 262144
     max_unauthenticated_literals: int = 8192

@@ -6,8 +6,13 @@ what Maildir cannot: UIDVALIDITY and UIDNEXT (RFC 3501 2.3.1.1), each
 message's UID against its Maildir unique name, its keywords (also in the
 file name, store/keywords.py; only those past Dovecot's 26 letters live here
 alone), and a cache of
-parsed headers (ENVELOPE, BODYSTRUCTURE, search fields) so FETCH and SEARCH
-need not reopen 100,000 files.
+parsed headers (ENVELOPE, BODYSTRUCTURE) so FETCH need not reopen 100,000
+files. The header fields SEARCH FROM/TO/CC/BCC/SUBJECT and SENT* look at
+(decoded and case-folded by access/imap/searchfields.py; opaque text here)
+have columns of their own (table fields), so such a SEARCH is one SQL scan
+(instr()) instead of a parse of every message. They are filled on the first
+SEARCH that needs them, as Dovecot fills its cache: indexing a message (a
+delivery, or SELECT of a folder never seen) stays one stat per file.
 
 Mod-sequences (RFC 7162 CONDSTORE/QRESYNC): each message has a MODSEQ, set
 on arrival and raised whenever its flags or keywords change; HIGHESTMODSEQ
@@ -39,11 +44,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 INDEX_NAME = "mailgateway.index"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -67,7 +72,17 @@ CREATE TABLE cache(
     data BLOB NOT NULL,          -- opaque to the store
     PRIMARY KEY (uid, kind)
 );
+CREATE TABLE fields(
+    uid INTEGER PRIMARY KEY,     -- what SEARCH's header keys look in, one column each
+    sfrom BLOB NOT NULL,         -- UTF-8, decoded and case-folded by the IMAP side
+    sto BLOB NOT NULL,
+    scc BLOB NOT NULL,
+    sbcc BLOB NOT NULL,
+    ssubject BLOB NOT NULL,
+    sent INTEGER NOT NULL        -- the Date field's day (ordinal), -1 if none
+);
 """
+FIELD_COLUMNS = ("sfrom", "sto", "scc", "sbcc", "ssubject")
 
 # (uid, base, sub, suffix, kw, size, idate, modseq)
 Row = tuple[int, str, str, str, str, int, int, int]
@@ -114,6 +129,8 @@ class Index:
                 db.execute("PRAGMA synchronous=FULL")
                 if not fresh and self._version(db) == 2:
                     self._upgrade_2(db)
+                if not fresh and self._version(db) == 3:
+                    self._upgrade_3(db)
                 if fresh or not self._valid(db):
                     if not fresh:
                         raise sqlite3.DatabaseError("not a mailgateway index")
@@ -153,7 +170,17 @@ class Index:
                                      ).fetchone()[0])
         db.execute("UPDATE msg SET modseq=?", (seed,))
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                       [("highestmodseq", seed), ("schema", SCHEMA_VERSION)])
+                       [("highestmodseq", seed), ("schema", 3)])
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _upgrade_3(db: sqlite3.Connection) -> None:
+        """Schema 3 had no search field columns: add the (empty) table; the first
+        SEARCH that needs them fills it."""
+        db.execute("BEGIN IMMEDIATE")
+        statement = _SCHEMA[_SCHEMA.index("CREATE TABLE fields"):].split(";")[0]
+        db.execute(statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         db.execute("COMMIT")
 
     @staticmethod
@@ -199,9 +226,11 @@ class Index:
 
     # -- messages -------------------------------------------------------------
 
-    def rows(self) -> list[Row]:
-        return self.db.execute("SELECT uid, base, sub, suffix, kw, size, idate, modseq "
-                               "FROM msg ORDER BY uid").fetchall()
+    def rows(self) -> Iterator[Row]:
+        """Every message, in UID order; a cursor, not a list: 100,000 rows at once
+        would raise the process's memory for good (the allocator keeps it)."""
+        return iter(self.db.execute("SELECT uid, base, sub, suffix, kw, size, idate, modseq "
+                                    "FROM msg ORDER BY uid"))
 
     def vanished_since(self, modseq: int) -> list[int]:
         """UIDs expunged by a change after modseq (RFC 7162 3.2.5.1, VANISHED (EARLIER))."""
@@ -277,6 +306,7 @@ class Index:
             modseq = self._next_modseq()
             db.executemany("DELETE FROM msg WHERE uid=?", params)
             db.executemany("DELETE FROM cache WHERE uid=?", params)  # every kind
+            db.executemany("DELETE FROM fields WHERE uid=?", params)
             db.executemany(f"INSERT OR REPLACE INTO vanished VALUES (?, {modseq})", params)
             db.execute("COMMIT")
         except BaseException:
@@ -327,3 +357,35 @@ class Index:
                         [(u, kind, d) for u, d in items])
         finally:
             db.execute("PRAGMA synchronous=FULL")
+
+    # -- the search fields ------------------------------------------------------
+
+    def without_fields(self, uids: Sequence[int]) -> list[int]:
+        """Those of uids (ascending) whose search fields are not filled yet."""
+        if not uids:
+            return []
+        have = {u for (u,) in self.db.execute(
+            "SELECT uid FROM fields WHERE uid BETWEEN ? AND ?", (uids[0], uids[-1]))}
+        return [u for u in uids if u not in have]
+
+    def put_fields(self, rows: Iterable[tuple]) -> None:
+        """Store (uid, from, to, cc, bcc, subject, sent) rows. Like the parse cache,
+        a crash loses only work: no fsync."""
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._write("INSERT OR REPLACE INTO fields VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        list(rows))
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+
+    def match_field(self, column: str, needle: bytes) -> set[int]:
+        """UIDs whose column (one of FIELD_COLUMNS) holds needle as a substring."""
+        if column not in FIELD_COLUMNS:
+            raise ValueError(f"no search field {column!r}")
+        return {u for (u,) in self.db.execute(
+            f"SELECT uid FROM fields WHERE instr({column}, ?) > 0", (needle,))}
+
+    def sent_days(self) -> dict[int, int]:
+        """uid -> the Date field's day, for the messages whose fields are filled."""
+        return dict(self.db.execute("SELECT uid, sent FROM fields"))

@@ -22,8 +22,9 @@ as VANISHED (UIDs) instead of EXPUNGE (sequence numbers).
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.access.imap import keywordlimit
 from gateway.access.imap.wire import compact
@@ -41,7 +42,9 @@ class View:
         self.name = name
         self.readonly = readonly
         self.on_wake = on_wake
-        self.uids: list[int] = []
+        # Sequence number - 1 -> UID. Never changed in place: it is often the
+        # folder's shared snapshot (Folder.snapshot(), see _share()).
+        self.uids: Sequence[int] = ()
         self.recent: set[int] = set()
         self.no_recent = False  # a list archive: its posts are \Recent to no reader (shared.py)
         self._expunged: set[int] = set()
@@ -69,7 +72,7 @@ class View:
         with folder.lock:
             folder.sync()
             folder.attach(self)
-            self.uids = list(folder.uids)
+            self.uids = folder.snapshot()
             self.recent = self._recent()
             self._expunged.clear()
             self._flagged.clear()
@@ -162,15 +165,15 @@ class View:
             if allow_expunge and self._expunged:
                 gone = self._expunged
                 lines += self._expunge_lines(gone)
-                self.uids = [u for u in self.uids if u not in gone]
-                self.recent -= gone
                 self._expunged = set()
+                self.uids = self._share([u for u in self.uids if u not in gone])
+                self.recent -= gone
             if self._added:
                 self._added = False
                 last = self.uids[-1] if self.uids else 0
                 new = folder.uids[bisect_right(folder.uids, last):]
                 if new:
-                    self.uids.extend(new)
+                    self.uids = self._share([*self.uids, *new])
                     self.recent |= self._recent()
                     lines.append(b"* %d EXISTS" % len(self.uids))
                     lines.append(b"* %d RECENT" % len(self.recent))
@@ -182,6 +185,16 @@ class View:
                                      % (n, uid, " ".join(flags).encode(), self.modseq_item(uid)))
                 self._flagged = set()
         return lines
+
+    def _share(self, uids: list[int]) -> Sequence[int]:
+        """The folder's shared snapshot when it numbers the messages as uids does,
+        else uids. With no expunge left untold, uids holds only UIDs the folder
+        still has, so the same length means the same list."""
+        snapshot = self.folder.snapshot()
+        if not self._expunged and len(snapshot) == len(uids) \
+                and snapshot[-1:] == array("I", uids[-1:]):
+            return snapshot
+        return uids
 
     def modseq_item(self, uid: int) -> bytes:
         """' MODSEQ (n)' for a FETCH response once CONDSTORE is on (RFC 7162 3.1.4)."""
@@ -200,8 +213,8 @@ class View:
         """EXPUNGE responses for this session's own expunge or move of uids."""
         gone = set(uids)
         lines = self._expunge_lines(gone)
-        self.uids = [u for u in self.uids if u not in gone]
-        self.recent -= gone
         self._expunged -= gone
+        self.uids = self._share([u for u in self.uids if u not in gone])
+        self.recent -= gone
         self._flagged -= gone
         return lines

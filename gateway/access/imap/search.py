@@ -4,9 +4,12 @@ Part of access/imap: selected.py parses on the reactor thread (parse()) and
 runs run() in the thread pool. Twisted's fallback search walks every message
 through IMessage objects for every key (quadratic on big folders); here flags,
 sizes, dates and UIDs come from the in-memory index, FROM/TO/CC/BCC/SUBJECT
-from the cached summaries (RFC 2047 decoded), and only BODY/TEXT/HEADER
-read files. Matching is case-insensitive substring, as 6.4.4 says; BODY and
-TEXT look in the decoded text (base64, quoted-printable, the part's charset:
+and SENT* from the index's search field columns (RFC 2047 decoded,
+searchfields.py: one SQL query per key, filled on the first such SEARCH),
+and only BODY/TEXT/HEADER read files. BODY first looks for the string in
+the raw file when that cannot miss a match (bodyscan.py), and decodes only
+the messages where it may be. Matching is case-insensitive substring, as
+6.4.4 says; BODY and TEXT look in the decoded text (base64, quoted-printable, the part's charset:
 searchtext.py), and the search strings are read in the CHARSET the client
 named (6.4.4: any charset Python has a text codec for; others get BADCHARSET).
 MODSEQ (RFC 7162 3.1.5) compares each message's one modseq: this server
@@ -25,9 +28,9 @@ import datetime
 import time
 from collections.abc import Callable
 
-from gateway.access.imap import message, searchtext
+from gateway import memtrim
+from gateway.access.imap import bodyscan, message, searchfields, searchtext
 from gateway.access.imap.mailbox import View
-from gateway.access.imap.summary import HeaderSummary, summaries
 from gateway.access.imap.wire import (
     Atom,
     Bad,
@@ -70,24 +73,53 @@ class Budget:
                      "messages; narrow it (a UID range, fewer text keys)")
 
 
+class Shared:
+    """What one SEARCH works out once for all its messages: the answers of the header
+    keys (one SQL query each over the index's search fields, filled first where
+    missing) and the Date days for SENT*."""
+
+    def __init__(self, view: View, pairs: list[tuple[int, int, object]]) -> None:
+        self.view, self.pairs = view, pairs  # (seq, uid, store message) searched
+        self._filled = False
+        self._matches: dict[tuple[str, str], set[int]] = {}
+        self._sent: dict[int, int] | None = None
+
+    def _fill(self) -> None:
+        if not self._filled:
+            searchfields.fill(self.view.folder, [u for _, u, _ in self.pairs])
+            self._filled = True
+
+    def matches(self, field: str, s: str) -> set[int]:
+        """UIDs whose field (from, to, cc, bcc, subject) holds s (case-folded)."""
+        found = self._matches.get((field, s))
+        if found is None:
+            self._fill()
+            found = self._matches[field, s] = self.view.folder.match_field(
+                "s" + field, s.encode("utf-8", "surrogatepass"))
+        return found
+
+    def sent_day(self, uid: int) -> int:
+        if self._sent is None:
+            self._fill()
+            self._sent = self.view.folder.sent_days()
+        return self._sent.get(uid, -1)
+
+
 class Message:
     """One message as a predicate sees it; the expensive parts load on first use."""
 
-    __slots__ = ("seq", "uid", "m", "view", "_summary", "_data", "_sums", "_budget", "_root",
-                 "_body", "_text")
+    __slots__ = ("seq", "uid", "m", "view", "shared", "_data", "_budget", "_root",
+                 "_body", "_text", "_scan")
 
-    def __init__(self, seq: int, uid: int, m, view: View,
-                 sums: dict[int, HeaderSummary], budget: Budget | None = None) -> None:
-        self.seq, self.uid, self.m, self.view, self._sums = seq, uid, m, view, sums
+    def __init__(self, seq: int, uid: int, m, view: View, shared: Shared,
+                 budget: Budget | None = None) -> None:
+        self.seq, self.uid, self.m, self.view, self.shared = seq, uid, m, view, shared
         self._data: bytes | None = None
         self._budget = budget
         self._root: message.Part | None = None
         self._body: str | None = None
         self._text: str | None = None
-
-    @property
-    def summary(self) -> HeaderSummary | None:
-        return self._sums.get(self.uid)
+        self._scan: bodyscan.Scan | None = None
 
     @property
     def data(self) -> bytes:
@@ -102,6 +134,14 @@ class Message:
         if self._root is None:
             self._root = searchtext.parse(self.data)
         return self._root
+
+    def may_hold(self, s: str) -> bool:
+        """False only when the decoded body cannot hold s (bodyscan.py): no decoding."""
+        if self._body is not None:
+            return True
+        if self._scan is None:
+            self._scan = bodyscan.Scan(self.data)
+        return self._scan.may_hold(s)
 
     @property
     def body(self) -> str:
@@ -189,14 +229,20 @@ class Parser:
         if k in _ADDRESS_KEYS:
             field, s = _ADDRESS_KEYS[k], self._text()
             self.wants_summary = True
-            return lambda msg: msg.summary is not None and s in msg.summary.search_field(field)
+            found: list = [None, set()]  # (Shared, its answer): asked once per SEARCH
+
+            def test(msg: Message) -> bool:
+                if found[0] is not msg.shared:
+                    found[:] = [msg.shared, msg.shared.matches(field, s)]
+                return msg.uid in found[1]
+            return test
         if k == b"HEADER":
             name = astring(self.take(), "header name").lower()
             s = self._text()
             return lambda msg: _header_has(msg.root, name, s)
         if k == b"BODY":
             s = self._text()
-            return lambda msg: s in msg.body
+            return lambda msg: msg.may_hold(s) and s in msg.body
         if k == b"TEXT":
             s = self._text()
             return lambda msg: s in msg.text
@@ -256,7 +302,7 @@ class Parser:
             self.wants_summary = True
 
             def value(msg: Message) -> int:
-                return msg.summary.sent_day if msg.summary is not None else -1
+                return msg.shared.sent_day(msg.uid)
             k = k[4:]
         else:
             def value(msg: Message) -> int:
@@ -298,11 +344,16 @@ def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool, bo
 
 def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool,
         budget: Budget | None = None) -> list[int]:
-    """Sequence numbers (or UIDs) of the matching messages. Blocking: runs in a thread."""
+    """Sequence numbers (or UIDs) of the matching messages. Blocking: runs in a thread.
+    wants_summary is parse()'s; the header fields now load when a key first asks."""
     folder = view.folder
     with folder.lock:
-        pairs = [(n, u, folder.by_uid.get(u)) for n, u in enumerate(view.uids, 1)]
-    pairs = [(n, u, m) for n, u, m in pairs if m is not None]
-    sums = summaries(folder, [u for _, u, _ in pairs], HeaderSummary) if wants_summary else {}
-    return [u if uid else n for n, u, m in pairs
-            if predicate(Message(n, u, m, view, sums, budget))]
+        by_uid = folder.by_uid
+        pairs = [(n, u, m) for n, u in enumerate(view.uids, 1)
+                 if (m := by_uid.get(u)) is not None]
+    shared = Shared(view, pairs)
+    try:
+        return [u if uid else n for n, u, m in pairs
+                if predicate(Message(n, u, m, view, shared, budget))]
+    finally:
+        memtrim.after(len(pairs))  # what the search read and parsed is garbage now

@@ -3,8 +3,8 @@
 Part of access/imap. Two kinds, each made once per message and kept in the
 folder's index cache as an opaque blob (store/index.py):
 - "h", from the header block alone: ENVELOPE, the header block (for
-  BODY[HEADER...]) and the SEARCH fields (FROM, TO, CC, BCC, SUBJECT decoded
-  from RFC 2047, the Date's day). Cheap: only the head of the file is read.
+  BODY[HEADER...]) and the search fields (searchfields.of_part; SEARCH itself
+  reads them from the index's columns). Cheap: only the head is read.
 - "b", from the whole message: BODY and BODYSTRUCTURE.
 The blob is a plain length-prefixed record, never pickle: the index lives in
 the user's Maildir.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass, fields
 from typing import TypeVar
 
-from gateway.access.imap import message
+from gateway.access.imap import message, searchfields
 
 MAX_CACHED_HEADER = 32 * 1024  # longer header blocks are read from the file when asked
 # After the kind letter in each blob: a summary made by an older layout (before
@@ -60,18 +60,13 @@ def summarize_header(head: bytes) -> HeaderSummary:
     root = message.Part(head, 0, len(head), "text/plain", message.MAX_DEPTH)
     header = root.header()
     complete = len(header) <= MAX_CACHED_HEADER
-    f = root.field
     lists = message.address_lists(root)
+    sfrom, sto, scc, sbcc, ssubject, sent = searchfields.of_part(root, lists)
     return HeaderSummary(
         envelope=message.envelope(root, lists),
         header=header if complete else b"",
         header_complete=b"1" if complete else b"0",
-        sfrom=message.address_text(lists[b"from"], f(b"from")).encode(),
-        sto=message.address_text(lists[b"to"], f(b"to")).encode(),
-        scc=message.address_text(lists[b"cc"], f(b"cc")).encode(),
-        sbcc=message.address_text(lists[b"bcc"], f(b"bcc")).encode(),
-        ssubject=message.decoded(f(b"subject")).encode(),
-        sent=b"%d" % message.sent_day(root),
+        sfrom=sfrom, sto=sto, scc=scc, sbcc=sbcc, ssubject=ssubject, sent=b"%d" % sent,
     )
 
 

@@ -1,0 +1,196 @@
+"""The header fields SEARCH FROM/TO/CC/BCC/SUBJECT and SENT* look at, made fast.
+
+Part of access/imap, beside summary.py. RFC 3501 6.4.4 matches these keys
+as case-insensitive substrings of a field; what a field "is" for SEARCH is
+defined once, by of_part(): the addresses without comments or routes, RFC
+2047 decoded, case-folded (message.address_text), the decoded Subject, and
+the Date's day. The folder's index keeps the result in columns
+(store/index.py, table fields), so a SEARCH FROM over 100,000 messages is
+one SQL scan once they are filled.
+
+Filling them reads the head of every message once (Dovecot does the same
+on its first search). of_part() would cost about 130 us a message (a MIME
+Part, the address parser, email.utils), so of_head() takes a fast path for
+the shapes nearly all mail has (ASCII header fields at line starts, one
+plain address or a list of them, an RFC 5322 date) and falls back to
+of_part() for anything else; tests check that both agree.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+
+from gateway.access.imap import addresses, message
+
+# (from, to, cc, bcc, subject, sent day ordinal or -1): the columns of the index.
+Fields = tuple[bytes, bytes, bytes, bytes, bytes, int]
+NAMES = ("from", "to", "cc", "bcc", "subject")  # the text columns, in order
+
+_WORD = rb'[^\s"()<>@,;:\\\[\]]+'
+# "Display Name" <local@host>, Display Name <local@host>, <local@host>, local@host
+_ANGLE = re.compile(rb'\s*(?:"([^"\\\r\n]*)"|((?:' + _WORD + rb'\s*)*))\s*<(' + _WORD
+                    + rb')@(' + _WORD + rb')>\s*')
+_BARE = re.compile(rb'\s*(' + _WORD + rb')@(' + _WORD + rb')\s*')
+_DATE = re.compile(rb"(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+"
+                   rb"\d{1,2}:\d\d(?::\d\d)?\s+(?:[+-]\d{4}|[A-Za-z]{1,5})")
+_MONTHS = {m: i for i, m in enumerate(
+    (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+     b"dec"), 1)}
+_UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
+# A field of SEARCH's at a line start (after a "\n" put in front of the block), its
+# value running on over folded lines.
+_FIELD = re.compile(rb"\n(from|to|cc|bcc|subject|date):([^\n]*(?:\n[ \t][^\n]*)*)")
+
+
+def of_part(root: message.Part, lists: dict[bytes, list[addresses.Address]] | None = None
+            ) -> Fields:
+    """The fields of a parsed header: the definition the fast path must agree with."""
+    f = root.field
+    found = lists if lists is not None else message.address_lists(root)
+    return (*(message.address_text(found[n], f(n)).encode("utf-8", "surrogatepass")
+              for n in (b"from", b"to", b"cc", b"bcc")),
+            message.decoded(f(b"subject")).encode("utf-8", "surrogatepass"),
+            message.sent_day(root))
+
+
+def header_block(data: bytes) -> bytes:
+    """The header block at the start of data (blank line included), as Part splits it."""
+    if data.startswith((b"\r\n", b"\n")):
+        return b""
+    lf = data.find(b"\n\n")  # the first blank line, LF or CRLF (searched only before it)
+    crlf = data.find(b"\n\r\n", 0, len(data) if lf < 0 else lf)
+    if crlf >= 0:
+        return data[:crlf + 3]
+    return data if lf < 0 else data[:lf + 2]
+
+
+def of_head(head: bytes) -> Fields:
+    """The fields of a message whose header block is head (from Folder.read_head)."""
+    head = header_block(head)
+    low = head.lower()
+    # The fast path reads field names at line starts: a name with blanks before
+    # its colon, a first line that is a continuation, 8-bit bytes or a bare CR
+    # (a line end to Part) go to the exact path.
+    if not head.isascii() or b" :" in low or b"\t:" in low or head[:1] in (b" ", b"\t") \
+            or head.count(b"\r") != head.count(b"\r\n"):
+        return _exact(head)
+    if b"=?" not in low:  # all is case-folded in the end: read the lower-case copy
+        found = _FIELD.findall(b"\n" + low)
+    else:  # encoded words (base64 is case-sensitive): the values as written
+        found = [(m.group(1), head[m.start(2) - 1:m.end(2) - 1])
+                 for m in _FIELD.finditer(b"\n" + low)]
+    values = {}
+    for name, value in reversed(found):  # the first field of each name counts
+        values[name] = (_UNFOLD.sub(b"", value) if b"\n" in value else value).strip()
+    out: list[bytes] = []
+    for name in (b"from", b"to", b"cc", b"bcc"):
+        text = _address_text(values.get(name))
+        if text is None:
+            return _exact(head)
+        out.append(text)
+    subject = values.get(b"subject", b"")
+    out.append(subject.lower() if b"=?" not in subject  # ASCII: lower() is casefold()
+               else message.decoded(subject).encode("utf-8", "surrogatepass"))
+    day = _sent_day(values.get(b"date"))
+    if day is None:
+        return _exact(head)
+    return (*out, day)  # type: ignore[return-value]
+
+
+def _exact(head: bytes) -> Fields:
+    return of_part(message.Part(head, 0, len(head), "text/plain", message.MAX_DEPTH))
+
+
+def _address_text(value: bytes | None) -> bytes | None:
+    """message.address_text of a field of plain addresses; None when it is not plain."""
+    if not value:
+        return b""
+    if b"," not in value:  # one address, the common case
+        m = _ANGLE.fullmatch(value)
+        if m is not None and m.group(1) is not None and b"=?" not in value:
+            return (m.group(1) + b" <" + m.group(3) + b"@" + m.group(4) + b">").lower() \
+                if m.group(1) else (m.group(3) + b"@" + m.group(4)).lower()
+    parts = []
+    for piece in value.split(b","):
+        m = _ANGLE.fullmatch(piece)
+        if m is not None:
+            quoted, words, local, host = m.groups()
+            name = quoted if quoted is not None else b" ".join(words.split())
+            spec = local + b"@" + host
+            parts.append(name + b" <" + spec + b">" if name else spec)
+            continue
+        m = _BARE.fullmatch(piece)
+        if m is None:
+            return None  # comments, groups, routes, quoting: the exact parser
+        parts.append(m.group(1) + b"@" + m.group(2))
+    text = b", ".join(parts)
+    if b"=?" not in text:
+        return text.lower()  # ASCII (of_head checked): lower() is casefold()
+    return message.decoded(text).encode("utf-8", "surrogatepass")
+
+
+_days: dict[tuple[int, int, int], int] = {}
+
+
+def _sent_day(value: bytes | None) -> int | None:
+    """message.sent_day of a Date value in the common form; None for any other form."""
+    if value is None:
+        return -1
+    m = _DATE.fullmatch(value)
+    if m is None:
+        return None
+    month = _MONTHS.get(m.group(2).lower())
+    if month is None:
+        return None
+    key = (int(m.group(3)), month, int(m.group(1)))
+    day = _days.get(key)
+    if day is None:
+        try:
+            day = datetime.date(*key).toordinal()
+        except ValueError:
+            return None
+        if len(_days) < 100_000:
+            _days[key] = day
+    return day
+
+
+_HEAD_READ = 8192  # nearly every header block fits; a longer one is read by read_head()
+_BATCH = 5000  # rows per index transaction (the folder's lock is held for each)
+
+
+def fill(folder, uids: list[int]) -> None:
+    """Fill the index's search fields of uids (ascending) where they are missing.
+    Blocking: the search thread. A message gone meanwhile is left out."""
+    todo = folder.without_fields(uids)
+    rows: list[tuple] = []
+    for uid in todo:
+        head = _read_head(folder, uid)
+        if head is None:
+            continue
+        rows.append((uid, *of_head(head)))
+        if len(rows) >= _BATCH:
+            folder.put_fields(rows)
+            rows = []
+    if rows:
+        folder.put_fields(rows)
+
+
+def _read_head(folder, uid: int) -> bytes | None:
+    """The head of the message: one read of its first 8 KiB (the common case), else
+    Folder.read_head (longer headers, a file renamed meanwhile)."""
+    path = folder.file_name(uid)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return folder.read_head(uid)
+    try:
+        data = os.read(fd, _HEAD_READ)
+    finally:
+        os.close(fd)
+    if len(data) == _HEAD_READ and b"\n\n" not in data and b"\n\r\n" not in data:
+        return folder.read_head(uid)
+    return data

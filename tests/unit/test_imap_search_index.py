@@ -1,0 +1,229 @@
+"""SEARCH over the index's search fields, BODY's raw look, and sessions sharing UIDs.
+
+access/imap/searchfields.py, bodyscan.py, search.py, mailbox.py; store/index.py
+(table fields). The old path (a HeaderSummary per message, every body decoded)
+is the oracle: the new one must give the same answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+import sqlite3
+
+import pytest
+from imap_dialogue import BOX, Session, fresh_store, make_factory
+from twisted.internet.testing import MemoryReactorClock
+
+from gateway.access.imap import bodyscan, message, searchfields, searchtext
+from gateway.access.imap.mailbox import View
+from gateway.access.imap.summary import summarize_header
+from gateway.store.index import INDEX_NAME
+
+HEADS = [
+    b"From: \"Dana Berg\" <dana.berg@example.org>\r\nTo: Alice <alice@example.test>\r\n"
+    b"Subject: Budget review\r\nDate: Mon, 01 Jan 2024 10:00:00 +0000\r\n\r\n",
+    b"From: =?UTF-8?Q?Jos=C3=A9_M=C3=BCller?= <jose@example.net>\r\n"
+    b"Subject: =?ISO-8859-1?B?R3L832Vu?=\r\nDate: Tue, 2 Jan 2024 09:00:00 GMT\r\n\r\n",
+    b"From: Ren\xe9 <rene@example.org>\r\nSubject: caf\xe9 cr\xe8me\r\n\r\n",  # raw Latin-1
+    "From: Zoë Ünal <zoe@example.org>\r\nSubject: Grüße\r\n\r\n".encode(),  # raw UTF-8
+    b"From: \"Last, First\" <lf@example.org>, other@example.net\r\n"
+    b"Cc: team: a@example.org, b@example.org;\r\nSubject: Folded\r\n  subject line\r\n\r\n",
+    b"From: bob@example.org (Bob Comment)\r\nTo: <@relay.example:carl@example.org>\r\n"
+    b"Date: Wed 3 Jan 2024 12:00:00 +0100\r\n\r\n",
+    b"FROM : spaced@example.org\r\nsubject:lower case name\r\nDATE: 4 Jan 24 1:00 EST\r\n\r\n",
+    b" continued first line\r\nFrom: cont@example.org\r\n\r\n",
+    b"From: bare-cr@example.org\rSubject: hidden\r\n\r\n",
+    b"From: one@example.org\nTo: lf-only@example.org\nSubject: LF\n"
+    b"Date: 31 Feb 2024 1:00 +0000\n\n",
+    b"Subject: no from\r\nDate: Mon, 01 Jan 2024 00:00:00:00 +0000\r\n\r\n",
+    b"From: Plain Words Name <pw@example.org>\r\nTo: , trailing@example.org,\r\n\r\n",
+    b"\r\nFrom: not-a-header@example.org\r\n",
+    b"From: a@b.example\r\nX-Long: " + b"y" * 9000 + b"\r\nSubject: past 8 KiB\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_fast_fields_agree_with_the_exact_definition(head):
+    block = searchfields.header_block(head)
+    exact = searchfields.of_part(message.Part(block, 0, len(block), "text/plain",
+                                              message.MAX_DEPTH))
+    assert searchfields.of_head(head + b"body text\r\n") == exact
+    old = summarize_header(head)  # the old path's search fields
+    assert exact == (old.sfrom, old.sto, old.scc, old.sbcc, old.ssubject, old.sent_day)
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = fresh_store(tmp_path)
+    clock = MemoryReactorClock()
+
+    def connect(**kw) -> Session:
+        return Session(make_factory(store, clock, **kw))
+
+    connect.store = store
+    return connect
+
+
+def deliver_all(env, messages):
+    for n, data in enumerate(messages):
+        env.store.deliver(BOX, data, f"{1000 + n}.U{n}.host")
+
+
+def found(s: Session, key: str) -> list[int]:
+    out = s("SEARCH " + key)
+    first = out.split(b"\r\n")[0]
+    assert first.startswith(b"* SEARCH"), out
+    return [int(n) for n in first.split()[2:]]
+
+
+NEEDLES = ["dana", "BERG", "josé", "müller", "rené", "zoë", "last, first", "team:",
+           "carl@example.org", "bob comment", "spaced", "example", "@", "nobody"]
+
+
+def test_search_by_index_columns_matches_the_old_path(env):
+    deliver_all(env, [h + b"body\r\n" for h in HEADS])
+    s = env()
+    s.login()
+    s("SELECT INBOX")
+    heads = [searchfields.header_block(h) for h in HEADS]
+    old = [summarize_header(h) for h in heads]
+    for key, attr in (("FROM", "sfrom"), ("TO", "sto"), ("CC", "scc"), ("SUBJECT", "ssubject")):
+        for needle in NEEDLES + ["grüße", "café", "folded subject", "lower case"]:
+            want = [n for n, o in enumerate(old, 1)
+                    if needle.casefold() in getattr(o, attr).decode()]
+            assert found(s, f'CHARSET UTF-8 {key} "{needle}"') == want, (key, needle)
+    day = datetime.date(2024, 1, 3).toordinal()
+    want = [n for n, o in enumerate(old, 1) if 0 <= o.sent_day < day]
+    assert found(s, "SENTBEFORE 3-Jan-2024") == want
+    # The fields live in the index now: one row per message, dropped with it.
+    index = env.store.mailbox_path(BOX) / INDEX_NAME
+    db = sqlite3.connect(index)
+    assert db.execute("SELECT count(*) FROM fields").fetchone()[0] == len(HEADS)
+    s("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    s("EXPUNGE")
+    assert db.execute("SELECT count(*) FROM fields WHERE uid=1").fetchone()[0] == 0
+    db.close()
+
+
+def test_fields_are_filled_again_after_a_rebuild_and_kept_by_an_upgrade(env, tmp_path):
+    deliver_all(env, [HEADS[0] + b"x\r\n", HEADS[1] + b"y\r\n"])
+    s = env()
+    s.login()
+    s("SELECT INBOX")
+    assert found(s, "FROM dana") == [1]
+    s("LOGOUT", expect=None)
+    # A schema 3 index (no fields table) is upgraded in place: same UIDVALIDITY.
+    index = env.store.mailbox_path(BOX) / INDEX_NAME
+    db = sqlite3.connect(index)
+    validity = db.execute("SELECT value FROM meta WHERE key='uidvalidity'").fetchone()[0]
+    db.execute("DROP TABLE fields")
+    db.execute("UPDATE meta SET value=3 WHERE key='schema'")
+    db.commit()
+    db.close()
+    fresh = fresh_store(tmp_path)  # a new process: the index is opened again
+    s = Session(make_factory(fresh, MemoryReactorClock()))
+    s.login()
+    assert b"[UIDVALIDITY %d]" % validity in s("SELECT INBOX")
+    assert found(s, "FROM müller") == [2]
+    s("LOGOUT", expect=None)
+    # Deleted: rebuilt with a new UIDVALIDITY, the fields made again from the files.
+    os.unlink(index)
+    fresh = fresh_store(tmp_path)
+    s = Session(make_factory(fresh, MemoryReactorClock()))
+    s.login()
+    assert b"[UIDVALIDITY %d]" % validity not in s("SELECT INBOX")
+    assert found(s, "FROM dana") == [1] and found(s, "SUBJECT grün") == []
+
+
+# -- BODY: the raw look --------------------------------------------------------------------
+
+def _multipart(*parts: bytes) -> bytes:
+    out = b"Subject: m\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+    for p in parts:
+        out += b"--b1\r\n" + p + b"\r\n"
+    return out + b"--b1--\r\n"
+
+
+BODIES = [
+    b"Subject: plain\r\n\r\nThe Quokka sleeps.\r\n",
+    b"Subject: b64\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.encodebytes(b"a hidden quokka\r\n").replace(b"\n", b"\r\n"),
+    b"Subject: qp\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    b"quo=\r\nkka and Gr=FC=DFe\r\n",
+    b"Subject: latin\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nGr\xfc\xdfe quokka\r\n",
+    "Subject: utf8\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGrüße QUOKKA\r\n".encode(),
+    b"Subject: 2231\r\nContent-Type: text/plain; charset*=us-ascii''x\r\n\r\nquokka\r\n",
+    b"Subject: utf16\r\nContent-Type: text/plain; charset=utf-16-le\r\n\r\n"
+    + "quokka".encode("utf-16-le"),
+    _multipart(b"Content-Type: text/plain\r\n\r\nfirst part ends",
+               b"Content-Type: text/plain\r\n\r\nsecond begins"),
+    _multipart(b"Content-Type: message/rfc822\r\n\r\nSubject: =?UTF-8?Q?inner_quokka?=\r\n\r\nx"),
+    _multipart(b"Content-Type: image/png\r\n\r\nquokka in a picture"),
+    b"Subject: kelvin\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\xe2\x84\xaaelvin\r\n",
+]
+
+
+@pytest.mark.parametrize("needle", ["quokka", "grüße", "kelvin", "ends\nsecond", "inner quokka",
+                                    "picture", "nothing here", ""])
+def test_the_raw_look_never_passes_over_a_match(needle):
+    needle = needle.casefold()
+    for data in BODIES:
+        text = searchtext.body_text(searchtext.parse(data))
+        if needle in text:
+            assert bodyscan.Scan(data).may_hold(needle), (needle, data)
+
+
+def test_body_search_decodes_only_what_the_raw_look_cannot_rule_out(env, monkeypatch):
+    plain = [b"Subject: %d\r\n\r\nnothing to see %d\r\n" % (n, n) for n in range(20)]
+    deliver_all(env, BODIES + plain)
+    s = env()
+    s.login()
+    s("SELECT INBOX")
+    decoded = []
+    real = searchtext.body_text
+    monkeypatch.setattr(searchtext, "body_text", lambda part: decoded.append(1) or real(part))
+    want = [n for n, d in enumerate(BODIES, 1)
+            if "quokka" in real(searchtext.parse(d))]
+    assert found(s, "BODY QUOKKA") == want
+    # The 20 plain ones and the others without the word are never decoded.
+    assert len(decoded) < len(BODIES)
+
+
+# -- memory: one UID array for every session of a folder ------------------------------------
+
+def test_sessions_share_the_uid_snapshot_until_their_numbering_differs(env):
+    deliver_all(env, [b"Subject: %d\r\n\r\nx\r\n" % n for n in range(5)])
+    folder = env.store.open_folders(BOX).open("INBOX")
+    a = View(folder, "INBOX", False, lambda: None)
+    b = View(folder, "INBOX", False, lambda: None)
+    a.open()
+    b.open()
+    assert a.uids is b.uids and list(a.uids) == [1, 2, 3, 4, 5]
+    folder.store([2], 1, ["\\Deleted"])
+    folder.expunge(origin=a)
+    a.forget([2])
+    assert list(a.uids) == [1, 3, 4, 5] and list(b.uids) == [1, 2, 3, 4, 5]
+    assert a.uids is folder.snapshot() and b.uids is not a.uids  # b not told yet
+    b.take_updates(allow_expunge=False)
+    assert list(b.uids) == [1, 2, 3, 4, 5]  # no EXPUNGE during FETCH (RFC 3501 7.4.1)
+    assert b"* 2 EXPUNGE" in b.take_updates(allow_expunge=True)
+    assert b.uids is a.uids
+    env.store.deliver(BOX, b"Subject: new\r\n\r\nx\r\n", "2000.U9.host")
+    folder.sync(force=True)
+    assert b"* 5 EXISTS" in a.take_updates(True) and b"* 5 EXISTS" in b.take_updates(True)
+    assert a.uids is b.uids and list(a.uids) == [1, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("ctype,passed_over", [
+    (b"application/pdf", True), (b"text/plain", False), (b"application", False),
+    (b"application/pdf/x", False), (None, False), (b"image/png; name=x.png", True)])
+def test_an_encoded_part_is_passed_over_only_when_it_is_surely_no_text(ctype, passed_over):
+    head = b"Content-Type: " + ctype + b"\r\n" if ctype else b""
+    data = _multipart(b"Content-Type: text/plain\r\n\r\nvisible words",
+                      head + b"Content-Transfer-Encoding: base64\r\n\r\n"
+                      + base64.encodebytes(b"secret quokka"))
+    assert bodyscan.Scan(data).may_hold("quokka") is not passed_over
+    if not passed_over and ctype != b"application/pdf/x":
+        assert "quokka" in searchtext.body_text(searchtext.parse(data))
