@@ -24,6 +24,7 @@ Blocking: call it from a pool thread in the gateway (it fsyncs).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -46,6 +47,10 @@ _CHOICES = {"policy": POLICIES, "reply_to": REPLY_TO, "archive_readers": ARCHIVE
             "dmarc": DMARC, "who_allowed": WHO_ALLOWED}
 
 DAY = 86400.0
+# How often data_version() also asks SQLite (changes made without a ListStore).
+RECHECK_SECONDS = 1.0
+# The change stamp starts again from empty past this size (bytes).
+STAMP_LIMIT = 65536
 
 
 @dataclass(frozen=True)
@@ -185,12 +190,20 @@ CREATE TABLE IF NOT EXISTS tokens (
 class ListStore:
     """All lists of the gateway. Thread-safe (one connection behind a lock)."""
 
-    def __init__(self, root: Path, busy_timeout: float = 30.0):
+    def __init__(self, root: Path, busy_timeout: float = 30.0,
+                 recheck: float = RECHECK_SECONDS):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.root / "lists.sqlite3"
+        # Every commit through a ListStore (the gateway's, the CLI's, another
+        # gateway process's) appends one byte here: readers learn of a change
+        # from one stat() instead of a PRAGMA under the connection's lock.
+        self.stamp = self.root / "lists.changed"
+        self.recheck = recheck
         self._lock = threading.Lock()
         self._writes = 0
+        self._pragma: int | None = None
+        self._pragma_at = float("-inf")
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -207,11 +220,48 @@ class ListStore:
         with self._lock:
             self._db.close()
 
-    def data_version(self) -> tuple[int, int]:
-        """Changes by other connections (SQLite's data_version) and by this one:
-        equal values mean nothing changed in between (cheap: no table read)."""
-        with self._lock:
-            return self._db.execute("PRAGMA data_version").fetchone()[0], self._writes
+    def data_version(self) -> tuple[object, ...]:
+        """Changes by other connections and by this one: equal values mean nothing
+        changed in between.
+
+        Called for every local part the router classifies (RCPT and delivery,
+        on the reactor thread), so it must not wait: one stat() of the stamp
+        that every ListStore commit grows (a list the CLI created is seen by
+        the next call), plus SQLite's data_version at most every `recheck`
+        seconds and only when the connection is free, for changes made
+        without a ListStore (the sqlite3 shell; a stamp the gateway's user
+        cannot write). The PRAGMA used to be asked on every call and waited
+        behind a pool thread's fsync'd commit holding the lock."""
+        try:
+            st = os.stat(self.stamp)
+            mark: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            mark = None
+        now = time.monotonic()
+        if now - self._pragma_at >= self.recheck and self._lock.acquire(blocking=False):
+            try:
+                self._pragma = self._db.execute("PRAGMA data_version").fetchone()[0]
+                self._pragma_at = now
+            finally:
+                self._lock.release()
+        return mark, self._pragma, self._writes
+
+    def _stamp(self) -> None:
+        # O_APPEND of one byte: the size grows with every commit, so two commits
+        # within one mtime tick still differ. Not fsync'd: after a restart
+        # every reader reads the lists afresh anyway.
+        try:
+            fd = os.open(self.stamp, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError:
+            return  # readers fall back on the periodic data_version
+        try:
+            if os.fstat(fd).st_size >= STAMP_LIMIT:
+                os.ftruncate(fd, 0)  # new mtime and size 0: still a change
+            os.write(fd, b".")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -224,6 +274,7 @@ class ListStore:
                 raise
             self._db.execute("COMMIT")
             self._writes += 1
+        self._stamp()
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
