@@ -30,12 +30,12 @@ class ArchiveFolders:
         self.store = store
         self.archive = archive
         self._lock = threading.Lock()
-        self._version: tuple[int, int] | None = None
+        self._version: tuple[object, ...] | None = None
         self._lists: list[MailingList] = []
 
     def _archived(self) -> list[MailingList]:
-        # Settings are read again only when the database changed (SQLite's
-        # data_version: the CLI's commits in another process bump it too).
+        # Settings are read again only when the database changed
+        # (ListStore.data_version: the CLI's commits in another process too).
         with self._lock:
             version = self.store.data_version()
             if version != self._version:

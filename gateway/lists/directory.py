@@ -2,8 +2,9 @@
 
 resolve/router.py asks this for every local part it meets (at RCPT TO and at
 delivery), so it must be cheap: the list names are kept in memory and read
-again only when the database changed (SQLite's data_version, which any other
-connection's commit bumps: `mailgateway list create` in another process).
+again only when the database changed (ListStore.data_version: one stat() of the
+stamp every ListStore commit grows, `mailgateway list create` in another
+process too).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class ListDirectory:
     def __init__(self, store: ListStore):
         self.store = store
         self._lock = threading.Lock()
-        self._version: int | None = None
+        self._version: tuple[object, ...] | None = None
         self._names: frozenset[str] = frozenset()
 
     def names(self) -> frozenset[str]:

@@ -24,8 +24,11 @@ Blocking: call it from a pool thread in the gateway (it fsyncs).
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import secrets
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -46,6 +49,32 @@ _CHOICES = {"policy": POLICIES, "reply_to": REPLY_TO, "archive_readers": ARCHIVE
             "dmarc": DMARC, "who_allowed": WHO_ALLOWED}
 
 DAY = 86400.0
+# How often data_version() also asks SQLite (changes made without a ListStore).
+RECHECK_SECONDS = 1.0
+_COUNTER = struct.Struct("=Q")  # the change counter in lists.changed
+
+
+def _map_counter(path: Path) -> tuple[mmap.mmap | None, bool]:
+    """lists.changed mapped shared (read-write, or read-only when another user made
+    it), and whether it is writable; None when it cannot be had. Never cut short:
+    a mapped file truncated under its readers kills them (SIGBUS)."""
+    for flags, access in ((os.O_RDWR | os.O_CREAT, mmap.ACCESS_WRITE),
+                          (os.O_RDONLY, mmap.ACCESS_READ)):
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_size < _COUNTER.size:
+                if access == mmap.ACCESS_READ:
+                    return None, False
+                os.ftruncate(fd, _COUNTER.size)
+            return mmap.mmap(fd, _COUNTER.size, access=access), access == mmap.ACCESS_WRITE
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return None, False
 
 
 @dataclass(frozen=True)
@@ -185,12 +214,25 @@ CREATE TABLE IF NOT EXISTS tokens (
 class ListStore:
     """All lists of the gateway. Thread-safe (one connection behind a lock)."""
 
-    def __init__(self, root: Path, busy_timeout: float = 30.0):
+    def __init__(self, root: Path, busy_timeout: float = 30.0,
+                 recheck: float = RECHECK_SECONDS):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.root / "lists.sqlite3"
+        # Every commit through a ListStore (the gateway's, the CLI's, another
+        # gateway process's) adds one to the counter in this file, which every
+        # ListStore keeps mapped (MAP_SHARED): readers learn of a change from a
+        # memory read, no system call. A system call on the reactor thread lets
+        # a pool thread take the GIL, and the reactor then waits for it: the
+        # PRAGMA, and a stat() after it, cost ~0.1 ms each under load (py-spy,
+        # bench/RESULTS.md 2026-11-26 "lists change stamp").
+        self.stamp = self.root / "lists.changed"
+        self._counter, self._counter_rw = _map_counter(self.stamp)
+        self.recheck = recheck
         self._lock = threading.Lock()
         self._writes = 0
+        self._pragma: int | None = None
+        self._pragma_at = float("-inf")
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -206,12 +248,40 @@ class ListStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._counter is not None:
+                self._counter.close()
+                self._counter = None
 
-    def data_version(self) -> tuple[int, int]:
-        """Changes by other connections (SQLite's data_version) and by this one:
-        equal values mean nothing changed in between (cheap: no table read)."""
+    def data_version(self) -> tuple[object, ...]:
+        """Changes by other connections and by this one: equal values mean nothing
+        changed in between.
+
+        Called for every local part the router classifies (RCPT and delivery,
+        on the reactor thread), so it makes no system call: the shared counter
+        every ListStore commit raises (a list the CLI created is seen by the
+        next call), plus SQLite's data_version at most every `recheck` seconds
+        and only when the connection is free, for changes made without a
+        ListStore (the sqlite3 shell; a stamp the gateway's user cannot map)."""
+        counter = self._counter
+        mark = _COUNTER.unpack_from(counter)[0] if counter is not None else None
+        now = time.monotonic()
+        if now - self._pragma_at >= self.recheck and self._lock.acquire(blocking=False):
+            try:
+                self._pragma = self._db.execute("PRAGMA data_version").fetchone()[0]
+                self._pragma_at = now
+            finally:
+                self._lock.release()
+        return mark, self._pragma, self._writes
+
+    def _stamp(self) -> None:
+        # After the commit: a reader that sees the new count reads the change.
+        # Two processes adding at once may both write the same count; both
+        # commits precede both writes, so whoever sees it reads both changes.
+        counter = self._counter
+        if counter is None or not self._counter_rw:
+            return  # readers fall back on the periodic data_version
         with self._lock:
-            return self._db.execute("PRAGMA data_version").fetchone()[0], self._writes
+            _COUNTER.pack_into(counter, 0, _COUNTER.unpack_from(counter)[0] + 1)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -224,6 +294,7 @@ class ListStore:
                 raise
             self._db.execute("COMMIT")
             self._writes += 1
+        self._stamp()
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
