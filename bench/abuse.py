@@ -13,10 +13,11 @@ the machine):
     worst latency < none's + 0.5 s    RSS growth < none's + 50 MB    no traceback
 
     .venv/bin/python bench/abuse.py [--seconds 5] [--only lsub,search] [--code DIR]
-                                    [--rounds N] [--peer]
+                                    [--compare DIR] [--rounds N] [--peer]
 
 --code DIR runs the gateway from another checkout (e.g. `git archive` of an
 older commit unpacked in DIR) with this venv, for before/after figures.
+--compare DIR also runs the gateway from DIR (as mailgateway-before) in each round.
 --rounds N runs each attack N times (a row each): one round is noise on a shared disk.
 --peer also runs the attacks that make sense against any SMTP server (PEER_ATTACKS:
 none, big_messages) on a private Postfix delivering into a private Dovecot's Maildir
@@ -65,8 +66,8 @@ class Gateway:
     name = "mailgateway"
     password = PASSWORD
 
-    def __init__(self, root: Path, code: Path | None) -> None:
-        self.root = root
+    def __init__(self, root: Path, code: Path | None, name: str = "mailgateway") -> None:
+        self.root, self.name = root, name
         root.mkdir(parents=True, exist_ok=True)
         self.ports = {n: free_port() for n in ("smtp", "submission", "pop3", "imap")}
         listen = "".join(f'{n} = "tcp:{p}:interface=127.0.0.1"\n' for n, p in self.ports.items())
@@ -497,6 +498,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--only", default="", help="comma-separated attack names")
     ap.add_argument("--code", type=Path, help="run the gateway from this checkout")
+    ap.add_argument("--compare", type=Path,
+                    help="also run the gateway from this checkout, as mailgateway-before, "
+                         "in the same rounds")
     ap.add_argument("--rounds", type=int, default=1, help="each attack this many times")
     ap.add_argument("--peer", action="store_true",
                     help=f"also run {', '.join(PEER_ATTACKS)} against Postfix+Dovecot")
@@ -516,12 +520,17 @@ def main() -> int:
         prepare(work / "seed", args.code)
         for n in range(1, args.rounds + 1):
             for name in names:
-                root = work / f"{name}-{n}"
-                shutil.copytree(work / "seed", root, symlinks=True,
-                                ignore=shutil.ignore_patterns("twistd.log", "run"))
-                print(f"round {n}: {name} ...", file=sys.stderr, flush=True)
-                rows.append(attack(name, Gateway(root, args.code), args.seconds) | {"round": n})
-                shutil.rmtree(root, ignore_errors=True)
+                gateways = [("mailgateway", args.code)]
+                if args.compare:
+                    gateways.append(("mailgateway-before", args.compare))
+                for label, code in gateways:
+                    root = work / f"{name}-{n}-{label}"
+                    shutil.copytree(work / "seed", root, symlinks=True,
+                                    ignore=shutil.ignore_patterns("twistd.log", "run"))
+                    print(f"round {n}: {name} on {label} ...", file=sys.stderr, flush=True)
+                    rows.append(attack(name, Gateway(root, code, label), args.seconds)
+                                | {"round": n})
+                    shutil.rmtree(root, ignore_errors=True)
                 if peer and name in PEER_ATTACKS:
                     root = work / f"{name}-{n}-peer"
                     print(f"round {n}: {name} on the peer ...", file=sys.stderr, flush=True)
