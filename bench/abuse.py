@@ -389,9 +389,18 @@ def big_messages(gw: Gateway, stop: threading.Event) -> None:
                 s.sendall(b"QUIT\r\n")
         except OSError as e:  # a refusal would be no flood at all
             refused.append(repr(e)[:120])
-    run_threads(one, 8, stop, repeat=False)
+    started = time.monotonic()
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # How fast the flood itself went: a server that kept the others fast by stalling
+    # the big uploads would show here.
+    gw.note = f"8 x 34 MB accepted in {time.monotonic() - started:.1f} s"
     if refused:
         raise RuntimeError(f"{len(refused)} of 8 big messages not accepted: {refused[0]}")
+    stop.wait()
 
 
 def literals(gw: Gateway, stop: threading.Event) -> None:
@@ -482,7 +491,8 @@ def attack(name: str, gw: Gateway | Peer, seconds: float) -> dict:
     finally:
         gw.stop()
     log = gw.log_text()
-    return {"name": name, "server": gw.name, "worst": good.worst, "by_op": good.worst_by_op,
+    return {"name": name, "server": gw.name, "note": getattr(gw, "note", ""),
+            "worst": good.worst, "by_op": good.worst_by_op,
             "ops": good.ops, "errors": good.errors, "rss_mb": (peak - base) / 1024,
             "tracebacks": log.count("Traceback"), "failure": failure}
 
@@ -560,10 +570,12 @@ def main() -> int:
         # the attack's.
         idle = next((i for i in rows if i["name"] == "none" and i["round"] == r["round"]
                      and i["server"] == r["server"]), {"worst": 0.0, "rss_mb": 0.0})
-        ok = (r["worst"] < idle["worst"] + LATENCY_LIMIT
-              and r["rss_mb"] < max(0.0, idle["rss_mb"]) + RSS_LIMIT_MB
+        # The RSS limit is the gateway's: the peer's processes (an smtpd and a cleanup
+        # per session) come and go, and their sum is reported, not judged.
+        rss_ok = r["server"] == Peer.name or r["rss_mb"] < max(0.0, idle["rss_mb"]) + RSS_LIMIT_MB
+        ok = (r["worst"] < idle["worst"] + LATENCY_LIMIT and rss_ok
               and not r["tracebacks"] and not r["errors"] and not r["failure"])
-        notes = "; ".join(r["errors"][:1] + r["failure"][:1])
+        notes = "; ".join(r["errors"][:1] + r["failure"][:1] + ([r["note"]] if r["note"] else []))
         verdict = ("pass" if ok else "FAIL") + (f" ({notes})" if notes else "")
         by_op = ", ".join(f"{op} {t:.2f}" for op, t in r["by_op"].items())
         print(f"| {r['round']} | {r['server']} | {r['name']} | {r['worst']:.2f} s | {by_op} "
