@@ -208,3 +208,18 @@ def test_the_window_is_a_setting(tmp_path):
     path.write_text(SERVER + '[queue]\nwriteback_window = -1\n')
     with pytest.raises(ConfigError, match="writeback_window"):
         load(path)
+
+
+def test_the_real_system_call_takes_these_arguments(tmp_path):
+    """No fake: the ctypes binding of sync_file_range(2) (64-bit offsets) works here."""
+    fd = os.open(tmp_path / "big", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        wb = Writeback(fd, 64 * KIB)
+        for _ in range(20):
+            durable.write_all(fd, b"z" * (16 * KIB), wb)
+        wb.finish()
+        assert wb.big and wb.written == 320 * KIB
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        durable.sync_file_range(-1, 0, 1, SYNC_FILE_RANGE_WRITE)
