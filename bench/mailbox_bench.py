@@ -39,9 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imap_bench import build_tree  # noqa: E402  (bench/ is not a package: see the line above)
 from peers import (  # noqa: E402
     LOOPBACK,
-    Dovecot,
     MailgatewayImap,
-    Postfix,
+    PostfixDovecot,
     RssSampler,
     Unavailable,
     count_dir,
@@ -111,43 +110,6 @@ class Gateway(MailgatewayImap):
     def prepare(self, rundir: Path, smtp_port: int, imap_port: int, cur: Path) -> None:
         self.smtp_port = smtp_port
         self.setup(rundir, imap_port, cur)
-
-
-class PostfixDovecot:
-    """Postfix's virtual(8) delivering into the Maildir a private Dovecot serves."""
-
-    name = "Postfix+Dovecot"
-
-    def __init__(self, workdir: Path, recipient: str, sessions: int) -> None:
-        self.postfix = Postfix(workdir, recipient, sessions)
-        self.dovecot = Dovecot(workdir, recipient, sessions)
-        self.rundir = workdir
-        self.smtp_port = self.port = 0
-
-    def check(self) -> None:
-        self.postfix.check()
-        self.dovecot.check()
-
-    def prepare(self, rundir: Path, smtp_port: int, imap_port: int, cur: Path) -> None:
-        self.rundir, self.smtp_port, self.port = rundir, smtp_port, imap_port
-        self.dovecot.setup(rundir / "dovecot", imap_port, cur)
-        home = self.dovecot.home()
-        self.postfix.mail_base = home.parent
-        self.postfix.mailbox = f"{home.name}/{self.dovecot.maildir().name}/"
-
-    def launch(self, deadline: float) -> None:
-        self.dovecot.launch(deadline)
-        self.postfix.start(self.rundir / "postfix", self.smtp_port, deadline)
-
-    def maildir(self) -> Path:
-        return self.dovecot.maildir()
-
-    def pids(self) -> list[int]:
-        return self.postfix.pids() + self.dovecot.pids()
-
-    def stop(self) -> None:
-        self.postfix.stop()
-        self.dovecot.stop()
 
 
 Setup = Gateway | PostfixDovecot

@@ -367,7 +367,7 @@ maillog_file_prefixes = {logdir}
 biff = no
 append_dot_mydomain = no
 readme_directory = no
-"""
+{extra}"""
 
 
 class Postfix(Server):
@@ -384,6 +384,8 @@ class Postfix(Server):
         # at the Maildir its Dovecot serves.
         self.mail_base: Path | None = None
         self.mailbox: str | None = None
+        # More main.cf lines ("name = value\n"), e.g. abuse.py's message_size_limit.
+        self.main_cf_extra = ""
 
     def check(self) -> None:
         for tool in ("/usr/sbin/postfix", "/usr/sbin/postconf"):
@@ -430,6 +432,7 @@ class Postfix(Server):
                 gid=user.pw_gid,
                 maillog=self.log(),
                 logdir=rundir,
+                extra=self.main_cf_extra,
             )
         )
         self._postfix("start", timeout=max(1.0, deadline - time.monotonic()))
@@ -874,6 +877,44 @@ class Dovecot(Server):
             wait_imap(self.port, deadline, self._alive)
         except Unavailable as exc:
             raise Unavailable(f"{exc}\n{tail(self.log())}") from None
+
+
+class PostfixDovecot:
+    """Postfix's virtual(8) delivering into the Maildir a private Dovecot serves."""
+
+    name = "Postfix+Dovecot"
+
+    def __init__(self, workdir: Path, recipient: str, sessions: int) -> None:
+        self.postfix = Postfix(workdir, recipient, sessions)
+        self.dovecot = Dovecot(workdir, recipient, sessions)
+        self.rundir = workdir
+        self.smtp_port = self.port = 0
+
+    def check(self) -> None:
+        self.postfix.check()
+        self.dovecot.check()
+
+    def prepare(self, rundir: Path, smtp_port: int, imap_port: int, cur: Path) -> None:
+        self.rundir, self.smtp_port, self.port = rundir, smtp_port, imap_port
+        self.dovecot.setup(rundir / "dovecot", imap_port, cur)
+        home = self.dovecot.home()
+        self.postfix.mail_base = home.parent
+        self.postfix.mailbox = f"{home.name}/{self.dovecot.maildir().name}/"
+
+    def launch(self, deadline: float) -> None:
+        self.dovecot.launch(deadline)
+        self.postfix.start(self.rundir / "postfix", self.smtp_port, deadline)
+
+    def maildir(self) -> Path:
+        return self.dovecot.maildir()
+
+    def pids(self) -> list[int]:
+        return self.postfix.pids() + self.dovecot.pids()
+
+    def stop(self) -> None:
+        self.postfix.stop()
+        self.dovecot.stop()
+
 
 
 # --- the aiosmtpd server (runs in the venv's Python) ----------------------------------------

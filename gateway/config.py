@@ -156,6 +156,9 @@ class QueueSettings:
     control_interval: float = 1.0
     # How a group commit makes the spool and Maildir writes durable (gateway/durable.py).
     sync: str = "filesystem"
+    # A spool or Maildir file past this many bytes is written back as it is written,
+    # at most this far behind (durable.Writeback); 0: off.
+    writeback_window: int = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -525,9 +528,13 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         bounce_size_limit=r.positive("queue", "bounce_size_limit", int, 50000),
         control_interval=r.positive("queue", "control_interval", float, 1.0),
         sync=r.get("queue", "sync", str, "filesystem"),
+        writeback_window=r.get("queue", "writeback_window", int, QueueSettings.writeback_window),
     )
     if queue.sync not in SYNC_MODES:
         r.fault("queue", "sync", f"must be \"filesystem\" or \"file\", not {queue.sync!r}")
+    if queue.writeback_window < 0:
+        r.fault("queue", "writeback_window",
+                f"must be 0 (off) or a number of bytes, not {queue.writeback_window}")
     if queue.delay_warning < 0:
         r.fault("queue", "delay_warning", f"must be 0 (off) or more, not {queue.delay_warning}")
     relay = _relay_settings(r)

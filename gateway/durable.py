@@ -31,6 +31,14 @@ How a trip makes things durable is its sync mode:
   "file"        each file written with O_DSYNC, each directory fsync'd once
                 per trip: cost grows with the number of files.
 Outside a trip (the CLI, tests) every write and directory sync is immediate.
+
+A big file (a 34 MB message streamed into the spool, or its copy into a
+Maildir) is sent to the disk as it is written, never more than its writeback
+window behind (Writeback, [queue] writeback_window): else its tens of dirty
+megabytes wait in the page cache for the next sync, and any small message's
+sync (a syncfs, or an fsync whose journal commit must write the data of
+every file it orders) waits for them too. So one client's big upload costs
+another's small message at most a window's worth of writing per big file.
 """
 
 from __future__ import annotations
@@ -61,13 +69,14 @@ _log = Logger()
 
 class BlockingBatcher:
     def __init__(self, reactor, max_trips: int = 2, max_batch: int = 64,
-                 sync: str = "file"):
+                 sync: str = "file", writeback_window: int = 0):
         if sync not in SYNC_MODES:
             raise ValueError(f"sync mode must be one of {SYNC_MODES}, not {sync!r}")
         self.reactor = reactor
         self.max_trips = max_trips
         self.max_batch = max_batch
         self.sync = sync if sync == "file" or syncfs_available() else "file"
+        self.writeback_window = writeback_window  # for the trips' big files (Writeback)
         self._waiting: list[tuple[defer.Deferred, Callable[..., Any], tuple]] = []
         self._trips = 0
 
@@ -84,7 +93,8 @@ class BlockingBatcher:
             self._trips += 1
             calls = [(f, args) for _, f, args in batch]
             trip = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                             run_trip, calls, self.sync)
+                                             run_trip, calls, self.sync,
+                                             self.writeback_window)
             trip.addBoth(self._finished, [d for d, _, _ in batch])
 
     def _finished(self, results: list[tuple[bool, Any]] | Failure,
@@ -130,8 +140,9 @@ def complete(f: Callable[..., Any], *args: Any) -> Any:
 class _Trip:
     """What the running trip has yet to make durable (one per pool thread)."""
 
-    def __init__(self, sync: str):
+    def __init__(self, sync: str, writeback_window: int = 0):
         self.sync = sync
+        self.writeback_window = writeback_window
         self.files: set[str] = set()  # directories of files written since the last step
         self.dirs: set[str] = set()   # directories with renames to make durable at the end
         self.before: dict[Callable[[], Any], None] = {}  # before_durable calls, once each
@@ -195,24 +206,36 @@ def _write(path: Path | str, data: bytes | MessageFile, flags: int,
     mode = os.O_APPEND if append else os.O_TRUNC
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | flags, 0o600)
     try:
-        write_all(fd, data)
+        # O_DSYNC writes are on disk when they return: nothing to send ahead.
+        write_all(fd, data, None if flags & os.O_DSYNC else writeback(fd))
     finally:
         os.close(fd)
 
 
-def write_all(fd: int, data: bytes | MessageFile) -> None:
+def write_all(fd: int, data: bytes | MessageFile, wb: Writeback | None = None) -> None:
     """Write all of data to fd (os.write may write less than asked); a MessageFile's
-    file in pieces of COPY_CHUNK."""
+    file in pieces of COPY_CHUNK. wb: told of each piece (a big file's writeback)."""
     if isinstance(data, MessageFile):
-        write_all(fd, data.head)
+        write_all(fd, data.head, wb)
         piece = bytearray(COPY_CHUNK)
         with open(data.path, "rb", buffering=0) as source, memoryview(piece) as view:
             while n := source.readinto(piece):
-                write_all(fd, view[:n])
+                write_all(fd, view[:n], wb)
         return
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+    if wb is not None:
+        wb.wrote(len(data))
+
+
+def writeback(fd: int) -> Writeback | None:
+    """A Writeback for a file written from offset 0 in the current trip (None outside
+    a trip or with no window: there every write is synced at once)."""
+    trip = _trip()
+    if trip is None or trip.writeback_window <= 0:
+        return None
+    return Writeback(fd, trip.writeback_window)
 
 
 def file_written(fd: int, path: Path | str) -> None:
@@ -275,11 +298,11 @@ def when_durable(f: Callable[[], Any]) -> None:
         trip.after.setdefault(f, None)
 
 
-def run_trip(calls: list[tuple[Callable[..., Any], tuple]], sync: str = "file"
-             ) -> list[tuple[bool, Any]]:
+def run_trip(calls: list[tuple[Callable[..., Any], tuple]], sync: str = "file",
+             writeback_window: int = 0) -> list[tuple[bool, Any]]:
     """Run calls in order, steps in lock-step; (ok, result or Failure) for each."""
     results: list[tuple[bool, Any]] = [(False, None)] * len(calls)
-    trip = _local.trip = _Trip(sync)
+    trip = _local.trip = _Trip(sync, writeback_window)
     try:
         running: list[tuple[int, Steps]] = []
         for i, (f, args) in enumerate(calls):
@@ -366,3 +389,76 @@ def _syncfs_each(dirs: set[str]) -> None:
                 raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
         finally:
             os.close(fd)
+
+
+# --- a big file's writeback, bounded: sync_file_range(2), by ctypes ---------------
+
+# <linux/fs.h>: wait for writeback already under way; start it; wait for it to end.
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+_WAIT_ALL = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+
+_sync_file_range_c = getattr(_libc, "sync_file_range", None)
+if _sync_file_range_c is not None:
+    _sync_file_range_c.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    _sync_file_range_c.restype = ctypes.c_int
+
+
+def sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> None:
+    """sync_file_range(2) (Linux); a no-op where there is none (the commit's sync
+    still makes the file durable: this only moves when its data is written)."""
+    if _sync_file_range_c is None:
+        return
+    if _sync_file_range_c(fd, offset, nbytes, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sync_file_range: {os.strerror(err)}")
+
+
+class Writeback:
+    """Keeps a big file's data going to the disk as it is written, at most `window`
+    bytes (two windows in flight) behind the last write.
+
+    A file smaller than the window is left alone: the trip's sync writes it with the
+    rest, as before. From the window on, each write starts the writeback of what
+    was written (SYNC_FILE_RANGE_WRITE), and the writer waits for the data more
+    than a window behind (its disk, its thread), so what a big file leaves dirty
+    for someone else's sync is bounded, and the writer is slowed to the disk's pace
+    (an SMTP session then stops reading its client: back-pressure). This moves
+    only *when* data is written: a file is durable only after its fsync, fdatasync
+    or syncfs, which still comes before any 250 or rename (sync_file_range
+    makes no metadata durable). Like PostgreSQL's backend_flush_after.
+    """
+
+    def __init__(self, fd: int, window: int,
+                 sync_range: Callable[[int, int, int, int], None] | None = None) -> None:
+        self.fd = fd
+        self.window = window
+        self._range = sync_range or sync_file_range
+        self.written = 0   # bytes written so far (from offset 0)
+        self._started = 0  # writeback started up to here
+        self._done = 0     # on disk up to here (waited for)
+
+    @property
+    def big(self) -> bool:
+        """True once the file reached the window (its writeback is under way)."""
+        return self._started > 0
+
+    def wrote(self, n: int) -> None:
+        """n more bytes were written at the end."""
+        self.written += n
+        if self.window <= 0 or self.written < self.window:
+            return
+        self._range(self.fd, self._started, self.written - self._started, SYNC_FILE_RANGE_WRITE)
+        self._started = self.written
+        behind = self.written - self.window
+        if behind > self._done:
+            self._range(self.fd, self._done, behind - self._done, _WAIT_ALL)
+            self._done = behind
+
+    def finish(self) -> None:
+        """For a big file, wait until all its data is written (not its metadata: the
+        commit's sync does that, and has then only that left to write for it)."""
+        if self.big and self.written > self._done:
+            self._range(self.fd, self._done, self.written - self._done, _WAIT_ALL)
+            self._done = self.written

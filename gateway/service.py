@@ -102,8 +102,13 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # Disk work of the queue goes to the pool in batches (group commit, durable.py),
     # in two lanes of one thread each: spool writes for SMTP's 250s, and the
     # runner's work. More threads only fought over the GIL (bench/RESULTS.md).
-    accept_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync)
-    run_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync)
+    # A big file in either lane goes to the disk as it is written ([queue]
+    # writeback_window), so that a trip's sync never waits for tens of MB of it.
+    window = settings.queue.writeback_window
+    accept_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync,
+                                      writeback_window=window)
+    run_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync,
+                                   writeback_window=window)
     # Password hashes and mailbox work (POP3, IMAP SEARCH ...) have pools of their
     # own, so guessing passwords or searching never delays a 250 (issue 11).
     auth_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.auth, name="auth")
@@ -123,7 +128,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     router = Router(settings.domains, users, aliases=table, delimiter=a.recipient_delimiter,
                     max_depth=a.max_depth, shell=a.shell, reply=a.reply,
                     lists=ListDirectory(list_store))
-    spool = Spool(settings.spool_dir, reactor, accept_blocking)
+    spool = Spool(settings.spool_dir, reactor, accept_blocking, writeback_window=window)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread,
                          limits=Limits(settings.quotas_file, settings.mailbox_quota,

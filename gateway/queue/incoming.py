@@ -16,6 +16,13 @@ session is a buffer, not a message (DESIGN.md, "Sharing one process fairly").
   commit, which writes it in the same group-commit trip as its envelope
   (run_commit, Spool.commit_steps): a small message costs what it cost when
   messages were stored whole.
+- A message past [queue] writeback_window is sent to the disk as it is
+  written, at most a window behind (durable.Writeback), and at the final dot
+  its session waits, in its own write lane, for the rest of its data
+  (finish) before it joins the group commit. So the commit's shared sync
+  (the syncfs another session's small message waits for) finds only its
+  metadata left to write, not tens of MB, and a writer faster than the disk
+  is slowed, not the other sessions.
 - commit() makes the file durable (fdatasync, or the trip's syncfs) and
   renames it into entries/ with its envelope (queue/spool.py).
 - A sender check (gateway/verify/, on port 25) reads the message at the
@@ -48,7 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.durable import write_all
+from gateway.durable import Writeback, write_all
 from gateway.errors import SpoolError
 from gateway.interfaces import IIncomingMessage
 
@@ -66,7 +73,8 @@ class Incoming:
     def __init__(self, queue_id: str, path: str, buffer_size: int,
                  run_write: Callable[..., defer.Deferred],
                  run_commit: Callable[..., defer.Deferred],
-                 commit_steps: Callable[..., Any]) -> None:
+                 commit_steps: Callable[..., Any], writeback_window: int = 0,
+                 sync_range: Callable[[int, int, int, int], None] | None = None) -> None:
         self.queue_id = queue_id
         self.path = path  # in the spool's tmp/, so that the commit is a rename
         self.size = 0
@@ -79,6 +87,9 @@ class Incoming:
         self._writing = False
         self._opened = False  # a write was started: the file may exist
         self._fd: int | None = None  # used by one thread at a time, one call after another
+        self._writeback_window = writeback_window
+        self._sync_range = sync_range
+        self._wb: Writeback | None = None  # with _fd
         self._error: OSError | None = None
         self._done = False  # committed or aborted: further writes are ignored
         self._room: list[defer.Deferred] = []
@@ -135,6 +146,14 @@ class Incoming:
                 error = spool_error(self.queue_id, self._error)
                 removed = self._run_write(self._remove_blocking)
                 return removed.addBoth(lambda _: Failure(error))
+            if self._wb is not None and self._wb.big:
+                # Its own data on disk first, in its own lane: the shared sync then
+                # waits for none of it (see the module's docstring).
+                done = self._run_write(self._wb.finish)
+                return done.addCallbacks(lambda _: commit_now(), self._flush_failed)
+            return commit_now()
+
+        def commit_now() -> defer.Deferred:
             tail = self._take_waiting()
             fd, self._fd = self._fd, None  # commit_steps closes it
             if head is None:
@@ -144,6 +163,14 @@ class Incoming:
             return self._run_commit(self._commit_steps, envelope, tail, fd, head, skip)
 
         return d.addCallback(store)
+
+    def _flush_failed(self, failure: Failure) -> defer.Deferred:
+        """The writeback of a committing message failed (EIO, ENOSPC): as a write
+        error, the file goes and the commit fails (452/451 at the dot)."""
+        failure.trap(OSError)
+        error = spool_error(self.queue_id, failure.value)
+        removed = self._run_write(self._remove_blocking)
+        return removed.addBoth(lambda _: Failure(error))
 
     def abort(self) -> None:
         if self._done:
@@ -204,10 +231,11 @@ class Incoming:
     def _write_blocking(self, data: bytes) -> None:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        write_all(self._fd, data)
+            self._wb = Writeback(self._fd, self._writeback_window, self._sync_range)
+        write_all(self._fd, data, self._wb)
 
     def _remove_blocking(self) -> None:
-        fd, self._fd = self._fd, None
+        fd, self._fd, self._wb = self._fd, None, None
         if fd is not None:
             os.close(fd)
         try:

@@ -39,6 +39,7 @@ from gateway.durable import (
     sync_dir,
     write_all,
     write_file,
+    writeback,
 )
 from gateway.envelope import Envelope, Recipient, valid_queue_id
 from gateway.errors import SpoolError
@@ -50,8 +51,11 @@ log = Logger()
 
 @implementer(ISpool)
 class Spool:
-    def __init__(self, root: Path, reactor, run_blocking=None, run_write=None):
+    def __init__(self, root: Path, reactor, run_blocking=None, run_write=None,
+                 writeback_window: int = 0):
         self.root = Path(root)
+        # A streamed message past this many bytes is written back as it arrives.
+        self.writeback_window = writeback_window
         self.reactor = reactor
         self.run_blocking = run_blocking or in_thread(reactor)
         # The parts of messages streamed in (receive()): plain writes, no group commit.
@@ -83,7 +87,8 @@ class Spool:
         if not valid_queue_id(queue_id):
             raise SpoolError(f"invalid queue ID {queue_id!r}")
         return Incoming(queue_id, f"{self._tmp}{queue_id}.msg", buffer_size,
-                        self.run_write, self.run_blocking, self.commit_steps)
+                        self.run_write, self.run_blocking, self.commit_steps,
+                        self.writeback_window)
 
     def store_steps(self, envelope: Envelope, message: bytes) -> Steps:
         return self.commit_steps(envelope, message)
@@ -133,7 +138,8 @@ class Spool:
         new = f"{path}.new"
         nfd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            write_all(nfd, head)
+            wb = writeback(nfd)  # the trip's: the copy of a big message goes out as made
+            write_all(nfd, head, wb)
             src = os.open(path, os.O_RDONLY)
             try:
                 end = os.fstat(src).st_size
@@ -152,6 +158,8 @@ class Spool:
                     if done <= 0:
                         raise OSError(errno.EIO, f"{path}: short copy")
                     offset += done
+                    if wb is not None:
+                        wb.wrote(done)
             finally:
                 os.close(src)
             os.rename(new, path)
