@@ -14,7 +14,10 @@ process groups, so none of them can finish unrecorded and then run again:
 each message reaches the program once more at most as after a timeout. A
 helper that leaves a kill unanswered for KILL_GRACE seconds (stopped by a
 program, which may signal it: see spawnhelper.py) is killed, and so
-started again.
+started again. The same for one that leaves a ping unanswered: while
+programs run, the helper is pinged every ping_interval seconds, and one
+silent for ping_timeout (a process of the program user sent it SIGSTOP) is
+killed, its deliveries retried at once rather than at [program] timeout.
 """
 
 from __future__ import annotations
@@ -68,8 +71,12 @@ class Spawner:
     """Programs as uid/gid (when the gateway runs as root; None otherwise) in directory."""
 
     def __init__(self, reactor, uid: int | None, gid: int | None, directory: str,
-                 argv: list[str] | None = None, killpg=os.killpg):
+                 argv: list[str] | None = None, killpg=os.killpg,
+                 ping_interval: float = 5.0, ping_timeout: float = 2.0):
         self.reactor = reactor
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self._ping_call = None  # the next ping, or the deadline of the one sent
+        self._ping_seq = 0
         # -I: no environment variables nor user site; -S: no site-packages. The
         # helper needs the standard library only, and stays small.
         self.argv = argv or [sys.executable, "-I", "-S", str(HELPER),
@@ -90,7 +97,34 @@ class Spawner:
         helper.send({"id": job.id, "argv": job.argv, "env": job.env,
                      "head": job.head.decode("latin-1"), "message": job.message_path,
                      "output_limit": job.output_limit, "reply_limit": job.reply_limit})
+        if self._ping_call is None:
+            self._ping_call = self.reactor.callLater(self.ping_interval, self._ping)
         return job.done
+
+    def _ping(self) -> None:
+        """Is the helper alive? Asked only while it holds deliveries."""
+        self._ping_call = None
+        helper = self._helper
+        if helper is None or not self._jobs:
+            return
+        self._ping_seq += 1
+        helper.send({"ping": self._ping_seq})
+        self._ping_call = self.reactor.callLater(self.ping_timeout, self._silent, helper)
+
+    def _pong(self, seq: int) -> None:
+        if seq != self._ping_seq or self._ping_call is None:
+            return  # an answer too late: the helper was given up already
+        self._ping_call.cancel()
+        self._ping_call = None
+        if self._jobs:
+            self._ping_call = self.reactor.callLater(self.ping_interval, self._ping)
+
+    def _silent(self, helper: _HelperProtocol) -> None:
+        self._ping_call = None
+        if helper is self._helper:
+            log.warn("program spawner did not answer a ping in {timeout:g}s "
+                     "(program.ping_timeout): restarting it", timeout=self.ping_timeout)
+            self._end(helper)
 
     def kill(self, job: Job) -> None:
         if job.id in self._jobs and self._helper is not None:
@@ -101,10 +135,15 @@ class Spawner:
         if job.id in self._jobs and helper is self._helper:
             log.warn("program spawner did not kill a program in {grace:g}s: restarting it",
                      grace=KILL_GRACE)
-            try:
-                helper.transport.signalProcess("KILL")
-            except (OSError, error.ProcessExitedAlready):
-                pass  # it ended meanwhile: processEnded comes
+            self._end(helper)
+
+    @staticmethod
+    def _end(helper: _HelperProtocol) -> None:
+        """SIGKILL the helper (a stopped one too); processEnded then retries its jobs."""
+        try:
+            helper.transport.signalProcess("KILL")
+        except (OSError, error.ProcessExitedAlready):
+            pass  # it ended meanwhile: processEnded comes
 
     def stop(self) -> None:
         """Close the helper's input: it kills what still runs and exits."""
@@ -123,6 +162,9 @@ class Spawner:
         return self._helper
 
     def _reply(self, msg: dict) -> None:
+        if "pong" in msg:
+            self._pong(msg["pong"])
+            return
         job = self._jobs.get(msg["id"])
         if job is None:
             return
@@ -141,6 +183,9 @@ class Spawner:
         if helper is not self._helper:
             return
         self._helper = None
+        if self._ping_call is not None:
+            self._ping_call.cancel()
+            self._ping_call = None
         jobs, self._jobs = self._jobs, {}
         if jobs:
             log.warn("program spawner ended ({reason}) with {n} programs running: "

@@ -46,9 +46,11 @@ big-endian length and a JSON object; bytes travel as latin-1 strings.
   request  {"id", "argv", "env", "head", "message", "output_limit",
             "reply_limit"}                       start a program
            {"id", "kill": true}                  SIGKILL its process group
+           {"ping": n}                           are you alive? (deliver/spawner.py)
   replies  {"id", "pid"}                         started
            {"id", "error"}                       could not start (nothing ran)
            {"id", "exit", "signal", "output", "stdout"}   ended, all output read
+           {"pong": n}                           alive
 End of input (the gateway stopped or died): every running program's process
 group is killed (its delivery cannot be recorded, so it will be tried again;
 left running, it would be run twice), then this process exits.
@@ -243,6 +245,9 @@ class Helper:
             self.handle(req)
 
     def handle(self, req: dict) -> None:
+        if "ping" in req:
+            self.reply({"pong": req["ping"]})
+            return
         if req.get("kill"):
             run = self.runs.get(req["id"])
             if run is not None:

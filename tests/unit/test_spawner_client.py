@@ -165,3 +165,44 @@ def test_a_kill_answered_in_time_leaves_the_helper_alone():
     reply(helper, id=running.id, exit=None, signal=9, output="", stdout="")
     reactor.advance(KILL_GRACE)
     assert helper["transport"].signals == []
+
+
+def test_a_helper_silent_to_a_ping_is_killed_and_its_deliveries_retried():
+    # A process of the program user may SIGSTOP the helper (its real uid is theirs):
+    # the deliveries it holds come back as 451 after ping_timeout, not [program] timeout.
+    reactor = Reactor()
+    spawner = Spawner(reactor, 65534, 65533, "/srv", killpg=lambda pid, sig: None,
+                      ping_interval=5.0, ping_timeout=2.0)
+    stuck = job()
+    done = results(spawner.run(stuck))
+    helper = reactor.helpers[0]
+    reactor.advance(5.0)
+    assert helper["transport"].frames()[-1] == {"ping": 1}
+    reactor.advance(1.9)
+    assert helper["transport"].signals == []
+    reactor.advance(0.1)
+    assert helper["transport"].signals == ["KILL"]
+    helper["proto"].processEnded(Failure(Exception("killed by signal 9")))
+    assert done == [Outcome(error=LOST)]
+    spawner.run(job())
+    assert len(reactor.helpers) == 2
+
+
+def test_a_helper_that_answers_pings_is_left_alone_and_idle_it_is_not_pinged():
+    reactor = Reactor()
+    spawner = Spawner(reactor, 65534, 65533, "/srv", ping_interval=5.0, ping_timeout=2.0)
+    running = job()
+    done = results(spawner.run(running))
+    helper = reactor.helpers[0]
+    for seq in (1, 2, 3):
+        reactor.advance(5.0)
+        assert helper["transport"].frames()[-1] == {"ping": seq}
+        reactor.advance(1.0)
+        reply(helper, pong=seq)
+    reactor.advance(10.0)
+    assert helper["transport"].signals == []
+    reply(helper, id=running.id, exit=0, signal=None, output="", stdout="")
+    assert done == [Outcome(0, None, b"", b"")]
+    helper["transport"].clear()
+    reactor.advance(60.0)  # nothing running: no pings, no timers left behind
+    assert helper["transport"].value() == b"" and reactor.getDelayedCalls() == []

@@ -181,3 +181,12 @@ def test_as_root_the_helper_refuses_to_run_programs_as_root(identity):
     helper = Helper(identity)
     _, err = helper.proc.communicate(timeout=30)
     assert helper.proc.returncode == 1 and b"never run as root" in err
+
+
+def test_a_ping_is_answered_while_programs_run(helper, message):
+    started = helper.start(1, ["/bin/sh", "-c", "sleep 5"], message)
+    assert "pid" in started
+    helper.send(ping=7)
+    assert helper.recv() == {"pong": 7}
+    helper.send(id=1, kill=True)
+    assert helper.recv()["signal"] == 9
