@@ -138,6 +138,11 @@ class ProgramDelivery:
         # An alias's several programs may start together; slots bounds them anyway.
         self.parallel = settings.concurrency
 
+    def start(self) -> None:
+        """Start the program spawner now: called while the gateway may still be root,
+        so it can give programs [program] user after the gateway dropped root."""
+        self.spawner.start()
+
     def deliver(self, envelope: Envelope, route: Route, message_path: str,
                 recovering: bool) -> defer.Deferred:
         return self.slots.run(self._deliver, envelope, route, message_path)
