@@ -216,6 +216,11 @@ class ProgramSettings:
     concurrency: int = 10
     output_limit: int = 4096
     reply_limit: int = 65536
+    # The program spawner (deliver/spawner.py) is asked whether it is alive every
+    # ping_interval seconds while programs run; unanswered after ping_timeout, it is
+    # killed and started again, and the deliveries it held are retried (451).
+    ping_interval: float = 5.0
+    ping_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -717,6 +722,8 @@ def _alias_settings(r: _Reader) -> tuple[AliasSettings, ProgramSettings, MboxSet
         concurrency=r.positive("program", "concurrency", int, p.concurrency),
         output_limit=r.positive("program", "output_limit", int, p.output_limit),
         reply_limit=r.positive("program", "reply_limit", int, p.reply_limit),
+        ping_interval=r.positive("program", "ping_interval", float, p.ping_interval),
+        ping_timeout=r.positive("program", "ping_timeout", float, p.ping_timeout),
     )
     mbox = MboxSettings(lock_timeout=r.positive("mbox", "lock_timeout", float, 30.0))
     return aliases, program, mbox

@@ -71,6 +71,19 @@ class RunnerService(service.Service):
         return super().stopService()
 
 
+class ProgramService(service.Service):
+    """Starts the program spawner while the gateway is still root (privilegedStartService
+    runs before [server] user's drop and before twistd --uid's): only root can give
+    programs [program] user (deliver/spawner.py)."""
+
+    def __init__(self, program: ProgramDelivery):
+        self.program = program
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.program.start()
+
+
 class PoolsService(service.Service):
     """Starts and stops thread pools of their own kind ([threads]) with the gateway."""
 
@@ -177,6 +190,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
         run_blocking=run_blocking, run_unsynced=in_thread(reactor), bouncer=bouncer,
         control_root=settings.spool_dir)
     submitter.listener = runner
+    ProgramService(program).setServiceParent(top)
     RunnerService(runner).setServiceParent(top)
     OutboxService(lists, reactor, settings.queue.control_interval).setServiceParent(top)
     authcheck = _inbound_auth(settings, reactor, top)

@@ -131,10 +131,17 @@ class ProgramDelivery:
         # Programs start in a helper process of their own (deliver/spawnhelper.py
         # says why), which the gateway starts on first use and again if it dies.
         self.uid, self.gid, self.home, self.user = _identity(settings)
-        self.spawner = spawner or Spawner(reactor, self.uid, self.gid, settings.directory)
+        self.spawner = spawner or Spawner(reactor, self.uid, self.gid, settings.directory,
+                                          ping_interval=settings.ping_interval,
+                                          ping_timeout=settings.ping_timeout)
         self.slots = defer.DeferredSemaphore(settings.concurrency)
         # An alias's several programs may start together; slots bounds them anyway.
         self.parallel = settings.concurrency
+
+    def start(self) -> None:
+        """Start the program spawner now: called while the gateway may still be root,
+        so it can give programs [program] user after the gateway dropped root."""
+        self.spawner.start()
 
     def deliver(self, envelope: Envelope, route: Route, message_path: str,
                 recovering: bool) -> defer.Deferred:

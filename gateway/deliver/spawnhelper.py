@@ -20,17 +20,20 @@ forks the command).
 How a program gets its identity without a fork per program (a fork of even
 this process cost 0.3-0.75 ms of system time; a posix_spawn, which vforks,
 0.03 ms): run as root, this process takes its identity once at start
-(take_identity): no supplementary groups, real user and group IDs those of
-[program] user and group, effective and saved IDs still root (to open the
-spool's message files and to kill programs). posix_spawn's
-POSIX_SPAWN_RESETIDS then sets each child's effective IDs to those real
-ones before the exec, and the exec makes the saved ones alike, so the
-program runs with all of its user and group IDs [program]'s, no other
-group and no capability (Linux clears them when no user ID is 0). The
-directory is entered once, here, and inherited. A program can signal this
-process (its real user ID is the program's); one that stops it is dealt
-with by the gateway (deliver/spawner.py: a kill left unanswered restarts
-the helper).
+(take_identity): no supplementary groups, real group ID [program] group's,
+every user ID and the effective and saved group IDs still root (to open
+the spool's message files and to kill programs). For each program it sets
+its real user ID to [program] user's only around the posix_spawn call
+(Run.__init__): POSIX_SPAWN_RESETIDS then sets the child's effective IDs
+to those real ones before the exec, and the exec makes the saved ones
+alike, so the program runs with all of its user and group IDs
+[program]'s, no other group and no capability (Linux clears them when no
+user ID is 0). Outside that call no user ID of this process is the
+program user's, so a program cannot signal it (kill(2) compares user IDs
+only); one that stops or kills it inside that window is dealt with by the
+gateway (deliver/spawner.py: an unanswered ping or kill restarts the
+helper; a stopped one it cannot kill any more is continued). The
+directory is entered once, here, and inherited.
 
 Each program, as Postfix's local(8) runs it: no shell (argv as given), the
 environment as given (nothing inherited), a new session (so a kill reaches
@@ -46,9 +49,11 @@ big-endian length and a JSON object; bytes travel as latin-1 strings.
   request  {"id", "argv", "env", "head", "message", "output_limit",
             "reply_limit"}                       start a program
            {"id", "kill": true}                  SIGKILL its process group
+           {"ping": n}                           are you alive? (deliver/spawner.py)
   replies  {"id", "pid"}                         started
            {"id", "error"}                       could not start (nothing ran)
            {"id", "exit", "signal", "output", "stdout"}   ended, all output read
+           {"pong": n}                           alive
 End of input (the gateway stopped or died): every running program's process
 group is killed (its delivery cannot be recorded, so it will be tried again;
 left running, it would be run twice), then this process exits.
@@ -92,13 +97,20 @@ class Run:
             self.out, out_w = _pipe(fds)
             self.err, err_w = _pipe(fds)
             argv = req["argv"]
-            # Every descriptor of this process but 0-2 is close-on-exec (PEP 446, and
-            # pipe2 here): the program gets its three pipes and nothing else.
-            self.pid = os.posix_spawn(
-                argv[0], argv, req["env"],
-                file_actions=[(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-                              (os.POSIX_SPAWN_DUP2, err_w, 2)],
-                setsid=True, resetids=True, setsigmask=(), setsigdef=helper.ignored)
+            if helper.run_as is not None:  # the program's real uid, for RESETIDS only
+                os.setresuid(helper.run_as, -1, -1)
+            try:
+                # Every descriptor of this process but 0-2 is close-on-exec (PEP 446, and
+                # pipe2 here): the program gets its three pipes and nothing else.
+                self.pid = os.posix_spawn(
+                    argv[0], argv, req["env"],
+                    file_actions=[(os.POSIX_SPAWN_DUP2, in_r, 0),
+                                  (os.POSIX_SPAWN_DUP2, out_w, 1),
+                                  (os.POSIX_SPAWN_DUP2, err_w, 2)],
+                    setsid=True, resetids=True, setsigmask=(), setsigdef=helper.ignored)
+            finally:
+                if helper.run_as is not None:  # root again: no program may signal us
+                    os.setresuid(0, -1, -1)
         except BaseException:
             for fd in (*fds, self.message):
                 os.close(fd)
@@ -190,8 +202,9 @@ def _pipe(fds: list[int]) -> tuple[int, int]:
 
 
 class Helper:
-    def __init__(self, requests: int = 0, replies: int = 1):
+    def __init__(self, requests: int = 0, replies: int = 1, run_as: int | None = None):
         self.requests, self.replies = requests, replies
+        self.run_as = run_as  # [program] user's uid, as root; None: programs run as we do
         self.selector = selectors.DefaultSelector()
         self.runs: dict[int, Run] = {}
         self.by_pid: dict[int, Run] = {}
@@ -243,6 +256,9 @@ class Helper:
             self.handle(req)
 
     def handle(self, req: dict) -> None:
+        if "ping" in req:
+            self.reply({"pong": req["ping"]})
+            return
         if req.get("kill"):
             run = self.runs.get(req["id"])
             if run is not None:
@@ -285,15 +301,22 @@ def _nothing(signum, frame) -> None:
     pass
 
 
-def take_identity(uid: int | None, gid: int | None, directory: str) -> None:
-    """As root: real IDs [program]'s, no other groups (see the docstring); the directory."""
-    if os.geteuid() == 0:
-        if uid is None or gid is None or 0 in (uid, gid):
-            raise PermissionError("programs never run as root: a user and group are needed")
-        os.setgroups([])
-        os.setresgid(gid, 0, 0)
-        os.setresuid(uid, 0, 0)
+def take_identity(uid: int | None, gid: int | None, directory: str) -> int | None:
+    """As root: real group ID [program]'s, no other groups (see the docstring); the
+    directory. Returns the uid to give programs (None: they run as this process)."""
     os.chdir(directory)
+    if os.geteuid() != 0:
+        if uid is not None and (uid, gid) != (os.getuid(), os.getgid()):
+            # Started after the gateway dropped root: programs would run as the
+            # gateway's user, who owns every mailbox. Never.
+            raise PermissionError(f"programs must run as uid {uid}, gid {gid}: "
+                                  "that needs root (restart the gateway)")
+        return None
+    if uid is None or gid is None or 0 in (uid, gid):
+        raise PermissionError("programs never run as root: a user and group are needed")
+    os.setgroups([])
+    os.setresgid(gid, 0, 0)
+    return uid
 
 
 def main(argv: list[str]) -> int:
@@ -302,11 +325,11 @@ def main(argv: list[str]) -> int:
         return 2
     uid, gid = (None if a == "-" else int(a) for a in argv[:2])
     try:
-        take_identity(uid, gid, argv[2])
+        run_as = take_identity(uid, gid, argv[2])
     except OSError as e:
         print(f"spawnhelper: {e}", file=sys.stderr)
         return 1
-    Helper().loop()
+    Helper(run_as=run_as).loop()
     return 0
 
 

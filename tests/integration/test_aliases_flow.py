@@ -336,3 +336,28 @@ def test_a_killed_spawner_is_started_again_and_each_message_delivered_once(
     assert text.count(b"first message") == 1 and text.count(b"second message") == 1
     assert _spawners(gw.proc.pid) not in ([], [spawner])  # a new one serves
     gw.wait_log("program spawner started again")
+
+
+def test_a_stopped_spawner_is_restarted_well_before_the_timeout(make_gateway, tmp_path, out_dir):
+    # A process of the program user may SIGSTOP the spawner (its real uid is theirs):
+    # an unanswered ping restarts it, and the delivery is retried long before the
+    # [program] timeout of 120 s would have ended it.
+    prog = script(out_dir, "append", f"cat >> {out_dir}/got\n")
+    gw = aliases_gateway(make_gateway, tmp_path, f'append: "|{prog}"\n',
+                         "[program]\ntimeout = 120\nping_interval = 0.5\nping_timeout = 0.5\n")
+    got = out_dir / "got"
+    send(gw, "append@example.test", "first message")
+    wait_for(lambda: got.exists() and b"first message" in got.read_bytes(), what="first run")
+    (spawner,) = wait_for(lambda: _spawners(gw.proc.pid), what="the spawner")
+    os.kill(spawner, signal.SIGSTOP)
+    try:
+        send(gw, "append@example.test", "second message")
+        wait_for(lambda: b"second message" in got.read_bytes(), what="the run after the stop")
+    finally:
+        try:
+            os.kill(spawner, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
+    assert got.read_bytes().count(b"second message") == 1
+    gw.wait_log("did not answer a ping")

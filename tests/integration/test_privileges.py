@@ -58,11 +58,11 @@ def privileged_port(skip: int = 0) -> int:
     pytest.skip("no free port below 1024 on 127.0.0.1")
 
 
-def make(root: Path, server_user: str, front: bool = False) -> Gateway:
+def make(root: Path, server_user: str, front: bool = False, extra: str = "") -> Gateway:
     """A gateway with SMTP on a port below 1024 and [server] user = server_user."""
     front_port = privileged_port() if front else None
-    extra = (f'[[tlsfront]]\nname = "submissions"\naccept = "tcp:{front_port}:'
-             f'interface=127.0.0.1"\nconnect = "submission"\n') if front else ""
+    extra += (f'[[tlsfront]]\nname = "submissions"\naccept = "tcp:{front_port}:'
+              f'interface=127.0.0.1"\nconnect = "submission"\n') if front else ""
     gw = Gateway(root / "gw", extra)
     port = privileged_port(skip=front_port or 0)
     text = gw.config.read_text().replace('user = "root"\n', server_user)
@@ -197,3 +197,33 @@ def test_a_key_the_serving_user_cannot_read_is_one_line(user, root_dir):
     text = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in text, text
     assert f"tls: {root_dir}/key.pem: Permission denied" in text, text
+
+
+@pytest.mark.parametrize("how", ["twistd --uid", "server.user"])
+def test_programs_run_as_the_program_user_after_root_is_dropped(user, root_dir, how):
+    # The spawner is started while the gateway is still root (privilegedStartService):
+    # started after the drop, programs ran as the gateway's user, who owns every mailbox.
+    out = root_dir / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    prog = root_dir / "whoami"
+    prog.write_text(f"#!/bin/sh\ncat > /dev/null\nid -u > {out}/uid\n")
+    prog.chmod(0o755)
+    (root_dir / "aliases").write_text(f'who: "|{prog}"\n')
+    gw = make(root_dir, f'user = "{USER}"\n' if how == "server.user" else "",
+              extra=f'[aliases]\nfile = "{root_dir}/aliases"\n')
+    nobody = pwd.getpwnam("nobody").pw_uid
+    try:
+        if how == "server.user":
+            gw.start()
+        else:
+            gw.start(f"--uid={user.pw_uid}", f"--gid={user.pw_gid}")
+        wait_for(lambda: process_uids(gw.proc.pid) == [user.pw_uid] * 4, what="root dropped")
+        with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=30) as s:
+            s.sendmail("bob@example.org", ["who@example.test"], b"Subject: who\r\n\r\nhi\r\n")
+        wait_for(lambda: (out / "uid").exists() and (out / "uid").read_text().strip(),
+                 what="the program's run")
+        assert int((out / "uid").read_text()) == nobody != user.pw_uid
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text(), gw.log_text()

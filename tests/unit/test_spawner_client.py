@@ -10,7 +10,7 @@ from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from gateway.deliver.spawner import KILL_GRACE, LOST, Job, Outcome, Spawner
+from gateway.deliver.spawner import KILL_GRACE, LOST, UNPRIVILEGED, Job, Outcome, Spawner
 
 FRAME = struct.Struct(">I")
 
@@ -165,3 +165,86 @@ def test_a_kill_answered_in_time_leaves_the_helper_alone():
     reply(helper, id=running.id, exit=None, signal=9, output="", stdout="")
     reactor.advance(KILL_GRACE)
     assert helper["transport"].signals == []
+
+
+def test_a_helper_silent_to_a_ping_is_killed_and_its_deliveries_retried():
+    # A process of the program user may SIGSTOP the helper (its real uid is theirs):
+    # the deliveries it holds come back as 451 after ping_timeout, not [program] timeout.
+    reactor = Reactor()
+    spawner = Spawner(reactor, 65534, 65533, "/srv", killpg=lambda pid, sig: None,
+                      ping_interval=5.0, ping_timeout=2.0)
+    stuck = job()
+    done = results(spawner.run(stuck))
+    helper = reactor.helpers[0]
+    reactor.advance(5.0)
+    assert helper["transport"].frames()[-1] == {"ping": 1}
+    reactor.advance(1.9)
+    assert helper["transport"].signals == []
+    reactor.advance(0.1)
+    assert helper["transport"].signals == ["KILL"]
+    helper["proto"].processEnded(Failure(Exception("killed by signal 9")))
+    assert done == [Outcome(error=LOST)]
+    spawner.run(job())
+    assert len(reactor.helpers) == 2
+
+
+def test_a_helper_that_answers_pings_is_left_alone_and_idle_it_is_not_pinged():
+    reactor = Reactor()
+    spawner = Spawner(reactor, 65534, 65533, "/srv", ping_interval=5.0, ping_timeout=2.0)
+    running = job()
+    done = results(spawner.run(running))
+    helper = reactor.helpers[0]
+    for seq in (1, 2, 3):
+        reactor.advance(5.0)
+        assert helper["transport"].frames()[-1] == {"ping": seq}
+        reactor.advance(1.0)
+        reply(helper, pong=seq)
+    reactor.advance(10.0)
+    assert helper["transport"].signals == []
+    reply(helper, id=running.id, exit=0, signal=None, output="", stdout="")
+    assert done == [Outcome(0, None, b"", b"")]
+    helper["transport"].clear()
+    reactor.advance(60.0)  # nothing running: no pings, no timers left behind
+    assert helper["transport"].value() == b"" and reactor.getDelayedCalls() == []
+
+
+def test_start_spawns_the_helper_at_once_and_without_root_none_is_started_again():
+    # Started while root (privilegedStartService); once root is dropped a new helper
+    # could not give programs [program] user: deliveries wait, never run as the gateway.
+    reactor = Reactor()
+    euid = [0]
+    spawner = Spawner(reactor, 65534, 65533, "/srv", killpg=lambda pid, sig: None,
+                      geteuid=lambda: euid[0])
+    spawner.start()
+    assert len(reactor.helpers) == 1
+    euid[0] = 1000  # root dropped
+    first = job()
+    d1 = results(spawner.run(first))
+    assert [f["id"] for f in reactor.helpers[0]["transport"].frames()] == [first.id]
+    reactor.helpers[0]["proto"].processEnded(Failure(Exception("killed by signal 9")))
+    assert d1 == [Outcome(error=LOST)]
+    assert results(spawner.run(job())) == [Outcome(error=UNPRIVILEGED)]
+    assert len(reactor.helpers) == 1
+    # The gateway's own user (uid None: no switch) starts its helper again whenever.
+    mine = Spawner(reactor, None, None, "/srv", geteuid=lambda: 1000)
+    mine.run(job())
+    assert len(reactor.helpers) == 2
+
+
+def test_a_silent_helper_that_may_not_be_killed_is_continued_and_asked_again():
+    class Unkillable(HelperTransport):
+        def signalProcess(self, name):
+            if name == "KILL":
+                raise PermissionError(1, "Operation not permitted")
+            self.signals.append(name)
+
+    reactor = Reactor()
+    spawner = Spawner(reactor, 65534, 65533, "/srv", ping_interval=5.0, ping_timeout=2.0)
+    spawner.run(job())
+    helper = reactor.helpers[0]
+    helper["proto"].transport = transport = Unkillable()
+    reactor.advance(5.0)
+    reactor.advance(2.0)
+    assert transport.signals == ["CONT"]
+    reactor.advance(5.0)  # pinged again
+    assert transport.frames()[-1] == {"ping": 2}

@@ -181,3 +181,41 @@ def test_as_root_the_helper_refuses_to_run_programs_as_root(identity):
     helper = Helper(identity)
     _, err = helper.proc.communicate(timeout=30)
     assert helper.proc.returncode == 1 and b"never run as root" in err
+
+
+def test_a_ping_is_answered_while_programs_run(helper, message):
+    started = helper.start(1, ["/bin/sh", "-c", "sleep 5"], message)
+    assert "pid" in started
+    helper.send(ping=7)
+    assert helper.recv() == {"pong": 7}
+    helper.send(id=1, kill=True)
+    assert helper.recv()["signal"] == 9
+
+
+def _uids(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1:] for line in f if line.startswith("Uid:"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+def test_as_root_no_program_can_signal_the_helper(helper, message):
+    # kill(2) lets a process signal another whose real or saved uid is its own: the
+    # helper's are root's but for the moment a program is spawned.
+    started = helper.start(1, ["/bin/sh", "-c", "sleep 5"], message)
+    assert _uids(started["pid"]) == [str(NOBODY)] * 4
+    assert _uids(helper.proc.pid) == ["0"] * 4
+    helper.send(id=1, kill=True)
+    assert helper.recv()["signal"] == 9
+
+
+def test_a_helper_started_without_root_refuses_another_program_user(monkeypatch, tmp_path):
+    # A restart after the gateway dropped root: programs would run as the gateway.
+    from gateway.deliver import spawnhelper
+
+    for name in ("geteuid", "getuid", "getgid"):
+        monkeypatch.setattr(spawnhelper.os, name, lambda: 1000)
+    monkeypatch.setattr(spawnhelper.os, "chdir", lambda path: None)
+    with pytest.raises(PermissionError, match="that needs root"):
+        spawnhelper.take_identity(NOBODY, NOBODY, str(tmp_path))
+    assert spawnhelper.take_identity(1000, 1000, str(tmp_path)) is None  # the same user
+    assert spawnhelper.take_identity(None, None, str(tmp_path)) is None
