@@ -13,12 +13,14 @@ namespace of their own) and opendkim (`Mode v`, libunbound forwarding to 127.0.0
 milter, adding Authentication-Results. The peer does no DMARC: mailgateway's
 figures include that work.
 
-Known problem (2026-11-26): opendkim's lookups never reach the loopback name
-server here (its libunbound, with do-not-query-localhost off and a forward
-zone to 127.0.0.1, asks nothing; with the bind-mounted resolv.conf too), so
-the peer answers dkim=fail "key not found in DNS" without verifying: it does
-less work than mailgateway until that is solved. The name server's queries are
-listed at the end of each run, to check.
+OpenDKIM's resolver (libunbound) needs two things to ask the loopback name
+server: `Nameservers 127.0.0.1` (opendkim.conf; it takes addresses only, no
+port: the server is on port 53 for that reason) and, in its unbound.conf,
+`local-zone: "test." nodefault` with `do-not-query-localhost: no`: unbound
+answers every name under test. (RFC 6761) NXDOMAIN itself by default, without a
+query (what made the peer's DKIM fail "key not found" without verifying until
+2026-11-26 19:00). The name server's queries are listed at the end of each
+run, by name, to check that both servers asked for the key.
 BENCH_DKIM_ALGORITHM=ed25519 signs with ed25519 instead of RSA 2048.
 
 Run as root (Postfix, port 53): .venv/bin/python bench/inbound_auth_bench.py -m 2000
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -139,13 +142,14 @@ class CheckingPostfix(Postfix):
         milter = free_port()
         conf = self.confdir
         (conf / "policyd-spf.conf").write_text(POLICYD_CONF)
-        # opendkim resolves with libunbound, which by default never asks a loopback server.
+        # opendkim resolves with libunbound, which by default never asks a loopback
+        # server and answers names under test. NXDOMAIN itself (its default local zones).
         (conf / "unbound.conf").write_text(
-            'server:\n  do-not-query-localhost: no\nforward-zone:\n  name: "."\n'
-            "  forward-addr: 127.0.0.1\n")
+            'server:\n  do-not-query-localhost: no\n  local-zone: "test." nodefault\n')
         (conf / "opendkim.conf").write_text(OPENDKIM_CONF.format(
             port=milter, pidfile=self.rundir / "opendkim.pid",
-            resolver=f"ResolverConfiguration {conf / 'unbound.conf'}"))
+            resolver=f"ResolverConfiguration {conf / 'unbound.conf'}\n"
+                     "Nameservers 127.0.0.1"))
         with open(conf / "main.cf", "a") as f:
             f.write(f"smtpd_milters = inet:127.0.0.1:{milter}\nmilter_default_action = accept\n"
                     "policyd-spf_time_limit = 3600\n"
@@ -169,6 +173,11 @@ class CheckingPostfix(Postfix):
         if done.returncode != 0:
             out = (done.stdout + done.stderr).decode(errors="replace").strip()
             raise Unavailable(f"postfix start failed: {out}")
+
+    def pids(self) -> list[int]:
+        # opendkim is not Postfix's child: count its CPU and memory too.
+        extra = [self.opendkim.pid] if self.opendkim and self.opendkim.poll() is None else []
+        return super().pids() + extra
 
     def stop(self) -> None:
         super().stop()
@@ -240,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             workdir, args.keep)
     finally:
         dns.stop()
-        asked = sorted({f"{name} {kind}" for name, kind in dns.queries})
-        say(f"name server: {len(dns.queries)} queries ({', '.join(asked)})")
+        asked = Counter(f"{name} {kind}" for name, kind in dns.queries)
+        say(f"name server: {len(dns.queries)} queries "
+            f"({', '.join(f'{q} x{n}' for q, n in sorted(asked.items()))})")
     names = [s.name for s in servers]
     return publish(results, interrupted,
                    lambda: report(args, names, results, command, venv, interrupted),
