@@ -168,3 +168,7 @@ def test_list_post_is_sealed_with_the_results_of_its_arrival(checked):
     aar = header_of(raw).split("ARC-Authentication-Results: ", 1)[1].split("\r\nARC-", 1)[0]
     assert "i=1; mx.example.test;" in " ".join(aar.split())
     assert "spf=pass smtp.mailfrom=good.test" in aar and "dkim=pass header.d=good.test" in aar
+    # good.test publishes p=reject, found by verify/dmarc as the inbound checks find
+    # it: the list's copy comes from the list's address (munge_from, its default).
+    fields = {line.split(":", 1)[0].lower(): line for line in header_of(raw).split("\r\n")}
+    assert "dev@example.test" in fields["from"] and "news@good.test" in fields["reply-to"]

@@ -15,7 +15,7 @@ from gateway.sign.keys import generate, txt_record
 from gateway.verify import results
 from gateway.verify.checker import GRACE, AuthFacts, InboundAuth, from_domains
 from gateway.verify.dkimcheck import verify_all
-from gateway.verify.dmarc import evaluate, parse_record
+from gateway.verify.dmarc import evaluate, parse_record, published_policy
 from gateway.verify.dnsquery import DnsQuery
 from gateway.verify.orgdomain import OrgDomains
 from gateway.verify.spf import SpfResult, check_spf
@@ -232,6 +232,42 @@ def test_dmarc_subdomain_policy_from_organizational_domain():
     result = dmarc(records, domain="news.example.co.uk")
     assert (result.result, result.policy) == ("fail", "reject")
     assert dmarc(records, domain="example.co.uk").policy == "none"
+
+
+def test_dmarc_np_for_a_subdomain_that_does_not_exist():
+    # RFC 9091: np= for a From domain with NXDOMAIN for A, AAAA and MX; sp= otherwise.
+    records = txt("_dmarc.example.org", "v=DMARC1; p=none; sp=quarantine; np=reject")
+    records[("real.example.org", "MX")] = ["10 mx.example.org."]
+    assert dmarc(records, domain="ghost.example.org").policy == "reject"
+    assert dmarc(records, domain="real.example.org").policy == "quarantine"
+    assert dmarc(records, domain="example.org").policy == "none"
+    # without np=, a non-existent subdomain gets sp=, then p=
+    assert dmarc(txt("_dmarc.example.org", "v=DMARC1; p=reject; sp=none"),
+                 domain="ghost.example.org").policy == "none"
+    assert dmarc(txt("_dmarc.example.org", "v=DMARC1; p=reject"),
+                 domain="ghost.example.org").policy == "reject"
+
+
+def test_dmarc_np_existence_lookups_only_when_the_policy_is_applied():
+    records = txt("_dmarc.example.org", "v=DMARC1; p=none; np=reject")
+    resolver = FakeResolver(records)
+    result = evaluate(DnsQuery(resolver, 5), "ghost.example.org",
+                      spf_pass("ghost.example.org"), [], ORGS)
+    assert result.result == "pass"
+    assert [q for q in resolver.queries if q[1] != "TXT"] == []
+    records[("ghost.example.org", "A")] = "SERVFAIL"
+    result = dmarc(records, domain="ghost.example.org")
+    assert (result.result, result.policy) == ("temperror", "reject")
+
+
+def test_dmarc_published_policy_is_the_one_lists_ask():
+    records = txt("_dmarc.example.org", "v=DMARC1; p=reject; sp=none; np=quarantine")
+    assert published_policy(DnsQuery(FakeResolver(records), 5), "example.org", ORGS) == "reject"
+    assert published_policy(DnsQuery(FakeResolver(records), 5), "ghost.example.org",
+                            ORGS) == "quarantine"
+    records[("a.example.org", "A")] = ["192.0.2.1"]
+    assert published_policy(DnsQuery(FakeResolver(records), 5), "a.example.org", ORGS) == "none"
+    assert published_policy(DnsQuery(FakeResolver({}), 5), "example.net", ORGS) == "none"
 
 
 def test_dmarc_pct_applies_the_milder_policy_outside_the_sample():
