@@ -80,9 +80,14 @@ def test_authenticated_mail_gets_one_results_field_and_forged_ones_go(checked):
     assert "Received-SPF: Pass" in head
 
 
-def test_spf_fail_refused_with_5_7_23(checked):
-    code, reply = send(checked, "ceo@spoofed.test", message("ceo@spoofed.test"))
-    assert code == 550 and reply.startswith(b"5.7.23 SPF: spoofed.test")
+def test_spf_fail_refused_with_5_7_23_at_mail_from(checked):
+    # RFC 7208 2.4: checked at MAIL FROM, so the message itself is never sent.
+    with smtplib.SMTP("127.0.0.1", checked.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.test")
+        code, reply = s.mail("ceo@spoofed.test")
+        assert code == 550 and reply.startswith(b"5.7.23 SPF: spoofed.test")
+        assert s.mail("news@good.test")[0] == 250  # the session goes on
+    assert checked.dns.queries.count(("spoofed.test", "TXT")) == 1
     assert checked.messages("alice@example.test") == []
 
 
