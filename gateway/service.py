@@ -51,6 +51,8 @@ from gateway.sign.signer import DkimSigner
 from gateway.store.maildir import MaildirStore
 from gateway.store.quota import Limits
 from gateway.verify.checker import InboundAuth
+from gateway.verify.dmarc import published_policy
+from gateway.verify.dnsquery import DnsQuery, TempDNSError
 from gateway.verify.orgdomain import OrgDomains
 
 log = Logger()
@@ -164,6 +166,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # DKIM signing and ARC sealing of mail that leaves (gateway/sign/): relayed mail in
     # the relay's threads, list posts once each in the exploder's (PostSigner).
     keyring = KeyRing(settings.dkim_dir, settings.dkim.check_interval)
+    # One Public Suffix List for DMARC, on the way in and for list posts.
+    orgs = OrgDomains(settings.inbound_auth.public_suffix_list)
     dkim = DkimSigner(keyring, enabled=settings.dkim.sign,
                       trusted_networks=settings.trusted_networks)
     arc = settings.arc
@@ -177,7 +181,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
                            announce=reactor.callFromThread)
     lists = ListTarget(list_store, submitter, reactor, in_thread(reactor), archive=archive,
-                       dmarc_txt=_txt_lookup(settings, run_dns),
+                       dmarc_policy=_dmarc_policy(settings, run_dns, orgs),
                        sign_post=PostSigner(dkim if settings.dkim.sign else None,
                                             sealer if arc.seal_lists else None))
     targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
@@ -193,7 +197,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     ProgramService(program).setServiceParent(top)
     RunnerService(runner).setServiceParent(top)
     OutboxService(lists, reactor, settings.queue.control_interval).setServiceParent(top)
-    authcheck = _inbound_auth(settings, reactor, top)
+    authcheck = _inbound_auth(settings, reactor, top, orgs)
     # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
     factories: dict[str, object] = {}
     for name, submission in (("smtp", False), ("submission", True)):
@@ -326,7 +330,8 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
     return target, run_dns
 
 
-def _inbound_auth(settings: Settings, reactor, parent) -> InboundAuth | None:
+def _inbound_auth(settings: Settings, reactor, parent, orgs: OrgDomains
+                  ) -> InboundAuth | None:
     """SPF, DKIM and DMARC on port 25 (gateway/verify/), in a pool of their own: checks
     wait on other people's name servers, and must never delay spool writes or logins."""
     ia = settings.inbound_auth
@@ -338,7 +343,7 @@ def _inbound_auth(settings: Settings, reactor, parent) -> InboundAuth | None:
     resolver = make_resolver(relay.nameservers, relay.dns_port,
                              min(relay.dns_timeout, ia.timeout))
     return InboundAuth(ia, settings.authserv_id, resolver, in_thread(reactor, pool), reactor,
-                       OrgDomains(ia.public_suffix_list))
+                       orgs)
 
 
 def _txt_blocking(settings: Settings):
@@ -357,11 +362,21 @@ def _txt_blocking(settings: Settings):
     return lookup
 
 
-def _txt_lookup(settings: Settings, run_dns):
-    """name -> Deferred of its TXT strings ([] when none, or when DNS fails: a list
-    post is then treated as from a lax domain, never held up)."""
-    lookup = _txt_blocking(settings)
-    return lambda name: run_dns(lookup, name)
+def _dmarc_policy(settings: Settings, run_dns, orgs: OrgDomains):
+    """domain -> Deferred of the DMARC policy that applies to its mail, found as the
+    inbound checks find it (verify/dmarc.published_policy: org domain, sp=, np=);
+    "none" when DNS fails: a list post is then treated as from a lax domain, never
+    held up. For the list exploder, which may not import verify/ itself."""
+    relay = settings.relay
+    resolver = make_resolver(relay.nameservers, relay.dns_port, relay.dns_timeout)
+
+    def policy(domain: str) -> str:
+        try:
+            return published_policy(DnsQuery(resolver, relay.dns_timeout), domain, orgs)
+        except TempDNSError:
+            return "none"
+
+    return lambda domain: run_dns(policy, domain)
 
 
 def _dkim_dnsfunc(settings: Settings):

@@ -363,6 +363,7 @@ class SMTPServer(SMTPAuth, ESMTP):
 
     def _reset_transaction(self) -> None:
         self._sender: str | None = None
+        self._spf = None  # the SPF result of this transaction's MAIL FROM, if checked
         self._recipients: list[str] = []
         self._body_type = "7BIT"
 
@@ -403,8 +404,29 @@ class SMTPServer(SMTPAuth, ESMTP):
             else:
                 raise MailError(555, "5.5.4", f"Unsupported MAIL parameter {key}")
         self.factory.policy.check_sender(self.session, sender)
+        authcheck = self.factory.authcheck
+        if authcheck is not None and self.factory.policy.checks_sender(self.session):
+            # SPF now, off the reactor (RFC 7208 2.4): a fail is refused before DATA.
+            # The session reads no further command until the answer (a Deferred).
+            facts = AuthFacts(self.session.client_address, self._helo_name, sender)
+            return authcheck.check_sender(facts).addCallback(
+                self._sender_checked, authcheck, rest, sender, body)
+        self._mail_accepted(sender, body)
+        return None
+
+    def _sender_checked(self, spf, authcheck, rest: bytes, sender: str, body: str) -> None:
+        refusal = authcheck.spf_refusal(spf)
+        if refusal is not None:
+            self._bad_commands += 1
+            self._log_reject(b"MAIL", rest, refusal)
+            self.reply_error(refusal)
+            return
+        self._mail_accepted(sender, body, spf)
+
+    def _mail_accepted(self, sender: str, body: str, spf=None) -> None:
         self._sender = sender
         self._body_type = body
+        self._spf = spf  # reused at the dot: Received-SPF, Authentication-Results, DMARC
         self.reply(250, "2.1.0", "Ok")
 
     def do_RCPT(self, rest: bytes) -> None:
@@ -490,7 +512,7 @@ class SMTPServer(SMTPAuth, ESMTP):
         return True
 
     def _end_of_data(self) -> defer.Deferred:
-        sender, recipients = self._sender, self._recipients
+        sender, recipients, spf = self._sender, self._recipients, self._spf
         body, self._body = self._body, None
         envelope, self._envelope = self._envelope, None
         incoming, self._incoming = self._incoming, None
@@ -515,7 +537,7 @@ class SMTPServer(SMTPAuth, ESMTP):
         # Authentication-Results, drops forged ones, may refuse or send to Junk. It
         # reads the message in its own thread (from the spool file, or memory for a
         # small one), and only up to max_verify_size: memory stays bounded.
-        facts = AuthFacts(envelope.client_address, envelope.helo, envelope.sender)
+        facts = AuthFacts(envelope.client_address, envelope.helo, envelope.sender, spf)
         if not self.factory.policy.checks_sender(self.session):
             d = authcheck.check(facts, b"", skip=True)
         elif incoming.size - len(received) <= authcheck.settings.max_verify_size:

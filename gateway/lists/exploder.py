@@ -97,15 +97,18 @@ class ListTarget:
     def __init__(self, store: ListStore, submit: ISubmit, clock,
                  run_blocking: Callable[..., defer.Deferred], *,
                  archive: IMailStore | None = None,
-                 dmarc_txt: Callable[[str], defer.Deferred] | None = None,
+                 dmarc_policy: Callable[[str], defer.Deferred] | None = None,
                  sign_post: Callable[[str, bytes, bytes, str], bytes] | None = None):
         self.store = store
         self.submit = submit
         self.clock = clock
         self.run_blocking = run_blocking
         self.archive = archive
-        # name -> Deferred firing with its TXT strings ([] when none or on failure).
-        self.dmarc_txt = dmarc_txt
+        # domain -> Deferred firing with the DMARC policy that applies to its mail
+        # ("none", "quarantine", "reject"; "none" when DNS fails: a post is never
+        # held up). service.py passes gateway/verify/dmarc's, the one the inbound
+        # checks use: lists/ may not import verify/ (pyproject's contracts).
+        self.dmarc_policy = dmarc_policy
         # (list domain, post as it arrived, the list's copy, queue ID) -> the copy
         # DKIM-signed and ARC-sealed by the list's domain (gateway/sign/arc.py,
         # PostSigner). Blocking: called in the pool thread, once per post.
@@ -184,8 +187,9 @@ class ListTarget:
     def explode(self, mlist: MailingList, author: str, message: bytes, queue_id: str):
         """Decorate, archive and queue one accepted post for every enabled member."""
         strict = False
-        if mlist.dmarc == "munge_from" and author and self.dmarc_txt is not None:
-            strict = yield self._dmarc_strict(author.rpartition("@")[2])
+        if mlist.dmarc == "munge_from" and author and self.dmarc_policy is not None:
+            policy = yield self.dmarc_policy(author.rpartition("@")[2])
+            strict = policy in ("reject", "quarantine")
         explosion = yield self.run_blocking(self._prepare, mlist, message, strict, queue_id)
         if not explosion.members:
             log.info("list {list}: post {queue_id} has no enabled member to go to",
@@ -235,13 +239,6 @@ class ListTarget:
         if self.sign_post is None:
             return copy
         return self.sign_post(mlist.domain, message, copy, queue_id)
-
-    @defer.inlineCallbacks
-    def _dmarc_strict(self, domain: str):
-        txt = {}
-        for name in posting.dmarc_names(domain):
-            txt[name] = yield self.dmarc_txt(name)
-        return posting.dmarc_strict(domain, txt)
 
     # --- approved posts ----------------------------------------------------------------
 

@@ -99,33 +99,6 @@ def _reject(code: int, enhanced: str, text: str) -> Decision:
     return Decision("reject", text, MailError(code, enhanced, text))
 
 
-# --- DMARC: is the poster's domain strict? (the lookups are the caller's) -------
-
-def dmarc_names(domain: str) -> list[str]:
-    """The TXT names to look up for domain's DMARC policy, in order: the domain, then
-    its parents (RFC 7489 6.6.3 asks for the organizational domain; walking up the
-    tree, as DMARCbis does, finds it without a public suffix list)."""
-    labels = domain.lower().rstrip(".").split(".")
-    return [f"_dmarc.{'.'.join(labels[i:])}" for i in range(max(len(labels) - 1, 1))]
-
-
-def dmarc_strict(domain: str, txt: dict[str, list[str]]) -> bool:
-    """True when domain publishes p=reject or p=quarantine (sp= for a subdomain whose
-    policy comes from a parent). txt: the TXT strings found per name of dmarc_names."""
-    for i, name in enumerate(dmarc_names(domain)):
-        records = [r for r in txt.get(name, []) if r.replace(" ", "").lower()
-                   .startswith("v=dmarc1;")]
-        if len(records) != 1:
-            if records:
-                return False  # RFC 7489 6.6.3: more than one record: no policy
-            continue
-        tags = dict(t.strip().partition("=")[::2] for t in records[0].split(";") if "=" in t)
-        tags = {k.strip().lower(): v.strip().lower() for k, v in tags.items()}
-        policy_ = tags.get("sp", tags.get("p")) if i > 0 else tags.get("p")
-        return policy_ in ("reject", "quarantine")
-    return False
-
-
 # --- RFC 8058 one-click unsubscription -----------------------------------------
 
 def one_click_signature(mlist: MailingList, member: str) -> str:

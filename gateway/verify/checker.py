@@ -1,13 +1,16 @@
 """InboundAuth: SPF, DKIM and DMARC for one message, off the reactor thread, and the verdict.
 
-accept/smtp.py calls check() at the end of DATA on port 25 (not for submission,
+accept/smtp.py calls check_sender() at MAIL FROM (SPF: a fail is refused before
+DATA) and check() at the end of DATA on port 25 (not for submission,
 authenticated clients or trusted_networks: those get only the removal of forged
 Authentication-Results). The checks run in a pool of their own ([inbound_auth]
-threads), their DNS with one time budget per message ([inbound_auth] timeout,
-dnsquery.py); the reactor also gives up on the result a little after the
-budget, so a stuck thread delays one message, never the gateway. What the
+threads), their DNS with one time budget for SPF at MAIL and one for the rest
+at the dot ([inbound_auth] timeout, dnsquery.py); the reactor also gives up on
+the result a little after the budget, so a stuck thread delays one message,
+never the gateway. What the
 verdict does with the results ([inbound_auth] settings):
-- SPF fail: 550 5.7.23 (RFC 7372) with spf_fail = "reject", else only marked;
+- SPF fail: 550 5.7.23 (RFC 7372) with spf_fail = "reject", at MAIL FROM, else only
+  marked (the result found at MAIL is the one written and used for DMARC);
 - DMARC fail under p=reject: 550 5.7.1 (dmarc_reject = "reject"), the Junk
   folder ("quarantine") or marked ("mark"); under p=quarantine: Junk
   (dmarc_quarantine = "junk") or marked;
@@ -44,11 +47,14 @@ GRACE = 5.0
 @dataclass(frozen=True)
 class AuthFacts:
     """What the SMTP session knows of the sender: the real client (behind tlsfront or
-    PROXY, the address it told), the HELO name and MAIL FROM ("" for <>)."""
+    PROXY, the address it told), the HELO name and MAIL FROM ("" for <>); spf: the
+    result check_sender() found at MAIL FROM, used again at the dot (None: not
+    checked yet, evaluate() does it)."""
 
     client_address: str
     helo: str
     sender: str
+    spf: SpfResult | None = None
 
 
 @dataclass
@@ -119,6 +125,43 @@ class InboundAuth:
         d.addErrback(self._failed, facts)
         return d
 
+    def check_sender(self, facts: AuthFacts) -> defer.Deferred:
+        """Deferred SpfResult of MAIL FROM (or HELO for <>), at MAIL time: RFC 7208 2.4
+        recommends checking before the message is sent, and a fail refused here
+        (spf_refusal) costs no DATA. In the pool, with the same DNS budget and grace
+        as check(); the result goes into AuthFacts.spf for the checks at the dot.
+        Never fails: a timeout or fault is a temperror result."""
+        d = self.run_blocking(self._check_spf, facts)
+        d.addTimeout(self.settings.timeout + GRACE, self.clock)
+        d.addErrback(self._spf_failed, facts)
+        return d
+
+    def _check_spf(self, facts: AuthFacts) -> SpfResult:
+        query = DnsQuery(self.resolver, self.settings.timeout, self.monotonic)
+        return check_spf(query, facts.client_address, facts.sender, facts.helo,
+                         self.authserv_id)
+
+    def _spf_failed(self, failure, facts: AuthFacts) -> SpfResult:
+        if failure.check(defer.TimeoutError):
+            log.warn("{client}: SPF check not done in time", client=facts.client_address)
+            reason = "not done in time"
+        else:
+            log.failure("{client}: SPF check failed", failure, client=facts.client_address)
+            reason = "internal error"
+        identity = "mailfrom" if facts.sender else "helo"
+        domain = (facts.sender.rpartition("@")[2] if facts.sender else facts.helo).lower()
+        header = (f"TempError ({self.authserv_id}: {reason}) identity={identity}; "
+                  f"client-ip={facts.client_address}; helo={facts.helo}; "
+                  f"envelope-from={facts.sender}; receiver={self.authserv_id}")
+        return SpfResult("temperror", identity, domain, reason, header)
+
+    def spf_refusal(self, spf: SpfResult | None) -> MailError | None:
+        """550 5.7.23 (RFC 7372) for an SPF fail when spf_fail = "reject"; else None."""
+        if spf is None or spf.result != "fail" or self.settings.spf_fail != "reject":
+            return None
+        return MailError(550, "5.7.23", f"SPF: {spf.domain} does not designate "
+                         "your address as a permitted sender (RFC 7208)")
+
     def _failed(self, failure, facts: AuthFacts) -> Verdict:
         if failure.check(defer.TimeoutError):
             log.warn("{client}: sender checks not done in time", client=facts.client_address)
@@ -136,8 +179,8 @@ class InboundAuth:
         if callable(message):
             message = message()
         query = DnsQuery(self.resolver, s.timeout, self.monotonic)
-        spf = check_spf(query, facts.client_address, facts.sender, facts.helo,
-                        self.authserv_id)
+        spf = facts.spf or check_spf(query, facts.client_address, facts.sender, facts.helo,
+                                     self.authserv_id)
         header, _ = results.split_header(message)
         if whole:
             dkims = verify_all(message, query, s.dkim_min_key_bits)
@@ -161,10 +204,9 @@ class InboundAuth:
         return verdict
 
     def _decide(self, v: Verdict) -> None:
-        s, spf, dmarc = self.settings, v.spf, v.dmarc
-        if spf.result == "fail" and s.spf_fail == "reject":
-            v.refusal = MailError(550, "5.7.23", f"SPF: {spf.domain} does not designate "
-                                  "your address as a permitted sender (RFC 7208)")
+        s, dmarc = self.settings, v.dmarc
+        v.refusal = self.spf_refusal(v.spf)
+        if v.refusal is not None:
             return
         if dmarc.result == "fail" and dmarc.policy == "reject":
             if s.dmarc_reject == "reject":

@@ -30,15 +30,26 @@ class DnsQuery:
 
     def query(self, name: str, rdtype: str) -> list:
         """The answer's rdata; [] when the name or the type does not exist."""
+        return self._query(name, rdtype) or []
+
+    def exists(self, name: str) -> bool:
+        """False when name does not exist: NXDOMAIN for its A, AAAA and MX records
+        (RFC 9091 2.1, the DMARC np= test); TempDNSError passes."""
+        return any(self._query(name, t) is not None for t in ("A", "AAAA", "MX"))
+
+    def _query(self, name: str, rdtype: str) -> list | None:
+        """The answer's rdata; [] when the type does not exist, None for NXDOMAIN (or a
+        name that cannot exist)."""
         left = self.deadline - self.clock()
         if left <= 0:
             raise TempDNSError(f"{name} {rdtype}: time budget spent")
         try:
             answer = self.resolver.resolve(name, rdtype, lifetime=min(left, self.resolver.lifetime),
                                            search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.exception.SyntaxError,
-                dns.name.NameTooLong):
-            return []  # no such name, or none that can exist (an empty or long label)
+        except dns.resolver.NoAnswer:
+            return []
+        except (dns.resolver.NXDOMAIN, dns.exception.SyntaxError, dns.name.NameTooLong):
+            return None  # no such name, or none that can exist (an empty or long label)
         except dns.exception.DNSException as e:
             # Timeout, NoNameservers (SERVFAIL, refused), bad names ...: temporary.
             raise TempDNSError(f"{name} {rdtype}: {type(e).__name__}") from None

@@ -7,10 +7,18 @@ copy of public_suffix_list.dat can be named in [inbound_auth] public_suffix_list
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - see below
+import encodings.punycode  # noqa: F401
 import os
 import threading
 
 from publicsuffixlist import PublicSuffixList
+
+# publicsuffixlist encodes the list's IDN labels with the idna codec, whose module
+# (and punycode's) Python imports on first use: imported here, with the gateway's
+# modules, as the user that starts it. The list is read after the privilege drop
+# (service.build), by a user that may not read the Python installation (a pyenv
+# under /root): "LookupError: unknown encoding: punycode" otherwise.
 
 
 class OrgDomains:

@@ -80,9 +80,14 @@ def test_authenticated_mail_gets_one_results_field_and_forged_ones_go(checked):
     assert "Received-SPF: Pass" in head
 
 
-def test_spf_fail_refused_with_5_7_23(checked):
-    code, reply = send(checked, "ceo@spoofed.test", message("ceo@spoofed.test"))
-    assert code == 550 and reply.startswith(b"5.7.23 SPF: spoofed.test")
+def test_spf_fail_refused_with_5_7_23_at_mail_from(checked):
+    # RFC 7208 2.4: checked at MAIL FROM, so the message itself is never sent.
+    with smtplib.SMTP("127.0.0.1", checked.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.test")
+        code, reply = s.mail("ceo@spoofed.test")
+        assert code == 550 and reply.startswith(b"5.7.23 SPF: spoofed.test")
+        assert s.mail("news@good.test")[0] == 250  # the session goes on
+    assert checked.dns.queries.count(("spoofed.test", "TXT")) == 1
     assert checked.messages("alice@example.test") == []
 
 
@@ -168,3 +173,7 @@ def test_list_post_is_sealed_with_the_results_of_its_arrival(checked):
     aar = header_of(raw).split("ARC-Authentication-Results: ", 1)[1].split("\r\nARC-", 1)[0]
     assert "i=1; mx.example.test;" in " ".join(aar.split())
     assert "spf=pass smtp.mailfrom=good.test" in aar and "dkim=pass header.d=good.test" in aar
+    # good.test publishes p=reject, found by verify/dmarc as the inbound checks find
+    # it: the list's copy comes from the list's address (munge_from, its default).
+    fields = {line.split(":", 1)[0].lower(): line for line in header_of(raw).split("\r\n")}
+    assert "dev@example.test" in fields["from"] and "news@good.test" in fields["reply-to"]

@@ -15,7 +15,7 @@ from gateway.sign.keys import generate, txt_record
 from gateway.verify import results
 from gateway.verify.checker import GRACE, AuthFacts, InboundAuth, from_domains
 from gateway.verify.dkimcheck import verify_all
-from gateway.verify.dmarc import evaluate, parse_record
+from gateway.verify.dmarc import evaluate, parse_record, published_policy
 from gateway.verify.dnsquery import DnsQuery
 from gateway.verify.orgdomain import OrgDomains
 from gateway.verify.spf import SpfResult, check_spf
@@ -234,6 +234,42 @@ def test_dmarc_subdomain_policy_from_organizational_domain():
     assert dmarc(records, domain="example.co.uk").policy == "none"
 
 
+def test_dmarc_np_for_a_subdomain_that_does_not_exist():
+    # RFC 9091: np= for a From domain with NXDOMAIN for A, AAAA and MX; sp= otherwise.
+    records = txt("_dmarc.example.org", "v=DMARC1; p=none; sp=quarantine; np=reject")
+    records[("real.example.org", "MX")] = ["10 mx.example.org."]
+    assert dmarc(records, domain="ghost.example.org").policy == "reject"
+    assert dmarc(records, domain="real.example.org").policy == "quarantine"
+    assert dmarc(records, domain="example.org").policy == "none"
+    # without np=, a non-existent subdomain gets sp=, then p=
+    assert dmarc(txt("_dmarc.example.org", "v=DMARC1; p=reject; sp=none"),
+                 domain="ghost.example.org").policy == "none"
+    assert dmarc(txt("_dmarc.example.org", "v=DMARC1; p=reject"),
+                 domain="ghost.example.org").policy == "reject"
+
+
+def test_dmarc_np_existence_lookups_only_when_the_policy_is_applied():
+    records = txt("_dmarc.example.org", "v=DMARC1; p=none; np=reject")
+    resolver = FakeResolver(records)
+    result = evaluate(DnsQuery(resolver, 5), "ghost.example.org",
+                      spf_pass("ghost.example.org"), [], ORGS)
+    assert result.result == "pass"
+    assert [q for q in resolver.queries if q[1] != "TXT"] == []
+    records[("ghost.example.org", "A")] = "SERVFAIL"
+    result = dmarc(records, domain="ghost.example.org")
+    assert (result.result, result.policy) == ("temperror", "reject")
+
+
+def test_dmarc_published_policy_is_the_one_lists_ask():
+    records = txt("_dmarc.example.org", "v=DMARC1; p=reject; sp=none; np=quarantine")
+    assert published_policy(DnsQuery(FakeResolver(records), 5), "example.org", ORGS) == "reject"
+    assert published_policy(DnsQuery(FakeResolver(records), 5), "ghost.example.org",
+                            ORGS) == "quarantine"
+    records[("a.example.org", "A")] = ["192.0.2.1"]
+    assert published_policy(DnsQuery(FakeResolver(records), 5), "a.example.org", ORGS) == "none"
+    assert published_policy(DnsQuery(FakeResolver({}), 5), "example.net", ORGS) == "none"
+
+
 def test_dmarc_pct_applies_the_milder_policy_outside_the_sample():
     records = txt("_dmarc.example.org", "v=DMARC1; p=reject; pct=10")
     assert dmarc(records, rng=lambda: 0.05).policy == "reject"
@@ -377,22 +413,60 @@ def test_key_record_of_rsa_keys_is_usable(keys):
 SPF_FAIL = txt("remote.test", "v=spf1 -all")
 
 
-def session(records: dict, peer="192.0.2.9", trusted=(), **settings):
+def session(records: dict, peer="192.0.2.9", trusted=(), run_blocking=None, **settings):
     from smtp_dialogue import Dialogue
 
     d = Dialogue(peer=peer, trusted=trusted)
-    d.factory.authcheck = checker(records, **settings)
+    d.factory.authcheck = checker(records, run_blocking=run_blocking, **settings)
     d.ehlo()
     d.mail("bob@remote.test")
     d.rcpt("alice@example.test")
     return d
 
 
-def test_smtp_refusal_at_end_of_data_and_session_goes_on():
-    d = session(SPF_FAIL)
-    d.data(b"From: bob@remote.test\r\n\r\nhi\r\n", expect=b"550 5.7.23 SPF: remote.test")
-    assert d.spool.stored == []
-    d.mail("bob@remote.test")  # the session goes on
+def test_smtp_spf_fail_refused_at_mail_from_and_session_goes_on():
+    # RFC 7208 2.4: checked at MAIL FROM, refused before any DATA is sent.
+    from smtp_dialogue import Dialogue
+
+    d = Dialogue(peer="192.0.2.9")
+    d.factory.authcheck = checker({**SPF_FAIL, **txt("good.test", "v=spf1 ip4:192.0.2.9 -all")})
+    resolver = d.factory.authcheck.resolver
+    d.ehlo()
+    d.mail("bob@remote.test", expect=b"550 5.7.23 SPF: remote.test")
+    d.rcpt("alice@example.test", expect=b"503")  # no transaction was opened
+    d.mail("ann@good.test")  # the session goes on
+    d.rcpt("alice@example.test")
+    spf_queries = [q for q in resolver.queries if q == ("good.test", "TXT")]
+    d.data(b"From: ann@good.test\r\n\r\nhi\r\n")
+    # the result of MAIL FROM is the one written at the dot: no second SPF lookup
+    assert [q for q in resolver.queries if q == ("good.test", "TXT")] == spf_queries
+    [(_, message)] = d.spool.stored
+    assert b"spf=pass smtp.mailfrom=good.test" in message and b"Received-SPF: Pass" in message
+
+
+def test_smtp_spf_at_mail_from_waits_off_the_reactor_and_times_out():
+    from smtp_dialogue import Dialogue
+
+    clock = Clock()
+    d = Dialogue(peer="192.0.2.9")
+    d.factory.authcheck = checker(SPF_FAIL, clock=clock, timeout=20,
+                                  run_blocking=lambda f, *a: defer.Deferred())
+    d.ehlo()
+    assert d.send(b"MAIL FROM:<bob@remote.test>\r\nRCPT TO:<alice@example.test>\r\n") == b""
+    clock.advance(20 + GRACE)  # the pool thread never answered: temperror, not refused
+    assert d.transport.value().startswith(b"250 2.1.0")
+
+
+def test_smtp_spf_result_of_an_early_check_reused_at_the_dot():
+    auth = checker({**txt("remote.test", "v=spf1 ?all")})
+    early = []
+    auth.check_sender(AuthFacts("192.0.2.9", "h", "bob@remote.test")).addBoth(early.append)
+    assert early[0].result == "neutral"
+    failed = SpfResult("fail", "mailfrom", "remote.test", "", "Fail (test)")
+    v = []
+    auth.check(AuthFacts("192.0.2.9", "h", "bob@remote.test", failed), MESSAGE).addBoth(
+        v.append)
+    assert b"Received-SPF: Fail (test)" in v[0].headers and v[0].spf is failed
 
 
 def test_smtp_marked_message_is_spooled_with_results_on_top():

@@ -30,7 +30,7 @@ class Listener:
         self.ids.append(queue_id)
 
 
-def rig(tmp_path, txt=None, sign_post=None):
+def rig(tmp_path, policies=None, sign_post=None):
     store = ListStore(tmp_path / "lists")
     store.create(LIST, ["owner@example.test"], "members")
     store.add_members(LIST, ["alice@example.test", "bob@remote.test", '"odd x"@remote.test'])
@@ -39,8 +39,9 @@ def rig(tmp_path, txt=None, sign_post=None):
     spool = Spool(tmp_path / "queue", reactor=None, run_blocking=run_now)
     listener = Listener()
     submit = Submitter(spool, listener, "mx.example.test", clock)
-    lookup = None if txt is None else (lambda name: defer.succeed(txt.get(name, [])))
-    target = ListTarget(store, submit, clock, run_now, dmarc_txt=lookup, sign_post=sign_post)
+    lookup = None if policies is None else (
+        lambda domain: defer.succeed(policies.get(domain, "none")))
+    target = ListTarget(store, submit, clock, run_now, dmarc_policy=lookup, sign_post=sign_post)
     return store, spool, listener, target
 
 
@@ -171,10 +172,10 @@ def test_refusals_are_permanent_errors_for_the_poster(tmp_path):
     assert listener.ids == []
 
 
-@pytest.mark.parametrize("record,munged", [("v=DMARC1; p=reject", True),
-                                           ("v=DMARC1; p=none", False)])
-def test_dmarc_strict_posters_get_their_from_rewritten(tmp_path, record, munged):
-    store, spool, listener, target = rig(tmp_path, txt={"_dmarc.remote.test": [record]})
+@pytest.mark.parametrize("published,munged", [("reject", True), ("quarantine", True),
+                                              ("none", False)])
+def test_dmarc_strict_posters_get_their_from_rewritten(tmp_path, published, munged):
+    store, spool, listener, target = rig(tmp_path, policies={"remote.test": published})
     store.set(LIST, policy="open")
     assert post(tmp_path, target, "bob@remote.test") is None
     with open(spool.message_path(listener.ids[0]), "rb") as f:

@@ -9,8 +9,6 @@ from gateway.lists.posting import (
     check_one_click,
     decide,
     decorate,
-    dmarc_names,
-    dmarc_strict,
     one_click_url,
 )
 from gateway.lists.store import MailingList
@@ -220,28 +218,6 @@ def test_announce_list_says_no_posting_and_no_archive_header_without_archive():
     m = parsed(decorate(POST, with_(policy="announce", archive=False), False))
     assert m["List-Post"].startswith("NO")
     assert m["List-Archive"] is None
-
-
-def test_dmarc_names_walk_up_to_the_organizational_domain():
-    assert dmarc_names("Mail.Example.co.uk") == [
-        "_dmarc.mail.example.co.uk", "_dmarc.example.co.uk", "_dmarc.co.uk"]
-    assert dmarc_names("example.org") == ["_dmarc.example.org"]
-
-
-@pytest.mark.parametrize("domain, txt, strict", [
-    ("example.org", {"_dmarc.example.org": ["v=DMARC1; p=reject; rua=mailto:x@y"]}, True),
-    ("example.org", {"_dmarc.example.org": ["v=DMARC1;p=quarantine"]}, True),
-    ("example.org", {"_dmarc.example.org": ["v=DMARC1; p=none"]}, False),
-    ("example.org", {"_dmarc.example.org": ["spf stuff", "v=DMARC1; p=reject"]}, True),
-    ("example.org", {"_dmarc.example.org": ["v=DMARC1; p=reject", "v=DMARC1; p=none"]}, False),
-    ("example.org", {}, False),
-    ("a.example.org", {"_dmarc.example.org": ["v=DMARC1; p=reject"]}, True),
-    ("a.example.org", {"_dmarc.example.org": ["v=DMARC1; p=reject; sp=none"]}, False),
-    ("a.example.org", {"_dmarc.a.example.org": ["v=DMARC1; p=none"],
-                       "_dmarc.example.org": ["v=DMARC1; p=reject"]}, False),
-])
-def test_dmarc_strict(domain, txt, strict):
-    assert dmarc_strict(domain, txt) is strict
 
 
 def test_a_message_of_headers_only_stays_well_formed():
