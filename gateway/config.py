@@ -176,6 +176,9 @@ class RelaySettings:
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
     data_timeout: float = 600.0
+    # Bytes of messages being DKIM-signed / ARC-sealed at once (dkimpy needs a message
+    # whole); more waits its turn. Everything else after the 250 streams (issue 11).
+    sign_memory: int = 64 * 1024 * 1024
     connection_cache_time: float = 2.0
 
 
@@ -855,6 +858,7 @@ def _relay_settings(r: _Reader) -> RelaySettings:
         connect_timeout=r.positive(s, "connect_timeout", float, 30.0),
         command_timeout=r.positive(s, "command_timeout", float, 300.0),
         data_timeout=r.positive(s, "data_timeout", float, 600.0),
+        sign_memory=r.positive(s, "sign_memory", int, RelaySettings.sign_memory),
         connection_cache_time=r.get(s, "connection_cache_time", float, 2.0),
     )
 

@@ -151,9 +151,13 @@ def build(settings: Settings, reactor) -> service.MultiService:
     arc = settings.arc
     sealer = ArcSealer(keyring, settings.authserv_id,
                        dnsfunc=_dkim_dnsfunc(settings))
-    sign = (RelaySealer(dkim, sealer, arc.domain or settings.domains[0]) if arc.seal_relayed
-            else dkim.sign_outbound)
-    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign)
+    if arc.seal_relayed:
+        sealer_ = RelaySealer(dkim, sealer, arc.domain or settings.domains[0])
+        sign, sign_wanted = sealer_, sealer_.wanted
+    else:
+        sign, sign_wanted = dkim.sign_outbound, dkim.outbound_wanted
+    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign,
+                            sign_wanted=sign_wanted)
     # One archive store for the exploder that writes it and the IMAP readers (shared
     # folders), so a post filed in a pool thread wakes the sessions that have it open.
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
@@ -279,7 +283,7 @@ class RelayService(service.Service):
         return super().stopService()
 
 
-def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
+def _relay(settings: Settings, reactor, run_blocking, parent, sign=None, sign_wanted=None):
     """The "remote" target: transport map -> MX (dnspython, own threads) -> SMTP client;
     and the DNS threads' runner, for the other lookups (DMARC)."""
     relay = settings.relay
@@ -302,7 +306,8 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
             password = f.readline().rstrip("\r\n")
     target = RelayTarget(settings=relay, helo=helo, transport=TransportMap(relay), mx=resolver,
                          tls_options=ClientTLS(relay.tls_ca_file), reactor=reactor,
-                         run_blocking=run_blocking, password=password, sign=sign)
+                         run_blocking=run_blocking, password=password, sign=sign,
+                         sign_wanted=sign_wanted)
     RelayService(target, dns_pool).setServiceParent(parent)
     return target, run_dns
 

@@ -145,10 +145,15 @@ class DkimSigner:
             return False
         return any(address in net for net in self.trusted_networks)
 
+    def outbound_wanted(self, envelope: Envelope) -> bool:
+        """Whether sign_outbound may add anything: when not, the relay streams the
+        message without ever reading it whole (issue 11)."""
+        return self.enabled and bool(self.keys.keys()) and self.originated_here(envelope)
+
     def sign_outbound(self, envelope: Envelope, message: bytes) -> bytes:
         """message with DKIM-Signature fields prepended when it originated here and its
         From domain has keys; otherwise message itself. Blocking (CPU): run in a thread."""
-        if not self.enabled or not self.originated_here(envelope):
+        if not self.outbound_wanted(envelope):
             return message
         return self.sign(message, queue_id=envelope.queue_id)
 
