@@ -45,16 +45,9 @@ def check_forwarding_loop(message: bytes, route: Route) -> None:
         raise MailError(554, "5.4.6", f"mail forwarding loop for <{route.address}>")
 
 
-def local_copy(envelope: Envelope, route: Route, message_path: str) -> bytes:
-    """The message as a local delivery writes it: trace headers first, loops refused."""
-    with open(message_path, "rb") as f:
-        original = f.read()
-    check_forwarding_loop(original, route)
-    return delivery_headers(envelope, route) + original
-
-
 def local_file(envelope: Envelope, route: Route, message_path: str) -> MessageFile:
-    """local_copy without reading the message whole: the store copies the spool file in
+    """The message as a local delivery writes it (trace headers first, loops refused),
+    without reading it whole: the store (or deliver/mbox.py) copies the spool file in
     pieces (issue 11). The loop check reads its start, as program deliveries do."""
     with open(message_path, "rb") as f:
         check_forwarding_loop(f.read(65536), route)
