@@ -1,13 +1,18 @@
 """A memory budget for work that must hold a whole message (issue 11).
 
-Used by deliver/relay.py for DKIM signing and ARC sealing, the one step after
-acceptance that cannot work in pieces: dkimpy takes the message as one bytes
-object (DKIM.sign/ARC.sign canonicalize and hash the body inside; there is no
-public way to feed the body hash piece by piece). Everything else streams; this
-bounds what signing may hold at once ([relay] sign_memory): a job takes its
-message's size from the budget before it reads, and waits its turn when the
-budget is spent. A message larger than the whole budget runs alone, so no
-message is refused for it: the gateway's peak is then that one message.
+Everything after the 250 streams from the spool file in pieces except two
+steps, which share one budget ([queue] whole_message_memory, made in
+service.py):
+  - DKIM signing and ARC sealing (deliver/relay.py): dkimpy takes the message
+    as one bytes object (DKIM.sign/ARC.sign canonicalize and hash the body
+    inside; it offers no public way to feed the body hash piece by piece, and
+    re-implementing relaxed body canonicalization ourselves is the subtle code
+    gateway/sign/ leaves to dkimpy), so signing is bounded instead;
+  - list posts (lists/exploder.py): decorating rewrites headers and may wrap
+    the body, and every personal copy is a message of its own.
+A job takes its cost from the budget before it reads, and waits its turn when
+the budget is spent. A job larger than the whole budget runs alone, so no
+message is refused for it: the gateway's peak is then that one job.
 """
 
 from __future__ import annotations

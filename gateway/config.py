@@ -147,6 +147,10 @@ class QueueSettings:
     max_hops: int = 50
     # A DSN returns the whole message up to this size, only its headers above.
     bounce_size_limit: int = 50000
+    # Bytes of whole-message work in flight at once after the 250 (DKIM signing and
+    # ARC sealing by the relay, list posts); more waits its turn. All else streams
+    # from the spool file in pieces (issue 11).
+    whole_message_memory: int = 64 * 1024 * 1024
     # Seconds between looks at the control directory (`mailgateway queue hold` ...).
     control_interval: float = 1.0
     # How a group commit makes the spool and Maildir writes durable (gateway/durable.py).
@@ -176,9 +180,6 @@ class RelaySettings:
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
     data_timeout: float = 600.0
-    # Bytes of messages being DKIM-signed / ARC-sealed at once (dkimpy needs a message
-    # whole); more waits its turn. Everything else after the 250 streams (issue 11).
-    sign_memory: int = 64 * 1024 * 1024
     connection_cache_time: float = 2.0
 
 
@@ -521,6 +522,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         delay_warning=r.get("queue", "delay_warning", float, 0.0),
         max_hops=r.positive("queue", "max_hops", int, 50),
         bounce_size_limit=r.positive("queue", "bounce_size_limit", int, 50000),
+        whole_message_memory=r.positive("queue", "whole_message_memory", int,
+                                        QueueSettings.whole_message_memory),
         control_interval=r.positive("queue", "control_interval", float, 1.0),
         sync=r.get("queue", "sync", str, "filesystem"),
     )
@@ -858,7 +861,6 @@ def _relay_settings(r: _Reader) -> RelaySettings:
         connect_timeout=r.positive(s, "connect_timeout", float, 30.0),
         command_timeout=r.positive(s, "command_timeout", float, 300.0),
         data_timeout=r.positive(s, "data_timeout", float, 600.0),
-        sign_memory=r.positive(s, "sign_memory", int, RelaySettings.sign_memory),
         connection_cache_time=r.get(s, "connection_cache_time", float, 2.0),
     )
 

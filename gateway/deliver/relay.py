@@ -55,7 +55,7 @@ def signature_fields(message_path: str, sign: Callable[[bytes], bytes]) -> bytes
     """The header fields sign (DKIM, ARC) prepends to the spooled message, without the
     message: DATA then streams the spool file after them (deliver/streaming.py). The
     whole message is read for dkimpy, and let go when this returns (blocking: run in
-    a thread, within the relay's sign_memory budget)."""
+    a thread, within [queue] whole_message_memory)."""
     with open(message_path, "rb") as f:
         message = f.read()
     signed = sign(message)
@@ -89,7 +89,8 @@ class RelayTarget:
                  run_blocking: Callable[..., defer.Deferred], password: str = "",
                  connect: Callable[[str, int], defer.Deferred] | None = None,
                  sign: Callable[[Envelope, bytes], bytes] | None = None,
-                 sign_wanted: Callable[[Envelope], bool] | None = None):
+                 sign_wanted: Callable[[Envelope], bool] | None = None,
+                 memory: ByteBudget | None = None):
         self.settings = settings
         self.helo = helo
         self.transport = transport
@@ -104,7 +105,8 @@ class RelayTarget:
         # mail that is not signed is never read whole.
         self.sign = sign
         self.sign_wanted = sign_wanted
-        self.sign_budget = ByteBudget(settings.sign_memory)
+        # [queue] whole_message_memory, shared with the list exploder (service.py).
+        self.memory = memory or ByteBudget(64 * 1024 * 1024)
         self.max_batch = settings.recipients_per_transaction
         self.global_slots = defer.DeferredSemaphore(settings.concurrency)
         self.destination_slots: dict[tuple, defer.DeferredSemaphore] = {}
@@ -161,7 +163,7 @@ class RelayTarget:
         size, wanted = yield self.run_blocking(self._measure, envelope, message_path)
         prefix = b""
         if wanted:
-            prefix = yield self.sign_budget.run(size, self.run_blocking, signature_fields,
+            prefix = yield self.memory.run(size, self.run_blocking, signature_fields,
                                                 message_path, partial(self.sign, envelope))
         # DATA streams the spool file (issue 11): a buffer per connection, not a message.
         body = SpoolStream(message_path, prefix, self.run_blocking)
