@@ -1,8 +1,9 @@
 """DKIM signing (RFC 6376; ed25519-sha256, RFC 8463) of a message as it leaves.
 
-Called by deliver/relay.py in its pool thread as it reads the spooled message
-for DATA, before dot-stuffing, and by the list exploder (arc.PostSigner) for list
-posts; never on the reactor thread.
+Called by deliver/relay.py in its pool thread, within [queue]
+whole_message_memory (dkimpy needs the message whole), which keeps only the
+fields it prepends and then streams the spool file after them; and by the list
+exploder (arc.PostSigner) for list posts; never on the reactor thread.
 
 dkimpy does the canonicalization and signing: it is the maintained Python
 implementation (RFC 6376, 8301, 8463, and ARC: arc.py), so none of that
