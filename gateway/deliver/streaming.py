@@ -32,9 +32,10 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDONLY)
 
 
-@implementer(IPushProducer)
 class SpoolStream:
-    """One DATA body: prefix + the file at path, dot-stuffed, written with back-pressure."""
+    """One DATA body: prefix + the file at path, dot-stuffed, written with back-pressure.
+    Called once per attempt (a cached connection that failed, the next MX host): each
+    call sends it afresh."""
 
     def __init__(self, path: str, prefix: bytes, run_blocking: Callable[..., defer.Deferred],
                  piece: int = PIECE):
@@ -42,26 +43,38 @@ class SpoolStream:
         self.prefix = prefix
         self.run_blocking = run_blocking
         self.piece = piece
-        self._paused: defer.Deferred | None = None
-        self._stopped = False
+        self.last: _Sender | None = None  # the latest attempt's producer (for tests)
 
     def __call__(self, transport) -> defer.Deferred:
         """Write it all to transport; fires when written (ConnectionLost if stopped)."""
-        return defer.ensureDeferred(self._send(transport))
+        self.last = _Sender(self, transport)
+        return defer.ensureDeferred(self.last.send())
 
-    async def _send(self, transport) -> None:
+
+@implementer(IPushProducer)
+class _Sender:
+    """One attempt: the transport's producer while the body is being written."""
+
+    def __init__(self, body: SpoolStream, transport):
+        self.body = body
+        self.transport = transport
+        self._paused: defer.Deferred | None = None
+        self._stopped = False
+
+    async def send(self) -> None:
+        body, transport = self.body, self.transport
         stuffer = DotStuffer()
-        fd = await self.run_blocking(_open, self.path)
+        fd = await body.run_blocking(_open, body.path)
         transport.registerProducer(self, True)
         try:
-            transport.write(stuffer.feed(self.prefix))
+            transport.write(stuffer.feed(body.prefix))
             offset = 0
             while True:
                 if self._paused is not None:
                     await self._paused
                 if self._stopped:
                     raise error.ConnectionLost("stopped while sending the message")
-                data = await self.run_blocking(os.pread, fd, self.piece, offset)
+                data = await body.run_blocking(os.pread, fd, body.piece, offset)
                 if self._stopped:
                     raise error.ConnectionLost("stopped while sending the message")
                 if not data:

@@ -63,16 +63,16 @@ def test_a_paused_stream_reads_nothing_until_resumed(tmp_path):
     path.write_bytes(b"x" * 100)
     reads = Reads()
     wire = StringTransport()
-    stream = SpoolStream(str(path), b"", reads, piece=10)
-    done = stream(wire)
+    done = SpoolStream(str(path), b"", reads, piece=10)(wire)
     reads.step()  # open
-    assert wire.producer is stream and wire.streaming
+    producer = wire.producer
+    assert producer is not None and wire.streaming
     reads.step()  # the first piece
-    stream.pauseProducing()  # the transport's buffer is full
+    producer.pauseProducing()  # the transport's buffer is full
     reads.step()  # the read already asked for
     assert reads.pending == []  # and no further one while paused
     assert len(wire.value()) == 20
-    stream.resumeProducing()
+    producer.resumeProducing()
     while reads.pending:
         reads.step()
     assert done.called and wire.value() == b"x" * 100 + b"\r\n"
@@ -87,11 +87,17 @@ def test_a_lost_connection_stops_the_stream(tmp_path):
     done = stream(wire)
     reads.step()
     reads.step()
-    stream.stopProducing()
+    wire.producer.stopProducing()
     reads.step()
     failures = []
     done.addErrback(failures.append)
     assert failures and reads.pending == [] and len(wire.value()) == 10
+    # The next attempt (another connection) sends it afresh, whole.
+    again = StringTransport()
+    done = stream(again)
+    while reads.pending:
+        reads.step()
+    assert done.called and again.value() == b"x" * 100 + b"\r\n"
 
 
 def test_the_budget_lets_work_wait_its_turn():
