@@ -160,7 +160,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # Whole-message work after the 250 (signing, list posts) shares one budget.
     memory = ByteBudget(settings.queue.whole_message_memory)
     relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign,
-                            sign_wanted=sign_wanted, memory=memory)
+                            sign_wanted=sign_wanted, memory=memory,
+                         read_blocking=in_thread(reactor))
     # One archive store for the exploder that writes it and the IMAP readers (shared
     # folders), so a post filed in a pool thread wakes the sessions that have it open.
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
@@ -311,7 +312,8 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None, sign_wa
     target = RelayTarget(settings=relay, helo=helo, transport=TransportMap(relay), mx=resolver,
                          tls_options=ClientTLS(relay.tls_ca_file), reactor=reactor,
                          run_blocking=run_blocking, password=password, sign=sign,
-                         sign_wanted=sign_wanted, memory=memory)
+                         sign_wanted=sign_wanted, memory=memory,
+                         read_blocking=in_thread(reactor))
     RelayService(target, dns_pool).setServiceParent(parent)
     return target, run_dns
 

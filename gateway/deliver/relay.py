@@ -90,7 +90,8 @@ class RelayTarget:
                  connect: Callable[[str, int], defer.Deferred] | None = None,
                  sign: Callable[[Envelope, bytes], bytes] | None = None,
                  sign_wanted: Callable[[Envelope], bool] | None = None,
-                 memory: ByteBudget | None = None):
+                 memory: ByteBudget | None = None,
+                 read_blocking: Callable[..., defer.Deferred] | None = None):
         self.settings = settings
         self.helo = helo
         self.transport = transport
@@ -98,6 +99,10 @@ class RelayTarget:
         self.tls_options = tls_options
         self.reactor = reactor
         self.run_blocking = run_blocking
+        # Reads of the spool file while DATA streams: a hop per piece, in threads of
+        # their own (service.py: the reactor's pool), not in the runner's one-thread
+        # lane, where eight 34 MB messages' pieces delayed local deliveries.
+        self.read_blocking = read_blocking or run_blocking
         self.password = password
         self.connect = connect or self._connect_tcp
         # DKIM (gateway/sign/, wired by service.py): (envelope, message) -> message with
@@ -160,13 +165,13 @@ class RelayTarget:
                  hop: NextHop, key: tuple):
         qid = envelope.queue_id
         # In the pool: the size is a stat, and the signer's key ring may reload from disk.
-        size, wanted = yield self.run_blocking(self._measure, envelope, message_path)
+        size, wanted = yield self.read_blocking(self._measure, envelope, message_path)
         prefix = b""
         if wanted:
             prefix = yield self.memory.run(size, self.run_blocking, signature_fields,
                                                 message_path, partial(self.sign, envelope))
         # DATA streams the spool file (issue 11): a buffer per connection, not a message.
-        body = SpoolStream(message_path, prefix, self.run_blocking)
+        body = SpoolStream(message_path, prefix, self.read_blocking)
         size += len(prefix)
         rcpts = [r.address for r in routes]
         # The runner batches routes of one sender only (owner-NAME, VERP: Route.sender).
