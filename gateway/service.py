@@ -160,8 +160,7 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # Whole-message work after the 250 (signing, list posts) shares one budget.
     memory = ByteBudget(settings.queue.whole_message_memory)
     relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign,
-                            sign_wanted=sign_wanted, memory=memory,
-                         read_blocking=in_thread(reactor))
+                            sign_wanted=sign_wanted, memory=memory)
     # One archive store for the exploder that writes it and the IMAP readers (shared
     # folders), so a post filed in a pool thread wakes the sessions that have it open.
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
