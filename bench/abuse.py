@@ -70,6 +70,8 @@ class Gateway:
         self.root, self.name = root, name
         root.mkdir(parents=True, exist_ok=True)
         self.ports = {n: free_port() for n in ("smtp", "submission", "pop3", "imap")}
+        # big_relay's remote server (Postfix's smtp-sink): mail for sink.test goes there.
+        self.sink_port = free_port()
         listen = "".join(f'{n} = "tcp:{p}:interface=127.0.0.1"\n' for n, p in self.ports.items())
         self.config = root / "gw.toml"
         # Run as root, it refuses to serve unless told so in as many words.
@@ -78,7 +80,8 @@ class Gateway:
             f'[server]\nhostname = "mx.example.test"\ndomains = ["example.test"]\n{user}'
             f'state_dir = "{root / "var"}"\n[listen]\n{listen}'
             f'[auth]\nplaintext_from_loopback = true\n'
-            f'[relay]\nnameservers = ["127.0.0.1"]\ndns_port = {free_port()}\n'
+            f'[relay]\nnameservers = ["127.0.0.1"]\ndns_port = {free_port()}\ntls = "none"\n'
+            f'[relay.routes]\n"sink.test" = "[127.0.0.1]:{self.sink_port}"\n'
             # No SPF/DKIM/DMARC: the name server above is a closed port.
             f'[inbound_auth]\ncheck = false\n')
         # One malloc arena per thread pool thread would add tens of MB of RSS noise that
@@ -403,6 +406,29 @@ def big_messages(gw: Gateway, stop: threading.Event) -> None:
     stop.wait()
 
 
+def big_relay(gw: Gateway, stop: threading.Event) -> None:
+    """8 x 34 MB relayed at once to smtp-sink: after the 250 the relay must stream them."""
+    from relay_bench import Sink  # smtp-sink with its message counter
+
+    body = (b"Subject: big\r\n\r\n" + (b".x" * 499 + b"\r\n") * 34_000)
+    sink = Sink()
+    sink.target = 8
+    sink.start(gw.sink_port, time.monotonic() + 30)
+    try:
+        def one() -> None:
+            with smtplib.SMTP("127.0.0.1", gw.ports["submission"], timeout=120) as s:
+                s.login(USER, PASSWORD)  # relaying needs a login
+                s.sendmail(USER, ["far@sink.test"], body)
+        threads = [threading.Thread(target=one, daemon=True) for _ in range(8)]
+        for t in threads:
+            t.start()
+        if not sink.wait(time.monotonic() + 600, lambda: not stop.is_set()):
+            raise RuntimeError(f"only {sink.count} of 8 relayed before the attack ended")
+        stop.wait()
+    finally:
+        sink.stop()
+
+
 def literals(gw: Gateway, stop: threading.Event) -> None:
     def one() -> None:
         try:
@@ -453,7 +479,8 @@ def idle(gw: Gateway, stop: threading.Event) -> None:
 
 ATTACKS = {"none": idle, "lsub": lsub, "smtp_pipeline": smtp_pipeline, "auth_guess": auth_guess,
            "search": search, "deep_search": deep_search, "unread_output": unread_output,
-           "big_messages": big_messages, "literals": literals, "eightbit": eightbit}
+           "big_messages": big_messages, "big_relay": big_relay, "literals": literals,
+           "eightbit": eightbit}
 
 
 # Attacks that need nothing of the gateway's (no user database, no SEARCH seed): also

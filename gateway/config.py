@@ -152,6 +152,10 @@ class QueueSettings:
     max_hops: int = 50
     # A DSN returns the whole message up to this size, only its headers above.
     bounce_size_limit: int = 50000
+    # Bytes of whole-message work in flight at once after the 250 (DKIM signing and
+    # ARC sealing by the relay, list posts); more waits its turn. All else streams
+    # from the spool file in pieces (issue 11).
+    whole_message_memory: int = 64 * 1024 * 1024
     # Seconds between looks at the control directory (`mailgateway queue hold` ...).
     control_interval: float = 1.0
     # How a group commit makes the spool and Maildir writes durable (gateway/durable.py).
@@ -531,6 +535,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         delay_warning=r.get("queue", "delay_warning", float, 0.0),
         max_hops=r.positive("queue", "max_hops", int, 50),
         bounce_size_limit=r.positive("queue", "bounce_size_limit", int, 50000),
+        whole_message_memory=r.positive("queue", "whole_message_memory", int,
+                                        QueueSettings.whole_message_memory),
         control_interval=r.positive("queue", "control_interval", float, 1.0),
         sync=r.get("queue", "sync", str, "filesystem"),
         writeback_window=r.get("queue", "writeback_window", int, QueueSettings.writeback_window),

@@ -23,6 +23,7 @@ from gateway.access.authcache import AuthCache
 from gateway.access.authguard import GuardedDirectory
 from gateway.access.imap.server import IMAPFactory
 from gateway.access.pop3 import POP3Factory
+from gateway.budget import ByteBudget
 from gateway.config import Settings
 from gateway.deliver.maildir import MaildirDelivery
 from gateway.deliver.mbox import MboxDelivery
@@ -173,15 +174,21 @@ def build(settings: Settings, reactor) -> service.MultiService:
     arc = settings.arc
     sealer = ArcSealer(keyring, settings.authserv_id,
                        dnsfunc=_dkim_dnsfunc(settings))
-    sign = (RelaySealer(dkim, sealer, arc.domain or settings.domains[0]) if arc.seal_relayed
-            else dkim.sign_outbound)
-    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign)
+    if arc.seal_relayed:
+        sealer_ = RelaySealer(dkim, sealer, arc.domain or settings.domains[0])
+        sign, sign_wanted = sealer_, sealer_.wanted
+    else:
+        sign, sign_wanted = dkim.sign_outbound, dkim.outbound_wanted
+    # Whole-message work after the 250 (signing, list posts) shares one budget.
+    memory = ByteBudget(settings.queue.whole_message_memory)
+    relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign,
+                            sign_wanted=sign_wanted, memory=memory)
     # One archive store for the exploder that writes it and the IMAP readers (shared
     # folders), so a post filed in a pool thread wakes the sessions that have it open.
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
                            announce=reactor.callFromThread)
     lists = ListTarget(list_store, submitter, reactor, in_thread(reactor), archive=archive,
-                       dmarc_policy=_dmarc_policy(settings, run_dns, orgs),
+                       dmarc_policy=_dmarc_policy(settings, run_dns, orgs), memory=memory,
                        sign_post=PostSigner(dkim if settings.dkim.sign else None,
                                             sealer if arc.seal_lists else None))
     targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
@@ -302,7 +309,8 @@ class RelayService(service.Service):
         return super().stopService()
 
 
-def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
+def _relay(settings: Settings, reactor, run_blocking, parent, sign=None, sign_wanted=None,
+           memory=None):
     """The "remote" target: transport map -> MX (dnspython, own threads) -> SMTP client;
     and the DNS threads' runner, for the other lookups (DMARC)."""
     relay = settings.relay
@@ -325,7 +333,9 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None):
             password = f.readline().rstrip("\r\n")
     target = RelayTarget(settings=relay, helo=helo, transport=TransportMap(relay), mx=resolver,
                          tls_options=ClientTLS(relay.tls_ca_file), reactor=reactor,
-                         run_blocking=run_blocking, password=password, sign=sign)
+                         run_blocking=run_blocking, password=password, sign=sign,
+                         sign_wanted=sign_wanted, memory=memory,
+                         read_blocking=in_thread(reactor))
     RelayService(target, dns_pool).setServiceParent(parent)
     return target, run_dns
 

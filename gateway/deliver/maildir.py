@@ -45,23 +45,16 @@ def check_forwarding_loop(message: bytes, route: Route) -> None:
         raise MailError(554, "5.4.6", f"mail forwarding loop for <{route.address}>")
 
 
-def local_copy(envelope: Envelope, route: Route, message_path: str) -> bytes:
-    """The message as a local delivery writes it: trace headers first, loops refused."""
-    with open(message_path, "rb") as f:
-        original = f.read()
-    check_forwarding_loop(original, route)
-    return delivery_headers(envelope, route) + original
-
-
 # A message up to this size is read whole by the loop check and written from memory;
 # a larger one is copied from the spool file in pieces (issue 11).
 WHOLE = 65536
 
 
 def local_file(envelope: Envelope, route: Route, message_path: str) -> bytes | MessageFile:
-    """local_copy without reading a large message whole: the store copies the spool file
-    in pieces (issue 11). The loop check reads its start, as program deliveries do; a
-    message that fits in it (most) is written from that read, in one write: no second
+    """The message as a local delivery writes it (trace headers first, loops refused),
+    without reading a large one whole: the store (or deliver/mbox.py) copies the spool
+    file in pieces (issue 11). The loop check reads its start, as program deliveries do;
+    a message that fits in it (most) is written from that read, in one write: no second
     open and no copy buffer per copy of an alias's 1,000 (bench/alias_bench.py)."""
     with open(message_path, "rb") as f:
         start = f.read(WHOLE + 1)

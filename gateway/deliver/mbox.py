@@ -11,7 +11,9 @@ resolve/ decided it, this appends, the way procmail and Postfix's local(8) do:
   - written and fsync'd before success; on any failure the file is truncated
     back to its old length, so it never holds half a message, and the
     delivery goes back to the queue;
-  - no symlinks followed and nothing but regular files written.
+  - no symlinks followed and nothing but regular files written;
+  - the spool file is read and appended a piece (1 MiB) at a time, quoted on
+    the fly (MboxQuoter), so a 34 MB message costs a buffer (issue 11).
 Runs in a pool thread: locks and fsync wait, the reactor must not.
 """
 
@@ -23,30 +25,102 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from gateway.config import MboxSettings
-from gateway.deliver.maildir import local_copy
+from gateway.deliver.maildir import local_file
 from gateway.envelope import Envelope
 from gateway.errors import MailError
 from gateway.interfaces import IDeliveryTarget, Route
 
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+# The start of a line that may still become ">*From " once more bytes come.
+_UNDECIDED = re.compile(rb">*(F(r(o(m)?)?)?)?")
 # A dot-lock older than this is left over from a crash (procmail's default).
 STALE_LOCK = 300.0
+# Bytes of the spool file read at a time (issue 11: a buffer, not the message).
+PIECE = 1024 * 1024
+
+
+class MboxQuoter:
+    """mboxrd quoting and LF line ends over a message given in pieces: a piece border
+    may fall anywhere (inside "\r\n", inside ">From "), the output is the same as for
+    the whole message at once. Only the start of a line that is still undecided
+    (">>Fro") is held back, so memory is a piece, whatever the message's size."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._mid_line = False  # the next byte continues a line already written
+        self._last = b""
+
+    def feed(self, piece: bytes) -> bytes:
+        data = self._carry + piece
+        cut = data.rfind(b"\n") + 1
+        body, tail = data[:cut], data[cut:]
+        hold = b""
+        if tail.endswith(b"\r"):  # maybe half of a CRLF
+            tail, hold = tail[:-1], b"\r"
+        tail_at_start = bool(body) or not self._mid_line
+        if tail_at_start and _UNDECIDED.fullmatch(tail):
+            tail, hold = b"", tail + hold
+        self._carry = hold
+        return self._emit(body + tail)
+
+    def end(self) -> bytes:
+        """The rest, a final LF if the message lacked one, and the blank line after it."""
+        out = self._emit(self._carry)
+        self._carry = b""
+        if not (out or self._last).endswith(b"\n"):
+            out += b"\n"
+        return out + b"\n"
+
+    def _emit(self, text: bytes) -> bytes:
+        if not text:
+            return text
+        text = text.replace(b"\r\n", b"\n")
+        if self._mid_line:
+            end = text.find(b"\n") + 1
+            if end == 0:
+                self._last = text
+                return text
+            text = text[:end] + _FROM_LINE.sub(rb">\1", text[end:])
+        else:
+            text = _FROM_LINE.sub(rb">\1", text)
+        self._mid_line = not text.endswith(b"\n")
+        self._last = text[-1:]
+        return text
+
+
+def separator(sender: str, now: float) -> bytes:
+    stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(now))
+    return f"From {sender or 'MAILER-DAEMON'} {stamp}\n".encode()
+
+
+def entry_pieces(sender: str, pieces: Iterable[bytes], now: float) -> Iterator[bytes]:
+    """One mbox message in pieces: separator, LF line ends, mboxrd quoting, blank line."""
+    quoter = MboxQuoter()
+    yield separator(sender, now)
+    for piece in pieces:
+        out = quoter.feed(piece)
+        if out:
+            yield out
+    yield quoter.end()
 
 
 def mbox_entry(sender: str, message: bytes, now: float) -> bytes:
-    """One mbox message: separator, LF line ends, mboxrd quoting, blank line after."""
-    body = message.replace(b"\r\n", b"\n")
-    body = _FROM_LINE.sub(rb">\1", body)
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(now))
-    return f"From {sender or 'MAILER-DAEMON'} {stamp}\n".encode() + body + b"\n"
+    """One mbox message (entry_pieces of a message at hand)."""
+    return b"".join(entry_pieces(sender, [message], now))
+
+
+def file_pieces(head: bytes, path: str) -> Iterator[bytes]:
+    """head, then the file at path a piece at a time (blocking reads)."""
+    yield head
+    with open(path, "rb") as f:
+        while piece := f.read(PIECE):
+            yield piece
 
 
 class _DotLock:
@@ -97,8 +171,9 @@ def _lock(fd: int, path: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def append(path: str, entry: bytes, lock_timeout: float) -> None:
-    """Append entry to the mbox at path: all of it, durably, or nothing (blocking)."""
+def append(path: str, entry: bytes | Iterable[bytes], lock_timeout: float) -> None:
+    """Append entry (bytes, or its pieces) to the mbox at path: all of it, durably, or
+    nothing (blocking). Pieces are written as they come, under the locks."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                      | os.O_NONBLOCK, 0o600)
@@ -113,9 +188,10 @@ def append(path: str, entry: bytes, lock_timeout: float) -> None:
             _lock(fd, path, lock_timeout)
             size = os.fstat(fd).st_size
             try:
-                view = memoryview(entry)
-                while view:
-                    view = view[os.write(fd, view):]
+                for piece in [entry] if isinstance(entry, bytes) else entry:
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view):]
                 os.fsync(fd)
             except OSError as e:
                 os.ftruncate(fd, size)
@@ -141,6 +217,9 @@ class MboxDelivery:
                                  self.clock.seconds())
 
     def _deliver(self, envelope: Envelope, route: Route, message_path: str, now: float) -> None:
-        message = local_copy(envelope, route, message_path)
+        # The spool file in pieces (issue 11), after the trace headers local_file makes.
+        message = local_file(envelope, route, message_path)
         sender = envelope.sender if route.sender is None else route.sender
-        append(route.path, mbox_entry(sender, message, now), self.settings.lock_timeout)
+        pieces = iter([message]) if isinstance(message, bytes) else \
+            file_pieces(message.head, message.path)
+        append(route.path, entry_pieces(sender, pieces, now), self.settings.lock_timeout)

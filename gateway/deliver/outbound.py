@@ -23,7 +23,9 @@ from __future__ import annotations
 import base64
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet import defer, error
 from twisted.protocols.basic import LineReceiver
@@ -166,13 +168,29 @@ class ClientProtocol(LineReceiver):
     def command(self, line: bytes, timeout: float | None = None) -> defer.Deferred:
         return self.send(line, timeout=timeout)[0]
 
-    def send_data(self, stuffed: bytes) -> defer.Deferred:
-        """Write the dot-stuffed message and its final dot; Deferred of the reply."""
+    def send_data(self, body: Body) -> defer.Deferred:
+        """Write the message (bytes already dot-stuffed, or a Body that streams itself)
+        and its final dot; Deferred of the reply."""
         if not self.connected_:
             return defer.fail(error.ConnectionLost(self.describe_loss()))
         d = self._expect(self.data_timeout)
-        self.transport.write(stuffed)
-        self.transport.write(b".\r\n")
+        if isinstance(body, bytes):
+            self.transport.write(body)
+            self.transport.write(b".\r\n")
+            return d
+
+        def written(_):
+            if self.connected_:
+                self.transport.write(b".\r\n")
+
+        def failed(failure):
+            # The reply's Deferred reports a lost connection; anything else (the
+            # spool file unreadable) leaves the server waiting for the dot: drop it.
+            if not failure.check(error.ConnectionLost, error.ConnectionDone):
+                self._abort()
+            return None
+
+        body(self.transport).addCallbacks(written, failed)
         return d
 
     def _expect(self, timeout: float) -> defer.Deferred:
@@ -206,14 +224,37 @@ class ClientProtocol(LineReceiver):
         d.addBoth(lambda _: self.transport.loseConnection() if self.connected_ else None)
 
 
+class DotStuffer:
+    """RFC 5321 4.5.2 transparency over a message given in pieces: a line that starts
+    with "." gets one more, wherever the piece borders fall (a border between "\n"
+    and "." included); end() adds the CRLF a message must end with before the dot."""
+
+    def __init__(self) -> None:
+        self._tail = b"\n"  # the last two bytes seen; "\n": the next byte starts a line
+
+    def feed(self, piece: bytes) -> bytes:
+        if not piece:
+            return piece
+        out = piece.replace(b"\n.", b"\n..")
+        if piece.startswith(b".") and self._tail.endswith(b"\n"):
+            out = b"." + out
+        self._tail = (self._tail + piece)[-2:]
+        return out
+
+    def end(self) -> bytes:
+        return b"" if self._tail == b"\r\n" else b"\r\n"
+
+
 def dot_stuff(message: bytes) -> bytes:
     """RFC 5321 4.5.2 transparency, CRLF-terminated, without the final dot."""
-    if message.startswith(b"."):
-        message = b"." + message
-    message = message.replace(b"\n.", b"\n..")
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return message
+    stuffer = DotStuffer()
+    return stuffer.feed(message) + stuffer.end()
+
+
+# What DATA sends: the dot-stuffed bytes, or a callable that writes the dot-stuffed
+# message to a transport (with back-pressure, deliver/streaming.py) and fires once
+# it is all written.
+Body = bytes | Callable[[Any], defer.Deferred]
 
 
 @dataclass
@@ -245,7 +286,7 @@ class Session:
         return reply.ok()
 
     @defer.inlineCallbacks
-    def transaction(self, sender: str, recipients: list[str], stuffed: bytes, *,
+    def transaction(self, sender: str, recipients: list[str], stuffed: Body, *,
                     size: int, eight_bit: bool):
         """One mail transaction; a list of one Reply per recipient. Raises SessionError."""
         if self.needs_reset:

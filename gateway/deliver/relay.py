@@ -24,6 +24,7 @@ resolve/transport.py) for the next hop and TLS policy, resolves it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 
@@ -32,6 +33,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.budget import ByteBudget
 from gateway.config import RelaySettings
 from gateway.deliver.mx import MXResolver
 from gateway.deliver.outbound import (
@@ -39,9 +41,9 @@ from gateway.deliver.outbound import (
     Reply,
     Session,
     SessionError,
-    dot_stuff,
     open_session,
 )
+from gateway.deliver.streaming import SpoolStream
 from gateway.envelope import Envelope
 from gateway.errors import MailError
 from gateway.interfaces import IBatchDeliveryTarget, ITransportMap, NextHop, RecipientResult, Route
@@ -49,15 +51,17 @@ from gateway.interfaces import IBatchDeliveryTarget, ITransportMap, NextHop, Rec
 log = Logger()
 
 
-def read_stuffed(message_path: str, sign: Callable[[bytes], bytes] | None = None
-                 ) -> tuple[bytes, int]:
-    """The spooled message, signed (DKIM, when sign is given), dot-stuffed for DATA, and
-    its size (blocking: run in a thread; signing is CPU work that must stay there too)."""
+def signature_fields(message_path: str, sign: Callable[[bytes], bytes]) -> bytes:
+    """The header fields sign (DKIM, ARC) prepends to the spooled message, without the
+    message: DATA then streams the spool file after them (deliver/streaming.py). The
+    whole message is read for dkimpy, and let go when this returns (blocking: run in
+    a thread, within [queue] whole_message_memory)."""
     with open(message_path, "rb") as f:
         message = f.read()
-    if sign is not None:
-        message = sign(message)
-    return dot_stuff(message), len(message)
+    signed = sign(message)
+    if not signed.endswith(message):
+        raise ValueError("a signer changed the message instead of prepending fields")
+    return signed[:len(signed) - len(message)]
 
 
 def _result(reply: Reply, session: Session) -> RecipientResult:
@@ -84,7 +88,10 @@ class RelayTarget:
                  mx: MXResolver, tls_options: Callable, reactor,
                  run_blocking: Callable[..., defer.Deferred], password: str = "",
                  connect: Callable[[str, int], defer.Deferred] | None = None,
-                 sign: Callable[[Envelope, bytes], bytes] | None = None):
+                 sign: Callable[[Envelope, bytes], bytes] | None = None,
+                 sign_wanted: Callable[[Envelope], bool] | None = None,
+                 memory: ByteBudget | None = None,
+                 read_blocking: Callable[..., defer.Deferred] | None = None):
         self.settings = settings
         self.helo = helo
         self.transport = transport
@@ -92,10 +99,19 @@ class RelayTarget:
         self.tls_options = tls_options
         self.reactor = reactor
         self.run_blocking = run_blocking
+        # Reads of the spool file while DATA streams: a hop per piece, in threads of
+        # their own (service.py: the reactor's pool), not in the runner's one-thread
+        # lane, where eight 34 MB messages' pieces delayed local deliveries.
+        self.read_blocking = read_blocking or run_blocking
         self.password = password
         self.connect = connect or self._connect_tcp
-        # DKIM (gateway/sign/, wired by service.py): (envelope, message) -> message.
+        # DKIM (gateway/sign/, wired by service.py): (envelope, message) -> message with
+        # fields prepended; sign_wanted(envelope) says whether it would add any, so
+        # mail that is not signed is never read whole.
         self.sign = sign
+        self.sign_wanted = sign_wanted
+        # [queue] whole_message_memory, shared with the list exploder (service.py).
+        self.memory = memory or ByteBudget(64 * 1024 * 1024)
         self.max_batch = settings.recipients_per_transaction
         self.global_slots = defer.DeferredSemaphore(settings.concurrency)
         self.destination_slots: dict[tuple, defer.DeferredSemaphore] = {}
@@ -148,12 +164,19 @@ class RelayTarget:
     def _deliver(self, envelope: Envelope, routes: list[Route], message_path: str,
                  hop: NextHop, key: tuple):
         qid = envelope.queue_id
-        sign = partial(self.sign, envelope) if self.sign is not None else None
-        stuffed, size = yield self.run_blocking(read_stuffed, message_path, sign)
+        # In the pool: the size is a stat, and the signer's key ring may reload from disk.
+        size, wanted = yield self.read_blocking(self._measure, envelope, message_path)
+        prefix = b""
+        if wanted:
+            prefix = yield self.memory.run(size, self.run_blocking, signature_fields,
+                                                message_path, partial(self.sign, envelope))
+        # DATA streams the spool file (issue 11): a buffer per connection, not a message.
+        body = SpoolStream(message_path, prefix, self.read_blocking)
+        size += len(prefix)
         rcpts = [r.address for r in routes]
         # The runner batches routes of one sender only (owner-NAME, VERP: Route.sender).
         sender = envelope.sender if routes[0].sender is None else routes[0].sender
-        args = (sender, rcpts, stuffed)
+        args = (sender, rcpts, body)
         kwargs = {"size": size, "eight_bit": envelope.body.upper() == "8BITMIME"}
 
         # A cached connection first; a stale one (the server hung up) costs nothing.
@@ -207,6 +230,11 @@ class RelayTarget:
         else:
             failure = _session_failure(last)
         return [RecipientResult(failure)] * len(routes)
+
+    def _measure(self, envelope: Envelope, message_path: str) -> tuple[int, bool]:
+        wanted = self.sign is not None and (self.sign_wanted is None
+                                            or self.sign_wanted(envelope))
+        return os.path.getsize(message_path), wanted
 
     @defer.inlineCallbacks
     def _open(self, name: str, address: str, hop: NextHop, policy: str):

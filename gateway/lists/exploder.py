@@ -27,6 +27,7 @@ Everything that touches the store or files runs in a pool thread.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from email import policy
 from email.parser import BytesHeaderParser
@@ -36,6 +37,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.budget import ByteBudget
 from gateway.envelope import Envelope, Recipient
 from gateway.errors import MailError
 from gateway.interfaces import IDeliveryTarget, IMailStore, ISubmit, Route
@@ -72,12 +74,13 @@ class _Explosion:
     """What a post becomes: the copy, its recipients, where it goes in the queue."""
 
     def __init__(self, mlist: MailingList, message: bytes, members: list[str], queue_id: str,
-                 personal: list[bytes] | None = None):
+                 personal: bool = False):
         self.mlist = mlist
         self.message = message
         self.members = members
         self.queue_id = queue_id
-        # Each member's own copy (lists with web_base_url), in the order of members.
+        # Each member gets a copy of their own (lists with web_base_url), made a batch
+        # at a time by _submit_personal.
         self.personal = personal
 
     def sender(self, member: str) -> str:
@@ -98,7 +101,8 @@ class ListTarget:
                  run_blocking: Callable[..., defer.Deferred], *,
                  archive: IMailStore | None = None,
                  dmarc_policy: Callable[[str], defer.Deferred] | None = None,
-                 sign_post: Callable[[str, bytes, bytes, str], bytes] | None = None):
+                 sign_post: Callable[[str, bytes, bytes, str], bytes] | None = None,
+                 memory: ByteBudget | None = None):
         self.store = store
         self.submit = submit
         self.clock = clock
@@ -117,6 +121,9 @@ class ListTarget:
         # approval by mail both start one, and two passes at once exploded the same
         # approved post twice at once (its archive copy's rename then failed).
         self._outbox_lock = defer.DeferredLock()
+        # [queue] whole_message_memory, shared with the relay's signing (service.py): a
+        # post is worked on whole (read, decorated, signed), so posts wait their turn.
+        self.memory = memory or ByteBudget(64 * 1024 * 1024)
 
     # --- IDeliveryTarget -----------------------------------------------------------
 
@@ -131,6 +138,17 @@ class ListTarget:
         mlist = yield self.run_blocking(self.store.get, where.list)
         if mlist is None:
             raise MailError(550, "5.1.1", f"<{where.list}>: no such list (deleted?)")
+        size = yield self.run_blocking(os.path.getsize, message_path)
+        # The list's own limit, checked before the message is read (issue 11): every
+        # role reads it whole, so max_size bounds what one list message can cost.
+        refusal = posting.too_big(mlist, size)
+        if refusal is not None:
+            raise refusal.error
+        yield self.memory.run(self._cost(mlist, size), self._handle, envelope, where, mlist,
+                              message_path)
+
+    @defer.inlineCallbacks
+    def _handle(self, envelope: Envelope, where, mlist: MailingList, message_path: str):
         message = yield self.run_blocking(_read, message_path)
         now = self.clock.seconds()
         sender = envelope.sender
@@ -195,8 +213,8 @@ class ListTarget:
             log.info("list {list}: post {queue_id} has no enabled member to go to",
                      list=mlist.address, queue_id=queue_id)
             return
-        if explosion.personal is not None:
-            yield self._submit_personal(explosion)
+        if explosion.personal:
+            yield self._submit_personal(explosion, message, strict)
             log.info("{queue_id}: list {list}: exploded to {n} members (personal copies)",
                      queue_id=queue_id, list=mlist.address, n=len(explosion.members))
             return
@@ -205,17 +223,41 @@ class ListTarget:
         log.info("{queue_id}: list {list}: exploded to {n} members", queue_id=qid,
                  list=mlist.address, n=len(explosion.members))
 
+    def _batch(self, size: int) -> int:
+        """Personal copies made and handed to the spool at once: a whole batch for the
+        spool's group commit when posts are small, fewer (at least one) when a batch of
+        copies would not fit a quarter of the memory budget."""
+        return max(1, min(PERSONAL_BATCH, self.memory.limit // max(1, 4 * size)))
+
+    def _cost(self, mlist: MailingList, size: int) -> int:
+        """What one post holds at once: the post, its decorated and its signed copy, and
+        a batch of personal copies (lists with web_base_url)."""
+        return size * (3 + (self._batch(size) if mlist.web_base_url else 0))
+
     @defer.inlineCallbacks
-    def _submit_personal(self, explosion: _Explosion):
+    def _submit_personal(self, explosion: _Explosion, message: bytes, strict: bool):
         """One queue entry per member, a batch at a time (the spool's group commit
-        syncs a batch together); each ID is derived, so a repeat skips those made."""
-        pairs = list(zip(explosion.members, explosion.personal or [], strict=True))
-        for start in range(0, len(pairs), PERSONAL_BATCH):
+        syncs a batch together; issue 11: only a batch of copies is ever in memory);
+        each ID is derived, so a repeat skips those made."""
+        members = explosion.members
+        batch = self._batch(len(message))
+        for start in range(0, len(members), batch):
+            group = members[start:start + batch]
+            copies = yield self.run_blocking(self._personal, explosion, message, strict, group)
             yield defer.gatherResults([
                 self.submit.submit(explosion.sender(member), [Recipient(member)], copy,
                                    queue_id=personal_id(explosion.queue_id, member))
-                for member, copy in pairs[start:start + PERSONAL_BATCH]], consumeErrors=True
+                for member, copy in zip(group, copies, strict=True)], consumeErrors=True
             ).addErrback(_first_error)
+
+    def _personal(self, explosion: _Explosion, message: bytes, strict: bool,
+                  members: list[str]) -> list[bytes]:
+        # Each copy names its member (RFC 8058), so each is signed and sealed on its
+        # own: DKIM must cover List-Unsubscribe and List-Unsubscribe-Post.
+        mlist = explosion.mlist
+        return [self._signed(mlist, message, posting.decorate(message, mlist, strict, member),
+                             explosion.queue_id)
+                for member in members]
 
     def _prepare(self, mlist: MailingList, message: bytes, strict: bool, queue_id: str
                  ) -> _Explosion:
@@ -224,16 +266,11 @@ class ListTarget:
             # Named after the explosion: a repeat after a crash finds the first copy.
             self.archive.deliver(mlist.address, copy, f"{queue_id}.archive", True)
         members = self.store.members(mlist.address)
-        personal = None
-        if mlist.web_base_url:
-            # Each copy names its member (RFC 8058), so each is signed and sealed on
-            # its own: DKIM must cover List-Unsubscribe and List-Unsubscribe-Post.
-            personal = [self._signed(mlist, message, posting.decorate(message, mlist, strict,
-                                                                      member), queue_id)
-                        for member in members]
+        if mlist.web_base_url:  # personal copies, made a batch at a time
+            return _Explosion(mlist, b"", members, queue_id, personal=True)
         # Otherwise once for every member: VERP changes only the envelope sender.
         copy = self._signed(mlist, message, copy, queue_id)
-        return _Explosion(mlist, copy, members, queue_id, personal)
+        return _Explosion(mlist, copy, members, queue_id)
 
     def _signed(self, mlist: MailingList, message: bytes, copy: bytes, queue_id: str) -> bytes:
         if self.sign_post is None:
@@ -256,8 +293,9 @@ class ListTarget:
                 log.warn("list {list} gone: approved post {id} dropped", list=post.list,
                          id=post.held_id)
             else:
-                yield self.explode(mlist, post.sender, post.message,
-                                   "H" + post.held_id.upper()[:31])
+                yield self.memory.run(self._cost(mlist, len(post.message)), self.explode,
+                                      mlist, post.sender, post.message,
+                                      "H" + post.held_id.upper()[:31])
             yield self.run_blocking(outbox.done, post)
 
     # --- queueing what the list says ----------------------------------------------------

@@ -81,9 +81,9 @@ def decide(mlist: MailingList, sender: str, is_member: bool, headers: Message, s
     if not sender or is_auto_submitted(headers):
         return _reject(550, "5.7.1", f"<{mlist.address}> does not accept automatically "
                        "submitted mail (RFC 3834)")
-    if mlist.max_size and size > mlist.max_size:
-        return _reject(552, "5.3.4", f"Message too big for <{mlist.address}> (largest: "
-                       f"{mlist.max_size} bytes)")
+    refusal = too_big(mlist, size)
+    if refusal is not None:
+        return refusal
     privileged = mlist.is_moderator(sender)
     if mlist.policy == "announce" and not privileged:
         return _reject(550, "5.7.1", f"<{mlist.address}> is an announcement list: only its "
@@ -93,6 +93,14 @@ def decide(mlist: MailingList, sender: str, is_member: bool, headers: Message, s
     if mlist.policy == "members" and not (is_member or privileged):
         return Decision("hold", f"{sender} is not a member")
     return ACCEPT
+
+
+def too_big(mlist: MailingList, size: int) -> Decision | None:
+    """The refusal of a message over the list's max_size (None: it fits)."""
+    if mlist.max_size and size > mlist.max_size:
+        return _reject(552, "5.3.4", f"Message too big for <{mlist.address}> (largest: "
+                       f"{mlist.max_size} bytes)")
+    return None
 
 
 def _reject(code: int, enhanced: str, text: str) -> Decision:

@@ -7,7 +7,9 @@ the email package as RFC 3462/6522 multipart/report; report-type=delivery-status
   1. a text/plain explanation for people,
   2. message/delivery-status: per-message and per-recipient fields (RFC 3464 2.2, 2.3),
   3. the original message (message/rfc822) up to queue.bounce_size_limit,
-     above that its headers only (text/rfc822-headers).
+     above that its headers only (text/rfc822-headers), as Postfix's
+     bounce_size_limit; never more than that limit is read (issue 11), so a
+     header section longer than the limit comes back cut at a line end.
 It is spooled as a new entry with the null sender <> (RFC 5321 4.5.5, so it
 can never bounce back) to the original sender, and goes through the same queue
 as any message: a local sender gets it in the Maildir, a remote one by relay.
@@ -55,11 +57,21 @@ def status_of(rcpt: Recipient, action: str) -> str:
 
 
 def _headers_of(message: bytes) -> bytes:
+    """The header section; for a start of a message whose headers go on past it (the
+    read stopped at the size limit), its complete lines."""
     for sep in (b"\r\n\r\n", b"\n\n"):
         end = message.find(sep)
         if end >= 0:
             return message[:end + len(sep)]
-    return message
+    return message[:message.rfind(b"\n") + 1]
+
+
+def read_original(message_path: str, size_limit: int) -> bytes:
+    """What a DSN may attach, read without reading more (issue 11): the whole message
+    when it is at most size_limit bytes, otherwise its first size_limit + 1 bytes,
+    of which build_dsn returns the headers only (blocking)."""
+    with open(message_path, "rb") as f:
+        return f.read(size_limit + 1)
 
 
 def build_dsn(envelope: Envelope, recipients: list[Recipient], original: bytes, *,
@@ -155,8 +167,7 @@ class Bouncer:
 
     def _build(self, envelope: Envelope, recipients: list[Recipient], message_path: str,
                action: str, now: float, dsn_id: str) -> bytes:
-        with open(message_path, "rb") as f:
-            original = f.read()
+        original = read_original(message_path, self.size_limit)
         return build_dsn(envelope, recipients, original, action=action, hostname=self.hostname,
                          now=now, size_limit=self.size_limit,
                          retry_until=envelope.arrived + self.max_age, dsn_id=dsn_id)

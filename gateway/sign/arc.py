@@ -196,6 +196,12 @@ class RelaySealer:
         self.sealer = sealer
         self.domain = domain
 
+    def wanted(self, envelope) -> bool:
+        """Whether __call__ may add anything (DkimSigner.outbound_wanted's twin)."""
+        if self.signer.originated_here(envelope):
+            return self.signer.outbound_wanted(envelope)
+        return self.sealer.key_for(self.domain) is not None
+
     def __call__(self, envelope, message: bytes) -> bytes:
         if self.signer.originated_here(envelope):  # list posts too: sealed by the exploder
             return self.signer.sign_outbound(envelope, message)

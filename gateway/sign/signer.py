@@ -1,8 +1,9 @@
 """DKIM signing (RFC 6376; ed25519-sha256, RFC 8463) of a message as it leaves.
 
-Called by deliver/relay.py in its pool thread as it reads the spooled message
-for DATA, before dot-stuffing, and by the list exploder (arc.PostSigner) for list
-posts; never on the reactor thread.
+Called by deliver/relay.py in its pool thread, within [queue]
+whole_message_memory (dkimpy needs the message whole), which keeps only the
+fields it prepends and then streams the spool file after them; and by the list
+exploder (arc.PostSigner) for list posts; never on the reactor thread.
 
 dkimpy does the canonicalization and signing: it is the maintained Python
 implementation (RFC 6376, 8301, 8463, and ARC: arc.py), so none of that
@@ -145,10 +146,15 @@ class DkimSigner:
             return False
         return any(address in net for net in self.trusted_networks)
 
+    def outbound_wanted(self, envelope: Envelope) -> bool:
+        """Whether sign_outbound may add anything: when not, the relay streams the
+        message without ever reading it whole (issue 11)."""
+        return self.enabled and bool(self.keys.keys()) and self.originated_here(envelope)
+
     def sign_outbound(self, envelope: Envelope, message: bytes) -> bytes:
         """message with DKIM-Signature fields prepended when it originated here and its
         From domain has keys; otherwise message itself. Blocking (CPU): run in a thread."""
-        if not self.enabled or not self.originated_here(envelope):
+        if not self.outbound_wanted(envelope):
             return message
         return self.sign(message, queue_id=envelope.queue_id)
 

@@ -125,3 +125,51 @@ def test_never_a_bounce_for_the_null_sender(tmp_path):
     bouncer.bounce(env, [env.recipients[1]], path, "failed").addCallback(box.append)
     assert box == [None]
     assert spool.queue_ids() == []
+
+
+def test_a_big_original_is_never_read_whole_and_comes_back_as_headers(tmp_path, monkeypatch):
+    import builtins
+
+    from gateway.queue import bounce
+
+    bouncer, spool, path = make_bouncer(tmp_path)
+    with open(path, "ab") as f:
+        f.write(b"body line\r\n" * 10000)  # 110 KB, over the 50,000 limit
+    reads = []
+    real_open = builtins.open
+
+    class Spy:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n=-1):
+            reads.append(n)
+            return self.f.read(n)
+
+    monkeypatch.setattr(bounce, "open", lambda p, m="r": Spy(real_open(p, m)), raising=False)
+    env = failed_envelope()
+    box = []
+    bouncer.bounce(env, [env.recipients[1]], path, "failed").addCallback(box.append)
+    assert reads == [50001]
+    with real_open(spool.message_path(box[0]), "rb") as f:
+        dsn = f.read()
+    assert parse(dsn).get_payload()[2].get_content_type() == "text/rfc822-headers"
+    assert b"Message-ID: <m1@c.test>" in dsn and b"body line" not in dsn
+
+
+def test_headers_longer_than_the_limit_are_cut_at_a_line_end():
+    env = failed_envelope()
+    head = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 50) for i in range(20))
+    start = (head + b"\r\nbody\r\n")[:301]  # what read_original gives for a limit of 300
+    dsn = build_dsn(env, [env.recipients[1]], start, action="failed",
+                    hostname="mx.example.test", now=2000.0, size_limit=300)
+    part = parse(dsn).get_payload()[2]
+    assert part.get_content_type() == "text/rfc822-headers"
+    text = part.get_payload()
+    assert text.endswith("\n") and "X-H4: " in text and "X-H5" not in text

@@ -208,17 +208,24 @@ def test_signing_twice_with_the_same_key_adds_nothing(conf, capsys):
 
 
 def test_the_relay_signs_before_dot_stuffing(conf, capsys, tmp_path):
-    from gateway.deliver.relay import read_stuffed
+    from twisted.internet.testing import StringTransport
+
+    from gateway.deliver.relay import signature_fields
+    from gateway.deliver.streaming import SpoolStream
+    from gateway.durable import run_now
 
     records = dict([keygen(conf, capsys)])
     message = MESSAGE + b".a line with a leading dot\r\n"
     path = tmp_path / "message"
     path.write_bytes(message)
-    stuffed, size = read_stuffed(str(path), signer(conf).sign)
+    fields = signature_fields(str(path), signer(conf).sign)
+    assert fields.startswith(b"DKIM-Signature:") and not fields.endswith(message)
+    wire = StringTransport()
+    SpoolStream(str(path), fields, run_now, piece=7)(wire)
+    stuffed = wire.value()
     assert stuffed.endswith(b"..a line with a leading dot\r\n")
     signed = stuffed.replace(b"\r\n..", b"\r\n.")
-    assert size == len(signed) and dkim.verify(signed, dnsfunc=fake_dns(records))
-    assert read_stuffed(str(path)) == (stuffed[len(signed) - len(message):], len(message))
+    assert signed == fields + message and dkim.verify(signed, dnsfunc=fake_dns(records))
 
 
 def test_dkim_settings_are_checked():

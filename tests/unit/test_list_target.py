@@ -239,3 +239,37 @@ def test_two_outbox_passes_at_once_explode_an_approved_post_once(tmp_path):
     assert results and not isinstance(results[0], Exception), results
     assert len(calls) == 1
     assert len(listener.ids) == 1
+
+
+def test_a_message_over_the_lists_max_size_is_refused_unread(tmp_path, monkeypatch):
+    from gateway.lists import exploder
+
+    store, spool, listener, target = rig(tmp_path)
+    store.set(LIST, max_size=1000)
+    read = []
+    monkeypatch.setattr(exploder, "_read", lambda path: read.append(path) or b"")
+    failure = post(tmp_path, target, "alice@example.test", body=b"x" * 2000)
+    assert (failure.value.code, failure.value.enhanced) == (552, "5.3.4")
+    assert read == [] and listener.ids == []
+
+
+def test_personal_copies_are_made_a_batch_at_a_time_within_the_memory_budget(tmp_path):
+    from gateway.budget import ByteBudget
+
+    store, spool, listener, target = rig(tmp_path)
+    store.set(LIST, web_base_url="https://lists.example.test")
+    store.add_members(LIST, [f"m{i}@remote.test" for i in range(20)])
+    body = b"y" * 5000
+    target.memory = ByteBudget(64 * 1024)  # a batch may take 16 KiB: 3 copies of ~5 KB
+    batches = []
+    personal = target._personal
+
+    def spy(explosion, message, strict, members):
+        batches.append(len(members))
+        return personal(explosion, message, strict, members)
+
+    target._personal = spy
+    assert post(tmp_path, target, "alice@example.test", body=body) is None
+    assert len(listener.ids) == 23 and sum(batches) == 23
+    assert max(batches) == 3  # 64 KiB // (4 x ~5 KB), not every member at once
+    assert target.memory.peak <= 64 * 1024 and target.memory.in_use == 0

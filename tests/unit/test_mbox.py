@@ -73,3 +73,68 @@ def test_a_held_dot_lock_makes_the_delivery_wait_then_retry(tmp_path):
         mbox.append(path, b"From x\n\n", 0.1)
     assert (e.value.code, e.value.enhanced) == (451, "4.2.1")
     assert os.path.getsize(path) == 0
+
+
+def whole_entry(message: bytes) -> bytes:
+    """The quoting done on the whole message at once: what pieces must equal."""
+    import re
+    body = message.replace(b"\r\n", b"\n")
+    body = re.sub(rb"^(>*From )", rb">\1", body, flags=re.MULTILINE)
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    return body + b"\n"
+
+
+@pytest.mark.parametrize("message", [
+    b"Subject: x\r\n\r\nab\r\nFrom me\r\n>>From you\r\nFromage\r\nx From y\r\nend",
+    b"From a\r\n\r\n>From\r\nFrom \r\n",
+    b"a\r\r\nFrom b\rFrom c\r\n",
+    b"",
+])
+def test_quoting_is_the_same_wherever_a_piece_border_falls(message):
+    for size in range(1, len(message) + 2):  # "\n|From ", "\r|\n", "Fr|om " ...
+        pieces = [message[i:i + size] for i in range(0, len(message), size)]
+        got = b"".join(mbox.entry_pieces("a@b.test", pieces, 0))
+        assert got.partition(b"\n")[2] == whole_entry(message), size
+
+
+def test_a_delivery_reads_the_spool_file_in_pieces(tmp_path, monkeypatch):
+    from gateway.config import parse
+    from gateway.durable import run_now
+    from gateway.envelope import Envelope, Recipient
+    from gateway.interfaces import Route
+
+    spool = tmp_path / "spooled"
+    spool.write_bytes(b"Subject: big\r\n\r\n" + b"line\r\nFrom x\r\n" * 1000)
+    monkeypatch.setattr(mbox, "PIECE", 64)
+    reads = []
+    real_open = open
+
+    class Spy:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n=-1):
+            reads.append(n)
+            return self.f.read(n)
+
+    monkeypatch.setattr(mbox, "open", lambda p, m="r": Spy(real_open(p, m)), raising=False)
+    settings = parse({"server": {"domains": ["x.test"]}}).mbox
+    target = mbox.MboxDelivery(settings, task_clock(), run_now)
+    box = tmp_path / "box"
+    route = Route("file", "/box", path=str(box))
+    target.deliver(Envelope(sender="s@x.test", recipients=[Recipient("u@x.test")]), route,
+                   str(spool), False)
+    assert reads and all(0 < n <= 64 for n in reads)  # never read(-1): never whole
+    assert box.read_bytes().count(b"\n>From x\n") == 1000
+
+
+def task_clock():
+    from twisted.internet import task
+    return task.Clock()
