@@ -2,7 +2,8 @@
 
 A mixin of server.IMAPServer. RFC 3501 6.4, RFC 4315 (UIDPLUS: COPYUID,
 UID EXPUNGE), RFC 6851 (MOVE), RFC 3691 (UNSELECT), RFC 7162 (FETCH MODSEQ and
-CHANGEDSINCE [VANISHED], STORE UNCHANGEDSINCE, SEARCH MODSEQ). The work runs in the
+CHANGEDSINCE [VANISHED], STORE UNCHANGEDSINCE, SEARCH MODSEQ), RFC 4731 (SEARCH
+RETURN: esearch.py). The work runs in the
 thread pool against the shared store Folder; sequence numbers are the
 session's own (mailbox.View). Large FETCH answers go out a batch at a time,
 each batch after the client has read the last (server.Pacer), so a
@@ -15,7 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.access.imap import fetch, keywordlimit, search, wire
+from gateway.access.imap import esearch, fetch, keywordlimit, search, wire
 from gateway.access.imap.commands import flag_list
 from gateway.access.imap.wire import Atom, Bad, No, compact
 
@@ -85,26 +86,30 @@ class SelectedCommands:
     def do_SEARCH(self, tag: bytes, args: list, uid: bool) -> Any:
         budget = search.Budget(self.settings)
         view = self.view
+        options, args = esearch.parse_return(args)  # RFC 4731
         predicate, wants_summary, modseq = search.parse(args, view, budget)
         if modseq:
             self.enable_condstore()
 
-        def work() -> tuple[list[int], bytes]:
-            numbers = search.run(view, predicate, wants_summary, uid, budget)
-            if not (modseq and numbers):
-                return numbers, b""
-            # RFC 7162 3.1.5: the highest modseq of the messages found.
+        def modseq_of(numbers: list[int]) -> int:
+            """RFC 7162 3.1.5: the highest modseq of these messages."""
             uids = numbers if uid else [view.uids[n - 1] for n in numbers]
             with view.folder.lock:
-                top = max((m.modseq for u in uids if (m := view.folder.by_uid.get(u))),
-                          default=0)
-            return numbers, b" (MODSEQ %d)" % top if top else b""
+                return max((m.modseq for u in uids if (m := view.folder.by_uid.get(u))),
+                           default=0)
 
-        def found(result: tuple[list[int], bytes]) -> bytes:
-            numbers, tail = result
+        def work() -> bytes:
+            numbers = search.run(view, predicate, wants_summary, uid, budget)
+            if options is not None:
+                return esearch.response(tag, uid, numbers, options,
+                                        modseq_of if modseq else None)
+            top = modseq_of(numbers) if modseq and numbers else 0
             # Always a SEARCH response, even with no match (Twisted sends none then).
-            self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + tail
-                                 + b"\r\n")
+            return b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + (
+                b" (MODSEQ %d)" % top if top else b"")
+
+        def found(line: bytes) -> bytes:
+            self.transport.write(line + b"\r\n")
             return b"SEARCH completed"
 
         return self.factory.run_search(work).addCallback(found)

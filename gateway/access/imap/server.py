@@ -145,7 +145,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         # and nothing of the extensions below).
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
                 b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE"]
+                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"ESEARCH"]
         if self.state == "unauth":
             if self.can_starttls():
                 caps.append(b"STARTTLS")
