@@ -274,5 +274,13 @@ class Account:
         if not move:  # a MOVE within the account changes nothing of its usage
             sizes = (view.folder.by_uid.get(u) for u in uids)
             self._check_quota(sum(m.size for m in sizes if m is not None))
-        pairs = transfer(view.folder, target, uids, move, origin=view)
+        # The keywords the messages carry must fit the target's bounds, checked with
+        # both folders locked (in transfer()'s order; the locks are re-entrant) so no
+        # other session takes the last keyword slot in between (keywordlimit.py).
+        first, second = sorted((view.folder, target), key=lambda f: str(f.path))
+        with first.lock, second.lock:
+            carried = (m.kw.split(" ") for u in uids
+                       if (m := view.folder.by_uid.get(u)) is not None and m.kw)
+            keywordlimit.check(target, [k for kws in carried for k in kws], self.settings)
+            pairs = transfer(view.folder, target, uids, move, origin=view)
         return target.uidvalidity, pairs
