@@ -28,6 +28,7 @@ import twisted.mail.imap4  # noqa: F401  registers the "imap4-utf-7" codec
 
 from gateway.store import quota
 from gateway.store.folder import Folder, new_unique
+from gateway.store.index import VANISHED_LIMIT
 
 DELIMITER = "."
 # RFC 6154 special-use folders, made for every new account.
@@ -80,8 +81,10 @@ class FolderRegistry:
     of a large mailbox does not reload its index.
     """
 
-    def __init__(self, announce: Callable[[Callable[[], None]], Any], keep: int = 16) -> None:
+    def __init__(self, announce: Callable[[Callable[[], None]], Any], keep: int = 16,
+                 vanished_limit: int = VANISHED_LIMIT) -> None:
         self.announce = announce
+        self.vanished_limit = vanished_limit  # [mailbox] vanished_uids (store/index.py)
         self.keep = keep
         self._lock = threading.Lock()
         self._folders: OrderedDict[str, Folder] = OrderedDict()
@@ -104,7 +107,7 @@ class FolderRegistry:
                 with self._lock:
                     folder = self._folders.get(key)
                 if folder is None:
-                    made = Folder(path, self.announce)
+                    made = Folder(path, self.announce, self.vanished_limit)
                     with self._lock:
                         folder = self._folders.setdefault(key, made)
                         self._opening.pop(key, None)

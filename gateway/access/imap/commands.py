@@ -28,7 +28,9 @@ ENABLE_NAMES = ("CONDSTORE", "QRESYNC")  # RFC 5161 names this server can enable
 def qresync_params(token: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
     """SELECT's (QRESYNC (uidvalidity modseq [known-uids [seq-match]])) (RFC 7162
     3.2.5) -> (uidvalidity, modseq, known UID ranges or None). The sequence match
-    data only helps a server that forgets expunges; this one keeps them all."""
+    data only helps a server that forgets expunges: this one remembers the newest
+    [mailbox] vanished_uids and, for a modseq older than those, sends every UID of
+    known-uids it has no message for (store/folder.py vanished_since)."""
     if not isinstance(token, list) or not 2 <= len(token) <= 4:
         raise Bad("QRESYNC takes (uidvalidity modseq [known-uids [seq-match-data]])")
     uidvalidity = wire.number(token[0], "UIDVALIDITY")
@@ -120,8 +122,8 @@ class AuthenticatedCommands:
             if qresync is None or qresync[0] != folder.uidvalidity:
                 return []  # a client with another UIDVALIDITY starts over
             _, since, known = qresync
-            gone = [u for u in folder.vanished_since(since) if in_ranges(u, known)]
-            lines = [b"* VANISHED (EARLIER) " + wire.compact(gone)] if gone else []
+            gone = wire.compact_ranges(folder.vanished_since(since), known)
+            lines = [b"* VANISHED (EARLIER) " + gone] if gone else []
             for n, u in enumerate(view.uids, 1):
                 m = folder.by_uid.get(u)
                 if m is not None and m.modseq > since and in_ranges(u, known):

@@ -143,9 +143,9 @@ class SelectedCommands:
         view = self.view
         if known is not None:  # RFC 7162 3.2.6: before the FETCH responses
             gone = yield self.run_blocking(view.folder.vanished_since, changedsince)
-            gone = [u for u in gone if any(lo <= u <= hi for lo, hi in known)]
+            gone = wire.compact_ranges(gone, known)
             if gone and not self._gone and self.view is view:
-                self.transport.write(b"* VANISHED (EARLIER) " + compact(gone) + b"\r\n")
+                self.transport.write(b"* VANISHED (EARLIER) " + gone + b"\r\n")
         set_seen = any(i.seen for i in items) and not view.readonly
         summary, content = fetch.needs(items)
         size = 100 if content else 1000 if summary else 5000
