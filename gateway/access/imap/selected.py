@@ -3,7 +3,7 @@
 A mixin of server.IMAPServer. RFC 3501 6.4, RFC 4315 (UIDPLUS: COPYUID,
 UID EXPUNGE), RFC 6851 (MOVE), RFC 3691 (UNSELECT), RFC 7162 (FETCH MODSEQ and
 CHANGEDSINCE [VANISHED], STORE UNCHANGEDSINCE, SEARCH MODSEQ), RFC 4731 (SEARCH
-RETURN: esearch.py). The work runs in the
+RETURN: esearch.py), RFC 5256 (SORT, THREAD: sort.py, thread.py). The work runs in the
 thread pool against the shared store Folder; sequence numbers are the
 session's own (mailbox.View). Large FETCH answers go out a batch at a time,
 each batch after the client has read the last (server.Pacer), so a
@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.access.imap import esearch, fetch, keywordlimit, search, wire
+from gateway.access.imap import esearch, fetch, keywordlimit, search, sort, thread, wire
 from gateway.access.imap.commands import flag_list
 from gateway.access.imap.wire import Atom, Bad, No, compact
 
@@ -113,6 +113,53 @@ class SelectedCommands:
             return b"SEARCH completed"
 
         return self.factory.run_search(work).addCallback(found)
+
+    # -- SORT and THREAD (RFC 5256) ------------------------------------------------
+
+    def _sorted_search(self, tag: bytes, args: list, uid: bool, verb: bytes, first,
+                       arrange) -> Any:
+        """SORT/THREAD first charset keys...: the search as SEARCH's (the same Budget,
+        in the search pool), then arrange(facts) -> the response's data."""
+        if len(args) < 3:
+            raise Bad(f"{verb.decode()} needs its criteria, a charset and search keys")
+        budget = search.Budget(self.settings)
+        view = self.view
+        predicate, wants_summary, modseq = search.parse([Atom(b"CHARSET"), *args[1:]], view,
+                                                        budget)
+        if modseq:
+            self.enable_condstore()
+
+        def work() -> bytes:
+            numbers = search.run(view, predicate, wants_summary, False, budget)
+            found = [(n, view.uids[n - 1]) for n in numbers]
+            return arrange(sort.facts(view, found))
+
+        def found(data: bytes) -> bytes:
+            self.transport.write(b"* " + verb + data + b"\r\n")
+            return verb + b" completed"
+
+        return self.factory.run_search(work).addCallback(found)
+
+    def do_SORT(self, tag: bytes, args: list, uid: bool) -> Any:
+        criteria = sort.parse_criteria(args[0] if args else None)
+
+        def arrange(items: list) -> bytes:
+            return b"".join(b" %d" % (f.uid if uid else f.seq)
+                            for f in sort.ordered(items, criteria))
+
+        return self._sorted_search(tag, args, uid, b"SORT", criteria, arrange)
+
+    def do_THREAD(self, tag: bytes, args: list, uid: bool) -> Any:
+        name = wire.atom(args[0], "threading algorithm").upper() if args else b""
+        if name not in thread.ALGORITHMS:
+            raise Bad("THREAD algorithms are ORDEREDSUBJECT and REFERENCES")
+        make = thread.references if name == b"REFERENCES" else thread.ordered_subject
+
+        def arrange(items: list) -> bytes:
+            data = thread.render(make(items), uid)
+            return b" " + data if data else b""
+
+        return self._sorted_search(tag, args, uid, b"THREAD", name, arrange)
 
     # -- FETCH ------------------------------------------------------------------------
 
