@@ -132,7 +132,7 @@ class SelectedCommands:
         def work() -> bytes:
             numbers = search.run(view, predicate, wants_summary, False, budget)
             found = [(n, view.uids[n - 1]) for n in numbers]
-            return arrange(sort.facts(view, found))
+            return arrange(sort.facts(view, found, budget))
 
         def found(data: bytes) -> bytes:
             self.transport.write(b"* " + verb + data + b"\r\n")

@@ -103,8 +103,10 @@ class Facts:
 _MSGID = re.compile(r"<([^<>]*)>")
 
 
-def facts(view: View, found: list[tuple[int, int]]) -> list[Facts]:
-    """Facts of the (seq, uid) messages found. Blocking: runs in the search pool."""
+def facts(view: View, found: list[tuple[int, int]], budget=None) -> list[Facts]:
+    """Facts of the (seq, uid) messages found. Blocking: runs in the search pool.
+    A header block too long for the cache is read again, counted against budget
+    (search.Budget) like the message bytes a SEARCH reads."""
     folder = view.folder
     sums = summaries(folder, [u for _, u in found], HeaderSummary)
     out = []
@@ -112,7 +114,12 @@ def facts(view: View, found: list[tuple[int, int]]) -> list[Facts]:
         m, s = folder.by_uid.get(uid), sums.get(uid)
         if m is None or s is None:
             continue  # expunged meanwhile
-        head = s.header if s.header_complete == b"1" else folder.read_head(uid) or b""
+        if s.header_complete == b"1":
+            head = s.header
+        else:
+            head = folder.read_head(uid) or b""
+            if budget is not None:
+                budget.read(len(head))
         root = message.Part(head, 0, len(head), "text/plain", message.MAX_DEPTH)
         lists = message.address_lists(root)
         first = {}
