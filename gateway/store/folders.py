@@ -215,7 +215,8 @@ class FolderSet:
         os.rename(path, trash)
         quota.forget(self.root)  # its messages no longer count: summed again at the next look
         shutil.rmtree(trash, ignore_errors=True)
-        self.unsubscribe(name)
+        # The subscription stays: RFC 3501 6.3.6 forbids dropping it unasked (LIST
+        # (SUBSCRIBED) shows it \NonExistent, RFC 5258 3), as Dovecot keeps it.
         return True
 
     def rename(self, old: str, new: str) -> bool:
