@@ -60,3 +60,34 @@ def test_modseq_is_of_min_and_max_alone_unless_all_is_asked():
     line = esearch.response(b"t", False, [1, 2, 3], [b"ALL"],
                             lambda ns: max(modseqs[n] for n in ns))
     assert line.endswith(b"ALL 1:3 MODSEQ 9")
+
+
+# -- SEARCHRES (RFC 5182) ------------------------------------------------------------
+
+
+def test_searchres_saves_and_dollar_names_the_result(s):
+    assert b" SEARCHRES" in s("CAPABILITY")
+    out = s("SEARCH RETURN (SAVE) SUBJECT m2")
+    assert b"ESEARCH" not in out and b"* SEARCH" not in out  # SAVE alone: no answer
+    assert b"* 2 FETCH (UID 2)" in s("FETCH $ (UID)")
+    s("SEARCH RETURN (SAVE) OR SUBJECT m3 SUBJECT m5")
+    s("STORE 3 +FLAGS \\Deleted")
+    s("EXPUNGE")  # UID 3 goes: $ is UID 5 alone, now message 4
+    assert esearch_line(s("UID SEARCH RETURN (ALL) $")).endswith(b"UID ALL 5")
+    assert esearch_line(s("SEARCH RETURN (ALL) UID $")).endswith(b"ALL 4")
+    out = s("COPY $ INBOX")
+    assert b"[COPYUID" in out and b" 5 " in out
+    # With MIN and MAX alone only those are kept; with ALL every message found.
+    s("SEARCH RETURN (SAVE MIN MAX) ALL")
+    assert esearch_line(s("UID SEARCH RETURN (ALL) $")).endswith(b"UID ALL 1,7")
+    s("SEARCH RETURN (SAVE MIN ALL) 1:2")
+    assert esearch_line(s("UID SEARCH RETURN (COUNT) $")).endswith(b"COUNT 2")
+
+
+def test_searchres_is_empty_after_a_failed_search_and_a_new_select(s):
+    s("SEARCH RETURN (SAVE) ALL")
+    s("SEARCH RETURN (SAVE) NOSUCHKEY", expect=b"BAD")
+    assert esearch_line(s("SEARCH RETURN (COUNT) $")).endswith(b"COUNT 0")
+    s("SEARCH RETURN (SAVE) ALL")
+    s("SELECT INBOX")
+    assert esearch_line(s("SEARCH RETURN (COUNT) $")).endswith(b"COUNT 0")

@@ -1,4 +1,5 @@
-"""ESEARCH (RFC 4731): SEARCH RETURN (MIN MAX ALL COUNT) and its ESEARCH response.
+"""ESEARCH (RFC 4731): SEARCH RETURN (MIN MAX ALL COUNT) and its ESEARCH response;
+SEARCHRES (RFC 5182): RETURN (SAVE), the result "$" names (mailbox.View.saved).
 
 Part of access/imap, used by SEARCH and SORT (selected.py, sort.py). The search
 itself is search.py's; this module only reads the RETURN options before the
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 from gateway.access.imap.wire import Atom, Bad, compact
 
-OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT")
+OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE")  # SAVE: RFC 5182 SEARCHRES
 
 
 def parse_return(args: list) -> tuple[list[bytes] | None, list]:
@@ -28,16 +29,29 @@ def parse_return(args: list) -> tuple[list[bytes] | None, list]:
     for token in args[1]:
         name = bytes(token).upper() if isinstance(token, Atom) else b""
         if name not in OPTIONS:
-            raise Bad("RETURN options are MIN, MAX, ALL and COUNT")
+            raise Bad("RETURN options are MIN, MAX, ALL, COUNT and SAVE")
         if name not in options:
             options.append(name)
     return options or [b"ALL"], args[2:]
 
 
+def to_save(numbers: list[int], options: list[bytes]) -> list[int]:
+    """What RETURN (SAVE ...) keeps (RFC 5182 2.4): with MIN and/or MAX but neither
+    ALL nor COUNT, only those; otherwise every message found."""
+    if not numbers or b"ALL" in options or b"COUNT" in options or not (
+            b"MIN" in options or b"MAX" in options):
+        return numbers
+    return sorted({min(numbers) if b"MIN" in options else max(numbers),
+                   max(numbers) if b"MAX" in options else min(numbers)})
+
+
 def response(tag: bytes, uid: bool, numbers: list[int], options: list[bytes],
              modseq_of: Callable[[list[int]], int] | None = None) -> bytes:
     """The ESEARCH line (without CRLF) for the numbers (UIDs if uid) found; the
-    options in RFC 4731's order, whatever order the client named them in."""
+    options in RFC 4731's order, whatever order the client named them in. b"" for
+    RETURN (SAVE) alone: then no ESEARCH response is sent (RFC 5182 2.1)."""
+    if options == [b"SAVE"]:
+        return b""
     out = [b'* ESEARCH (TAG "' + tag + b'")']
     if uid:
         out.append(b"UID")

@@ -3,11 +3,12 @@
 A mixin of server.IMAPServer. RFC 3501 6.4, RFC 4315 (UIDPLUS: COPYUID,
 UID EXPUNGE), RFC 6851 (MOVE), RFC 3691 (UNSELECT), RFC 7162 (FETCH MODSEQ and
 CHANGEDSINCE [VANISHED], STORE UNCHANGEDSINCE, SEARCH MODSEQ), RFC 4731 (SEARCH
-RETURN: esearch.py), RFC 5256 (SORT, THREAD: sort.py, thread.py). The work runs in the
-thread pool against the shared store Folder; sequence numbers are the
-session's own (mailbox.View). Large FETCH answers go out a batch at a time,
-each batch after the client has read the last (server.Pacer), so a
-100,000-message FETCH neither blocks the reactor nor fills memory.
+RETURN: esearch.py), RFC 5182 (SEARCHRES: RETURN (SAVE) and "$"), RFC 5256
+(SORT, THREAD: sort.py, thread.py). The work runs in the thread pool against
+the shared store Folder; sequence numbers are the session's own (mailbox.View).
+Large FETCH answers go out a batch at a time, each batch after the client has
+read the last (server.Pacer), so a 100,000-message FETCH neither blocks the
+reactor nor fills memory.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def fetch_modifiers(token: list, uid: bool, qresync: bool) -> tuple[int, bool]:
 
 class SelectedCommands:
     def _pairs(self, token: Any, uid: bool) -> list[tuple[int, int]]:
+        if token == b"$" and isinstance(token, Atom):  # RFC 5182: the saved result
+            return self.view.saved_pairs()
         return self.view.select(wire.sequence_set(token, self.view.largest(uid)), uid)
 
     def _writable(self) -> None:
@@ -87,7 +90,12 @@ class SelectedCommands:
         budget = search.Budget(self.settings)
         view = self.view
         options, args = esearch.parse_return(args)  # RFC 4731
-        predicate, wants_summary, modseq = search.parse(args, view, budget)
+        save = options is not None and b"SAVE" in options
+        try:
+            predicate, wants_summary, modseq = search.parse(args, view, budget)
+        finally:
+            if save:
+                view.saved = []  # RFC 5182 2.1: a SEARCH that fails leaves it empty
         if modseq:
             self.enable_condstore()
 
@@ -98,8 +106,12 @@ class SelectedCommands:
                 return max((m.modseq for u in uids if (m := view.folder.by_uid.get(u))),
                            default=0)
 
+
         def work() -> bytes:
             numbers = search.run(view, predicate, wants_summary, uid, budget)
+            if save:
+                kept = esearch.to_save(numbers, options)
+                view.saved = kept if uid else [view.uids[n - 1] for n in kept]
             if options is not None:
                 return esearch.response(tag, uid, numbers, options,
                                         modseq_of if modseq else None)
@@ -109,7 +121,8 @@ class SelectedCommands:
                 b" (MODSEQ %d)" % top if top else b"")
 
         def found(line: bytes) -> bytes:
-            self.transport.write(line + b"\r\n")
+            if line:
+                self.transport.write(line + b"\r\n")
             return b"SEARCH completed"
 
         return self.factory.run_search(work).addCallback(found)
@@ -179,9 +192,9 @@ class SelectedCommands:
         if changedsince is not None or any(i.kind == b"MODSEQ" for i in items):
             self.enable_condstore()
         # VANISHED: UIDs in the set expunged since; "*" reaches past the last UID here.
-        known = wire.sequence_set(args[0], max(self.view.largest(True),
-                                               self.view.folder.uidnext - 1)) \
-            if vanished else None
+        known = [(u, u) for _, u in pairs] if vanished and args[0] == b"$" else \
+            wire.sequence_set(args[0], max(self.view.largest(True),
+                                           self.view.folder.uidnext - 1)) if vanished else None
         return self._fetch(pairs, items, uid, changedsince, known)
 
     @defer.inlineCallbacks

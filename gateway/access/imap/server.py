@@ -147,8 +147,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
                 b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
                 b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"ESEARCH",
-                b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES", b"LIST-EXTENDED",
-                b"LIST-STATUS"]
+                b"SEARCHRES", b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+                b"LIST-EXTENDED", b"LIST-STATUS"]
         if self.state == "unauth":
             if self.can_starttls():
                 caps.append(b"STARTTLS")
