@@ -1,7 +1,7 @@
 """ESEARCH (RFC 4731): SEARCH RETURN (MIN MAX ALL COUNT) and its ESEARCH response;
 SEARCHRES (RFC 5182): RETURN (SAVE), the result "$" names (mailbox.View.saved).
 
-Part of access/imap, used by SEARCH and SORT (selected.py, sort.py). The search
+Part of access/imap, used by SEARCH (selected.py). The search
 itself is search.py's; this module only reads the RETURN options before the
 search keys and writes the answer: `* ESEARCH (TAG "a1") UID MIN 2 ALL 2:4,9`,
 the set in its shortest form (RFC 4731 3.1: ALL is a sequence-set). An empty

@@ -165,14 +165,7 @@ def modseq(token: Any, what: str = "mod-sequence") -> int:
 
 def compact(uids: list[int]) -> bytes:
     """Sorted UIDs as a UID set in the shortest form, "1:3,7" (COPYUID, VANISHED)."""
-    out, i = [], 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
-        i = j + 1
-    return b",".join(out)
+    return compact_ranges([(u, u) for u in uids])
 
 
 def compact_ranges(ranges: list[tuple[int, int]],
