@@ -329,6 +329,9 @@ class Settings:
     mailbox_quota: int = 0
     # [mailbox] quota_grace: percent of the quota a delivery may go past it.
     mailbox_quota_grace: int = 10
+    # [mailbox] vanished_uids: expunged UIDs each folder remembers for QRESYNC
+    # (store/index.py); a client that knew an older state is sent every missing UID.
+    mailbox_vanished_uids: int = 50000
     web: WebSettings = field(default_factory=WebSettings)
 
     @property
@@ -602,6 +605,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         r.fault("mailbox", "quota", str(e))
         mailbox_quota = 0
     quota_grace = r.get("mailbox", "quota_grace", int, 10)
+    vanished_uids = r.positive("mailbox", "vanished_uids", int, Settings.mailbox_vanished_uids)
     if not 0 <= quota_grace <= 100:
         r.fault("mailbox", "quota_grace", f"must be a percentage from 0 to 100, not {quota_grace}")
         quota_grace = 10
@@ -653,6 +657,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         web=web,
         mailbox_quota=mailbox_quota,
         mailbox_quota_grace=quota_grace,
+        mailbox_vanished_uids=vanished_uids,
     )
 
 

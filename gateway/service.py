@@ -148,7 +148,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread,
                          limits=Limits(settings.quotas_file, settings.mailbox_quota,
-                                       settings.mailbox_quota_grace))
+                                       settings.mailbox_quota_grace),
+                         vanished_limit=settings.mailbox_vanished_uids)
     top = service.MultiService()
     top.run_lock = run_lock  # held (open) as long as the gateway runs
     PoolsService(auth_pool, mailbox_pool, search_pool).setServiceParent(top)

@@ -60,7 +60,7 @@ from twisted.logger import Logger
 from gateway import memtrim
 from gateway.durable import fsync_dir, rides_dir_sync
 from gateway.store import quota
-from gateway.store.index import Index
+from gateway.store.index import VANISHED_LIMIT, Index
 from gateway.store.keywords import LETTERS, KeywordTable
 
 SUBS = ("new", "cur")
@@ -124,7 +124,8 @@ def suffix_with(letters: Iterable[str], old_suffix: str) -> str:
 
 
 class Folder:
-    def __init__(self, path: Path, announce: Callable[[Callable[[], None]], Any]) -> None:
+    def __init__(self, path: Path, announce: Callable[[Callable[[], None]], Any],
+                 vanished_limit: int = VANISHED_LIMIT) -> None:
         self.path = Path(path)
         self.announce = announce
         self.lock = threading.RLock()
@@ -138,7 +139,7 @@ class Folder:
         # was deleted and made again behind our back (see the module docstring).
         self._dirs = {sub: _identity(os.stat(self.path / sub)) for sub in SUBS}
         self.gone = False  # deleted or replaced on disk: never serve its data again
-        self.index = Index(self.path)
+        self.index = Index(self.path, vanished_limit)
         self.uidvalidity = self.index.uidvalidity
         self.keywords = KeywordTable(self.path)
         # Every keyword the folder has known, in the order learned; it only grows,
@@ -182,10 +183,21 @@ class Folder:
         """RFC 7162 HIGHESTMODSEQ: raised by every arrival, flag change and expunge."""
         return self.index.highestmodseq
 
-    def vanished_since(self, modseq: int) -> list[int]:
-        """UIDs expunged after modseq (QRESYNC)."""
+    def vanished_since(self, modseq: int) -> list[tuple[int, int]]:
+        """UID ranges expunged after modseq (QRESYNC), ascending. When the index has
+        forgotten expunges that old (index.py VANISHED_LIMIT), every UID below UIDNEXT
+        that no message has: RFC 7162 3.2.5.1 and 6 let a server that does not remember
+        send all such UIDs in VANISHED (EARLIER), as Dovecot does."""
         with self.lock:
-            return self.index.vanished_since(modseq)
+            gone = self.index.vanished_since(modseq)
+            if gone is not None:
+                return [(u, u) for u in gone]
+            out, last = [], 0
+            for u in [*self.uids, self.uidnext]:
+                if u > last + 1:
+                    out.append((last + 1, u - 1))
+                last = u
+            return out
 
     def close(self) -> None:
         with self.lock:

@@ -28,6 +28,7 @@ import twisted.mail.imap4  # noqa: F401  registers the "imap4-utf-7" codec
 
 from gateway.store import quota
 from gateway.store.folder import Folder, new_unique
+from gateway.store.index import VANISHED_LIMIT
 
 DELIMITER = "."
 # RFC 6154 special-use folders, made for every new account.
@@ -80,8 +81,10 @@ class FolderRegistry:
     of a large mailbox does not reload its index.
     """
 
-    def __init__(self, announce: Callable[[Callable[[], None]], Any], keep: int = 16) -> None:
+    def __init__(self, announce: Callable[[Callable[[], None]], Any], keep: int = 16,
+                 vanished_limit: int = VANISHED_LIMIT) -> None:
         self.announce = announce
+        self.vanished_limit = vanished_limit  # [mailbox] vanished_uids (store/index.py)
         self.keep = keep
         self._lock = threading.Lock()
         self._folders: OrderedDict[str, Folder] = OrderedDict()
@@ -104,7 +107,7 @@ class FolderRegistry:
                 with self._lock:
                     folder = self._folders.get(key)
                 if folder is None:
-                    made = Folder(path, self.announce)
+                    made = Folder(path, self.announce, self.vanished_limit)
                     with self._lock:
                         folder = self._folders.setdefault(key, made)
                         self._opening.pop(key, None)
@@ -212,7 +215,8 @@ class FolderSet:
         os.rename(path, trash)
         quota.forget(self.root)  # its messages no longer count: summed again at the next look
         shutil.rmtree(trash, ignore_errors=True)
-        self.unsubscribe(name)
+        # The subscription stays: RFC 3501 6.3.6 forbids dropping it unasked (LIST
+        # (SUBSCRIBED) shows it \NonExistent, RFC 5258 3), as Dovecot keeps it.
         return True
 
     def rename(self, old: str, new: str) -> bool:

@@ -18,7 +18,9 @@ Mod-sequences (RFC 7162 CONDSTORE/QRESYNC): each message has a MODSEQ, set
 on arrival and raised whenever its flags or keywords change; HIGHESTMODSEQ
 (meta) is the largest ever given, raised by expunges too, and the table
 `vanished` keeps each expunged UID with the modseq of its expunge, so
-QRESYNC can tell a client what went away since the modseq it knew. One
+QRESYNC can tell a client what went away since the modseq it knew (the newest
+[mailbox] vanished_uids of them: a client that knew a modseq older than the
+forgotten ones is told every missing UID, RFC 7162 3.2.5.1, 6). One
 change (a transaction) takes one new value: max(HIGHESTMODSEQ + 1, the clock
 in microseconds). Like UIDVALIDITY, the value follows the clock, so an index
 rebuilt after a loss starts (seeded from the clock, and never below its new
@@ -49,6 +51,9 @@ from pathlib import Path
 
 INDEX_NAME = "mailgateway.index"
 SCHEMA_VERSION = 4
+# Expunged UIDs a folder remembers for QRESYNC ([mailbox] vanished_uids); past it the
+# oldest tenth is forgotten (Dovecot too forgets expunges with its old transaction logs).
+VANISHED_LIMIT = 50000
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -114,8 +119,9 @@ def next_uidvalidity(index_path: Path) -> int:
 class Index:
     """One folder's SQLite index. Not thread-safe by itself: the Folder's lock guards it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, vanished_limit: int = VANISHED_LIMIT) -> None:
         self.path = Path(folder) / INDEX_NAME
+        self.vanished_limit = vanished_limit  # expunged UIDs remembered ([mailbox])
         self.created = False  # True when this open made a fresh index (UIDs start anew)
         self.db = self._open()
         self.highestmodseq = self.meta("highestmodseq")
@@ -232,8 +238,12 @@ class Index:
         return iter(self.db.execute("SELECT uid, base, sub, suffix, kw, size, idate, modseq "
                                     "FROM msg ORDER BY uid"))
 
-    def vanished_since(self, modseq: int) -> list[int]:
-        """UIDs expunged by a change after modseq (RFC 7162 3.2.5.1, VANISHED (EARLIER))."""
+    def vanished_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged by a change after modseq (RFC 7162 3.2.5.1, VANISHED (EARLIER));
+        None when expunges after modseq were forgotten (pruned by remove())."""
+        floor = self.db.execute("SELECT value FROM meta WHERE key='vanishedfloor'").fetchone()
+        if floor is not None and modseq < floor[0]:
+            return None
         return [u for (u,) in self.db.execute(
             "SELECT uid FROM vanished WHERE modseq > ? ORDER BY uid", (modseq,))]
 
@@ -308,11 +318,24 @@ class Index:
             db.executemany("DELETE FROM cache WHERE uid=?", params)  # every kind
             db.executemany("DELETE FROM fields WHERE uid=?", params)
             db.executemany(f"INSERT OR REPLACE INTO vanished VALUES (?, {modseq})", params)
+            self._prune_vanished(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self.highestmodseq = modseq
+
+    def _prune_vanished(self, db: sqlite3.Connection) -> None:
+        """Past vanished_limit expunged UIDs, forget the oldest down to nine tenths of
+        it, a whole modseq at a time; "vanishedfloor" is the newest modseq forgotten, so
+        a client that knew an older one is sent every missing UID (vanished_since)."""
+        if db.execute("SELECT COUNT(*) FROM vanished").fetchone()[0] <= self.vanished_limit:
+            return
+        keep = self.vanished_limit * 9 // 10
+        over = db.execute("SELECT modseq FROM vanished ORDER BY modseq DESC LIMIT 1 OFFSET ?",
+                          (keep,)).fetchone()
+        db.execute("DELETE FROM vanished WHERE modseq <= ?", over)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('vanishedfloor', ?)", over)
 
     def _write(self, sql: str, params: list[tuple]) -> None:
         if not params:

@@ -33,6 +33,7 @@ from gateway.interfaces import IMailStore, IQuotaCheck, MessageFile
 from gateway.store import quota
 from gateway.store.folder import Folder
 from gateway.store.folders import FolderNameError, FolderRegistry, FolderSet, disk_name
+from gateway.store.index import VANISHED_LIMIT
 
 # Names from the network become directory names only through this pattern:
 # no "/", no leading dot, no "..", nothing outside printable ASCII.
@@ -45,13 +46,13 @@ _KNOWN_PATHS = 10000  # mailbox -> Maildir path strings kept for deliveries
 @implementer(IMailStore, IQuotaCheck)
 class MaildirStore:
     def __init__(self, root: Path, announce: Callable[[Callable[[], None]], Any] | None = None,
-                 limits: quota.Limits | None = None):
+                 limits: quota.Limits | None = None, vanished_limit: int = VANISHED_LIMIT):
         """announce(f) must run f on the thread that serves IMAP sessions (the
         gateway passes reactor.callFromThread); by default f runs at once.
         limits: each user's quota (store/quota.py); None: no limits."""
         self.root = Path(root)
         self.limits = limits
-        self._folders = FolderRegistry(announce or _call_now)
+        self._folders = FolderRegistry(announce or _call_now, vanished_limit=vanished_limit)
         # Maildir -> unique names in it, for deliveries recovered after a crash.
         self._known: OrderedDict[str, set[str]] = OrderedDict()
         self._known_lock = threading.Lock()

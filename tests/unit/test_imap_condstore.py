@@ -192,11 +192,11 @@ def test_modseqs_persist_and_arrivals_and_expunges_raise_highestmodseq(env):
     folder.store([2], 1, ["\\Deleted"])
     assert folder.expunge() == [2]
     after_expunge = folder.highestmodseq
-    assert after_expunge > m1 and folder.vanished_since(m1) == [2]
+    assert after_expunge > m1 and folder.vanished_since(m1) == [(2, 2)]
     folder.close()
     again = Folder(root, lambda f: f())
     assert again.message(1).modseq == m1 and again.highestmodseq == after_expunge
-    assert again.vanished_since(m1) == [2] and again.vanished_since(after_expunge) == []
+    assert again.vanished_since(m1) == [(2, 2)] and again.vanished_since(after_expunge) == []
     again.close()
 
 
@@ -300,3 +300,33 @@ def test_with_qresync_every_fetch_response_names_its_uid(env):
                      s("STORE 1 +FLAGS.SILENT (\\Seen)"), re.M)
     assert re.search(rb"^\* 3 FETCH \(FLAGS \([^)]*\) UID 3 MODSEQ",
                      s("STORE 3 +FLAGS (\\Seen)"), re.M)
+
+
+def test_vanished_uids_are_pruned_and_an_older_client_gets_every_missing_uid(tmp_path):
+    """[mailbox] vanished_uids bounds the table; a QRESYNC from before the forgotten
+    expunges gets every UID below UIDNEXT the folder lacks (RFC 7162 3.2.5.1, 6)."""
+    store = fresh_store(tmp_path)
+    for n in range(1, 11):
+        store.deliver(BOX, b"Subject: m%d\r\n\r\nbody\r\n" % n, f"100{n}.U{n}.host")
+    folder = Folder(store.mailbox_path(BOX), lambda f: f(), vanished_limit=3)
+    start = folder.highestmodseq
+    for uid in (2, 3, 5, 7):  # one expunge each: four modseqs
+        folder.store([uid], 1, ["\\Deleted"])
+        folder.expunge()
+    db = sqlite3.connect(store.mailbox_path(BOX) / INDEX_NAME)
+    assert db.execute("SELECT COUNT(*) FROM vanished").fetchone()[0] <= 3
+    # Forgotten: every gap below UIDNEXT (11); known-uids clip it.
+    assert folder.vanished_since(start) == [(2, 3), (5, 5), (7, 7)]
+    recent = folder.vanished_since(folder.highestmodseq - 1)
+    assert recent == [(7, 7)]
+    folder.close()
+    from gateway.access.imap.wire import compact_ranges
+    assert compact_ranges([(2, 3), (5, 5), (7, 7)], [(3, 6)]) == b"3,5"
+    assert compact_ranges([(1, 2), (3, 9)]) == b"1:9"
+
+
+def test_vanished_uids_is_a_named_setting():
+    from gateway.config import Settings, parse
+    assert Settings.mailbox_vanished_uids == 50000
+    parsed = parse({"server": {"domains": ["example.test"]}, "mailbox": {"vanished_uids": 7}})
+    assert parsed.mailbox_vanished_uids == 7

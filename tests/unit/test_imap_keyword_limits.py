@@ -93,3 +93,20 @@ def test_append_past_the_limits_is_refused_and_stores_nothing(env):
     out = t.raw(b'a3 APPEND INBOX (k1 k3) {18+}\r\nSubject: x\r\n\r\nhi\r\n\r\n')
     assert b"a3 OK" in out, out
     assert b"MESSAGES 3" in t("STATUS INBOX (MESSAGES)")
+
+
+
+@pytest.mark.parametrize("verb", ["COPY", "MOVE"])
+def test_copy_and_move_past_the_target_limit_are_refused_and_change_nothing(env, verb):
+    s = env()
+    s("CREATE Full")
+    s("APPEND Full (a1 a2 a3) {3}", expect=None)
+    s.raw(b"x\r\n\r\n")
+    s("SELECT INBOX")
+    s("STORE 1 +FLAGS (k1)")
+    out = s(f"{verb} 1 Full", expect=b"NO")
+    assert b"[LIMIT]" in out and b"at most 3" in out
+    assert b"(MESSAGES 1)" in s("STATUS Full (MESSAGES)")
+    assert b"* 2 EXISTS" in s("SELECT INBOX")  # a refused MOVE leaves the source alone
+    s(f"{verb} 2 Full")  # without a new keyword it goes
+    assert b"(MESSAGES 2)" in s("STATUS Full (MESSAGES)")

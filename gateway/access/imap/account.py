@@ -66,6 +66,31 @@ def pattern_matcher(pattern: str) -> Callable[[str], bool]:
     return match
 
 
+def _parents(names: list[str]) -> set[str]:
+    """Every level above the names ("a" and "a.b" for "a.b.c")."""
+    out: set[str] = set()
+    for name in names:
+        levels = name.split(DELIMITER)
+        out.update(DELIMITER.join(levels[:i]) for i in range(1, len(levels)))
+    return out
+
+
+def _children(name: str, exist_set: set[str], parents: set[str]) -> list[str]:
+    """RFC 3348 / RFC 5258 CHILDREN: \\HasChildren, \\HasNoChildren, or neither."""
+    if name in parents:
+        return ["\\HasChildren"]
+    return ["\\HasNoChildren"] if name in exist_set else []
+
+
+def _attributes(name: str, exist_set: set[str], parents: set[str]) -> list[str]:
+    """LIST attributes of a name: a level with folders under it but no folder of its
+    own is \\Noselect (Maildir++ has no such folder), a name of nothing \\NonExistent."""
+    attrs = []
+    if name not in exist_set:
+        attrs.append("\\Noselect" if name in parents else "\\NonExistent")
+    return attrs + _children(name, exist_set, parents)
+
+
 class Account:
     def __init__(self, address: str, folders: FolderSet,
                  shared: SharedNamespace | None = None,
@@ -102,11 +127,7 @@ class Account:
         full = canonical(reference + pattern)
         matcher = pattern_matcher(full)
         existing = self.folders.names()
-        exist_set = set(existing)
-        parents: set[str] = set()
-        for name in existing:
-            levels = name.split(DELIMITER)
-            parents.update(DELIMITER.join(levels[:i]) for i in range(1, len(levels)))
+        exist_set, parents = set(existing), _parents(existing)
         pool = self.folders.subscribed() if subscribed else existing
         # A "%" can match a level whose folder does not exist: RFC 3501 lists it \Noselect.
         candidates = list(dict.fromkeys(pool + sorted(parents - exist_set)))
@@ -117,18 +138,57 @@ class Account:
         for name in candidates:
             if not matcher(name):
                 continue
-            attrs = []
-            if name not in exist_set:
-                attrs.append("\\Noselect" if name in parents else "\\NonExistent")
-            if name in parents:
-                attrs.append("\\HasChildren")
-            elif name in exist_set:
-                attrs.append("\\HasNoChildren")
+            attrs = _attributes(name, exist_set, parents)
             special = self.folders.special_use(name)
             if special:
                 attrs.append(special)
             out.append((name, attrs))
         out = self.shared.merge(out, matcher, subscribed)
+        out.sort(key=lambda item: (item[0] != "INBOX", item[0]))
+        return out
+
+    def list_extended(self, reference: str, patterns: list[str], only_subscribed: bool,
+                      recursive: bool, return_subscribed: bool
+                      ) -> list[tuple[str, list[str], bool]]:
+        """(name, attributes, CHILDINFO SUBSCRIBED) for LIST-EXTENDED (RFC 5258): every
+        pattern's answer once; SUBSCRIBED selects subscribed names (\\NonExistent when
+        no such folder); RECURSIVEMATCH adds the names matched whose subscribed
+        descendants the patterns do not match (CHILDINFO, 3.5)."""
+        matchers = [pattern_matcher(canonical(reference + p)) for p in patterns]
+
+        def matches(name: str) -> bool:
+            return any(m(name) for m in matchers)
+
+        subscribed = self.folders.subscribed()
+        marked = set(subscribed) if only_subscribed or return_subscribed else set()
+        found: dict[str, list[str]] = {}
+        childinfo: set[str] = set()
+        if not only_subscribed:
+            for p in patterns:
+                for name, attrs in self.list(reference, p, False):
+                    found.setdefault(name, attrs)
+        else:
+            existing = self.folders.names()
+            exist_set, parents = set(existing), _parents(existing)
+            for name in subscribed:
+                if matches(name):
+                    attrs = [] if name in exist_set else ["\\NonExistent"]
+                    found[name] = attrs + _children(name, exist_set, parents)
+                elif recursive:
+                    levels = name.split(DELIMITER)
+                    for i in range(1, len(levels)):
+                        parent = DELIMITER.join(levels[:i])
+                        if matches(parent):
+                            childinfo.add(parent)
+            for name in childinfo - found.keys():
+                found[name] = _attributes(name, exist_set, parents)
+            for name, attrs in self.shared.merge([], matches, True):
+                found.setdefault(name, attrs)
+        out = []
+        for name, attrs in found.items():
+            if name in marked:
+                attrs = [*attrs, "\\Subscribed"]
+            out.append((name, attrs, name in childinfo))
         out.sort(key=lambda item: (item[0] != "INBOX", item[0]))
         return out
 
@@ -274,5 +334,13 @@ class Account:
         if not move:  # a MOVE within the account changes nothing of its usage
             sizes = (view.folder.by_uid.get(u) for u in uids)
             self._check_quota(sum(m.size for m in sizes if m is not None))
-        pairs = transfer(view.folder, target, uids, move, origin=view)
+        # The keywords the messages carry must fit the target's bounds, checked with
+        # both folders locked (in transfer()'s order; the locks are re-entrant) so no
+        # other session takes the last keyword slot in between (keywordlimit.py).
+        first, second = sorted((view.folder, target), key=lambda f: str(f.path))
+        with first.lock, second.lock:
+            carried = (m.kw.split(" ") for u in uids
+                       if (m := view.folder.by_uid.get(u)) is not None and m.kw)
+            keywordlimit.check(target, [k for kws in carried for k in kws], self.settings)
+            pairs = transfer(view.folder, target, uids, move, origin=view)
         return target.uidvalidity, pairs

@@ -4,8 +4,8 @@ A mixin of server.IMAPServer. RFC 3501 6.3, RFC 2177 (IDLE), RFC 2342
 (NAMESPACE), RFC 5161 (ENABLE), RFC 4315 (APPENDUID), RFC 6154 (SPECIAL-USE
 attributes in LIST), RFC 3348 (CHILDREN), RFC 7162 (SELECT (CONDSTORE), SELECT
 (QRESYNC ...) with VANISHED (EARLIER), STATUS HIGHESTMODSEQ, ENABLE CONDSTORE
-and QRESYNC). Folder work blocks on the disk,
-so it runs in the thread pool (account.py); answers come back here.
+and QRESYNC), RFC 5258 and 5819 (LIST-EXTENDED, LIST-STATUS: listext.py). Folder
+work blocks on the disk, so it runs in the thread pool (account.py); answers come back here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.access.imap import binary, wire
+from gateway.access.imap import binary, listext, wire
 from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
 from gateway.store.folders import DELIMITER
@@ -28,7 +28,9 @@ ENABLE_NAMES = ("CONDSTORE", "QRESYNC")  # RFC 5161 names this server can enable
 def qresync_params(token: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
     """SELECT's (QRESYNC (uidvalidity modseq [known-uids [seq-match]])) (RFC 7162
     3.2.5) -> (uidvalidity, modseq, known UID ranges or None). The sequence match
-    data only helps a server that forgets expunges; this one keeps them all."""
+    data only helps a server that forgets expunges: this one remembers the newest
+    [mailbox] vanished_uids and, for a modseq older than those, sends every UID of
+    known-uids it has no message for (store/folder.py vanished_since)."""
     if not isinstance(token, list) or not 2 <= len(token) <= 4:
         raise Bad("QRESYNC takes (uidvalidity modseq [known-uids [seq-match-data]])")
     uidvalidity = wire.number(token[0], "UIDVALIDITY")
@@ -120,8 +122,8 @@ class AuthenticatedCommands:
             if qresync is None or qresync[0] != folder.uidvalidity:
                 return []  # a client with another UIDVALIDITY starts over
             _, since, known = qresync
-            gone = [u for u in folder.vanished_since(since) if in_ranges(u, known)]
-            lines = [b"* VANISHED (EARLIER) " + wire.compact(gone)] if gone else []
+            gone = wire.compact_ranges(folder.vanished_since(since), known)
+            lines = [b"* VANISHED (EARLIER) " + gone] if gone else []
             for n, u in enumerate(view.uids, 1):
                 m = folder.by_uid.get(u)
                 if m is not None and m.modseq > since and in_ranges(u, known):
@@ -207,9 +209,11 @@ class AuthenticatedCommands:
         return self.do_SUBSCRIBE(tag, args, uid, on=False)
 
     def do_LIST(self, tag: bytes, args: list, uid: bool, subscribed: bool = False) -> Any:
+        if not subscribed:
+            request = listext.parse(args, STATUS_ITEMS)
+            if request.extended:
+                return self._list_extended(request)
         wire.arity(args, 2)
-        if isinstance(args[0], list):
-            raise Bad("LIST-EXTENDED selection options are not supported")
         verb = b"LSUB" if subscribed else b"LIST"
         raw = [wire.astring(t, "folder name") for t in args]
         try:
@@ -232,6 +236,40 @@ class AuthenticatedCommands:
         return self._simple(self.account.list, reference, pattern, subscribed).addCallback(
             listed)
 
+    def _list_extended(self, req: listext.Request) -> Any:
+        """LIST-EXTENDED and LIST-STATUS (listext.py)."""
+        try:
+            reference = wire.decode_mailbox(req.reference)
+            patterns = [wire.decode_mailbox(p) for p in req.patterns]
+        except No:  # not modified UTF-7: no folder's name, nothing matches (as LIST)
+            return defer.succeed(b"LIST completed")
+        if not any(patterns) and not req.subscribed:  # RFC 3501 6.3.8's special case
+            self.sendUntaggedResponse(b'LIST (\\Noselect) "%s" ""' % DELIMITER.encode())
+            return defer.succeed(b"LIST completed")
+        if "HIGHESTMODSEQ" in req.status:
+            self.enable_condstore()
+
+        def work() -> list[bytes]:
+            found = self.account.list_extended(reference, [p for p in patterns if p],
+                                               req.subscribed, req.recursive,
+                                               req.return_subscribed)
+            out = []
+            for name, attrs, childinfo in found:
+                out.append(listext.list_line(name, attrs, childinfo, DELIMITER))
+                if req.status and not {"\\Noselect", "\\NonExistent"} & set(attrs):
+                    try:  # RFC 5819: STATUS after the mailbox's LIST line
+                        values = self.account.status(name, req.status)
+                    except No:
+                        continue  # gone meanwhile, or not ours to count
+                    out.append(b"* " + self._status_line(name, values) + b"\r\n")
+            return out
+
+        def listed(lines: list[bytes]) -> bytes:
+            self.transport.writeSequence(lines)
+            return b"LIST completed"
+
+        return self._simple(work).addCallback(listed)
+
     def do_LSUB(self, tag: bytes, args: list, uid: bool) -> Any:
         return self.do_LIST(tag, args, uid, subscribed=True)
 
@@ -247,11 +285,15 @@ class AuthenticatedCommands:
             self.enable_condstore()
 
         def answer(values: list[tuple[str, int]]) -> bytes:
-            body = " ".join(f"{k} {v}" for k, v in values).encode()
-            self.sendUntaggedResponse(b"STATUS " + wire.mailbox_name(name) + b" (" + body + b")")
+            self.sendUntaggedResponse(self._status_line(name, values))
             return b"STATUS completed"
 
         return self._simple(self.account.status, name, items).addCallback(answer)
+
+    @staticmethod
+    def _status_line(name: str, values: list[tuple[str, int]]) -> bytes:
+        body = " ".join(f"{k} {v}" for k, v in values).encode()
+        return b"STATUS " + wire.mailbox_name(name) + b" (" + body + b")"
 
     def do_NAMESPACE(self, tag: bytes, args: list, uid: bool) -> bytes:
         wire.arity(args, 0)

@@ -1,6 +1,6 @@
 """Bounds on IMAP keywords: how many one folder may know, how long one may be.
 
-Part of access/imap, called by STORE (selected.py) and APPEND (account.py)
+Part of access/imap, called by STORE (selected.py), APPEND, COPY, MOVE (account.py)
 before they hand flags to store/folder.py, and by View.flag_responses()
 (mailbox.py) for PERMANENTFLAGS. Without a bound a client could grow a
 folder's FLAGS response, its dovecot-keywords file and every session's

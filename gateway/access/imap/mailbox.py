@@ -53,6 +53,10 @@ class View:
         self.announced = 0  # how many of folder.keyword_names FLAGS has told
         self.condstore = False  # RFC 7162: MODSEQ in flag updates
         self.qresync = False  # RFC 7162: VANISHED instead of EXPUNGE
+        # RFC 5182 SEARCHRES: the UIDs SEARCH RETURN (SAVE) kept, "$" in later commands.
+        # Per selection (a new SELECT starts empty, 2.1); expunged ones drop out of it
+        # when it is used, since only UIDs still in this view are looked up.
+        self.saved: list[int] = []
 
     # -- FolderListener ---------------------------------------------------------
 
@@ -141,6 +145,10 @@ class View:
                 start, stop = max(lo, 1) - 1, min(hi, len(uids))
             out.extend((i + 1, uids[i]) for i in range(start, stop))
         return out
+
+    def saved_pairs(self) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the saved search result still here, in order."""
+        return sorted((n, u) for u in self.saved if (n := self.seq(u)) is not None)
 
     def seq(self, uid: int) -> int | None:
         i = bisect_left(self.uids, uid)

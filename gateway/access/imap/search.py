@@ -269,6 +269,10 @@ class Parser:
             since = modseq(token)
             self.modseq = True
             return lambda msg: msg.m.modseq >= since
+        if k == b"$" or (k == b"UID" and self.tokens[self.i:self.i + 1] == [b"$"]):
+            self.i += k == b"UID"  # RFC 5182: the saved result, as UIDs either way
+            saved = set(self.view.saved)
+            return lambda msg: msg.uid in saved
         if k == b"UID":
             return _in_ranges(sequence_set(self.take(), self.view.largest(True)), "uid")
         if is_sequence_set(token):

@@ -2,11 +2,13 @@
 
 A mixin of server.IMAPServer. RFC 3501 6.4, RFC 4315 (UIDPLUS: COPYUID,
 UID EXPUNGE), RFC 6851 (MOVE), RFC 3691 (UNSELECT), RFC 7162 (FETCH MODSEQ and
-CHANGEDSINCE [VANISHED], STORE UNCHANGEDSINCE, SEARCH MODSEQ). The work runs in the
-thread pool against the shared store Folder; sequence numbers are the
-session's own (mailbox.View). Large FETCH answers go out a batch at a time,
-each batch after the client has read the last (server.Pacer), so a
-100,000-message FETCH neither blocks the reactor nor fills memory.
+CHANGEDSINCE [VANISHED], STORE UNCHANGEDSINCE, SEARCH MODSEQ), RFC 4731 (SEARCH
+RETURN: esearch.py), RFC 5182 (SEARCHRES: RETURN (SAVE) and "$"), RFC 5256
+(SORT, THREAD: sort.py, thread.py). The work runs in the thread pool against
+the shared store Folder; sequence numbers are the session's own (mailbox.View).
+Large FETCH answers go out a batch at a time, each batch after the client has
+read the last (server.Pacer), so a 100,000-message FETCH neither blocks the
+reactor nor fills memory.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.access.imap import fetch, keywordlimit, search, wire
+from gateway.access.imap import esearch, fetch, keywordlimit, search, sort, thread, wire
 from gateway.access.imap.commands import flag_list
 from gateway.access.imap.wire import Atom, Bad, No, compact
 
@@ -43,6 +45,8 @@ def fetch_modifiers(token: list, uid: bool, qresync: bool) -> tuple[int, bool]:
 
 class SelectedCommands:
     def _pairs(self, token: Any, uid: bool) -> list[tuple[int, int]]:
+        if token == b"$" and isinstance(token, Atom):  # RFC 5182: the saved result
+            return self.view.saved_pairs()
         return self.view.select(wire.sequence_set(token, self.view.largest(uid)), uid)
 
     def _writable(self) -> None:
@@ -85,29 +89,90 @@ class SelectedCommands:
     def do_SEARCH(self, tag: bytes, args: list, uid: bool) -> Any:
         budget = search.Budget(self.settings)
         view = self.view
-        predicate, wants_summary, modseq = search.parse(args, view, budget)
+        options, args = esearch.parse_return(args)  # RFC 4731
+        save = options is not None and b"SAVE" in options
+        try:
+            predicate, wants_summary, modseq = search.parse(args, view, budget)
+        finally:
+            if save:
+                view.saved = []  # RFC 5182 2.1: a SEARCH that fails leaves it empty
         if modseq:
             self.enable_condstore()
 
-        def work() -> tuple[list[int], bytes]:
-            numbers = search.run(view, predicate, wants_summary, uid, budget)
-            if not (modseq and numbers):
-                return numbers, b""
-            # RFC 7162 3.1.5: the highest modseq of the messages found.
+        def modseq_of(numbers: list[int]) -> int:
+            """RFC 7162 3.1.5: the highest modseq of these messages."""
             uids = numbers if uid else [view.uids[n - 1] for n in numbers]
             with view.folder.lock:
-                top = max((m.modseq for u in uids if (m := view.folder.by_uid.get(u))),
-                          default=0)
-            return numbers, b" (MODSEQ %d)" % top if top else b""
+                return max((m.modseq for u in uids if (m := view.folder.by_uid.get(u))),
+                           default=0)
 
-        def found(result: tuple[list[int], bytes]) -> bytes:
-            numbers, tail = result
+
+        def work() -> bytes:
+            numbers = search.run(view, predicate, wants_summary, uid, budget)
+            if save:
+                kept = esearch.to_save(numbers, options)
+                view.saved = kept if uid else [view.uids[n - 1] for n in kept]
+            if options is not None:
+                return esearch.response(tag, uid, numbers, options,
+                                        modseq_of if modseq else None)
+            top = modseq_of(numbers) if modseq and numbers else 0
             # Always a SEARCH response, even with no match (Twisted sends none then).
-            self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + tail
-                                 + b"\r\n")
+            return b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + (
+                b" (MODSEQ %d)" % top if top else b"")
+
+        def found(line: bytes) -> bytes:
+            if line:
+                self.transport.write(line + b"\r\n")
             return b"SEARCH completed"
 
         return self.factory.run_search(work).addCallback(found)
+
+    # -- SORT and THREAD (RFC 5256) ------------------------------------------------
+
+    def _sorted_search(self, tag: bytes, args: list, uid: bool, verb: bytes, first,
+                       arrange) -> Any:
+        """SORT/THREAD first charset keys...: the search as SEARCH's (the same Budget,
+        in the search pool), then arrange(facts) -> the response's data."""
+        if len(args) < 3:
+            raise Bad(f"{verb.decode()} needs its criteria, a charset and search keys")
+        budget = search.Budget(self.settings)
+        view = self.view
+        predicate, wants_summary, modseq = search.parse([Atom(b"CHARSET"), *args[1:]], view,
+                                                        budget)
+        if modseq:
+            self.enable_condstore()
+
+        def work() -> bytes:
+            numbers = search.run(view, predicate, wants_summary, False, budget)
+            found = [(n, view.uids[n - 1]) for n in numbers]
+            return arrange(sort.facts(view, found, budget))
+
+        def found(data: bytes) -> bytes:
+            self.transport.write(b"* " + verb + data + b"\r\n")
+            return verb + b" completed"
+
+        return self.factory.run_search(work).addCallback(found)
+
+    def do_SORT(self, tag: bytes, args: list, uid: bool) -> Any:
+        criteria = sort.parse_criteria(args[0] if args else None)
+
+        def arrange(items: list) -> bytes:
+            return b"".join(b" %d" % (f.uid if uid else f.seq)
+                            for f in sort.ordered(items, criteria))
+
+        return self._sorted_search(tag, args, uid, b"SORT", criteria, arrange)
+
+    def do_THREAD(self, tag: bytes, args: list, uid: bool) -> Any:
+        name = wire.atom(args[0], "threading algorithm").upper() if args else b""
+        if name not in thread.ALGORITHMS:
+            raise Bad("THREAD algorithms are ORDEREDSUBJECT and REFERENCES")
+        make = thread.references if name == b"REFERENCES" else thread.ordered_subject
+
+        def arrange(items: list) -> bytes:
+            data = thread.render(make(items), uid)
+            return b" " + data if data else b""
+
+        return self._sorted_search(tag, args, uid, b"THREAD", name, arrange)
 
     # -- FETCH ------------------------------------------------------------------------
 
@@ -127,9 +192,9 @@ class SelectedCommands:
         if changedsince is not None or any(i.kind == b"MODSEQ" for i in items):
             self.enable_condstore()
         # VANISHED: UIDs in the set expunged since; "*" reaches past the last UID here.
-        known = wire.sequence_set(args[0], max(self.view.largest(True),
-                                               self.view.folder.uidnext - 1)) \
-            if vanished else None
+        known = [(u, u) for _, u in pairs] if vanished and args[0] == b"$" else \
+            wire.sequence_set(args[0], max(self.view.largest(True),
+                                           self.view.folder.uidnext - 1)) if vanished else None
         return self._fetch(pairs, items, uid, changedsince, known)
 
     @defer.inlineCallbacks
@@ -138,9 +203,9 @@ class SelectedCommands:
         view = self.view
         if known is not None:  # RFC 7162 3.2.6: before the FETCH responses
             gone = yield self.run_blocking(view.folder.vanished_since, changedsince)
-            gone = [u for u in gone if any(lo <= u <= hi for lo, hi in known)]
+            gone = wire.compact_ranges(gone, known)
             if gone and not self._gone and self.view is view:
-                self.transport.write(b"* VANISHED (EARLIER) " + compact(gone) + b"\r\n")
+                self.transport.write(b"* VANISHED (EARLIER) " + gone + b"\r\n")
         set_seen = any(i.seen for i in items) and not view.readonly
         batches = fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer)
         # The next batch is read and rendered in the pool while this one is sent, so

@@ -60,13 +60,14 @@ COMMANDS = {
     b"APPEND": AUTH, b"NAMESPACE": AUTH, b"IDLE": AUTH, b"ENABLE": ("auth",),
     b"CHECK": SELECTED, b"CLOSE": SELECTED, b"UNSELECT": SELECTED, b"EXPUNGE": SELECTED,
     b"SEARCH": SELECTED, b"FETCH": SELECTED, b"STORE": SELECTED, b"COPY": SELECTED,
-    b"MOVE": SELECTED,
+    b"MOVE": SELECTED, b"SORT": SELECTED, b"THREAD": SELECTED,
     b"GETQUOTAROOT": AUTH, b"GETQUOTA": AUTH, b"SETQUOTA": AUTH,
     b"COMPRESS": AUTH,  # RFC 4978 3: after authentication only
 }
-UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE"}
+UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT",
+                b"THREAD"}
 # RFC 3501 7.4.1: no EXPUNGE responses while answering these (the UID forms may).
-_NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH"}
+_NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 MAX_LITERALS = 64  # literals in one command
 
 
@@ -151,7 +152,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
                 b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
                 b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"COMPRESS=DEFLATE",
-                b"BINARY"]
+                b"BINARY", b"ESEARCH", b"SEARCHRES", b"SORT", b"THREAD=ORDEREDSUBJECT",
+                b"THREAD=REFERENCES", b"LIST-EXTENDED", b"LIST-STATUS"]
         if self.state == "unauth":
             if self.can_starttls():
                 caps.append(b"STARTTLS")
@@ -392,7 +394,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             if command == b"UID":
                 if not args or not isinstance(args[0], Atom) or args[0].upper() not in \
                         UID_COMMANDS:
-                    raise Bad("UID takes FETCH, STORE, SEARCH, COPY, MOVE or EXPUNGE")
+                    raise Bad("UID takes FETCH, STORE, SEARCH, SORT, THREAD, COPY, MOVE or EXPUNGE")
                 command, args, uid = bytes(args[0]).upper(), args[1:], True
             states = COMMANDS.get(command)
             if states is None:

@@ -167,14 +167,23 @@ def modseq(token: Any, what: str = "mod-sequence") -> int:
 
 def compact(uids: list[int]) -> bytes:
     """Sorted UIDs as a UID set in the shortest form, "1:3,7" (COPYUID, VANISHED)."""
-    out, i = [], 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
-        i = j + 1
-    return b",".join(out)
+    return compact_ranges([(u, u) for u in uids])
+
+
+def compact_ranges(ranges: list[tuple[int, int]],
+                   within: list[tuple[int, int]] | None = None) -> bytes:
+    """Ascending UID ranges, clipped to those of within (all if None), as a UID set
+    "1:3,7" (VANISHED (EARLIER)); never a list of every UID in them."""
+    clipped = ranges if within is None else sorted(
+        (max(lo, a), min(hi, b)) for lo, hi in ranges for a, b in within
+        if max(lo, a) <= min(hi, b))
+    merged: list[list[int]] = []
+    for lo, hi in clipped:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return b",".join(b"%d" % lo if lo == hi else b"%d:%d" % (lo, hi) for lo, hi in merged)
 
 
 def arity(args: list, fewest: int, most: int | None = None) -> None:
