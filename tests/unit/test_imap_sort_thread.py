@@ -94,3 +94,25 @@ def test_a_long_reply_chain_does_not_recurse(tmp_path):
                         True) for n in range(1, 5001)]
     data = thread.render(thread.references(items), False)
     assert data.startswith(b"(1 2 3 ") and data.endswith(b" 5000)")
+
+
+def test_deeply_nested_branches_render_without_recursion():
+    """Each message answered twice, the second answer answered again, 5,000 deep: the
+    THREAD reply nests 5,000 groups (a hostile sender can deliver such a mailbox)."""
+    from gateway.access.imap import sort, thread
+
+    def facts(n: int, parent: int | None) -> sort.Facts:
+        refs = [f"{parent}@x"] if parent else []
+        return sort.Facts(n, n, n, 1, n, "x", {}, f"{n}@x", refs, True)
+
+    depth = 5000
+    items = [facts(1, None)]
+    for level in range(depth):
+        leaf, spine = 2 + 2 * level, 3 + 2 * level
+        parent = 1 if level == 0 else 1 + 2 * level
+        items += [facts(leaf, parent), facts(spine, parent)]
+    data = thread.render(thread.references(items), False)
+    assert data.startswith(b"(1 (2)(3 (4)(5 (6)(7 ")
+    assert data.count(b"(") == data.count(b")") == 1 + 2 * depth
+    small = thread.render(thread.references(items[:5]), False)
+    assert small == b"(1 (2)(3 (4)(5)))"

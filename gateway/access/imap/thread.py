@@ -180,17 +180,27 @@ def _gather_subjects(roots: list[Node]) -> list[Node]:
 
 
 def render(roots: list[Node], uid: bool) -> bytes:
-    """The THREAD response's data: "(1 2 (3)(4))(5)"."""
-    def one(node: Node) -> bytes:
+    """The THREAD response's data: "(1 2 (3)(4))(5)". With a stack, not recursion: a
+    mailbox's References can nest branches deeper than Python's recursion limit."""
+    out = bytearray()
+    todo: list[Node | None] = list(reversed(roots))  # None: close the group opened last
+    while todo:
+        node = todo.pop()
+        if node is None:
+            out += b")"
+            continue
         parts = []
-        while True:
+        while True:  # a chain of only children is one flat run of numbers
             if node.facts is not None:
                 parts.append(b"%d" % (node.facts.uid if uid else node.facts.seq))
-            if len(node.children) == 1:
-                node = node.children[0]
-                continue
-            if node.children:
-                tail = b"".join(b"(" + one(c) + b")" for c in node.children)
-                return b" ".join(parts) + (b" " if parts else b"") + tail
-            return b" ".join(parts)
-    return b"".join(b"(" + one(r) + b")" for r in roots)
+            if len(node.children) != 1:
+                break
+            node = node.children[0]
+        out += b"(" + b" ".join(parts)
+        if node.children:
+            out += b" " if parts else b""
+            todo.append(None)
+            todo.extend(reversed(node.children))
+        else:
+            out += b")"
+    return bytes(out)
