@@ -142,12 +142,7 @@ class InboundAuth:
                          self.authserv_id)
 
     def _spf_failed(self, failure, facts: AuthFacts) -> SpfResult:
-        if failure.check(defer.TimeoutError):
-            log.warn("{client}: SPF check not done in time", client=facts.client_address)
-            reason = "not done in time"
-        else:
-            log.failure("{client}: SPF check failed", failure, client=facts.client_address)
-            reason = "internal error"
+        reason = _why(failure, facts, "SPF check", "not done in time")
         identity = "mailfrom" if facts.sender else "helo"
         domain = (facts.sender.rpartition("@")[2] if facts.sender else facts.helo).lower()
         header = (f"TempError ({self.authserv_id}: {reason}) identity={identity}; "
@@ -163,12 +158,7 @@ class InboundAuth:
                          "your address as a permitted sender (RFC 7208)")
 
     def _failed(self, failure, facts: AuthFacts) -> Verdict:
-        if failure.check(defer.TimeoutError):
-            log.warn("{client}: sender checks not done in time", client=facts.client_address)
-            reason = "checks timed out"
-        else:
-            log.failure("{client}: sender checks failed", failure, client=facts.client_address)
-            reason = "internal error"
+        reason = _why(failure, facts, "sender checks", "checks timed out")
         header = (f"Authentication-Results: {self.authserv_id}; none ({reason})\r\n")
         return Verdict(self.authserv_id, header.encode("ascii"))
 
@@ -242,3 +232,13 @@ def _severity(d: DmarcResult) -> int:
     if d.result in ("fail", "temperror"):
         return 1 + ("none", "quarantine", "reject").index(d.policy)
     return 0
+
+
+def _why(failure, facts: AuthFacts, what: str, timed_out: str) -> str:
+    """Log a check that did not finish; the reason for its temperror header: a timeout
+    (the DNS budget ran out) is a warning, anything else a bug with its traceback."""
+    if failure.check(defer.TimeoutError):
+        log.warn("{client}: {what} not done in time", client=facts.client_address, what=what)
+        return timed_out
+    log.failure("{client}: {what} failed", failure, client=facts.client_address, what=what)
+    return "internal error"
