@@ -128,36 +128,20 @@ def test_never_a_bounce_for_the_null_sender(tmp_path):
 
 
 def test_a_big_original_is_never_read_whole_and_comes_back_as_headers(tmp_path, monkeypatch):
-    import builtins
+    from read_spy import ReadSpy
 
     from gateway.queue import bounce
 
     bouncer, spool, path = make_bouncer(tmp_path)
     with open(path, "ab") as f:
         f.write(b"body line\r\n" * 10000)  # 110 KB, over the 50,000 limit
-    reads = []
-    real_open = builtins.open
-
-    class Spy:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def read(self, n=-1):
-            reads.append(n)
-            return self.f.read(n)
-
-    monkeypatch.setattr(bounce, "open", lambda p, m="r": Spy(real_open(p, m)), raising=False)
+    spy = ReadSpy()
+    monkeypatch.setattr(bounce, "open", spy.open, raising=False)
     env = failed_envelope()
     box = []
     bouncer.bounce(env, [env.recipients[1]], path, "failed").addCallback(box.append)
-    assert reads == [50001]
-    with real_open(spool.message_path(box[0]), "rb") as f:
+    assert spy.reads == [50001]
+    with spy.real_open(spool.message_path(box[0]), "rb") as f:
         dsn = f.read()
     assert parse(dsn).get_payload()[2].get_content_type() == "text/rfc822-headers"
     assert b"Message-ID: <m1@c.test>" in dsn and b"body line" not in dsn

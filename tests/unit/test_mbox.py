@@ -99,6 +99,8 @@ def test_quoting_is_the_same_wherever_a_piece_border_falls(message):
 
 
 def test_a_delivery_reads_the_spool_file_in_pieces(tmp_path, monkeypatch):
+    from read_spy import ReadSpy
+
     from gateway.config import parse
     from gateway.durable import run_now
     from gateway.envelope import Envelope, Recipient
@@ -108,31 +110,15 @@ def test_a_delivery_reads_the_spool_file_in_pieces(tmp_path, monkeypatch):
     # Over deliver/maildir.WHOLE: a smaller message is written from the loop check's read.
     spool.write_bytes(b"Subject: big\r\n\r\n" + b"line\r\nFrom x\r\n" * 6000)
     monkeypatch.setattr(mbox, "PIECE", 64)
-    reads = []
-    real_open = open
-
-    class Spy:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def read(self, n=-1):
-            reads.append(n)
-            return self.f.read(n)
-
-    monkeypatch.setattr(mbox, "open", lambda p, m="r": Spy(real_open(p, m)), raising=False)
+    spy = ReadSpy()
+    monkeypatch.setattr(mbox, "open", spy.open, raising=False)
     settings = parse({"server": {"domains": ["x.test"]}}).mbox
     target = mbox.MboxDelivery(settings, task_clock(), run_now)
     box = tmp_path / "box"
     route = Route("file", "/box", path=str(box))
     target.deliver(Envelope(sender="s@x.test", recipients=[Recipient("u@x.test")]), route,
                    str(spool), False)
-    assert reads and all(0 < n <= 64 for n in reads)  # never read(-1): never whole
+    assert spy.reads and all(0 < n <= 64 for n in spy.reads)  # never read(-1): never whole
     assert box.read_bytes().count(b"\n>From x\n") == 6000
 
 
