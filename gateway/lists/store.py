@@ -23,6 +23,7 @@ Blocking: call it from a pool thread in the gateway (it fsyncs).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import mmap
 import os
@@ -274,13 +275,15 @@ class ListStore:
         return mark, self._pragma, self._writes
 
     def _stamp(self) -> None:
-        # After the commit: a reader that sees the new count reads the change.
-        # Two processes adding at once may both write the same count; both
-        # commits precede both writes, so whoever sees it reads both changes.
+        # After the commit: a reader that sees the new count reads the change. The
+        # addition holds an flock on the file, so two processes committing at once
+        # never write the same count (a reader that saw the first would miss the
+        # second). Writers are rare (list changes), readers never lock.
         counter = self._counter
         if counter is None or not self._counter_rw:
             return  # readers fall back on the periodic data_version
-        with self._lock:
+        with self._lock, open(self.stamp, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
             _COUNTER.pack_into(counter, 0, _COUNTER.unpack_from(counter)[0] + 1)
 
     @contextmanager

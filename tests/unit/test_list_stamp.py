@@ -54,3 +54,30 @@ def test_data_version_makes_no_system_call(tmp_path, monkeypatch):
     monkeypatch.setattr("os.stat", refused)
     monkeypatch.setattr(store, "_db", None)  # no SQLite either
     assert store.data_version() == first
+
+
+def _stamp_many(root: str, times: int) -> None:
+    store = ListStore(root)
+    for _ in range(times):
+        store._stamp()
+    store.close()
+
+
+def test_stores_in_two_processes_never_write_the_same_count(tmp_path):
+    """Each commit's addition is whole: a reader that saw one process's count never
+    misses the other's change (two equal counts would hide it)."""
+    import multiprocessing
+    import struct
+
+    ListStore(tmp_path).close()
+    counter = tmp_path / "lists.changed"
+    before = struct.unpack("=Q", counter.read_bytes()[:8])[0]
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_stamp_many, args=(str(tmp_path), 3000)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    # Each worker's store adds one when it opens (its schema commit), then 3,000.
+    assert struct.unpack("=Q", counter.read_bytes()[:8])[0] == before + 2 + 6000
