@@ -176,7 +176,6 @@ class Parser:
         self.tokens, self.i, self.view = tokens, 0, view
         self.budget, self.depth = budget, depth
         self.codec = codec  # of the search strings (SEARCH CHARSET)
-        self.wants_summary = False
         self.modseq = False  # a MODSEQ key: the answer ends with (MODSEQ n)
         self.keys = 0  # keys parsed, this parser and those nested in it
 
@@ -202,7 +201,6 @@ class Parser:
         if isinstance(token, list):
             inner = self._nested(token)
             p = inner.all()
-            self.wants_summary |= inner.wants_summary
             self.modseq |= inner.modseq
             self.keys = inner.keys
             return p
@@ -228,7 +226,6 @@ class Parser:
             return lambda msg: (word in msg.m.kw.split(" ")) == want
         if k in _ADDRESS_KEYS:
             field, s = _ADDRESS_KEYS[k], self._text()
-            self.wants_summary = True
             found: list = [None, set()]  # (Shared, its answer): asked once per SEARCH
 
             def test(msg: Message) -> bool:
@@ -297,13 +294,11 @@ class Parser:
         inner.i = self.i
         p = inner.key()
         self.i, self.keys = inner.i, inner.keys
-        self.wants_summary |= inner.wants_summary
         self.modseq |= inner.modseq
         return p
 
     def _date_key(self, k: bytes, day: int) -> Predicate:
         if k.startswith(b"SENT"):
-            self.wants_summary = True
 
             def value(msg: Message) -> int:
                 return msg.shared.sent_day(msg.uid)
@@ -331,8 +326,8 @@ def _header_has(root: message.Part, name: bytes, s: str) -> bool:
                for n, raw in root.fields)
 
 
-def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool, bool]:
-    """(predicate, needs summaries, has a MODSEQ key) for SEARCH's arguments after the tag."""
+def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool]:
+    """(predicate, has a MODSEQ key) for SEARCH's arguments after the tag."""
     codec = "utf-8"
     if tokens and isinstance(tokens[0], Atom) and tokens[0].upper() == b"CHARSET":
         if len(tokens) < 2 or not isinstance(tokens[1], (Atom, Str)):
@@ -343,13 +338,13 @@ def parse(tokens: list, view: View, budget: Budget) -> tuple[Predicate, bool, bo
         codec, tokens = found, tokens[2:]
     p = Parser(tokens, view, budget, codec=codec)
     predicate = p.all()
-    return predicate, p.wants_summary, p.modseq
+    return predicate, p.modseq
 
 
-def run(view: View, predicate: Predicate, wants_summary: bool, uid: bool,
-        budget: Budget | None = None) -> list[int]:
+def run(view: View, predicate: Predicate, uid: bool, budget: Budget | None = None
+        ) -> list[int]:
     """Sequence numbers (or UIDs) of the matching messages. Blocking: runs in a thread.
-    wants_summary is parse()'s; the header fields now load when a key first asks."""
+    The header fields a key needs load when it first asks."""
     folder = view.folder
     with folder.lock:
         by_uid = folder.by_uid

@@ -92,7 +92,7 @@ class SelectedCommands:
         options, args = esearch.parse_return(args)  # RFC 4731
         save = options is not None and b"SAVE" in options
         try:
-            predicate, wants_summary, modseq = search.parse(args, view, budget)
+            predicate, modseq = search.parse(args, view, budget)
         finally:
             if save:
                 view.saved = []  # RFC 5182 2.1: a SEARCH that fails leaves it empty
@@ -108,7 +108,7 @@ class SelectedCommands:
 
 
         def work() -> bytes:
-            numbers = search.run(view, predicate, wants_summary, uid, budget)
+            numbers = search.run(view, predicate, uid, budget)
             if save:
                 kept = esearch.to_save(numbers, options)
                 view.saved = kept if uid else [view.uids[n - 1] for n in kept]
@@ -137,13 +137,12 @@ class SelectedCommands:
             raise Bad(f"{verb.decode()} needs its criteria, a charset and search keys")
         budget = search.Budget(self.settings)
         view = self.view
-        predicate, wants_summary, modseq = search.parse([Atom(b"CHARSET"), *args[1:]], view,
-                                                        budget)
+        predicate, modseq = search.parse([Atom(b"CHARSET"), *args[1:]], view, budget)
         if modseq:
             self.enable_condstore()
 
         def work() -> bytes:
-            numbers = search.run(view, predicate, wants_summary, False, budget)
+            numbers = search.run(view, predicate, False, budget)
             found = [(n, view.uids[n - 1]) for n in numbers]
             return arrange(sort.facts(view, found, budget))
 
