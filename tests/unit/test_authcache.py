@@ -136,3 +136,28 @@ def test_settings():
     s = parse({"server": {"domains": ["example.test"]},
                "auth": {"cache_ttl": 0, "cache_size": 5}}).auth_guard
     assert (s.cache_ttl, s.cache_size) == (0, 5)
+
+
+def test_rcpt_trusts_a_known_address_briefly_and_a_miss_reads_the_file_again(env, tmp_path):
+    users = env()
+    stats: list[str] = []
+    real_stat = type(env.file).stat
+
+    def counted(path, *a, **kw):
+        if path == env.file:
+            stats.append(str(path))
+        return real_stat(path, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(env.file), "stat", counted)
+        assert users.exists(USER) and users.exists(USER.upper())
+        assert len(stats) == 1  # the second RCPT within the window costs no stat
+        auth.set_password(env.file, "new@example.test", "pw")
+        os.utime(env.file, ns=(2, 2))
+        assert users.exists("new@example.test")  # a miss checks: found at once
+        assert len(stats) == 2
+        auth.remove_user(env.file, USER)
+        os.utime(env.file, ns=(3, 3))
+        assert users.exists(USER)  # still trusted within the window ...
+        env.clock.advance(1)
+        assert not users.exists(USER)  # ... and not after it
