@@ -42,13 +42,16 @@ def load_table(settings: Settings) -> tuple[AliasTable, list[str]]:
                                              include_files=a.allow_include_files))
 
 
-def _mtimes(files: tuple[str, ...]) -> dict[str, float]:
+def _mtimes(files: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+    """What tells a file changed: its mtime, and its size and inode too, for an editor
+    that truncates and writes again within one tick of the file system's clock."""
     out = {}
     for f in files:
         try:
-            out[f] = os.stat(f).st_mtime_ns
+            st = os.stat(f)
+            out[f] = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
-            out[f] = -1
+            out[f] = (-1, -1, -1)
     return out
 
 
@@ -96,8 +99,10 @@ class AliasReloader(service.Service):
 
     def reload(self, why: str) -> bool:
         """Load the file again; swap the table only when it has no fault."""
+        # Looked at before reading: a change made while we read is then seen next time.
+        before = _mtimes((*self._seen, self.settings.aliases.file))
         table, faults = load_table(self.settings)
-        self._seen = _mtimes(table.files)
+        self._seen = {f: before[f] if f in before else _mtimes((f,))[f] for f in table.files}
         if faults:
             for fault in faults:
                 log.error("aliases not reloaded ({why}): {fault}", why=why, fault=fault)
