@@ -381,15 +381,16 @@ class Folder:
         # A folder has few distinct infos (":2,S", ":2,RS" ...): their keywords are
         # worked out once each, not once per message (a first SELECT of 100,000).
         kw_of: dict[str, str] = {}
-        kws = [kw_of[x] if x in kw_of else kw_of.setdefault(x, self._kw_of(x))
-               for _, _, _, x, _ in entries]
-        uids = self.index.add([(b, s, x, kw, size, mt // 1_000_000_000)
-                               for (mt, b, s, x, size), kw in zip(entries, kws, strict=True)],
-                              synced)
+        rows = []
+        for mt, base, sub, suffix, size in entries:
+            kw = kw_of.get(suffix)
+            if kw is None:
+                kw = kw_of[suffix] = self._kw_of(suffix)
+            rows.append((base, sub, suffix, kw, size, mt // 1_000_000_000))
+        uids = self.index.add(rows, synced)
         modseq = self.index.highestmodseq
-        return [Message(uid, base, sub, suffix, kw, size, mt // 1_000_000_000, modseq)
-                for uid, (mt, base, sub, suffix, size), kw in zip(uids, entries, kws,
-                                                                   strict=True)]
+        return [Message(uid, base, sub, suffix, kw, size, idate, modseq)
+                for uid, (base, sub, suffix, kw, size, idate) in zip(uids, rows, strict=True)]
 
     def _bumped(self, modseq: int | None, uids: Iterable[int]) -> None:
         """The in-memory side of Index.update(..., flagged): their new modseq."""
