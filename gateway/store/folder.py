@@ -144,6 +144,9 @@ class Folder:
         self._dirs = {sub: _identity(os.stat(self.path / sub)) for sub in SUBS}
         self.gone = False  # deleted or replaced on disk: never serve its data again
         self.index = Index(self.path, vanished_limit)
+        # The index file too: a directory made again may get the inode number the
+        # deleted one had (file systems reuse them), its index file is new anyway.
+        self._index_id = _identity(os.stat(self.index.path))
         self.uidvalidity = self.index.uidvalidity
         self.keywords = KeywordTable(self.path)
         # Every keyword the folder has known, in the order learned; it only grows,
@@ -316,6 +319,8 @@ class Folder:
             if self._staged:  # UIDs taken before any this sync hands out: theirs come first
                 self.publish_arrived()
             try:
+                if _identity(os.stat(self.index.path)) != self._index_id:
+                    raise FileNotFoundError(f"{self.index.path} was replaced")
                 listings = {sub: names for sub in SUBS
                             if (names := self._listing(sub, force)) is not None}
             except FileNotFoundError:  # deleted, or replaced by another directory
