@@ -31,6 +31,10 @@ differs from the one recorded. Two rules keep that honest:
 - Around our own renames the mtime is recorded before and after (_own_changes);
   a foreign change inside that same tick is the one thing this cannot see, so
   a full listing every five minutes (_RELIST_NS) bounds how long it can hide.
+The index keeps what each listing saw (directory identity, mtime, whether it
+had settled, when it was listed: Index.note_listed), so a restart whose
+directories are unchanged lists nothing either; the same two rules apply to
+that record, and a directory replaced meanwhile has another identity.
 
 A folder deleted, or deleted and made again, by another program (a second
 gateway, a restore, mbsync) is noticed by the same stats: new/ or cur/ is
@@ -140,6 +144,9 @@ class Folder:
         self._dirs = {sub: _identity(os.stat(self.path / sub)) for sub in SUBS}
         self.gone = False  # deleted or replaced on disk: never serve its data again
         self.index = Index(self.path, vanished_limit)
+        # The index file too: a directory made again may get the inode number the
+        # deleted one had (file systems reuse them), its index file is new anyway.
+        self._index_id = _identity(os.stat(self.index.path))
         self.uidvalidity = self.index.uidvalidity
         self.keywords = KeywordTable(self.path)
         # Every keyword the folder has known, in the order learned; it only grows,
@@ -147,22 +154,41 @@ class Folder:
         self.keyword_names: list[str] = []
         self._keyword_set: set[str] = set()
         self._learn(self.keywords.by_name)
-        self.by_uid: dict[int, Message] = {}
-        self.by_base: dict[str, Message] = {}
         # 100,000 messages share a few distinct sub, suffix, kw and modseq values:
         # one object each instead of one per message (SQLite makes a new one per row).
+        # (A first SELECT after a restart is this loop: locals, no attribute look-ups.)
         same: dict = {}
+        one = same.setdefault
+        by_uid: dict[int, Message] = {}
+        kws: dict[str, None] = {}  # distinct keyword strings, in UID order
         for uid, base, sub, suffix, kw, size, idate, modseq in self.index.rows():
-            m = Message(uid, base, same.setdefault(sub, sub), same.setdefault(suffix, suffix),
-                        same.setdefault(kw, kw), size, idate, same.setdefault(modseq, modseq))
-            self.by_uid[m.uid] = self.by_base[m.base] = m
-            if m.kw:
-                self._learn(m.kw.split(" "))
-        self.uids: list[int] = sorted(self.by_uid)
+            if kw:
+                kws[kw] = None
+            by_uid[uid] = Message(uid, base, one(sub, sub), one(suffix, suffix), one(kw, kw),
+                                  size, idate, one(modseq, modseq))
+        for kw in kws:
+            self._learn(kw.split(" "))
+        self.by_uid = by_uid
+        self._by_base: dict[str, Message] | None = None  # built when first asked
+        self.uids: list[int] = list(by_uid)  # rows() is in UID order
         self._snapshot: array[int] | None = None  # uids, shared by sessions (snapshot())
         self.in_new: set[int] = {m.uid for m in self.by_uid.values() if m.sub == "new"}
+        # What the last listing saw, if the index recorded it for these very
+        # directories: an unchanged one is not listed again (the rules of the
+        # module docstring apply to the record as to one taken in this process).
+        for sub, (dev, ino, mtime, stable, listed) in self.index.dirs_listed().items():
+            if (dev, ino) == self._dirs[sub]:
+                self._seen[sub], self._listed[sub] = (mtime, bool(stable)), listed
         self.sync()
         memtrim.after(len(self.uids))  # the rows and the listing were garbage
+
+    @property
+    def by_base(self) -> dict[str, Message]:
+        """Message by Maildir unique name; built on first use (a listing, a delivery),
+        not at open: a restart whose directories are unchanged never needs it."""
+        if self._by_base is None:
+            self._by_base = {m.base: m for m in self.by_uid.values()}
+        return self._by_base
 
     def snapshot(self) -> Sequence[int]:
         """The UIDs now, as one compact read-only array shared by every session that
@@ -293,6 +319,8 @@ class Folder:
             if self._staged:  # UIDs taken before any this sync hands out: theirs come first
                 self.publish_arrived()
             try:
+                if _identity(os.stat(self.index.path)) != self._index_id:
+                    raise FileNotFoundError(f"{self.index.path} was replaced")
                 listings = {sub: names for sub in SUBS
                             if (names := self._listing(sub, force)) is not None}
             except FileNotFoundError:  # deleted, or replaced by another directory
@@ -333,6 +361,9 @@ class Folder:
             self._bumped(self.index.update(
                 [(m.uid, m.sub, m.suffix, m.kw) for m, _, _ in changed], flagged), flagged)
             self._forget(gone)
+            for sub in listings:  # the rows match these listings now
+                mtime, stable = self._seen[sub]  # type: ignore[misc]
+                self.index.note_listed(sub, (*self._dirs[sub], mtime, stable, self._listed[sub]))
             if gone or flagged or added:
                 self._notify(gone, flagged, added, None)
             return bool(gone or changed or added)
@@ -352,14 +383,19 @@ class Folder:
                 continue  # moved again while we looked: the next sync sees it
             entries.append((st.st_mtime_ns, base, sub, suffix, st.st_size))
         entries.sort()  # UIDs in arrival order; the unique name breaks ties
-        kws = [self._kw_of(x) for _, _, _, x, _ in entries]
-        uids = self.index.add([(b, s, x, kw, size, mt // 1_000_000_000)
-                               for (mt, b, s, x, size), kw in zip(entries, kws, strict=True)],
-                              synced)
+        # A folder has few distinct infos (":2,S", ":2,RS" ...): their keywords are
+        # worked out once each, not once per message (a first SELECT of 100,000).
+        kw_of: dict[str, str] = {}
+        rows = []
+        for mt, base, sub, suffix, size in entries:
+            kw = kw_of.get(suffix)
+            if kw is None:
+                kw = kw_of[suffix] = self._kw_of(suffix)
+            rows.append((base, sub, suffix, kw, size, mt // 1_000_000_000))
+        uids = self.index.add(rows, synced)
         modseq = self.index.highestmodseq
-        return [Message(uid, base, sub, suffix, kw, size, mt // 1_000_000_000, modseq)
-                for uid, (mt, base, sub, suffix, size), kw in zip(uids, entries, kws,
-                                                                   strict=True)]
+        return [Message(uid, base, sub, suffix, kw, size, idate, modseq)
+                for uid, (base, sub, suffix, kw, size, idate) in zip(uids, rows, strict=True)]
 
     def _bumped(self, modseq: int | None, uids: Iterable[int]) -> None:
         """The in-memory side of Index.update(..., flagged): their new modseq."""
@@ -396,13 +432,28 @@ class Folder:
                 self.keyword_names.append(name)
 
     def _publish(self, messages: list[Message]) -> list[int]:
-        for m in messages:
-            self._remember(m)
-        self.recent.update(m.uid for m in messages if m.sub == "new")
-        return [m.uid for m in messages]
+        """_remember() each of messages (UIDs ascending), in one pass: a first SELECT
+        publishes 100,000."""
+        if not messages:
+            return []
+        uids = [m.uid for m in messages]
+        if (self.uids and uids[0] < self.uids[-1]) or any(
+                a > b for a, b in zip(uids, uids[1:], strict=False)):
+            raise AssertionError("UIDs must grow")
+        self.by_uid.update(zip(uids, messages, strict=True))
+        if self._by_base is not None:  # else built from by_uid when first asked
+            self._by_base.update((m.base, m) for m in messages)
+        self.uids += uids
+        self._snapshot = None
+        fresh = [m.uid for m in messages if m.sub == "new"]
+        self.in_new.update(fresh)
+        self.recent.update(fresh)
+        return uids
 
     def _remember(self, m: Message) -> None:
-        self.by_uid[m.uid] = self.by_base[m.base] = m
+        self.by_uid[m.uid] = m
+        if self._by_base is not None:
+            self._by_base[m.base] = m
         if self.uids and m.uid < self.uids[-1]:
             raise AssertionError("UIDs must grow")
         self.uids.append(m.uid)
@@ -424,7 +475,8 @@ class Folder:
         gone = set(uids)
         for u in uids:
             m = self.by_uid.pop(u)
-            del self.by_base[m.base]
+            if self._by_base is not None:
+                del self._by_base[m.base]
             self.in_new.discard(u)
             self.recent.discard(u)
         self.uids = [u for u in self.uids if u not in gone]

@@ -14,6 +14,10 @@ have columns of their own (table fields), so such a SEARCH is one SQL scan
 SEARCH that needs them, as Dovecot fills its cache: indexing a message (a
 delivery, or SELECT of a folder never seen) stays one stat per file.
 
+Its meta table also records what the folder's last listing of new/ and cur/
+saw (dir.<sub>.* keys, note_listed()), so reopening an unchanged folder need
+not list 100,000 names.
+
 Mod-sequences (RFC 7162 CONDSTORE/QRESYNC): each message has a MODSEQ, set
 on arrival and raised whenever its flags or keywords change; HIGHESTMODSEQ
 (meta) is the largest ever given, raised by expunges too, and the table
@@ -347,6 +351,34 @@ class Index:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    # -- what the folder's directories looked like at the last listing ----------
+
+    _DIR_KEYS = ("dev", "ino", "mtime", "stable", "listed")
+
+    def dirs_listed(self) -> dict[str, tuple[int, int, int, int, int]]:
+        """sub -> (st_dev, st_ino, st_mtime_ns, stable, listed at, ns) as note_listed()
+        recorded them: a Folder opened again may skip listing a directory that has not
+        changed since (store/folder.py)."""
+        got = dict(self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'dir.%'"))
+        out = {}
+        for sub in ("new", "cur"):
+            values = [got.get(f"dir.{sub}.{k}") for k in self._DIR_KEYS]
+            if None not in values:
+                out[sub] = tuple(values)
+        return out  # type: ignore[return-value]
+
+    def note_listed(self, sub: str, record: tuple[int, int, int, int, int]) -> None:
+        """Record that the rows match directory sub as it was: (st_dev, st_ino,
+        st_mtime_ns, stable, listed at). Lost in a crash it costs one listing: no fsync."""
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        [(f"dir.{sub}.{k}", int(v))
+                         for k, v in zip(self._DIR_KEYS, record, strict=True)])
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
 
     # -- the parse cache ------------------------------------------------------
 

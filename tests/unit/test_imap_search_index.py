@@ -41,6 +41,8 @@ HEADS = [
     b"From: Plain Words Name <pw@example.org>\r\nTo: , trailing@example.org,\r\n\r\n",
     b"\r\nFrom: not-a-header@example.org\r\n",
     b"From: a@b.example\r\nX-Long: " + b"y" * 9000 + b"\r\nSubject: past 8 KiB\r\n\r\n",
+    b"From: Folded Name\n <folded@example.org>\nTo:   \n\tspaced@example.org  \n"
+    b"Date: Mon, 01 Jan\n 2024 10:00:00 +0000\n\n",
 ]
 
 
@@ -52,6 +54,20 @@ def test_fast_fields_agree_with_the_exact_definition(head):
     assert searchfields.of_head(head + b"body text\r\n") == exact
     old = summarize_header(head)  # the old path's search fields
     assert exact == (old.sfrom, old.sto, old.scc, old.sbcc, old.ssubject, old.sent_day)
+
+
+def test_an_address_value_is_parsed_once_and_the_memo_stays_bounded(monkeypatch):
+    parsed: list[bytes] = []
+    real = searchfields._parse_addresses
+    monkeypatch.setattr(searchfields, "_parse_addresses", lambda v: parsed.append(v) or real(v))
+    monkeypatch.setattr(searchfields, "_texts", {})
+    monkeypatch.setattr(searchfields, "_TEXTS_MAX", 3)
+    head = b"From: Dana <dana@example.org>\nTo: alice@example.test\n\n"
+    assert searchfields.of_head(head) == searchfields.of_head(head)
+    assert parsed == [b"dana <dana@example.org>", b"alice@example.test"]
+    for n in range(10):
+        assert searchfields.of_head(b"From: s%d@example.org\n\n" % n)[0] == b"s%d@example.org" % n
+    assert len(searchfields._texts) <= 3
 
 
 @pytest.fixture

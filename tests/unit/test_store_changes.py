@@ -237,3 +237,53 @@ def test_a_folder_with_deliveries_not_yet_indexed_stays_in_the_registry(tmp_path
     inbox.publish_arrived()
     folders.open("Drafts")
     assert registry.get(root) is None  # idle again: evicted as before
+
+
+def reopen(root):
+    """The folder as a restarted gateway opens it: a new Folder on the same index."""
+    folder = folder_mod.Folder(root, lambda call: None)
+    folder.close()
+    return folder
+
+
+def test_a_restart_lists_only_the_directories_changed_while_it_was_down(store, listings):
+    root = big_inbox(store, 50)
+    for sub in ("new", "cur"):
+        os.utime(root / sub, (1, 1))  # old mtimes: the listing is trusted
+    first = reopen(root)
+    assert sorted(listings) == [str(root / "cur"), str(root / "new")]
+    listings.clear()
+    again = reopen(root)
+    assert listings == []  # the index recorded what the listing saw
+    assert list(again.uids) == list(first.uids) and again.uidvalidity == first.uidvalidity
+    # While it is down, mutt marks a message answered, another MDA delivers.
+    os.rename(root / "cur" / "OLD000007:2,S", root / "cur" / "OLD000007:2,RS")
+    (root / "new" / "OTHER").write_bytes(b"Subject: other\r\n\r\n")
+    os.utime(root / "new", (6, 6))
+    os.utime(root / "cur", (5, 5))
+    listings.clear()
+    third = reopen(root)
+    assert sorted(listings) == [str(root / "cur"), str(root / "new")]
+    assert third.by_uid[8].flags() == ["\\Answered", "\\Seen"]
+    assert third.by_uid[third.uids[-1]].base == "OTHER" and len(third.uids) == 51
+
+
+def test_a_restart_lists_a_directory_replaced_or_not_listed_for_five_minutes(
+        store, listings, monkeypatch):
+    root = big_inbox(store, 5)
+    for sub in ("new", "cur"):
+        os.utime(root / sub, (1, 1))
+    reopen(root)
+    # Another directory with the same mtime (a restore): its identity tells.
+    os.rename(root / "cur", root / "cur.old")
+    (root / "cur").mkdir()
+    (root / "cur.old" / "OLD000001:2,S").rename(root / "cur" / "OLD000001:2,S")
+    os.utime(root / "cur", (1, 1))
+    listings.clear()
+    assert reopen(root).uids == [2] and listings == [str(root / "cur")]
+    # The record of a listing more than five minutes old is not trusted either.
+    now = folder_mod._now_ns()
+    monkeypatch.setattr(folder_mod, "_now_ns", lambda: now + 301_000_000_000)
+    listings.clear()
+    assert len(reopen(root).uids) == 1
+    assert sorted(listings) == [str(root / "cur"), str(root / "new")]

@@ -74,39 +74,60 @@ def of_head(head: bytes) -> Fields:
     # its colon, a first line that is a continuation, 8-bit bytes or a bare CR
     # (a line end to Part) go to the exact path.
     if not head.isascii() or b" :" in low or b"\t:" in low or head[:1] in (b" ", b"\t") \
-            or head.count(b"\r") != head.count(b"\r\n"):
+            or (b"\r" in head and head.count(b"\r") != head.count(b"\r\n")):
         return _exact(head)
     if b"=?" not in low:  # all is case-folded in the end: read the lower-case copy
         found = _FIELD.findall(b"\n" + low)
     else:  # encoded words (base64 is case-sensitive): the values as written
         found = [(m.group(1), head[m.start(2) - 1:m.end(2) - 1])
                  for m in _FIELD.finditer(b"\n" + low)]
-    values = {}
-    for name, value in reversed(found):  # the first field of each name counts
-        values[name] = (_UNFOLD.sub(b"", value) if b"\n" in value else value).strip()
-    out: list[bytes] = []
-    for name in (b"from", b"to", b"cc", b"bcc"):
-        text = _address_text(values.get(name))
-        if text is None:
-            return _exact(head)
-        out.append(text)
-    subject = values.get(b"subject", b"")
-    out.append(subject.lower() if b"=?" not in subject  # ASCII: lower() is casefold()
-               else message.decoded(subject).encode("utf-8", "surrogatepass"))
-    day = _sent_day(values.get(b"date"))
-    if day is None:
+    values = dict(reversed(found))  # the first field of each name counts (raw values)
+    get = values.get
+    sfrom, sto, scc, sbcc = (_address_text(get(b"from")), _address_text(get(b"to")),
+                             _address_text(get(b"cc")), _address_text(get(b"bcc")))
+    day = _sent_day(get(b"date"))
+    if sfrom is None or sto is None or scc is None or sbcc is None or day is None:
         return _exact(head)
-    return (*out, day)  # type: ignore[return-value]
+    subject = get(b"subject")
+    if subject is None:
+        subject = b""
+    else:
+        subject = _clean(subject)
+        subject = subject.lower() if b"=?" not in subject \
+            else message.decoded(subject).encode("utf-8", "surrogatepass")
+    return sfrom, sto, scc, sbcc, subject, day  # ASCII: lower() above is casefold()
+
+
+def _clean(value: bytes) -> bytes:
+    """A field's raw value unfolded (RFC 5322 2.2.3) and stripped."""
+    return (_UNFOLD.sub(b"", value) if b"\n" in value else value).strip()
 
 
 def _exact(head: bytes) -> Fields:
     return of_part(message.Part(head, 0, len(head), "text/plain", message.MAX_DEPTH))
 
 
+_texts: dict[bytes, bytes | None] = {}  # field value -> _address_text; cleared when full
+_TEXTS_MAX = 50_000
+
+
 def _address_text(value: bytes | None) -> bytes | None:
-    """message.address_text of a field of plain addresses; None when it is not plain."""
-    if not value:
+    """message.address_text of a field of plain addresses; None when it is not plain.
+    The same values come again and again (To: the mailbox's owner, a few hundred
+    correspondents): each raw value is worked out once."""
+    if value is None:
         return b""
+    text = _texts.get(value, _texts)
+    if text is not _texts:
+        return text  # type: ignore[return-value]
+    if len(_texts) >= _TEXTS_MAX:
+        _texts.clear()
+    clean = _clean(value)
+    text = _texts[value] = _parse_addresses(clean) if clean else b""
+    return text
+
+
+def _parse_addresses(value: bytes) -> bytes | None:
     if b"," not in value:  # one address, the common case
         m = _ANGLE.fullmatch(value)
         if m is not None and m.group(1) is not None and b"=?" not in value:
@@ -138,7 +159,7 @@ def _sent_day(value: bytes | None) -> int | None:
     """message.sent_day of a Date value in the common form; None for any other form."""
     if value is None:
         return -1
-    m = _DATE.fullmatch(value)
+    m = _DATE.fullmatch(_clean(value))
     if m is None:
         return None
     month = _MONTHS.get(m.group(2).lower())
