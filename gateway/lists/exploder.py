@@ -293,10 +293,15 @@ class ListTarget:
                 log.warn("list {list} gone: approved post {id} dropped", list=post.list,
                          id=post.held_id)
             else:
-                yield self.memory.run(self._cost(mlist, len(post.message)), self.explode,
-                                      mlist, post.sender, post.message,
-                                      "H" + post.held_id.upper()[:31])
+                # Read within the budget, as a list message from the queue (issue 11).
+                yield self.memory.run(self._cost(mlist, post.size), self._explode_approved,
+                                      mlist, post)
             yield self.run_blocking(outbox.done, post)
+
+    @defer.inlineCallbacks
+    def _explode_approved(self, mlist: MailingList, post: outbox.OutboxPost):
+        message = yield self.run_blocking(outbox.read, post)
+        yield self.explode(mlist, post.sender, message, "H" + post.held_id.upper()[:31])
 
     # --- queueing what the list says ----------------------------------------------------
 

@@ -20,6 +20,11 @@ crash at any moment loses no approved post:
 File format: one line of JSON {"list": ..., "sender": ..., "held_id": ...},
 "\\n", then the message bytes exactly as held.
 Blocking (fsync): call it from a pool thread in the gateway.
+
+pending() reads only each post's first line (issue 11): a waiting post is its
+size, and the exploder reads the message (read()) once the [queue]
+whole_message_memory budget (gateway/budget.py) lets it, as for any list post,
+so many large approvals at once are never all in memory together.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from gateway.durable import fsync_dir, write_synced
 from gateway.lists.store import Held, ListStore
 
 SUFFIX = ".post"
+# The JSON line before the message: three addresses, far below this.
+MAX_HEAD = 64 * 1024
 
 log = Logger()
 
@@ -45,7 +52,8 @@ class OutboxPost:
     held_id: str
     list: str
     sender: str
-    message: bytes
+    size: int  # the message's, in octets
+    offset: int  # where the message starts in the file (after the JSON line)
 
 
 def outbox_dir(root: Path) -> Path:
@@ -80,17 +88,27 @@ def pending(root: Path) -> list[OutboxPost]:
         return []
     posts = []
     for entry in sorted(entries, key=lambda e: e.stat().st_mtime_ns):
-        data = Path(entry.path).read_bytes()
-        head, _, message = data.partition(b"\n")
+        with open(entry.path, "rb") as f:
+            head = f.readline(MAX_HEAD)
+            size = os.fstat(f.fileno()).st_size - len(head)
         try:
+            if not head.endswith(b"\n"):
+                raise ValueError("no JSON line")
             meta = json.loads(head)
             posts.append(OutboxPost(Path(entry.path), str(meta["held_id"]), str(meta["list"]),
-                                    str(meta["sender"]), message))
+                                    str(meta["sender"]), size, len(head)))
         except (ValueError, KeyError, TypeError):
             log.error("lists outbox: {path} is not an approved post; renamed to .bad",
                       path=entry.path)
             os.rename(entry.path, entry.path + ".bad")
     return posts
+
+
+def read(post: OutboxPost) -> bytes:
+    """The post's message, exactly as held: call it within the memory budget."""
+    with open(post.path, "rb") as f:
+        f.seek(post.offset)
+        return f.read()
 
 
 def done(post: OutboxPost) -> None:

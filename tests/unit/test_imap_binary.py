@@ -127,3 +127,17 @@ def test_to_base64_rewrites_binary_parts_only(tmp_path):
                     b"--x\r\nContent-Transfer-Encoding: base64\r\n\r\nAAA=\r\n"
                     b"--x\r\nContent-Type: text/plain\r\n\r\nkeep\r\n--x--\r\n")
     assert upload.size == len(data)
+
+
+@pytest.mark.parametrize("plus", [b"", b"+"])
+def test_append_literal_with_nul_is_refused(s, plus):
+    """RFC 3501 4.3 / RFC 9051 4.3: a literal is CHAR8, NUL excluded (a literal8 may hold it)."""
+    msg = b"Subject: nul\r\n\r\nbad\x00byte\r\n"
+    if not plus:
+        assert s(b"APPEND INBOX {%d}" % len(msg), expect=None).startswith(b"+ ")
+        out = s.raw(msg + b"\r\n")
+    else:
+        out = s.raw(b"x1 APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    assert re.search(rb"(a\d+|x1) BAD NUL octet in a literal", out), out
+    assert b" OK" not in out, out
+    assert b"* 1 EXISTS" in s("SELECT INBOX")  # nothing appended, and the session goes on

@@ -273,3 +273,37 @@ def test_personal_copies_are_made_a_batch_at_a_time_within_the_memory_budget(tmp
     assert len(listener.ids) == 23 and sum(batches) == 23
     assert max(batches) == 3  # 64 KiB // (4 x ~5 KB), not every member at once
     assert target.memory.peak <= 64 * 1024 and target.memory.in_use == 0
+
+
+def test_approved_posts_are_read_one_at_a_time_within_the_memory_budget(tmp_path):
+    """Issue 11: the outbox pass reads an approved post when the [queue]
+    whole_message_memory budget lets it explode, not every waiting post at once."""
+    import tracemalloc
+
+    from gateway.budget import ByteBudget
+    from gateway.lists import outbox
+
+    store, spool, listener, target = rig(tmp_path)
+    size = 2 * 1024 * 1024
+    for n in range(6):
+        body = b"From: stranger@remote.test\r\nSubject: big\r\n\r\n" + b"z" * size
+        held_id = store.hold(LIST, "stranger@remote.test", body, "not a member", float(n))
+        assert outbox.release(store, held_id) is not None
+    target.memory = ByteBudget(4 * size)  # one post's cost (3 copies) at a time
+    exploded = []
+
+    def explode(mlist, author, message, queue_id):
+        exploded.append(len(message))  # held only while it is exploded
+        return defer.succeed(None)
+
+    target.explode = explode
+    tracemalloc.start()
+    try:
+        results = []
+        target.poll_outbox().addBoth(results.append)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert results == [None] and len(exploded) == 6
+    assert peak < 3 * size, peak  # one post (and its read's copy), not six
+    assert outbox.pending(store.root) == [] and target.memory.in_use == 0

@@ -97,7 +97,7 @@ def test_held_approve_reject(conf, capsys, tmp_path):
     assert rows[0]["subject"] == "héllo" and rows[0]["size"] == len(post)
     assert run(conf, "approve", first) == 0
     [waiting] = outbox.pending(tmp_path / "lists")
-    assert (waiting.held_id, waiting.list, waiting.message) == (first, LIST, post)
+    assert (waiting.held_id, waiting.list, outbox.read(waiting)) == (first, LIST, post)
     assert run(conf, "approve", first) == 1  # once only
     assert run(conf, "reject", second) == 0
     assert store.held(LIST) == [] and len(outbox.pending(tmp_path / "lists")) == 1

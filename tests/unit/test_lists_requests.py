@@ -180,7 +180,7 @@ def test_a_moderators_plain_reply_approves_into_the_outbox(store, tmp_path):
     assert result.release == [("eve@example.org", post)]
     assert store.get_held(held_id) is None
     [waiting] = outbox.pending(store.root)
-    assert (waiting.held_id, waiting.list, waiting.sender, waiting.message) == (
+    assert (waiting.held_id, waiting.list, waiting.sender, outbox.read(waiting)) == (
         held_id, LIST, "eve@example.org", post)
     outbox.done(waiting)
     assert outbox.pending(store.root) == []

@@ -119,6 +119,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self._sink: Any = None  # bytearray or open file of the literal being read
         self._left = 0  # octets of that literal still to come
         self._sink_binary = False  # that literal is a literal8 (RFC 3516)
+        self._sink_nul = False  # that literal (not a literal8) held a NUL: refused at its end
         self._discard = 0  # octets of a refused LITERAL+ still to skip
         self._refused: bytes | None = None  # reply for a command whose literal was refused
         self._busy = self._gone = False
@@ -318,9 +319,9 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             path = self.account.upload_path()
             self._sink = open(path, "wb")  # noqa: SIM115  closed in _literal_end
             self._uploads.add(str(path))
-            self._sink_binary = binary
         else:
             self._sink = bytearray()
+        self._sink_binary, self._sink_nul = binary, False
         self._left = size
         if not plus:
             self.sendContinuationRequest(b"Ready for literal data")
@@ -344,6 +345,10 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
                 self.setLineMode(data[n:])
             return
         chunk, rest = data[:self._left], data[self._left:]
+        # RFC 3501 4.3 / RFC 9051 4.3: a literal is CHAR8, NUL excluded; only a literal8
+        # (RFC 3516) may hold one. Read on to the literal's end, then refuse the command.
+        if not self._sink_binary and b"\0" in chunk:
+            self._sink_nul = True
         self._sink.write(chunk) if not isinstance(self._sink, bytearray) else \
             self._sink.extend(chunk)
         self._left -= len(chunk)
@@ -361,6 +366,13 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             size = sink.tell()
             sink.close()
             self._pieces.append(Upload(sink.name, size, self._sink_binary))
+        if self._sink_nul:  # as Dovecot: BAD, and the rest of the command is skipped
+            pieces, self._pieces, self._sink_nul = self._pieces, [], False
+            self._release_uploads(pieces)
+            head = pieces[0].split(None, 1) if pieces and isinstance(pieces[0], bytes) else []
+            self._refused = head[0] if head else b"*"
+            self.bad(self._refused, "NUL octet in a literal: only a literal8 (~{n}) may hold "
+                     "one (RFC 3516)")
         self.setLineMode(rest)
 
     def _drop_literal(self) -> None:
