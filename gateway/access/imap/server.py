@@ -132,6 +132,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.account: Any = None
         self.view: Any = None
         self.condstore = self.qresync = False  # RFC 7162, once enabled (commands.py)
+        self.rev2 = False  # RFC 9051, once ENABLE IMAP4rev2 (commands.py)
         self._inflater: Inflater | None = None  # RFC 4978, once COMPRESS DEFLATE is on
         # Reading pauses through LineReceiver's own pause (input already read waits).
         self.pacer = Pacer(self._read_paused, self._read_resumed)
@@ -149,8 +150,10 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def listCapabilities(self) -> list[bytes]:
         # Only what works (Twisted's advertises AUTH=LOGIN/PLAIN only after STARTTLS
         # and nothing of the extensions below).
-        caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
-                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
+        # IMAP4rev2 (RFC 9051) beside IMAP4rev1: rev1 until the client enables rev2.
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE",
+                b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN",
+                b"SPECIAL-USE", b"CONDSTORE",
                 b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"COMPRESS=DEFLATE",
                 b"BINARY", b"ESEARCH", b"SEARCHRES", b"SORT", b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES", b"LIST-EXTENDED", b"LIST-STATUS"]
