@@ -118,3 +118,13 @@ def test_rev2_keywords_of_rfc9051_are_kept(factory):
     out = s("STORE 1 +FLAGS ($Junk $Phishing $MDNSent $NotJunk)")
     assert b"$Junk" in out and b"$Phishing" in out
     assert b"$Phishing" in s("FETCH 1 FLAGS")
+
+
+def test_rev2_new_folder_names_must_be_net_unicode(factory):
+    s = session(factory, rev2=True)
+    decomposed = "Entwu\u0308rfe".encode()  # u + combining diaeresis: not NFC
+    s(b'CREATE "' + decomposed + b'"', expect=b"NO [CANNOT]")
+    s(b'CREATE "a\xc2\x85b"', expect=b"NO [CANNOT]")  # U+0085, a C1 control
+    s("CREATE plain")
+    s(b'RENAME plain "' + decomposed + b'"', expect=b"NO [CANNOT]")
+    s('RENAME plain "Entw\xc3\xbcrfe"'.encode("latin-1"))

@@ -11,6 +11,8 @@ work blocks on the disk, so it runs in the thread pool (account.py); answers com
 from __future__ import annotations
 
 import email.utils
+import re
+import unicodedata
 from typing import Any
 
 from twisted.internet import defer
@@ -47,6 +49,16 @@ def qresync_params(token: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
 
 def in_ranges(uid: int, ranges: list[tuple[int, int]] | None) -> bool:
     return ranges is None or any(lo <= uid <= hi for lo, hi in ranges)
+
+
+# RFC 5198 Net-Unicode forbids C0 and C1 controls and DEL (RFC 9051 6.3.4 wants new
+# folder names in it).
+_NOT_NET_UNICODE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def net_unicode(name: str) -> bool:
+    """A name in Net-Unicode (RFC 5198): NFC and no control characters."""
+    return not _NOT_NET_UNICODE.search(name) and unicodedata.is_normalized("NFC", name)
 
 
 def flag_list(token: Any) -> list[str]:
@@ -189,6 +201,15 @@ class AuthenticatedCommands:
     def _name(self, token: Any) -> str:
         return wire.decode_mailbox(wire.astring(token, "folder name"), self.rev2)
 
+    def _new_name(self, token: Any) -> str:
+        """A name for a folder CREATE or RENAME makes. In an IMAP4rev2 session it must be
+        Net-Unicode (RFC 9051 6.3.4: reject or normalise; here rejected, so the client
+        never has to learn the name was changed)."""
+        name = self._name(token)
+        if self.rev2 and not net_unicode(name):
+            raise No("[CANNOT] Folder name is not Net-Unicode (RFC 5198: NFC, no controls)")
+        return name
+
     def _mailbox(self, name: str) -> bytes:
         """A folder name on the wire: modified UTF-7, UTF-8 once IMAP4rev2 is on."""
         return wire.mailbox_name(name, self.rev2)
@@ -198,7 +219,7 @@ class AuthenticatedCommands:
 
     def do_CREATE(self, tag: bytes, args: list, uid: bool) -> Any:
         wire.arity(args, 1)
-        return self._simple(self.account.create, self._name(args[0])).addCallback(
+        return self._simple(self.account.create, self._new_name(args[0])).addCallback(
             lambda _: b"CREATE completed")
 
     def do_DELETE(self, tag: bytes, args: list, uid: bool) -> Any:
@@ -209,7 +230,7 @@ class AuthenticatedCommands:
     def do_RENAME(self, tag: bytes, args: list, uid: bool) -> Any:
         wire.arity(args, 2)
         return self._simple(self.account.rename, self._name(args[0]),
-                            self._name(args[1])).addCallback(lambda _: b"RENAME completed")
+                            self._new_name(args[1])).addCallback(lambda _: b"RENAME completed")
 
     def do_SUBSCRIBE(self, tag: bytes, args: list, uid: bool, on: bool = True) -> Any:
         wire.arity(args, 1)
