@@ -4,8 +4,14 @@ A mixin of server.IMAPServer. RFC 3501 6.3, RFC 2177 (IDLE), RFC 2342
 (NAMESPACE), RFC 5161 (ENABLE), RFC 4315 (APPENDUID), RFC 6154 (SPECIAL-USE
 attributes in LIST), RFC 3348 (CHILDREN), RFC 7162 (SELECT (CONDSTORE), SELECT
 (QRESYNC ...) with VANISHED (EARLIER), STATUS HIGHESTMODSEQ, ENABLE CONDSTORE
-and QRESYNC), RFC 5258 and 5819 (LIST-EXTENDED, LIST-STATUS: listext.py). Folder
-work blocks on the disk, so it runs in the thread pool (account.py); answers come back here.
+and QRESYNC), RFC 5258 and 5819 (LIST-EXTENDED, LIST-STATUS: listext.py).
+RFC 9051: after ENABLE IMAP4rev2 (self.rev2) folder names are UTF-8 on the wire
+(new ones Net-Unicode), SELECT sends a LIST response and neither RECENT nor
+[UNSEEN], STATUS knows DELETED, DELETE of a parent-only name says [HASCHILDREN];
+SEARCH answers with ESEARCH (selected.py) and \\Recent is gone (mailbox.py). A
+rev1 session (no ENABLE) is answered as RFC 3501 says.
+Folder work blocks on the disk, so it runs in the thread pool (account.py); answers come
+back here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""IMAP4rev1 server (RFC 3501). access: mail clients read and file the Maildirs.
+"""IMAP4rev1 server (RFC 3501), IMAP4rev2 (RFC 9051) for a session that enables it
+(commands.py do_ENABLE). access: mail clients read and file the Maildirs.
 
 A client connects (plaintext, after STARTTLS, or through tlsfront), logs in
 against the IUserDirectory, and works on its folders through account.py
