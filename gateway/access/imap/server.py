@@ -152,6 +152,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         # Only what works (Twisted's advertises AUTH=LOGIN/PLAIN only after STARTTLS
         # and nothing of the extensions below).
         # IMAP4rev2 (RFC 9051) beside IMAP4rev1: rev1 until the client enables rev2.
+        # No LITERAL-: LITERAL+ allows more, and RFC 7888 5 forbids advertising both.
         caps = [b"IMAP4rev1", b"IMAP4rev2", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE",
                 b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN",
                 b"SPECIAL-USE", b"CONDSTORE",
