@@ -218,12 +218,18 @@ class Account:
         if not made:
             raise No("[ALREADYEXISTS] Folder already exists")
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, tell_children: bool = False) -> None:
+        """tell_children: NO [HASCHILDREN] for a name that is no folder but has folders
+        below it (RFC 9051 6.3.5, 7.1; an IMAP4rev2 session) instead of [NONEXISTENT]."""
         if canonical(name) == "INBOX":
             raise No("[CANNOT] INBOX cannot be deleted")
         self.shared.refuse_change(name, "DELETE", new=False)
         try:
             if not self.folders.delete(name):
+                below = canonical(name).rstrip(DELIMITER) + DELIMITER
+                if tell_children and any(n.startswith(below) for n in self.folders.names()):
+                    raise No("[HASCHILDREN] Only the folders below it exist; delete them "
+                             "first")
                 raise No("[NONEXISTENT] No such folder")
         except FolderNameError as e:
             raise No(f"[CANNOT] {e}") from e
@@ -270,7 +276,9 @@ class Account:
                   "UIDNEXT": lambda: folder.uidnext, "UIDVALIDITY": lambda: folder.uidvalidity,
                   "UNSEEN": folder.unseen, "HIGHESTMODSEQ": lambda: folder.highestmodseq,
                   # RFC 8438 STATUS=SIZE: the sum of RFC822.SIZE, from the index alone.
-                  "SIZE": lambda: sum(m.size for m in folder.by_uid.values())}
+                  "SIZE": lambda: sum(m.size for m in folder.by_uid.values()),
+                  # RFC 9051 6.3.11 (IMAP4rev2): the messages marked \Deleted.
+                  "DELETED": lambda: sum("T" in m.letters for m in folder.by_uid.values())}
         with folder.lock:
             return [(item, values[item]()) for item in items]
 

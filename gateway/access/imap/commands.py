@@ -4,13 +4,21 @@ A mixin of server.IMAPServer. RFC 3501 6.3, RFC 2177 (IDLE), RFC 2342
 (NAMESPACE), RFC 5161 (ENABLE), RFC 4315 (APPENDUID), RFC 6154 (SPECIAL-USE
 attributes in LIST), RFC 3348 (CHILDREN), RFC 7162 (SELECT (CONDSTORE), SELECT
 (QRESYNC ...) with VANISHED (EARLIER), STATUS HIGHESTMODSEQ, ENABLE CONDSTORE
-and QRESYNC), RFC 5258 and 5819 (LIST-EXTENDED, LIST-STATUS: listext.py). Folder
-work blocks on the disk, so it runs in the thread pool (account.py); answers come back here.
+and QRESYNC), RFC 5258 and 5819 (LIST-EXTENDED, LIST-STATUS: listext.py).
+RFC 9051: after ENABLE IMAP4rev2 (self.rev2) folder names are UTF-8 on the wire
+(new ones Net-Unicode), SELECT sends a LIST response and neither RECENT nor
+[UNSEEN], STATUS knows DELETED, DELETE of a parent-only name says [HASCHILDREN];
+SEARCH answers with ESEARCH (selected.py) and \\Recent is gone (mailbox.py). A
+rev1 session (no ENABLE) is answered as RFC 3501 says.
+Folder work blocks on the disk, so it runs in the thread pool (account.py); answers come
+back here.
 """
 
 from __future__ import annotations
 
 import email.utils
+import re
+import unicodedata
 from typing import Any
 
 from twisted.internet import defer
@@ -18,11 +26,13 @@ from twisted.internet import defer
 from gateway.access.imap import binary, listext, wire
 from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
-from gateway.store.folders import DELIMITER
+from gateway.store.folders import DELIMITER, canonical
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
-                "SIZE")
-ENABLE_NAMES = ("CONDSTORE", "QRESYNC")  # RFC 5161 names this server can enable
+                "SIZE", "DELETED")
+REV2_STATUS_ITEMS = ("DELETED",)  # RFC 9051 6.3.11: only in an IMAP4rev2 session
+# RFC 5161 names this server can enable, upper case -> as ENABLED spells them.
+ENABLE_NAMES = {"CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC", "IMAP4REV2": "IMAP4rev2"}
 
 
 def qresync_params(token: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
@@ -45,6 +55,16 @@ def qresync_params(token: Any) -> tuple[int, int, list[tuple[int, int]] | None]:
 
 def in_ranges(uid: int, ranges: list[tuple[int, int]] | None) -> bool:
     return ranges is None or any(lo <= uid <= hi for lo, hi in ranges)
+
+
+# RFC 5198 Net-Unicode forbids C0 and C1 controls and DEL (RFC 9051 6.3.4 wants new
+# folder names in it).
+_NOT_NET_UNICODE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def net_unicode(name: str) -> bool:
+    """A name in Net-Unicode (RFC 5198): NFC and no control characters."""
+    return not _NOT_NET_UNICODE.search(name) and unicodedata.is_normalized("NFC", name)
 
 
 def flag_list(token: Any) -> list[str]:
@@ -84,7 +104,7 @@ class AuthenticatedCommands:
 
     def do_SELECT(self, tag: bytes, args: list, uid: bool, readonly: bool = False) -> Any:
         wire.arity(args, 1, 2)
-        name = wire.decode_mailbox(wire.astring(args[0], "folder name"))
+        name = self._name(args[0])
         qresync = None
         if len(args) == 2:  # RFC 4466 select-params: (CONDSTORE) or (QRESYNC (...))
             params = args[1] if isinstance(args[1], list) else [args[1]]
@@ -105,7 +125,7 @@ class AuthenticatedCommands:
 
         def make(folder: Any, readonly: bool) -> View:
             view = View(folder, name, readonly, self.view_woken, self.settings)
-            view.condstore, view.qresync = self.condstore, self.qresync
+            view.condstore, view.qresync, view.rev2 = self.condstore, self.qresync, self.rev2
             return view
 
         def work() -> tuple[View, int, int, list[bytes]]:
@@ -139,8 +159,13 @@ class AuthenticatedCommands:
             self.view, self.state = view, "select"
             ro = view.readonly  # EXAMINE, or SELECT of a list archive (shared.py)
             lines = [*view.flag_responses(),  # with every keyword of the folder
-                     b"* %d EXISTS" % len(view), b"* %d RECENT" % len(view.recent)]
-            if first_unseen:
+                     b"* %d EXISTS" % len(view)]
+            if self.rev2:  # RFC 9051 6.3.2: no RECENT; LIST gives the name as stored
+                lines.append(b'* LIST () "%s" %s' % (DELIMITER.encode(),
+                                                     self._mailbox(canonical(name))))
+            else:
+                lines.append(b"* %d RECENT" % len(view.recent))
+            if first_unseen and not self.rev2:  # RFC 9051 removed [UNSEEN] from SELECT
                 lines.append(b"* OK [UNSEEN %d] First unseen" % first_unseen)
             lines += [b"* OK [UIDVALIDITY %d] UIDs valid" % view.folder.uidvalidity,
                       b"* OK [UIDNEXT %d] Predicted next UID" % uidnext,
@@ -180,25 +205,38 @@ class AuthenticatedCommands:
     # -- folders ------------------------------------------------------------------
 
     def _name(self, token: Any) -> str:
-        return wire.decode_mailbox(wire.astring(token, "folder name"))
+        return wire.decode_mailbox(wire.astring(token, "folder name"), self.rev2)
+
+    def _new_name(self, token: Any) -> str:
+        """A name for a folder CREATE or RENAME makes. In an IMAP4rev2 session it must be
+        Net-Unicode (RFC 9051 6.3.4: reject or normalise; here rejected, so the client
+        never has to learn the name was changed)."""
+        name = self._name(token)
+        if self.rev2 and not net_unicode(name):
+            raise No("[CANNOT] Folder name is not Net-Unicode (RFC 5198: NFC, no controls)")
+        return name
+
+    def _mailbox(self, name: str) -> bytes:
+        """A folder name on the wire: modified UTF-7, UTF-8 once IMAP4rev2 is on."""
+        return wire.mailbox_name(name, self.rev2)
 
     def _simple(self, f, *args) -> defer.Deferred:
         return self.run_blocking(f, *args)
 
     def do_CREATE(self, tag: bytes, args: list, uid: bool) -> Any:
         wire.arity(args, 1)
-        return self._simple(self.account.create, self._name(args[0])).addCallback(
+        return self._simple(self.account.create, self._new_name(args[0])).addCallback(
             lambda _: b"CREATE completed")
 
     def do_DELETE(self, tag: bytes, args: list, uid: bool) -> Any:
         wire.arity(args, 1)
-        return self._simple(self.account.delete, self._name(args[0])).addCallback(
+        return self._simple(self.account.delete, self._name(args[0]), self.rev2).addCallback(
             lambda _: b"DELETE completed")
 
     def do_RENAME(self, tag: bytes, args: list, uid: bool) -> Any:
         wire.arity(args, 2)
         return self._simple(self.account.rename, self._name(args[0]),
-                            self._name(args[1])).addCallback(lambda _: b"RENAME completed")
+                            self._new_name(args[1])).addCallback(lambda _: b"RENAME completed")
 
     def do_SUBSCRIBE(self, tag: bytes, args: list, uid: bool, on: bool = True) -> Any:
         wire.arity(args, 1)
@@ -210,14 +248,14 @@ class AuthenticatedCommands:
 
     def do_LIST(self, tag: bytes, args: list, uid: bool, subscribed: bool = False) -> Any:
         if not subscribed:
-            request = listext.parse(args, STATUS_ITEMS)
+            request = listext.parse(args, self._status_items())
             if request.extended:
                 return self._list_extended(request)
         wire.arity(args, 2)
         verb = b"LSUB" if subscribed else b"LIST"
         raw = [wire.astring(t, "folder name") for t in args]
         try:
-            reference, pattern = wire.decode_mailbox(raw[0]), wire.decode_mailbox(raw[1])
+            reference, pattern = (wire.decode_mailbox(r, self.rev2) for r in raw)
         except No:
             # Not modified UTF-7 (RFC 3501 5.1.3), so no folder's name: nothing matches,
             # which is an empty answer, not an error (RFC 3501 6.3.8).
@@ -228,7 +266,7 @@ class AuthenticatedCommands:
 
         def listed(found: list[tuple[str, list[str]]]) -> bytes:
             out = [b'* %s (%s) "%s" %s\r\n' % (verb, " ".join(attrs).encode(),
-                                              DELIMITER.encode(), wire.mailbox_name(name))
+                                              DELIMITER.encode(), self._mailbox(name))
                    for name, attrs in found]
             self.transport.writeSequence(out)
             return verb + b" completed"
@@ -239,8 +277,8 @@ class AuthenticatedCommands:
     def _list_extended(self, req: listext.Request) -> Any:
         """LIST-EXTENDED and LIST-STATUS (listext.py)."""
         try:
-            reference = wire.decode_mailbox(req.reference)
-            patterns = [wire.decode_mailbox(p) for p in req.patterns]
+            reference = wire.decode_mailbox(req.reference, self.rev2)
+            patterns = [wire.decode_mailbox(p, self.rev2) for p in req.patterns]
         except No:  # not modified UTF-7: no folder's name, nothing matches (as LIST)
             return defer.succeed(b"LIST completed")
         if not any(patterns) and not req.subscribed:  # RFC 3501 6.3.8's special case
@@ -255,7 +293,7 @@ class AuthenticatedCommands:
                                                req.return_subscribed)
             out = []
             for name, attrs, childinfo in found:
-                out.append(listext.list_line(name, attrs, childinfo, DELIMITER))
+                out.append(listext.list_line(name, attrs, childinfo, DELIMITER, self.rev2))
                 if req.status and not {"\\Noselect", "\\NonExistent"} & set(attrs):
                     try:  # RFC 5819: STATUS after the mailbox's LIST line
                         values = self.account.status(name, req.status)
@@ -279,7 +317,7 @@ class AuthenticatedCommands:
         if not isinstance(args[1], list) or not args[1]:
             raise Bad("STATUS needs a list of items")
         items = [wire.atom(t, "status item").decode().upper() for t in args[1]]
-        if any(i not in STATUS_ITEMS for i in items):
+        if any(i not in self._status_items() for i in items):
             raise Bad("unknown STATUS item")
         if "HIGHESTMODSEQ" in items:
             self.enable_condstore()
@@ -290,10 +328,13 @@ class AuthenticatedCommands:
 
         return self._simple(self.account.status, name, items).addCallback(answer)
 
-    @staticmethod
-    def _status_line(name: str, values: list[tuple[str, int]]) -> bytes:
+    def _status_items(self) -> tuple[str, ...]:
+        return STATUS_ITEMS if self.rev2 else tuple(
+            i for i in STATUS_ITEMS if i not in REV2_STATUS_ITEMS)
+
+    def _status_line(self, name: str, values: list[tuple[str, int]]) -> bytes:
         body = " ".join(f"{k} {v}" for k, v in values).encode()
-        return b"STATUS " + wire.mailbox_name(name) + b" (" + body + b")"
+        return b"STATUS " + self._mailbox(name) + b" (" + body + b")"
 
     def do_NAMESPACE(self, tag: bytes, args: list, uid: bool) -> bytes:
         wire.arity(args, 0)
@@ -305,6 +346,8 @@ class AuthenticatedCommands:
     def do_ENABLE(self, tag: bytes, args: list, uid: bool) -> bytes:
         # RFC 5161: ENABLED names what this command turned on; names unknown or
         # already on are left out. RFC 7162 3.2.3: QRESYNC turns CONDSTORE on too.
+        # RFC 9051 6.3.1: IMAP4rev2 switches the session to rev2 (UTF-8 folder names,
+        # no \Recent, SEARCH answered with ESEARCH).
         if not args:
             raise Bad("ENABLE needs capability names")
         names = [wire.atom(a, "capability name").decode("ascii", "replace").upper()
@@ -317,6 +360,9 @@ class AuthenticatedCommands:
             elif name == "CONDSTORE" and not self.condstore:
                 self.condstore = True
                 enabled.append(name)
+            elif name == "IMAP4REV2" and not self.rev2:
+                self.rev2 = True
+                enabled.append(ENABLE_NAMES[name])
         self.sendUntaggedResponse(" ".join(["ENABLED", *enabled]).encode())
         return b"ENABLE completed"
 
@@ -335,9 +381,9 @@ class AuthenticatedCommands:
 
         def answer(usage) -> bytes:
             if usage is None:
-                self.sendUntaggedResponse(b"QUOTAROOT " + wire.mailbox_name(name))
+                self.sendUntaggedResponse(b"QUOTAROOT " + self._mailbox(name))
             else:
-                self.sendUntaggedResponse(b"QUOTAROOT " + wire.mailbox_name(name) + b' ""')
+                self.sendUntaggedResponse(b"QUOTAROOT " + self._mailbox(name) + b' ""')
                 self.sendUntaggedResponse(self._quota_line(usage))
             return b"GETQUOTAROOT completed"
 

@@ -89,8 +89,10 @@ def parse(args: list, status_items: tuple[str, ...]) -> Request:
     return req
 
 
-def list_line(name: str, attrs: list[str], childinfo: bool, delimiter: str) -> bytes:
-    """One LIST response; CHILDINFO as RFC 5258 3.5's extended data."""
+def list_line(name: str, attrs: list[str], childinfo: bool, delimiter: str,
+              utf8: bool = False) -> bytes:
+    """One LIST response; CHILDINFO as RFC 5258 3.5's extended data; the name in
+    UTF-8 when utf8 (an IMAP4rev2 session, RFC 9051 5.1)."""
     tail = b' ("CHILDINFO" ("SUBSCRIBED"))' if childinfo else b""
     return b'* LIST (%s) "%s" %s%s\r\n' % (" ".join(attrs).encode(), delimiter.encode(),
-                                         wire.mailbox_name(name), tail)
+                                         wire.mailbox_name(name, utf8), tail)

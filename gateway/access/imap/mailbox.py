@@ -53,6 +53,7 @@ class View:
         self.announced = 0  # how many of folder.keyword_names FLAGS has told
         self.condstore = False  # RFC 7162: MODSEQ in flag updates
         self.qresync = False  # RFC 7162: VANISHED instead of EXPUNGE
+        self.rev2 = False  # RFC 9051: an IMAP4rev2 session knows no \Recent
         # RFC 5182 SEARCHRES: the UIDs SEARCH RETURN (SAVE) kept, "$" in later commands.
         # Per selection (a new SELECT starts empty, 2.1); expunged ones drop out of it
         # when it is used, since only UIDs still in this view are looked up.
@@ -87,7 +88,7 @@ class View:
         session has seen, so no other session gets them; EXAMINE shows them without
         claiming, as it must not change the mailbox (RFC 3501 6.3.2)."""
         folder = self.folder
-        if self.no_recent:
+        if self.no_recent or self.rev2:  # rev2: claims none, so rev1 sessions get them
             return set()
         return set(folder.recent) if self.readonly else folder.claim_recent()
 
@@ -184,7 +185,8 @@ class View:
                     self.uids = self._share([*self.uids, *new])
                     self.recent |= self._recent()
                     lines.append(b"* %d EXISTS" % len(self.uids))
-                    lines.append(b"* %d RECENT" % len(self.recent))
+                    if not self.rev2:  # RFC 9051 has no RECENT response
+                        lines.append(b"* %d RECENT" % len(self.recent))
             if self._flagged:
                 for uid in sorted(self._flagged):
                     n, flags = self.seq(uid), self.flags(uid)

@@ -90,6 +90,8 @@ class SelectedCommands:
         budget = search.Budget(self.settings)
         view = self.view
         options, args = esearch.parse_return(args)  # RFC 4731
+        if options is None and self.rev2:  # RFC 9051 6.4.4: ESEARCH, as RETURN (ALL)
+            options = [b"ALL"]
         save = options is not None and b"SAVE" in options
         try:
             predicate, modseq = search.parse(args, view, budget)

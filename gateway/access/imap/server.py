@@ -1,4 +1,5 @@
-"""IMAP4rev1 server (RFC 3501). access: mail clients read and file the Maildirs.
+"""IMAP4rev1 server (RFC 3501), IMAP4rev2 (RFC 9051) for a session that enables it
+(commands.py do_ENABLE). access: mail clients read and file the Maildirs.
 
 A client connects (plaintext, after STARTTLS, or through tlsfront), logs in
 against the IUserDirectory, and works on its folders through account.py
@@ -133,6 +134,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.account: Any = None
         self.view: Any = None
         self.condstore = self.qresync = False  # RFC 7162, once enabled (commands.py)
+        self.rev2 = False  # RFC 9051, once ENABLE IMAP4rev2 (commands.py)
         self._inflater: Inflater | None = None  # RFC 4978, once COMPRESS DEFLATE is on
         # Reading pauses through LineReceiver's own pause (input already read waits).
         self.pacer = Pacer(self._read_paused, self._read_resumed)
@@ -150,8 +152,11 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def listCapabilities(self) -> list[bytes]:
         # Only what works (Twisted's advertises AUTH=LOGIN/PLAIN only after STARTTLS
         # and nothing of the extensions below).
-        caps = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
-                b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"CONDSTORE",
+        # IMAP4rev2 (RFC 9051) beside IMAP4rev1: rev1 until the client enables rev2.
+        # No LITERAL-: LITERAL+ allows more, and RFC 7888 5 forbids advertising both.
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE",
+                b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN",
+                b"SPECIAL-USE", b"CONDSTORE",
                 b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"COMPRESS=DEFLATE",
                 b"BINARY", b"ESEARCH", b"SEARCHRES", b"SORT", b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES", b"LIST-EXTENDED", b"LIST-STATUS"]

@@ -250,12 +250,20 @@ def encode(item: Any) -> bytes:
     return b"(" + b" ".join(encode(i) for i in item) + b")"
 
 
-def mailbox_name(name: str) -> bytes:
-    """A folder name for LIST/STATUS: modified UTF-7 (RFC 3501 5.1.3), quoted."""
-    return quoted(name.encode("imap4-utf-7"))
+def mailbox_name(name: str, utf8: bool = False) -> bytes:
+    """A folder name for LIST/STATUS: modified UTF-7 (RFC 3501 5.1.3), quoted; UTF-8
+    once the session enabled IMAP4rev2 (RFC 9051 5.1: no modified UTF-7 then)."""
+    return quoted(name.encode("utf-8" if utf8 else "imap4-utf-7"))
 
 
-def decode_mailbox(raw: bytes) -> str:
+def decode_mailbox(raw: bytes, utf8: bool = False) -> str:
+    """A folder name as the client sent it: modified UTF-7, or UTF-8 in an IMAP4rev2
+    session (RFC 9051 5.1), where "&" is just a character."""
+    if utf8:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise No("[CANNOT] folder name is not valid UTF-8") from None
     try:
         name = raw.decode("imap4-utf-7")
         if name.encode("imap4-utf-7") == raw:  # only the one canonical spelling
