@@ -202,7 +202,14 @@ def test_as_root_no_program_can_signal_the_helper(helper, message):
     # kill(2) lets a process signal another whose real or saved uid is its own: the
     # helper's are root's but for the moment a program is spawned.
     started = helper.start(1, ["/bin/sh", "-c", "sleep 5"], message)
-    assert _uids(started["pid"]) == [str(NOBODY)] * 4
+    # posix_spawn returns once the child has released the parent's memory, a moment
+    # before execve gives it its saved uid: the IDs are the program's from its first
+    # instruction on, which is what is polled for here (never ["0"] at the end).
+    deadline = time.monotonic() + 10
+    while (uids := _uids(started["pid"])) != [str(NOBODY)] * 4 \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert uids == [str(NOBODY)] * 4
     assert _uids(helper.proc.pid) == ["0"] * 4
     helper.send(id=1, kill=True)
     assert helper.recv()["signal"] == 9
