@@ -4,8 +4,9 @@ Implements IQueueListener. Sits after queue/spool.py: the SMTP server tells it
 about each new entry; at start it picks up every entry left on disk. For each
 pending recipient it asks resolve (IRouter) for a route and hands it to the
 deliver target of that kind (IDeliveryTarget). Targets that take batches
-(IBatchDeliveryTarget: the relay) get all routes with the same batch key (a
-domain) at once, up to the target's max_batch, and different keys in parallel.
+(IBatchDeliveryTarget: the relay, and local Maildirs) get all routes with the
+same batch key (a domain; every local mailbox) at once, up to the target's
+max_batch, and different keys in parallel.
 Outcomes, per recipient:
   success                  -> recipient done
   MailError, temporary     -> retry with exponential backoff (retry_initial
@@ -335,6 +336,8 @@ class QueueRunner:
                            ] * len(chunk)
             for (rcpt, route), result in zip(chunk, results, strict=True):
                 self._record(envelope, rcpt, result, now, route.kind)
+            if target.kind in IDEMPOTENT:
+                continue  # a repeat after a crash is recognised (Maildir names): no record
             # Durable before anything else happens, even before the entry's removal:
             # a remote server cannot be asked whether it already has the message, so
             # a removal lost in a crash must find these recorded as done. Appended
