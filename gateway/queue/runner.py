@@ -310,8 +310,7 @@ class QueueRunner:
         """One target's recipients of one batch key, batch after batch."""
         if not IBatchDeliveryTarget.providedBy(target):
             # One after another, unless the target takes several at once (its
-            # `parallel`): an alias's 1,000 Maildir copies then share the group
-            # commit of gateway/durable.py, a few syncs in all instead of two each.
+            # `parallel`: an alias's program recipients, up to [program] concurrency).
             slots = defer.DeferredSemaphore(max(1, int(getattr(target, "parallel", 1))))
 
             def one(rcpt: Recipient, route: Route) -> defer.Deferred:
