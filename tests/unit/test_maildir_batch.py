@@ -164,3 +164,25 @@ def test_a_batch_that_fails_whole_defers_each_copy(rig, monkeypatch):
     results = run(target, env, routes(MAILBOXES[:2]), msg)
     assert [r.error.code for r in results] == [451, 451]
     assert isinstance(results[0].error, MailError)
+
+
+def test_a_batch_cut_off_by_a_crash_is_delivered_once_each_at_recovery(rig, tmp_path):
+    """kill -9 after some copies of a batch were named and the rest only written: the
+    entry is found at start (recovering) and every mailbox ends with exactly one copy."""
+    target, trips, syncfs, env, msg, root = rig
+    rs = routes(MAILBOXES[:10])
+    assert run(target, env, rs[:4], msg) == [RecipientResult()] * 4  # named before the crash
+    cut = target._deliver_batch(env, rs[4:], msg, False)
+    next(cut)  # the other six written to tmp/, never renamed: the process dies here
+    for mailbox in MAILBOXES[:4]:  # a reader saw the first four (Maildir flags: cur/)
+        box = root / mailbox.split("@")[0]
+        (name,) = os.listdir(box / "new")
+        os.rename(box / "new" / name, box / "cur" / f"{name}:2,S")
+    again = MaildirDelivery(MaildirStore(tmp_path / "mail"), "mx.example.test", Trips())
+    out = []
+    again.deliver_batch(env, rs, msg, True).addBoth(out.append)
+    assert out[0] == [RecipientResult()] * 10
+    for mailbox in MAILBOXES[:10]:
+        box = root / mailbox.split("@")[0]
+        copies = os.listdir(box / "new") + os.listdir(box / "cur")
+        assert len(copies) == 1 and os.listdir(box / "tmp") == [], mailbox
