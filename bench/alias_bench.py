@@ -149,8 +149,10 @@ class AliasGateway(Mailgateway):
     otherwise, for passwords nobody uses here).
     """
 
-    def __init__(self, args: argparse.Namespace, workdir: Path, venv: Path) -> None:
-        super().__init__(workdir, f"{PROGRAM_ALIAS}@{DOMAIN}", venv, REPO, args.sessions)
+    def __init__(self, args: argparse.Namespace, workdir: Path, venv: Path,
+                 repo: Path = REPO, name: str = "mailgateway") -> None:
+        super().__init__(workdir, f"{PROGRAM_ALIAS}@{DOMAIN}", venv, repo, args.sessions)
+        self.name = name
         self.args = args
         self.aliases = workdir / "aliases.mailgateway"
         self.news: list[Path] = []
@@ -445,7 +447,8 @@ def report(args: argparse.Namespace, servers: list[Server], results: dict[str, l
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}, host {socket.gethostname()}, "
         f"{os.cpu_count()} CPUs",
         f"Command: `{command}`",
-        f"Versions: {accept_versions(venv).split(', aiosmtpd')[0]}",
+        f"Versions: {accept_versions(venv).split(', aiosmtpd')[0]}"
+        + (f"; mailgateway-before: the checkout in {args.compare}" if args.compare else ""),
         f"Load: program: {args.messages} messages of {args.size} bytes by smtp-source "
         f"({args.sessions} sessions) to {PROGRAM_ALIAS}@ = \"|count-prog\" (sh: cat > "
         f"/dev/null; echo . >> count); fan-out: one message by smtplib to {FANOUT_ALIAS}@ = "
@@ -506,6 +509,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record the gateway with py-spy into DIR (slows the gateway rounds)")
     parser.add_argument("--append", type=Path, metavar="FILE", help="append the report to FILE")
+    parser.add_argument("--compare", type=Path, metavar="DIR",
+                        help="another checkout of mailgateway (git archive of a commit), run "
+                             "as mailgateway-before in the same rounds")
     args = parser.parse_args(argv)
     for name in ("messages", "sessions", "size", "mailboxes", "rounds"):
         if getattr(args, name) < 1:
@@ -526,8 +532,10 @@ def make_servers(args: argparse.Namespace, venv: Path, workdir: Path) -> list[Se
     if os.geteuid() != 0:
         say("skipping every server: programs run as nobody, the benchmark needs root")
         return []
-    return usable(AliasGateway(args, workdir, venv) if name == "mailgateway"
-                  else AliasPostfix(args, workdir) for name in args.servers)
+    before = ([AliasGateway(args, workdir, venv, args.compare.resolve(), "mailgateway-before")]
+              if args.compare is not None else [])
+    return usable([*before, *(AliasGateway(args, workdir, venv) if name == "mailgateway"
+                              else AliasPostfix(args, workdir) for name in args.servers)])
 
 
 def main(argv: list[str] | None = None) -> int:

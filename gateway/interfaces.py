@@ -238,9 +238,10 @@ class RecipientResult:
 
 class IBatchDeliveryTarget(IDeliveryTarget):
     """A target that delivers several routes at once (all recipients of a domain
-    in one SMTP transaction). The runner groups a message's routes by batch_key,
-    splits groups to max_batch, and records each recipient's result durably as
-    soon as its batch completes.
+    in one SMTP transaction; an alias's local copies in one group commit). The
+    runner groups a message's routes by batch_key, splits groups to max_batch,
+    and records each recipient's result durably as soon as its batch completes
+    (but for kinds whose target recognises a repeat after a crash: "local").
     """
 
     max_batch = Attribute("Most routes one deliver_batch call takes.")

@@ -192,7 +192,8 @@ def build(settings: Settings, reactor) -> service.MultiService:
                        dmarc_policy=_dmarc_policy(settings, run_dns, orgs), memory=memory,
                        sign_post=PostSigner(dkim if settings.dkim.sign else None,
                                             sealer if arc.seal_lists else None))
-    targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking),
+    targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking,
+                                        max_batch=settings.queue.local_batch),
                "remote": relay,
                "program": program,
                "file": MboxDelivery(settings.mbox, reactor, in_thread(reactor)),

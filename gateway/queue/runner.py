@@ -4,8 +4,9 @@ Implements IQueueListener. Sits after queue/spool.py: the SMTP server tells it
 about each new entry; at start it picks up every entry left on disk. For each
 pending recipient it asks resolve (IRouter) for a route and hands it to the
 deliver target of that kind (IDeliveryTarget). Targets that take batches
-(IBatchDeliveryTarget: the relay) get all routes with the same batch key (a
-domain) at once, up to the target's max_batch, and different keys in parallel.
+(IBatchDeliveryTarget: the relay, and local Maildirs) get all routes with the
+same batch key (a domain; every local mailbox) at once, up to the target's
+max_batch, and different keys in parallel.
 Outcomes, per recipient:
   success                  -> recipient done
   MailError, temporary     -> retry with exponential backoff (retry_initial
@@ -309,8 +310,7 @@ class QueueRunner:
         """One target's recipients of one batch key, batch after batch."""
         if not IBatchDeliveryTarget.providedBy(target):
             # One after another, unless the target takes several at once (its
-            # `parallel`): an alias's 1,000 Maildir copies then share the group
-            # commit of gateway/durable.py, a few syncs in all instead of two each.
+            # `parallel`: an alias's program recipients, up to [program] concurrency).
             slots = defer.DeferredSemaphore(max(1, int(getattr(target, "parallel", 1))))
 
             def one(rcpt: Recipient, route: Route) -> defer.Deferred:
@@ -335,6 +335,8 @@ class QueueRunner:
                            ] * len(chunk)
             for (rcpt, route), result in zip(chunk, results, strict=True):
                 self._record(envelope, rcpt, result, now, route.kind)
+            if target.kind in IDEMPOTENT:
+                continue  # a repeat after a crash is recognised (Maildir names): no record
             # Durable before anything else happens, even before the entry's removal:
             # a remote server cannot be asked whether it already has the message, so
             # a removal lost in a crash must find these recorded as done. Appended

@@ -119,14 +119,18 @@ class MaildirStore:
             path = str(self._existing_folder(Path(path), folder))
         if recovering and self._already_there(Path(path), unique):
             return False
+        size = len(message)
         limit = self.limit(mailbox)
         # Checked here, where the size is known; OverQuota is a 4.2.2 deferral,
         # and a bounce after max_age. The grace: store/quota.py Usage.accepts.
         if limit and not quota.usage(quota.account_root(Path(path)), limit).accepts(
-                len(message), self.limits.grace):
+                size, self.limits.grace):
             raise OverQuota(mailbox)
         tmp = f"{path}/tmp/{unique}"
         write_file(tmp, message)
+        # Not kept across the step: a batch of 1,000 copies waiting for their sync
+        # would otherwise hold 1,000 messages (deliver/maildir.py, durable.lockstep).
+        del message
         yield
         # rename, not link: the name is ours alone (queue ID + recipient), and a
         # leftover tmp file from a crash is simply overwritten above.
@@ -136,7 +140,7 @@ class MaildirStore:
         else:
             opened.arrived(Path(tmp), unique)
         self._note(path, unique)
-        quota.note(path, len(message), 1)
+        quota.note(path, size, 1)
         sync_dir(f"{path}/new")  # at once, or once for the whole trip (gateway/durable.py)
         if opened is not None:
             # The index learns of it from the name itself: no listing, so a delivery

@@ -147,3 +147,35 @@ def test_outside_a_trip_each_step_is_durable_at_once(tmp_path, syncfs):
     assert spool.store_blocking(envelopes[0], b"m") == envelopes[0].queue_id
     assert syncfs.calls == []  # O_DSYNC and fsync instead
     assert spool.queue_ids() == [envelopes[0].queue_id]
+
+
+def test_lockstep_runs_several_calls_in_steps_as_one_call(tmp_path, syncfs):
+    """An alias's copies in one call of a trip: all written, one sync, all renamed."""
+    order = []
+
+    def stepped(name):
+        order.append(f"{name} writes")
+        yield
+        order.append(f"{name} renames")
+        return name
+
+    def broken():
+        raise ValueError("not this one")
+        yield  # a call in steps, failing before its step
+
+    calls = [(stepped, ("a",)), (broken, ()), (order.append, ("plain",)), (stepped, ("b",))]
+    ((ok, results),) = durable.run_trip([(durable.lockstep, (calls,))], "filesystem")
+    assert ok
+    assert [value for _, value in results[:1] + results[2:]] == ["a", None, "b"]
+    assert results[1][0] is False and results[1][1].check(ValueError)
+    assert order == ["a writes", "plain", "b writes", "a renames", "b renames"]
+
+
+def test_a_failed_sync_reaches_each_call_of_a_lockstep(tmp_path, syncfs):
+    syncfs.fail = True
+    spool, envelopes = make_spool(tmp_path, syncfs)
+    calls = [(spool.store_steps, (env, b"m")) for env in envelopes]
+    ((ok, results),) = durable.run_trip([(durable.lockstep, (calls,))], "filesystem")
+    assert ok and [ok for ok, _ in results] == [False] * 3
+    assert all(value.check(SpoolError) for _, value in results)
+    assert spool.queue_ids() == [] and os.listdir(spool.tmp) == []  # each cleaned up

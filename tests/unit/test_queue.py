@@ -205,7 +205,7 @@ def test_local_recipients_of_one_sender_are_delivered_at_once(tmp_path):
     disk sync; one after the other they would wait for all of them in turn."""
     class SlowTarget:
         kind = "local"
-        parallel = 10  # takes several routes at once, as MaildirDelivery does
+        parallel = 10  # takes several routes at once, as ProgramDelivery does
 
         def __init__(self):
             self.pending = {}
