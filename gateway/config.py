@@ -108,6 +108,9 @@ class ImapSettings:
     # Bytes of messages one FETCH reads and renders at a time; the next batch is
     # prepared while this one is sent (what a session holds for its client).
     fetch_buffer: int = 1048576
+    # A whole-message literal of at least this many octets goes from its file to a
+    # plaintext client by sendfile(2), never through Python (filesend.py); 0: never.
+    sendfile_from: int = 65536
     # zlib level of COMPRESS=DEFLATE (RFC 4978): 1 fastest .. 9 smallest (Dovecot's 6).
     compress_level: int = 6
 
@@ -771,8 +774,11 @@ def _imap_settings(r: _Reader) -> ImapSettings:
                                            d.max_keywords_per_folder),
         max_keyword_length=r.positive("imap", "max_keyword_length", int, d.max_keyword_length),
         fetch_buffer=r.positive("imap", "fetch_buffer", int, d.fetch_buffer),
+        sendfile_from=r.get("imap", "sendfile_from", int, d.sendfile_from),
         compress_level=r.positive("imap", "compress_level", int, d.compress_level),
     )
+    if imap.sendfile_from < 0:
+        r.fault("imap", "sendfile_from", f"must be 0 or more, not {imap.sendfile_from}")
     if imap.compress_level > 9:
         r.fault("imap", "compress_level", f"must be 1 to 9, not {imap.compress_level}")
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes

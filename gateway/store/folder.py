@@ -554,26 +554,34 @@ class Folder:
 
     def read(self, uid: int) -> bytes | None:
         """The message's bytes as stored; None if it has gone."""
+        fd = self.open_message(uid)
+        if fd is None:
+            return None
+        try:
+            m = self.by_uid.get(uid)
+            want = max(m.size if m is not None else 0, 4096) + 1
+            data = os.read(fd, want)
+            if len(data) < want:  # the whole file: one read
+                return data
+            chunks = [data]  # grown since it was indexed
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def open_message(self, uid: int) -> int | None:
+        """An open descriptor of the message's file (the caller closes it); None if it
+        has gone. The file's content never changes (flags are in its name), so what
+        the descriptor reads stays the message even if the file is renamed meanwhile."""
         for _ in range(2):
             m = self.by_uid.get(uid)
             if m is None:
                 return None
             try:  # os-level, no Path: SEARCH BODY reads 100,000 files this way
-                fd = os.open(f"{self.path}/{m.sub}/{m.base}{m.suffix}", os.O_RDONLY)
+                return os.open(f"{self.path}/{m.sub}/{m.base}{m.suffix}", os.O_RDONLY)
             except FileNotFoundError:
                 self.sync(force=True)  # renamed by another program: find it again
-                continue
-            try:
-                want = max(m.size, 4096) + 1
-                data = os.read(fd, want)
-                if len(data) < want:  # the whole file: one read
-                    return data
-                chunks = [data]  # grown since it was indexed
-                while chunk := os.read(fd, 1 << 20):
-                    chunks.append(chunk)
-                return b"".join(chunks)
-            finally:
-                os.close(fd)
         return None
 
     def read_head(self, uid: int, limit: int = 65536) -> bytes | None:

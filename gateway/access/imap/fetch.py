@@ -9,10 +9,16 @@ UID, INTERNALDATE and RFC822.SIZE come from the index alone; ENVELOPE,
 BODY and BODYSTRUCTURE from the summary cache (summary.py). MODSEQ (RFC
 7162 3.1.4) comes from the index too. BINARY[part], BINARY.PEEK and
 BINARY.SIZE (RFC 3516) are a part's content decoded (binary.py).
+
+On a plaintext connection (selected.py decides), a whole-message literal of
+at least [imap] sendfile_from octets is not read at all: render() puts an
+open file range (filesend.FileRange) in its place, which the transport
+sends with sendfile(2).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from gateway.access.imap import binary, message
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.summary import HeaderSummary, StructureSummary, summaries
 from gateway.access.imap.wire import Atom, Bad, quoted
+from gateway.filesend import FileRange
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE",
@@ -33,6 +40,9 @@ _BODY = re.compile(rb"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?
 _BINARY = re.compile(rb"(BINARY(?:\.PEEK|\.SIZE)?)\[((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\]"
                      rb"(?:<(\d{1,10})\.(\d{1,10})>)?", re.I)
 _BINARY_KINDS = (b"BINARY", b"BINARY.SIZE")
+# Messages sent from their files (sendfile) in one batch: the open descriptors a
+# session holds for its client are at most two batches' worth.
+FILES_PER_BATCH = 16
 _SECTION = re.compile(rb"((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\.?"
                       rb"(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?"
                       rb"(?: \((.*)\))?", re.I | re.S)
@@ -133,39 +143,56 @@ def _header_only(i: Item) -> bool:
     return i.kind == b"SECTION" and not i.path and i.spec.startswith(b"HEADER")
 
 
+def _whole(i: Item) -> bool:
+    """BODY[], BODY.PEEK[], RFC822 (partial or not): octets of the file as they are."""
+    return i.kind == b"SECTION" and not i.path and not i.spec
+
+
 def needs(items: list[Item]) -> tuple[bool, bool]:
     """(needs summaries, needs file contents) for these items."""
     summary = any(i.kind in (b"ENVELOPE", b"BODYSTRUCTURE", b"BODY") or _header_only(i)
                   for i in items)
-    content = any(i.kind == b"SECTION" and not _header_only(i) or i.kind in _BINARY_KINDS
-                  for i in items)
+    content = any(_content(i) for i in items)
     return summary, content
 
 
+def _content(i: Item) -> bool:
+    return i.kind == b"SECTION" and not _header_only(i) or i.kind in _BINARY_KINDS
+
+
 def batches(folder, pairs: list[tuple[int, int]], items: list[Item],
-            buffer: int) -> list[list[tuple[int, int]]]:
+            buffer: int, files_from: int = 0) -> list[list[tuple[int, int]]]:
     """The (seq, uid) pairs cut into the batches render() takes one at a time.
 
     With message contents, a batch holds about `buffer` bytes of messages ([imap]
     fetch_buffer; at least one message), so what a session holds for its client is
     bounded and the next batch can be read while this one is sent; without, many
-    messages go together, as their responses are small.
+    messages go together, as their responses are small. A message render() sends
+    from its file (files_from, as there) holds no bytes but a file descriptor:
+    FILES_PER_BATCH of them make a batch, so each trip to the thread pool (a
+    wait the client sees when the machine is busy) serves many megabytes.
     """
     summary, content = needs(items)
     if not content:
         size = 1000 if summary else 5000
         return [pairs[start:start + size] for start in range(0, len(pairs), size)]
+    by_file = files_from > 0 and all(_whole(i) for i in items if _content(i))
     out: list[list[tuple[int, int]]] = []
     batch: list[tuple[int, int]] = []
-    held = 0
+    held = files = 0
     for pair in pairs:
         m = folder.message(pair[1])
         size = m.size if m is not None else 0
-        if batch and (held + size > buffer or len(batch) >= 100):
+        from_file = by_file and size >= files_from
+        if batch and (held + (0 if from_file else size) > buffer or len(batch) >= 100
+                      or from_file and files >= FILES_PER_BATCH):
             out.append(batch)
-            batch, held = [], 0
+            batch, held, files = [], 0, 0
         batch.append(pair)
-        held += size
+        if from_file:
+            files += 1
+        else:
+            held += size
     if batch:
         out.append(batch)
     return out
@@ -204,59 +231,41 @@ def _header(block: bytes, item: Item) -> bytes:
 
 
 def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
-           with_uid: bool, seen_now: set[int]) -> list[bytes]:
+           with_uid: bool, seen_now: set[int], files_from: int = 0) -> list[bytes | FileRange]:
     """The untagged FETCH responses for (seq, uid) pairs, as pieces to send in order.
-    Blocking: runs in a thread."""
+    files_from > 0: messages of that many octets or more whose only content items
+    are whole-message literals are FileRanges instead of bytes. Blocking: runs in a
+    thread."""
     folder = view.folder
     want_summary, want_content = needs(items)
+    by_file = files_from > 0 and all(_whole(i) for i in items if _content(i))
     uids = [u for _, u in pairs]
     heads: dict[int, HeaderSummary] = summaries(folder, uids, HeaderSummary) if any(
         i.kind == b"ENVELOPE" or _header_only(i) for i in items) else {}
     structures: dict[int, StructureSummary] = summaries(folder, uids, StructureSummary) if any(
         i.kind in (b"BODY", b"BODYSTRUCTURE") for i in items) else {}
-    out: list[bytes] = []
-    ask_flags = any(i.kind == b"FLAGS" for i in items)
+    out: list[bytes | FileRange] = []
     for seq, uid in pairs:
         m = folder.message(uid)
         flags = view.flags(uid)
         if m is None or flags is None:
             continue  # expunged by another session; its EXPUNGE comes later
-        data = folder.read(uid) if want_content else None
-        if want_content and data is None:
-            continue
-        parts: list = []  # bytes, or (literal head, its bytes)
-        literals = False
-        # RFC 7162 3.2.4: with QRESYNC on, every FETCH response names its UID.
-        if (with_uid or view.qresync) and not any(i.kind == b"UID" for i in items):
-            parts.append(b"UID %d" % uid)
-        for item in items:
-            k = item.kind
-            if k == b"FLAGS":
-                parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
-            elif k == b"UID":
-                parts.append(b"UID %d" % uid)
-            elif k == b"INTERNALDATE":
-                parts.append(b"INTERNALDATE " + internaldate(m.idate))
-            elif k == b"MODSEQ":
-                parts.append(b"MODSEQ (%d)" % m.modseq)
-            elif k == b"RFC822.SIZE":
-                parts.append(b"RFC822.SIZE %d" % m.size)
-            elif k == b"ENVELOPE":
-                parts.append(b"ENVELOPE " + heads[uid].envelope)
-            elif k == b"BODYSTRUCTURE":
-                parts.append(b"BODYSTRUCTURE " + structures[uid].bodystructure)
-            elif k == b"BODY":
-                parts.append(b"BODY " + structures[uid].body)
-            elif k in _BINARY_KINDS:
-                parts.append(_render_binary(item, data or b""))
-            else:  # a literal: its head, then the message bytes as they are
-                parts.append(_render_section(item, uid, data, heads.get(uid), folder))
-                literals = True
-        if uid in seen_now and not ask_flags:  # RFC 3501 6.4.5: tell of the implied \Seen
-            parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
-            if view.condstore and not any(i.kind == b"MODSEQ" for i in items):
-                parts.append(b"MODSEQ (%d)" % m.modseq)  # RFC 7162 3.2
-        if not literals:
+        if want_content and by_file and m.size >= files_from:
+            fd = folder.open_message(uid)
+            if fd is None:
+                continue
+            try:
+                parts = _parts(view, m, uid, flags, items, with_uid, None, heads, structures,
+                               seen_now, fd)
+            finally:
+                os.close(fd)  # each FileRange holds its own descriptor
+        else:
+            data = folder.read(uid) if want_content else None
+            if want_content and data is None:
+                continue
+            parts = _parts(view, m, uid, flags, items, with_uid, data, heads, structures,
+                           seen_now, None)
+        if not any(isinstance(p, tuple) for p in parts):
             out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
             continue
         # With message bytes: pieces, so the file's bytes are sent without copies here.
@@ -269,6 +278,79 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
             else:
                 out.append(part)
         out.append(b")\r\n")
+    return out
+
+
+def _parts(view: View, m, uid: int, flags, items: list[Item], with_uid: bool,
+           data: bytes | None, heads: dict, structures: dict, seen_now: set[int],
+           fd: int | None) -> list:
+    """One message's FETCH items: bytes, or (literal head, its bytes or FileRange)."""
+    folder = view.folder
+    ask_flags = any(i.kind == b"FLAGS" for i in items)
+    parts: list = []  # bytes, or (literal head, its bytes)
+    # RFC 7162 3.2.4: with QRESYNC on, every FETCH response names its UID.
+    if (with_uid or view.qresync) and not any(i.kind == b"UID" for i in items):
+        parts.append(b"UID %d" % uid)
+    for item in items:
+        k = item.kind
+        if k == b"FLAGS":
+            parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
+        elif k == b"UID":
+            parts.append(b"UID %d" % uid)
+        elif k == b"INTERNALDATE":
+            parts.append(b"INTERNALDATE " + internaldate(m.idate))
+        elif k == b"MODSEQ":
+            parts.append(b"MODSEQ (%d)" % m.modseq)
+        elif k == b"RFC822.SIZE":
+            parts.append(b"RFC822.SIZE %d" % m.size)
+        elif k == b"ENVELOPE":
+            parts.append(b"ENVELOPE " + heads[uid].envelope)
+        elif k == b"BODYSTRUCTURE":
+            parts.append(b"BODYSTRUCTURE " + structures[uid].bodystructure)
+        elif k == b"BODY":
+            parts.append(b"BODY " + structures[uid].body)
+        elif k in _BINARY_KINDS:
+            parts.append(_render_binary(item, data or b""))
+        elif fd is not None and _whole(item):  # sent from the file (sendfile)
+            parts.append(_file_section(item, fd))
+        else:  # a literal: its head, then the message bytes as they are
+            parts.append(_render_section(item, uid, data, heads.get(uid), folder))
+    if uid in seen_now and not ask_flags:  # RFC 3501 6.4.5: tell of the implied \Seen
+        parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
+        if view.condstore and not any(i.kind == b"MODSEQ" for i in items):
+            parts.append(b"MODSEQ (%d)" % m.modseq)  # RFC 7162 3.2
+    return parts
+
+
+def _file_section(item: Item, fd: int) -> tuple[bytes, bytes | FileRange]:
+    """A whole-message literal (or its <o.n>) as a range of the open file fd."""
+    size = os.fstat(fd).st_size
+    start, count = 0, size
+    name = item.name
+    if item.origin is not None:
+        name += b"<%d>" % item.origin
+        start = min(item.origin, size)
+        count = min(item.count, size - start)
+    if not count:
+        return name + b" " + quoted(b""), b""
+    return name + b" {%d}\r\n" % count, FileRange(os.dup(fd), start, count)
+
+
+def joined(pieces: list[bytes | FileRange]) -> list[bytes | FileRange]:
+    """Runs of bytes joined into one (in the pool thread, so the reactor sends each
+    without copying); FileRanges between them as they are."""
+    out: list[bytes | FileRange] = []
+    run: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, FileRange):
+            if run:
+                out.append(b"".join(run))
+                run = []
+            out.append(piece)
+        else:
+            run.append(piece)
+    if run:
+        out.append(b"".join(run))
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gateway import filesend
 from gateway.access.imap import esearch, fetch, keywordlimit, search, sort, thread, wire
 from gateway.access.imap.commands import flag_list
 from gateway.access.imap.wire import Atom, Bad, No, compact
@@ -208,27 +209,36 @@ class SelectedCommands:
             if gone and not self._gone and self.view is view:
                 self.transport.write(b"* VANISHED (EARLIER) " + gone + b"\r\n")
         set_seen = any(i.seen for i in items) and not view.readonly
-        batches = fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer)
+        # Plaintext: big messages go from their files by sendfile (filesend.py).
+        files_from = self.settings.sendfile_from if filesend.can_send_files(
+            self.transport) else 0
+        batches = fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer,
+                                files_from)
         # The next batch is read and rendered in the pool while this one is sent, so
         # disk, CPU and socket overlap; a session holds at most two batches.
         pending = self.run_blocking(self._fetch_batch, view, batches[0], items, uid,
-                                    set_seen, changedsince) if batches else None
+                                    set_seen, changedsince, files_from) if batches else None
         for following in [*batches[1:], None] if batches else []:
             chunks = yield pending
             if self._gone or self.view is not view:
+                filesend.close_all(chunks)
                 return None
             if following is not None:
                 pending = self.run_blocking(self._fetch_batch, view, following, items, uid,
-                                            set_seen, changedsince)
+                                            set_seen, changedsince, files_from)
             # A keyword another session set meanwhile is announced before it is shown.
-            self.transport.writeSequence([line + b"\r\n" for line in view.new_keywords()]
-                                         + chunks)
+            out = [line + b"\r\n" for line in view.new_keywords()] + chunks
+            if files_from:
+                filesend.send(self.transport, out)
+            else:
+                self.transport.writeSequence(out)
             yield self.pacer.wait()  # the client has read what was written
         return b"FETCH completed"
 
     @staticmethod
     def _fetch_batch(view, batch, items, uid: bool, set_seen: bool,
-                     changedsince: int | None = None) -> list[bytes]:
+                     changedsince: int | None = None,
+                     files_from: int = 0) -> list[bytes | filesend.FileRange]:
         if changedsince is not None:  # RFC 7162 3.1.4.1: only what changed since
             folder = view.folder
             batch = [(n, u) for n, u in batch
@@ -240,9 +250,9 @@ class SelectedCommands:
                       if (m := folder.message(u)) is not None and "S" not in m.letters]
             if unseen:
                 seen_now = set(folder.store(unseen, 1, ["\\Seen"], origin=view))
-        # Joined here, in the pool: the transport then sends the one piece as it is,
+        # Joined here, in the pool: the transport then sends each piece as it is,
         # instead of copying the batch together on the reactor thread.
-        return [b"".join(fetch.render(view, batch, items, uid, seen_now))]
+        return fetch.joined(fetch.render(view, batch, items, uid, seen_now, files_from))
 
     # -- STORE ------------------------------------------------------------------------
 

@@ -1,0 +1,205 @@
+"""File ranges sent to a plaintext TCP client with sendfile(2), in order with other writes.
+
+Used by access/imap (FETCH of a big message): the literal goes from the
+Maildir file's page cache straight to the socket, never through Python
+objects. Twisted's tcp transport has no sendfile; this adds it to one
+connection by making it a SendfileServer (a tcp.Server that can also queue
+a FileRange), only for a plain tcp.Server: over TLS (STARTTLS, the front's
+own TLS) or COMPRESS the bytes must pass through Python anyway, and the
+caller sends them as bytes (can_send_files() says which).
+
+Ordering: once a FileRange is queued, everything written after it (bytes
+and further ranges) waits in the connection's own queue behind it, and
+bytes Twisted held before go first. Twisted's buffer is used only while no
+range is queued; it is empty the whole time one is.
+
+Back-pressure: the queued bytes and the octets of files still to send count
+as the transport's buffer (_isSendBufferFull), so the registered streaming
+producer (the session's flow.ReadGate) is paused while they exceed
+bufferSize and resumed once all is sent, as for bytes. What a session holds
+for a client that does not read is then the open file descriptors of the
+ranges it queued, not their bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import deque
+from typing import Any
+
+from twisted.internet import main, tcp
+from twisted.python.compat import lazyByteSlice
+
+# Octets one doWrite may hand to sendfile(2) before the reactor serves another
+# connection: large, as the kernel copies page to socket without Python.
+SENDFILE_CHUNK = 1 << 20
+
+
+class FileRange:
+    """count octets of an open file from offset; owns fd (closed once sent or dropped)."""
+
+    __slots__ = ("fd", "offset", "count")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.count = count
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    __del__ = close  # a range dropped on a path that forgot it: never leak the descriptor
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self) -> bytes:
+        """The octets themselves (for a transport that cannot send the file); closes."""
+        try:
+            chunks, offset, left = [], self.offset, self.count
+            while left:
+                chunk = os.pread(self.fd, left, offset)
+                if not chunk:
+                    raise OSError(errno.EIO, "file shorter than announced")
+                chunks.append(chunk)
+                offset += len(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            self.close()
+
+
+def can_send_files(transport: Any) -> bool:
+    """True for a plaintext tcp.Server connection (no TLS, no wrapper like COMPRESS)."""
+    return (hasattr(os, "sendfile") and type(transport) in (tcp.Server, SendfileServer)
+            and not transport.TLS and transport.connected)
+
+
+def send(transport: Any, pieces: list[bytes | FileRange]) -> None:
+    """Write pieces in order; FileRanges by sendfile (can_send_files must be true)."""
+    if type(transport) is tcp.Server:
+        transport.__class__ = SendfileServer  # the same connection, now able to send files
+        # As Dovecot's socket streams: the small pieces between two files (a literal's
+        # ")\r\n", the next one's head) go at once, not after the file's last ACK (Nagle).
+        transport.setTcpNoDelay(True)
+    run: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, FileRange):
+            if run:
+                transport.writeSequence(run)
+                run = []
+            transport.write_file(piece)
+        else:
+            run.append(piece)
+    if run:
+        transport.writeSequence(run)
+
+
+def close_all(pieces: list[Any]) -> None:
+    """Close the FileRanges among pieces that were never handed to a transport."""
+    for piece in pieces:
+        if isinstance(piece, FileRange):
+            piece.close()
+
+
+class SendfileServer(tcp.Server):
+    """tcp.Server with write_file(); made from one by send() (never TLS: can_send_files)."""
+
+    _queue: deque | None = None  # bytes and FileRanges behind the first range, in order
+    _queued = 0  # their octets (file octets not yet sent included)
+
+    def write_file(self, piece: FileRange) -> None:
+        if not self.connected or self._writeDisconnected or self.TLS:
+            piece.close()
+            return
+        if self._queue is None:
+            # Bytes Twisted holds go first: they move to the head of our queue.
+            self._queue = deque()
+            held = lazyByteSlice(self.dataBuffer, self.offset) if self.dataBuffer else b""
+            for chunk in [held, *self._tempDataBuffer]:
+                if chunk:
+                    self._queue.append(chunk)
+                    self._queued += len(chunk)
+            self.dataBuffer, self.offset = b"", 0
+            self._tempDataBuffer, self._tempDataLen = [], 0
+        self._queue.append(piece)
+        self._queued += piece.count
+        self._maybePauseProducer()
+        self.startWriting()
+
+    def write(self, data: bytes) -> None:
+        if self._queue is None:
+            return super().write(data)
+        self.writeSequence([data])
+
+    def writeSequence(self, iovec: Any) -> None:
+        if self._queue is None:
+            return super().writeSequence(iovec)
+        if not self.connected or self._writeDisconnected:
+            return
+        for chunk in iovec:
+            if not isinstance(chunk, bytes):
+                raise TypeError("Data must be bytes")
+            if chunk:
+                self._queue.append(chunk)
+                self._queued += len(chunk)
+        self._maybePauseProducer()
+        self.startWriting()
+
+    def _isSendBufferFull(self) -> bool:
+        return self._queued > self.bufferSize or super()._isSendBufferFull()
+
+    def doWrite(self) -> Any:
+        queue = self._queue
+        if queue is None:
+            return super().doWrite()
+        budget = SENDFILE_CHUNK
+        while queue and budget > 0:
+            head = queue[0]
+            if isinstance(head, FileRange):
+                sent = self._send_file(head, min(head.count, SENDFILE_CHUNK))
+            else:
+                sent = self.writeSomeData(head)
+            if isinstance(sent, BaseException):
+                return sent
+            if sent == 0:
+                return None  # the socket is full: doWrite again once writable
+            self._queued -= sent
+            budget -= sent
+            if isinstance(head, FileRange):
+                head.offset += sent
+                head.count -= sent
+                if head.count == 0:
+                    head.close()
+                    queue.popleft()
+            elif sent == len(head):
+                queue.popleft()
+            else:
+                queue[0] = lazyByteSlice(head, sent)
+        if queue:
+            return None  # more next time the socket is writable
+        # All sent: back to Twisted's buffer, whose doWrite (empty now) resumes the
+        # producer, or closes if loseConnection was asked for meanwhile.
+        self._queue = None
+        return super().doWrite()
+
+    def _send_file(self, piece: FileRange, count: int) -> int | BaseException:
+        try:
+            sent = os.sendfile(self.socket.fileno(), piece.fd, piece.offset, count)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            return main.CONNECTION_LOST  # the peer is gone, or the file unreadable
+        if sent == 0:  # end of file before the octets announced: the stream is broken
+            return main.CONNECTION_LOST
+        return sent
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._queue is not None:
+            close_all(list(self._queue))
+            self._queue = None
+            self._queued = 0
+        super().connectionLost(reason)

@@ -1,0 +1,59 @@
+"""FETCH batches when big messages go from their files (fetch.batches with files_from),
+and the [imap] sendfile_from setting. The sending itself: tests/integration/
+test_imap_sendfile_flow.py (sendfile needs a real socket)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from gateway import config
+from gateway.access.imap import fetch
+from gateway.access.imap.wire import Atom
+from gateway.errors import ConfigError
+
+MIB = 1 << 20
+
+
+class Sizes:
+    """A folder of messages of the given sizes, UIDs 1..n."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sizes
+
+    def message(self, uid: int):
+        return SimpleNamespace(size=self.sizes[uid - 1])
+
+
+def pairs(n: int) -> list[tuple[int, int]]:
+    return [(u, u) for u in range(1, n + 1)]
+
+
+def test_messages_read_into_memory_make_batches_of_fetch_buffer():
+    folder = Sizes([MIB] * 40)
+    items = fetch.parse([Atom(b"BODY.PEEK[]")])
+    assert [len(b) for b in fetch.batches(folder, pairs(40), items, MIB)] == [1] * 40
+
+
+def test_messages_sent_from_files_go_many_to_a_batch_but_bounded():
+    folder = Sizes([MIB] * 40 + [100] * 3)
+    items = fetch.parse([[Atom(b"UID"), Atom(b"BODY.PEEK[]")]])
+    got = fetch.batches(folder, pairs(43), items, MIB, files_from=65536)
+    assert [len(b) for b in got] == [16, 16, 11]
+    assert [p for b in got for p in b] == pairs(43)
+
+
+def test_a_part_or_header_item_keeps_the_batches_by_bytes():
+    folder = Sizes([MIB] * 4)
+    items = fetch.parse([[Atom(b"BODY.PEEK[]"), Atom(b"BODY.PEEK[1]")]])
+    got = fetch.batches(folder, pairs(4), items, MIB, files_from=65536)
+    assert [len(b) for b in got] == [1, 1, 1, 1]
+
+
+def test_sendfile_from_must_not_be_negative(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\ndomains = ["example.test"]\n[imap]\nsendfile_from = -1\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert [key for _, key, _ in e.value.problems] == ["imap.sendfile_from"]
