@@ -107,7 +107,7 @@ class FolderRegistry:
                 with self._lock:
                     folder = self._folders.get(key)
                 if folder is None:
-                    made = Folder(path, self.announce, self.vanished_limit)
+                    made = self._make(path)
                     with self._lock:
                         folder = self._folders.setdefault(key, made)
                         self._opening.pop(key, None)
@@ -119,6 +119,18 @@ class FolderRegistry:
                     del self._folders[key]
             return self.open(path, retry=False)
         return folder
+
+    def _make(self, path: Path) -> Folder:
+        try:
+            return Folder(path, self.announce, self.vanished_limit)
+        except FileNotFoundError:
+            if not (path / "cur").is_dir():
+                raise
+        # A Maildir with cur/ but without new/ or tmp/ (made by hand, or by a tool that
+        # makes them lazily): made as Dovecot makes them, instead of failing SELECT.
+        for sub in ("new", "tmp"):
+            (path / sub).mkdir(mode=0o700, exist_ok=True)
+        return Folder(path, self.announce, self.vanished_limit)
 
     def _evict(self) -> None:
         # Dropped, not closed: a STATUS or APPEND in another thread may still hold

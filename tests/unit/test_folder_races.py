@@ -59,3 +59,14 @@ def test_a_leftover_from_a_crashed_create_does_not_block_the_folder(tmp_path):
     (folders.root / "tmp" / ".Work.creating" / "cur").mkdir(parents=True)
     assert folders.create("Work") and folders.exists("Work")
     assert not folders.create("Work")
+
+
+def test_a_folder_with_cur_but_without_new_or_tmp_opens_and_gets_them(tmp_path):
+    store = MaildirStore(tmp_path / "mail")
+    root = store.ensure(BOX)
+    (root / "cur" / "1.U1.host:2,S").write_bytes(b"Subject: kept\r\n\r\n")
+    (root / "new").rmdir()
+    (root / "tmp").rmdir()
+    folder = store.open_folder(BOX)
+    assert len(folder.uids) == 1 and folder.message(folder.uids[0]).flags() == ["\\Seen"]
+    assert (root / "new").is_dir() and (root / "tmp").is_dir()
