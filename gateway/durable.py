@@ -401,6 +401,15 @@ def syncfs_available() -> bool:
     return _syncfs is not None
 
 
+def syncfs_of(path: Path | str) -> bool:
+    """One syncfs of the file system holding path: the renames and unsynced writes made
+    there so far are durable when it returns. False (nothing done) without syncfs(2)."""
+    if _syncfs is None:
+        return False
+    _syncfs_each({str(path)})
+    return True
+
+
 def _syncfs_each(dirs: set[str]) -> None:
     """One syncfs per filesystem that holds any of dirs."""
     done: set[int] = set()

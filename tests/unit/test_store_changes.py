@@ -287,3 +287,25 @@ def test_a_restart_lists_a_directory_replaced_or_not_listed_for_five_minutes(
     listings.clear()
     assert len(reopen(root).uids) == 1
     assert sorted(listings) == [str(root / "cur"), str(root / "new")]
+
+
+def test_an_append_is_made_durable_by_one_syncfs_for_its_name_and_its_index_row(
+        store, tmp_path, monkeypatch):
+    if not durable.syncfs_available():
+        pytest.skip("no syncfs(2) here")
+    folder = store.open_folder(BOX)
+    upload = folder.tmp_path()
+    upload.write_bytes(b"Subject: appended\r\n\r\nbody\r\n")
+    syncs: list[str] = []
+    real_syncfs, real_add = durable._syncfs_each, folder.index.add
+    monkeypatch.setattr(durable, "_syncfs_each", lambda dirs: (syncs.append("syncfs"),
+                                                             real_syncfs(dirs)))
+    monkeypatch.setattr(folder_mod, "fsync_dir", lambda path: syncs.append("fsync_dir"))
+    monkeypatch.setattr(folder.index, "add", lambda entries, synced=True: (
+        syncs.append(f"index synced={synced}"), real_add(entries, synced))[1])
+    uid = folder.add_file(upload, ["\\Seen"], None, "rename")
+    # The row is committed without an fsync of its own, then one syncfs covers it
+    # and the rename: no directory fsync, no third journal commit.
+    assert syncs == ["index synced=False", "syncfs"]
+    assert folder.message(uid).flags() == ["\\Seen"]
+    assert Index(folder.path).rows() and not upload.exists()
