@@ -163,6 +163,9 @@ class QueueSettings:
     # A spool or Maildir file past this many bytes is written back as it is written,
     # at most this far behind (durable.Writeback); 0: off.
     writeback_window: int = 4 << 20
+    # The queue runner and every delivery in a process of their own, beside the
+    # listeners' (gateway/runnerproc): two cores instead of one GIL.
+    runner_process: bool = True
 
 
 @dataclass(frozen=True)
@@ -543,6 +546,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         control_interval=r.positive("queue", "control_interval", float, 1.0),
         sync=r.get("queue", "sync", str, "filesystem"),
         writeback_window=r.get("queue", "writeback_window", int, QueueSettings.writeback_window),
+        runner_process=r.get("queue", "runner_process", bool, QueueSettings.runner_process),
     )
     if queue.sync not in SYNC_MODES:
         r.fault("queue", "sync", f"must be \"filesystem\" or \"file\", not {queue.sync!r}")
