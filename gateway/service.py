@@ -75,6 +75,7 @@ class RunnerService(service.Service):
         # Fires once the spool's entries are scheduled (the runner process's channel
         # waits for it before handing queue IDs over).
         self.started = self.runner.start()
+        self.started.addErrback(lambda f: log.failure("queue runner could not start", f))
 
     def stopService(self):
         self.runner.stop()
@@ -137,6 +138,12 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
     core = _core(settings, reactor)
     core.top.run_lock = run_lock  # held (open) as long as the gateway runs
     if settings.queue.runner_process:
+        # The spool's repair after a crash, here and now: the runner process starts
+        # while this one already writes entries, and must never take a half-written
+        # one of ours for a crash's leftover. Under the runner's lock: a runner left
+        # by a gateway killed a moment ago finishes its last writes first.
+        with runlock.claim_runner(settings.state_dir, wait=60.0):
+            core.spool.recover()
         # Folders the child delivered into sync in the mailbox pool (_access makes it
         # below, before anything runs).
         runner = runnerproc_parent.RunnerProcess(
@@ -174,7 +181,7 @@ def build_runner(settings: Settings, reactor, link) -> service.MultiService:
     run_lock = runlock.claim_runner(settings.state_dir, wait=60.0)
     core = _core(settings, reactor, delivered=link.delivered)
     core.top.run_lock = run_lock
-    lane = _delivery(settings, reactor, core)
+    lane = _delivery(settings, reactor, core, child=True)
     reloader = aliasfile.AliasReloader(settings, core.router, reactor, install_sighup=False)
     reloader.setServiceParent(core.top)
     link.reload = lambda: reloader.reload("SIGHUP")
@@ -245,9 +252,10 @@ def _core(settings: Settings, reactor, delivered=None) -> _Core:
                  archive=archive, orgs=orgs, users=users, auth_pool=auth_pool)
 
 
-def _delivery(settings: Settings, reactor, core: _Core) -> RunnerService:
+def _delivery(settings: Settings, reactor, core: _Core, child: bool = False
+              ) -> RunnerService:
     """The queue runner and every delivery target, bouncer and submitter (one process's
-    or the runner process's); its services join core.top."""
+    or, child, the runner process's); its services join core.top."""
     top, spool, run_blocking = core.top, core.spool, core.run_blocking
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,
@@ -291,7 +299,7 @@ def _delivery(settings: Settings, reactor, core: _Core) -> RunnerService:
     runner = QueueRunner(
         spool=spool, router=core.router, settings=settings.queue, reactor=reactor,
         targets=targets, run_blocking=run_blocking, run_unsynced=in_thread(reactor),
-        bouncer=bouncer, control_root=settings.spool_dir)
+        bouncer=bouncer, control_root=settings.spool_dir, recover=not child)
     submitter.listener = runner
     ProgramService(program).setServiceParent(top)
     lane = RunnerService(runner)
