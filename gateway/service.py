@@ -154,7 +154,7 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
             runnerproc_parent.Dispatch(
                 runnerproc_parent.folder_finder(core.store, core.archive),
                 lambda folder: threads.deferToThreadPool(reactor, mailbox_pool, folder.sync),
-                runnerproc_parent.publish_event))
+                runnerproc_parent.publish_event, clock=reactor))
         runner.setServiceParent(core.top)
         forward_sighup = runner.reload
     else:

@@ -54,14 +54,19 @@ class Dispatch:
 
     folders(path) -> the open Folders of that Maildir (mail and list archives);
     sync(folder) runs folder.sync() off the reactor thread. One sync per folder
-    at a time; paths told while it runs make one more after it.
+    at a time; paths told while it runs make one more, `spacing` seconds after
+    it: a sync lists new/, so during a burst into one INBOX a sync per delivery
+    would cost O(files in new/) each (bench/RESULTS.md).
     """
 
     def __init__(self, folders: Callable[[str], Iterable[Any]],
-                 sync: Callable[[Any], defer.Deferred], publish: Callable[[dict], None]):
+                 sync: Callable[[Any], defer.Deferred], publish: Callable[[dict], None],
+                 clock: Any = None, spacing: float = 0.1):
         self.folders = folders
         self.sync = sync
         self.publish = publish
+        self.clock = clock
+        self.spacing = spacing
         self.counts = {"active": 0, "scheduled": 0}
         self._syncing: dict[int, bool] = {}  # id(folder) -> another sync wanted
 
@@ -88,9 +93,17 @@ class Dispatch:
         d.addErrback(lambda f: log.failure("runner process: folder sync", f))
 
         def done(_):
-            again = self._syncing.pop(key)
-            if again:
+            if not self._syncing[key]:
+                del self._syncing[key]
+            elif self.clock is None:
+                del self._syncing[key]
                 self._sync(folder)
+            else:
+                self.clock.callLater(self.spacing, again)
+
+        def again():
+            del self._syncing[key]
+            self._sync(folder)
 
         d.addBoth(done)
 

@@ -77,17 +77,23 @@ def test_parent_syncs_each_open_folder_once_at_a_time():
         pending.append(d)
         return d
 
+    clock = task.Clock()
     dispatch = Dispatch(lambda path: [folder] if path == "/m/alice" else [], sync,
-                        publish=lambda e: None)
+                        publish=lambda e: None, clock=clock, spacing=0.1)
     dispatch.frames(channel.Decoder().feed(channel.frames(
         channel.DELIVERED, [b"/m/alice", b"/m/bob"])))
     assert folder.syncs == 1
     dispatch.frames([(channel.DELIVERED, b"/m/alice"), (channel.DELIVERED, b"/m/alice")])
     assert folder.syncs == 1  # one runs: the two make one more, after it
     pending.pop(0).callback(True)
+    assert folder.syncs == 1  # spaced: a burst's syncs each list new/
+    clock.advance(0.1)
     assert folder.syncs == 2
     pending.pop(0).callback(True)
+    clock.advance(1)
     assert folder.syncs == 2
+    dispatch.frames([(channel.DELIVERED, b"/m/alice")])
+    assert folder.syncs == 3  # nothing ran: at once
 
 
 def test_parent_takes_counts_and_publishes_log_events():
