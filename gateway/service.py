@@ -144,7 +144,7 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
         # by a gateway killed a moment ago finishes its last writes first.
         with runlock.claim_runner(settings.state_dir, wait=60.0):
             core.spool.recover()
-        # Folders the child delivered into sync in the mailbox pool (_access makes it
+        # Files the child delivered are indexed in the mailbox pool (_access makes it
         # below, before anything runs).
         runner = runnerproc_parent.RunnerProcess(
             reactor, runnerproc_parent.child_argv(
@@ -153,7 +153,8 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
                   else ())),
             runnerproc_parent.Dispatch(
                 runnerproc_parent.folder_finder(core.store, core.archive),
-                lambda folder: threads.deferToThreadPool(reactor, mailbox_pool, folder.sync),
+                lambda folder, names: threads.deferToThreadPool(
+                    reactor, mailbox_pool, folder.arrived_elsewhere, names),
                 runnerproc_parent.publish_event, clock=reactor))
         runner.setServiceParent(core.top)
         forward_sighup = runner.reload

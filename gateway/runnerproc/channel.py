@@ -2,7 +2,8 @@
 
 Pure framing, no I/O, so it is tested without a process (tests/unit). Kinds:
   parent -> child: Q queue ID (a new spool entry), H reload aliases (SIGHUP)
-  child -> parent: D a Maildir the child delivered into, C "active scheduled"
+  child -> parent: D a Maildir and the names the child renamed into its new/
+                   (NUL-separated), C "active scheduled"
                    (the runner's counts), L one log event (JSON)
 """
 
@@ -71,6 +72,16 @@ class Decoder:
             pos = end + 1
         self._buffer = buf[pos:]
         return out
+
+
+def join_delivered(path: str, names: list[str]) -> bytes:
+    """A D frame's payload: the Maildir, then each name renamed into its new/."""
+    return "\0".join([path, *names]).encode("utf-8", "surrogateescape")
+
+
+def split_delivered(payload: bytes) -> tuple[str, list[str]]:
+    path, *names = payload.decode("utf-8", "surrogateescape").split("\0")
+    return path, names
 
 
 # -- log events: formatted where they happen, fields kept for the parent's observers --

@@ -36,7 +36,7 @@ class ChildChannel(protocol.Protocol):
         self.reload: Any = None  # () -> None: reload the alias table
         self._waiting: list[str] = []  # IDs told before the runner started
         self._lock = threading.Lock()
-        self._paths: set[str] = set()
+        self._paths: dict[str, list[str]] = {}
         self._out: list[bytes] = []  # frames written before the pipe is connected
         self._counts = (0, 0)
         self._loop: task.LoopingCall | None = None
@@ -79,20 +79,20 @@ class ChildChannel(protocol.Protocol):
 
     # -- out --
 
-    def delivered(self, path: str) -> None:
-        """A delivery renamed a file into path's new/ (any thread): the parent is told
-        once per path per reactor turn."""
+    def delivered(self, path: str, name: str) -> None:
+        """A delivery renamed name into path's new/ (any thread): the parent hears of
+        all of one reactor turn's at once, one frame per Maildir."""
         with self._lock:
             first = not self._paths
-            self._paths.add(path)
+            self._paths.setdefault(path, []).append(name)
         if first:
             self.reactor.callFromThread(self._send_delivered)
 
     def _send_delivered(self) -> None:
         with self._lock:
-            paths, self._paths = self._paths, set()
-        self._write(channel.frames(channel.DELIVERED,
-                                   [p.encode("utf-8", "surrogateescape") for p in paths]))
+            paths, self._paths = self._paths, {}
+        self._write(channel.frames(channel.DELIVERED, [
+            channel.join_delivered(path, names) for path, names in paths.items()]))
 
     def _send_counts(self) -> None:
         counts = self.runner.counts()

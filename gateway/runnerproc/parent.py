@@ -53,59 +53,68 @@ class Dispatch:
     """What the child says, applied in the parent (no process here: unit-tested).
 
     folders(path) -> the open Folders of that Maildir (mail and list archives);
-    sync(folder) runs folder.sync() off the reactor thread. One sync per folder
-    at a time; paths told while it runs make one more, `spacing` seconds after
-    it: a sync lists new/, so during a burst into one INBOX a sync per delivery
-    would cost O(files in new/) each (bench/RESULTS.md).
+    learn(folder, names) runs folder.arrived_elsewhere(names) off the reactor
+    thread: the names the child renamed into new/ are indexed without listing
+    the folder (a listing per delivery into a big INBOX is O(its size)). One
+    learn per folder at a time; names told meanwhile go in the next, `spacing`
+    seconds after (each learn is one index commit).
     """
 
     def __init__(self, folders: Callable[[str], Iterable[Any]],
-                 sync: Callable[[Any], defer.Deferred], publish: Callable[[dict], None],
-                 clock: Any = None, spacing: float = 0.1):
+                 learn: Callable[[Any, list[str]], defer.Deferred],
+                 publish: Callable[[dict], None], clock: Any = None, spacing: float = 0.02):
         self.folders = folders
-        self.sync = sync
+        self.learn = learn
         self.publish = publish
         self.clock = clock
         self.spacing = spacing
         self.counts = {"active": 0, "scheduled": 0}
-        self._syncing: dict[int, bool] = {}  # id(folder) -> another sync wanted
+        self._waiting: dict[int, list[str]] = {}  # id(folder) -> names for the next learn
+        self._busy: set[int] = set()
+        self._seen: dict[int, Any] = {}  # folders told of, for relist() after a death
 
     def frames(self, pairs: list[tuple[bytes, bytes]]) -> None:
         for kind, payload in pairs:
             if kind == channel.LOG:
                 self.publish(channel.decode_event(payload))
             elif kind == channel.DELIVERED:
-                for folder in self.folders(payload.decode("utf-8", "surrogateescape")):
-                    self._sync(folder)
+                path, names = channel.split_delivered(payload)
+                for folder in self.folders(path):
+                    self._told(folder, names)
             elif kind == channel.COUNTS:
                 active, _, scheduled = payload.partition(b" ")
                 self.counts = {"active": int(active), "scheduled": int(scheduled)}
             else:
                 log.warn("runner process: unknown message {kind!r}", kind=kind)
 
-    def _sync(self, folder: Any) -> None:
+    def child_ended(self) -> None:
+        """A child that died may have renamed files it never told of: the folders
+        it delivered into list their directories at their next sync."""
+        seen, self._seen = self._seen, {}
+        for folder in seen.values():
+            folder.relist()
+        self.counts = {"active": 0, "scheduled": 0}
+
+    def _told(self, folder: Any, names: list[str]) -> None:
         key = id(folder)
-        if key in self._syncing:
-            self._syncing[key] = True
+        self._seen[key] = folder
+        self._waiting.setdefault(key, []).extend(names)
+        if key not in self._busy:
+            self._run(folder)
+
+    def _run(self, folder: Any) -> None:
+        key = id(folder)
+        names = self._waiting.pop(key, None)
+        if not names:
+            self._busy.discard(key)
             return
-        self._syncing[key] = False
-        d = self.sync(folder)
-        d.addErrback(lambda f: log.failure("runner process: folder sync", f))
-
-        def done(_):
-            if not self._syncing[key]:
-                del self._syncing[key]
-            elif self.clock is None:
-                del self._syncing[key]
-                self._sync(folder)
-            else:
-                self.clock.callLater(self.spacing, again)
-
-        def again():
-            del self._syncing[key]
-            self._sync(folder)
-
-        d.addBoth(done)
+        self._busy.add(key)
+        d = self.learn(folder, names)
+        d.addErrback(lambda f: log.failure("runner process: indexing deliveries", f))
+        if self.clock is None:
+            d.addBoth(lambda _: self._run(folder))
+        else:
+            d.addBoth(lambda _: self.clock.callLater(self.spacing, self._run, folder))
 
 
 class _ChildProtocol(protocol.ProcessProtocol):
@@ -194,6 +203,7 @@ class RunnerProcess(service.Service):
     def _ended(self, child: _ChildProtocol, reason) -> None:
         if child is self.child:
             self.child = None
+        self.dispatch.child_ended()
         if self._stopping:
             return
         if self.reactor.seconds() - self._started_at >= STABLE_AFTER:

@@ -272,6 +272,29 @@ class Folder:
                 self.by_base[m.base] = m  # known: a sync() meanwhile must not add it again
             self._staged += staged
 
+    def arrived_elsewhere(self, names: list[str]) -> list[int]:
+        """Files the runner process (gateway/runnerproc) renamed into new/, told by
+        name: indexed as this process's own deliveries are, without a listing, and
+        published; their UIDs. new/'s mtime is then taken as known: every change
+        there since the last look is taken for that process's, each told by name.
+        A foreign change in that window waits for the five-minute listing, as one
+        inside an own rename's clock tick does; a runner that dies before telling
+        what it renamed is covered by relist()."""
+        with self.lock:
+            if self.gone:
+                return []
+            self._arrived.extend(names)
+            self.index_arrived()
+            seen = self._seen["new"]
+            if seen is not None:
+                self._seen["new"] = (os.stat(self.path / "new").st_mtime_ns, seen[1])
+            return self.publish_arrived()
+
+    def relist(self) -> None:
+        """The next sync() lists new/ and cur/ whatever their mtimes."""
+        with self.lock:
+            self._seen = {sub: None for sub in SUBS}
+
     def pending(self) -> bool:
         """Deliveries renamed in and not yet published (the registry keeps such a folder)."""
         return bool(self._arrived or self._staged)

@@ -47,13 +47,13 @@ _KNOWN_PATHS = 10000  # mailbox -> Maildir path strings kept for deliveries
 class MaildirStore:
     def __init__(self, root: Path, announce: Callable[[Callable[[], None]], Any] | None = None,
                  limits: quota.Limits | None = None, vanished_limit: int = VANISHED_LIMIT,
-                 delivered: Callable[[str], Any] | None = None):
+                 delivered: Callable[[str, str], Any] | None = None):
         """announce(f) must run f on the thread that serves IMAP sessions (the
         gateway passes reactor.callFromThread); by default f runs at once.
         limits: each user's quota (store/quota.py); None: no limits.
-        delivered(path): told (in the delivering thread) of each Maildir a delivery
-        renamed into with no Folder open here: the runner process tells the
-        listeners' process, whose open Folder then syncs (gateway/runnerproc)."""
+        delivered(path, name): told (in the delivering thread) of each file a delivery
+        renamed into path's new/ with no Folder open here: the runner process tells
+        the listeners' process, whose open Folder indexes it (gateway/runnerproc)."""
         self.root = Path(root)
         self.delivered = delivered
         self.limits = limits
@@ -139,7 +139,7 @@ class MaildirStore:
         if opened is None:  # no IMAP session has it open: its first sync() lists new/
             os.rename(tmp, f"{path}/new/{unique}")
             if self.delivered is not None:
-                self.delivered(path)
+                self.delivered(path, unique)
         else:
             opened.arrived(Path(tmp), unique)
         self._note(path, unique)

@@ -64,41 +64,54 @@ def test_a_failure_travels_as_text():
 
 class FakeFolder:
     def __init__(self):
-        self.syncs = 0
+        self.learned: list[list[str]] = []
+        self.relisted = 0
+
+    def relist(self):
+        self.relisted += 1
 
 
-def test_parent_syncs_each_open_folder_once_at_a_time():
+def test_parent_indexes_told_names_one_learn_at_a_time_spaced():
     pending: list[defer.Deferred] = []
     folder = FakeFolder()
 
-    def sync(f):
-        f.syncs += 1
+    def learn(f, names):
+        f.learned.append(names)
         d = defer.Deferred()
         pending.append(d)
         return d
 
     clock = task.Clock()
-    dispatch = Dispatch(lambda path: [folder] if path == "/m/alice" else [], sync,
+    dispatch = Dispatch(lambda path: [folder] if path == "/m/alice" else [], learn,
                         publish=lambda e: None, clock=clock, spacing=0.1)
-    dispatch.frames(channel.Decoder().feed(channel.frames(
-        channel.DELIVERED, [b"/m/alice", b"/m/bob"])))
-    assert folder.syncs == 1
-    dispatch.frames([(channel.DELIVERED, b"/m/alice"), (channel.DELIVERED, b"/m/alice")])
-    assert folder.syncs == 1  # one runs: the two make one more, after it
-    pending.pop(0).callback(True)
-    assert folder.syncs == 1  # spaced: a burst's syncs each list new/
+    dispatch.frames(channel.Decoder().feed(channel.frames(channel.DELIVERED, [
+        channel.join_delivered("/m/alice", ["1.Q1", "2.Q2"]),
+        channel.join_delivered("/m/bob", ["3.Q3"])])))
+    assert folder.learned == [["1.Q1", "2.Q2"]]
+    dispatch.frames([(channel.DELIVERED, channel.join_delivered("/m/alice", ["4"])),
+                     (channel.DELIVERED, channel.join_delivered("/m/alice", ["5"]))])
+    assert len(folder.learned) == 1  # one runs: the two go in the next, after it
+    pending.pop(0).callback([1, 2])
+    assert len(folder.learned) == 1  # spaced: each learn is an index commit
     clock.advance(0.1)
-    assert folder.syncs == 2
-    pending.pop(0).callback(True)
+    assert folder.learned[1] == ["4", "5"]
+    pending.pop(0).callback([3, 4])
     clock.advance(1)
-    assert folder.syncs == 2
-    dispatch.frames([(channel.DELIVERED, b"/m/alice")])
-    assert folder.syncs == 3  # nothing ran: at once
+    assert len(folder.learned) == 2
+    dispatch.frames([(channel.DELIVERED, channel.join_delivered("/m/alice", ["6"]))])
+    assert folder.learned[2] == ["6"]  # nothing ran: at once
+    dispatch.child_ended()
+    assert folder.relisted == 1
+
+
+def test_delivered_payload_round_trip():
+    path, names = channel.split_delivered(channel.join_delivered("/m/é", ["a", "b:2,S"]))
+    assert path == "/m/é" and names == ["a", "b:2,S"]
 
 
 def test_parent_takes_counts_and_publishes_log_events():
     published = []
-    dispatch = Dispatch(lambda p: [], lambda f: defer.succeed(None), published.append)
+    dispatch = Dispatch(lambda p: [], lambda f, n: defer.succeed(None), published.append)
     events = []
     Logger(observer=events.append).info("{queue_id}: removed", queue_id="Q3")
     dispatch.frames([(channel.COUNTS, b"3 17"),
@@ -141,7 +154,7 @@ def ended(proto, code=0, signal=None):
 def test_queue_ids_go_down_the_pipe_and_a_dead_child_is_started_again_with_backoff():
     reactor = FakeSpawner()
     rp = RunnerProcess(reactor, child_argv("/etc/m.toml", 8, 9),
-                       Dispatch(lambda p: [], lambda f: None, lambda e: None),
+                       Dispatch(lambda p: [], lambda f, n: None, lambda e: None),
                        env={"A": "1"})
     rp.privilegedStartService()
     rp.startService()
@@ -167,7 +180,7 @@ def test_queue_ids_go_down_the_pipe_and_a_dead_child_is_started_again_with_backo
 
 def test_stop_closes_the_childs_stdin_waits_and_kills_one_that_lingers():
     reactor = FakeSpawner()
-    rp = RunnerProcess(reactor, ["py"], Dispatch(lambda p: [], lambda f: None, lambda e: None),
+    rp = RunnerProcess(reactor, ["py"], Dispatch(lambda p: [], lambda f, n: None, lambda e: None),
                        stop_timeout=5, env={})
     rp.privilegedStartService()
     proto = reactor.spawned[0][0]
@@ -184,7 +197,7 @@ def test_stop_closes_the_childs_stdin_waits_and_kills_one_that_lingers():
 def test_env_of_the_child_has_no_notify_socket(monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
     rp = RunnerProcess(task.Clock(), ["py"], Dispatch(lambda p: [], lambda f: None,
-                                                       lambda e: None))
+                                                          lambda e: None))
     assert "NOTIFY_SOCKET" not in rp.env
 
 
@@ -239,14 +252,15 @@ def test_child_tells_each_delivered_path_once_per_turn_and_counts_when_they_chan
     runner = FakeRunner()
     link.started(runner)
     assert out.value() == b""  # 0 0: nothing new
-    link.delivered("/m/a")
-    link.delivered("/m/a")
-    link.delivered("/m/b")
+    link.delivered("/m/a", "1.Q1")
+    link.delivered("/m/a", "2.Q2")
+    link.delivered("/m/b", "3.Q3")
     assert len(reactor.from_thread) == 1  # one wake-up of the reactor for the three
     f, args = reactor.from_thread.pop()
     f(*args)
     got = channel.Decoder().feed(out.value())
-    assert sorted(got) == [(b"D", b"/m/a"), (b"D", b"/m/b")]
+    assert sorted(channel.split_delivered(p) for k, p in got) == [
+        ("/m/a", ["1.Q1", "2.Q2"]), ("/m/b", ["3.Q3"])]
     out.clear()
     runner.active, runner.scheduled = 2, 5
     reactor.advance(0.5)
