@@ -144,8 +144,8 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
         # by a gateway killed a moment ago finishes its last writes first.
         with runlock.claim_runner(settings.state_dir, wait=60.0):
             core.spool.recover()
-        # Files the child delivered are indexed in the mailbox pool (_access makes it
-        # below, before anything runs).
+        # Files the child delivered are indexed in the run lane, idle here: its trips'
+        # syncs make the index commits durable (gateway/durable.py).
         runner = runnerproc_parent.RunnerProcess(
             reactor, runnerproc_parent.child_argv(
                 runnerproc_parent.config_path(settings.source),
@@ -153,8 +153,7 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
                   else ())),
             runnerproc_parent.Dispatch(
                 runnerproc_parent.folder_finder(core.store, core.archive),
-                lambda folder, names: threads.deferToThreadPool(
-                    reactor, mailbox_pool, folder.arrived_elsewhere, names),
+                lambda folder, names: core.run_blocking(folder.arrived_elsewhere, names),
                 runnerproc_parent.publish_event, clock=reactor))
         runner.setServiceParent(core.top)
         forward_sighup = runner.reload
@@ -162,7 +161,7 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
         core.top.runner_lock = runlock.claim_runner(settings.state_dir)
         runner = _delivery(settings, reactor, core).runner
         forward_sighup = None
-    mailbox_pool, tls_options = _access(settings, reactor, core, runner)
+    _, tls_options = _access(settings, reactor, core, runner)
     # After the fronts: its SIGHUP handler chains to theirs.
     aliasfile.AliasReloader(settings, core.router, reactor,
                             forward_sighup=forward_sighup).setServiceParent(core.top)
@@ -173,13 +172,14 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
     return core.top
 
 
-def build_runner(settings: Settings, reactor, link) -> service.MultiService:
+def build_runner(settings: Settings, reactor, link, lock_wait: float = 60.0
+                 ) -> service.MultiService:
     """The runner process (gateway/runnerproc/child.py): the queue runner and every
     delivery, built as in one process; link is its channel to the listeners' process
     (new queue IDs in; the Maildirs delivered into, counts and log events out)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # A runner started again while the one before still finishes waits for it.
-    run_lock = runlock.claim_runner(settings.state_dir, wait=60.0)
+    run_lock = runlock.claim_runner(settings.state_dir, wait=lock_wait)
     core = _core(settings, reactor, delivered=link.delivered)
     core.top.run_lock = run_lock
     lane = _delivery(settings, reactor, core, child=True)

@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--uid", type=int)
     parser.add_argument("--gid", type=int)
+    parser.add_argument("--lock-wait", type=float, default=60.0,
+                        help="seconds to wait for another runner on the spool to end")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.uid is not None and os.geteuid() == 0:
             who = privileges.identity(args.uid, args.gid)
         with privileges.acting_as(who):
-            top = service.build_runner(settings, reactor, link)
+            top = service.build_runner(settings, reactor, link, lock_wait=args.lock_wait)
         guard = startup.Guard(drop_to=who, serving=who)
         top.setServiceParent(guard)
         guard.privilegedStartService()
