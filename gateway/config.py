@@ -164,8 +164,9 @@ class QueueSettings:
     # at most this far behind (durable.Writeback); 0: off.
     writeback_window: int = 4 << 20
     # The queue runner and every delivery in a process of their own, beside the
-    # listeners' (gateway/runnerproc): two cores instead of one GIL.
-    runner_process: bool = True
+    # listeners' (gateway/runnerproc): two cores instead of one GIL. Off by default:
+    # measured slower so far (bench/RESULTS.md, 2026-11-26 22:50).
+    runner_process: bool = False
 
 
 @dataclass(frozen=True)

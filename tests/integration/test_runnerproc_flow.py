@@ -12,6 +12,7 @@ import sys
 from conftest import wait_for
 
 USER = "alice@example.test"
+ON = "[queue]\nrunner_process = true\n"
 
 
 def send(gw, n: int = 1, tag: str = "m") -> None:
@@ -32,7 +33,8 @@ def alive(pid: int) -> bool:
 def test_mail_is_delivered_by_the_runner_process_and_idle_hears_of_it_at_once(make_gateway):
     # IMAP's own look at the folder is a minute away: an EXISTS before it is the
     # runner process's word (the names it renamed into new/).
-    gw = make_gateway("[imap]\npoll_interval = 60\n")
+    gw = make_gateway(f"{ON}[auth]\nplaintext_from_loopback = true\n"
+                      "[imap]\npoll_interval = 60\n")
     child = gw.runner_pid()
     assert child is not None and child != gw.proc.pid
     m = gw.imap_login(USER)
@@ -54,7 +56,7 @@ def test_mail_is_delivered_by_the_runner_process_and_idle_hears_of_it_at_once(ma
 
 
 def test_a_killed_runner_process_loses_nothing_and_is_started_again(make_gateway):
-    gw = make_gateway("[queue]\nconcurrency = 2\n")
+    gw = make_gateway(f"{ON}concurrency = 2\n")
     first = gw.runner_pid()
     send(gw, 30, "a")
     os.kill(first, signal.SIGKILL)
@@ -70,7 +72,7 @@ def test_a_killed_runner_process_loses_nothing_and_is_started_again(make_gateway
 
 
 def test_no_runner_process_outlives_the_gateway(make_gateway):
-    gw = make_gateway()
+    gw = make_gateway(ON)
     child = gw.runner_pid()
     gw.stop()
     assert not alive(child)
@@ -84,7 +86,8 @@ def test_no_runner_process_outlives_the_gateway(make_gateway):
 
 
 def test_a_second_runner_on_the_same_spool_is_refused(make_gateway):
-    gw = make_gateway()
+    gw = make_gateway(ON)
+    gw.wait_log("runner process for")  # it holds the runner lock from before that line
     result = subprocess.run([sys.executable, "-m", "gateway.runnerproc", "--config",
                              str(gw.config), "--lock-wait", "0"], capture_output=True, text=True,
                             timeout=120, stdin=subprocess.DEVNULL)
