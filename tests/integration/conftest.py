@@ -149,7 +149,7 @@ class Gateway:
     def delivery_pid(self) -> int:
         """The process that delivers: the runner process, else the gateway itself."""
         return wait_for(lambda: self.runner_pid(), what="the runner process") \
-            if "runner_process = false" not in self.config.read_text() else self.proc.pid
+            if "runner_process = true" in self.config.read_text() else self.proc.pid
 
     def maildir(self, address: str) -> Path:
         local, domain = address.split("@")
