@@ -59,6 +59,7 @@ def built(state_dir):
     top = service.build(settings, reactor)
     yield top, reactor
     top.run_lock.close()
+    top.runner_lock.close()  # one process: its queue runner's lock too
 
 
 def test_password_checks_run_in_the_auth_pool_not_the_reactors(built):
