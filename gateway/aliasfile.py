@@ -58,8 +58,11 @@ def _mtimes(files: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
 class AliasReloader(service.Service):
     """Keeps router.aliases up to date with the file; SIGHUP reloads at once."""
 
-    def __init__(self, settings: Settings, router: Any, reactor: Any, install_sighup: bool = True):
+    def __init__(self, settings: Settings, router: Any, reactor: Any, install_sighup: bool = True,
+                 forward_sighup: Any = None):
+        """forward_sighup(): also called on SIGHUP (the runner process reloads too)."""
         self.settings = settings
+        self.forward_sighup = forward_sighup
         self.router = router
         self.reactor = reactor
         self.install_sighup = install_sighup
@@ -92,6 +95,8 @@ class AliasReloader(service.Service):
         if callable(self._previous):
             self._previous(signum, frame)
         self.reactor.callFromThread(self.reload, "SIGHUP")
+        if self.forward_sighup is not None:
+            self.reactor.callFromThread(self.forward_sighup)
 
     def check(self) -> None:
         if _mtimes(tuple(self._seen)) != self._seen:

@@ -169,6 +169,10 @@ class QueueSettings:
     # Local copies of one message (an alias's or a list's mailboxes) written as one
     # call of a group commit, one sync for their data and one for their names.
     local_batch: int = 1000
+    # The queue runner and every delivery in a process of their own, beside the
+    # listeners' (gateway/runnerproc): two cores instead of one GIL. Off by default:
+    # measured slower so far (bench/RESULTS.md, 2026-11-26 22:50).
+    runner_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -550,6 +554,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         sync=r.get("queue", "sync", str, "filesystem"),
         writeback_window=r.get("queue", "writeback_window", int, QueueSettings.writeback_window),
         local_batch=r.positive("queue", "local_batch", int, QueueSettings.local_batch),
+        runner_process=r.get("queue", "runner_process", bool, QueueSettings.runner_process),
     )
     if queue.sync not in SYNC_MODES:
         r.fault("queue", "sync", f"must be \"filesystem\" or \"file\", not {queue.sync!r}")

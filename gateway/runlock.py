@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +29,9 @@ from gateway.errors import StartupError
 log = Logger()
 
 LOCK_NAME = "gateway.lock"
+# The queue runner's own lock ([queue] runner_process: taken by the runner process,
+# else by the gateway beside gateway.lock): one runner per spool, always.
+RUNNER_LOCK_NAME = "runner.lock"
 
 
 def claim(state_dir: Path) -> IO[str]:
@@ -56,4 +60,33 @@ def claim(state_dir: Path) -> IO[str]:
             path.unlink(missing_ok=True)
             log.info("removed {path}, left by a gateway that stopped without cleaning up",
                      path=str(path))
+    return handle
+
+
+def claim_runner(state_dir: Path, wait: float = 0.0, sleep=time.sleep) -> IO[str]:
+    """Lock <state_dir>/run/runner.lock for this process's queue runner.
+
+    wait: seconds to keep trying (a runner process started again while the one
+    before it still finishes its last deliveries). Returns the open lock file.
+    """
+    run_dir = state_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = open(run_dir / RUNNER_LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115  held
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                pid = handle.read().strip() or "?"
+                handle.close()
+                raise StartupError(f"{state_dir}: another queue runner (pid {pid}) works on "
+                                   "this spool; stop it first") from None
+            sleep(0.1)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
     return handle

@@ -8,6 +8,9 @@ is configured, a self-signed one.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import dns.exception
 from twisted.application import service
 from twisted.internet import task, threads
@@ -46,6 +49,7 @@ from gateway.queue.spool import Spool
 from gateway.queue.submit import Submitter
 from gateway.resolve.router import Router
 from gateway.resolve.transport import TransportMap
+from gateway.runnerproc import parent as runnerproc_parent
 from gateway.sign.arc import ArcSealer, PostSigner, RelaySealer
 from gateway.sign.keys import KeyRing
 from gateway.sign.signer import DkimSigner
@@ -64,10 +68,14 @@ class RunnerService(service.Service):
 
     def __init__(self, runner: QueueRunner):
         self.runner = runner
+        self.started = None
 
     def startService(self) -> None:
         super().startService()
-        self.runner.start()
+        # Fires once the spool's entries are scheduled (the runner process's channel
+        # waits for it before handing queue IDs over).
+        self.started = self.runner.start()
+        self.started.addErrback(lambda f: log.failure("queue runner could not start", f))
 
     def stopService(self):
         self.runner.stop()
@@ -104,17 +112,102 @@ class PoolsService(service.Service):
         return super().stopService()
 
 
-def build(settings: Settings, reactor) -> service.MultiService:
-    """The whole gateway for settings, as one twistd service."""
+@dataclasses.dataclass
+class _Core:
+    """What both roles share: the spool, routing, the stores and their write lanes."""
+    top: service.MultiService
+    accept_blocking: BlockingBatcher
+    run_blocking: BlockingBatcher
+    router: Router
+    spool: Spool
+    store: MaildirStore
+    list_store: ListStore
+    archive: MaildirStore
+    orgs: OrgDomains
+    users: GuardedDirectory
+    auth_pool: ThreadPool
+
+
+def build(settings: Settings, reactor, serving=None) -> service.MultiService:
+    """The whole gateway for settings, as one twistd service: every listener, and the
+    queue runner with its deliveries here or, with [queue] runner_process, in a process
+    of its own (gateway/runnerproc) that this one starts (as serving, once root)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # One gateway per state_dir; sockets and locks a killed one left are cleared.
     run_lock = runlock.claim(settings.state_dir)
-    tls.ensure_certificate(settings.certificate, settings.private_key, settings.hostname)
-    # STARTTLS/STLS: the [tls] files, read again when they change (ACME renewals).
-    tls_options = tls.ReloadingServerTLS(settings.certificate, settings.private_key)
+    core = _core(settings, reactor)
+    core.top.run_lock = run_lock  # held (open) as long as the gateway runs
+    if settings.queue.runner_process:
+        # The spool's repair after a crash, here and now: the runner process starts
+        # while this one already writes entries, and must never take a half-written
+        # one of ours for a crash's leftover. Under the runner's lock: a runner left
+        # by a gateway killed a moment ago finishes its last writes first.
+        with runlock.claim_runner(settings.state_dir, wait=60.0):
+            core.spool.recover()
+        # Files the child delivered are indexed in the run lane, idle here: its trips'
+        # syncs make the index commits durable (gateway/durable.py).
+        runner = runnerproc_parent.RunnerProcess(
+            reactor, runnerproc_parent.child_argv(
+                runnerproc_parent.config_path(settings.source),
+                *((serving.uid, serving.gid) if serving is not None and os.geteuid() == 0
+                  else ())),
+            runnerproc_parent.Dispatch(
+                runnerproc_parent.folder_finder(core.store, core.archive),
+                lambda folder, names: core.run_blocking(folder.arrived_elsewhere, names),
+                runnerproc_parent.publish_event, clock=reactor))
+        runner.setServiceParent(core.top)
+        forward_sighup = runner.reload
+    else:
+        core.top.runner_lock = runlock.claim_runner(settings.state_dir)
+        runner = _delivery(settings, reactor, core).runner
+        forward_sighup = None
+    _, tls_options = _access(settings, reactor, core, runner)
+    # After the fronts: its SIGHUP handler chains to theirs.
+    aliasfile.AliasReloader(settings, core.router, reactor,
+                            forward_sighup=forward_sighup).setServiceParent(core.top)
+    _metrics(settings, core.spool, runner, reactor, core.top)
+    _web(settings, core.list_store, tls_options, reactor, core.top)
+    log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
+             source=settings.source)
+    return core.top
+
+
+def build_runner(settings: Settings, reactor, link, lock_wait: float = 60.0
+                 ) -> service.MultiService:
+    """The runner process (gateway/runnerproc/child.py): the queue runner and every
+    delivery, built as in one process; link is its channel to the listeners' process
+    (new queue IDs in; the Maildirs delivered into, counts and log events out)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # A runner started again while the one before still finishes waits for it.
+    run_lock = runlock.claim_runner(settings.state_dir, wait=lock_wait)
+    core = _core(settings, reactor, delivered=link.delivered)
+    core.top.run_lock = run_lock
+    lane = _delivery(settings, reactor, core, child=True)
+    reloader = aliasfile.AliasReloader(settings, core.router, reactor, install_sighup=False)
+    reloader.setServiceParent(core.top)
+    link.reload = lambda: reloader.reload("SIGHUP")
+    _Started(lane, link).setServiceParent(core.top)
+    log.info("runner process for {domains} from {source}",
+             domains=", ".join(settings.domains), source=settings.source)
+    return core.top
+
+
+class _Started(service.Service):
+    """Hands the runner to the channel once its start-up scan has scheduled the spool."""
+
+    def __init__(self, lane: RunnerService, link):
+        self.lane = lane
+        self.link = link
+
+    def startService(self) -> None:
+        super().startService()  # after the lane's: its start-up scan has begun
+        self.lane.started.addCallback(lambda _: self.link.started(self.lane.runner))
+
+
+def _core(settings: Settings, reactor, delivered=None) -> _Core:
+    """The parts both processes build: write lanes, routing, spool and stores."""
     # Spool writes and Maildir deliveries run in the reactor's threads.
     reactor.suggestThreadPoolSize(max(10, settings.queue.concurrency + 6))
-
     # Disk work of the queue goes to the pool in batches (group commit, durable.py),
     # in two lanes of one thread each: spool writes for SMTP's 250s, and the
     # runner's work. More threads only fought over the GIL (bench/RESULTS.md).
@@ -125,12 +218,9 @@ def build(settings: Settings, reactor) -> service.MultiService:
                                       writeback_window=window)
     run_blocking = BlockingBatcher(reactor, max_trips=1, sync=settings.queue.sync,
                                    writeback_window=window)
-    # Password hashes and mailbox work (POP3, IMAP SEARCH ...) have pools of their
-    # own, so guessing passwords or searching never delays a 250 (issue 11).
+    # Password hashes have a pool of their own, so guessing passwords never delays
+    # a 250 (issue 11).
     auth_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.auth, name="auth")
-    mailbox_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.mailbox,
-                              name="mailbox")
-    search_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.search, name="search")
     # One guessing budget for SMTP AUTH, POP3 and IMAP (access/authguard.py).
     g = settings.auth_guard
     cache = AuthCache(g.cache_ttl, g.cache_size, reactor.seconds)
@@ -149,10 +239,25 @@ def build(settings: Settings, reactor) -> service.MultiService:
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread,
                          limits=Limits(settings.quotas_file, settings.mailbox_quota,
                                        settings.mailbox_quota_grace),
-                         vanished_limit=settings.mailbox_vanished_uids)
+                         vanished_limit=settings.mailbox_vanished_uids, delivered=delivered)
+    # One archive store for the exploder that writes it and the IMAP readers (shared
+    # folders), so a post filed in a pool thread wakes the sessions that have it open.
+    archive = MaildirStore(settings.state_dir / "lists" / "archive",
+                           announce=reactor.callFromThread, delivered=delivered)
     top = service.MultiService()
-    top.run_lock = run_lock  # held (open) as long as the gateway runs
-    PoolsService(auth_pool, mailbox_pool, search_pool).setServiceParent(top)
+    PoolsService(auth_pool).setServiceParent(top)
+    # One Public Suffix List for DMARC, on the way in and for list posts.
+    orgs = OrgDomains(settings.inbound_auth.public_suffix_list)
+    return _Core(top=top, accept_blocking=accept_blocking, run_blocking=run_blocking,
+                 router=router, spool=spool, store=store, list_store=list_store,
+                 archive=archive, orgs=orgs, users=users, auth_pool=auth_pool)
+
+
+def _delivery(settings: Settings, reactor, core: _Core, child: bool = False
+              ) -> RunnerService:
+    """The queue runner and every delivery target, bouncer and submitter (one process's
+    or, child, the runner process's); its services join core.top."""
+    top, spool, run_blocking = core.top, core.spool, core.run_blocking
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,
                       max_age=settings.queue.max_age, run_blocking=run_blocking)
@@ -168,8 +273,6 @@ def build(settings: Settings, reactor) -> service.MultiService:
     # DKIM signing and ARC sealing of mail that leaves (gateway/sign/): relayed mail in
     # the relay's threads, list posts once each in the exploder's (PostSigner).
     keyring = KeyRing(settings.dkim_dir, settings.dkim.check_interval)
-    # One Public Suffix List for DMARC, on the way in and for list posts.
-    orgs = OrgDomains(settings.inbound_auth.public_suffix_list)
     dkim = DkimSigner(keyring, enabled=settings.dkim.sign,
                       trusted_networks=settings.trusted_networks)
     arc = settings.arc
@@ -184,39 +287,62 @@ def build(settings: Settings, reactor) -> service.MultiService:
     memory = ByteBudget(settings.queue.whole_message_memory)
     relay, run_dns = _relay(settings, reactor, run_blocking, top, sign=sign,
                             sign_wanted=sign_wanted, memory=memory)
-    # One archive store for the exploder that writes it and the IMAP readers (shared
-    # folders), so a post filed in a pool thread wakes the sessions that have it open.
-    archive = MaildirStore(settings.state_dir / "lists" / "archive",
-                           announce=reactor.callFromThread)
-    lists = ListTarget(list_store, submitter, reactor, in_thread(reactor), archive=archive,
-                       dmarc_policy=_dmarc_policy(settings, run_dns, orgs), memory=memory,
+    lists = ListTarget(core.list_store, submitter, reactor, in_thread(reactor),
+                       archive=core.archive,
+                       dmarc_policy=_dmarc_policy(settings, run_dns, core.orgs), memory=memory,
                        sign_post=PostSigner(dkim if settings.dkim.sign else None,
                                             sealer if arc.seal_lists else None))
-    targets = {"local": MaildirDelivery(store, settings.hostname, run_blocking,
+    targets = {"local": MaildirDelivery(core.store, settings.hostname, run_blocking,
                                         max_batch=settings.queue.local_batch),
                "remote": relay,
                "program": program,
                "file": MboxDelivery(settings.mbox, reactor, in_thread(reactor)),
                "list": lists}
     runner = QueueRunner(
-        spool=spool, router=router, settings=settings.queue, reactor=reactor, targets=targets,
-        run_blocking=run_blocking, run_unsynced=in_thread(reactor), bouncer=bouncer,
-        control_root=settings.spool_dir)
+        spool=spool, router=core.router, settings=settings.queue, reactor=reactor,
+        targets=targets, run_blocking=run_blocking, run_unsynced=in_thread(reactor),
+        bouncer=bouncer, control_root=settings.spool_dir, recover=not child)
     submitter.listener = runner
     ProgramService(program).setServiceParent(top)
-    RunnerService(runner).setServiceParent(top)
+    lane = RunnerService(runner)
+    lane.setServiceParent(top)
     OutboxService(lists, reactor, settings.queue.control_interval).setServiceParent(top)
-    authcheck = _inbound_auth(settings, reactor, top, orgs)
+    return lane
+
+
+def _tls_options(settings: Settings):
+    """STARTTLS/STLS: the [tls] files, read again when they change (ACME renewals);
+    made once per process (the listeners' process only)."""
+    return tls.ReloadingServerTLS(settings.certificate, settings.private_key)
+
+
+def _access(settings: Settings, reactor, core: _Core, runner) -> tuple[ThreadPool, object]:
+    """Every listener (SMTP, submission, POP3, IMAP, the TLS fronts) on core's spool and
+    stores; runner: the IQueueListener told of each entry spooled. Returns the
+    mailbox pool (folder work, and syncs the runner process asks for) and the
+    STARTTLS options (also the web's)."""
+    top, store = core.top, core.store
+    tls.ensure_certificate(settings.certificate, settings.private_key, settings.hostname)
+    tls_options = _tls_options(settings)
+    # Mailbox work (POP3, IMAP SEARCH ...) has pools of its own, so searching never
+    # delays a 250 (issue 11).
+    mailbox_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.mailbox,
+                              name="mailbox")
+    search_pool = ThreadPool(minthreads=0, maxthreads=settings.threads.search, name="search")
+    PoolsService(mailbox_pool, search_pool).setServiceParent(top)
+    users = core.users
+    authcheck = _inbound_auth(settings, reactor, top, core.orgs)
     # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
     factories: dict[str, object] = {}
     for name, submission in (("smtp", False), ("submission", True)):
         if settings.listen[name] or name in settings.proxied.listen:
             factory = factories[name] = SMTPFactory(
                 hostname=settings.hostname, domains=settings.domains, settings=settings.smtp,
-                policy=RelayPolicy(router, settings.trusted_networks, submission=submission,
+                policy=RelayPolicy(core.router, settings.trusted_networks,
+                                   submission=submission,
                                    sender_login=settings.smtp.sender_login_match,
                                    quota=store),
-                spool=spool, listener=runner, users=users, tls_options=tls_options,
+                spool=core.spool, listener=runner, users=users, tls_options=tls_options,
                 plaintext_from_loopback=settings.plaintext_auth_from_loopback,
                 reactor=reactor, authcheck=None if submission else authcheck)
         if settings.listen[name]:
@@ -232,17 +358,11 @@ def build(settings: Settings, reactor) -> service.MultiService:
     if settings.listen["imap"] or "imap" in settings.proxied.listen:
         factory = factories["imap"] = _imap(settings, reactor, users, store, tls_options,
                                             mailbox_pool, search_pool,
-                                            ArchiveFolders(list_store, archive))
+                                            ArchiveFolders(core.list_store, core.archive))
     if settings.listen["imap"]:
         _listen("listen.imap", settings.listen["imap"], factory, reactor, top)
     _fronts(settings, factories, reactor, top)
-    # After the fronts: its SIGHUP handler chains to theirs.
-    aliasfile.AliasReloader(settings, router, reactor).setServiceParent(top)
-    _metrics(settings, spool, runner, reactor, top)
-    _web(settings, list_store, tls_options, reactor, top)
-    log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
-             source=settings.source)
-    return top
+    return mailbox_pool, tls_options
 
 
 def _listen(setting: str, endpoint: str, factory, reactor, parent) -> None:

@@ -54,7 +54,7 @@ def makeService(options: Options):
             problems = startup.check(settings)
             if problems:
                 raise SystemExit("\n".join(["mailgateway: cannot start:", *problems]))
-            top = service.build(settings, reactor)
+            top = service.build(settings, reactor, serving=who)
     except ConfigError as e:  # found while building: the aliases file's faults
         raise SystemExit("\n".join(["mailgateway: configuration errors:", *e.lines()])) from None
     except StartupError as e:

@@ -76,8 +76,13 @@ class QueueRunner:
                  targets: Mapping[str, IDeliveryTarget], settings: QueueSettings, reactor,
                  run_blocking: Callable[..., defer.Deferred] | None = None,
                  run_unsynced: Callable[..., defer.Deferred] | None = None,
-                 bouncer: IBouncer | None = None, control_root: Path | None = None):
+                 bouncer: IBouncer | None = None, control_root: Path | None = None,
+                 recover: bool = True):
         self.spool = spool
+        # Whether start() repairs the spool (removes half-written files): not in the
+        # runner process, where the listeners' process writes entries meanwhile and
+        # made the repair itself before it listened (gateway/runnerproc).
+        self.recover = recover
         self.bouncer = bouncer
         # Where `mailgateway queue ...` drops requests (None: no control path).
         self.control_root = control_root
@@ -115,7 +120,8 @@ class QueueRunner:
         return d
 
     def _recover_and_list(self) -> list[str]:
-        self.spool.recover()
+        if self.recover:
+            self.spool.recover()
         return self.spool.queue_ids()
 
     def counts(self) -> dict[str, int]:

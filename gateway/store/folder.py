@@ -62,7 +62,15 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from gateway import memtrim
-from gateway.durable import fsync_dir, rides_dir_sync, syncfs_available, syncfs_of
+from gateway.durable import (
+    before_durable,
+    fsync_dir,
+    rides_dir_sync,
+    sync_dir,
+    syncfs_available,
+    syncfs_of,
+    when_durable,
+)
 from gateway.store import quota
 from gateway.store.index import VANISHED_LIMIT, Index
 from gateway.store.keywords import LETTERS, KeywordTable
@@ -297,6 +305,32 @@ class Folder:
             for m in staged:
                 self.by_base[m.base] = m  # known: a sync() meanwhile must not add it again
             self._staged += staged
+
+    def arrived_elsewhere(self, names: list[str]) -> None:
+        """Files the runner process (gateway/runnerproc) renamed into new/, told by
+        name: indexed as this process's own deliveries are, without a listing, and
+        published. new/'s mtime is then taken as known: every change
+        there since the last look is taken for that process's, each told by name.
+        A foreign change in that window waits for the five-minute listing, as one
+        inside an own rename's clock tick does; a runner that dies before telling
+        what it renamed is covered by relist()."""
+        with self.lock:
+            if self.gone:
+                return
+            self._arrived.extend(names)
+            seen = self._seen["new"]
+            if seen is not None:
+                self._seen["new"] = (os.stat(self.path / "new").st_mtime_ns, seen[1])
+        # As a delivery's: in a trip (gateway/durable.py) the index commit rides the
+        # trip's sync; sessions hear of the messages once the index is durable.
+        before_durable(self.index_arrived)
+        sync_dir(self.path / "new")
+        when_durable(self.publish_arrived)
+
+    def relist(self) -> None:
+        """The next sync() lists new/ and cur/ whatever their mtimes."""
+        with self.lock:
+            self._seen = {sub: None for sub in SUBS}
 
     def pending(self) -> bool:
         """Deliveries renamed in and not yet published (the registry keeps such a folder)."""

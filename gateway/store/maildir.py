@@ -46,11 +46,16 @@ _KNOWN_PATHS = 10000  # mailbox -> Maildir path strings kept for deliveries
 @implementer(IMailStore, IQuotaCheck)
 class MaildirStore:
     def __init__(self, root: Path, announce: Callable[[Callable[[], None]], Any] | None = None,
-                 limits: quota.Limits | None = None, vanished_limit: int = VANISHED_LIMIT):
+                 limits: quota.Limits | None = None, vanished_limit: int = VANISHED_LIMIT,
+                 delivered: Callable[[str, str], Any] | None = None):
         """announce(f) must run f on the thread that serves IMAP sessions (the
         gateway passes reactor.callFromThread); by default f runs at once.
-        limits: each user's quota (store/quota.py); None: no limits."""
+        limits: each user's quota (store/quota.py); None: no limits.
+        delivered(path, name): told (in the delivering thread) of each file a delivery
+        renamed into path's new/ with no Folder open here: the runner process tells
+        the listeners' process, whose open Folder indexes it (gateway/runnerproc)."""
         self.root = Path(root)
+        self.delivered = delivered
         self.limits = limits
         self._folders = FolderRegistry(announce or _call_now, vanished_limit=vanished_limit)
         # Maildir -> unique names in it, for deliveries recovered after a crash.
@@ -137,6 +142,8 @@ class MaildirStore:
         opened = self._folders.get(path)
         if opened is None:  # no IMAP session has it open: its first sync() lists new/
             os.rename(tmp, f"{path}/new/{unique}")
+            if self.delivered is not None:
+                self.delivered(path, unique)
         else:
             opened.arrived(Path(tmp), unique)
         self._note(path, unique)
@@ -230,6 +237,10 @@ class MaildirStore:
                             limit=lambda: self.limit(mailbox))
         folders.ensure_defaults()
         return folders
+
+    def opened(self, path: str) -> Folder | None:
+        """The Folder of the Maildir at path if this process has it open, else None."""
+        return self._folders.get(path)
 
     def open_folder(self, mailbox: str) -> Folder:
         """The mailbox's Maildir alone as one Folder (a list archive's readers): the

@@ -60,6 +60,24 @@ def port_open(port: int) -> bool:
         return False
 
 
+def children(parent_pid: int, needle: bytes) -> list[int]:
+    """The live child processes of parent_pid whose command line holds needle, by /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if int(fields[1]) == parent_pid and fields[0] != "Z" and needle in command:
+            found.append(int(entry))
+    return found
+
+
 class Gateway:
     """One gateway process and its state directory."""
 
@@ -122,6 +140,16 @@ class Gateway:
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+    def runner_pid(self) -> int | None:
+        """The runner process ([queue] runner_process, gateway/runnerproc), if one runs."""
+        found = children(self.proc.pid, b"gateway.runnerproc")
+        return found[0] if found else None
+
+    def delivery_pid(self) -> int:
+        """The process that delivers: the runner process, else the gateway itself."""
+        return wait_for(lambda: self.runner_pid(), what="the runner process") \
+            if "runner_process = true" in self.config.read_text() else self.proc.pid
 
     def maildir(self, address: str) -> Path:
         local, domain = address.split("@")

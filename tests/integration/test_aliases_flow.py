@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import children, wait_for
 
 USERS = ("alice@example.test", "bob@example.test", "carol@example.test")
 
@@ -302,22 +302,10 @@ def test_a_program_that_reads_nothing_of_a_large_message_is_still_delivered(
     gw.wait_log("exited 0")
 
 
-def _spawners(gateway_pid: int) -> list[int]:
-    """The gateway's program spawner processes (deliver/spawnhelper.py), by /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                command = f.read()
-        except OSError:
-            continue
-        if ppid == gateway_pid and b"spawnhelper.py" in command:
-            found.append(int(entry))
-    return found
+def _spawners(gw) -> list[int]:
+    """The gateway's program spawner processes (deliver/spawnhelper.py), by /proc: children
+    of the process that delivers (the runner process, gateway/runnerproc)."""
+    return children(gw.delivery_pid(), b"spawnhelper.py")
 
 
 def test_a_killed_spawner_is_started_again_and_each_message_delivered_once(
@@ -327,14 +315,14 @@ def test_a_killed_spawner_is_started_again_and_each_message_delivered_once(
     got = out_dir / "got"
     send(gw, "append@example.test", "first message")
     wait_for(lambda: got.exists() and b"first message" in got.read_bytes(), what="first run")
-    (spawner,) = wait_for(lambda: _spawners(gw.proc.pid), what="the spawner")
+    (spawner,) = wait_for(lambda: _spawners(gw), what="the spawner")
     os.kill(spawner, signal.SIGKILL)
     send(gw, "append@example.test", "second message")
     wait_for(lambda: b"second message" in got.read_bytes(), what="the run after the kill")
     wait_for(lambda: "queue is empty" in gw.cli("queue", "list").stdout, what="queue empty")
     text = got.read_bytes()
     assert text.count(b"first message") == 1 and text.count(b"second message") == 1
-    assert _spawners(gw.proc.pid) not in ([], [spawner])  # a new one serves
+    assert _spawners(gw) not in ([], [spawner])  # a new one serves
     gw.wait_log("program spawner started again")
 
 
@@ -348,7 +336,7 @@ def test_a_stopped_spawner_is_restarted_well_before_the_timeout(make_gateway, tm
     got = out_dir / "got"
     send(gw, "append@example.test", "first message")
     wait_for(lambda: got.exists() and b"first message" in got.read_bytes(), what="first run")
-    (spawner,) = wait_for(lambda: _spawners(gw.proc.pid), what="the spawner")
+    (spawner,) = wait_for(lambda: _spawners(gw), what="the spawner")
     os.kill(spawner, signal.SIGSTOP)
     try:
         send(gw, "append@example.test", "second message")

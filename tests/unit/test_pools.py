@@ -40,6 +40,10 @@ def factories(top) -> dict:
     return out
 
 
+def all_pools(top) -> dict:
+    return {p.name: p for s in top if isinstance(s, service.PoolsService) for p in s.pools}
+
+
 @pytest.fixture(scope="module")
 def state_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("state")  # the self-signed certificate is made once
@@ -55,6 +59,7 @@ def built(state_dir):
     top = service.build(settings, reactor)
     yield top, reactor
     top.run_lock.close()
+    top.runner_lock.close()  # one process: its queue runner's lock too
 
 
 def test_password_checks_run_in_the_auth_pool_not_the_reactors(built):
@@ -72,8 +77,7 @@ def test_mailbox_work_runs_in_the_mailbox_pool(built, name):
     factory = factories(top)[name]
     factory.run_blocking(lambda: None)
     assert reactor.pool.q.qsize() == 0
-    pools = [s for s in top if isinstance(s, service.PoolsService)][0].pools
-    mailbox = [p for p in pools if p.name == "mailbox"][0]
+    mailbox = all_pools(top)["mailbox"]
     assert mailbox.max == 5 and mailbox.q.qsize() == 1
 
 
@@ -81,7 +85,7 @@ def test_searches_run_in_the_search_pool(built):
     top, reactor = built
     factory = factories(top)["IMAPFactory"]
     factory.run_search(lambda: None)
-    pools = {p.name: p for p in [s for s in top if isinstance(s, service.PoolsService)][0].pools}
+    pools = all_pools(top)
     assert reactor.pool.q.qsize() == 0 and pools["mailbox"].q.qsize() == 0
     assert pools["search"].max == 1 and pools["search"].q.qsize() == 1
 

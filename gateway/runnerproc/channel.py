@@ -1,0 +1,123 @@
+"""The runner process's pipe: netstrings (djb's "LEN:DATA,"), a one-byte kind first.
+
+Pure framing, no I/O, so it is tested without a process (tests/unit). Kinds:
+  parent -> child: Q queue ID (a new spool entry), H reload aliases (SIGHUP)
+  child -> parent: D a Maildir and the names the child renamed into its new/
+                   (NUL-separated), C "active scheduled"
+                   (the runner's counts), L one log event (JSON)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.logger import LogEvent, LogLevel, formatEvent
+
+QUEUED = b"Q"
+RELOAD = b"H"
+DELIVERED = b"D"
+COUNTS = b"C"
+LOG = b"L"
+
+# A frame longer than this is a broken pipe, not a message (a log event with a
+# long traceback is the biggest thing that travels).
+MAX_FRAME = 1 << 20
+
+
+class FrameError(ValueError):
+    """The other side wrote something that is not a frame of this channel."""
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    """One netstring holding kind and payload."""
+    body = kind + payload
+    return b"%d:%s," % (len(body), body)
+
+
+def frames(kind: bytes, payloads) -> bytes:
+    """Many frames of one kind, for one write."""
+    return b"".join(frame(kind, p) for p in payloads)
+
+
+class Decoder:
+    """Bytes as they come off the pipe -> (kind, payload) pairs, whole frames only."""
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self.max_frame = max_frame
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        buf = self._buffer + data
+        out = []
+        pos = 0
+        while True:
+            colon = buf.find(b":", pos, pos + 12)
+            if colon < 0:
+                if len(buf) - pos > 11:
+                    raise FrameError(f"no length in {buf[pos:pos + 12]!r}")
+                break
+            digits = buf[pos:colon]
+            if not digits.isdigit():
+                raise FrameError(f"bad length {digits!r}")
+            size = int(digits)
+            if size < 1 or size > self.max_frame:
+                raise FrameError(f"frame of {size} bytes")
+            end = colon + 1 + size
+            if len(buf) < end + 1:
+                break
+            if buf[end:end + 1] != b",":
+                raise FrameError("frame not ended by a comma")
+            out.append((buf[colon + 1:colon + 2], buf[colon + 2:end]))
+            pos = end + 1
+        self._buffer = buf[pos:]
+        return out
+
+
+def join_delivered(path: str, names: list[str]) -> bytes:
+    """A D frame's payload: the Maildir, then each name renamed into its new/."""
+    return "\0".join([path, *names]).encode("utf-8", "surrogateescape")
+
+
+def split_delivered(payload: bytes) -> tuple[str, list[str]]:
+    path, *names = payload.decode("utf-8", "surrogateescape").split("\0")
+    return path, names
+
+
+# -- log events: formatted where they happen, fields kept for the parent's observers --
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def encode_event(event: LogEvent, process: str = "runner") -> bytes:
+    """A log event as JSON: its text (with a failure's traceback), level, time,
+    namespace, and every plain field (queue_id, to, ...) for the JSON log."""
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    out: dict[str, Any] = {k: v for k, v in event.items()
+                           if isinstance(v, _PLAIN) and not k.startswith("log_")}
+    level = event.get("log_level")
+    name = level.name if isinstance(level, type(LogLevel.info)) else "info"
+    namespace = event.get("log_namespace", "?")
+    # The line reads as it would in one process ("[namespace#level]"); the JSON log
+    # has process=runner.
+    out.update(log_text=text, log_time=event.get("log_time"), log_namespace=namespace,
+               log_level=name, log_system=event.get("log_system") or f"{namespace}#{name}",
+               process=process)
+    return json.dumps(out, default=repr).encode("utf-8")
+
+
+def decode_event(payload: bytes) -> LogEvent:
+    """encode_event's JSON -> an event the parent's observers take as their own."""
+    event = json.loads(payload)
+    if not isinstance(event, dict):
+        raise FrameError("a log event that is not an object")
+    try:
+        event["log_level"] = LogLevel.levelWithName(str(event.get("log_level")))
+    except Exception:  # noqa: BLE001 (an unknown level name: still a line)
+        event["log_level"] = LogLevel.info
+    event["log_format"] = "{log_text}"
+    event.setdefault("log_text", "")
+    return event
