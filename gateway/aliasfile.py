@@ -69,9 +69,24 @@ class AliasReloader(service.Service):
         self._seen = _mtimes(router.aliases.files)
         self._loop: task.LoopingCall | None = None
         self._previous: Any = None
+        self._installed = False
+
+    def privilegedStartService(self) -> None:
+        # twistd binds the ports here, before startService: a SIGHUP sent as soon as
+        # they answer must reload (queued for the reactor), not end the gateway.
+        super().privilegedStartService()
+        self._install()
+
+    def _install(self) -> None:
+        if self._installed or not (self.settings.aliases.file and self.install_sighup
+                                   and hasattr(signal, "SIGHUP")):
+            return
+        self._previous = signal.signal(signal.SIGHUP, self._on_sighup)
+        self._installed = True
 
     def startService(self) -> None:
         super().startService()
+        self._install()
         if not self.settings.aliases.file:
             return
         interval = self.settings.aliases.check_interval
@@ -79,15 +94,13 @@ class AliasReloader(service.Service):
             self._loop = task.LoopingCall(self.check)
             self._loop.clock = self.reactor
             self._loop.start(interval, now=False)
-        if self.install_sighup and hasattr(signal, "SIGHUP"):
-            self._previous = signal.signal(signal.SIGHUP, self._on_sighup)
 
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        if self._previous is not None:
+        if self._installed:
             signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
+            self._previous, self._installed = None, False
         return super().stopService()
 
     def _on_sighup(self, signum: int, frame: Any) -> None:

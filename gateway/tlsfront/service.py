@@ -62,6 +62,7 @@ class FrontsService(service.MultiService):
         self.reactor = reactor
         self.install_sighup = install_sighup
         self._previous: Any = None
+        self._installed = False
         self.fronts = [FrontService(f, reactor, (backends or {}).get(f.name)) for f in fronts]
         for front in self.fronts:
             front.setServiceParent(self)
@@ -74,13 +75,23 @@ class FrontsService(service.MultiService):
         # A signal arrives between any two bytecodes: do the work in the reactor's turn.
         self.reactor.callFromThread(self.reload)
 
+    def privilegedStartService(self) -> None:
+        # Under twistd the ports answer from here on, before startService: a SIGHUP
+        # from then on must reload, not end the process (SIGHUP's default action).
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
         super().startService()
-        if self.install_sighup and hasattr(signal, "SIGHUP"):
+        self._install()  # `mailgateway tlsfront` starts without the privileged step
+
+    def _install(self) -> None:
+        if not self._installed and self.install_sighup and hasattr(signal, "SIGHUP"):
             self._previous = signal.signal(signal.SIGHUP, self._on_sighup)
+            self._installed = True
 
     def stopService(self) -> Any:
-        if self._previous is not None:
+        if self._installed:
             signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
+            self._previous, self._installed = None, False
         return super().stopService()

@@ -49,3 +49,25 @@ def test_a_rewrite_within_one_clock_tick_is_seen_by_its_size(tmp_path):
     os.utime(path, ns=(mtime, mtime))  # the same tick of the file system's clock
     r.check()
     assert len(router.aliases) == 2
+
+
+def test_sighup_is_handled_from_the_privileged_start_when_twistd_binds_the_ports(tmp_path):
+    import signal
+
+    path = tmp_path / "aliases"
+    path.write_text("team: alice\n")
+    settings = parse({"server": {"domains": ["example.test"], "state_dir": str(tmp_path)},
+                      "aliases": {"file": str(path)}})
+    table, _ = aliasfile.load_table(settings)
+    before = signal.getsignal(signal.SIGHUP)
+    r = aliasfile.AliasReloader(settings, SimpleNamespace(aliases=table), MemoryReactorClock())
+    r.privilegedStartService()
+    try:
+        # The ports answer from here on: a SIGHUP now must not take SIGHUP's default
+        # action (the end of the gateway) while startService has not yet run.
+        assert signal.getsignal(signal.SIGHUP) == r._on_sighup
+        r.startService()
+        assert signal.getsignal(signal.SIGHUP) == r._on_sighup
+    finally:
+        r.stopService()
+    assert signal.getsignal(signal.SIGHUP) == before
