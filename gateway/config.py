@@ -108,6 +108,7 @@ class ImapSettings:
     # Bytes of messages one FETCH reads and renders at a time; the next batch is
     # prepared while this one is sent (what a session holds for its client).
     fetch_buffer: int = 1048576
+    max_fetch_contents: int = 32
     # A whole-message literal of at least this many octets goes from its file to a
     # plaintext client by sendfile(2), never through Python (filesend.py); 0: never.
     sendfile_from: int = 65536
@@ -779,6 +780,7 @@ def _imap_settings(r: _Reader) -> ImapSettings:
                                            d.max_keywords_per_folder),
         max_keyword_length=r.positive("imap", "max_keyword_length", int, d.max_keyword_length),
         fetch_buffer=r.positive("imap", "fetch_buffer", int, d.fetch_buffer),
+        max_fetch_contents=r.positive("imap", "max_fetch_contents", int, d.max_fetch_contents),
         sendfile_from=r.get("imap", "sendfile_from", int, d.sendfile_from),
         compress_level=r.positive("imap", "compress_level", int, d.compress_level),
     )

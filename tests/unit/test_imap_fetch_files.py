@@ -57,3 +57,35 @@ def test_sendfile_from_must_not_be_negative(tmp_path):
     with pytest.raises(ConfigError) as e:
         config.load(path)
     assert [key for _, key, _ in e.value.problems] == ["imap.sendfile_from"]
+
+
+def test_each_content_item_counts_a_message_again_in_octets_and_in_files():
+    # BODY[] asked twice: each copy of the message is held (or opened) at once.
+    twice = fetch.parse([[Atom(b"BODY.PEEK[]"), Atom(b"BODY.PEEK[]<0.99999999>")]])
+    folder = Sizes([400 * 1024] * 4)
+    assert [len(b) for b in fetch.batches(folder, pairs(4), twice, MIB)] == [1, 1, 1, 1]
+    once = fetch.parse([Atom(b"BODY.PEEK[]")])
+    assert [len(b) for b in fetch.batches(folder, pairs(4), once, MIB)] == [2, 2]
+    big = Sizes([MIB] * 20)
+    got = fetch.batches(big, pairs(20), twice, MIB, files_from=65536)
+    assert [len(b) for b in got] == [8, 8, 4]  # 16 open files a batch, as for one item
+
+
+def test_a_fetch_asking_for_more_contents_than_max_fetch_contents_is_refused(tmp_path):
+    from imap_dialogue import BOX, Session, fresh_store, make_factory
+    from twisted.internet.testing import MemoryReactorClock
+
+    assert config.ImapSettings().max_fetch_contents >= 8  # a named setting, generous
+    store = fresh_store(tmp_path)
+    store.deliver(BOX, b"Subject: one\r\n\r\nbody\r\n", "1000.U1.host")
+    s = Session(make_factory(store, MemoryReactorClock(), {"max_fetch_contents": 3}),
+                "127.0.0.1")
+    s.login()
+    s("SELECT INBOX")
+    out = s("FETCH 1 (BODY.PEEK[] BODY.PEEK[TEXT] BODY.PEEK[1] BINARY.PEEK[1])",
+            expect=b"NO")
+    assert b"[LIMIT]" in out and b"max_fetch_contents 3" in out and b"body" not in out
+    # Headers and metadata do not count; three contents are answered.
+    out = s("FETCH 1 (FLAGS ENVELOPE BODY.PEEK[HEADER] BODY.PEEK[] BODY.PEEK[TEXT] "
+            "BODY.PEEK[1])")
+    assert out.count(b"body") == 3

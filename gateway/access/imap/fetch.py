@@ -152,11 +152,12 @@ def needs(items: list[Item]) -> tuple[bool, bool]:
     """(needs summaries, needs file contents) for these items."""
     summary = any(i.kind in (b"ENVELOPE", b"BODYSTRUCTURE", b"BODY") or _header_only(i)
                   for i in items)
-    content = any(_content(i) for i in items)
+    content = any(is_content(i) for i in items)
     return summary, content
 
 
-def _content(i: Item) -> bool:
+def is_content(i: Item) -> bool:
+    """Carries message octets (a section or BINARY), not only metadata."""
     return i.kind == b"SECTION" and not _header_only(i) or i.kind in _BINARY_KINDS
 
 
@@ -176,7 +177,10 @@ def batches(folder, pairs: list[tuple[int, int]], items: list[Item],
     if not content:
         size = 1000 if summary else 5000
         return [pairs[start:start + size] for start in range(0, len(pairs), size)]
-    by_file = files_from > 0 and all(_whole(i) for i in items if _content(i))
+    by_file = files_from > 0 and all(_whole(i) for i in items if is_content(i))
+    # Each content item carries up to the whole message (BODY[] BODY[]<0.9999> ...):
+    # a message counts once per item, in octets held and in files opened.
+    each = sum(1 for i in items if is_content(i))
     out: list[list[tuple[int, int]]] = []
     batch: list[tuple[int, int]] = []
     held = files = 0
@@ -184,15 +188,15 @@ def batches(folder, pairs: list[tuple[int, int]], items: list[Item],
         m = folder.message(pair[1])
         size = m.size if m is not None else 0
         from_file = by_file and size >= files_from
-        if batch and (held + (0 if from_file else size) > buffer or len(batch) >= 100
-                      or from_file and files >= FILES_PER_BATCH):
+        if batch and (held + (0 if from_file else size * each) > buffer or len(batch) >= 100
+                      or from_file and files + each > FILES_PER_BATCH):
             out.append(batch)
             batch, held, files = [], 0, 0
         batch.append(pair)
         if from_file:
-            files += 1
+            files += each
         else:
-            held += size
+            held += size * each
     if batch:
         out.append(batch)
     return out
@@ -238,7 +242,7 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
     thread."""
     folder = view.folder
     want_summary, want_content = needs(items)
-    by_file = files_from > 0 and all(_whole(i) for i in items if _content(i))
+    by_file = files_from > 0 and all(_whole(i) for i in items if is_content(i))
     uids = [u for _, u in pairs]
     heads: dict[int, HeaderSummary] = summaries(folder, uids, HeaderSummary) if any(
         i.kind == b"ENVELOPE" or _header_only(i) for i in items) else {}

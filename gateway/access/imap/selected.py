@@ -189,6 +189,11 @@ class SelectedCommands:
             args = args[:-1]
         pairs = self._pairs(args[0], uid)
         items = fetch.parse(args[1:])
+        contents = sum(1 for i in items if fetch.is_content(i))
+        if contents > self.settings.max_fetch_contents:
+            # Each may carry a whole message, and a batch holds them all at once.
+            raise No(f"[LIMIT] {contents} message contents asked for in one FETCH, more "
+                     f"than max_fetch_contents {self.settings.max_fetch_contents}")
         if changedsince is not None and not any(i.kind == b"MODSEQ" for i in items):
             items.append(fetch.Item(b"MODSEQ"))  # RFC 7162 3.1.4.1: implied
         if changedsince is not None or any(i.kind == b"MODSEQ" for i in items):
