@@ -23,7 +23,7 @@ from twisted.internet import defer
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
-from gateway import logwriter, privileges
+from gateway import fdlimit, logwriter, privileges
 from gateway.config import Settings
 from gateway.errors import StartupError
 from gateway.listeners import Listener
@@ -129,6 +129,7 @@ class Guard(service.MultiService):
         super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
+        fdlimit.raise_open_files()
         try:
             super().privilegedStartService()
             if self.serving is not None:

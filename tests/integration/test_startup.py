@@ -4,10 +4,12 @@ fault at start is one line naming file, key or listener, with a non-zero exit.""
 from __future__ import annotations
 
 import os
+import resource
 import smtplib
 import socket
 import subprocess
 
+import pytest
 from conftest import BIN, Gateway, port_open, wait_for
 
 
@@ -95,3 +97,22 @@ def test_a_port_in_use_when_daemonized_reaches_the_terminal(tmp_path):
     assert f"listen.smtp: 127.0.0.1:{gw.ports['smtp']} is in use" in result.stderr
     # twistd's child removes its pidfile just after it tells the parent.
     wait_for(lambda: not pidfile.exists(), what="the pidfile removed")
+
+
+def test_the_gateway_raises_its_open_files_limit(tmp_path):
+    # Started with the common soft limit of 1024, as a shell or cron would start it.
+    gw = Gateway(tmp_path / "gw")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard open-files limit here is {hard}: nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        gw.start()  # the child inherits 1024 at fork
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        gateway_soft, _ = resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE)
+        assert gateway_soft > 1024
+        assert "open files limit raised from 1024" in gw.log_text()
+    finally:
+        gw.stop()
