@@ -19,7 +19,7 @@ from gateway.access.imap.shared import SharedNamespace
 from gateway.access.imap.wire import No, Upload
 from gateway.config import ImapSettings
 from gateway.durable import write_synced
-from gateway.store.folder import Folder, transfer
+from gateway.store.folder import Folder, new_unique, transfer
 from gateway.store.folders import DELIMITER, FolderNameError, FolderSet, canonical
 
 
@@ -100,6 +100,7 @@ class Account:
         self.folders = folders
         self.shared = shared or SharedNamespace(None, address)
         self.settings = settings or ImapSettings()  # the [imap] limits (keywords)
+        self._tmp = os.path.join(folders.root, "tmp", "")  # upload_path()'s folder
 
     def _open(self, name: str, missing: str = "NONEXISTENT") -> Folder:
         return self._open_any(name, missing)[0]
@@ -309,11 +310,10 @@ class Account:
 
     # -- adding messages ----------------------------------------------------------
 
-    def upload_path(self) -> Path:
-        """Where an APPEND literal is spooled: tmp/ of the user's Maildir (same file system)."""
-        from gateway.store.folder import new_unique
-
-        return self.folders.root / "tmp" / (new_unique() + ".append")
+    def upload_path(self) -> str:
+        """Where an APPEND literal is spooled: tmp/ of the user's Maildir (same file system).
+        A str, made once per APPEND in the reactor thread: no Path arithmetic there."""
+        return self._tmp + new_unique() + ".append"
 
     @staticmethod
     def stage(upload: Upload, data: bytes | bytearray | None, sync: bool) -> None:
@@ -368,6 +368,7 @@ class Account:
             with folder.lock:  # the check and the change as one (keywordlimit.py)
                 keywordlimit.check(folder, flags, self.settings)
                 uid = folder.add_file(Path(upload.path), flags, date, "rename")
+            upload.adopted = True  # renamed into the folder: no file left to remove
         except BaseException:
             Path(upload.path).unlink(missing_ok=True)
             raise

@@ -478,7 +478,10 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def _release_uploads(self, pieces: list) -> None:
         for p in pieces:
             if isinstance(p, Upload):
-                self._remove_upload(str(p.path))
+                if p.adopted:
+                    self._uploads.pop(str(p.path), None)
+                else:
+                    self._remove_upload(str(p.path))
 
     def _remove_upload(self, path: str) -> None:
         """Remove an APPEND message's file (gone already if adopted into a folder); one

@@ -58,6 +58,7 @@ class Upload:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.synced = False  # its data is on disk; its name not yet
+        self.adopted = False  # renamed into a folder (Account.append): nothing to remove
 
 
 def tokenize(pieces: Sequence[Any], max_depth: int = 32) -> list:
