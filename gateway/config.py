@@ -101,6 +101,9 @@ class ImapSettings:
     max_unauthenticated_literals: int = 8192
     # Seconds one literal may take to arrive, whatever its pace (APPEND's message too).
     literal_timeout: float = 600.0
+    # An APPEND message up to this many octets is held in memory as it arrives and
+    # written in the thread pool; a larger one is streamed to its file in tmp/.
+    append_in_memory: int = 262144
     # Keywords one folder may know, and the longest keyword (Dovecot's
     # mail_max_keyword_length); beyond: NO [LIMIT] (RFC 5530).
     max_keywords_per_folder: int = 128
@@ -776,6 +779,7 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         max_unauthenticated_literals=r.positive("imap", "max_unauthenticated_literals", int,
                                                 d.max_unauthenticated_literals),
         literal_timeout=r.positive("imap", "literal_timeout", float, d.literal_timeout),
+        append_in_memory=r.get("imap", "append_in_memory", int, d.append_in_memory),
         max_keywords_per_folder=r.positive("imap", "max_keywords_per_folder", int,
                                            d.max_keywords_per_folder),
         max_keyword_length=r.positive("imap", "max_keyword_length", int, d.max_keyword_length),
@@ -784,6 +788,8 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         sendfile_from=r.get("imap", "sendfile_from", int, d.sendfile_from),
         compress_level=r.positive("imap", "compress_level", int, d.compress_level),
     )
+    if imap.append_in_memory < 0:
+        r.fault("imap", "append_in_memory", f"must be 0 or more, not {imap.append_in_memory}")
     if imap.sendfile_from < 0:
         r.fault("imap", "sendfile_from", f"must be 0 or more, not {imap.sendfile_from}")
     if imap.compress_level > 9:

@@ -227,7 +227,9 @@ def test_client_dropping_mid_append_leaves_no_message(gw):
     f.readline()
     raw.sendall(f'l LOGIN {ALICE} "{PASSWORD}"\r\n'.encode())
     assert f.readline().startswith(b"l OK")
-    raw.sendall(b"a APPEND INBOX {100000}\r\n")
+    # Over [imap] append_in_memory: streamed to tmp/ as it comes (a smaller one waits in
+    # memory; tests/unit/test_imap_append_staging.py).
+    raw.sendall(b"a APPEND INBOX {400000}\r\n")
     assert f.readline().startswith(b"+")
     raw.sendall(b"Subject: half\r\n\r\n" + b"x" * 5000)
     tmp = gw.maildir(ALICE) / "tmp"

@@ -295,11 +295,13 @@ def test_literal_plus_append_and_oversized_literals(env):
                    b"p5 OK NOOP completed\r\n")
 
 
-def test_client_dropping_mid_append_leaves_nothing(env):
-    s = env()
+@pytest.mark.parametrize("in_memory", [0, 262144])
+def test_client_dropping_mid_append_leaves_nothing(env, in_memory):
+    s = env(imap={"append_in_memory": in_memory})
     s.login()
     s.raw(b"a APPEND INBOX {1000}\r\n" + b"x" * 500)
-    assert len(os.listdir(env.root / "tmp")) == 1
+    # Streamed to its file as it comes, or held in memory (no file yet).
+    assert len(os.listdir(env.root / "tmp")) == (0 if in_memory else 1)
     s.drop()
     assert os.listdir(env.root / "tmp") == []
     assert sorted(os.listdir(env.root / "new")) == ["1000.U1.host", "1001.U2.host"]

@@ -18,7 +18,8 @@ from gateway.access.imap.mailbox import View
 from gateway.access.imap.shared import SharedNamespace
 from gateway.access.imap.wire import No, Upload
 from gateway.config import ImapSettings
-from gateway.store.folder import Folder, transfer
+from gateway.durable import write_synced
+from gateway.store.folder import Folder, new_unique, transfer
 from gateway.store.folders import DELIMITER, FolderNameError, FolderSet, canonical
 
 
@@ -99,6 +100,7 @@ class Account:
         self.folders = folders
         self.shared = shared or SharedNamespace(None, address)
         self.settings = settings or ImapSettings()  # the [imap] limits (keywords)
+        self._tmp = os.path.join(folders.root, "tmp", "")  # upload_path()'s folder
 
     def _open(self, name: str, missing: str = "NONEXISTENT") -> Folder:
         return self._open_any(name, missing)[0]
@@ -308,30 +310,69 @@ class Account:
 
     # -- adding messages ----------------------------------------------------------
 
-    def upload_path(self) -> Path:
-        """Where an APPEND literal is spooled: tmp/ of the user's Maildir (same file system)."""
-        from gateway.store.folder import new_unique
+    def upload_path(self) -> str:
+        """Where an APPEND literal is spooled: tmp/ of the user's Maildir (same file system).
+        A str, made once per APPEND in the reactor thread: no Path arithmetic there."""
+        return self._tmp + new_unique() + ".append"
 
-        return self.folders.root / "tmp" / (new_unique() + ".append")
+    @staticmethod
+    def stage(upload: Upload, data: bytes | bytearray | None, sync: bool) -> None:
+        """Write an APPEND message held in memory (data) to upload.path, or take the one
+        already streamed there (data None); with sync, its data is on disk on return.
+
+        Runs in the thread pool as soon as the literal's last octet is in, while the
+        client still sends the command's end: the sync (a journal commit) overlaps
+        that round trip instead of following it, and the reactor thread never
+        creates, writes or closes the file of a message held in memory. append()
+        waits for it (upload.done) in its own pool thread, so the command is not sent
+        back to the reactor thread between the two.
+        """
+        try:
+            if data is not None and sync:
+                write_synced(upload.path, data)  # O_DSYNC: create, write, sync in two calls
+            elif data is not None:
+                with open(upload.path, "wb") as f:
+                    f.write(data)
+            elif sync:
+                fd = os.open(upload.path, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            upload.synced = sync
+        except BaseException as e:
+            upload.error = e
+            raise
+        finally:
+            upload.done.set()
 
     def append(self, name: str, upload: Upload, flags: list[str],
                date: int | None) -> tuple[int, int]:
         """Store an uploaded message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
         try:
+            if upload.staged is not None:
+                # Being staged by a pool thread that took it before this call (the pool
+                # runs calls in the order given): a wait on the disk, never on a client.
+                upload.done.wait()
+                if upload.error is not None:
+                    raise upload.error
             self.shared.refuse_write(name, self.folders.exists)
             folder = self._open_personal(name, "TRYCREATE")  # writes: never an archive
-            fd = os.open(upload.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # on disk before the client hears OK
-            finally:
-                os.close(fd)
+            if not upload.synced:  # its data on disk before its name (RFC 3501 6.3.11: OK
+                fd = os.open(upload.path, os.O_RDONLY)  # only once it is in the mailbox)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
             self._check_quota(upload.size)
             with folder.lock:  # the check and the change as one (keywordlimit.py)
                 keywordlimit.check(folder, flags, self.settings)
                 uid = folder.add_file(Path(upload.path), flags, date, "rename")
-        finally:
+            upload.adopted = True  # renamed into the folder: no file left to remove
+        except BaseException:
             Path(upload.path).unlink(missing_ok=True)
-        if uid is None:
+            raise
+        if uid is None:  # renamed from under us: nothing left to remove
             raise No("[SERVERBUG] Message vanished while being stored")
         return folder.uidvalidity, uid
 

@@ -413,6 +413,13 @@ class AuthenticatedCommands:
 
     # -- APPEND ---------------------------------------------------------------------
 
+    def stage_upload(self, upload: Upload, data: bytes | bytearray | None) -> defer.Deferred:
+        """Begin writing (and but for a literal8, rewritten first: syncing) an APPEND
+        message in the pool (Account.stage). Its error, if any, is upload.error:
+        append() raises it, so the Deferred itself never fails."""
+        upload.staged = self.run_blocking(self.account.stage, upload, data, not upload.binary)
+        return upload.staged.addErrback(lambda _: None)
+
     def do_APPEND(self, tag: bytes, args: list, uid: bool) -> Any:
         wire.arity(args, 2, 4)
         name = self._name(args[0])
@@ -429,22 +436,23 @@ class AuthenticatedCommands:
             date = append_date(rest.pop(0))
         if rest:
             raise Bad("bad APPEND arguments")
-        if isinstance(message, Str):  # a literal too small to have been spooled
+        if (len(message) if isinstance(message, Str) else message.size) == 0:
+            raise No("[CANNOT] An empty message cannot be appended")
+        if isinstance(message, Str):  # a literal that was not the message's (server.py)
             upload = Upload(self.account.upload_path(), len(message))
-            with open(upload.path, "wb") as f:
-                f.write(message)
+            self.stage_upload(upload, bytes(message))
         else:
             upload = message
-        if upload.size == 0:
-            raise No("[CANNOT] An empty message cannot be appended")
 
         def done(result: tuple[int, int]) -> bytes:
             return b"[APPENDUID %d %d] APPEND completed" % result
 
         if upload.binary:  # RFC 3516 4.4: binary parts are kept base64 (binary.py)
-            return self.run_blocking(binary.to_base64, upload).addCallback(
+            return upload.staged.addCallback(
+                lambda _: self.run_blocking(binary.to_base64, upload)).addCallback(
                 lambda _: self._simple(self.account.append, name, upload, flags, date)
             ).addCallback(done)
+        # Staged already, or being staged (written, synced) in the pool: append() waits.
         return self._simple(self.account.append, name, upload, flags, date).addCallback(done)
 
     # -- IDLE (RFC 2177) ------------------------------------------------------------

@@ -129,7 +129,10 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self._idle_tag: bytes | None = None
         self._idle_poll: Any = None
         self._delayed: Any = None
-        self._uploads: set[str] = set()
+        # APPEND messages of this session not yet adopted or removed: path -> the
+        # Deferred of their staging (Account.stage) in the thread pool, if begun.
+        self._uploads: dict[str, defer.Deferred | None] = {}
+        self._upload_path: Any = None  # where the literal being read goes (APPEND's)
         self.address = ""
         self.account: Any = None
         self.view: Any = None
@@ -321,9 +324,12 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
                 self._begin_discard(size)
             return
         if is_append:
-            path = self.account.upload_path()
-            self._sink = open(path, "wb")  # noqa: SIM115  closed in _literal_end
-            self._uploads.add(str(path))
+            path = self._upload_path = self.account.upload_path()
+            self._uploads[str(path)] = None
+            # A message up to append_in_memory octets waits in memory: no file is made
+            # before the "+" and none written here; Account.stage does it in the pool.
+            self._sink = bytearray() if size <= self.settings.append_in_memory else \
+                open(path, "wb")  # noqa: SIM115  closed in _literal_end
         else:
             self._sink = bytearray()
         self._sink_binary, self._sink_nul = binary, False
@@ -365,12 +371,21 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             connection.quick_ack(self.transport)
         self._literal_deadline.cancel()
         sink, self._sink = self._sink, None
-        if isinstance(sink, bytearray):
+        path, self._upload_path = self._upload_path, None
+        if path is None:
             self._pieces.append(bytes(sink))
         else:
-            size = sink.tell()
-            sink.close()
-            self._pieces.append(Upload(sink.name, size, self._sink_binary))
+            if isinstance(sink, bytearray):
+                data, size = sink, len(sink)
+            else:
+                data, size = None, sink.tell()
+                sink.close()
+            upload = Upload(path, size, self._sink_binary)
+            if not self._sink_nul and size:
+                # Written and synced now, while the command's end is on its way (a
+                # literal8 is rewritten first, binary.py: it is synced afterwards).
+                self._uploads[str(path)] = self.stage_upload(upload, data)
+            self._pieces.append(upload)
         if self._sink_nul:  # as Dovecot: BAD, and the rest of the command is skipped
             pieces, self._pieces, self._sink_nul = self._pieces, [], False
             self._release_uploads(pieces)
@@ -384,13 +399,9 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         """A client gone mid-APPEND leaves nothing behind (no partial message)."""
         if self._sink is not None and not isinstance(self._sink, bytearray):
             self._sink.close()
-        self._sink = None
-        for path in self._uploads:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        self._uploads.clear()
+        self._sink = self._upload_path = None
+        for path in list(self._uploads):
+            self._remove_upload(path)
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -467,11 +478,19 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def _release_uploads(self, pieces: list) -> None:
         for p in pieces:
             if isinstance(p, Upload):
-                self._uploads.discard(str(p.path))
-                try:
-                    os.unlink(p.path)
-                except FileNotFoundError:
-                    pass  # adopted into a folder by APPEND
+                if p.adopted:
+                    self._uploads.pop(str(p.path), None)
+                else:
+                    self._remove_upload(str(p.path))
+
+    def _remove_upload(self, path: str) -> None:
+        """Remove an APPEND message's file (gone already if adopted into a folder); one
+        still being staged in the pool is removed once that is done, never before."""
+        staged = self._uploads.pop(path, None)
+        if staged is not None and not staged.called:
+            staged.addBoth(lambda _: _unlink(path))  # last in its chain: nothing after
+        else:
+            _unlink(path)
 
     def bad(self, tag: bytes, text: str) -> None:
         self._bad += 1
@@ -583,3 +602,10 @@ class IMAPFactory(ServerFactory):
         self.run_search = run_search or run_blocking
         self.connections = ConnectionCounter(settings.max_connections_per_client)
         self.shared = shared  # the list archives each user may read (shared.py)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # adopted into a folder by APPEND, or never written

@@ -12,6 +12,7 @@ that layer.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +51,14 @@ class Upload:
         self.path = path
         self.size = size
         self.binary = binary  # sent as a literal8 (RFC 3516): may hold NUL
+        # The file's writing in the thread pool (Account.stage), begun as soon as the
+        # literal is in, while the command's end is still coming: its Deferred (None:
+        # not staged), an Event set when it is done, and the error it met, if any.
+        self.staged: Any = None
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.synced = False  # its data is on disk; its name not yet
+        self.adopted = False  # renamed into a folder (Account.append): nothing to remove
 
 
 def tokenize(pieces: Sequence[Any], max_depth: int = 32) -> list:
