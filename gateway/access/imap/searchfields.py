@@ -19,7 +19,6 @@ of_part() for anything else; tests check that both agree.
 from __future__ import annotations
 
 import datetime
-import os
 import re
 
 from gateway.access.imap import addresses, message
@@ -177,41 +176,18 @@ def _sent_day(value: bytes | None) -> int | None:
     return day
 
 
-_HEAD_READ = 8192  # nearly every header block fits; a longer one is read by read_head()
 _BATCH = 5000  # rows per index transaction (the folder's lock is held for each)
 
 
 def fill(folder, uids: list[int]) -> None:
     """Fill the index's search fields of uids (ascending) where they are missing.
-    Blocking: the search thread. A message gone meanwhile is left out."""
-    todo = folder.without_fields(uids)
+    Blocking: the search thread. A message gone meanwhile is left out. The heads
+    are read ahead (Folder.heads): the disk works while this thread parses."""
     rows: list[tuple] = []
-    for uid in todo:
-        head = _read_head(folder, uid)
-        if head is None:
-            continue
+    for uid, head in folder.heads(folder.without_fields(uids)):
         rows.append((uid, *of_head(head)))
         if len(rows) >= _BATCH:
             folder.put_fields(rows)
             rows = []
     if rows:
         folder.put_fields(rows)
-
-
-def _read_head(folder, uid: int) -> bytes | None:
-    """The head of the message: one read of its first 8 KiB (the common case), else
-    Folder.read_head (longer headers, a file renamed meanwhile)."""
-    path = folder.file_name(uid)
-    if path is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return folder.read_head(uid)
-    try:
-        data = os.read(fd, _HEAD_READ)
-    finally:
-        os.close(fd)
-    if len(data) == _HEAD_READ and b"\n\n" not in data and b"\n\r\n" not in data:
-        return folder.read_head(uid)
-    return data

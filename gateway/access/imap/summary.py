@@ -111,23 +111,30 @@ _FIELD_COUNT = {cls: len(fields(cls)) for cls in (HeaderSummary, StructureSummar
 
 
 def summaries(folder, uids: list[int], cls: type[T]) -> dict[int, T]:
-    """Summaries of uids from the cache, made (and cached) where missing. Blocking."""
+    """Summaries of uids from the cache, made (and cached) where missing. Blocking.
+    Heads are read ahead (Folder.heads), so a first FETCH ENVELOPE of thousands of
+    messages waits for the disk once, not once per file."""
     blobs = folder.cached(uids, cls.KIND)
-    out: dict[int, T] = {}
-    made = []
+    found: dict[int, T] = {}
+    missing = []
     for uid in uids:
         s = unpack(blobs[uid], cls) if uid in blobs else None
         if s is None:
-            if cls is HeaderSummary:
-                head = folder.read_head(uid)
-                s = summarize_header(head) if head is not None else None
-            else:
-                data = folder.read(uid)
-                s = summarize_structure(data) if data is not None else None
-            if s is None:
-                continue  # expunged meanwhile
+            missing.append(uid)
+        else:
+            found[uid] = s
+    made = []
+    if cls is HeaderSummary:
+        for uid, head in folder.heads(missing):
+            s = summarize_header(searchfields.header_block(head))
+            found[uid] = s
             made.append((uid, pack(s)))
-        out[uid] = s
+    else:
+        for uid in missing:
+            data = folder.read(uid)
+            if data is not None:  # else expunged meanwhile
+                found[uid] = s = summarize_structure(data)
+                made.append((uid, pack(s)))
     if made:
         folder.put_cached(made, cls.KIND)
-    return out
+    return {uid: found[uid] for uid in uids if uid in found}
