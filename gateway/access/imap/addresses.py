@@ -117,10 +117,27 @@ def _split(tokens: list[tuple[str, bytes]]) -> tuple[bytes | None, bytes | None]
     return local or None, host
 
 
+_parsed: dict[bytes, tuple[Address, ...]] = {}  # value -> parse(value); cleared when full
+_PARSED_MAX = 50_000
+
+
 def parse(value: bytes | None) -> list[Address]:
-    """An address-list as ENVELOPE lists it, group markers included; [] if none."""
+    """An address-list as ENVELOPE lists it, group markers included; [] if none.
+    A mailbox's headers repeat the same few hundred values (its owner in To, the
+    usual correspondents): each is parsed once while it stays in a bounded memo."""
     if not value:
         return []
+    known = _parsed.get(value)
+    if known is not None:
+        return list(known)
+    out = _parse(value)
+    if len(_parsed) >= _PARSED_MAX:
+        _parsed.clear()
+    _parsed[value] = tuple(out)
+    return out
+
+
+def _parse(value: bytes) -> list[Address]:
     out: list[Address] = []
     box = _Mailbox()
     group = False

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import re
 
+from gateway import memtrim
 from gateway.access.imap import addresses, message
 
 # (from, to, cc, bcc, subject, sent day ordinal or -1): the columns of the index.
@@ -43,8 +44,8 @@ _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
 _FIELD = re.compile(rb"\n(from|to|cc|bcc|subject|date):([^\n]*(?:\n[ \t][^\n]*)*)")
 
 
-def of_part(root: message.Part, lists: dict[bytes, list[addresses.Address]] | None = None
-            ) -> Fields:
+def of_part(root: message.Part | message.Head,
+            lists: dict[bytes, list[addresses.Address]] | None = None) -> Fields:
     """The fields of a parsed header: the definition the fast path must agree with."""
     f = root.field
     found = lists if lists is not None else message.address_lists(root)
@@ -184,10 +185,11 @@ def fill(folder, uids: list[int]) -> None:
     Blocking: the search thread. A message gone meanwhile is left out. The heads
     are read ahead (Folder.heads): the disk works while this thread parses."""
     rows: list[tuple] = []
-    for uid, head in folder.heads(folder.without_fields(uids)):
-        rows.append((uid, *of_head(head)))
-        if len(rows) >= _BATCH:
+    with memtrim.paused_gc():  # rows of bytes and ints: no cycles to find
+        for uid, head in folder.heads(folder.without_fields(uids)):
+            rows.append((uid, *of_head(head)))
+            if len(rows) >= _BATCH:
+                folder.put_fields(rows)
+                rows = []
+        if rows:
             folder.put_fields(rows)
-            rows = []
-    if rows:
-        folder.put_fields(rows)
