@@ -96,3 +96,20 @@ def test_a_collector_switched_off_stays_off():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+PLAIN_AND_NOT = [
+    b'"" <a@b>', b'"Dana Berg" <dana@example.org>', b'Name<a@b>', b'  a@b  ', b'<a@b>',
+    b'John Q. Public <jqp@x.org>', b'=?utf-8?q?J=C3=B6?= <j@x>', b'A  B\t C <a.b@c.d>',
+    b'"x y"<a@b>', b'"  spaced  " <s@x>',
+    # not plain: the tokenizer's answers
+    b'"a\\"b" <a@b>', b'a@b (c)', b'a@[1.2.3.4]', b'a@b, c@d', b'g: a@b;', b'<@r:a@b>',
+    b'"Last, First" <lf@x>', b'x', b'@', b'a@', b'@b', b'<a@b', b'a@b>', b'"A" B <a@b>',
+    b'Ann (x) <a@b>', b'a@b.c.', b'a b@c', b'"q\r\n" <a@b>',
+]
+
+
+@pytest.mark.parametrize("value", PLAIN_AND_NOT)
+def test_the_plain_mailbox_path_gives_what_the_tokenizer_gives(value, monkeypatch):
+    monkeypatch.setattr(addresses, "_parsed", {})
+    assert addresses.parse(value) == addresses._parse(value)
