@@ -346,6 +346,9 @@ class Settings:
     # [mailbox] vanished_uids: expunged UIDs each folder remembers for QRESYNC
     # (store/index.py); a client that knew an older state is sent every missing UID.
     mailbox_vanished_uids: int = 50000
+    # [mailbox] read_ahead: message files one reader opens ahead of the one it reads
+    # (store/folder.py Folder.heads), so the disk reads them in parallel.
+    mailbox_read_ahead: int = 64
     web: WebSettings = field(default_factory=WebSettings)
 
     @property
@@ -622,6 +625,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         mailbox_quota = 0
     quota_grace = r.get("mailbox", "quota_grace", int, 10)
     vanished_uids = r.positive("mailbox", "vanished_uids", int, Settings.mailbox_vanished_uids)
+    read_ahead = r.positive("mailbox", "read_ahead", int, Settings.mailbox_read_ahead)
     if not 0 <= quota_grace <= 100:
         r.fault("mailbox", "quota_grace", f"must be a percentage from 0 to 100, not {quota_grace}")
         quota_grace = 10
@@ -674,6 +678,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         mailbox_quota=mailbox_quota,
         mailbox_quota_grace=quota_grace,
         mailbox_vanished_uids=vanished_uids,
+        mailbox_read_ahead=read_ahead,
     )
 
 

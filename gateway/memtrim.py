@@ -6,13 +6,22 @@ tens of MiB of short-lived objects, and glibc keeps the freed pages in the
 process for good, so a gateway that once opened a big folder would stay
 that big (bench/RESULTS.md, 2026-11-23: 330 MiB RSS, 145 MiB after a
 malloc_trim). Elsewhere than glibc this does nothing.
+
+paused_gc() serves the same jobs while they run: they build some 100,000
+objects without reference cycles (a folder's Message rows, search field
+rows), and each collection the allocations trigger walks every object the
+process holds, so a first SELECT of 100,000 messages spent a third of its
+CPU in the cycle collector (bench/RESULTS.md, 2026-11-27).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 BIG_JOB = 10_000  # messages: below this a job's garbage is too small to matter
 
@@ -32,6 +41,31 @@ def release() -> None:
                 _trim = None
     if _trim is not None:
         _trim(0)
+
+
+_pauses = 0  # jobs inside paused_gc(), in any thread
+_resume = False  # the collector was on when the first of them began
+_pause_lock = threading.Lock()
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while the block runs (any thread; nested and
+    concurrent blocks count: the collector resumes when the last one ends). Cycles
+    made meanwhile, here or in other threads, are collected after it."""
+    global _pauses, _resume
+    with _pause_lock:
+        _pauses += 1
+        if _pauses == 1:
+            _resume = gc.isenabled()
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _resume:
+                gc.enable()
 
 
 def after(count: int) -> None:

@@ -239,7 +239,8 @@ def _core(settings: Settings, reactor, delivered=None) -> _Core:
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread,
                          limits=Limits(settings.quotas_file, settings.mailbox_quota,
                                        settings.mailbox_quota_grace),
-                         vanished_limit=settings.mailbox_vanished_uids, delivered=delivered)
+                         vanished_limit=settings.mailbox_vanished_uids,
+                         read_ahead=settings.mailbox_read_ahead, delivered=delivered)
     # One archive store for the exploder that writes it and the IMAP readers (shared
     # folders), so a post filed in a pool thread wakes the sessions that have it open.
     archive = MaildirStore(settings.state_dir / "lists" / "archive",

@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +86,9 @@ _RELIST_NS = 300 * 1_000_000_000
 _counter = itertools.count()
 _now_ns = time.time_ns  # the clock mtimes are compared with (tests move it)
 _log = Logger()
+HEAD_READ = 8192  # the first read of a message's head: nearly every header block fits
+READ_AHEAD = 64  # [mailbox] read_ahead: files heads() opens ahead of the one it reads
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # not on every system
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
 
@@ -137,8 +141,9 @@ def suffix_with(letters: Iterable[str], old_suffix: str) -> str:
 
 class Folder:
     def __init__(self, path: Path, announce: Callable[[Callable[[], None]], Any],
-                 vanished_limit: int = VANISHED_LIMIT) -> None:
+                 vanished_limit: int = VANISHED_LIMIT, read_ahead: int = READ_AHEAD) -> None:
         self.path = Path(path)
+        self.read_ahead = read_ahead
         self.announce = announce
         self.lock = threading.RLock()
         self.listeners: set[FolderListener] = set()
@@ -162,32 +167,35 @@ class Folder:
         self.keyword_names: list[str] = []
         self._keyword_set: set[str] = set()
         self._learn(self.keywords.by_name)
-        # 100,000 messages share a few distinct sub, suffix, kw and modseq values:
-        # one object each instead of one per message (SQLite makes a new one per row).
-        # (A first SELECT after a restart is this loop: locals, no attribute look-ups.)
-        same: dict = {}
-        one = same.setdefault
-        by_uid: dict[int, Message] = {}
-        kws: dict[str, None] = {}  # distinct keyword strings, in UID order
-        for uid, base, sub, suffix, kw, size, idate, modseq in self.index.rows():
-            if kw:
-                kws[kw] = None
-            by_uid[uid] = Message(uid, base, one(sub, sub), one(suffix, suffix), one(kw, kw),
-                                  size, idate, one(modseq, modseq))
-        for kw in kws:
-            self._learn(kw.split(" "))
-        self.by_uid = by_uid
-        self._by_base: dict[str, Message] | None = None  # built when first asked
-        self.uids: list[int] = list(by_uid)  # rows() is in UID order
-        self._snapshot: array[int] | None = None  # uids, shared by sessions (snapshot())
-        self.in_new: set[int] = {m.uid for m in self.by_uid.values() if m.sub == "new"}
-        # What the last listing saw, if the index recorded it for these very
-        # directories: an unchanged one is not listed again (the rules of the
-        # module docstring apply to the record as to one taken in this process).
-        for sub, (dev, ino, mtime, stable, listed) in self.index.dirs_listed().items():
-            if (dev, ino) == self._dirs[sub]:
-                self._seen[sub], self._listed[sub] = (mtime, bool(stable)), listed
-        self.sync()
+        # Building 100,000 Message objects (rows, or a first listing) with the
+        # cycle collector paused: they hold no cycles (memtrim.paused_gc).
+        with memtrim.paused_gc():
+            # 100,000 messages share a few distinct sub, suffix, kw and modseq values:
+            # one object each instead of one per message (SQLite makes a new one per row).
+            # (A first SELECT after a restart is this loop: locals, no attribute look-ups.)
+            same: dict = {}
+            one = same.setdefault
+            by_uid: dict[int, Message] = {}
+            kws: dict[str, None] = {}  # distinct keyword strings, in UID order
+            for uid, base, sub, suffix, kw, size, idate, modseq in self.index.rows():
+                if kw:
+                    kws[kw] = None
+                by_uid[uid] = Message(uid, base, one(sub, sub), one(suffix, suffix), one(kw, kw),
+                                      size, idate, one(modseq, modseq))
+            for kw in kws:
+                self._learn(kw.split(" "))
+            self.by_uid = by_uid
+            self._by_base: dict[str, Message] | None = None  # built when first asked
+            self.uids: list[int] = list(by_uid)  # rows() is in UID order
+            self._snapshot: array[int] | None = None  # uids, shared by sessions (snapshot())
+            self.in_new: set[int] = {m.uid for m in self.by_uid.values() if m.sub == "new"}
+            # What the last listing saw, if the index recorded it for these very
+            # directories: an unchanged one is not listed again (the rules of the
+            # module docstring apply to the record as to one taken in this process).
+            for sub, (dev, ino, mtime, stable, listed) in self.index.dirs_listed().items():
+                if (dev, ino) == self._dirs[sub]:
+                    self._seen[sub], self._listed[sub] = (mtime, bool(stable)), listed
+            self.sync()
         memtrim.after(len(self.uids))  # the rows and the listing were garbage
 
     @property
@@ -636,6 +644,62 @@ class Folder:
                 return data[:limit]
         except FileNotFoundError:
             return self.read(uid)  # renamed meanwhile: read() finds it again
+
+    def heads(self, uids: Iterable[int]) -> Iterator[tuple[int, bytes]]:
+        """(uid, head) of each of uids still here, in their order: head is the file's
+        first HEAD_READ octets when the header block ends within them (the caller
+        cuts it), else read_head()'s. For SEARCH's header fields and FETCH ENVELOPE
+        of many messages: it keeps read_ahead files open ahead of the one it reads,
+        each with posix_fadvise(WILLNEED), so the kernel reads them from disk in
+        parallel while this thread parses (one file at a time, a cold 100,000-message
+        folder was read at disk latency: 3.7 s of a first SEARCH FROM's 8.5 s)."""
+        window: deque[tuple[int, int | None]] = deque()
+        pending = iter(uids)
+        ahead = self.read_ahead
+
+        def open_next() -> bool:
+            nonlocal ahead
+            for uid in pending:
+                name = self.file_name(uid)
+                if name is None:
+                    continue  # expunged
+                fd = None
+                try:
+                    fd = os.open(name, os.O_RDONLY)
+                    if _WILLNEED is not None:
+                        os.posix_fadvise(fd, 0, HEAD_READ, _WILLNEED)
+                except FileNotFoundError:
+                    pass  # renamed meanwhile: read_head() finds it
+                except OSError:  # out of descriptors: read one at a time from here
+                    ahead = 1
+                window.append((uid, fd))
+                return True
+            return False
+
+        try:
+            while len(window) < ahead and open_next():
+                pass
+            while window:
+                uid, fd = window.popleft()
+                if len(window) < ahead:
+                    open_next()
+                head = None
+                if fd is not None:
+                    try:
+                        head = os.read(fd, HEAD_READ)
+                    finally:
+                        os.close(fd)
+                    if len(head) == HEAD_READ and b"\n\n" not in head \
+                            and b"\n\r\n" not in head:
+                        head = None  # a longer header block
+                if head is None:
+                    head = self.read_head(uid)
+                if head is not None:
+                    yield uid, head
+        finally:
+            for _, fd in window:
+                if fd is not None:
+                    os.close(fd)
 
     def unseen(self) -> int:
         return sum(1 for m in self.by_uid.values() if "S" not in m.letters)

@@ -27,7 +27,7 @@ from typing import Any
 import twisted.mail.imap4  # noqa: F401  registers the "imap4-utf-7" codec
 
 from gateway.store import quota
-from gateway.store.folder import Folder, new_unique
+from gateway.store.folder import READ_AHEAD, Folder, new_unique
 from gateway.store.index import VANISHED_LIMIT
 
 DELIMITER = "."
@@ -82,9 +82,10 @@ class FolderRegistry:
     """
 
     def __init__(self, announce: Callable[[Callable[[], None]], Any], keep: int = 16,
-                 vanished_limit: int = VANISHED_LIMIT) -> None:
+                 vanished_limit: int = VANISHED_LIMIT, read_ahead: int = READ_AHEAD) -> None:
         self.announce = announce
         self.vanished_limit = vanished_limit  # [mailbox] vanished_uids (store/index.py)
+        self.read_ahead = read_ahead  # [mailbox] read_ahead (Folder.heads)
         self.keep = keep
         self._lock = threading.Lock()
         self._folders: OrderedDict[str, Folder] = OrderedDict()
@@ -122,7 +123,7 @@ class FolderRegistry:
 
     def _make(self, path: Path) -> Folder:
         try:
-            return Folder(path, self.announce, self.vanished_limit)
+            return Folder(path, self.announce, self.vanished_limit, self.read_ahead)
         except FileNotFoundError:
             if not (path / "cur").is_dir():
                 raise
@@ -130,7 +131,7 @@ class FolderRegistry:
         # makes them lazily): made as Dovecot makes them, instead of failing SELECT.
         for sub in ("new", "tmp"):
             (path / sub).mkdir(mode=0o700, exist_ok=True)
-        return Folder(path, self.announce, self.vanished_limit)
+        return Folder(path, self.announce, self.vanished_limit, self.read_ahead)
 
     def _evict(self) -> None:
         # Dropped, not closed: a STATUS or APPEND in another thread may still hold

@@ -31,7 +31,7 @@ from gateway.envelope import parse_address
 from gateway.errors import OverQuota
 from gateway.interfaces import IMailStore, IQuotaCheck, MessageFile
 from gateway.store import quota
-from gateway.store.folder import Folder
+from gateway.store.folder import READ_AHEAD, Folder
 from gateway.store.folders import FolderNameError, FolderRegistry, FolderSet, disk_name
 from gateway.store.index import VANISHED_LIMIT
 
@@ -47,7 +47,7 @@ _KNOWN_PATHS = 10000  # mailbox -> Maildir path strings kept for deliveries
 class MaildirStore:
     def __init__(self, root: Path, announce: Callable[[Callable[[], None]], Any] | None = None,
                  limits: quota.Limits | None = None, vanished_limit: int = VANISHED_LIMIT,
-                 delivered: Callable[[str, str], Any] | None = None):
+                 read_ahead: int = READ_AHEAD, delivered: Callable[[str, str], Any] | None = None):
         """announce(f) must run f on the thread that serves IMAP sessions (the
         gateway passes reactor.callFromThread); by default f runs at once.
         limits: each user's quota (store/quota.py); None: no limits.
@@ -57,7 +57,8 @@ class MaildirStore:
         self.root = Path(root)
         self.delivered = delivered
         self.limits = limits
-        self._folders = FolderRegistry(announce or _call_now, vanished_limit=vanished_limit)
+        self._folders = FolderRegistry(announce or _call_now, vanished_limit=vanished_limit,
+                                       read_ahead=read_ahead)
         # Maildir -> unique names in it, for deliveries recovered after a crash.
         self._known: OrderedDict[str, set[str]] = OrderedDict()
         self._known_lock = threading.Lock()

@@ -243,3 +243,31 @@ def test_an_encoded_part_is_passed_over_only_when_it_is_surely_no_text(ctype, pa
     assert bodyscan.Scan(data).may_hold("quokka") is not passed_over
     if not passed_over and ctype != b"application/pdf/x":
         assert "quokka" in searchtext.body_text(searchtext.parse(data))
+
+
+def test_many_fields_are_written_beside_the_parsing_and_a_failed_write_fails(env,
+                                                                             monkeypatch):
+    """Past one batch, fill() hands each batch to a writer thread: every row arrives,
+    and a write that fails makes the fill (the SEARCH) fail, never a silent gap."""
+    monkeypatch.setattr(searchfields, "_BATCH", 4)
+    deliver_all(env, [h + b"body\r\n" for h in HEADS])
+    folder = env.store.open_folders(BOX).open("INBOX")
+    uids = list(folder.uids)
+    searchfields.fill(folder, uids)
+    assert folder.without_fields(uids) == []
+    want = {u: searchfields.of_head(folder.read_head(u)) for u in uids}
+    index = folder.index
+    got = {r[0]: tuple(r[1:]) for r in index.db.execute("SELECT * FROM fields")}
+    assert got == want
+    index.db.execute("DELETE FROM fields")
+    calls = []
+
+    def broken(rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(folder, "put_fields", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        searchfields.fill(folder, uids)
+    assert calls[:2] == [4, 4]

@@ -23,6 +23,12 @@ GROUP_END: Address = (None, None, None, None)
 _TOKEN = re.compile(rb'\s*(?:(?P<q>"(?:\\.|[^"\\])*"?)|(?P<c>\((?:\\.|[^()\\])*\))|(?P<o>\()'
                     rb'|(?P<s>[<>@,;:)])|(?P<w>\[(?:\\.|[^\]\\])*\]?|[^\s"()<>@,;:\[]+))', re.S)
 _MAX_ADDRESSES = 10_000  # a header is at most the message's size; this bounds the work
+_WORD = rb'[^\s"()<>@,;:\\\[\]]+'
+# One mailbox in a plain form: "Quoted Name" <local@host>, Some Words <local@host>,
+# <local@host> or local@host; anything else (lists, comments, groups, routes,
+# escapes) is left to the tokenizer.
+_ONE = re.compile(rb'\s*(?:(?:"([^"\\\r\n]*)"|((?:' + _WORD + rb'\s+)*' + _WORD + rb')?)\s*<('
+                  + _WORD + rb')@(' + _WORD + rb')>|(' + _WORD + rb')@(' + _WORD + rb'))\s*')
 
 
 def _tokens(value: bytes) -> list[tuple[str, bytes]]:
@@ -117,10 +123,36 @@ def _split(tokens: list[tuple[str, bytes]]) -> tuple[bytes | None, bytes | None]
     return local or None, host
 
 
+_parsed: dict[bytes, tuple[Address, ...]] = {}  # value -> parse(value); cleared when full
+_PARSED_MAX = 50_000
+
+
 def parse(value: bytes | None) -> list[Address]:
-    """An address-list as ENVELOPE lists it, group markers included; [] if none."""
+    """An address-list as ENVELOPE lists it, group markers included; [] if none.
+    A mailbox's headers repeat the same few hundred values (its owner in To, the
+    usual correspondents): each is parsed once while it stays in a bounded memo."""
     if not value:
         return []
+    known = _parsed.get(value)
+    if known is not None:
+        return list(known)
+    m = _ONE.fullmatch(value)
+    if m is not None:  # one plain mailbox, as most fields hold: what _parse would give
+        quoted, words, local, host, bare_local, bare_host = m.groups()
+        if local is None:
+            out = [(None, None, bare_local, bare_host)]
+        else:
+            name = quoted if quoted is not None else b" ".join(words.split()) if words else b""
+            out = [(name or None, None, local, host)]
+    else:
+        out = _parse(value)
+    if len(_parsed) >= _PARSED_MAX:
+        _parsed.clear()
+    _parsed[value] = tuple(out)
+    return out
+
+
+def _parse(value: bytes) -> list[Address]:
     out: list[Address] = []
     box = _Mailbox()
     group = False

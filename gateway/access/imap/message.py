@@ -30,11 +30,7 @@ class Part:
 
     def __init__(self, data: bytes, start: int, end: int, default: str, depth: int) -> None:
         self.data, self.start, self.end = data, start, end
-        if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
-            self.body = start + (2 if data[start:start + 1] == b"\r" else 1)
-        else:
-            m = _BLANK.search(data, start, end)
-            self.body = m.end() if m else end
+        self.body = _header_end(data, start, end)
         self.fields = header_fields(data[start:self.body])
         ctype = self.field(b"content-type")
         msg = email.message.Message()
@@ -72,6 +68,37 @@ class Part:
         return self.data[self.body:self.end]
 
 
+class Head:
+    """A message's header block alone, as ENVELOPE and SEARCH's fields need it: the
+    fields of a Part without its MIME work (Content-Type through the email package
+    cost a first FETCH ENVELOPE of 10,000 messages a fifth of its time)."""
+
+    __slots__ = ("data", "fields", "_first")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data[:_header_end(data, 0, len(data))]
+        self.fields = header_fields(self.data)
+        self._first: dict[bytes, bytes] = {}
+        for name, raw in reversed(self.fields):
+            self._first[name] = raw
+
+    def field(self, name: bytes) -> bytes | None:
+        """As Part.field: the unfolded value of the first field called name."""
+        raw = self._first.get(name)
+        return None if raw is None else unfold(raw)
+
+    def header(self) -> bytes:
+        return self.data
+
+
+def _header_end(data: bytes, start: int, end: int) -> int:
+    """Where the body of the entity at data[start:end] starts: after the blank line."""
+    if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+        return start + (2 if data[start:start + 1] == b"\r" else 1)
+    m = _BLANK.search(data, start, end)
+    return m.end() if m else end
+
+
 def header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     """(lower-case name, raw field with its folding and line end) for each field."""
     fields: list[tuple[bytes, bytes]] = []
@@ -87,9 +114,14 @@ def header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     return fields
 
 
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
 def unfold(raw: bytes) -> bytes:
     value = raw.split(b":", 1)[1] if b":" in raw else b""
-    return re.sub(rb"\r?\n(?=[ \t])", b"", value).strip()
+    if b"\n " in value or b"\n\t" in value:
+        value = _FOLD.sub(b"", value)
+    return value.strip()
 
 
 def split_multipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
@@ -161,7 +193,7 @@ def line_count(data: bytes) -> int:
 
 # -- ENVELOPE ---------------------------------------------------------------------
 
-def address_lists(part: Part) -> dict[bytes, list[addresses.Address]]:
+def address_lists(part: Part | Head) -> dict[bytes, list[addresses.Address]]:
     """The parsed address fields of a header, each parsed once for ENVELOPE and SEARCH."""
     return {name: addresses.parse(part.field(name))
             for name in (b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc")}
@@ -174,7 +206,7 @@ def address_text(found: list[addresses.Address], value: bytes | None) -> str:
     return decoded(addresses.text(found) if found else value)
 
 
-def envelope(part: Part, lists: dict[bytes, list[addresses.Address]] | None = None) -> bytes:
+def envelope(part: Part | Head, lists: dict[bytes, list[addresses.Address]] | None = None) -> bytes:
     """RFC 3501 7.4.2 ENVELOPE, encoded; header values raw (RFC 2047 words stay encoded).
     An empty or missing Sender or Reply-To is the From list."""
     found = lists if lists is not None else address_lists(part)
@@ -270,7 +302,7 @@ def decoded(value: bytes | None) -> str:
     return text.casefold()
 
 
-def sent_day(part: Part) -> int:
+def sent_day(part: Part | Head) -> int:
     """The Date field's day (its own time zone, RFC 3501 SENTON) as an ordinal; -1 if none."""
     import datetime
 

@@ -12,9 +12,10 @@ the user's Maildir.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
+from gateway import memtrim
 from gateway.access.imap import message, searchfields
 
 MAX_CACHED_HEADER = 32 * 1024  # longer header blocks are read from the file when asked
@@ -57,11 +58,13 @@ class StructureSummary:
 
 
 def summarize_header(head: bytes) -> HeaderSummary:
-    root = message.Part(head, 0, len(head), "text/plain", message.MAX_DEPTH)
+    root = message.Head(head)
     header = root.header()
     complete = len(header) <= MAX_CACHED_HEADER
     lists = message.address_lists(root)
-    sfrom, sto, scc, sbcc, ssubject, sent = searchfields.of_part(root, lists)
+    # The search fields by their fast path (searchfields.of_head, checked against
+    # of_part by the tests): half the cost of of_part over the parsed lists.
+    sfrom, sto, scc, sbcc, ssubject, sent = searchfields.of_head(root.data)
     return HeaderSummary(
         envelope=message.envelope(root, lists),
         header=header if complete else b"",
@@ -78,7 +81,8 @@ def summarize_structure(data: bytes) -> StructureSummary:
 
 def pack(s: HeaderSummary | StructureSummary) -> bytes:
     out = [s.KIND.encode() + s.LAYOUT]
-    for value in astuple(s):
+    for name in _FIELD_NAMES[type(s)]:
+        value = getattr(s, name)
         out.append(b"%d:" % len(value))
         out.append(value)
     return b"".join(out)
@@ -107,27 +111,38 @@ def unpack(blob: bytes, cls: type[T]) -> T | None:
 
 
 # fields() is slow enough to show when 100,000 cached summaries are unpacked.
-_FIELD_COUNT = {cls: len(fields(cls)) for cls in (HeaderSummary, StructureSummary)}
+# (dataclasses.astuple deep-copies each value: a fifth of pack's cost.)
+_FIELD_NAMES = {cls: tuple(f.name for f in fields(cls))
+                for cls in (HeaderSummary, StructureSummary)}
+_FIELD_COUNT = {cls: len(names) for cls, names in _FIELD_NAMES.items()}
 
 
 def summaries(folder, uids: list[int], cls: type[T]) -> dict[int, T]:
-    """Summaries of uids from the cache, made (and cached) where missing. Blocking."""
+    """Summaries of uids from the cache, made (and cached) where missing. Blocking.
+    Heads are read ahead (Folder.heads), so a first FETCH ENVELOPE of thousands of
+    messages waits for the disk once, not once per file."""
     blobs = folder.cached(uids, cls.KIND)
-    out: dict[int, T] = {}
-    made = []
+    found: dict[int, T] = {}
+    missing = []
     for uid in uids:
         s = unpack(blobs[uid], cls) if uid in blobs else None
         if s is None:
-            if cls is HeaderSummary:
-                head = folder.read_head(uid)
-                s = summarize_header(head) if head is not None else None
-            else:
-                data = folder.read(uid)
-                s = summarize_structure(data) if data is not None else None
-            if s is None:
-                continue  # expunged meanwhile
-            made.append((uid, pack(s)))
-        out[uid] = s
+            missing.append(uid)
+        else:
+            found[uid] = s
+    made = []
+    if cls is HeaderSummary:
+        with memtrim.paused_gc():  # thousands of summaries, no cycles among them
+            for uid, head in folder.heads(missing):
+                s = summarize_header(head)
+                found[uid] = s
+                made.append((uid, pack(s)))
+    else:
+        for uid in missing:
+            data = folder.read(uid)
+            if data is not None:  # else expunged meanwhile
+                found[uid] = s = summarize_structure(data)
+                made.append((uid, pack(s)))
     if made:
         folder.put_cached(made, cls.KIND)
-    return out
+    return {uid: found[uid] for uid in uids if uid in found}

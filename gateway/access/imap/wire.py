@@ -244,6 +244,11 @@ def quoted(s: bytes) -> bytes:
 
 def encode(item: Any) -> bytes:
     """NIL, numbers, strings and nested lists in IMAP syntax."""
+    kind = type(item)  # the common kinds first: an ENVELOPE is some 30 of them
+    if kind is bytes:
+        return quoted(item)
+    if kind is list:
+        return b"(" + b" ".join([encode(i) for i in item]) + b")"
     if item is None:
         return b"NIL"
     if isinstance(item, Raw):
