@@ -40,6 +40,7 @@ class ChildChannel(protocol.Protocol):
         self._out: list[bytes] = []  # frames written before the pipe is connected
         self._counts = (0, 0)
         self._loop: task.LoopingCall | None = None
+        self._gather: channel.Gatherer | None = None  # frames, one pipe write per GATHER
 
     # -- in --
 
@@ -72,6 +73,8 @@ class ChildChannel(protocol.Protocol):
 
     def connectionLost(self, reason=None) -> None:
         # The parent closed the pipe (stopping) or died: stop, whatever is running.
+        if self._gather is not None:
+            self._gather.flush()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.reactor.running:
@@ -102,15 +105,16 @@ class ChildChannel(protocol.Protocol):
             self._write(channel.frame(channel.COUNTS, b"%d %d" % now))
 
     def _write(self, data: bytes) -> None:
-        if self.transport is None:
+        if self._gather is None:
             self._out.append(data)
         else:
-            self.transport.write(data)
+            self._gather(data)
 
     def connectionMade(self) -> None:
+        self._gather = channel.Gatherer(self.reactor, self.transport.write)
         out, self._out = self._out, []
         for data in out:
-            self.transport.write(data)
+            self._gather(data)
 
     def observer(self) -> ILogObserver:
         """The log observer: every event of this process, to the parent's log."""

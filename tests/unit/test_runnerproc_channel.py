@@ -164,6 +164,8 @@ def test_queue_ids_go_down_the_pipe_and_a_dead_child_is_started_again_with_backo
     assert fds == {0: "w", 1: "r", 2: "r"}
     rp.enqueued("AAA")
     rp.enqueued("BBB", object())
+    assert proto.transport.value() == b""  # gathered for one write
+    reactor.advance(channel.GATHER)
     assert channel.Decoder().feed(proto.transport.value()) == [(b"Q", b"AAA"), (b"Q", b"BBB")]
     ended(proto, signal=9)
     rp.enqueued("CCC")  # no child: found by the next one's scan of the spool
@@ -258,12 +260,14 @@ def test_child_tells_each_delivered_path_once_per_turn_and_counts_when_they_chan
     assert len(reactor.from_thread) == 1  # one wake-up of the reactor for the three
     f, args = reactor.from_thread.pop()
     f(*args)
+    reactor.advance(channel.GATHER)
     got = channel.Decoder().feed(out.value())
     assert sorted(channel.split_delivered(p) for k, p in got) == [
         ("/m/a", ["1.Q1", "2.Q2"]), ("/m/b", ["3.Q3"])]
     out.clear()
     runner.active, runner.scheduled = 2, 5
     reactor.advance(0.5)
+    reactor.advance(channel.GATHER)
     assert channel.Decoder().feed(out.value()) == [(b"C", b"2 5")]
 
 
@@ -277,3 +281,24 @@ def test_child_stops_when_the_parent_closes_the_pipe_and_reloads_on_request():
     assert reloads == [1]
     link.connectionLost(None)
     assert reactor.stopped
+
+
+def test_frames_written_close_together_go_out_in_one_write():
+    clock = task.Clock()
+    writes: list[bytes] = []
+    gather = channel.Gatherer(clock, writes.append, delay=0.005)
+    gather(channel.frame(channel.LOG, b"{}"))
+    clock.advance(0.004)
+    gather(channel.frame(channel.DELIVERED, b"/m\0n"))
+    assert writes == []
+    clock.advance(0.001)
+    assert writes == [b"3:L{},5:D/m\x00n,"]
+    gather(b"x")
+    gather.flush()  # at once (the channel is closing)
+    assert writes[-1] == b"x"
+    clock.advance(1)
+    assert len(writes) == 2
+    gather(b"y")
+    gather.cancel()  # the other end is gone
+    clock.advance(1)
+    assert len(writes) == 2
