@@ -1,7 +1,8 @@
 """The runner process's pipe: netstrings (djb's "LEN:DATA,"), a one-byte kind first.
 
 Pure framing, no I/O, so it is tested without a process (tests/unit). Kinds:
-  parent -> child: Q queue ID (a new spool entry), H reload aliases (SIGHUP)
+  parent -> child: Q queue ID (a new spool entry), then NUL and its envelope
+                   (JSON) when small, H reload aliases (SIGHUP)
   child -> parent: D a Maildir and the names the child renamed into its new/
                    (NUL-separated), C "active scheduled"
                    (the runner's counts), L one log event (JSON)
@@ -14,6 +15,7 @@ from typing import Any
 
 from twisted.logger import LogEvent, LogLevel, formatEvent
 
+from gateway.envelope import Envelope
 from gateway.logs import LINE
 
 QUEUED = b"Q"
@@ -114,6 +116,35 @@ class Decoder:
             pos = end + 1
         self._buffer = buf[pos:]
         return out
+
+
+# An envelope up to this size travels with its queue ID, so that the runner's first
+# attempt needs no read of the spool (as in one process: QueueRunner.enqueued); a
+# bigger one (a list's thousands of recipients) is read from the spool by the child.
+MAX_ENVELOPE = 65536
+
+
+def join_queued(queue_id: str, envelope: Envelope | None) -> bytes:
+    """A Q frame's payload: the queue ID, and the envelope as spooled when small."""
+    qid = queue_id.encode("ascii")
+    if envelope is None:
+        return qid
+    data = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8")
+    return qid if len(data) > MAX_ENVELOPE else qid + b"\0" + data
+
+
+def split_queued(payload: bytes) -> tuple[str, Envelope | None]:
+    """join_queued's payload -> the queue ID and its envelope (None: read the spool)."""
+    qid, _, data = payload.partition(b"\0")
+    queue_id = qid.decode("ascii", "replace")
+    if not data:
+        return queue_id, None
+    try:
+        envelope = Envelope.from_json(json.loads(data))
+    except (ValueError, KeyError, TypeError):
+        return queue_id, None  # the spool has it: the attempt reads it there
+    envelope.queue_id = queue_id
+    return queue_id, envelope
 
 
 def join_delivered(path: str, names: list[str]) -> bytes:

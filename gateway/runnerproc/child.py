@@ -34,7 +34,7 @@ class ChildChannel(protocol.Protocol):
         self.decoder = channel.Decoder()
         self.runner: Any = None  # IQueueListener, set once the runner has started
         self.reload: Any = None  # () -> None: reload the alias table
-        self._waiting: list[str] = []  # IDs told before the runner started
+        self._waiting: list[tuple[str, Any]] = []  # IDs told before the runner started
         self._lock = threading.Lock()
         self._paths: dict[str, list[str]] = {}
         self._out: list[bytes] = []  # frames written before the pipe is connected
@@ -52,11 +52,11 @@ class ChildChannel(protocol.Protocol):
             return
         for kind, payload in pairs:
             if kind == channel.QUEUED:
-                qid = payload.decode("ascii", "replace")
+                qid, envelope = channel.split_queued(payload)
                 if self.runner is None:
-                    self._waiting.append(qid)
+                    self._waiting.append((qid, envelope))
                 else:
-                    self.runner.enqueued(qid)
+                    self.runner.enqueued(qid, envelope)
             elif kind == channel.RELOAD and self.reload is not None:
                 self.reload()
 
@@ -65,8 +65,8 @@ class ChildChannel(protocol.Protocol):
         found by the scan and told again is one entry: the runner keeps one timer)."""
         self.runner = runner
         waiting, self._waiting = self._waiting, []
-        for qid in waiting:
-            runner.enqueued(qid)
+        for qid, envelope in waiting:
+            runner.enqueued(qid, envelope)
         self._loop = task.LoopingCall(self._send_counts)
         self._loop.clock = self.reactor
         self._loop.start(COUNTS_INTERVAL, now=True)

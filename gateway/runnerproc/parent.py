@@ -184,7 +184,7 @@ class RunnerProcess(service.Service):
         # sent: the next child's start-up scan of the spool finds the entry.
         child = self.child
         if child is not None:
-            child.send(channel.frame(channel.QUEUED, queue_id.encode("ascii")))
+            child.send(channel.frame(channel.QUEUED, channel.join_queued(queue_id, envelope)))
 
     def counts(self) -> dict[str, int]:
         return self.dispatch.counts
