@@ -196,11 +196,15 @@ class QueueRunner:
             # then repeats none that got done (a program is not asked twice).
             yield saver.save()
         positions = {id(r): i for i, r in enumerate(envelope.recipients)}
-        yield defer.gatherResults(
-            [self._deliver_group(envelope, target, pairs, message_path, recovering, now, saver,
-                                 positions)
-             for target, pairs in groups], consumeErrors=True)
-        yield self._notify(envelope, message_path, now)
+        running = [self._deliver_group(envelope, target, pairs, message_path, recovering, now,
+                                       saver, positions)
+                   for target, pairs in groups]
+        if len(running) == 1:  # the usual message: no DeferredList around it
+            yield running[0]
+        elif running:
+            yield defer.gatherResults(running, consumeErrors=True)
+        if self._unnotified(envelope) or self._warn_due(envelope, now):
+            yield self._notify(envelope, message_path, now)
         if envelope.finished() and not self._unnotified(envelope):
             if saver.unrecorded:
                 # Outcomes that must not be repeated were left unrecorded because the
@@ -414,12 +418,16 @@ class QueueRunner:
         return [r for r in envelope.recipients
                 if r.state is RecipientState.FAILED and r.dsn != "failed"]
 
+    def _warn_due(self, envelope: Envelope, now: float) -> bool:
+        """Whether the entry is old enough for a "delayed" DSN ([queue] delay_warning)."""
+        warn = self.settings.delay_warning
+        return warn > 0 and now - envelope.arrived >= warn
+
     @defer.inlineCallbacks
     def _notify(self, envelope: Envelope, message_path: str, now: float):
         failed = self._unnotified(envelope)
         delayed = []
-        warn = self.settings.delay_warning
-        if warn > 0 and now - envelope.arrived >= warn:
+        if self._warn_due(envelope, now):
             delayed = [r for r in envelope.pending() if not r.dsn]
         for action, every in (("failed", failed), ("delayed", delayed)):
             # Each to its own sender: an alias's owner, a list's bounce address.
