@@ -461,7 +461,8 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None, sign_wa
                          tls_options=ClientTLS(relay.tls_ca_file), reactor=reactor,
                          run_blocking=run_blocking, password=password, sign=sign,
                          sign_wanted=sign_wanted, memory=memory,
-                         read_blocking=in_thread(reactor))
+                         read_blocking=in_thread(reactor),
+                         measure_blocking=BlockingBatcher(reactor, max_trips=2, sync="file"))
     RelayService(target, dns_pool).setServiceParent(parent)
     return target, run_dns
 
