@@ -80,8 +80,8 @@ class QueueRunner:
                  recover: bool = True):
         self.spool = spool
         # Whether start() repairs the spool (removes half-written files): not in the
-        # runner process, where the listeners' process writes entries meanwhile and
-        # made the repair itself before it listened (gateway/runnerproc).
+        # gateway, which repairs it before it listens (service.py): start() runs
+        # while the listeners already write entries.
         self.recover = recover
         self.bouncer = bouncer
         # Where `mailgateway queue ...` drops requests (None: no control path).
