@@ -147,6 +147,9 @@ class ISpool(Interface):
     def remove(queue_id: str) -> None:
         """Remove a finished entry (blocking)."""
 
+    def remove_durably(queue_id: str) -> None:
+        """Remove a finished entry, the removal durable (blocking; in a trip, at its end)."""
+
     def queue_ids() -> list[str]:
         """Every complete entry, oldest first (blocking)."""
 

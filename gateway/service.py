@@ -137,11 +137,13 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
     run_lock = runlock.claim(settings.state_dir)
     core = _core(settings, reactor)
     core.top.run_lock = run_lock  # held (open) as long as the gateway runs
+    # The spool's repair after a crash, here and now, before any listener: a runner
+    # starting while entries are already being written (its start is a trip in the
+    # run lane, late under load) took a half-written one for a crash's leftover:
+    # it deleted its tmp/ file, or died on one renamed meanwhile ("queue runner
+    # could not start", seen in the suite at load 8). With a runner process, under
+    # the runner's lock: one left by a gateway killed a moment ago finishes first.
     if settings.queue.runner_process:
-        # The spool's repair after a crash, here and now: the runner process starts
-        # while this one already writes entries, and must never take a half-written
-        # one of ours for a crash's leftover. Under the runner's lock: a runner left
-        # by a gateway killed a moment ago finishes its last writes first.
         with runlock.claim_runner(settings.state_dir, wait=60.0):
             core.spool.recover()
         # Files the child delivered are indexed in the run lane, idle here: its trips'
@@ -159,6 +161,7 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
         forward_sighup = runner.reload
     else:
         core.top.runner_lock = runlock.claim_runner(settings.state_dir)
+        core.spool.recover()
         runner = _delivery(settings, reactor, core).runner
         forward_sighup = None
     _, tls_options = _access(settings, reactor, core, runner)
@@ -182,7 +185,7 @@ def build_runner(settings: Settings, reactor, link, lock_wait: float = 60.0
     run_lock = runlock.claim_runner(settings.state_dir, wait=lock_wait)
     core = _core(settings, reactor, delivered=link.delivered)
     core.top.run_lock = run_lock
-    lane = _delivery(settings, reactor, core, child=True)
+    lane = _delivery(settings, reactor, core)
     reloader = aliasfile.AliasReloader(settings, core.router, reactor, install_sighup=False)
     reloader.setServiceParent(core.top)
     link.reload = lambda: reloader.reload("SIGHUP")
@@ -254,10 +257,10 @@ def _core(settings: Settings, reactor, delivered=None) -> _Core:
                  archive=archive, orgs=orgs, users=users, auth_pool=auth_pool)
 
 
-def _delivery(settings: Settings, reactor, core: _Core, child: bool = False
-              ) -> RunnerService:
+def _delivery(settings: Settings, reactor, core: _Core) -> RunnerService:
     """The queue runner and every delivery target, bouncer and submitter (one process's
-    or, child, the runner process's); its services join core.top."""
+    or the runner process's); its services join core.top. The spool was repaired
+    before (build): the runner only lists it."""
     top, spool, run_blocking = core.top, core.spool, core.run_blocking
     bouncer = Bouncer(spool=spool, hostname=settings.hostname, clock=reactor,
                       size_limit=settings.queue.bounce_size_limit,
@@ -299,10 +302,14 @@ def _delivery(settings: Settings, reactor, core: _Core, child: bool = False
                "program": program,
                "file": MboxDelivery(settings.mbox, reactor, in_thread(reactor)),
                "list": lists}
+    # Removals of finished entries: nothing to sync, so no place in the run lane's
+    # trips, but gathered as they are (one thread hop for all that arrive while one
+    # runs, not one each: a hop per message was a twentieth of the runner's CPU).
+    unsynced = BlockingBatcher(reactor, max_trips=2, sync="file")
     runner = QueueRunner(
         spool=spool, router=core.router, settings=settings.queue, reactor=reactor,
-        targets=targets, run_blocking=run_blocking, run_unsynced=in_thread(reactor),
-        bouncer=bouncer, control_root=settings.spool_dir, recover=not child)
+        targets=targets, run_blocking=run_blocking, run_unsynced=unsynced,
+        bouncer=bouncer, control_root=settings.spool_dir, recover=False)
     submitter.listener = runner
     ProgramService(program).setServiceParent(top)
     lane = RunnerService(runner)
@@ -458,7 +465,8 @@ def _relay(settings: Settings, reactor, run_blocking, parent, sign=None, sign_wa
                          tls_options=ClientTLS(relay.tls_ca_file), reactor=reactor,
                          run_blocking=run_blocking, password=password, sign=sign,
                          sign_wanted=sign_wanted, memory=memory,
-                         read_blocking=in_thread(reactor))
+                         read_blocking=in_thread(reactor),
+                         measure_blocking=BlockingBatcher(reactor, max_trips=2, sync="file"))
     RelayService(target, dns_pool).setServiceParent(parent)
     return target, run_dns
 

@@ -27,9 +27,26 @@ from gateway.deliver.outbound import DotStuffer
 # enough that eight concurrent relays hold 2 MB between them.
 PIECE = 256 * 1024
 
+# A message up to this size is read whole in the one thread hop that also
+# measures it (read_small), and DATA writes it from memory: no hop to open
+# the file, none to read it, none to find its end. Three hops were a third of
+# the runner's work per relayed message (bench/RESULTS.md, 2026-11-27).
+SMALL = 64 * 1024
+
 
 def _open(path: str) -> int:
     return os.open(path, os.O_RDONLY)
+
+
+def read_small(path: str, limit: int = SMALL) -> tuple[int, bytes | None]:
+    """The file's size, and its bytes when it has at most limit of them (blocking)."""
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            return size, None
+        data = f.read(limit + 1)
+    # A spool file never changes once committed; if it somehow did, stream it.
+    return (size, data) if len(data) == size else (len(data), None)
 
 
 class SpoolStream:
@@ -38,15 +55,23 @@ class SpoolStream:
     call sends it afresh."""
 
     def __init__(self, path: str, prefix: bytes, run_blocking: Callable[..., defer.Deferred],
-                 piece: int = PIECE):
+                 piece: int = PIECE, content: bytes | None = None):
         self.path = path
         self.prefix = prefix
         self.run_blocking = run_blocking
         self.piece = piece
+        # The whole file, when the caller read it already (read_small): sent from memory.
+        self.content = content
         self.last: _Sender | None = None  # the latest attempt's producer (for tests)
 
     def __call__(self, transport) -> defer.Deferred:
         """Write it all to transport; fires when written (ConnectionLost if stopped)."""
+        if self.content is not None:
+            # Small: one write, left to the transport's buffer (at most SMALL bytes).
+            stuffer = DotStuffer()
+            transport.write(stuffer.feed(self.prefix) + stuffer.feed(self.content)
+                            + stuffer.end())
+            return defer.succeed(None)
         self.last = _Sender(self, transport)
         return defer.ensureDeferred(self.last.send())
 

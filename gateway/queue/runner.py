@@ -80,8 +80,8 @@ class QueueRunner:
                  recover: bool = True):
         self.spool = spool
         # Whether start() repairs the spool (removes half-written files): not in the
-        # runner process, where the listeners' process writes entries meanwhile and
-        # made the repair itself before it listened (gateway/runnerproc).
+        # gateway, which repairs it before it listens (service.py): start() runs
+        # while the listeners already write entries.
         self.recover = recover
         self.bouncer = bouncer
         # Where `mailgateway queue ...` drops requests (None: no control path).
@@ -196,19 +196,29 @@ class QueueRunner:
             # then repeats none that got done (a program is not asked twice).
             yield saver.save()
         positions = {id(r): i for i, r in enumerate(envelope.recipients)}
-        yield defer.gatherResults(
-            [self._deliver_group(envelope, target, pairs, message_path, recovering, now, saver,
-                                 positions)
-             for target, pairs in groups], consumeErrors=True)
-        yield self._notify(envelope, message_path, now)
+        running = [self._deliver_group(envelope, target, pairs, message_path, recovering, now,
+                                       saver, positions)
+                   for target, pairs in groups]
+        if len(running) == 1:  # the usual message: no DeferredList around it
+            yield running[0]
+        elif running:
+            yield defer.gatherResults(running, consumeErrors=True)
+        if self._unnotified(envelope) or self._warn_due(envelope, now):
+            yield self._notify(envelope, message_path, now)
         if envelope.finished() and not self._unnotified(envelope):
-            # Two unlinks in a pool thread of their own, not in a trip (nothing to
-            # sync) and not on the reactor thread: an unlink waits whenever a trip's
-            # syncfs holds the file system's journal (measured: a fifth of the
-            # reactor's time, bench/RESULTS.md). Every outcome that must not be
-            # repeated is durable already (local deliveries are recognised again;
-            # batches were saved as they ended).
-            yield saver.run(self.run_unsynced, self.spool.remove, queue_id)
+            if saver.unrecorded:
+                # Outcomes that must not be repeated were left unrecorded because the
+                # entry was done (_deliver_group): its removal, made durable in the
+                # run lane's next trip, records them all, one trip instead of a
+                # record's trip and then a removal.
+                yield saver.run(self.run_blocking, self.spool.remove_durably, queue_id)
+            else:
+                # Unlinks off the reactor thread (an unlink waits whenever a trip's
+                # syncfs holds the file system's journal: measured, a fifth of the
+                # reactor's time, bench/RESULTS.md), in a lane with nothing to sync.
+                # Every outcome that must not be repeated is durable already (local
+                # deliveries are recognised again; batches were saved as they ended).
+                yield saver.run(self.run_unsynced, self.spool.remove, queue_id)
             # Postfix's "removed" line: the entry's last word in the log.
             log.info("{queue_id}: removed", queue_id=queue_id, event="removed")
             return
@@ -343,6 +353,14 @@ class QueueRunner:
                 self._record(envelope, rcpt, result, now, route.kind)
             if target.kind in IDEMPOTENT:
                 continue  # a repeat after a crash is recognised (Maildir names): no record
+            if envelope.finished() and not self._unnotified(envelope):
+                # This batch ended the entry (the usual relayed message: one batch),
+                # and nothing can happen before its removal, which attempt() then
+                # makes durable: that removal is the record (Spool.remove_durably).
+                # Should the entry not be removed after all, its rewrite (saver.save)
+                # holds these outcomes.
+                saver.unrecorded = True
+                continue
             # Durable before anything else happens, even before the entry's removal:
             # a remote server cannot be asked whether it already has the message, so
             # a removal lost in a crash must find these recorded as done. Appended
@@ -400,12 +418,16 @@ class QueueRunner:
         return [r for r in envelope.recipients
                 if r.state is RecipientState.FAILED and r.dsn != "failed"]
 
+    def _warn_due(self, envelope: Envelope, now: float) -> bool:
+        """Whether the entry is old enough for a "delayed" DSN ([queue] delay_warning)."""
+        warn = self.settings.delay_warning
+        return warn > 0 and now - envelope.arrived >= warn
+
     @defer.inlineCallbacks
     def _notify(self, envelope: Envelope, message_path: str, now: float):
         failed = self._unnotified(envelope)
         delayed = []
-        warn = self.settings.delay_warning
-        if warn > 0 and now - envelope.arrived >= warn:
+        if self._warn_due(envelope, now):
             delayed = [r for r in envelope.pending() if not r.dsn]
         for action, every in (("failed", failed), ("delayed", delayed)):
             # Each to its own sender: an alias's owner, a list's bounce address.
@@ -532,6 +554,8 @@ class _Saver:
         self.write = write
         self._lock = defer.DeferredLock()
         self._next: defer.Deferred | None = None
+        # Outcomes left unrecorded for the entry's durable removal (QueueRunner).
+        self.unrecorded = False
 
     def save(self) -> defer.Deferred:
         waiter: defer.Deferred = defer.Deferred()

@@ -217,6 +217,13 @@ class Spool:
         # entry is found again at start and delivered with recovering=True, which
         # the targets use to skip what they already delivered.
 
+    def remove_durably(self, queue_id: str) -> None:
+        """remove(), and the removal durable: at once, or with the trip's directory sync
+        (gateway/durable.py). For an entry whose last outcomes were never recorded
+        (a relayed message, queue/runner.py): its durable removal records them."""
+        self.remove(queue_id)
+        sync_dir(self.entries)
+
     @staticmethod
     def _encode(envelope: Envelope) -> bytes:
         return json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8")

@@ -1,7 +1,8 @@
 """The runner process's pipe: netstrings (djb's "LEN:DATA,"), a one-byte kind first.
 
 Pure framing, no I/O, so it is tested without a process (tests/unit). Kinds:
-  parent -> child: Q queue ID (a new spool entry), H reload aliases (SIGHUP)
+  parent -> child: Q queue ID (a new spool entry), then NUL and its envelope
+                   (JSON) when small, H reload aliases (SIGHUP)
   child -> parent: D a Maildir and the names the child renamed into its new/
                    (NUL-separated), C "active scheduled"
                    (the runner's counts), L one log event (JSON)
@@ -14,6 +15,9 @@ from typing import Any
 
 from twisted.logger import LogEvent, LogLevel, formatEvent
 
+from gateway.envelope import Envelope
+from gateway.logs import LINE
+
 QUEUED = b"Q"
 RELOAD = b"H"
 DELIVERED = b"D"
@@ -25,8 +29,48 @@ LOG = b"L"
 MAX_FRAME = 1 << 20
 
 
+# Frames are gathered this many seconds before one write to the pipe: each write
+# costs the writer four epoll_ctl calls (Twisted's process pipes watch for their
+# end between writes), measured a tenth of the runner process's reactor when
+# every reactor turn wrote its few frames (bench/RESULTS.md, 2026-11-27).
+GATHER = 0.005
+
+
 class FrameError(ValueError):
     """The other side wrote something that is not a frame of this channel."""
+
+
+class Gatherer:
+    """Frames written within GATHER seconds of the first go out in one write(): no
+    I/O here (write is the transport's), so it is tested on a task.Clock."""
+
+    def __init__(self, clock, write, delay: float = GATHER):
+        self.clock = clock
+        self.write = write
+        self.delay = delay
+        self._frames: list[bytes] = []
+        self._call = None
+
+    def __call__(self, data: bytes) -> None:
+        self._frames.append(data)
+        if self._call is None:
+            self._call = self.clock.callLater(self.delay, self.flush)
+
+    def cancel(self) -> None:
+        """Forget what was gathered (the other end is gone)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._frames = []
+
+    def flush(self) -> None:
+        """Write what was gathered now (also when the channel closes)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        frames, self._frames = self._frames, []
+        if frames:
+            self.write(b"".join(frames))
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
@@ -74,6 +118,35 @@ class Decoder:
         return out
 
 
+# An envelope up to this size travels with its queue ID, so that the runner's first
+# attempt needs no read of the spool (as in one process: QueueRunner.enqueued); a
+# bigger one (a list's thousands of recipients) is read from the spool by the child.
+MAX_ENVELOPE = 65536
+
+
+def join_queued(queue_id: str, envelope: Envelope | None) -> bytes:
+    """A Q frame's payload: the queue ID, and the envelope as spooled when small."""
+    qid = queue_id.encode("ascii")
+    if envelope is None:
+        return qid
+    data = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8")
+    return qid if len(data) > MAX_ENVELOPE else qid + b"\0" + data
+
+
+def split_queued(payload: bytes) -> tuple[str, Envelope | None]:
+    """join_queued's payload -> the queue ID and its envelope (None: read the spool)."""
+    qid, _, data = payload.partition(b"\0")
+    queue_id = qid.decode("ascii", "replace")
+    if not data:
+        return queue_id, None
+    try:
+        envelope = Envelope.from_json(json.loads(data))
+    except (ValueError, KeyError, TypeError):
+        return queue_id, None  # the spool has it: the attempt reads it there
+    envelope.queue_id = queue_id
+    return queue_id, envelope
+
+
 def join_delivered(path: str, names: list[str]) -> bytes:
     """A D frame's payload: the Maildir, then each name renamed into its new/."""
     return "\0".join([path, *names]).encode("utf-8", "surrogateescape")
@@ -92,7 +165,10 @@ _PLAIN = (str, int, float, bool, type(None))
 def encode_event(event: LogEvent, process: str = "runner") -> bytes:
     """A log event as JSON: its text (with a failure's traceback), level, time,
     namespace, and every plain field (queue_id, to, ...) for the JSON log."""
-    text = formatEvent(event)
+    line = event.get("log_line")
+    # logs.LINE: the text is made already (the runner's status= lines).
+    text = line if event.get("log_format") == LINE and isinstance(line, str) \
+        else formatEvent(event)
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}\n{failure.getTraceback()}"

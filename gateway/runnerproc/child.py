@@ -34,12 +34,13 @@ class ChildChannel(protocol.Protocol):
         self.decoder = channel.Decoder()
         self.runner: Any = None  # IQueueListener, set once the runner has started
         self.reload: Any = None  # () -> None: reload the alias table
-        self._waiting: list[str] = []  # IDs told before the runner started
+        self._waiting: list[tuple[str, Any]] = []  # IDs told before the runner started
         self._lock = threading.Lock()
         self._paths: dict[str, list[str]] = {}
         self._out: list[bytes] = []  # frames written before the pipe is connected
         self._counts = (0, 0)
         self._loop: task.LoopingCall | None = None
+        self._gather: channel.Gatherer | None = None  # frames, one pipe write per GATHER
 
     # -- in --
 
@@ -51,11 +52,11 @@ class ChildChannel(protocol.Protocol):
             return
         for kind, payload in pairs:
             if kind == channel.QUEUED:
-                qid = payload.decode("ascii", "replace")
+                qid, envelope = channel.split_queued(payload)
                 if self.runner is None:
-                    self._waiting.append(qid)
+                    self._waiting.append((qid, envelope))
                 else:
-                    self.runner.enqueued(qid)
+                    self.runner.enqueued(qid, envelope)
             elif kind == channel.RELOAD and self.reload is not None:
                 self.reload()
 
@@ -64,14 +65,16 @@ class ChildChannel(protocol.Protocol):
         found by the scan and told again is one entry: the runner keeps one timer)."""
         self.runner = runner
         waiting, self._waiting = self._waiting, []
-        for qid in waiting:
-            runner.enqueued(qid)
+        for qid, envelope in waiting:
+            runner.enqueued(qid, envelope)
         self._loop = task.LoopingCall(self._send_counts)
         self._loop.clock = self.reactor
         self._loop.start(COUNTS_INTERVAL, now=True)
 
     def connectionLost(self, reason=None) -> None:
         # The parent closed the pipe (stopping) or died: stop, whatever is running.
+        if self._gather is not None:
+            self._gather.flush()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.reactor.running:
@@ -102,15 +105,16 @@ class ChildChannel(protocol.Protocol):
             self._write(channel.frame(channel.COUNTS, b"%d %d" % now))
 
     def _write(self, data: bytes) -> None:
-        if self.transport is None:
+        if self._gather is None:
             self._out.append(data)
         else:
-            self.transport.write(data)
+            self._gather(data)
 
     def connectionMade(self) -> None:
+        self._gather = channel.Gatherer(self.reactor, self.transport.write)
         out, self._out = self._out, []
         for data in out:
-            self.transport.write(data)
+            self._gather(data)
 
     def observer(self) -> ILogObserver:
         """The log observer: every event of this process, to the parent's log."""

@@ -123,6 +123,14 @@ class _ChildProtocol(protocol.ProcessProtocol):
         self.decoder = channel.Decoder()
         self._err = b""
         self.ended: defer.Deferred = defer.Deferred()
+        self.gather: channel.Gatherer | None = None  # frames down, one write per GATHER
+
+    def connectionMade(self) -> None:
+        self.gather = channel.Gatherer(self.owner.reactor, self.transport.write)
+
+    def send(self, data: bytes) -> None:
+        if self.gather is not None:
+            self.gather(data)
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         if fd == 1:
@@ -142,6 +150,9 @@ class _ChildProtocol(protocol.ProcessProtocol):
                               line=line.decode("utf-8", "replace"))
 
     def processEnded(self, reason) -> None:
+        if self.gather is not None:
+            self.gather.cancel()  # an ID not sent is found by the next child's scan
+            self.gather = None
         if self._err.strip():
             log.error("runner process: {line}", line=self._err.decode("utf-8", "replace"))
         self.owner._ended(self, reason)
@@ -172,16 +183,16 @@ class RunnerProcess(service.Service):
         # Without a child (between a death and the restart) the ID is simply not
         # sent: the next child's start-up scan of the spool finds the entry.
         child = self.child
-        if child is not None and child.transport is not None:
-            child.transport.write(channel.frame(channel.QUEUED, queue_id.encode("ascii")))
+        if child is not None:
+            child.send(channel.frame(channel.QUEUED, channel.join_queued(queue_id, envelope)))
 
     def counts(self) -> dict[str, int]:
         return self.dispatch.counts
 
     def reload(self) -> None:
         """SIGHUP: the child reloads its alias table as the parent does."""
-        if self.child is not None and self.child.transport is not None:
-            self.child.transport.write(channel.frame(channel.RELOAD))
+        if self.child is not None:
+            self.child.send(channel.frame(channel.RELOAD))
 
     # -- the process --
 
@@ -223,6 +234,9 @@ class RunnerProcess(service.Service):
         child = self.child
         if child is None or child.transport is None:
             return None
+        if child.gather is not None:
+            child.gather.flush()
+            child.gather = None  # no more writes to a closed stdin
         child.transport.closeStdin()  # the child's cue: finish and exit
         timer = self.reactor.callLater(self.stop_timeout, self._kill, child)
         child.ended.addBoth(lambda _: timer.cancel() if timer.active() else None)

@@ -148,8 +148,11 @@ class Gateway:
 
     def delivery_pid(self) -> int:
         """The process that delivers: the runner process, else the gateway itself."""
-        return wait_for(lambda: self.runner_pid(), what="the runner process") \
-            if "runner_process = true" in self.config.read_text() else self.proc.pid
+        from gateway.config import load  # the setting as the gateway reads it, default too
+
+        if load(self.config).queue.runner_process:
+            return wait_for(lambda: self.runner_pid(), what="the runner process")
+        return self.proc.pid
 
     def maildir(self, address: str) -> Path:
         local, domain = address.split("@")

@@ -333,3 +333,32 @@ def test_junk_in_the_control_directory_is_ignored(tmp_path):
     (directory / "x").write_text("")
     assert control.pending_requests(rig.root) == []
     assert list(directory.iterdir()) == []
+
+
+def test_a_batch_that_ends_the_entry_is_recorded_by_its_durable_removal(tmp_path):
+    """The usual relayed message (one batch, all sent): no record appended and then an
+    unsynced removal, but one removal made durable in the run lane; an entry that goes
+    on (a recipient deferred) still has every outcome on disk before its next step."""
+    rig = Rig(tmp_path, BatchTarget({"b@remote.test": [TEMP]}))
+    lanes: list[tuple[str, str]] = []
+
+    def lane(name):
+        def run(f, *args):
+            lanes.append((name, f.__name__))
+            return run_now(f, *args)
+        return run
+
+    rig.runner.run_blocking, rig.runner.run_unsynced = lane("synced"), lane("unsynced")
+    done = rig.queue("a@remote.test")
+    rig.runner.enqueued(done)
+    rig.clock.advance(0)
+    assert rig.spool.queue_ids() == []
+    assert [f for _, f in lanes] == ["_load", "remove_durably"]
+    assert lanes[-1] == ("synced", "remove_durably")
+
+    lanes.clear()
+    going_on = rig.queue("a@remote.test", "b@remote.test")
+    rig.runner.enqueued(going_on)
+    rig.clock.advance(0)
+    assert ("synced", "record_steps") in lanes  # a's outcome, before anything else
+    assert rig.state(going_on) == {"a@remote.test": "done", "b@remote.test": "pending"}

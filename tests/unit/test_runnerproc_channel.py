@@ -10,6 +10,7 @@ from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, LogLevel, formatEventAsClassicLogText
 
+from gateway.envelope import Envelope, Recipient
 from gateway.runnerproc import channel
 from gateway.runnerproc.child import ChildChannel
 from gateway.runnerproc.parent import Dispatch, RunnerProcess, child_argv
@@ -163,8 +164,14 @@ def test_queue_ids_go_down_the_pipe_and_a_dead_child_is_started_again_with_backo
                         "--uid", "8", "--gid", "9"]
     assert fds == {0: "w", 1: "r", 2: "r"}
     rp.enqueued("AAA")
-    rp.enqueued("BBB", object())
-    assert channel.Decoder().feed(proto.transport.value()) == [(b"Q", b"AAA"), (b"Q", b"BBB")]
+    envelope = Envelope("a@example.test", [Recipient("b@example.test")], queue_id="BBB",
+                        hops=2)
+    rp.enqueued("BBB", envelope)
+    assert proto.transport.value() == b""  # gathered for one write
+    reactor.advance(channel.GATHER)
+    (a, b) = channel.Decoder().feed(proto.transport.value())
+    assert a == (b"Q", b"AAA")
+    assert b[0] == b"Q" and channel.split_queued(b[1]) == ("BBB", envelope)
     ended(proto, signal=9)
     rp.enqueued("CCC")  # no child: found by the next one's scan of the spool
     reactor.advance(0.9)
@@ -206,10 +213,12 @@ def test_env_of_the_child_has_no_notify_socket(monkeypatch):
 class FakeRunner:
     def __init__(self):
         self.ids = []
+        self.envelopes = []
         self.active, self.scheduled = 0, 0
 
     def enqueued(self, qid, envelope=None):
         self.ids.append(qid)
+        self.envelopes.append(envelope)
 
     def counts(self):
         return {"active": self.active, "scheduled": self.scheduled}
@@ -258,12 +267,14 @@ def test_child_tells_each_delivered_path_once_per_turn_and_counts_when_they_chan
     assert len(reactor.from_thread) == 1  # one wake-up of the reactor for the three
     f, args = reactor.from_thread.pop()
     f(*args)
+    reactor.advance(channel.GATHER)
     got = channel.Decoder().feed(out.value())
     assert sorted(channel.split_delivered(p) for k, p in got) == [
         ("/m/a", ["1.Q1", "2.Q2"]), ("/m/b", ["3.Q3"])]
     out.clear()
     runner.active, runner.scheduled = 2, 5
     reactor.advance(0.5)
+    reactor.advance(channel.GATHER)
     assert channel.Decoder().feed(out.value()) == [(b"C", b"2 5")]
 
 
@@ -277,3 +288,42 @@ def test_child_stops_when_the_parent_closes_the_pipe_and_reloads_on_request():
     assert reloads == [1]
     link.connectionLost(None)
     assert reactor.stopped
+
+
+def test_frames_written_close_together_go_out_in_one_write():
+    clock = task.Clock()
+    writes: list[bytes] = []
+    gather = channel.Gatherer(clock, writes.append, delay=0.005)
+    gather(channel.frame(channel.LOG, b"{}"))
+    clock.advance(0.004)
+    gather(channel.frame(channel.DELIVERED, b"/m\0n"))
+    assert writes == []
+    clock.advance(0.001)
+    assert writes == [b"3:L{},5:D/m\x00n,"]
+    gather(b"x")
+    gather.flush()  # at once (the channel is closing)
+    assert writes[-1] == b"x"
+    clock.advance(1)
+    assert len(writes) == 2
+    gather(b"y")
+    gather.cancel()  # the other end is gone
+    clock.advance(1)
+    assert len(writes) == 2
+
+
+def test_a_small_envelope_travels_with_its_id_so_the_child_reads_no_spool():
+    envelope = Envelope("a@example.test", [Recipient("b@example.test")], queue_id="Q1",
+                        hops=1, arrived=1000.0)
+    reactor = ChildReactor()
+    link = ChildChannel(reactor)
+    link.makeConnection(StringTransport())
+    runner = FakeRunner()
+    link.started(runner)
+    link.dataReceived(channel.frame(channel.QUEUED, channel.join_queued("Q1", envelope))
+                      + channel.frame(channel.QUEUED, b"Q2\0{not json")
+                      + channel.frame(channel.QUEUED, b"Q3"))
+    assert runner.ids == ["Q1", "Q2", "Q3"]
+    assert runner.envelopes == [envelope, None, None]  # None: read from the spool
+    big = Envelope("a@example.test", [Recipient(f"r{i}@example.test")
+                                      for i in range(3000)], queue_id="Q4")
+    assert channel.join_queued("Q4", big) == b"Q4"

@@ -8,7 +8,7 @@ from twisted.internet.testing import StringTransport
 
 from gateway.budget import ByteBudget
 from gateway.deliver.outbound import DotStuffer, dot_stuff
-from gateway.deliver.streaming import SpoolStream
+from gateway.deliver.streaming import SpoolStream, read_small
 from gateway.durable import run_now
 
 
@@ -40,6 +40,23 @@ def test_the_stream_sends_prefix_and_file_stuffed(tmp_path):
     assert done.called
     assert wire.value() == dot_stuff(b"X-Sig: 1\r\n" + path.read_bytes())
     assert wire.producer is None  # unregistered when done
+
+
+def test_a_small_message_read_with_its_size_is_sent_without_a_thread_hop(tmp_path):
+    path = tmp_path / "msg"
+    path.write_bytes(b"Subject: x\r\n\r\n.dot\r\nend")
+    size, content = read_small(str(path))
+    assert (size, content) == (len(path.read_bytes()), path.read_bytes())
+    assert read_small(str(path), limit=10) == (size, None)  # too big: streamed
+
+    def no_hops(f, *args):
+        raise AssertionError("a small message must not hop to a thread")
+
+    wire = StringTransport()
+    done = SpoolStream(str(path), b"X-Sig: 1\r\n", no_hops, content=content)(wire)
+    assert done.called
+    assert wire.value() == dot_stuff(b"X-Sig: 1\r\n" + path.read_bytes())
+    assert wire.producer is None
 
 
 class Reads:
