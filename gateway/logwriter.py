@@ -42,16 +42,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO
 
-from twisted.logger import (
-    ILogObserver,
-    LogEvent,
-    Logger,
-    formatEventAsClassicLogText,
-    formatTime,
-    timeFormatRFC3339,
-)
+from twisted.logger import ILogObserver, LogEvent, Logger
 from zope.interface import provider
 
+from gateway.logformat import classic_line
 from gateway.metrics import REGISTRY
 
 log = Logger(namespace="mailgateway")
@@ -244,5 +238,4 @@ def text_observer(out: IO[str], limit: int = DEFAULT_LIMIT) -> tuple[ILogObserve
     """twistd's own text log (the same lines as its --logfile/stdout observer), written
     by a LineWriter; the writer is returned for `call` (log rotation)."""
     writer = LineWriter(out, limit)
-    return writer.observer(lambda event: formatEventAsClassicLogText(
-        event, formatTime=lambda e: formatTime(e, timeFormatRFC3339))), writer
+    return writer.observer(classic_line), writer
