@@ -129,10 +129,12 @@ def write_now(transport: Any, data: bytes) -> None:
     when the transport's buffer is empty (what asyncio's transports do) keeps
     the order and the back-pressure: whatever the socket does not take, and
     any write while something is still queued, goes through transport.write
-    as before, and so does every other transport (TLS, PROXY wrappers, tests).
+    as before, and so does every other transport (TLS, PROXY wrappers, tests),
+    and a closing or aborted one (whose later writes Twisted drops).
     """
     if (type(transport) is tcp.Server and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._writeDisconnected
+            and not getattr(transport, "_aborting", False)
             and not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset):
         try:
             sent = transport.socket.send(data)

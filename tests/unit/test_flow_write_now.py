@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 
 from twisted.internet import abstract, tcp
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from gateway import flow
 
@@ -30,9 +30,9 @@ class FakeSocket:
         return len(taken)
 
 
-def tcp_transport(sock: FakeSocket) -> tuple[tcp.Server, MemoryReactor]:
+def tcp_transport(sock: FakeSocket) -> tuple[tcp.Server, MemoryReactorClock]:
     """A tcp.Server as the reactor made it, on a fake socket (no real socket in a unit test)."""
-    reactor = MemoryReactor()
+    reactor = MemoryReactorClock()
     transport = tcp.Server.__new__(tcp.Server)
     abstract.FileDescriptor.__init__(transport, reactor=reactor)
     transport.socket = sock
@@ -85,6 +85,12 @@ def test_closing_and_tls_transports_keep_twisteds_path():
     transport.disconnecting = True
     flow.write_now(transport, b"221 bye\r\n")
     assert sock.sent == [] and transport._tempDataBuffer == [b"221 bye\r\n"]
+
+    sock = FakeSocket()
+    transport, _ = tcp_transport(sock)
+    transport.abortConnection()  # Twisted drops what is written after an abort
+    flow.write_now(transport, b"421 too much\r\n")
+    assert sock.sent == []
 
     sock = FakeSocket()
     transport, _ = tcp_transport(sock)
