@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
@@ -114,6 +115,35 @@ def transport_gate(transport: Any, go_on: Callable[[], Any]) -> ReadGate:
             go_on()
 
     return ReadGate(pause, resume)
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """transport.write(data), but sent at once when nothing waits before it.
+
+    A Twisted TCP transport only queues a write: it asks epoll for writability
+    (epoll_ctl), sends on the reactor's next turn (a dispatch through its log
+    context wrappers), then stops asking (epoll_ctl again). SMTP answers each
+    command with one short reply that the client waits for, so that cycle ran
+    six or seven times per message: about a tenth of the listening process's
+    CPU per accepted message (bench/RESULTS.md, 2026-11-27). Sending at once
+    when the transport's buffer is empty (what asyncio's transports do) keeps
+    the order and the back-pressure: whatever the socket does not take, and
+    any write while something is still queued, goes through transport.write
+    as before, and so does every other transport (TLS, PROXY wrappers, tests),
+    and a closing or aborted one (whose later writes Twisted drops).
+    """
+    if (type(transport) is tcp.Server and not transport.TLS and transport.connected
+            and not transport.disconnecting and not transport._writeDisconnected
+            and not getattr(transport, "_aborting", False)
+            and not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:  # EAGAIN, or a broken connection: Twisted's own path finds out
+            sent = 0
+        if sent >= len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def lose(transport: Any) -> None:

@@ -27,9 +27,10 @@ import re
 import sys
 from typing import IO, Any
 
-from twisted.logger import ILogObserver, Logger, formatEvent, formatTime
+from twisted.logger import ILogObserver, Logger
 
 from gateway import logwriter
+from gateway.logformat import event_text, stamp
 from gateway.metrics import REGISTRY
 
 log = Logger(namespace="mailgateway")
@@ -147,10 +148,10 @@ def json_lines(out: IO[str] | None = None) -> ILogObserver:
 def json_line(event: dict) -> str:
     """One event as a JSON object on one line (newline included)."""
     record: dict[str, Any] = {
-        "time": formatTime(event.get("log_time"), timeFormat="%Y-%m-%dT%H:%M:%S%z"),
+        "time": stamp(event.get("log_time")),  # RFC 3339, to the second, local offset
         "level": getattr(event.get("log_level"), "name", ""),
         "namespace": event.get("log_namespace", ""),
-        "text": formatEvent(event),
+        "text": event_text(event),
     }
     for key, value in event.items():
         if not key.startswith("log_") and key not in record and \

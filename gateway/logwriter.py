@@ -42,16 +42,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO
 
-from twisted.logger import (
-    ILogObserver,
-    LogEvent,
-    Logger,
-    formatEventAsClassicLogText,
-    formatTime,
-    timeFormatRFC3339,
-)
+from twisted.logger import ILogObserver, LogEvent, Logger
 from zope.interface import provider
 
+from gateway.logformat import classic_line
 from gateway.metrics import REGISTRY
 
 log = Logger(namespace="mailgateway")
@@ -244,24 +238,4 @@ def text_observer(out: IO[str], limit: int = DEFAULT_LIMIT) -> tuple[ILogObserve
     """twistd's own text log (the same lines as its --logfile/stdout observer), written
     by a LineWriter; the writer is returned for `call` (log rotation)."""
     writer = LineWriter(out, limit)
-    stamp = SecondStamp()
-    return writer.observer(lambda event: formatEventAsClassicLogText(
-        event, formatTime=stamp)), writer
-
-
-class SecondStamp:
-    """formatTime(when, RFC 3339) made once a second, not once a line: the time zone
-    lookup and strftime were a tenth of a log line's cost (bench/RESULTS.md,
-    2026-11-27). One per writer thread: not shared between threads."""
-
-    def __init__(self) -> None:
-        self._second: int | None = None
-        self._stamp = ""
-
-    def __call__(self, when: float | None) -> str:
-        if when is None:
-            return formatTime(when, timeFormatRFC3339)
-        second = int(when)
-        if second != self._second:
-            self._second, self._stamp = second, formatTime(when, timeFormatRFC3339)
-        return self._stamp
+    return writer.observer(classic_line), writer

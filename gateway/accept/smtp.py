@@ -157,10 +157,28 @@ class SMTPServer(SMTPAuth, ESMTP):
 
     def reply(self, code: int, enhanced: str, text: str) -> None:
         """A reply with an RFC 3463 enhanced status code (RFC 2034) on every line."""
+        if "\n" not in text:
+            self._send(f"{code} {enhanced} {text}\r\n".encode("utf-8", "replace"))
+            return
         lines = text.split("\n")
-        for line in lines[:-1]:
-            self.sendLine(f"{code}-{enhanced} {line}".encode("utf-8", "replace"))
-        self.sendLine(f"{code} {enhanced} {lines[-1]}".encode("utf-8", "replace"))
+        out = [f"{code}-{enhanced} {line}\r\n" for line in lines[:-1]]
+        out.append(f"{code} {enhanced} {lines[-1]}\r\n")
+        self._send("".join(out).encode("utf-8", "replace"))
+
+    def sendCode(self, code: int, message: bytes = b"") -> None:
+        """twisted.mail.smtp's sendCode (RFC 5321 4.2.1 multiline form), as one write."""
+        lines = message.splitlines() or [b""]
+        prefix = b"%03d" % code
+        out = [prefix + b"-" + line + b"\r\n" for line in lines[:-1]]
+        out.append(prefix + b" " + lines[-1] + b"\r\n")
+        self._send(b"".join(out))
+
+    def sendLine(self, line: bytes) -> None:
+        self._send(line + b"\r\n")
+
+    def _send(self, data: bytes) -> None:
+        """One reply: sent at once when nothing waits before it (gateway/flow.py)."""
+        flow.write_now(self.transport, data)
 
     def reply_error(self, e: MailError) -> None:
         self.reply(e.code, e.enhanced, e.text)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.logger import LogEvent, LogLevel, formatEvent
+from twisted.logger import LogEvent, LogLevel
 
 from gateway.envelope import Envelope
+from gateway.logformat import event_text
 from gateway.logs import LINE
 
 QUEUED = b"Q"
@@ -168,7 +169,7 @@ def encode_event(event: LogEvent, process: str = "runner") -> bytes:
     line = event.get("log_line")
     # logs.LINE: the text is made already (the runner's status= lines).
     text = line if event.get("log_format") == LINE and isinstance(line, str) \
-        else formatEvent(event)
+        else event_text(event)
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}\n{failure.getTraceback()}"

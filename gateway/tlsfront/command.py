@@ -17,11 +17,12 @@ import sys
 from typing import Any, TextIO
 
 from twisted.internet import error
-from twisted.logger import ILogObserver, eventAsText, formatTime, globalLogBeginner
+from twisted.logger import ILogObserver, globalLogBeginner
 from zope.interface import implementer
 
 from gateway import config
 from gateway.errors import ConfigError
+from gateway.logformat import classic_line
 from gateway.tlsfront.certs import CertificateError
 from gateway.tlsfront.service import FrontsService
 
@@ -68,30 +69,19 @@ def fronts_from_arguments(args: argparse.Namespace) -> tuple[config.FrontSetting
 
 @implementer(ILogObserver)
 class LogLines:
-    """twisted.logger's text lines, written cheaply for the one line per connection.
-
-    Same format as textFileLogObserver; but the time prefix is made once a
-    second, and an event whose format is just "{line}" (relay.py formats its
-    own) skips string.Formatter. Anything else, failures included, goes
-    through Twisted's own formatting.
-    """
+    """twisted.logger's text lines (textFileLogObserver's), written cheaply: formatted by
+    gateway/logformat.py, the gateway's own log writers' formatter (the time prefix
+    made once a second, the text by str.format_map, Twisted's own formatting for
+    failures and anything unusual)."""
 
     def __init__(self, stream: TextIO):
         self.stream = stream
-        self._second = -1
-        self._stamp = ""
 
     def __call__(self, event: dict) -> None:
-        if event.get("log_format") != "{line}" or "log_failure" in event:
-            text = eventAsText(event, includeTimestamp=False).replace("\n", "\n\t")
-        else:
-            text = f"[{event.get('log_namespace', '-')}#{event['log_level'].name}] {event['line']}"
-        when = event.get("log_time")
-        second = int(when) if when is not None else -1
-        if second != self._second:
-            self._second, self._stamp = second, formatTime(when)
-        self.stream.write(f"{self._stamp} {text}\n")
-        self.stream.flush()
+        line = classic_line(event)
+        if line:
+            self.stream.write(line)
+            self.stream.flush()
 
 
 def run(args: argparse.Namespace, reactor: Any) -> int:

@@ -199,16 +199,3 @@ def test_lines_of_one_interval_leave_in_one_write():
     writer.close()  # ends the wait early, and writes the batch
     assert calls == ["0\n1\n2\n3\n4\n"]
 
-
-def test_the_time_stamp_is_made_once_a_second_and_reads_as_twisteds(monkeypatch):
-    from twisted.logger import formatTime, timeFormatRFC3339
-
-    stamp = logwriter.SecondStamp()
-    for when in (1000.0, 1000.2, 1000.99, 1001.0, 86400.5, None):
-        assert stamp(when) == formatTime(when, timeFormatRFC3339)
-    calls = []
-    monkeypatch.setattr(logwriter, "formatTime", lambda *a: calls.append(a) or formatTime(*a))
-    stamp = logwriter.SecondStamp()
-    for when in (5.0, 5.5, 5.9, 6.1):
-        stamp(when)
-    assert len(calls) == 2

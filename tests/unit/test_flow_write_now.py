@@ -1,0 +1,113 @@
+"""gateway/flow.write_now: a reply goes out at once when nothing waits before it,
+and through the transport's buffer otherwise (order, back-pressure, errors kept)."""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.internet import abstract, tcp
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from gateway import flow
+
+
+class FakeSocket:
+    """What a non-blocking socket's send does: takes up to `room` bytes, or refuses."""
+
+    def __init__(self, room: int = 1 << 20, error: int | None = None) -> None:
+        self.room = room
+        self.error = error
+        self.sent: list[bytes] = []
+
+    def send(self, data) -> int:
+        if self.error is not None:
+            raise OSError(self.error, "refused")
+        if self.room == 0:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        taken = bytes(data[:self.room])
+        self.room -= len(taken)
+        self.sent.append(taken)
+        return len(taken)
+
+
+def tcp_transport(sock: FakeSocket) -> tuple[tcp.Server, MemoryReactorClock]:
+    """A tcp.Server as the reactor made it, on a fake socket (no real socket in a unit test)."""
+    reactor = MemoryReactorClock()
+    transport = tcp.Server.__new__(tcp.Server)
+    abstract.FileDescriptor.__init__(transport, reactor=reactor)
+    transport.socket = sock
+    transport.connected = 1
+    return transport, reactor
+
+
+def test_sent_at_once_without_asking_the_reactor():
+    sock = FakeSocket()
+    transport, reactor = tcp_transport(sock)
+    flow.write_now(transport, b"250 2.0.0 Ok\r\n")
+    assert sock.sent == [b"250 2.0.0 Ok\r\n"]
+    assert transport._tempDataBuffer == [] and transport.dataBuffer == b""
+    assert transport not in reactor.getWriters()  # no epoll round trip
+
+
+def test_what_the_socket_does_not_take_waits_in_the_buffer():
+    sock = FakeSocket(room=4)
+    transport, reactor = tcp_transport(sock)
+    flow.write_now(transport, b"250 2.0.0 Ok\r\n")
+    assert sock.sent == [b"250 "]
+    assert b"".join(transport._tempDataBuffer) == b"2.0.0 Ok\r\n"
+    assert transport in reactor.getWriters()
+    # A later reply must not overtake it: it queues behind, whatever the socket says.
+    sock.room = 100
+    flow.write_now(transport, b"221 2.0.0 Bye\r\n")
+    assert sock.sent == [b"250 "]
+    transport.doWrite()
+    assert b"".join(sock.sent) == b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"
+
+
+def test_a_full_socket_leaves_it_all_to_the_transport():
+    sock = FakeSocket(room=0)
+    transport, reactor = tcp_transport(sock)
+    flow.write_now(transport, b"354 go ahead\r\n")
+    assert b"".join(transport._tempDataBuffer) == b"354 go ahead\r\n"
+    assert transport in reactor.getWriters()
+
+
+def test_a_broken_connection_is_found_by_twisteds_own_write():
+    sock = FakeSocket(error=errno.EPIPE)
+    transport, _ = tcp_transport(sock)
+    flow.write_now(transport, b"250 ok\r\n")
+    assert b"".join(transport._tempDataBuffer) == b"250 ok\r\n"
+
+
+def test_closing_and_tls_transports_keep_twisteds_path():
+    sock = FakeSocket()
+    transport, _ = tcp_transport(sock)
+    transport.disconnecting = True
+    flow.write_now(transport, b"221 bye\r\n")
+    assert sock.sent == [] and transport._tempDataBuffer == [b"221 bye\r\n"]
+
+    sock = FakeSocket()
+    transport, _ = tcp_transport(sock)
+    transport.abortConnection()  # Twisted drops what is written after an abort
+    flow.write_now(transport, b"421 too much\r\n")
+    assert sock.sent == []
+
+    sock = FakeSocket()
+    transport, _ = tcp_transport(sock)
+    transport.TLS = True  # after STARTTLS the bytes must go through the TLS layer
+
+    class Layer:
+        written: list[bytes] = []
+
+        def write(self, data):
+            self.written.append(data)
+
+    transport.protocol = Layer()
+    flow.write_now(transport, b"250 ok\r\n")
+    assert sock.sent == [] and Layer.written == [b"250 ok\r\n"]
+
+
+def test_other_transports_are_written_as_before():
+    transport = StringTransport()
+    flow.write_now(transport, b"250 ok\r\n")
+    assert transport.value() == b"250 ok\r\n"
