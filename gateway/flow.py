@@ -132,10 +132,7 @@ def write_now(transport: Any, data: bytes) -> None:
     as before, and so does every other transport (TLS, PROXY wrappers, tests),
     and a closing or aborted one (whose later writes Twisted drops).
     """
-    if (type(transport) is tcp.Server and not transport.TLS and transport.connected
-            and not transport.disconnecting and not transport._writeDisconnected
-            and not getattr(transport, "_aborting", False)
-            and not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset):
+    if type(transport) is tcp.Server and _idle(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:  # EAGAIN, or a broken connection: Twisted's own path finds out
@@ -144,6 +141,20 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def _idle(transport: tcp.Server) -> bool:
+    """Nothing queued in Twisted's write buffers, open for writing, no TLS. Read from
+    tcp.Server's own attributes; where a Twisted release names them otherwise, False:
+    transport.write then does it all, as before."""
+    try:
+        return (not transport.TLS and transport.connected and not transport.disconnecting
+                and not transport._writeDisconnected
+                and not getattr(transport, "_aborting", False)
+                and not transport._tempDataBuffer
+                and len(transport.dataBuffer) == transport.offset)
+    except AttributeError:
+        return False
 
 
 def lose(transport: Any) -> None:

@@ -111,3 +111,15 @@ def test_other_transports_are_written_as_before():
     transport = StringTransport()
     flow.write_now(transport, b"250 ok\r\n")
     assert transport.value() == b"250 ok\r\n"
+
+
+def test_a_twisted_without_these_buffer_names_writes_the_usual_way():
+    # write_now reads tcp.Server's private buffer attributes; a Twisted release that
+    # renamed them must get transport.write, never a send that could overtake it.
+    sock = FakeSocket()
+    transport, reactor = tcp_transport(sock)
+    del transport._tempDataBuffer  # an instance attribute made by FileDescriptor
+    written = []
+    transport.write = written.append
+    flow.write_now(transport, b"250 2.0.0 Ok\r\n")
+    assert written == [b"250 2.0.0 Ok\r\n"] and sock.sent == []
