@@ -215,6 +215,12 @@ def gateway(make_gateway) -> Gateway:
 
 
 @pytest.fixture
+def plain_gw(make_gateway) -> Gateway:
+    """A gateway that takes LOGIN in the clear from loopback: imaplib without TLS."""
+    return make_gateway("[auth]\nplaintext_from_loopback = true\n")
+
+
+@pytest.fixture
 def ca() -> trustme.CA:
     return trustme.CA()
 

@@ -10,32 +10,25 @@ from __future__ import annotations
 import os
 import smtplib
 
-import pytest
-
 ALICE = "alice@example.test"
 
 
-@pytest.fixture
-def gw(make_gateway):
-    return make_gateway("[auth]\nplaintext_from_loopback = true\n")
-
-
-def test_a_keyword_survives_losing_the_index(gw):
-    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=60) as s:
+def test_a_keyword_survives_losing_the_index(plain_gw):
+    with smtplib.SMTP("127.0.0.1", plain_gw.ports["smtp"], timeout=60) as s:
         s.sendmail("bob@remote.test", [ALICE], b"Subject: keep me\r\n\r\nbody\r\n")
-    gw.wait_messages(ALICE, 1)
-    m = gw.imap_login(ALICE)
+    plain_gw.wait_messages(ALICE, 1)
+    m = plain_gw.imap_login(ALICE)
     m.select("INBOX")
     m.store("1", "+FLAGS", r"($Label2 \Flagged)")
     m.logout()
-    gw.stop()
-    root = gw.maildir(ALICE)
+    plain_gw.stop()
+    root = plain_gw.maildir(ALICE)
     index_files = [n for n in os.listdir(root) if n.startswith("mailgateway.index")]
     assert index_files
     for name in index_files:  # the index is lost while the gateway is down
         os.unlink(root / name)
-    gw.start()
-    m = gw.imap_login(ALICE)
+    plain_gw.start()
+    m = plain_gw.imap_login(ALICE)
     typ, _ = m.select("INBOX")
     assert typ == "OK"
     flags = m.response("FLAGS")[1][0]

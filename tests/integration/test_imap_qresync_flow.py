@@ -9,14 +9,7 @@ import imaplib
 import re
 import smtplib
 
-import pytest
-
 ALICE = "alice@example.test"
-
-
-@pytest.fixture
-def gw(make_gateway):
-    return make_gateway("[auth]\nplaintext_from_loopback = true\n")
 
 
 def code(m: imaplib.IMAP4, name: str) -> int:
@@ -31,14 +24,14 @@ def qresync_select(m: imaplib.IMAP4, arguments: str) -> dict[str, list[bytes]]:
     return dict(m.untagged_responses)
 
 
-def test_reconnecting_client_gets_the_vanished_set_and_changed_flags(gw):
-    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=60) as s:
+def test_reconnecting_client_gets_the_vanished_set_and_changed_flags(plain_gw):
+    with smtplib.SMTP("127.0.0.1", plain_gw.ports["smtp"], timeout=60) as s:
         for n in range(1, 7):
             s.sendmail("bob@remote.test", [ALICE], b"Subject: m%d\r\n\r\nbody\r\n" % n)
-    gw.wait_messages(ALICE, 6)
+    plain_gw.wait_messages(ALICE, 6)
 
     # The client syncs, remembers UIDVALIDITY and HIGHESTMODSEQ, and goes away.
-    away = gw.imap_login(ALICE)
+    away = plain_gw.imap_login(ALICE)
     assert "QRESYNC" in away.capabilities and "CONDSTORE" in away.capabilities
     away.enable("QRESYNC")
     assert away.untagged_responses.pop("ENABLED") == [b"QRESYNC"]
@@ -48,12 +41,12 @@ def test_reconnecting_client_gets_the_vanished_set_and_changed_flags(gw):
     away.logout()
 
     # A second client that stays: it hears VANISHED live.
-    live = gw.imap_login(ALICE)
+    live = plain_gw.imap_login(ALICE)
     live.enable("QRESYNC")
     live.select("INBOX")
 
     # Meanwhile another session expunges UIDs 2, 3 and 5 and flags UID 6.
-    other = gw.imap_login(ALICE)
+    other = plain_gw.imap_login(ALICE)
     other.select("INBOX")
     other.uid("STORE", "2,3,5", "+FLAGS", r"(\Deleted)")
     other.expunge()
@@ -66,7 +59,7 @@ def test_reconnecting_client_gets_the_vanished_set_and_changed_flags(gw):
     assert "EXPUNGE" not in live.untagged_responses
     live.logout()
 
-    back = gw.imap_login(ALICE)
+    back = plain_gw.imap_login(ALICE)
     back.enable("QRESYNC")
     got = qresync_select(back, f"(QRESYNC ({validity} {known} 1:6))")
     assert got["VANISHED"] == [b"(EARLIER) 2:3,5"]

@@ -6,22 +6,15 @@ from __future__ import annotations
 import imaplib
 import smtplib
 
-import pytest
-
 ALICE = "alice@example.test"
 
 
-@pytest.fixture
-def gw(make_gateway):
-    return make_gateway("[auth]\nplaintext_from_loopback = true\n")
-
-
-def test_rev2_session_beside_a_rev1_session(gw):
-    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=60) as s:
+def test_rev2_session_beside_a_rev1_session(plain_gw):
+    with smtplib.SMTP("127.0.0.1", plain_gw.ports["smtp"], timeout=60) as s:
         for n in (1, 2, 3):
             s.sendmail("bob@remote.test", [ALICE], b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
-    gw.wait_messages(ALICE, 3)
-    m = gw.imap_login(ALICE)
+    plain_gw.wait_messages(ALICE, 3)
+    m = plain_gw.imap_login(ALICE)
     try:
         assert "IMAP4REV1" in m.capabilities and "IMAP4REV2" in m.capabilities
         typ, _ = m._simple_command("ENABLE", "IMAP4rev2")
@@ -51,7 +44,7 @@ def test_rev2_session_beside_a_rev1_session(gw):
         m.logout()
 
     # A rev1 session (imaplib as it is) sees the same mailbox as before rev2 existed.
-    old = gw.imap_login(ALICE)
+    old = plain_gw.imap_login(ALICE)
     try:
         typ, data = old.list()
         assert typ == "OK" and any(b'"Entw&APw-rfe"' in d for d in data), data

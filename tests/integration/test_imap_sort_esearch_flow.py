@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import smtplib
 
-import pytest
-
 ALICE = "alice@example.test"
 SUBJECTS = [b"Re: budget", b"agenda", b"budget", b"[team] Fwd: agenda"]
 
 
-@pytest.fixture
-def gw(make_gateway):
-    return make_gateway("[auth]\nplaintext_from_loopback = true\n")
-
-
-def test_sort_thread_esearch_and_list_status(gw):
-    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=60) as s:
+def test_sort_thread_esearch_and_list_status(plain_gw):
+    with smtplib.SMTP("127.0.0.1", plain_gw.ports["smtp"], timeout=60) as s:
         for n, subject in enumerate(SUBJECTS, 1):
             s.sendmail("bob@remote.test", [ALICE], b"Subject: %s\r\nMessage-ID: <%d@x>\r\n"
                        b"\r\n%s\r\n" % (subject, n, b"x" * 100 * n))
-    gw.wait_messages(ALICE, 4)
-    m = gw.imap_login(ALICE)
+    plain_gw.wait_messages(ALICE, 4)
+    m = plain_gw.imap_login(ALICE)
     try:
         for cap in ("SORT", "THREAD=REFERENCES", "ESEARCH", "LIST-EXTENDED", "LIST-STATUS"):
             assert cap in m.capabilities, cap

@@ -127,14 +127,19 @@ def test_file_mode_never_calls_syncfs(tmp_path, syncfs):
     assert syncfs.calls == []
 
 
-def test_plain_and_stepped_calls_share_a_trip_in_order(tmp_path, syncfs):
-    order = []
-
+def stepped_into(order: list):
+    """A call in steps (durable.run_trip): notes its write, yields, notes its rename."""
     def stepped(name):
         order.append(f"{name} writes")
         yield
         order.append(f"{name} renames")
         return name
+    return stepped
+
+
+def test_plain_and_stepped_calls_share_a_trip_in_order(tmp_path, syncfs):
+    order = []
+    stepped = stepped_into(order)
 
     results = durable.run_trip([(stepped, ("a",)), (order.append, ("plain",)),
                                 (stepped, ("b",))], "filesystem")
@@ -152,12 +157,7 @@ def test_outside_a_trip_each_step_is_durable_at_once(tmp_path, syncfs):
 def test_lockstep_runs_several_calls_in_steps_as_one_call(tmp_path, syncfs):
     """An alias's copies in one call of a trip: all written, one sync, all renamed."""
     order = []
-
-    def stepped(name):
-        order.append(f"{name} writes")
-        yield
-        order.append(f"{name} renames")
-        return name
+    stepped = stepped_into(order)
 
     def broken():
         raise ValueError("not this one")
