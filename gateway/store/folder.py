@@ -75,6 +75,7 @@ from gateway.durable import (
 from gateway.store import quota
 from gateway.store.index import VANISHED_LIMIT, Index
 from gateway.store.keywords import LETTERS, KeywordTable
+from gateway.store.listing import Listing, Row
 
 SUBS = ("new", "cur")
 # IMAP system flag <-> Maildir info letter. \Recent is per session, never stored.
@@ -150,7 +151,8 @@ class Folder:
         self.recent: set[int] = set()  # found in new/, not yet claimed by a session
         self._seen: dict[str, tuple[int, bool] | None] = {"new": None, "cur": None}
         self._arrived: list[str] = []  # renamed into new/ by arrived(), not yet indexed
-        self._staged: list[Message] = []  # indexed by index_arrived(), not yet published
+        # Indexed by index_arrived(), not yet published: (UIDs, rows, modseq) batches.
+        self._staged: list[tuple[list[int], list[Row], int]] = []
         self._listed: dict[str, int] = {}  # when each directory was last listed
         # Which directories new/ and cur/ are: another one there means the folder
         # was deleted and made again behind our back (see the module docstring).
@@ -167,43 +169,52 @@ class Folder:
         self.keyword_names: list[str] = []
         self._keyword_set: set[str] = set()
         self._learn(self.keywords.by_name)
-        # Building 100,000 Message objects (rows, or a first listing) with the
-        # cycle collector paused: they hold no cycles (memtrim.paused_gc).
+        # The messages as columns (store/listing.py), not one object each: from the
+        # packed copy the index keeps when the rows have not changed since it was
+        # saved, else from the rows; with the cycle collector paused (100,000 rows
+        # of a first listing hold no cycles: memtrim.paused_gc).
         with memtrim.paused_gc():
-            # 100,000 messages share a few distinct sub, suffix, kw and modseq values:
-            # one object each instead of one per message (SQLite makes a new one per row).
-            # (A first SELECT after a restart is this loop: locals, no attribute look-ups.)
-            same: dict = {}
-            one = same.setdefault
-            by_uid: dict[int, Message] = {}
-            kws: dict[str, None] = {}  # distinct keyword strings, in UID order
-            for uid, base, sub, suffix, kw, size, idate, modseq in self.index.rows():
+            self.by_uid = Listing(Message)
+            packed = self.index.load_listing()
+            if packed is None or not self.by_uid.unpack(packed):
+                packed = None
+                self.by_uid.load(self.index.rows())
+            for _, _, kw in self.by_uid.states:  # distinct (sub, suffix, kw): a handful
                 if kw:
-                    kws[kw] = None
-                by_uid[uid] = Message(uid, base, one(sub, sub), one(suffix, suffix), one(kw, kw),
-                                      size, idate, one(modseq, modseq))
-            for kw in kws:
-                self._learn(kw.split(" "))
-            self.by_uid = by_uid
-            self._by_base: dict[str, Message] | None = None  # built when first asked
-            self.uids: list[int] = list(by_uid)  # rows() is in UID order
+                    self._learn(kw.split(" "))
+            self._by_base: set[str] | None = None  # built when first asked
             self._snapshot: array[int] | None = None  # uids, shared by sessions (snapshot())
-            self.in_new: set[int] = {m.uid for m in self.by_uid.values() if m.sub == "new"}
+            self.in_new: set[int] = set(self.by_uid.where_sub("new"))
             # What the last listing saw, if the index recorded it for these very
             # directories: an unchanged one is not listed again (the rules of the
             # module docstring apply to the record as to one taken in this process).
             for sub, (dev, ino, mtime, stable, listed) in self.index.dirs_listed().items():
                 if (dev, ino) == self._dirs[sub]:
                     self._seen[sub], self._listed[sub] = (mtime, bool(stable)), listed
-            self.sync()
+            if (self.sync() or packed is None) and not self.gone:
+                self.keep_listing()
         memtrim.after(len(self.uids))  # the rows and the listing were garbage
 
     @property
-    def by_base(self) -> dict[str, Message]:
-        """Message by Maildir unique name; built on first use (a listing, a delivery),
+    def uids(self) -> list[int]:
+        """Every UID, ascending (the columns' own list: never change it in place)."""
+        return self.by_uid.uids
+
+    def keep_listing(self) -> None:
+        """Save the columns in the index (Index.save_listing), so the next open of
+        an unchanged folder reads one record instead of every row."""
+        with self.lock:
+            try:
+                self.index.save_listing(self.by_uid.pack())
+            except Exception:  # a cache: the next open reads the rows instead
+                _log.failure("saving the listing of {path}", path=str(self.path))
+
+    @property
+    def by_base(self) -> set[str]:
+        """The Maildir unique names held; built on first use (a listing, a delivery),
         not at open: a restart whose directories are unchanged never needs it."""
         if self._by_base is None:
-            self._by_base = {m.base: m for m in self.by_uid.values()}
+            self._by_base = set(self.by_uid.bases)
         return self._by_base
 
     def snapshot(self) -> Sequence[int]:
@@ -243,6 +254,8 @@ class Folder:
 
     def close(self) -> None:
         with self.lock:
+            if not self.gone and self.index.load_listing() is None:
+                self.keep_listing()  # changed since it was saved: the next open reads it
             self.index.close()
 
     # -- finding changes on disk ---------------------------------------------
@@ -310,9 +323,9 @@ class Folder:
                 self._seen["new"] = None
                 _log.failure("indexing deliveries in {path}", path=str(self.path))
                 return
-            for m in staged:
-                self.by_base[m.base] = m  # known: a sync() meanwhile must not add it again
-            self._staged += staged
+            # Known: a sync() meanwhile must not add them again.
+            self.by_base.update(row[0] for row in staged[1])
+            self._staged.append(staged)
 
     def arrived_elsewhere(self, names: list[str]) -> None:
         """Files the runner process (gateway/runnerproc) renamed into new/, told by
@@ -348,7 +361,7 @@ class Folder:
         """Show what index_arrived() indexed to the sessions (EXISTS, IDLE); its UIDs."""
         with self.lock:
             staged, self._staged = self._staged, []
-            added = self._publish(staged)
+            added = [u for batch in staged for u in self._publish(batch)]
             if added:
                 self._notify([], [], added, None)
             return added
@@ -381,16 +394,16 @@ class Folder:
                     # A copy in both new/ and cur/ (a crash mid-rename): cur/ wins.
                     if base not in found or sub == "cur":
                         found[base] = (sub, sys.intern(sep + info))  # few distinct ones
-            candidates = (self.by_uid.values() if "cur" in listings
-                          else [self.by_uid[u] for u in self.in_new])
+            candidates = self.by_uid.positions(None if "cur" in listings
+                                               else sorted(self.in_new))
             gone, changed = [], []
-            for m in candidates:
-                where = found.get(m.base)
+            for uid, base, sub, suffix in candidates:
+                where = found.get(base)
                 if where is None:
-                    if m.sub in listings:
-                        gone.append(m.uid)
-                elif where != (m.sub, m.suffix):
-                    changed.append((m, *where))
+                    if sub in listings:
+                        gone.append(uid)
+                elif where != (sub, suffix):
+                    changed.append((self.by_uid[uid], *where))
             fresh = [(base, sub, suffix) for base, (sub, suffix) in found.items()
                      if base not in self.by_base]
             added = self._add_found(fresh)
@@ -414,8 +427,9 @@ class Folder:
         return self._publish(self._index_found(fresh))
 
     def _index_found(self, fresh: list[tuple[str, str, str]], synced: bool = True
-                     ) -> list[Message]:
-        """UIDs in the index for these (base, sub, suffix); not yet in by_uid."""
+                     ) -> tuple[list[int], list[Row], int]:
+        """UIDs in the index for these (base, sub, suffix), with their rows and modseq;
+        not yet in by_uid."""
         entries = []
         folder = str(self.path)  # a str path: pathlib's joins cost more than the stat
         for base, sub, suffix in fresh:
@@ -435,15 +449,12 @@ class Folder:
                 kw = kw_of[suffix] = self._kw_of(suffix)
             rows.append((base, sub, suffix, kw, size, mt // 1_000_000_000))
         uids = self.index.add(rows, synced)
-        modseq = self.index.highestmodseq
-        return [Message(uid, base, sub, suffix, kw, size, idate, modseq)
-                for uid, (base, sub, suffix, kw, size, idate) in zip(uids, rows, strict=True)]
+        return uids, rows, self.index.highestmodseq
 
     def _bumped(self, modseq: int | None, uids: Iterable[int]) -> None:
         """The in-memory side of Index.update(..., flagged): their new modseq."""
         if modseq is not None:
-            for u in uids:
-                self.by_uid[u].modseq = modseq
+            self.by_uid.set_modseq(uids, modseq)
 
     # -- keywords: letters in file names, numbered in dovecot-keywords (keywords.py) --
 
@@ -473,38 +484,24 @@ class Folder:
                 self._keyword_set.add(name)
                 self.keyword_names.append(name)
 
-    def _publish(self, messages: list[Message]) -> list[int]:
-        """_remember() each of messages (UIDs ascending), in one pass: a first SELECT
-        publishes 100,000."""
-        if not messages:
+    def _publish(self, batch: tuple[list[int], list[Row], int]) -> list[int]:
+        """Add a batch of _index_found() (UIDs ascending) to the columns, in one pass:
+        a first SELECT publishes 100,000."""
+        uids, rows, modseq = batch
+        if not uids:
             return []
-        uids = [m.uid for m in messages]
-        if (self.uids and uids[0] < self.uids[-1]) or any(
-                a > b for a, b in zip(uids, uids[1:], strict=False)):
-            raise AssertionError("UIDs must grow")
-        self.by_uid.update(zip(uids, messages, strict=True))
-        if self._by_base is not None:  # else built from by_uid when first asked
-            self._by_base.update((m.base, m) for m in messages)
-        self.uids += uids
+        self.by_uid.extend(uids, rows, modseq)  # AssertionError unless UIDs grow
+        if self._by_base is not None:  # else built from the columns when first asked
+            self._by_base.update(row[0] for row in rows)
         self._snapshot = None
-        fresh = [m.uid for m in messages if m.sub == "new"]
+        fresh = [u for u, row in zip(uids, rows, strict=True) if row[1] == "new"]
         self.in_new.update(fresh)
         self.recent.update(fresh)
-        return uids
-
-    def _remember(self, m: Message) -> None:
-        self.by_uid[m.uid] = m
-        if self._by_base is not None:
-            self._by_base[m.base] = m
-        if self.uids and m.uid < self.uids[-1]:
-            raise AssertionError("UIDs must grow")
-        self.uids.append(m.uid)
-        self._snapshot = None
-        if m.sub == "new":
-            self.in_new.add(m.uid)
+        return list(uids)
 
     def _moved(self, m: Message, sub: str, suffix: str) -> None:
         m.sub, m.suffix = sub, suffix
+        self.by_uid.put(m)
         if sub == "new":
             self.in_new.add(m.uid)
         else:
@@ -514,14 +511,12 @@ class Folder:
         if not uids:
             return
         self.index.remove(uids)
-        gone = set(uids)
-        for u in uids:
-            m = self.by_uid.pop(u)
-            if self._by_base is not None:
-                del self._by_base[m.base]
-            self.in_new.discard(u)
-            self.recent.discard(u)
-        self.uids = [u for u in self.uids if u not in gone]
+        if self._by_base is not None:
+            self._by_base.difference_update(base for _, base, _, _ in
+                                            self.by_uid.positions(uids))
+        self.by_uid.remove(uids)
+        self.in_new.difference_update(uids)
+        self.recent.difference_update(uids)
         self._snapshot = None
 
     def _notify(self, expunged: list[int], flagged: list[int], added: list[int],
@@ -554,8 +549,8 @@ class Folder:
         """Messages no session has seen yet; they move from new/ to cur/ (as Dovecot does)."""
         with self.lock:
             claimed, self.recent = self.recent, set()
-            self._rename_all([(self.by_uid[u], self.by_uid[u].letters) for u in claimed
-                              if self.by_uid[u].sub == "new"])
+            self._rename_all([(m, m.letters) for u in claimed
+                              if (m := self.by_uid[u]).sub == "new"])
             return claimed
 
     def _rename_all(self, todo: list[tuple[Message, str]]) -> list[Message]:
@@ -702,7 +697,7 @@ class Folder:
                     os.close(fd)
 
     def unseen(self) -> int:
-        return sum(1 for m in self.by_uid.values() if "S" not in m.letters)
+        return self.by_uid.count("S", present=False)
 
     def cached(self, uids: list[int], kind: str) -> dict[int, bytes]:
         with self.lock:
@@ -761,6 +756,7 @@ class Folder:
                     flagged.append(uid)
                 if kw != m.kw:
                     m.kw = kw
+                    self.by_uid.put(m)
                     kw_only.append(m)
                 if set(info) != set(m.letters) or m.sub == "new":
                     renames.append((m, info))
@@ -779,8 +775,8 @@ class Folder:
                 origin: FolderListener | None = None) -> list[int]:
         """Remove the \\Deleted messages (among uids, if given); returns the UIDs removed."""
         with self.lock:
-            pool = self.by_uid.values() if uids is None else filter(
-                None, (self.by_uid.get(u) for u in uids))
+            pool = filter(None, (self.by_uid.get(u) for u in (
+                self.by_uid.with_letter("T") if uids is None else uids)))
             doomed = [m for m in pool if "T" in m.letters]
             removed, freed, unlinked = [], 0, 0
             with self._own_changes():
@@ -841,8 +837,7 @@ class Folder:
                     fsync_dir(cur)
                 uids = self.index.add(entries)
             quota.note(self.path, sum(e[4] for e in entries), len(entries))
-            for uid, e in zip(uids, entries, strict=True):
-                self._remember(Message(uid, *e, self.index.highestmodseq))
+            self._publish((uids, entries, self.index.highestmodseq))
             # RFC 3501 6.3.11, 6.4.7: appended and copied messages are \Recent.
             self.recent.update(uids)
             if uids:

@@ -271,6 +271,7 @@ class Index:
                 first = self.uidnext
                 uids = list(range(first, first + len(entries)))
                 modseq = self._next_modseq()
+                self._rows_changed()
                 db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                [(u, *e, modseq) for u, e in zip(uids, entries, strict=True)])
                 db.execute("UPDATE meta SET value=? WHERE key='uidnext'",
@@ -296,6 +297,7 @@ class Index:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._rows_changed()
             db.executemany("UPDATE msg SET sub=?, suffix=?, kw=? WHERE uid=?", params)
             modseq = None
             if raised:
@@ -318,6 +320,7 @@ class Index:
         db.execute("BEGIN IMMEDIATE")
         try:
             modseq = self._next_modseq()
+            self._rows_changed()
             db.executemany("DELETE FROM msg WHERE uid=?", params)
             db.executemany("DELETE FROM cache WHERE uid=?", params)  # every kind
             db.executemany("DELETE FROM fields WHERE uid=?", params)
@@ -377,6 +380,48 @@ class Index:
             self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                         [(f"dir.{sub}.{k}", int(v))
                          for k, v in zip(self._DIR_KEYS, record, strict=True)])
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+
+    # -- the packed listing (store/listing.py): a restart without 100,000 rows ----
+
+    def _rows_changed(self) -> None:
+        """Inside each transaction that changes msg: a packed listing saved before is
+        stale from now on (meta 'rowsgen' counts these transactions)."""
+        self.db.execute("INSERT INTO meta VALUES ('rowsgen', 1) "
+                        "ON CONFLICT(key) DO UPDATE SET value=value+1")
+
+    def _listing_key(self) -> tuple[int, int, int, int]:
+        """What a packed listing must have been saved with to match msg: the change
+        count, and (for a writer that does not count changes: an older gateway)
+        HIGHESTMODSEQ, the number of rows and the largest UID."""
+        gen = self.db.execute("SELECT value FROM meta WHERE key='rowsgen'").fetchone()
+        count, top = self.db.execute("SELECT count(*), coalesce(max(uid), 0) FROM msg"
+                                     ).fetchone()
+        return (gen[0] if gen else 0), self.meta("highestmodseq"), count, top
+
+    def load_listing(self) -> bytes | None:
+        """The listing save_listing() kept, if the rows have not changed since."""
+        try:
+            row = self.db.execute("SELECT gen, modseq, count, top, data FROM listing"
+                                  ).fetchone()
+        except sqlite3.OperationalError:  # no such table: never saved
+            return None
+        if row is None or tuple(row[:4]) != self._listing_key():
+            return None
+        return row[4]
+
+    def save_listing(self, data: bytes) -> None:
+        """Keep data (Listing.pack() of rows as they are now). Lost in a crash it
+        costs one reading of the rows: no fsync."""
+        db = self.db
+        db.execute("CREATE TABLE IF NOT EXISTS listing(id INTEGER PRIMARY KEY CHECK (id = 0), "
+                   "gen INTEGER NOT NULL, modseq INTEGER NOT NULL, count INTEGER NOT NULL, "
+                   "top INTEGER NOT NULL, data BLOB NOT NULL)")
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._write("INSERT OR REPLACE INTO listing VALUES (0, ?, ?, ?, ?, ?)",
+                        [(*self._listing_key(), data)])
         finally:
             db.execute("PRAGMA synchronous=FULL")
 

@@ -278,9 +278,9 @@ class Account:
                   "UIDNEXT": lambda: folder.uidnext, "UIDVALIDITY": lambda: folder.uidvalidity,
                   "UNSEEN": folder.unseen, "HIGHESTMODSEQ": lambda: folder.highestmodseq,
                   # RFC 8438 STATUS=SIZE: the sum of RFC822.SIZE, from the index alone.
-                  "SIZE": lambda: sum(m.size for m in folder.by_uid.values()),
+                  "SIZE": folder.by_uid.total_size,
                   # RFC 9051 6.3.11 (IMAP4rev2): the messages marked \Deleted.
-                  "DELETED": lambda: sum("T" in m.letters for m in folder.by_uid.values())}
+                  "DELETED": lambda: folder.by_uid.count("T")}
         with folder.lock:
             return [(item, values[item]()) for item in items]
 

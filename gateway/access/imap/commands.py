@@ -131,9 +131,7 @@ class AuthenticatedCommands:
         def work() -> tuple[View, int, int, list[bytes]]:
             view = self.account.select(name, readonly, make)
             with view.folder.lock:
-                by_uid = view.folder.by_uid
-                first_unseen = next((n for n, u in enumerate(view.uids, 1)
-                                     if u in by_uid and "S" not in by_uid[u].letters), 0)
+                first_unseen = view.folder.by_uid.first_without("S", view.uids)
                 return view, first_unseen, view.folder.uidnext, resync(view)
 
         def resync(view: View) -> list[bytes]:
