@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import sys
 import threading
@@ -75,7 +76,7 @@ from gateway.durable import (
 from gateway.store import quota
 from gateway.store.index import VANISHED_LIMIT, Index
 from gateway.store.keywords import LETTERS, KeywordTable
-from gateway.store.listing import Listing, Row
+from gateway.store.listing import UNKNOWN, Listing, Row
 
 SUBS = ("new", "cur")
 # IMAP system flag <-> Maildir info letter. \Recent is per session, never stored.
@@ -89,6 +90,12 @@ _now_ns = time.time_ns  # the clock mtimes are compared with (tests move it)
 _log = Logger()
 HEAD_READ = 8192  # the first read of a message's head: nearly every header block fits
 READ_AHEAD = 64  # [mailbox] read_ahead: files heads() opens ahead of the one it reads
+# A listing that finds at least this many new files (a first SELECT of a folder
+# never opened) does not stat them: their size and date are learned when first
+# asked (Message.size), their UIDs follow the time in their names, as Dovecot's
+# (maildir_time_cmp). Fewer files are stat'ed at once and take UIDs in mtime order.
+LAZY_STAT = 1000
+_NAME_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # not on every system
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
@@ -100,13 +107,36 @@ def new_unique() -> str:
 
 
 class Message:
-    __slots__ = ("uid", "base", "sub", "suffix", "kw", "size", "idate", "modseq")
+    """One message's row, a copy made by Listing.get(); the folder writes changes back."""
+
+    __slots__ = ("uid", "base", "sub", "suffix", "kw", "_size", "_idate", "modseq", "owner")
 
     def __init__(self, uid: int, base: str, sub: str, suffix: str, kw: str, size: int,
-                 idate: int, modseq: int = 0) -> None:
+                 idate: int, modseq: int = 0, owner: Listing | None = None) -> None:
         self.uid, self.base, self.sub, self.suffix = uid, base, sub, suffix
-        self.kw, self.size, self.idate = kw, size, idate
+        self.kw, self._size, self._idate = kw, size, idate
         self.modseq = modseq  # RFC 7162: raised with each change of flags or keywords
+        self.owner = owner  # who learns size and date when the row has none (UNKNOWN)
+
+    @property
+    def size(self) -> int:
+        if self._size == UNKNOWN:
+            self._learn()
+        return self._size
+
+    @property
+    def idate(self) -> int:
+        if self._idate == UNKNOWN:
+            self._learn()
+        return self._idate
+
+    def _learn(self) -> None:
+        """A first listing of a big folder left size and date to be learned when
+        asked (see Folder._index_found): one stat now."""
+        if self.owner is not None:
+            self._size, self._idate = self.owner.learn(self.uid, self.relpath())
+        else:
+            self._size = self._idate = 0
 
     @property
     def letters(self) -> str:
@@ -174,7 +204,7 @@ class Folder:
         # saved, else from the rows; with the cycle collector paused (100,000 rows
         # of a first listing hold no cycles: memtrim.paused_gc).
         with memtrim.paused_gc():
-            self.by_uid = Listing(Message)
+            self.by_uid = Listing(Message, str(self.path))
             packed = self.index.load_listing()
             if packed is None or not self.by_uid.unpack(packed):
                 packed = None
@@ -202,9 +232,13 @@ class Folder:
 
     def keep_listing(self) -> None:
         """Save the columns in the index (Index.save_listing), so the next open of
-        an unchanged folder reads one record instead of every row."""
+        an unchanged folder reads one record instead of every row; sizes and dates
+        learned since the rows were written go to the rows first."""
         with self.lock:
             try:
+                learned = self.by_uid.take_learned()
+                if learned:
+                    self.index.put_sizes(learned)
                 self.index.save_listing(self.by_uid.pack())
             except Exception:  # a cache: the next open reads the rows instead
                 _log.failure("saving the listing of {path}", path=str(self.path))
@@ -432,6 +466,8 @@ class Folder:
         not yet in by_uid."""
         entries = []
         folder = str(self.path)  # a str path: pathlib's joins cost more than the stat
+        if len(fresh) >= LAZY_STAT:
+            return self._index_unstated(fresh, synced)
         for base, sub, suffix in fresh:
             try:
                 st = os.stat(f"{folder}/{sub}/{base}{suffix}")
@@ -448,6 +484,27 @@ class Folder:
             if kw is None:
                 kw = kw_of[suffix] = self._kw_of(suffix)
             rows.append((base, sub, suffix, kw, size, mt // 1_000_000_000))
+        uids = self.index.add(rows, synced)
+        return uids, rows, self.index.highestmodseq
+
+    def _index_unstated(self, fresh: list[tuple[str, str, str]], synced: bool
+                        ) -> tuple[list[int], list[Row], int]:
+        """_index_found() of many files without a stat each (LAZY_STAT): UIDs in the
+        order of the time their names begin with, size and date UNKNOWN until asked."""
+        def when(item: tuple[str, str, str]) -> tuple[int, int, str]:
+            found = _NAME_TIME.match(item[0])
+            if found is None:
+                return (0, 0, item[0])
+            return (int(found[1]), int(found[2] or 0), item[0])
+
+        fresh = sorted(fresh, key=when)
+        kw_of: dict[str, str] = {}
+        rows = []
+        for base, sub, suffix in fresh:
+            kw = kw_of.get(suffix)
+            if kw is None:
+                kw = kw_of[suffix] = self._kw_of(suffix)
+            rows.append((base, sub, suffix, kw, UNKNOWN, UNKNOWN))
         uids = self.index.add(rows, synced)
         return uids, rows, self.index.highestmodseq
 
@@ -781,9 +838,10 @@ class Folder:
             removed, freed, unlinked = [], 0, 0
             with self._own_changes():
                 for m in doomed:
+                    size = m.size  # learned (Message.size) while the file is there
                     try:
                         os.unlink(self.path / m.relpath())
-                        freed, unlinked = freed + m.size, unlinked + 1
+                        freed, unlinked = freed + size, unlinked + 1
                     except FileNotFoundError:
                         pass  # already gone (and uncounted by whoever removed it)
                     removed.append(m.uid)

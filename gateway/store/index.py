@@ -425,6 +425,23 @@ class Index:
         finally:
             db.execute("PRAGMA synchronous=FULL")
 
+    def put_sizes(self, rows: Sequence[tuple[int, int, int]]) -> None:
+        """Record (size, idate, uid) of messages first indexed without them (a big first
+        listing: store/folder.py LAZY_STAT). Lost in a crash they are learned again."""
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._rows_changed()
+                db.executemany("UPDATE msg SET size=?, idate=? WHERE uid=?", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+
     # -- the parse cache ------------------------------------------------------
 
     def cached(self, uids: Sequence[int], kind: str) -> dict[int, bytes]:

@@ -20,6 +20,7 @@ messages (flags, STATUS counts, the first unseen) ask the columns directly.
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 from array import array
@@ -29,6 +30,7 @@ from typing import Any
 
 # (base, sub, suffix, kw, size, idate): a message's row as the index adds it.
 Row = tuple[str, str, str, str, int, int]
+UNKNOWN = -1  # size and idate of a message not stat'ed yet (learn())
 
 _MAGIC = b"MGL1" + sys.byteorder[:1].encode()  # arrays are packed in this byte order
 _HEAD = struct.Struct("<5sII")  # magic, messages, states
@@ -43,9 +45,12 @@ def letters_of(suffix: str) -> str:
 class Listing:
     """The columns; not thread-safe by itself (the Folder's lock guards it)."""
 
-    def __init__(self, make: Any) -> None:
-        """make(uid, base, sub, suffix, kw, size, idate, modseq): a Message."""
+    def __init__(self, make: Any, path: str) -> None:
+        """make(uid, base, sub, suffix, kw, size, idate, modseq, owner): a Message;
+        path: the folder's directory (learn() stats its files)."""
         self._make = make
+        self.path = path
+        self._learned: set[int] = set()  # UIDs whose size and date learn() found
         self.uids: list[int] = []
         self.states: list[tuple[str, str, str]] = []  # (sub, suffix, kw)
         self._state_ids: dict[tuple[str, str, str], int] = {}
@@ -96,7 +101,40 @@ class Listing:
     def _at(self, i: int) -> Any:
         sub, suffix, kw = self.states[self.state[i]]
         return self._make(self.uids[i], self.bases[i], sub, suffix, kw, self.size[i],
-                          self.idate[i], self.modseq[i])
+                          self.idate[i], self.modseq[i], self)
+
+    def learn(self, uid: int, relpath: str) -> tuple[int, int]:
+        """(size, INTERNALDATE) of a message whose row has them UNKNOWN: its file's
+        size and mtime, kept in the columns (take_learned() tells which). (0, 0),
+        kept UNKNOWN, for a file gone meanwhile: sync() finds where it went."""
+        try:
+            st = os.stat(f"{self.path}/{relpath}")
+        except FileNotFoundError:
+            return 0, 0
+        size, idate = st.st_size, int(st.st_mtime)
+        i = self._pos(uid)
+        if i >= 0:
+            self.size[i], self.idate[i] = size, idate
+            self._learned.add(uid)
+        return size, idate
+
+    def take_learned(self) -> list[tuple[int, int, int]]:
+        """(size, idate, uid) learned since the last call, for the index's rows."""
+        learned, self._learned = self._learned, set()
+        out = []
+        for u in sorted(learned):
+            i = self._pos(u)
+            if i >= 0:
+                out.append((self.size[i], self.idate[i], u))
+        return out
+
+    def learn_all(self) -> None:
+        """learn() every size and date still UNKNOWN (STATUS SIZE sums them all)."""
+        if len(self.size) and min(self.size) == UNKNOWN:
+            for i, s in enumerate(self.size):
+                if s == UNKNOWN:
+                    sub, suffix, _ = self.states[self.state[i]]
+                    self.learn(self.uids[i], f"{sub}/{self.bases[i]}{suffix}")
 
     # -- changes (the folder's, under its lock) -------------------------------
 
@@ -208,7 +246,8 @@ class Listing:
         return [self.uids[i] for i, s in enumerate(self.state) if s in ids] if ids else []
 
     def total_size(self) -> int:
-        return sum(self.size)
+        self.learn_all()
+        return sum(s for s in self.size if s > 0)
 
     def positions(self, uids: Iterable[int] | None = None) -> Iterator[tuple[int, str, str, str]]:
         """(uid, base, sub, suffix) of every message, or of those of uids held."""
