@@ -200,6 +200,11 @@ class Listing:
 
     # -- what readers of many messages ask ------------------------------------
 
+    def state_of(self, uid: int) -> tuple[str, str, str] | None:
+        """(sub, suffix, kw) of the message; None when it is not here."""
+        i = self._pos(uid)
+        return None if i < 0 else self.states[self.state[i]]
+
     def letters(self, uid: int) -> str | None:
         i = self._pos(uid)
         return None if i < 0 else letters_of(self.states[self.state[i]][1])

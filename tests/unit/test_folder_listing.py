@@ -171,3 +171,15 @@ def test_expunge_of_an_unstated_message_counts_its_size(tmp_path, monkeypatch):
                         lambda path, size, count: noted.append((size, count)))
     assert f.expunge() == [1]
     assert noted == [(-40, -1)]
+
+
+def test_flags_are_worked_out_once_per_state_and_handed_out_as_copies(tmp_path):
+    box = maildir(tmp_path)
+    put(box, "1.M1P1.host:2,FS", mtime=1_700_000_000)
+    put(box, "2.M1P1.host:2,FS", mtime=1_700_000_001)
+    f = Folder(box, lambda call: call())
+    f.store([2], 1, ["Work"])
+    assert f.flags(1) == ["\\Flagged", "\\Seen"] == f.by_uid[1].flags()
+    assert f.flags(2) == ["\\Flagged", "\\Seen", "Work"]
+    f.flags(1).append("\\Recent")  # a session adds its own (View.flags)
+    assert f.flags(1) == ["\\Flagged", "\\Seen"] and f.flags(3) is None

@@ -156,10 +156,9 @@ class View:
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
 
     def flags(self, uid: int) -> list[str] | None:
-        m = self.folder.by_uid.get(uid)
-        if m is None:
+        flags = self.folder.flags(uid)
+        if flags is None:
             return None
-        flags = m.flags()
         if uid in self.recent:
             flags.append("\\Recent")
         return flags
