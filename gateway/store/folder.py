@@ -205,7 +205,7 @@ class Folder:
         # of a first listing hold no cycles: memtrim.paused_gc).
         with memtrim.paused_gc():
             self.by_uid = Listing(Message, str(self.path))
-            self._flag_lists: dict[tuple[str, str, str], list[str]] = {}  # flags()
+            self._flag_lists: dict[int, list[str]] = {}  # flags(), by state number
             packed = self.index.load_listing()
             if packed is None or not self.by_uid.unpack(packed):
                 packed = None
@@ -646,7 +646,8 @@ class Folder:
             return None
         flags = self._flag_lists.get(state)
         if flags is None:
-            flags = self._flag_lists[state] = Message(uid, "", *state, 0, 0).flags()
+            flags = self._flag_lists[state] = Message(
+                uid, "", *self.by_uid.states[state], 0, 0).flags()
         return list(flags)
 
     def file_name(self, uid: int) -> str | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import struct
 import sys
+import threading
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,20 +52,56 @@ class Listing:
         self._make = make
         self.path = path
         self._learned: set[int] = set()  # UIDs whose size and date learn() found
-        self.uids: list[int] = []
+        self.uids = []  # (the property below)
         self.states: list[tuple[str, str, str]] = []  # (sub, suffix, kw)
         self._state_ids: dict[tuple[str, str, str], int] = {}
         self.state = array("I")
         self.size = array("q")
         self.idate = array("q")
         self.modseq = array("q")
-        self.bases: list[str] = []
+        self._split_lock = threading.Lock()
+        self.bases = []  # (the property below)
 
     # -- positions ----------------------------------------------------------
 
     def _pos(self, uid: int) -> int:
-        i = bisect_left(self.uids, uid)
-        return i if i < len(self.uids) and self.uids[i] == uid else -1
+        uids = self._uids
+        i = self._next  # readers of many messages ask in UID order: no bisect then
+        if i < len(uids) and uids[i] == uid:
+            self._next = i + 1
+            return i
+        i = bisect_left(uids, uid)
+        if i < len(uids) and uids[i] == uid:
+            self._next = i + 1
+            return i
+        return -1
+
+    @property
+    def bases(self) -> list[str]:
+        """The unique names, split from the packed listing when first asked: a SELECT
+        after a restart needs none of them (a FETCH of a body or a listing does)."""
+        bases = self._bases
+        if bases is None:
+            with self._split_lock:  # readers in several threads split it once
+                bases = self._bases
+                if bases is None:
+                    raw = self._packed_bases
+                    bases = raw.decode("utf-8", "surrogateescape").split(_SEP) \
+                        if self._uids else []
+                    self._bases, self._packed_bases = bases, b""
+        return bases
+
+    @bases.setter
+    def bases(self, bases: list[str]) -> None:
+        self._bases, self._packed_bases = bases, b""
+
+    @property
+    def uids(self) -> list[int]:
+        return self._uids
+
+    @uids.setter
+    def uids(self, uids: list[int]) -> None:
+        self._uids, self._next = uids, 0
 
     def _state_id(self, sub: str, suffix: str, kw: str) -> int:
         key = (sub, suffix, kw)
@@ -100,7 +137,7 @@ class Listing:
 
     def _at(self, i: int) -> Any:
         sub, suffix, kw = self.states[self.state[i]]
-        return self._make(self.uids[i], self.bases[i], sub, suffix, kw, self.size[i],
+        return self._make(self._uids[i], self.bases[i], sub, suffix, kw, self.size[i],
                           self.idate[i], self.modseq[i], self)
 
     def learn(self, uid: int, relpath: str) -> tuple[int, int]:
@@ -200,10 +237,11 @@ class Listing:
 
     # -- what readers of many messages ask ------------------------------------
 
-    def state_of(self, uid: int) -> tuple[str, str, str] | None:
-        """(sub, suffix, kw) of the message; None when it is not here."""
+    def state_of(self, uid: int) -> int | None:
+        """The number of the message's (sub, suffix, kw) in states; None when it is
+        not here. A number stays the same (sub, suffix, kw) for the Listing's life."""
         i = self._pos(uid)
-        return None if i < 0 else self.states[self.state[i]]
+        return None if i < 0 else self.state[i]
 
     def letters(self, uid: int) -> str | None:
         i = self._pos(uid)
@@ -300,13 +338,15 @@ class Listing:
             for _ in range(2):
                 (length,) = struct.unpack_from("<Q", data, at)
                 at += 8
-                texts.append(data[at:at + length].decode("utf-8", "surrogateescape"))
+                texts.append(data[at:at + length])
                 at += length
-            states = [tuple(s.split("\1")) for s in texts[0].split(_SEP)] if nstates else []
-            bases = texts[1].split(_SEP) if n else []
+            states = [tuple(s.split("\1")) for s in texts[0].decode(
+                "utf-8", "surrogateescape").split(_SEP)] if nstates else []
+            bases = texts[1]  # split when first asked (the bases property)
         except (struct.error, ValueError, UnicodeError):
             return False
-        if at != len(data) or len(bases) != n or len(states) != nstates \
+        if at != len(data) or bases.count(_SEP.encode()) != max(n - 1, 0) \
+                or len(states) != nstates \
                 or any(len(s) != 3 for s in states) or max(cols[1], default=-1) >= nstates:
             return False
         uids = cols[0].tolist()
@@ -315,5 +355,5 @@ class Listing:
         self.uids, self.state, self.size, self.idate, self.modseq = uids, *cols[1:]
         self.states = states  # type: ignore[assignment]
         self._state_ids = {s: i for i, s in enumerate(states)}  # type: ignore[misc]
-        self.bases = bases
+        self._bases, self._packed_bases = None, bases
         return True
