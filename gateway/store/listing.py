@@ -43,38 +43,22 @@ def letters_of(suffix: str) -> str:
     return suffix[3:] if suffix.startswith(":2,") else ""
 
 
-class Listing:
-    """The columns; not thread-safe by itself (the Folder's lock guards it)."""
+class _Columns:
+    """One consistent set of columns. remove() builds a new set and swaps it in
+    whole, so a reader in another thread (FETCH does not hold the folder's lock)
+    that took the set once sees every column of the same messages: never one
+    message's UID with another's file name."""
 
-    def __init__(self, make: Any, path: str) -> None:
-        """make(uid, base, sub, suffix, kw, size, idate, modseq, owner): a Message;
-        path: the folder's directory (learn() stats its files)."""
-        self._make = make
-        self.path = path
-        self._learned: set[int] = set()  # UIDs whose size and date learn() found
-        self.uids = []  # (the property below)
-        self.states: list[tuple[str, str, str]] = []  # (sub, suffix, kw)
-        self._state_ids: dict[tuple[str, str, str], int] = {}
-        self.state = array("I")
-        self.size = array("q")
-        self.idate = array("q")
-        self.modseq = array("q")
-        self._split_lock = threading.Lock()
-        self.bases = []  # (the property below)
+    __slots__ = ("uids", "state", "size", "idate", "modseq", "_bases", "_packed", "_lock",
+                 "next")
 
-    # -- positions ----------------------------------------------------------
-
-    def _pos(self, uid: int) -> int:
-        uids = self._uids
-        i = self._next  # readers of many messages ask in UID order: no bisect then
-        if i < len(uids) and uids[i] == uid:
-            self._next = i + 1
-            return i
-        i = bisect_left(uids, uid)
-        if i < len(uids) and uids[i] == uid:
-            self._next = i + 1
-            return i
-        return -1
+    def __init__(self, uids: list[int], state: array, size: array, idate: array,
+                 modseq: array, bases: list[str] | None, packed: bytes = b"") -> None:
+        self.uids, self.state, self.size, self.idate, self.modseq = (
+            uids, state, size, idate, modseq)
+        self._bases, self._packed = bases, packed  # bases None: split packed when asked
+        self._lock = threading.Lock()
+        self.next = 0  # readers of many messages ask in UID order: no bisect then
 
     @property
     def bases(self) -> list[str]:
@@ -82,63 +66,106 @@ class Listing:
         after a restart needs none of them (a FETCH of a body or a listing does)."""
         bases = self._bases
         if bases is None:
-            with self._split_lock:  # readers in several threads split it once
+            with self._lock:  # readers in several threads split it once
                 bases = self._bases
                 if bases is None:
-                    raw = self._packed_bases
-                    bases = raw.decode("utf-8", "surrogateescape").split(_SEP) \
-                        if self._uids else []
-                    self._bases, self._packed_bases = bases, b""
+                    bases = self._packed.decode("utf-8", "surrogateescape").split(_SEP) \
+                        if self.uids else []
+                    self._bases, self._packed = bases, b""
         return bases
 
-    @bases.setter
-    def bases(self, bases: list[str]) -> None:
-        self._bases, self._packed_bases = bases, b""
+    def pos(self, uid: int) -> int:
+        uids = self.uids
+        i = self.next
+        if i < len(uids) and uids[i] == uid:
+            self.next = i + 1
+            return i
+        i = bisect_left(uids, uid)
+        if i < len(uids) and uids[i] == uid:
+            self.next = i + 1
+            return i
+        return -1
 
+
+def _empty() -> _Columns:
+    return _Columns([], array("I"), array("q"), array("q"), array("q"), [])
+
+
+class Listing:
+    """The columns. Changes come from the folder alone, under its lock; readers
+    need no lock (see _Columns)."""
+
+    def __init__(self, make: Any, path: str) -> None:
+        """make(uid, base, sub, suffix, kw, size, idate, modseq, owner): a Message;
+        path: the folder's directory (learn() stats its files)."""
+        self._make = make
+        self.path = path
+        self._learned: set[int] = set()  # UIDs whose size and date learn() found
+        # (sub, suffix, kw) by number: only grows, so a number read once stays valid.
+        self.states: list[tuple[str, str, str]] = []
+        self._state_ids: dict[tuple[str, str, str], int] = {}
+        self._c = _empty()
+
+    # The current columns (read-only views for the folder and tests).
     @property
     def uids(self) -> list[int]:
-        return self._uids
+        return self._c.uids
 
-    @uids.setter
-    def uids(self, uids: list[int]) -> None:
-        self._uids, self._next = uids, 0
+    @property
+    def bases(self) -> list[str]:
+        return self._c.bases
+
+    @property
+    def state(self) -> array:
+        return self._c.state
+
+    @property
+    def size(self) -> array:
+        return self._c.size
+
+    def _pos(self, uid: int) -> int:
+        return self._c.pos(uid)
 
     def _state_id(self, sub: str, suffix: str, kw: str) -> int:
         key = (sub, suffix, kw)
         n = self._state_ids.get(key)
         if n is None:
-            n = self._state_ids[key] = len(self.states)
-            self.states.append(key)
+            n = len(self.states)
+            self.states.append(key)  # before any column holds n
+            self._state_ids[key] = n
         return n
 
     # -- the mapping face (uid -> Message), as the dict of Messages had -------
 
     def __len__(self) -> int:
-        return len(self.uids)
+        return len(self._c.uids)
 
     def __contains__(self, uid: object) -> bool:
-        return isinstance(uid, int) and self._pos(uid) >= 0
+        return isinstance(uid, int) and self._c.pos(uid) >= 0
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.uids)
+        return iter(self._c.uids)
 
     def get(self, uid: int, default: Any = None) -> Any:
-        i = self._pos(uid)
-        return default if i < 0 else self._at(i)
+        c = self._c
+        i = c.pos(uid)
+        return default if i < 0 else self._at(c, i)
 
     def __getitem__(self, uid: int) -> Any:
-        i = self._pos(uid)
+        c = self._c
+        i = c.pos(uid)
         if i < 0:
             raise KeyError(uid)
-        return self._at(i)
+        return self._at(c, i)
 
     def values(self) -> Iterator[Any]:
-        return (self._at(i) for i in range(len(self.uids)))
+        c = self._c
+        return (self._at(c, i) for i in range(len(c.uids)))
 
-    def _at(self, i: int) -> Any:
-        sub, suffix, kw = self.states[self.state[i]]
-        return self._make(self._uids[i], self.bases[i], sub, suffix, kw, self.size[i],
-                          self.idate[i], self.modseq[i], self)
+    def _at(self, c: _Columns, i: int) -> Any:
+        sub, suffix, kw = self.states[c.state[i]]
+        return self._make(c.uids[i], c.bases[i], sub, suffix, kw, c.size[i], c.idate[i],
+                          c.modseq[i], self)
 
     def learn(self, uid: int, relpath: str) -> tuple[int, int]:
         """(size, INTERNALDATE) of a message whose row has them UNKNOWN: its file's
@@ -149,56 +176,60 @@ class Listing:
         except FileNotFoundError:
             return 0, 0
         size, idate = st.st_size, int(st.st_mtime)
-        i = self._pos(uid)
+        c = self._c
+        i = c.pos(uid)
         if i >= 0:
-            self.size[i], self.idate[i] = size, idate
+            c.size[i], c.idate[i] = size, idate
             self._learned.add(uid)
         return size, idate
 
     def take_learned(self) -> list[tuple[int, int, int]]:
         """(size, idate, uid) learned since the last call, for the index's rows."""
         learned, self._learned = self._learned, set()
+        c = self._c
         out = []
         for u in sorted(learned):
-            i = self._pos(u)
+            i = c.pos(u)
             if i >= 0:
-                out.append((self.size[i], self.idate[i], u))
+                out.append((c.size[i], c.idate[i], u))
         return out
 
     def learn_all(self) -> None:
         """learn() every size and date still UNKNOWN (STATUS SIZE sums them all)."""
-        if len(self.size) and min(self.size) == UNKNOWN:
-            for i, s in enumerate(self.size):
+        c = self._c
+        if len(c.size) and min(c.size) == UNKNOWN:
+            for i, s in enumerate(c.size):
                 if s == UNKNOWN:
-                    sub, suffix, _ = self.states[self.state[i]]
-                    self.learn(self.uids[i], f"{sub}/{self.bases[i]}{suffix}")
+                    sub, suffix, _ = self.states[c.state[i]]
+                    self.learn(c.uids[i], f"{sub}/{c.bases[i]}{suffix}")
 
     # -- changes (the folder's, under its lock) -------------------------------
 
     def extend(self, uids: Sequence[int], rows: Iterable[Row], modseq: int) -> None:
-        """Add messages with UIDs above every one held, all at modseq."""
-        if uids and self.uids and uids[0] <= self.uids[-1]:
+        """Add messages with UIDs above every one held, all at modseq. The UIDs go in
+        last: a reader finds a new message only once its other columns hold it."""
+        c = self._c
+        if uids and c.uids and uids[0] <= c.uids[-1]:
             raise AssertionError("UIDs must grow")
-        sid = self._state_id
-        n0 = len(self.uids)
-        for base, sub, suffix, kw, size, idate in rows:
-            self.bases.append(base)
-            self.state.append(sid(sub, suffix, kw))
-            self.size.append(size)
-            self.idate.append(idate)
-        added = len(self.bases) - n0
-        if added != len(uids):
+        rows = list(rows)
+        if len(rows) != len(uids):
             raise AssertionError("one UID per row")
-        self.uids.extend(uids)
-        self.modseq.frombytes(array("q", [modseq]).tobytes() * added)
+        sid, bases = self._state_id, c.bases
+        for base, sub, suffix, kw, size, idate in rows:
+            bases.append(base)
+            c.state.append(sid(sub, suffix, kw))
+            c.size.append(size)
+            c.idate.append(idate)
+        c.modseq.frombytes(array("q", [modseq]).tobytes() * len(rows))
+        c.uids.extend(uids)
 
     def load(self, rows: Iterable[tuple[int, str, str, str, str, int, int, int]]) -> None:
         """Fill empty columns from index rows (uid, base, sub, suffix, kw, size, idate,
         modseq) in UID order (Index.rows())."""
-        if self.uids:
+        if self._c.uids:
             raise AssertionError("load() fills empty columns only")
-        sid, uids, bases = self._state_id, self.uids, self.bases
-        state, size, idate, modseq = [], [], [], []
+        sid = self._state_id
+        uids, bases, state, size, idate, modseq = [], [], [], [], [], []
         for uid, base, sub, suffix, kw, sz, idt, ms in rows:
             uids.append(uid)
             bases.append(base)
@@ -206,46 +237,46 @@ class Listing:
             size.append(sz)
             idate.append(idt)
             modseq.append(ms)
-        self.state, self.size = array("I", state), array("q", size)
-        self.idate, self.modseq = array("q", idate), array("q", modseq)
+        self._c = _Columns(uids, array("I", state), array("q", size), array("q", idate),
+                           array("q", modseq), bases)
 
     def put(self, m: Any) -> None:
         """Write back a Message's sub, suffix, kw and modseq (its other fields never change)."""
-        i = self._pos(m.uid)
+        c = self._c
+        i = c.pos(m.uid)
         if i < 0:
             return
-        self.state[i] = self._state_id(m.sub, m.suffix, m.kw)
-        self.modseq[i] = m.modseq
+        c.state[i] = self._state_id(m.sub, m.suffix, m.kw)
+        c.modseq[i] = m.modseq
 
     def set_modseq(self, uids: Iterable[int], modseq: int) -> None:
+        c = self._c
         for u in uids:
-            i = self._pos(u)
+            i = c.pos(u)
             if i >= 0:
-                self.modseq[i] = modseq
+                c.modseq[i] = modseq
 
     def remove(self, uids: Iterable[int]) -> None:
-        """Drop these messages (one pass over the columns, whatever their number)."""
+        """Drop these messages: new columns, swapped in whole (see _Columns)."""
         gone = set(uids)
-        keep = [i for i, u in enumerate(self.uids) if u not in gone]
-        if len(keep) == len(self.uids):
+        c = self._c
+        keep = [i for i, u in enumerate(c.uids) if u not in gone]
+        if len(keep) == len(c.uids):
             return
-        self.uids = [self.uids[i] for i in keep]
-        self.bases = [self.bases[i] for i in keep]
-        for name in ("state", "size", "idate", "modseq"):
-            col = getattr(self, name)
-            setattr(self, name, array(col.typecode, [col[i] for i in keep]))
+        bases = c.bases
+        self._c = _Columns([c.uids[i] for i in keep],
+                           *(array(col.typecode, [col[i] for i in keep])
+                             for col in (c.state, c.size, c.idate, c.modseq)),
+                           [bases[i] for i in keep])
 
     # -- what readers of many messages ask ------------------------------------
 
     def state_of(self, uid: int) -> int | None:
         """The number of the message's (sub, suffix, kw) in states; None when it is
         not here. A number stays the same (sub, suffix, kw) for the Listing's life."""
-        i = self._pos(uid)
-        return None if i < 0 else self.state[i]
-
-    def letters(self, uid: int) -> str | None:
-        i = self._pos(uid)
-        return None if i < 0 else letters_of(self.states[self.state[i]][1])
+        c = self._c
+        i = c.pos(uid)
+        return None if i < 0 else c.state[i]
 
     def state_ids_where(self, letter: str, present: bool) -> set[int]:
         return {n for n, (_, suffix, _) in enumerate(self.states)
@@ -253,10 +284,9 @@ class Listing:
 
     def count(self, letter: str, present: bool = True) -> int:
         """Messages whose info has (or lacks) letter ("S": seen, "T": deleted)."""
+        c = self._c
         ids = self.state_ids_where(letter, present)
-        if len(ids) == len(self.states):
-            return len(self.uids)
-        return sum(1 for s in self.state if s in ids)
+        return sum(1 for s in c.state if s in ids) if ids else 0
 
     def first_without(self, letter: str, uids: Sequence[int]) -> int:
         """The sequence number (1-based, in uids) of the first message lacking letter
@@ -264,44 +294,47 @@ class Listing:
         ids = self.state_ids_where(letter, False)
         if not ids:
             return 0
-        state = self.state
-        if len(uids) == len(self.uids) and (not uids or (
-                uids[0] == self.uids[0] and uids[-1] == self.uids[-1])):
+        c = self._c
+        state = c.state
+        if len(uids) == len(c.uids) and (not uids or (
+                uids[0] == c.uids[0] and uids[-1] == c.uids[-1])):
             for i, s in enumerate(state):  # the session numbers as the folder does
                 if s in ids:
                     return i + 1
             return 0
-        pos = self._pos
         for n, u in enumerate(uids, 1):
-            i = pos(u)
+            i = c.pos(u)
             if i >= 0 and state[i] in ids:
                 return n
         return 0
 
+    def _where(self, ids: set[int]) -> list[int]:
+        c = self._c
+        return [c.uids[i] for i, s in enumerate(c.state) if s in ids] if ids else []
+
     def with_letter(self, letter: str) -> list[int]:
         """UIDs of the messages whose info has letter ("T": \\Deleted)."""
-        ids = self.state_ids_where(letter, True)
-        return [self.uids[i] for i, s in enumerate(self.state) if s in ids] if ids else []
+        return self._where(self.state_ids_where(letter, True))
 
     def where_sub(self, sub: str) -> list[int]:
         """UIDs of the messages in directory sub ("new" or "cur")."""
-        ids = {n for n, state in enumerate(self.states) if state[0] == sub}
-        return [self.uids[i] for i, s in enumerate(self.state) if s in ids] if ids else []
+        return self._where({n for n, state in enumerate(self.states) if state[0] == sub})
 
     def total_size(self) -> int:
         self.learn_all()
-        return sum(s for s in self.size if s > 0)
+        return sum(s for s in self._c.size if s > 0)
 
     def positions(self, uids: Iterable[int] | None = None) -> Iterator[tuple[int, str, str, str]]:
         """(uid, base, sub, suffix) of every message, or of those of uids held."""
-        states, state, bases, all_uids = self.states, self.state, self.bases, self.uids
+        c = self._c
+        states, state, bases = self.states, c.state, c.bases
         if uids is None:
-            for i, u in enumerate(all_uids):
+            for i, u in enumerate(c.uids):
                 sub, suffix, _ = states[state[i]]
                 yield u, bases[i], sub, suffix
             return
         for u in uids:
-            i = self._pos(u)
+            i = c.pos(u)
             if i >= 0:
                 sub, suffix, _ = states[state[i]]
                 yield u, bases[i], sub, suffix
@@ -311,11 +344,12 @@ class Listing:
     def pack(self) -> bytes:
         """Everything in one byte string: a restart reads it back in milliseconds
         instead of building the columns from 100,000 SQLite rows."""
+        c = self._c
         texts = _SEP.join("\1".join(s) for s in self.states)
-        parts = [_HEAD.pack(_MAGIC, len(self.uids), len(self.states)),
-                 array("I", self.uids).tobytes(), self.state.tobytes(), self.size.tobytes(),
-                 self.idate.tobytes(), self.modseq.tobytes()]
-        for text in (texts, _SEP.join(self.bases)):
+        parts = [_HEAD.pack(_MAGIC, len(c.uids), len(self.states)),
+                 array("I", c.uids).tobytes(), c.state.tobytes(), c.size.tobytes(),
+                 c.idate.tobytes(), c.modseq.tobytes()]
+        for text in (texts, _SEP.join(c.bases)):
             data = text.encode("utf-8", "surrogateescape")
             parts += [struct.pack("<Q", len(data)), data]
         return b"".join(parts)
@@ -352,8 +386,7 @@ class Listing:
         uids = cols[0].tolist()
         if uids != sorted(uids):
             return False
-        self.uids, self.state, self.size, self.idate, self.modseq = uids, *cols[1:]
         self.states = states  # type: ignore[assignment]
         self._state_ids = {s: i for i, s in enumerate(states)}  # type: ignore[misc]
-        self._bases, self._packed_bases = None, bases
+        self._c = _Columns(uids, *cols[1:], None, bases)
         return True

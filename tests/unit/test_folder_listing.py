@@ -183,3 +183,14 @@ def test_flags_are_worked_out_once_per_state_and_handed_out_as_copies(tmp_path):
     assert f.flags(2) == ["\\Flagged", "\\Seen", "Work"]
     f.flags(1).append("\\Recent")  # a session adds its own (View.flags)
     assert f.flags(1) == ["\\Flagged", "\\Seen"] and f.flags(3) is None
+
+
+def test_a_reader_keeps_one_consistent_set_of_columns_across_a_remove():
+    """FETCH reads without the folder's lock: an expunge meanwhile must never pair
+    one message's UID with another's file name."""
+    lst = filled()
+    it = lst.values()
+    assert next(it).uid == 1
+    lst.remove([1])
+    assert [(m.uid, m.base, m.size) for m in it] == [(2, "b", 20), (3, "c", 30)]
+    assert lst.uids == [2, 3] and lst.get(1) is None and lst[3].base == "c"
