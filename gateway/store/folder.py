@@ -439,8 +439,11 @@ class Folder:
                         gone.append(uid)
                 elif where != (sub, suffix):
                     changed.append((self.by_uid[uid], *where))
-            fresh = [(base, sub, suffix) for base, (sub, suffix) in found.items()
-                     if base not in self.by_base]
+            if self.uids:
+                fresh = [(base, sub, suffix) for base, (sub, suffix) in found.items()
+                         if base not in self.by_base]
+            else:  # a first listing: every name is new (by_base is built when needed)
+                fresh = [(base, sub, suffix) for base, (sub, suffix) in found.items()]
             added = self._add_found(fresh)
             flagged = []
             for m, sub, suffix in changed:
@@ -492,20 +495,15 @@ class Folder:
                         ) -> tuple[list[int], list[Row], int]:
         """_index_found() of many files without a stat each (LAZY_STAT): UIDs in the
         order of the time their names begin with, size and date UNKNOWN until asked."""
-        def when(item: tuple[str, str, str]) -> tuple[int, int, str]:
-            found = _NAME_TIME.match(item[0])
-            if found is None:
-                return (0, 0, item[0])
-            return (int(found[1]), int(found[2] or 0), item[0])
-
-        fresh = sorted(fresh, key=when)
-        kw_of: dict[str, str] = {}
-        rows = []
-        for base, sub, suffix in fresh:
-            kw = kw_of.get(suffix)
-            if kw is None:
-                kw = kw_of[suffix] = self._kw_of(suffix)
-            rows.append((base, sub, suffix, kw, UNKNOWN, UNKNOWN))
+        # (seconds, microseconds) of the name as one number, the name breaking ties.
+        match = _NAME_TIME.match
+        order = sorted([(int(t[1]) * 1_000_000 + int(t[2] or 0), base, sub, suffix)
+                        if (t := match(base)) else (0, base, sub, suffix)
+                        for base, sub, suffix in fresh])
+        # A folder has few distinct infos: their keywords are worked out once each.
+        kw_of = {suffix: self._kw_of(suffix) for suffix in dict.fromkeys(o[3] for o in order)}
+        rows = [(base, sub, suffix, kw_of[suffix], UNKNOWN, UNKNOWN)
+                for _, base, sub, suffix in order]
         uids = self.index.add(rows, synced)
         return uids, rows, self.index.highestmodseq
 

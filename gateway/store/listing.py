@@ -214,12 +214,14 @@ class Listing:
         rows = list(rows)
         if len(rows) != len(uids):
             raise AssertionError("one UID per row")
-        sid, bases = self._state_id, c.bases
-        for base, sub, suffix, kw, size, idate in rows:
-            bases.append(base)
-            c.state.append(sid(sub, suffix, kw))
-            c.size.append(size)
-            c.idate.append(idate)
+        keys = [(sub, suffix, kw) for _, sub, suffix, kw, _, _ in rows]
+        for key in dict.fromkeys(keys):  # a handful of distinct ones
+            self._state_id(*key)
+        ids = self._state_ids
+        c.bases.extend([row[0] for row in rows])
+        c.state.extend(array("I", [ids[key] for key in keys]))
+        c.size.extend(array("q", [row[4] for row in rows]))
+        c.idate.extend(array("q", [row[5] for row in rows]))
         c.modseq.frombytes(array("q", [modseq]).tobytes() * len(rows))
         c.uids.extend(uids)
 
