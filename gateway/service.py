@@ -95,6 +95,23 @@ class ProgramService(service.Service):
         self.program.start()
 
 
+class StoreService(service.Service):
+    """At shutdown, after the thread pools (it starts first, so stops last): each open
+    folder's packed listing saved if its rows changed, so a restart reads one record
+    per folder instead of every row (store/listing.py)."""
+
+    def __init__(self, *stores: MaildirStore):
+        self.stores = stores
+
+    def stopService(self):
+        for store in self.stores:
+            try:
+                store.keep_listings()
+            except Exception:  # a cache: the next start reads the rows instead
+                log.failure("saving folder listings at shutdown")
+        return super().stopService()
+
+
 class PoolsService(service.Service):
     """Starts and stops thread pools of their own kind ([threads]) with the gateway."""
 
@@ -249,6 +266,7 @@ def _core(settings: Settings, reactor, delivered=None) -> _Core:
     archive = MaildirStore(settings.state_dir / "lists" / "archive",
                            announce=reactor.callFromThread, delivered=delivered)
     top = service.MultiService()
+    StoreService(store, archive).setServiceParent(top)
     PoolsService(auth_pool).setServiceParent(top)
     # One Public Suffix List for DMARC, on the way in and for list posts.
     orgs = OrgDomains(settings.inbound_auth.public_suffix_list)

@@ -289,9 +289,23 @@ class Folder:
 
     def close(self) -> None:
         with self.lock:
-            if not self.gone and self.index.load_listing() is None:
-                self.keep_listing()  # changed since it was saved: the next open reads it
+            self.keep_listing_if_stale()
             self.index.close()
+
+    def keep_listing_if_stale(self) -> None:
+        """keep_listing() when the rows changed since it was saved, or sizes were
+        learned: at shutdown (MaildirStore.keep_listings), so the next start reads
+        the record, not every row."""
+        with self.lock:
+            if self.gone:
+                return
+            try:
+                stale = self.by_uid.has_learned() or self.index.load_listing() is None
+            except Exception:  # a cache: at worst the next open reads the rows
+                _log.failure("checking the listing of {path}", path=str(self.path))
+                return
+            if stale:
+                self.keep_listing()
 
     # -- finding changes on disk ---------------------------------------------
 

@@ -142,6 +142,13 @@ class FolderRegistry:
         for key in idle[:max(0, len(self._folders) - self.keep)]:
             del self._folders[key]
 
+    def keep_listings(self) -> None:
+        """Folder.keep_listing_if_stale() of every open folder (blocking: at shutdown)."""
+        with self._lock:
+            folders = list(self._folders.values())
+        for folder in folders:
+            folder.keep_listing_if_stale()
+
     def get(self, path: Path) -> Folder | None:
         with self._lock:
             folder = self._folders.get(str(path))

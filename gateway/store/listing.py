@@ -183,6 +183,9 @@ class Listing:
             self._learned.add(uid)
         return size, idate
 
+    def has_learned(self) -> bool:
+        return bool(self._learned)
+
     def take_learned(self) -> list[tuple[int, int, int]]:
         """(size, idate, uid) learned since the last call, for the index's rows."""
         learned, self._learned = self._learned, set()

@@ -239,6 +239,11 @@ class MaildirStore:
         folders.ensure_defaults()
         return folders
 
+    def keep_listings(self) -> None:
+        """Save the packed listing of each open folder whose rows changed since
+        (store/folder.py): blocking, for the gateway's shutdown."""
+        self._folders.keep_listings()
+
     def opened(self, path: str) -> Folder | None:
         """The Folder of the Maildir at path if this process has it open, else None."""
         return self._folders.get(path)

@@ -194,3 +194,21 @@ def test_a_reader_keeps_one_consistent_set_of_columns_across_a_remove():
     lst.remove([1])
     assert [(m.uid, m.base, m.size) for m in it] == [(2, "b", 20), (3, "c", 30)]
     assert lst.uids == [2, 3] and lst.get(1) is None and lst[3].base == "c"
+
+
+def test_shutdown_saves_the_listing_of_a_folder_whose_rows_changed(tmp_path):
+    from gateway.service import StoreService
+    from gateway.store.maildir import MaildirStore
+
+    store = MaildirStore(tmp_path)
+    folder = store.open_folder("alice@example.test")
+    box = folder.path
+    assert Index(box).load_listing() is not None  # saved at open
+    source = tmp_path / "upload"
+    source.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    folder.add_file(source, ["\\Seen"], None)  # a change: the saved record is stale
+    assert Index(box).load_listing() is None
+    service = StoreService(store)
+    service.startService()
+    service.stopService()
+    assert Index(box).load_listing() is not None
