@@ -22,7 +22,7 @@ from gateway import aliasfile, metrics_web, proxyproto, runlock, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.acceptproc import parent as acceptproc_parent
-from gateway.acceptproc.worker import RemoteDirectory
+from gateway.acceptproc.worker import RemoteDirectory, SharedCounter
 from gateway.access.auth import UserDirectory
 from gateway.access.authcache import AuthCache
 from gateway.access.authguard import GuardedDirectory
@@ -212,19 +212,22 @@ def build_worker(settings: Settings, reactor, link, sockets: dict[str, int],
                  workers: int) -> service.MultiService:
     """An SMTP accept worker (gateway/acceptproc/worker.py): the SMTP sessions of one
     process, on the inherited listening sockets {setting: fd} of the gateway; link
-    is its channel (queue IDs and AUTH checks out, alias reloads in).
-    [smtp] max_connections_per_client is divided among the workers
-    (acceptproc/__init__.py says why)."""
+    is its channel (queue IDs, AUTH checks and connection counts out; alias
+    reloads and clients at their connection limit in)."""
     core = _core(settings, reactor)
-    smtp = dataclasses.replace(settings.smtp, max_connections_per_client=max(
-        1, settings.smtp.max_connections_per_client // max(1, workers)))
     users = RemoteDirectory(core.users.users, link)
     tls_options = _tls_options(settings)
     authcheck = _inbound_auth(settings, reactor, core.top, core.orgs)
+    factories = {}
+    for name in ("smtp", "submission"):
+        factory = factories[name] = _smtp_factory(settings, name, core, link, users,
+                                                  tls_options, authcheck, reactor=reactor)
+        # One count per listener, as in one process: the gateway adds up the workers'.
+        factory.connections = SharedCounter(settings.smtp.max_connections_per_client, link,
+                                            name)
     for setting, fd in sockets.items():
         kind, _, name = setting.partition(".")
-        factory = _smtp_factory(settings, name, core, link, users, tls_options,
-                                authcheck, smtp, reactor)
+        factory = factories[name]
         if kind == "proxied":
             factory = proxyproto.ProxiedFactory(factory, settings.proxied.trusted_sources,
                                                 settings.proxied.header_timeout, reactor)
@@ -367,12 +370,12 @@ def _tls_options(settings: Settings):
 
 
 def _smtp_factory(settings: Settings, name: str, core: _Core, runner, users, tls_options,
-                  authcheck, smtp=None, reactor=None) -> SMTPFactory:
+                  authcheck, reactor=None) -> SMTPFactory:
     """The SMTP server of listener name ("smtp" or "submission"), in the gateway or in an
-    accept worker; smtp: the [smtp] settings it applies (a worker's share of them)."""
+    accept worker."""
     submission = name == "submission"
     return SMTPFactory(
-        hostname=settings.hostname, domains=settings.domains, settings=smtp or settings.smtp,
+        hostname=settings.hostname, domains=settings.domains, settings=settings.smtp,
         policy=RelayPolicy(core.router, settings.trusted_networks,
                            submission=submission,
                            sender_login=settings.smtp.sender_login_match,
@@ -433,6 +436,7 @@ def _access(settings: Settings, reactor, core: _Core, runner, serving=None):
         accept = acceptproc_parent.AcceptWorkers(
             reactor, workers, held, runnerproc_parent.config_path(settings.source),
             runner, users, runnerproc_parent.publish_event,
+            settings.smtp.max_connections_per_client,
             uid=serving.uid if root else None, gid=serving.gid if root else None)
         accept.setServiceParent(top)
     return mailbox_pool, tls_options, accept

@@ -22,10 +22,13 @@ Who does what:
 Limits across workers:
 - SMTP AUTH is checked by the gateway (A/R frames): one budget of failures per
   client and per account, for SMTP, IMAP and POP3 alike, as in one process;
-- [smtp] max_connections_per_client is divided among the workers (each takes
-  limit // N, at least 1): a client can never hold more than the limit at once
-  (with a limit below N, up to N), but one that the kernel happened to send
-  mostly to one worker meets its share there first;
+- [smtp] max_connections_per_client: each worker counts its own connections
+  and tells the gateway (N frames), which adds them up per listener and client
+  and tells every worker when a client is at the limit (F frames): its next
+  connection is refused with the same 421, whichever worker takes it. The
+  word travels in milliseconds, so a burst of connections on several workers
+  at that moment may pass the limit by a few, never by more than one
+  worker's own limit (each still counts its own against the full limit);
 - per-session limits (size, recipients, bad commands, timeouts) are the
   session's own, so they hold unchanged.
 What a dying worker never told of (a 250 given, the Q frame not yet sent) is

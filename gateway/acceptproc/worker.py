@@ -19,6 +19,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from zope.interface import implementer
 
+from gateway.connection import ConnectionCounter
 from gateway.errors import AuthThrottled
 from gateway.interfaces import IQueueListener, IUserDirectory
 from gateway.runnerproc import channel
@@ -36,6 +37,8 @@ class WorkerLink(ChildLink):
         self.reload: Any = None  # () -> None: reload the alias table
         self._asked: dict[str, defer.Deferred] = {}
         self._ids = itertools.count(1)
+        # (listener, client) at max_connections_per_client across all workers (F).
+        self.full: set[tuple[str, str]] = set()
 
     # -- IQueueListener: the entry is durable and answered 250 --
 
@@ -68,8 +71,18 @@ class WorkerLink(ChildLink):
                 d.errback(AuthThrottled(text))
             else:
                 d.errback(RuntimeError(text))
+        elif kind == channel.FULL:
+            flag, name, client = channel.split_fields(payload, 3)
+            if flag == "1":
+                self.full.add((name, client))
+            else:
+                self.full.discard((name, client))
         elif kind == channel.RELOAD and self.reload is not None:
             self.reload()
+
+    def counted(self, name: str, client: str, delta: str) -> None:
+        """A connection of client on listener name opened ("+") or closed ("-")."""
+        self._write(channel.frame(channel.COUNTED, channel.join_fields(delta, name, client)))
 
     def connectionLost(self, reason=None) -> None:
         asked, self._asked = self._asked, {}
@@ -96,6 +109,29 @@ class RemoteDirectory:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)
+
+
+class SharedCounter(ConnectionCounter):
+    """One listener's connections per client in a worker ([smtp]
+    max_connections_per_client): counted here as in one process, and told to the
+    gateway, which adds up every worker's and says which clients are at the limit
+    (link.full); a connection from one of those is refused as one over the limit
+    here would be. Between the connection that reaches the limit and the word of
+    it (a pipe write away, milliseconds) another worker may still admit one."""
+
+    def __init__(self, limit: int, link: WorkerLink, name: str):
+        super().__init__(limit)
+        self.link = link
+        self.name = name
+
+    def opened(self, client: str) -> bool:
+        ok = super().opened(client)
+        self.link.counted(self.name, client, "+")
+        return ok and (self.name, client) not in self.link.full
+
+    def closed(self, client: str) -> None:
+        super().closed(client)
+        self.link.counted(self.name, client, "-")
 
 
 def parse_listen(values: list[str]) -> dict[str, int]:

@@ -11,8 +11,13 @@ serves both kinds of child: the runner process and the SMTP accept workers
                     (the runner's counts), L one log event (JSON)
   worker -> parent: Q as above (the parent tells its runner), L as above,
                     A [ID, client, user, password] (SMTP AUTH, checked against
-                    the gateway's one guessing budget; JSON)
-  parent -> worker: H as above, R [ID, verdict, text] (A's answer; JSON)
+                    the gateway's one guessing budget; JSON),
+                    N ["+" or "-", listener, client] (a connection opened or
+                    closed: the gateway counts every worker's; JSON)
+  parent -> worker: H as above, R [ID, verdict, text] (A's answer; JSON),
+                    F ["1" or "0", listener, client] (the client has reached
+                    max_connections_per_client on listener across all
+                    workers, or is below it again; JSON)
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ LOG = b"L"
 SCAN = b"S"
 AUTH = b"A"
 AUTHED = b"R"
+COUNTED = b"N"
+FULL = b"F"
 
 # R's verdicts: the canonical address follows OK; the others carry the reason.
 AUTH_OK = "ok"

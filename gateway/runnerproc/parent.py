@@ -222,6 +222,9 @@ class ChildProcess(service.Service):
                                   childFDs={0: "w", 1: "r", 2: "r", **self.fds})
         log.info("{label} started (pid {pid})", label=self.label,
                  pid=self.child.transport.pid)
+        started = getattr(self.dispatch, "child_started", None)
+        if started is not None:
+            started()  # what the new child must know first (accept workers: full clients)
 
     def _ended(self, child: _ChildProtocol, reason) -> None:
         if child is self.child:

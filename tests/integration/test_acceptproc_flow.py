@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 
 import pytest
 from conftest import PASSWORD, children, free_port, wait_for
@@ -80,6 +81,31 @@ def test_auth_failures_of_all_workers_count_in_one_budget(make_gateway):
     # The right password, but this address's budget is spent, whichever worker asks.
     assert [auth_plain(gw, PASSWORD) for _ in range(4)] == [454] * 4
     gw.wait_log("auth refused user=alice@example.test client=127.0.0.1")
+
+
+def greeting(gw) -> tuple[int, socket.socket]:
+    sock = socket.create_connection(("127.0.0.1", gw.ports["smtp"]), timeout=10)
+    return int(sock.recv(100)[:3]), sock
+
+
+def test_connections_per_client_are_counted_across_workers(make_gateway):
+    gw = make_gateway("[smtp]\naccept_workers = 2\nmax_connections_per_client = 2\n")
+    wait_for(lambda: len(workers(gw)) == 2, what="two workers")
+    held = [greeting(gw) for _ in range(2)]
+    assert [code for code, _ in held] == [220, 220]
+
+    def refused() -> bool:
+        # The word that 127.0.0.1 is at its limit reaches the workers within
+        # milliseconds; a connection that slipped by before it is closed again.
+        code, sock = greeting(gw)
+        sock.close()
+        return code == 421
+
+    wait_for(refused, timeout=10, what="a third connection refused")
+    assert all(refused() for _ in range(6))  # whichever worker takes it
+    for _, sock in held:
+        sock.close()
+    wait_for(lambda: not refused(), timeout=10, what="a connection welcome again")
 
 
 def test_a_killed_worker_is_started_again_and_nothing_is_lost(make_gateway):
