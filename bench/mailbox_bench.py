@@ -99,6 +99,7 @@ class Gateway(MailgatewayImap):
     queue_concurrency = 0  # 0: the default configuration's
     accept_workers: int | None = None  # [smtp] accept_workers; None: the default's
     runner_process: bool | None = None  # [queue] runner_process; None: the default's
+    more: tuple[tuple[str, str, Any], ...] = ()  # --set SECTION.KEY=VALUE (TOML values)
 
     def more_settings(self, settings: dict[str, Any]) -> None:
         settings["listen"]["smtp"] = f"tcp:{self.smtp_port}:interface={LOOPBACK}"
@@ -112,6 +113,8 @@ class Gateway(MailgatewayImap):
             settings.setdefault("smtp", {})["accept_workers"] = self.accept_workers
         if self.runner_process is not None:
             settings["queue"]["runner_process"] = self.runner_process
+        for section, key, value in self.more:
+            settings.setdefault(section, {})[key] = value
 
     def prepare(self, rundir: Path, smtp_port: int, imap_port: int, cur: Path) -> None:
         self.smtp_port = smtp_port
@@ -282,6 +285,15 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[R
 # --- main ------------------------------------------------------------------------------------
 
 
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """--set SECTION.KEY=VALUE -> (section, key, the TOML value)."""
+    import tomllib
+
+    name, _, value = item.partition("=")
+    section, _, key = name.partition(".")
+    return section, key, tomllib.loads(f"v = {value}")["v"]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -300,6 +312,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="mailgateway's [smtp] accept_workers (default: its default.toml's)")
     parser.add_argument("--runner-process", choices=("true", "false"), default=None,
                         help="mailgateway's [queue] runner_process (default: its default.toml's)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="one more mailgateway setting, VALUE in TOML (queue.sync='file')")
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="also run the mailgateway checkout in DIR (e.g. `git archive` of an "
                         "older commit), as \"mailgateway-before\", in the same rounds")
@@ -353,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.accept_workers = args.accept_workers
                 if args.runner_process is not None:
                     server.runner_process = args.runner_process == "true"
+                server.more = tuple(parse_set(item) for item in args.set)
             try:
                 server.check()
                 servers.append(server)

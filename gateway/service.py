@@ -208,8 +208,8 @@ def _each(calls):
     return call
 
 
-def build_worker(settings: Settings, reactor, link, sockets: dict[str, int],
-                 workers: int) -> service.MultiService:
+def build_worker(settings: Settings, reactor, link, sockets: dict[str, int]
+                 ) -> service.MultiService:
     """An SMTP accept worker (gateway/acceptproc/worker.py): the SMTP sessions of one
     process, on the inherited listening sockets {setting: fd} of the gateway; link
     is its channel (queue IDs, AUTH checks and connection counts out; alias

@@ -28,11 +28,11 @@ log = Logger()
 FIRST_FD = 3  # the workers' inherited sockets: 0-2 are the channel and stderr
 
 
-def worker_argv(config_path: str, number: int, workers: int, sockets: dict[str, int],
+def worker_argv(config_path: str, number: int, sockets: dict[str, int],
                 uid: int | None = None, gid: int | None = None) -> list[str]:
     """The command line of one worker; sockets: {setting: the fd it has in the worker}."""
     argv = [sys.executable, "-m", "gateway.acceptproc", "--config", config_path,
-            "--number", str(number), "--workers", str(workers)]
+            "--number", str(number)]
     for setting, fd in sockets.items():
         argv += ["--listen", f"{setting}={fd}"]
     if uid is not None:
@@ -169,8 +169,7 @@ class AcceptWorkers(service.MultiService):
         sockets = {h.setting: FIRST_FD + i for i, h in enumerate(self.held)}
         fds = {FIRST_FD + i: h.fileno() for i, h in enumerate(self.held)}
         for number in range(1, self.count + 1):
-            argv = worker_argv(self.config_path, number, self.count, sockets, self.uid,
-                               self.gid)
+            argv = worker_argv(self.config_path, number, sockets, self.uid, self.gid)
             worker = ChildProcess(self.reactor, argv, None, stop_timeout=self.stop_timeout,
                                   label=f"accept worker {number}", fds=fds)
             worker.dispatch = WorkerDispatch(self.listener, self.users, self.publish,

@@ -1,4 +1,4 @@
-"""One SMTP accept worker: `python -m gateway.acceptproc --config PATH --workers N
+"""One SMTP accept worker: `python -m gateway.acceptproc --config PATH --number N
 --listen SETTING=FD ... [--uid N --gid N]`.
 
 Started by parent.py with its stdin and stdout as the channel (runnerproc's
@@ -149,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uid", type=int)
     parser.add_argument("--gid", type=int)
     parser.add_argument("--number", type=int, default=1, help="this worker's number (logs)")
-    parser.add_argument("--workers", type=int, default=1, help="how many run (limits)")
     parser.add_argument("--listen", action="append", default=[], metavar="SETTING=FD")
     args = parser.parse_args(argv)
 
@@ -159,4 +158,4 @@ def main(argv: list[str] | None = None) -> int:
 
     sockets = parse_listen(args.listen)
     return serve(WorkerLink(reactor, args.number), args, lambda settings, link:
-                 service.build_worker(settings, reactor, link, sockets, args.workers))
+                 service.build_worker(settings, reactor, link, sockets))

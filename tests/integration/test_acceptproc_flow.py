@@ -83,6 +83,27 @@ def test_auth_failures_of_all_workers_count_in_one_budget(make_gateway):
     gw.wait_log("auth refused user=alice@example.test client=127.0.0.1")
 
 
+def test_sighup_reloads_the_aliases_of_every_worker(make_gateway, tmp_path):
+    aliases = tmp_path / "aliases"
+    aliases.write_text("old: alice\n")
+    # No look at the file's mtime for an hour: only SIGHUP reloads it.
+    gw = make_gateway(f'{ON}[aliases]\nfile = "{aliases}"\ncheck_interval = 3600\n')
+    wait_for(lambda: len(workers(gw)) == 2, what="two workers")
+    gw.wait_log("accept worker for")
+    wait_for(lambda: gw.log_text().count("accept worker for") == 2, what="both workers")
+    with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=10) as s:
+        assert s.docmd("MAIL", "FROM:<bob@remote.test>")[0] == 250
+        assert s.docmd("RCPT", "TO:<new@example.test>")[0] == 550  # not yet known
+    aliases.write_text("old: alice\nnew: alice\n")
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    # The gateway and each worker: three tables reloaded.
+    wait_for(lambda: gw.log_text().count("aliases reloaded (SIGHUP): 2 names") == 3,
+             what="three reloads")
+    for i in range(6):  # sessions that land on either worker
+        send(gw, 1, f"h{i}-", to=("new@example.test",))
+    gw.wait_messages(USER, 6)
+
+
 def greeting(gw) -> tuple[int, socket.socket]:
     sock = socket.create_connection(("127.0.0.1", gw.ports["smtp"]), timeout=10)
     return int(sock.recv(100)[:3]), sock

@@ -200,7 +200,7 @@ def test_workers_get_the_held_sockets_are_restarted_and_the_runner_picks_up_afte
     proto, args, env, fds = reactor.spawned[1]
     assert fds == {0: "w", 1: "r", 2: "r", 3: 11, 4: 12}
     assert args[1:] == ["-m", "gateway.acceptproc", "--config", "/etc/m.toml", "--number", "2",
-                        "--workers", "2", "--listen", "listen.smtp=3",
+                        "--listen", "listen.smtp=3",
                         "--listen", "proxied.submission=4", "--uid", "8", "--gid", "9"]
     workers.book.counted(1, "+", "smtp", "192.0.2.7")
     ended(reactor.spawned[0][0], signal=9)
