@@ -5,6 +5,7 @@ worker is started again, and no worker outlives the gateway."""
 from __future__ import annotations
 
 import base64
+import imaplib
 import os
 import re
 import signal
@@ -78,8 +79,15 @@ def test_auth_failures_of_all_workers_count_in_one_budget(make_gateway):
     gw = make_gateway(f"{ON}max_failures_per_client = 2\nfailure_delay = 0.01\n")
     wait_for(lambda: len(workers(gw)) == 2, what="two workers")
     assert [auth_plain(gw, "wrong") for _ in range(2)] == [535, 535]
-    # The right password, but this address's budget is spent, whichever worker asks.
+    # The right password, but this address's budget is spent, whichever worker asks,
+    # and over IMAP too (the gateway's own sessions): one budget, as in one process.
     assert [auth_plain(gw, PASSWORD) for _ in range(4)] == [454] * 4
+    imap = imaplib.IMAP4("127.0.0.1", gw.ports["imap"], timeout=30)
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="too many|UNAVAILABLE"):
+            imap.login(USER, PASSWORD)
+    finally:
+        imap.shutdown()
     gw.wait_log("auth refused user=alice@example.test client=127.0.0.1")
 
 
