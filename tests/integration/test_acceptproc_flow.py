@@ -100,6 +100,7 @@ def test_sighup_reloads_the_aliases_of_every_worker(make_gateway, tmp_path):
     gw.wait_log("accept worker for")
     wait_for(lambda: gw.log_text().count("accept worker for") == 2, what="both workers")
     with smtplib.SMTP("127.0.0.1", gw.ports["smtp"], timeout=10) as s:
+        s.ehlo("client.test")
         assert s.docmd("MAIL", "FROM:<bob@remote.test>")[0] == 250
         assert s.docmd("RCPT", "TO:<new@example.test>")[0] == 550  # not yet known
     aliases.write_text("old: alice\nnew: alice\n")
