@@ -97,6 +97,9 @@ class Gateway(MailgatewayImap):
 
     name = "mailgateway"
     queue_concurrency = 0  # 0: the default configuration's
+    accept_workers: int | None = None  # [smtp] accept_workers; None: the default's
+    runner_process: bool | None = None  # [queue] runner_process; None: the default's
+    more: tuple[tuple[str, str, Any], ...] = ()  # --set SECTION.KEY=VALUE (TOML values)
 
     def more_settings(self, settings: dict[str, Any]) -> None:
         settings["listen"]["smtp"] = f"tcp:{self.smtp_port}:interface={LOOPBACK}"
@@ -106,6 +109,12 @@ class Gateway(MailgatewayImap):
                                                      self.sessions + 2)
         if self.queue_concurrency:
             settings["queue"]["concurrency"] = self.queue_concurrency
+        if self.accept_workers is not None:
+            settings.setdefault("smtp", {})["accept_workers"] = self.accept_workers
+        if self.runner_process is not None:
+            settings["queue"]["runner_process"] = self.runner_process
+        for section, key, value in self.more:
+            settings.setdefault(section, {})[key] = value
 
     def prepare(self, rundir: Path, smtp_port: int, imap_port: int, cur: Path) -> None:
         self.smtp_port = smtp_port
@@ -276,6 +285,15 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[R
 # --- main ------------------------------------------------------------------------------------
 
 
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """--set SECTION.KEY=VALUE -> (section, key, the TOML value)."""
+    import tomllib
+
+    name, _, value = item.partition("=")
+    section, _, key = name.partition(".")
+    return section, key, tomllib.loads(f"v = {value}")["v"]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -290,6 +308,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated subset of mailgateway,postfix (Postfix+Dovecot)")
     parser.add_argument("--queue-concurrency", type=int, default=0,
                         help="mailgateway's [queue] concurrency (default: its default.toml's)")
+    parser.add_argument("--accept-workers", type=int, default=None,
+                        help="mailgateway's [smtp] accept_workers (default: its default.toml's)")
+    parser.add_argument("--runner-process", choices=("true", "false"), default=None,
+                        help="mailgateway's [queue] runner_process (default: its default.toml's)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="one more mailgateway setting, VALUE in TOML (queue.sync='file')")
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="also run the mailgateway checkout in DIR (e.g. `git archive` of an "
                         "older commit), as \"mailgateway-before\", in the same rounds")
@@ -340,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
                              else PostfixDovecot(workdir, args.recipient, args.sessions))
             if isinstance(server, Gateway):
                 server.queue_concurrency = args.queue_concurrency
+                server.accept_workers = args.accept_workers
+                if args.runner_process is not None:
+                    server.runner_process = args.runner_process == "true"
+                server.more = tuple(parse_set(item) for item in args.set)
             try:
                 server.check()
                 servers.append(server)

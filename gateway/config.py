@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ SYSTEM_PATH = Path("/etc/mailgateway/mailgateway.toml")
 ENVIRONMENT_VARIABLE = "MAILGATEWAY_CONFIG"
 EMBEDDED = "the embedded default"
 
+# More accepting processes than this only fight over the cores and the spool's disk.
+MAX_ACCEPT_WORKERS = 64
+
 _ENDPOINT_KINDS = ("tcp:", "tcp6:", "unix:", "ssl:", "systemd:")
 
 
@@ -60,6 +63,9 @@ class SmtpSettings:
     data_timeout: float = 600.0
     # Bytes of a message a session holds while DATA streams to the spool file.
     data_buffer_size: int = 1 << 18
+    # Processes that accept SMTP beside the gateway (gateway/acceptproc); 0: the
+    # gateway's own reactor accepts, as before.
+    accept_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -544,7 +550,12 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         max_pending_input=r.positive("smtp", "max_pending_input", int, 1 << 20),
         data_timeout=r.positive("smtp", "data_timeout", float, 600.0),
         data_buffer_size=r.positive("smtp", "data_buffer_size", int, 1 << 18),
+        accept_workers=r.get("smtp", "accept_workers", int, SmtpSettings.accept_workers),
     )
+    if not 0 <= smtp.accept_workers <= MAX_ACCEPT_WORKERS:
+        r.fault("smtp", "accept_workers",
+                f"must be 0 to {MAX_ACCEPT_WORKERS}, not {smtp.accept_workers}")
+        smtp = replace(smtp, accept_workers=0)
     if smtp.max_line_length < 80:
         r.fault("smtp", "max_line_length", "must be at least 80")
     queue = QueueSettings(

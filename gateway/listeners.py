@@ -11,10 +11,12 @@ traceback. Imports only Twisted and the kernel, so tlsfront may use it alone.
 from __future__ import annotations
 
 import errno
+import os
+import socket
 from typing import Any
 
-from twisted.application import internet
-from twisted.internet import endpoints
+from twisted.application import internet, service
+from twisted.internet import endpoints, protocol
 from twisted.internet.error import CannotListenError
 
 from gateway.errors import StartupError
@@ -60,3 +62,53 @@ class Listener(internet.StreamServerEndpointService):
         host = port.getHost() if hasattr(port, "getHost") else None
         name = getattr(host, "name", None)
         return name.decode() if isinstance(name, bytes) else name
+
+
+class HeldSocket(protocol.ServerFactory):
+    """A held listener's factory, never used ("HeldSocket starting on 25" in the log)."""
+
+
+class HeldListener(Listener):
+    """A listener bound here (before privileges are dropped) but never accepted on
+    here: child processes inherit the socket and accept on it (the SMTP accept
+    workers, gateway/acceptproc), also children started again after the drop."""
+
+    def __init__(self, setting: str, description: str, reactor: Any):
+        super().__init__(setting, description, HeldSocket(), reactor)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.result.stopReading()  # the children accept, not this reactor
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor, for the children's childFDs."""
+        return self._waitingForPort.result.fileno()
+
+
+class AdoptedListener(service.Service):
+    """A child's end of a HeldListener: accepts with factory on the inherited
+    descriptor fd (closed here once the reactor holds its own duplicate)."""
+
+    def __init__(self, setting: str, fd: int, factory: Any, reactor: Any):
+        self.setting = setting
+        self.fd = fd
+        self.factory = factory
+        self.reactor = reactor
+        self.port: Any = None
+        factory.noisy = False
+
+    def startService(self) -> None:
+        super().startService()
+        family = socket.socket(fileno=self.fd)
+        try:
+            kind = family.family
+        finally:
+            family.detach()  # the descriptor stays open: it is closed below
+        self.port = self.reactor.adoptStreamPort(self.fd, kind, self.factory)
+        os.close(self.fd)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+        return None

@@ -21,6 +21,8 @@ from twisted.python.threadpool import ThreadPool
 from gateway import aliasfile, metrics_web, proxyproto, runlock, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
+from gateway.acceptproc import parent as acceptproc_parent
+from gateway.acceptproc.worker import RemoteDirectory, SharedCounter
 from gateway.access.auth import UserDirectory
 from gateway.access.authcache import AuthCache
 from gateway.access.authguard import GuardedDirectory
@@ -36,7 +38,7 @@ from gateway.deliver.relay import RelayTarget
 from gateway.deliver.tlspolicy import ClientTLS
 from gateway.durable import BlockingBatcher, in_thread
 from gateway.errors import ConfigError
-from gateway.listeners import Listener
+from gateway.listeners import AdoptedListener, HeldListener, Listener
 from gateway.lists import web as lists_web
 from gateway.lists.archive import ArchiveFolders
 from gateway.lists.directory import ListDirectory
@@ -175,16 +177,19 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
                 lambda folder, names: core.run_blocking(folder.arrived_elsewhere, names),
                 runnerproc_parent.publish_event, clock=reactor))
         runner.setServiceParent(core.top)
-        forward_sighup = runner.reload
+        reloads = [runner.reload]
     else:
         core.top.runner_lock = runlock.claim_runner(settings.state_dir)
         core.spool.recover()
         runner = _delivery(settings, reactor, core).runner
-        forward_sighup = None
-    _, tls_options = _access(settings, reactor, core, runner)
+        reloads = []
+    _, tls_options, workers = _access(settings, reactor, core, runner, serving)
+    if workers is not None:
+        reloads.append(workers.reload)
     # After the fronts: its SIGHUP handler chains to theirs.
     aliasfile.AliasReloader(settings, core.router, reactor,
-                            forward_sighup=forward_sighup).setServiceParent(core.top)
+                            forward_sighup=_each(reloads) if reloads else None
+                            ).setServiceParent(core.top)
     _metrics(settings, core.spool, runner, reactor, core.top)
     _web(settings, core.list_store, tls_options, reactor, core.top)
     log.info("mailgateway for {domains} from {source}", domains=", ".join(settings.domains),
@@ -208,6 +213,46 @@ def build_runner(settings: Settings, reactor, link, lock_wait: float = 60.0
     link.reload = lambda: reloader.reload("SIGHUP")
     _Started(lane, link).setServiceParent(core.top)
     log.info("runner process for {domains} from {source}",
+             domains=", ".join(settings.domains), source=settings.source)
+    return core.top
+
+
+def _each(calls):
+    """One call that makes each of calls (SIGHUP to the runner process and workers)."""
+    def call() -> None:
+        for c in calls:
+            c()
+    return call
+
+
+def build_worker(settings: Settings, reactor, link, sockets: dict[str, int]
+                 ) -> service.MultiService:
+    """An SMTP accept worker (gateway/acceptproc/worker.py): the SMTP sessions of one
+    process, on the inherited listening sockets {setting: fd} of the gateway; link
+    is its channel (queue IDs, AUTH checks and connection counts out; alias
+    reloads and clients at their connection limit in)."""
+    core = _core(settings, reactor)
+    users = RemoteDirectory(core.users.users, link)
+    tls_options = _tls_options(settings)
+    authcheck = _inbound_auth(settings, reactor, core.top, core.orgs)
+    factories = {}
+    for name in ("smtp", "submission"):
+        factory = factories[name] = _smtp_factory(settings, name, core, link, users,
+                                                  tls_options, authcheck, reactor=reactor)
+        # One count per listener, as in one process: the gateway adds up the workers'.
+        factory.connections = SharedCounter(settings.smtp.max_connections_per_client, link,
+                                            name)
+    for setting, fd in sockets.items():
+        kind, _, name = setting.partition(".")
+        factory = factories[name]
+        if kind == "proxied":
+            factory = proxyproto.ProxiedFactory(factory, settings.proxied.trusted_sources,
+                                                settings.proxied.header_timeout, reactor)
+        AdoptedListener(setting, fd, factory, reactor).setServiceParent(core.top)
+    reloader = aliasfile.AliasReloader(settings, core.router, reactor, install_sighup=False)
+    reloader.setServiceParent(core.top)
+    link.reload = lambda: reloader.reload("SIGHUP")
+    log.info("accept worker for {domains} from {source}",
              domains=", ".join(settings.domains), source=settings.source)
     return core.top
 
@@ -342,11 +387,28 @@ def _tls_options(settings: Settings):
     return tls.ReloadingServerTLS(settings.certificate, settings.private_key)
 
 
-def _access(settings: Settings, reactor, core: _Core, runner) -> tuple[ThreadPool, object]:
+def _smtp_factory(settings: Settings, name: str, core: _Core, runner, users, tls_options,
+                  authcheck, reactor=None) -> SMTPFactory:
+    """The SMTP server of listener name ("smtp" or "submission"), in the gateway or in an
+    accept worker."""
+    submission = name == "submission"
+    return SMTPFactory(
+        hostname=settings.hostname, domains=settings.domains, settings=settings.smtp,
+        policy=RelayPolicy(core.router, settings.trusted_networks,
+                           submission=submission,
+                           sender_login=settings.smtp.sender_login_match,
+                           quota=core.store),
+        spool=core.spool, listener=runner, users=users, tls_options=tls_options,
+        plaintext_from_loopback=settings.plaintext_auth_from_loopback,
+        reactor=reactor, authcheck=None if submission else authcheck)
+
+
+def _access(settings: Settings, reactor, core: _Core, runner, serving=None):
     """Every listener (SMTP, submission, POP3, IMAP, the TLS fronts) on core's spool and
     stores; runner: the IQueueListener told of each entry spooled. Returns the
-    mailbox pool (folder work, and syncs the runner process asks for) and the
-    STARTTLS options (also the web's)."""
+    mailbox pool (folder work, and syncs the runner process asks for), the
+    STARTTLS options (also the web's) and the accept workers (None without:
+    [smtp] accept_workers = 0), which take the SMTP listeners' sockets."""
     top, store = core.top, core.store
     tls.ensure_certificate(settings.certificate, settings.private_key, settings.hostname)
     tls_options = _tls_options(settings)
@@ -358,21 +420,18 @@ def _access(settings: Settings, reactor, core: _Core, runner) -> tuple[ThreadPoo
     PoolsService(mailbox_pool, search_pool).setServiceParent(top)
     users = core.users
     authcheck = _inbound_auth(settings, reactor, top, core.orgs)
-    # Each server's factory, also for its proxied listener behind tlsfront (_fronts).
+    # Each server's factory, also for its proxied listener behind tlsfront (_fronts);
+    # None: the accept workers serve it, on sockets bound here (held).
     factories: dict[str, object] = {}
-    for name, submission in (("smtp", False), ("submission", True)):
+    held: list[HeldListener] = []
+    workers = settings.smtp.accept_workers
+    for name in ("smtp", "submission"):
         if settings.listen[name] or name in settings.proxied.listen:
-            factory = factories[name] = SMTPFactory(
-                hostname=settings.hostname, domains=settings.domains, settings=settings.smtp,
-                policy=RelayPolicy(core.router, settings.trusted_networks,
-                                   submission=submission,
-                                   sender_login=settings.smtp.sender_login_match,
-                                   quota=store),
-                spool=core.spool, listener=runner, users=users, tls_options=tls_options,
-                plaintext_from_loopback=settings.plaintext_auth_from_loopback,
-                reactor=reactor, authcheck=None if submission else authcheck)
+            factories[name] = None if workers else _smtp_factory(
+                settings, name, core, runner, users, tls_options, authcheck, reactor=reactor)
         if settings.listen[name]:
-            _listen(f"listen.{name}", settings.listen[name], factory, reactor, top)
+            _listen(f"listen.{name}", settings.listen[name], factories[name], reactor, top,
+                    held)
     if settings.listen["pop3"] or "pop3" in settings.proxied.listen:
         factory = factories["pop3"] = POP3Factory(
             hostname=settings.hostname, users=users, store=store, tls_options=tls_options,
@@ -387,13 +446,29 @@ def _access(settings: Settings, reactor, core: _Core, runner) -> tuple[ThreadPoo
                                             ArchiveFolders(core.list_store, core.archive))
     if settings.listen["imap"]:
         _listen("listen.imap", settings.listen["imap"], factory, reactor, top)
-    _fronts(settings, factories, reactor, top)
-    return mailbox_pool, tls_options
+    _fronts(settings, factories, reactor, top, held)
+    accept = None
+    if held:
+        # After the held listeners: they are bound when the workers start.
+        root = serving is not None and os.geteuid() == 0
+        accept = acceptproc_parent.AcceptWorkers(
+            reactor, workers, held, runnerproc_parent.config_path(settings.source),
+            runner, users, runnerproc_parent.publish_event,
+            settings.smtp.max_connections_per_client,
+            uid=serving.uid if root else None, gid=serving.gid if root else None)
+        accept.setServiceParent(top)
+    return mailbox_pool, tls_options, accept
 
 
-def _listen(setting: str, endpoint: str, factory, reactor, parent) -> None:
-    """A listener that names its setting when it cannot listen (gateway/listeners.py)."""
-    Listener(setting, endpoint, factory, reactor).setServiceParent(parent)
+def _listen(setting: str, endpoint: str, factory, reactor, parent, held=None) -> None:
+    """A listener that names its setting when it cannot listen (gateway/listeners.py);
+    factory None: bound here for the accept workers (added to held)."""
+    if factory is None:
+        listener = HeldListener(setting, endpoint, reactor)
+        held.append(listener)
+    else:
+        listener = Listener(setting, endpoint, factory, reactor)
+    listener.setServiceParent(parent)
 
 
 def _metrics(settings: Settings, spool: Spool, runner: QueueRunner, reactor, parent) -> None:
@@ -580,7 +655,7 @@ class OutboxService(service.Service):
 # --- the TLS front and the proxied listeners behind it ---------------------------------
 
 
-def _fronts(settings: Settings, factories: dict, reactor, parent) -> None:
+def _fronts(settings: Settings, factories: dict, reactor, parent, held=None) -> None:
     """[proxied] listeners (a PROXY header first, gateway/proxyproto.py) around the servers'
     own factories, and the [[tlsfront]] fronts (gateway/tlsfront) that connect to them."""
     proxied = settings.proxied
@@ -594,9 +669,9 @@ def _fronts(settings: Settings, factories: dict, reactor, parent) -> None:
             log.info("proxied {name} listener {endpoint} not started: no {name} server",
                      name=name, endpoint=endpoint)
             continue
-        wrapper = proxyproto.ProxiedFactory(factories[name], proxied.trusted_sources,
-                                            proxied.header_timeout, reactor)
-        _listen(f"proxied.{name}", endpoint, wrapper, reactor, parent)
+        wrapper = None if factories[name] is None else proxyproto.ProxiedFactory(
+            factories[name], proxied.trusted_sources, proxied.header_timeout, reactor)
+        _listen(f"proxied.{name}", endpoint, wrapper, reactor, parent, held)
     fronts = []
     for front in settings.tlsfront:
         if front.backend and front.backend not in factories:

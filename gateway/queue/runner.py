@@ -144,6 +144,20 @@ class QueueRunner:
             self._fresh[queue_id] = envelope
         self.schedule(queue_id, 0, recovering=False)
 
+    def pick_up(self) -> defer.Deferred:
+        """Schedule the spool's entries this runner knows nothing of: those an SMTP
+        accept worker (gateway/acceptproc) spooled and answered 250 for but died
+        before it told of. Entries waiting for a retry or being attempted keep
+        their turn (an entry on hold is looked at and left alone)."""
+        def found(ids: list[str]) -> None:
+            unknown = [q for q in ids if q not in self._timers and q not in self._active]
+            if unknown:
+                log.info("queue runner picked up {n} entries nobody told of", n=len(unknown))
+            for qid in unknown:
+                self.schedule(qid, 0, recovering=True)
+
+        return self.run_blocking(self.spool.queue_ids).addCallback(found)
+
     def schedule(self, queue_id: str, delay: float, recovering: bool) -> None:
         old = self._timers.pop(queue_id, None)
         if old is not None and old.active():

@@ -1,11 +1,23 @@
 """The runner process's pipe: netstrings (djb's "LEN:DATA,"), a one-byte kind first.
 
-Pure framing, no I/O, so it is tested without a process (tests/unit). Kinds:
-  parent -> child: Q queue ID (a new spool entry), then NUL and its envelope
-                   (JSON) when small, H reload aliases (SIGHUP)
-  child -> parent: D a Maildir and the names the child renamed into its new/
-                   (NUL-separated), C "active scheduled"
-                   (the runner's counts), L one log event (JSON)
+Pure framing, no I/O, so it is tested without a process (tests/unit). It
+serves both kinds of child: the runner process and the SMTP accept workers
+(gateway/acceptproc). Kinds:
+  parent -> runner: Q queue ID (a new spool entry), then NUL and its envelope
+                    (JSON) when small, H reload aliases (SIGHUP), S look in
+                    the spool for entries nobody told of (an accept worker died)
+  runner -> parent: D a Maildir and the names the child renamed into its new/
+                    (NUL-separated), C "active scheduled"
+                    (the runner's counts), L one log event (JSON)
+  worker -> parent: Q as above (the parent tells its runner), L as above,
+                    A [ID, client, user, password] (SMTP AUTH, checked against
+                    the gateway's one guessing budget; JSON),
+                    N ["+" or "-", listener, client] (a connection opened or
+                    closed: the gateway counts every worker's; JSON)
+  parent -> worker: H as above, R [ID, verdict, text] (A's answer; JSON),
+                    F ["1" or "0", listener, client] (the client has reached
+                    max_connections_per_client on listener across all
+                    workers, or is below it again; JSON)
 """
 
 from __future__ import annotations
@@ -24,6 +36,17 @@ RELOAD = b"H"
 DELIVERED = b"D"
 COUNTS = b"C"
 LOG = b"L"
+SCAN = b"S"
+AUTH = b"A"
+AUTHED = b"R"
+COUNTED = b"N"
+FULL = b"F"
+
+# R's verdicts: the canonical address follows OK; the others carry the reason.
+AUTH_OK = "ok"
+AUTH_FAILED = "failed"  # wrong user or password (LoginFailed)
+AUTH_THROTTLED = "throttled"  # the guessing budget is spent (AuthThrottled)
+AUTH_ERROR = "error"  # anything else (the user file unreadable ...)
 
 # A frame longer than this is a broken pipe, not a message (a log event with a
 # long traceback is the biggest thing that travels).
@@ -156,6 +179,24 @@ def join_delivered(path: str, names: list[str]) -> bytes:
 def split_delivered(payload: bytes) -> tuple[str, list[str]]:
     path, *names = payload.decode("utf-8", "surrogateescape").split("\0")
     return path, names
+
+
+def join_fields(*fields: str) -> bytes:
+    """An A or R frame's payload: text fields as a JSON array (a password may hold
+    any character, NUL included: SASL LOGIN's are base64 of anything)."""
+    return json.dumps(fields, separators=(",", ":")).encode("utf-8", "surrogateescape")
+
+
+def split_fields(payload: bytes, count: int) -> list[str]:
+    """join_fields' payload -> exactly count text fields (FrameError otherwise)."""
+    try:
+        fields = json.loads(payload)
+    except ValueError as e:
+        raise FrameError(f"bad fields: {e}") from None
+    if not isinstance(fields, list) or len(fields) != count or \
+            not all(isinstance(f, str) for f in fields):
+        raise FrameError(f"not {count} text fields")
+    return fields
 
 
 # -- log events: formatted where they happen, fields kept for the parent's observers --

@@ -26,39 +26,90 @@ from gateway.runnerproc import channel
 COUNTS_INTERVAL = 0.5  # seconds between looks at the runner's counts (metrics gauges)
 
 
-class ChildChannel(protocol.Protocol):
-    """The child's end: queue IDs in; deliveries, counts and log events out."""
+class ChildLink(protocol.Protocol):
+    """A child's end of its channel (stdin in, stdout out), for both kinds of child:
+    frames in go to handle(kind, payload); frames out are gathered (one pipe write
+    per GATHER); every log event of the process goes out as an L frame; the pipe's
+    close (the parent stopped or died) stops the reactor: no orphan."""
+
+    process = "runner"  # the JSON log's process= field
 
     def __init__(self, reactor):
         self.reactor = reactor
         self.decoder = channel.Decoder()
+        self._out: list[bytes] = []  # frames written before the pipe is connected
+        self._gather: channel.Gatherer | None = None  # frames, one pipe write per GATHER
+
+    def handle(self, kind: bytes, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            pairs = self.decoder.feed(data)
+            for kind, payload in pairs:
+                self.handle(kind, payload)
+        except channel.FrameError:
+            self.transport.loseConnection()
+
+    def connectionMade(self) -> None:
+        self._gather = channel.Gatherer(self.reactor, self.transport.write)
+        out, self._out = self._out, []
+        for data in out:
+            self._gather(data)
+
+    def connectionLost(self, reason=None) -> None:
+        # The parent closed the pipe (stopping) or died: stop, whatever is running.
+        if self._gather is not None:
+            self._gather.flush()
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _write(self, data: bytes) -> None:
+        if self._gather is None:
+            self._out.append(data)
+        else:
+            self._gather(data)
+
+    def observer(self) -> ILogObserver:
+        """The log observer: every event of this process, to the parent's log."""
+
+        @provider(ILogObserver)
+        def observe(event) -> None:
+            data = channel.frame(channel.LOG, channel.encode_event(event, self.process))
+            if threadable.isInIOThread():
+                self._write(data)
+            else:
+                self.reactor.callFromThread(self._write, data)
+
+        return observe
+
+
+class ChildChannel(ChildLink):
+    """The runner's end: queue IDs in; deliveries, counts and log events out."""
+
+    def __init__(self, reactor):
+        super().__init__(reactor)
         self.runner: Any = None  # IQueueListener, set once the runner has started
         self.reload: Any = None  # () -> None: reload the alias table
         self._waiting: list[tuple[str, Any]] = []  # IDs told before the runner started
         self._lock = threading.Lock()
         self._paths: dict[str, list[str]] = {}
-        self._out: list[bytes] = []  # frames written before the pipe is connected
         self._counts = (0, 0)
         self._loop: task.LoopingCall | None = None
-        self._gather: channel.Gatherer | None = None  # frames, one pipe write per GATHER
 
     # -- in --
 
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            pairs = self.decoder.feed(data)
-        except channel.FrameError:
-            self.transport.loseConnection()
-            return
-        for kind, payload in pairs:
-            if kind == channel.QUEUED:
-                qid, envelope = channel.split_queued(payload)
-                if self.runner is None:
-                    self._waiting.append((qid, envelope))
-                else:
-                    self.runner.enqueued(qid, envelope)
-            elif kind == channel.RELOAD and self.reload is not None:
-                self.reload()
+    def handle(self, kind: bytes, payload: bytes) -> None:
+        if kind == channel.QUEUED:
+            qid, envelope = channel.split_queued(payload)
+            if self.runner is None:
+                self._waiting.append((qid, envelope))
+            else:
+                self.runner.enqueued(qid, envelope)
+        elif kind == channel.RELOAD and self.reload is not None:
+            self.reload()
+        elif kind == channel.SCAN and self.runner is not None:
+            self.runner.pick_up()  # before the runner started: its start-up scan does it
 
     def started(self, runner: Any) -> None:
         """The runner has read the spool: IDs told meanwhile go to it now (an entry
@@ -72,13 +123,9 @@ class ChildChannel(protocol.Protocol):
         self._loop.start(COUNTS_INTERVAL, now=True)
 
     def connectionLost(self, reason=None) -> None:
-        # The parent closed the pipe (stopping) or died: stop, whatever is running.
-        if self._gather is not None:
-            self._gather.flush()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        if self.reactor.running:
-            self.reactor.stop()
+        super().connectionLost(reason)
 
     # -- out --
 
@@ -104,31 +151,6 @@ class ChildChannel(protocol.Protocol):
             self._counts = now
             self._write(channel.frame(channel.COUNTS, b"%d %d" % now))
 
-    def _write(self, data: bytes) -> None:
-        if self._gather is None:
-            self._out.append(data)
-        else:
-            self._gather(data)
-
-    def connectionMade(self) -> None:
-        self._gather = channel.Gatherer(self.reactor, self.transport.write)
-        out, self._out = self._out, []
-        for data in out:
-            self._gather(data)
-
-    def observer(self) -> ILogObserver:
-        """The log observer: every event of this process, to the parent's log."""
-
-        @provider(ILogObserver)
-        def observe(event) -> None:
-            data = channel.frame(channel.LOG, channel.encode_event(event))
-            if threadable.isInIOThread():
-                self._write(data)
-            else:
-                self.reactor.callFromThread(self._write, data)
-
-        return observe
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.runnerproc")
@@ -141,11 +163,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    from gateway import config, privileges, service, startup
+    from gateway import service
+
+    return serve(ChildChannel(reactor), args, lambda settings, link: service.build_runner(
+        settings, reactor, link, lock_wait=args.lock_wait))
+
+
+def serve(link: ChildLink, args: argparse.Namespace, build) -> int:
+    """A child's life: its log and stdio on the channel, the config loaded, its
+    services built by build(settings, link) as [server] user (args.uid/gid, when
+    started as root), started, and run until the channel closes or SIGTERM.
+    Serves the runner process and the accept workers (gateway/acceptproc)."""
+    from twisted.internet import reactor
+
+    from gateway import config, privileges, startup
     from gateway.errors import ConfigError, StartupError
 
     threadable.registerAsIOThread()
-    link = ChildChannel(reactor)
     globalLogBeginner.beginLoggingTo([link.observer()], redirectStandardIO=True)
     # stdout is the channel: nothing else may write to it (print goes to the log above).
     stdio.StandardIO(link, stdin=0, stdout=1, reactor=reactor)
@@ -156,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.uid is not None and os.geteuid() == 0:
             who = privileges.identity(args.uid, args.gid)
         with privileges.acting_as(who):
-            top = service.build_runner(settings, reactor, link, lock_wait=args.lock_wait)
+            top = build(settings, link)
         guard = startup.Guard(drop_to=who, serving=who)
         top.setServiceParent(guard)
         guard.privilegedStartService()

@@ -118,7 +118,7 @@ class Dispatch:
 
 
 class _ChildProtocol(protocol.ProcessProtocol):
-    def __init__(self, owner: RunnerProcess):
+    def __init__(self, owner: ChildProcess):
         self.owner = owner
         self.decoder = channel.Decoder()
         self._err = b""
@@ -133,20 +133,25 @@ class _ChildProtocol(protocol.ProcessProtocol):
             self.gather(data)
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
+        label = self.owner.label
         if fd == 1:
             try:
                 pairs = self.decoder.feed(data)
             except channel.FrameError as e:
-                log.error("runner process: bad message ({why}); stopping it", why=str(e))
+                log.error("{label}: bad message ({why}); stopping it", label=label, why=str(e))
                 self.transport.signalProcess("KILL")
                 return
-            self.owner.dispatch.frames(pairs)
+            try:
+                self.owner.dispatch.frames(pairs)
+            except channel.FrameError as e:
+                log.error("{label}: bad message ({why}); stopping it", label=label, why=str(e))
+                self.transport.signalProcess("KILL")
         else:
             self._err += data
             *lines, self._err = self._err.split(b"\n")
             for line in lines:
                 if line.strip():
-                    log.error("runner process: {line}",
+                    log.error("{label}: {line}", label=label,
                               line=line.decode("utf-8", "replace"))
 
     def processEnded(self, reason) -> None:
@@ -154,19 +159,31 @@ class _ChildProtocol(protocol.ProcessProtocol):
             self.gather.cancel()  # an ID not sent is found by the next child's scan
             self.gather = None
         if self._err.strip():
-            log.error("runner process: {line}", line=self._err.decode("utf-8", "replace"))
+            log.error("{label}: {line}", label=self.owner.label,
+                      line=self._err.decode("utf-8", "replace"))
         self.owner._ended(self, reason)
         self.ended.callback(None)
 
 
-@implementer(IQueueListener)
-class RunnerProcess(service.Service):
-    def __init__(self, reactor, argv: list[str], dispatch: Dispatch,
-                 stop_timeout: float = 30.0, env: dict[str, str] | None = None):
+class ChildProcess(service.Service):
+    """One child process of the gateway on a channel (channel.py): started in
+    privilegedStartService, started again after a backoff when it dies, stopped by
+    closing its stdin (killed after stop_timeout). What it says goes to
+    dispatch.frames(pairs); dispatch.child_ended() hears of each end. Serves the
+    runner process (RunnerProcess) and the SMTP accept workers (gateway/acceptproc).
+
+    fds: the gateway's descriptors the child gets beside its pipes, {child fd:
+    parent fd} (an accept worker's listening sockets)."""
+
+    def __init__(self, reactor, argv: list[str], dispatch: Any, stop_timeout: float = 30.0,
+                 env: dict[str, str] | None = None, label: str = "runner process",
+                 fds: dict[int, int] | None = None):
         self.reactor = reactor
         self.argv = argv
         self.dispatch = dispatch
         self.stop_timeout = stop_timeout
+        self.label = label
+        self.fds = dict(fds or {})
         # NOTIFY_SOCKET is the parent's: systemd hears READY=1 from the main PID only.
         self.env = env if env is not None else {
             k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
@@ -177,22 +194,16 @@ class RunnerProcess(service.Service):
         self._restart = None
         self._stopping = False
 
-    # -- IQueueListener --
-
-    def enqueued(self, queue_id: str, envelope: Any = None) -> None:
-        # Without a child (between a death and the restart) the ID is simply not
-        # sent: the next child's start-up scan of the spool finds the entry.
+    def send(self, data: bytes) -> None:
+        """Frames to the child; without one (between a death and the restart) they are
+        dropped: what they said is found again (the spool, the alias file)."""
         child = self.child
         if child is not None:
-            child.send(channel.frame(channel.QUEUED, channel.join_queued(queue_id, envelope)))
+            child.send(data)
 
-    def counts(self) -> dict[str, int]:
-        return self.dispatch.counts
-
-    def reload(self) -> None:
-        """SIGHUP: the child reloads its alias table as the parent does."""
-        if self.child is not None:
-            self.child.send(channel.frame(channel.RELOAD))
+    def pid(self) -> int | None:
+        child = self.child
+        return child.transport.pid if child is not None and child.transport else None
 
     # -- the process --
 
@@ -208,8 +219,12 @@ class RunnerProcess(service.Service):
         self.starts += 1
         self._started_at = self.reactor.seconds()
         self.reactor.spawnProcess(self.child, self.argv[0], self.argv, env=self.env,
-                                  childFDs={0: "w", 1: "r", 2: "r"})
-        log.info("runner process started (pid {pid})", pid=self.child.transport.pid)
+                                  childFDs={0: "w", 1: "r", 2: "r", **self.fds})
+        log.info("{label} started (pid {pid})", label=self.label,
+                 pid=self.child.transport.pid)
+        started = getattr(self.dispatch, "child_started", None)
+        if started is not None:
+            started()  # what the new child must know first (accept workers: full clients)
 
     def _ended(self, child: _ChildProtocol, reason) -> None:
         if child is self.child:
@@ -221,8 +236,9 @@ class RunnerProcess(service.Service):
             self._backoff = BACKOFF_FIRST
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
-        log.error("runner process ended ({how}); starting it again in {delay:.0f} s",
-                  how=f"signal {sig}" if sig else f"exit status {code}", delay=self._backoff)
+        log.error("{label} ended ({how}); starting it again in {delay:.0f} s",
+                  label=self.label, how=f"signal {sig}" if sig else f"exit status {code}",
+                  delay=self._backoff)
         self._restart = self.reactor.callLater(self._backoff, self._spawn)
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
@@ -242,13 +258,36 @@ class RunnerProcess(service.Service):
         child.ended.addBoth(lambda _: timer.cancel() if timer.active() else None)
         return child.ended
 
-    @staticmethod
-    def _kill(child: _ChildProtocol) -> None:
-        log.warn("runner process did not stop in time: killed")
+    def _kill(self, child: _ChildProtocol) -> None:
+        log.warn("{label} did not stop in time: killed", label=self.label)
         try:
             child.transport.signalProcess("KILL")
         except error.ProcessExitedAlready:
             pass
+
+
+@implementer(IQueueListener)
+class RunnerProcess(ChildProcess):
+    """The runner process: the parent's IQueueListener (queue IDs down the pipe)."""
+
+    # -- IQueueListener --
+
+    def enqueued(self, queue_id: str, envelope: Any = None) -> None:
+        # Without a child (between a death and the restart) the ID is simply not
+        # sent: the next child's start-up scan of the spool finds the entry.
+        self.send(channel.frame(channel.QUEUED, channel.join_queued(queue_id, envelope)))
+
+    def counts(self) -> dict[str, int]:
+        return self.dispatch.counts
+
+    def reload(self) -> None:
+        """SIGHUP: the child reloads its alias table as the parent does."""
+        self.send(channel.frame(channel.RELOAD))
+
+    def pick_up(self) -> None:
+        """An accept worker died: IDs it spooled but never told of are in the spool
+        only; the runner looks (QueueRunner.pick_up)."""
+        self.send(channel.frame(channel.SCAN))
 
 
 def folder_finder(*stores: Any) -> Callable[[str], list[Any]]:
