@@ -22,7 +22,7 @@ import datetime
 import re
 
 from gateway import memtrim
-from gateway.access.imap import addresses, message
+from gateway.access.imap import addresses, fieldsworker, message
 
 # (from, to, cc, bcc, subject, sent day ordinal or -1): the columns of the index.
 Fields = tuple[bytes, bytes, bytes, bytes, bytes, int]
@@ -185,10 +185,14 @@ def _sent_day(value: bytes | None) -> int | None:
 _BATCH = 5000  # rows per index transaction (the folder's lock is held for each)
 
 
-def fill(folder, uids: list[int]) -> None:
+def fill(folder, uids: list[int], process_min: int = 0) -> None:
     """Fill the index's search fields of uids (ascending) where they are missing.
     Blocking: the search thread. A message gone meanwhile is left out. The heads
     are read ahead (Folder.heads): the disk works while this thread parses.
+
+    When process_min ([imap] search_process_min, 0: never) or more are missing, a
+    child process parses a share of them meanwhile (fieldsworker.py); its rows are
+    written here, and whatever it could not do is read here as before.
 
     The rows are written by this thread, a batch at a time. (A second thread
     writing them beside the parsing was slower, not faster: the sqlite3 module
@@ -196,12 +200,43 @@ def fill(folder, uids: list[int]) -> None:
     threads traded it; a first SEARCH FROM of 100,000 messages took 3.2-3.5 s
     that way against 2.7 s in one thread, with 130,000 context switches.)"""
     todo = folder.without_fields(uids)
-    rows: list[tuple] = []
+    child, theirs = None, []
+    if process_min and len(todo) >= process_min:
+        # Imported here: the child imports this module, and store/folder.py's
+        # imports (twisted) would cost its start 0.3 s.
+        from gateway.store.folder import HEAD_READ
+
+        cut = len(todo) - int(len(todo) * fieldsworker.CHILD_SHARE)
+        theirs = [(u, name) for u in todo[cut:] if (name := folder.file_name(u)) is not None]
+        child = fieldsworker.start([name for _, name in theirs], HEAD_READ)
+        if child is not None:
+            todo = todo[:cut]
     with memtrim.paused_gc():  # rows of bytes and ints: no cycles
-        for uid, head in folder.heads(todo):
-            rows.append((uid, *of_head(head)))
-            if len(rows) >= _BATCH:
-                folder.put_fields(rows)
-                rows = []
+        _parse_and_put(folder, todo)
+        if child is not None:
+            answers = child.answers(len(theirs))
+            if answers is None:  # the child failed (logged): its share is done here
+                _parse_and_put(folder, [u for u, _ in theirs])
+                return
+            left = []
+            rows: list[tuple] = []
+            for (uid, _), fields in zip(theirs, answers, strict=True):
+                if fields is None:
+                    left.append(uid)
+                else:
+                    rows.append((uid, *fields))
+            del answers
+            for n in range(0, len(rows), _BATCH):
+                folder.put_fields(rows[n:n + _BATCH])
+            _parse_and_put(folder, left)
+
+
+def _parse_and_put(folder, uids: list[int]) -> None:
+    rows: list[tuple] = []
+    for uid, head in folder.heads(uids):
+        rows.append((uid, *of_head(head)))
+        if len(rows) >= _BATCH:
+            folder.put_fields(rows)
+            rows = []
     if rows:
         folder.put_fields(rows)
