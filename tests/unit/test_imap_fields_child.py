@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import marshal
 import os
+import sqlite3
 import sys
+import threading
 
 import pytest
 from imap_dialogue import BOX, Session, fresh_store, make_factory
@@ -118,13 +120,35 @@ def test_answers_of_the_wrong_shape_are_not_used(monkeypatch):
         def communicate(self):
             return self.out, b""
 
+    def child(proc) -> fieldsworker.Child:
+        fed = threading.Thread(target=lambda: None)
+        fed.start()
+        return fieldsworker.Child(proc, fed)
+
     ok = (b"a", b"b", b"", b"", b"s", 1)
-    assert fieldsworker.Child(Done(marshal.dumps([ok, None]))).answers(2) == [ok, None]
-    assert fieldsworker.Child(Done(marshal.dumps([ok]))).answers(2) is None
-    assert fieldsworker.Child(Done(b"not marshal")).answers(1) is None
+    assert child(Done(marshal.dumps([ok, None]))).answers(2) == [ok, None]
+    assert child(Done(marshal.dumps([ok]))).answers(2) is None
+    assert child(Done(b"not marshal")).answers(1) is None
     failed = Done(marshal.dumps([ok]))
     failed.returncode = 1
-    assert fieldsworker.Child(failed).answers(1) is None
+    assert child(failed).answers(1) is None
+
+
+def test_a_search_that_fails_ends_its_child(folder, monkeypatch):
+    started = []
+    real = fieldsworker.start
+    monkeypatch.setattr(fieldsworker, "start",
+                        lambda paths, head_read: started.append(real(paths, head_read))
+                        or started[-1])
+
+    def broken(rows):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(folder, "put_fields", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        searchfields.fill(folder, list(folder.uids), process_min=1)
+    assert started and started[0].proc.returncode is not None  # ended and reaped
+    assert not started[0].feeder.is_alive()
 
 
 def test_the_child_reads_paths_and_answers_in_their_order(tmp_path, monkeypatch):

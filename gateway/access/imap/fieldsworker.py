@@ -29,6 +29,7 @@ import marshal
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,15 @@ def _warn(text: str, **fields: Any) -> None:
 
 
 class Child:
-    """One running child and the paths it was given."""
+    """One running child, and the thread that hands it its paths."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
+    def __init__(self, proc: subprocess.Popen, feeder: threading.Thread) -> None:
+        self.proc, self.feeder = proc, feeder
 
     def answers(self, count: int) -> list | None:
         """The child's answer per path (fields, or None: the parent does that one), or
         None when the child failed as a whole (then the parent does them all)."""
+        self.feeder.join()
         try:
             out, err = self.proc.communicate()
         except OSError as e:
@@ -65,7 +67,7 @@ class Child:
             return None
         if self.proc.returncode != 0:
             _warn("search fields child ended with {code}: {err}",
-                      code=self.proc.returncode, err=err.decode("utf-8", "replace")[-500:])
+                  code=self.proc.returncode, err=err.decode("utf-8", "replace")[-500:])
             return None
         try:
             found = marshal.loads(out)
@@ -74,9 +76,16 @@ class Child:
             return None
         if not isinstance(found, list) or len(found) != count:
             _warn("search fields child answered {n} of {count}",
-                      n=len(found) if isinstance(found, list) else -1, count=count)
+                  n=len(found) if isinstance(found, list) else -1, count=count)
             return None
         return found
+
+    def stop(self) -> None:
+        """End the child if it still runs (the search failed before its answers)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        self.feeder.join()
 
 
 def start(paths: Sequence[str], head_read: int) -> Child | None:
@@ -92,18 +101,26 @@ def start(paths: Sequence[str], head_read: int) -> Child | None:
     except OSError as e:
         _warn("search fields child could not start: {error}", error=e)
         return None
+    # The paths are written by a thread (blocked in write(), without the GIL, while
+    # the child starts): the search thread starts on its own share at once. The
+    # child reads them all before it writes anything: no deadlock.
+    feeder = threading.Thread(target=_feed, args=(proc.stdin, _SEP.join(map(os.fsencode, paths))),
+                              name="search-fields-feed", daemon=True)
+    proc.stdin = None  # the feeder's now: communicate() must not touch it
+    feeder.start()
+    return Child(proc, feeder)
+
+
+def _feed(pipe, payload: bytes) -> None:
     try:
-        # The child reads all of this before it writes anything: no deadlock.
-        assert proc.stdin is not None
-        proc.stdin.write(_SEP.join(os.fsencode(p) for p in paths))
-        proc.stdin.close()
-        proc.stdin = None  # closed: communicate() must not flush it
-    except OSError as e:  # it died at once (BrokenPipeError): its stderr says why
-        _warn("search fields child lost: {error}", error=e)
-        proc.kill()
-        proc.communicate()
-        return None
-    return Child(proc)
+        pipe.write(payload)
+    except OSError:
+        pass  # the child ended early (BrokenPipeError): answers() says why
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass
 
 
 def read_head(path: bytes, head_read: int) -> bytes | None:

@@ -211,24 +211,31 @@ def fill(folder, uids: list[int], process_min: int = 0) -> None:
         child = fieldsworker.start([name for _, name in theirs], HEAD_READ)
         if child is not None:
             todo = todo[:cut]
-    with memtrim.paused_gc():  # rows of bytes and ints: no cycles
-        _parse_and_put(folder, todo)
+    try:
+        with memtrim.paused_gc():  # rows of bytes and ints: no cycles
+            _parse_and_put(folder, todo)
+            if child is not None:
+                _put_answers(folder, theirs, child.answers(len(theirs)))
+    finally:
         if child is not None:
-            answers = child.answers(len(theirs))
-            if answers is None:  # the child failed (logged): its share is done here
-                _parse_and_put(folder, [u for u, _ in theirs])
-                return
-            left = []
-            rows: list[tuple] = []
-            for (uid, _), fields in zip(theirs, answers, strict=True):
-                if fields is None:
-                    left.append(uid)
-                else:
-                    rows.append((uid, *fields))
-            del answers
-            for n in range(0, len(rows), _BATCH):
-                folder.put_fields(rows[n:n + _BATCH])
-            _parse_and_put(folder, left)
+            child.stop()  # still running only if this thread failed first
+
+
+def _put_answers(folder, theirs: list[tuple[int, str]], answers: list | None) -> None:
+    """Write the child's rows; parse here what it could not (all, if it failed)."""
+    if answers is None:  # the child failed (logged): its share is done here
+        _parse_and_put(folder, [u for u, _ in theirs])
+        return
+    left = []
+    rows: list[tuple] = []
+    for (uid, _), fields in zip(theirs, answers, strict=True):
+        if fields is None:
+            left.append(uid)
+        else:
+            rows.append((uid, *fields))
+    for n in range(0, len(rows), _BATCH):
+        folder.put_fields(rows[n:n + _BATCH])
+    _parse_and_put(folder, left)
 
 
 def _parse_and_put(folder, uids: list[int]) -> None:
