@@ -14,7 +14,6 @@ import marshal
 import os
 import sqlite3
 import sys
-import threading
 
 import pytest
 from imap_dialogue import BOX, Session, fresh_store, make_factory
@@ -121,9 +120,7 @@ def test_answers_of_the_wrong_shape_are_not_used(monkeypatch):
             return self.out, b""
 
     def child(proc) -> fieldsworker.Child:
-        fed = threading.Thread(target=lambda: None)
-        fed.start()
-        return fieldsworker.Child(proc, fed)
+        return fieldsworker.Child(proc)
 
     ok = (b"a", b"b", b"", b"", b"s", 1)
     assert child(Done(marshal.dumps([ok, None]))).answers(2) == [ok, None]
@@ -148,7 +145,6 @@ def test_a_search_that_fails_ends_its_child(folder, monkeypatch):
     with pytest.raises(sqlite3.OperationalError):
         searchfields.fill(folder, list(folder.uids), process_min=1)
     assert started and started[0].proc.returncode is not None  # ended and reaped
-    assert not started[0].feeder.is_alive()
 
 
 def test_the_child_reads_paths_and_answers_in_their_order(tmp_path, monkeypatch):

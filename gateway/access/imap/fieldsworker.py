@@ -18,8 +18,9 @@ itself as it always did (Folder.heads finds a renamed file again). A child
 that cannot start or fails as a whole only means the parent parses its
 share too.
 
-Between the two, nothing but bytes the parent made: the file paths in, a
-marshal of the answers (tuples of bytes and ints) out, through pipes.
+Between the two, nothing but bytes the parent made: the file paths in (an
+unlinked temporary file as the child's stdin), a marshal of the answers
+(tuples of bytes and ints) out (a pipe).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import marshal
 import os
 import subprocess
 import sys
-import threading
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,14 @@ def _warn(text: str, **fields: Any) -> None:
 
 
 class Child:
-    """One running child, and the thread that hands it its paths."""
+    """One running child."""
 
-    def __init__(self, proc: subprocess.Popen, feeder: threading.Thread) -> None:
-        self.proc, self.feeder = proc, feeder
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
 
     def answers(self, count: int) -> list | None:
         """The child's answer per path (fields, or None: the parent does that one), or
         None when the child failed as a whole (then the parent does them all)."""
-        self.feeder.join()
         try:
             out, err = self.proc.communicate()
         except OSError as e:
@@ -84,8 +84,7 @@ class Child:
         """End the child if it still runs (the search failed before its answers)."""
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
-        self.feeder.join()
+        self.proc.communicate()
 
 
 def start(paths: Sequence[str], head_read: int) -> Child | None:
@@ -93,34 +92,23 @@ def start(paths: Sequence[str], head_read: int) -> Child | None:
     code = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
             "from gateway.access.imap.fieldsworker import main; main()")
     try:
-        # -I: no current directory, user site or PYTHON* variables in the child's
-        # imports; the gateway is found where this process found it (_ROOT).
-        proc = subprocess.Popen([sys.executable, "-I", "-c", code, str(head_read)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True)
+        # The paths reach the child through an unlinked file, not a pipe: written in
+        # one call, the search thread starts on its own share at once. (Through a
+        # pipe, a thread feeding it took the GIL back for every 64 KiB the child read,
+        # waiting each time for the parsing thread to let go: the child began late.)
+        with tempfile.TemporaryFile() as given:
+            given.write(_SEP.join(map(os.fsencode, paths)))
+            given.flush()
+            given.seek(0)
+            # -I: no current directory, user site or PYTHON* variables in the child's
+            # imports; the gateway is found where this process found it (_ROOT).
+            proc = subprocess.Popen([sys.executable, "-I", "-c", code, str(head_read)],
+                                    stdin=given, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, close_fds=True)
     except OSError as e:
         _warn("search fields child could not start: {error}", error=e)
         return None
-    # The paths are written by a thread (blocked in write(), without the GIL, while
-    # the child starts): the search thread starts on its own share at once. The
-    # child reads them all before it writes anything: no deadlock.
-    feeder = threading.Thread(target=_feed, args=(proc.stdin, _SEP.join(map(os.fsencode, paths))),
-                              name="search-fields-feed", daemon=True)
-    proc.stdin = None  # the feeder's now: communicate() must not touch it
-    feeder.start()
-    return Child(proc, feeder)
-
-
-def _feed(pipe, payload: bytes) -> None:
-    try:
-        pipe.write(payload)
-    except OSError:
-        pass  # the child ended early (BrokenPipeError): answers() says why
-    finally:
-        try:
-            pipe.close()
-        except OSError:
-            pass
+    return Child(proc)
 
 
 def read_head(path: bytes, head_read: int) -> bytes | None:
