@@ -109,26 +109,35 @@ def test_a_child_that_fails_leaves_its_share_to_the_search_thread(folder, monkey
     assert rows_of(folder) == expected(folder)
 
 
-def test_answers_of_the_wrong_shape_are_not_used(monkeypatch):
-    class Done:
-        returncode = 0
-
+def test_answers_come_in_batches_and_a_broken_stream_ends_them(monkeypatch):
+    class Proc:
         def __init__(self, out: bytes) -> None:
-            self.out = out
+            self.stdout = io.BytesIO(out)
 
-        def communicate(self):
-            return self.out, b""
-
-    def child(proc) -> fieldsworker.Child:
-        return fieldsworker.Child(proc)
+    def batches(out: bytes) -> list:
+        errors = io.BytesIO()
+        return list(fieldsworker.Child(Proc(out), errors).batches())
 
     ok = (b"a", b"b", b"", b"", b"s", 1)
-    assert child(Done(marshal.dumps([ok, None]))).answers(2) == [ok, None]
-    assert child(Done(marshal.dumps([ok]))).answers(2) is None
-    assert child(Done(b"not marshal")).answers(1) is None
-    failed = Done(marshal.dumps([ok]))
-    failed.returncode = 1
-    assert child(failed).answers(1) is None
+    assert batches(marshal.dumps([ok, None]) + marshal.dumps([ok])) == [[ok, None], [ok]]
+    assert batches(marshal.dumps([ok]) + b"not marshal") == [[ok]]
+    assert batches(marshal.dumps([ok]) + marshal.dumps({"x": 1})) == [[ok]]
+    assert batches(b"") == []
+
+
+def test_a_child_that_answers_more_than_it_was_asked_is_not_believed(folder, monkeypatch):
+    """Answers past the paths given (a child gone wrong) are dropped, and what they
+    would have covered is parsed by the search thread."""
+
+    class Liar:
+        def batches(self):
+            yield [(b"x", b"", b"", b"", b"", -1)] * (len(theirs) + 1)
+
+    uids = list(folder.uids)
+    theirs = uids[-3:]
+    searchfields._put_answers(folder, theirs, Liar())
+    want = expected(folder)
+    assert rows_of(folder) == {u: want[u] for u in theirs}
 
 
 def test_a_search_that_fails_ends_its_child(folder, monkeypatch):
@@ -157,14 +166,17 @@ def test_the_child_reads_paths_and_answers_in_their_order(tmp_path, monkeypatch)
     monkeypatch.setattr(sys, "stdin", stdin)
     monkeypatch.setattr(sys, "stdout", stdout)
     monkeypatch.setattr(sys, "argv", ["child", str(HEAD_READ)])
+    monkeypatch.setattr(fieldsworker, "BATCH", 2)
     gc_was = fieldsworker.gc.isenabled()
     try:
         fieldsworker.main()
     finally:
         if gc_was:
             fieldsworker.gc.enable()
-    got = marshal.loads(stdout.buffer.getvalue())
-    assert got == [searchfields.of_head(HEADS[0]), None, None]
+    records = io.BytesIO(stdout.buffer.getvalue())
+    got = [marshal.load(records), marshal.load(records)]
+    assert got == [[searchfields.of_head(HEADS[0]), None], [None]]
+    assert records.read() == b""
 
 
 def test_search_process_min_is_a_named_setting_and_reaches_the_fill(tmp_path, monkeypatch):

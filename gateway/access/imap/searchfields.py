@@ -215,27 +215,30 @@ def fill(folder, uids: list[int], process_min: int = 0) -> None:
         with memtrim.paused_gc():  # rows of bytes and ints: no cycles
             _parse_and_put(folder, todo)
             if child is not None:
-                _put_answers(folder, theirs, child.answers(len(theirs)))
+                _put_answers(folder, [u for u, _ in theirs], child)
     finally:
         if child is not None:
             child.stop()  # still running only if this thread failed first
 
 
-def _put_answers(folder, theirs: list[tuple[int, str]], answers: list | None) -> None:
-    """Write the child's rows; parse here what it could not (all, if it failed)."""
-    if answers is None:  # the child failed (logged): its share is done here
-        _parse_and_put(folder, [u for u, _ in theirs])
-        return
-    left = []
-    rows: list[tuple] = []
-    for (uid, _), fields in zip(theirs, answers, strict=True):
-        if fields is None:
-            left.append(uid)
-        else:
-            rows.append((uid, *fields))
-    for n in range(0, len(rows), _BATCH):
-        folder.put_fields(rows[n:n + _BATCH])
-    _parse_and_put(folder, left)
+def _put_answers(folder, theirs: list[int], child: fieldsworker.Child) -> None:
+    """Write the child's rows as its batches come; parse here what it could not (all
+    that no batch answered, if it failed)."""
+    done = 0
+    left: list[int] = []
+    for answers in child.batches():
+        uids = theirs[done:done + len(answers)]
+        if len(uids) != len(answers):  # more answers than paths: none of it is trusted
+            break
+        done += len(answers)
+        rows = []
+        for uid, fields in zip(uids, answers, strict=True):
+            if fields is None:
+                left.append(uid)
+            else:
+                rows.append((uid, *fields))
+        folder.put_fields(rows)
+    _parse_and_put(folder, left + theirs[done:])
 
 
 def _parse_and_put(folder, uids: list[int]) -> None:
