@@ -38,7 +38,8 @@ from typing import IO, Any
 
 # The child's share of the heads: the parent also writes every row to the index
 # (about a fifth of the work per message) and starts the child (~0.1 s), so the
-# child takes more than half (100,000 messages: 1.2 s with 0.6 against 2.3 s alone).
+# child takes more than half (100,000 messages, CPU: the parent 1.6-1.9 s, the
+# child 1.2-1.35 s, against 2.3-3.0 s for the parent alone; bench/RESULTS.md).
 CHILD_SHARE = 0.6
 _SEP = b"\0"  # between paths in: no file name holds a NUL
 BATCH = 5000  # answers per marshal record out: what the parent holds at a time
