@@ -102,6 +102,9 @@ class ImapSettings:
     # Search keys in one SEARCH, and message bytes it may read (BODY, TEXT, HEADER).
     max_search_keys: int = 100
     max_search_bytes: int = 1073741824  # 1 GiB: a BODY search of a 100,000-message INBOX
+    # Header fields a first SEARCH FROM/SUBJECT/... must fill past which a child
+    # process parses a share of them beside the search thread (0: never).
+    search_process_min: int = 20000
     # Octets of all literals of one command (APPEND's message apart), and before login.
     max_command_literals: int = 262144
     max_unauthenticated_literals: int = 8192
@@ -790,6 +793,7 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         max_nesting=r.positive("imap", "max_nesting", int, d.max_nesting),
         max_search_keys=r.positive("imap", "max_search_keys", int, d.max_search_keys),
         max_search_bytes=r.positive("imap", "max_search_bytes", int, d.max_search_bytes),
+        search_process_min=r.get("imap", "search_process_min", int, d.search_process_min),
         max_command_literals=r.positive("imap", "max_command_literals", int,
                                         d.max_command_literals),
         max_unauthenticated_literals=r.positive("imap", "max_unauthenticated_literals", int,
@@ -804,6 +808,9 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         sendfile_from=r.get("imap", "sendfile_from", int, d.sendfile_from),
         compress_level=r.positive("imap", "compress_level", int, d.compress_level),
     )
+    if imap.search_process_min < 0:
+        r.fault("imap", "search_process_min",
+                f"must be 0 or more, not {imap.search_process_min}")
     if imap.append_in_memory < 0:
         r.fault("imap", "append_in_memory", f"must be 0 or more, not {imap.append_in_memory}")
     if imap.sendfile_from < 0:

@@ -43,6 +43,16 @@ HEADS = [
     b"From: a@b.example\r\nX-Long: " + b"y" * 9000 + b"\r\nSubject: past 8 KiB\r\n\r\n",
     b"From: Folded Name\n <folded@example.org>\nTo:   \n\tspaced@example.org  \n"
     b"Date: Mon, 01 Jan\n 2024 10:00:00 +0000\n\n",
+    # Blanks of every kind Part strips between a name and its colon; the first field
+    # of a name counts whatever its spelling.
+    b"From\t: tab@example.org\nSubject  : spaced subject\nFrom: second@example.org\n"
+    b"Date :  2 Jan 2024 1:00 GMT  \n\n",
+    b"To\x0b: vt@example.org\nCc\x0c:ff@example.org\nCc: second@example.org\n"
+    b"To: second@example.org\n\n",
+    b"Subject: crlf blank\r\n\r\nFrom: body@example.org\n\nmore\n",  # CRLF end first
+    b"Subject: lf blank\n\nFrom: body@example.org\r\n\r\n",  # LF end first, CRLF later
+    b"Date: \t Mon, 01 Jan 2024 10:00:00 +0000 \r\nDATE: 5 Feb 2024 1:00 GMT\r\n\r\n",
+    b"Date: Mon, 01 JAN 2024 10:00:00 +0000\nSubject: upper month\n\n",
 ]
 
 
@@ -245,9 +255,9 @@ def test_an_encoded_part_is_passed_over_only_when_it_is_surely_no_text(ctype, pa
         assert "quokka" in searchtext.body_text(searchtext.parse(data))
 
 
-def test_many_fields_are_written_beside_the_parsing_and_a_failed_write_fails(env,
-                                                                             monkeypatch):
-    """Past one batch, fill() hands each batch to a writer thread: every row arrives,
+def test_many_fields_are_written_a_batch_at_a_time_and_a_failed_write_fails(env,
+                                                                            monkeypatch):
+    """Past one batch, fill() writes each batch as it is parsed: every row arrives,
     and a write that fails makes the fill (the SEARCH) fail, never a silent gap."""
     monkeypatch.setattr(searchfields, "_BATCH", 4)
     deliver_all(env, [h + b"body\r\n" for h in HEADS])

@@ -65,6 +65,9 @@ class Budget:
         self.depth = settings.max_nesting
         self.bytes = settings.max_search_bytes
         self.bytes_read = 0
+        # Header fields to fill past which a child process parses a share of them
+        # ([imap] search_process_min, searchfields.fill); 0: never.
+        self.process_min = settings.search_process_min
 
     def read(self, n: int) -> None:
         self.bytes_read += n
@@ -78,15 +81,18 @@ class Shared:
     keys (one SQL query each over the index's search fields, filled first where
     missing) and the Date days for SENT*."""
 
-    def __init__(self, view: View, pairs: list[tuple[int, int, object]]) -> None:
+    def __init__(self, view: View, pairs: list[tuple[int, int, object]],
+                 process_min: int = 0) -> None:
         self.view, self.pairs = view, pairs  # (seq, uid, store message) searched
+        self.process_min = process_min  # Budget.process_min
         self._filled = False
         self._matches: dict[tuple[str, str], set[int]] = {}
         self._sent: dict[int, int] | None = None
 
     def _fill(self) -> None:
         if not self._filled:
-            searchfields.fill(self.view.folder, [u for _, u, _ in self.pairs])
+            searchfields.fill(self.view.folder, [u for _, u, _ in self.pairs],
+                              self.process_min)
             self._filled = True
 
     def matches(self, field: str, s: str) -> set[int]:
@@ -350,7 +356,7 @@ def run(view: View, predicate: Predicate, uid: bool, budget: Budget | None = Non
         by_uid = folder.by_uid
         pairs = [(n, u, m) for n, u in enumerate(view.uids, 1)
                  if (m := by_uid.get(u)) is not None]
-    shared = Shared(view, pairs)
+    shared = Shared(view, pairs, budget.process_min if budget is not None else 0)
     try:
         return [u if uid else n for n, u, m in pairs
                 if predicate(Message(n, u, m, view, shared, budget))]
