@@ -104,6 +104,8 @@ class Listing:
         # (sub, suffix, kw) by number: only grows, so a number read once stays valid.
         self.states: list[tuple[str, str, str]] = []
         self._state_ids: dict[tuple[str, str, str], int] = {}
+        # state_ids_where()'s answers: (letter, present) -> (states, how many seen, ids).
+        self._where_ids: dict[tuple[str, bool], tuple[list, int, set[int]]] = {}
         self._c = _empty()
 
     # The current columns (read-only views for the folder and tests).
@@ -284,8 +286,22 @@ class Listing:
         return None if i < 0 else c.state[i]
 
     def state_ids_where(self, letter: str, present: bool) -> set[int]:
-        return {n for n, (_, suffix, _) in enumerate(self.states)
-                if (letter in letters_of(suffix)) == present}
+        """The numbers of the states whose info has (or lacks) letter. Kept and only
+        extended by the states added since: a busy folder gathers thousands of
+        (sub, suffix, kw) (imaptest's stress: every flag and keyword mix), and each
+        SELECT and STATUS asks this. Never changed once returned (a new set instead)."""
+        states = self.states
+        key = (letter, present)
+        seen = self._where_ids.get(key)
+        if seen is not None and seen[0] is states and seen[1] == len(states):
+            return seen[2]
+        start, ids = (seen[1], seen[2]) if seen is not None and seen[0] is states else (0, set())
+        more = {n for n in range(start, len(states))
+                if (letter in letters_of(states[n][1])) == present}
+        if more:
+            ids = ids | more
+        self._where_ids[key] = (states, len(states), ids)
+        return ids
 
     def count(self, letter: str, present: bool = True) -> int:
         """Messages whose info has (or lacks) letter ("S": seen, "T": deleted)."""

@@ -212,3 +212,31 @@ def test_shutdown_saves_the_listing_of_a_folder_whose_rows_changed(tmp_path):
     service.startService()
     service.stopService()
     assert Index(box).load_listing() is not None
+
+
+def test_letter_questions_scan_only_the_states_added_since_and_stay_right(monkeypatch):
+    lst = filled()
+    assert lst.count("S") == 1 and lst.count("S", present=False) == 2
+    # Each flag change makes a new (sub, suffix, kw); the answers follow them.
+    m = lst[2]
+    m.suffix = ":2,ST"
+    lst.put(m)
+    assert lst.count("S") == 2 and lst.with_letter("T") == [2]
+    scanned = []
+    real = __import__("gateway.store.listing", fromlist=["letters_of"]).letters_of
+
+    def counting(suffix):
+        scanned.append(suffix)
+        return real(suffix)
+
+    monkeypatch.setattr("gateway.store.listing.letters_of", counting)
+    before = lst.state_ids_where("S", True)
+    for _ in range(50):  # a SELECT or STATUS each: nothing new to look at
+        assert lst.count("S") == 2 and lst.first_without("S", lst.uids) == 3
+    assert scanned == [":2,ST"]  # once, for the first "without S" question
+    m = lst[3]
+    m.suffix = ":2,S"
+    lst.put(m)
+    assert lst.count("S") == 3 and lst.first_without("S", lst.uids) == 0
+    assert scanned == [":2,ST", ":2,S", ":2,S"]  # only the new state, once per question
+    assert 0 in before and len(before) == 2  # an answer handed out is never changed
