@@ -60,6 +60,15 @@ def port_open(port: int) -> bool:
         return False
 
 
+def alive(pid: int) -> bool:
+    """Whether process pid runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def children(parent_pid: int, needle: bytes) -> list[int]:
     """The live child processes of parent_pid whose command line holds needle, by /proc."""
     found = []

@@ -13,7 +13,7 @@ import smtplib
 import socket
 
 import pytest
-from conftest import PASSWORD, children, free_port, wait_for
+from conftest import PASSWORD, alive, children, free_port, wait_for
 from smtp_sink import SMTPSink
 
 USER = "alice@example.test"
@@ -22,14 +22,6 @@ ON = "[smtp]\naccept_workers = 2\n[auth]\nplaintext_from_loopback = true\n"
 
 def workers(gw) -> list[int]:
     return children(gw.proc.pid, b"gateway.acceptproc")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def send(gw, n: int = 1, tag: str = "m", to: tuple[str, ...] = (USER,)) -> None:

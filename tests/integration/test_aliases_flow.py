@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import children, wait_for
+from conftest import alive, children, wait_for
 
 USERS = ("alice@example.test", "bob@example.test", "carol@example.test")
 
@@ -146,7 +146,7 @@ def test_hanging_program_is_killed_at_the_timeout_and_retried(make_gateway, tmp_
     wait_for(lambda: (out_dir / "done").exists(), what="the second run")
     child = int((out_dir / "child").read_text())
     # The whole process group was killed, the program's own children too.
-    wait_for(lambda: not _alive(child), what="the sleeping child killed")
+    wait_for(lambda: not alive(child), what="the sleeping child killed")
     gw.wait_log("killed after 1s")
 
 
@@ -156,15 +156,6 @@ def read_mbox(path: Path) -> list:
         return list(box)
     finally:
         box.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead
-        return f.read().split()[2] != "Z"
 
 
 def test_alias_loop_bounces_once_with_a_loop_diagnostic(make_gateway, tmp_path):

@@ -9,7 +9,7 @@ import smtplib
 import subprocess
 import sys
 
-from conftest import wait_for
+from conftest import alive, wait_for
 
 USER = "alice@example.test"
 ON = "[queue]\nrunner_process = true\n"
@@ -20,14 +20,6 @@ def send(gw, n: int = 1, tag: str = "m") -> None:
         for i in range(n):
             s.sendmail("bob@remote.test", [USER],
                        f"Subject: {tag}{i}\r\nMessage-ID: <{tag}{i}@r.test>\r\n\r\nbody {i}\r\n")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_mail_is_delivered_by_the_runner_process_and_idle_hears_of_it_at_once(make_gateway):
