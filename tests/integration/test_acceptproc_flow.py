@@ -13,7 +13,7 @@ import smtplib
 import socket
 
 import pytest
-from conftest import PASSWORD, alive, children, free_port, wait_for
+from conftest import PASSWORD, alive, children, client_context, free_port, wait_for
 from smtp_sink import SMTPSink
 
 USER = "alice@example.test"
@@ -170,3 +170,29 @@ def test_no_worker_outlives_the_gateway(make_gateway):
     gw.start()
     send(gw)
     gw.wait_messages(USER, 1)
+
+
+def test_workers_take_mail_over_starttls_and_the_implicit_tls_front(make_tls_gateway, ca):
+    # The workers inherit the sockets the TLS front forwards 465 to (proxied), and
+    # offer STARTTLS with the gateway's certificate on 587.
+    from test_tlsfront_flow import SMTPFromClient, front_config, wait_ports
+
+    smtps, pop3s = free_port(), free_port()
+    gw = make_tls_gateway("[smtp]\naccept_workers = 2\n\n" + front_config(smtps, pop3s))
+    wait_for(lambda: gw.log_text().count("accept worker for") == 2, what="both workers")
+    wait_ports(smtps, pop3s)
+    for i in range(3):  # sessions that land on either worker
+        with smtplib.SMTP("127.0.0.1", gw.ports["submission"], timeout=10) as s:
+            s.ehlo("client.test")
+            assert not s.has_extn("auth")  # AUTH only over TLS
+            s.starttls(context=client_context(ca))
+            s.login(USER, PASSWORD)
+            s.sendmail(USER, [USER], f"Subject: starttls {i}\r\n\r\nbody\r\n".encode())
+        with SMTPFromClient(smtps, ca) as s:
+            code, reply = s.ehlo("client.test")
+            assert code == 250 and b"[127.0.0.2]" in reply  # the real client, via PROXY
+            s.login(USER, PASSWORD)
+            s.sendmail(USER, [USER], f"Subject: implicit {i}\r\n\r\nbody\r\n".encode())
+    gw.wait_messages(USER, 6)
+    log = gw.log_text()
+    assert log.count("client=unknown[127.0.0.2]") >= 3
