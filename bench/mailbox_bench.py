@@ -114,7 +114,14 @@ class Gateway(MailgatewayImap):
         if self.runner_process is not None:
             settings["queue"]["runner_process"] = self.runner_process
         for section, key, value in self.more:
-            settings.setdefault(section, {})[key] = value
+            if section != "env":
+                settings.setdefault(section, {})[key] = value
+
+    def env(self) -> dict[str, str]:
+        """--set env.NAME=VALUE: an environment variable of the gateway, not a setting."""
+        env = super().env()
+        env.update({key: str(value) for section, key, value in self.more if section == "env"})
+        return env
 
     def prepare(self, rundir: Path, smtp_port: int, imap_port: int, cur: Path) -> None:
         self.smtp_port = smtp_port
@@ -267,14 +274,16 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[R
                 f"| {name} | {inbox:,} | {fmt(s['accepted'])} | {fmt(s['mailbox'])} "
                 f"| {fmt(s['cpu'], 2)} | {fmt(s['rss'], 1)} | {fmt(s['pss'], 1)} "
                 f"| {fmt(s['index'], 2)} | {int(s['ok'] or 0)}/{int(s['all'] or 0)} |")
-    peers = [n for n in names if n != "mailgateway"]
+    ours = [n for n in names if n.startswith("mailgateway")]
+    peers = [n for n in names if not n.startswith("mailgateway")] or \
+        [n for n in ours if n != "mailgateway"]
     if "mailgateway" in names and peers:
         lines += ["", "| ratio mailgateway/peer | INBOX before | accepted | in the mailbox "
                   "| CPU/msg | peak RSS |", "|---|---:|---:|---:|---:|---:|"]
-        for peer in peers:
+        for peer, mine in [(p, m) for p in peers for m in ours if m != p]:
             for inbox in args.inbox:
-                g, p = sums["mailgateway", inbox], sums[peer, inbox]
-                lines.append(f"| mailgateway/{peer} | {inbox:,} "
+                g, p = sums[mine, inbox], sums[peer, inbox]
+                lines.append(f"| {mine}/{peer} | {inbox:,} "
                              f"| {ratio(g['accepted'], p['accepted'])} "
                              f"| {ratio(g['mailbox'], p['mailbox'])} | {ratio(g['cpu'], p['cpu'])} "
                              f"| {ratio(g['rss'], p['rss'])} |")
@@ -313,7 +322,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runner-process", choices=("true", "false"), default=None,
                         help="mailgateway's [queue] runner_process (default: its default.toml's)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="one more mailgateway setting, VALUE in TOML (queue.sync='file')")
+                        help="one more mailgateway setting, VALUE in TOML (queue.sync='file'); "
+                        "env.NAME=VALUE sets an environment variable of the gateway")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="NAME:SECTION.KEY=VALUE;...",
+                        help="also run mailgateway with these settings on top of the others', "
+                        "as \"mailgateway-NAME\", in the same rounds "
+                        "(runner:queue.runner_process=true)")
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="also run the mailgateway checkout in DIR (e.g. `git archive` of an "
                         "older commit), as \"mailgateway-before\", in the same rounds")
@@ -358,6 +373,15 @@ def main(argv: list[str] | None = None) -> int:
             before.name = "mailgateway-before"
             before.queue_concurrency = args.queue_concurrency
             servers.append(before)
+        for spec in args.variant:  # the same gateway with other settings, as one more peer
+            label, _, items = spec.partition(":")
+            variant = Gateway(workdir, args.recipient, venv, REPO, args.sessions)
+            variant.name = f"mailgateway-{label}"
+            variant.queue_concurrency = args.queue_concurrency
+            variant.accept_workers = args.accept_workers
+            variant.more = tuple(parse_set(item) for item in [*args.set, *items.split(";")]
+                                 if item.strip())
+            servers.append(variant)
         for name in args.servers:
             server: Setup = (Gateway(workdir, args.recipient, venv, REPO, args.sessions)
                              if name == "mailgateway"

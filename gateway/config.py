@@ -182,6 +182,9 @@ class QueueSettings:
     # Local copies of one message (an alias's or a list's mailboxes) written as one
     # call of a group commit, one sync for their data and one for their names.
     local_batch: int = 1000
+    # Files of removed spool entries kept, emptied, for new entries to reuse instead
+    # of creating files (queue/spare.py); 0: every file is unlinked.
+    spare_files: int = 1000
     # The queue runner and every delivery in a process of their own, beside the
     # listeners' (gateway/runnerproc): two cores instead of one GIL. Off by default:
     # measured slower so far (bench/RESULTS.md, 2026-11-26 22:50).
@@ -575,10 +578,14 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         sync=r.get("queue", "sync", str, "filesystem"),
         writeback_window=r.get("queue", "writeback_window", int, QueueSettings.writeback_window),
         local_batch=r.positive("queue", "local_batch", int, QueueSettings.local_batch),
+        spare_files=r.get("queue", "spare_files", int, QueueSettings.spare_files),
         runner_process=r.get("queue", "runner_process", bool, QueueSettings.runner_process),
     )
     if queue.sync not in SYNC_MODES:
         r.fault("queue", "sync", f"must be \"filesystem\" or \"file\", not {queue.sync!r}")
+    if queue.spare_files < 0:
+        r.fault("queue", "spare_files",
+                f"must be 0 (off) or a number of files, not {queue.spare_files}")
     if queue.writeback_window < 0:
         r.fault("queue", "writeback_window",
                 f"must be 0 (off) or a number of bytes, not {queue.writeback_window}")

@@ -299,7 +299,8 @@ def _core(settings: Settings, reactor, delivered=None) -> _Core:
     router = Router(settings.domains, users, aliases=table, delimiter=a.recipient_delimiter,
                     max_depth=a.max_depth, shell=a.shell, reply=a.reply,
                     lists=ListDirectory(list_store))
-    spool = Spool(settings.spool_dir, reactor, accept_blocking, writeback_window=window)
+    spool = Spool(settings.spool_dir, reactor, accept_blocking, writeback_window=window,
+                  spare_files=settings.queue.spare_files)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread,
                          limits=Limits(settings.quotas_file, settings.mailbox_quota,

@@ -5,6 +5,7 @@ Implements ISpool. Layout under <state_dir>/queue/:
   entries/      ID.msg (the message as received, Received header first)
                 ID.env (the envelope as JSON; its presence commits the entry)
   quarantine/   entries that could not be parsed, kept for the admin, never dropped
+  spare/        removed entries' files, emptied, for new entries to reuse (queue/spare.py)
 
 A store writes ID.msg and ID.env in tmp/, makes both durable, renames the
 message first and the envelope last, then makes entries/ durable: a crash
@@ -45,6 +46,7 @@ from gateway.envelope import Envelope, Recipient, valid_queue_id
 from gateway.errors import SpoolError
 from gateway.interfaces import ISpool
 from gateway.queue.incoming import Incoming, spool_error
+from gateway.queue.spare import SpareFiles
 
 log = Logger()
 
@@ -52,7 +54,7 @@ log = Logger()
 @implementer(ISpool)
 class Spool:
     def __init__(self, root: Path, reactor, run_blocking=None, run_write=None,
-                 writeback_window: int = 0):
+                 writeback_window: int = 0, spare_files: int = 0):
         self.root = Path(root)
         # A streamed message past this many bytes is written back as it arrives.
         self.writeback_window = writeback_window
@@ -63,8 +65,11 @@ class Spool:
         self.tmp = self.root / "tmp"
         self.entries = self.root / "entries"
         self.quarantine_dir = self.root / "quarantine"
-        for d in (self.tmp, self.entries, self.quarantine_dir):
+        spare_dir = self.root / "spare"
+        for d in (self.tmp, self.entries, self.quarantine_dir, spare_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Files of removed entries, reused by new ones: no inode made or freed per message.
+        self.spare = SpareFiles(str(spare_dir), spare_files)
         # Plain strings on the per-message path: pathlib showed in profiles.
         self._tmp = str(self.tmp) + os.sep
         self._entries = str(self.entries) + os.sep
@@ -107,6 +112,7 @@ class Spool:
             if fd is not None and head is not None:
                 fd, tail = self._rewrite_head(fd, tmp_msg, head, skip, tail)
             if fd is None:
+                self.spare.take(tmp_msg)  # written over: no new inode
                 write_file(tmp_msg, tail)
             else:
                 try:
@@ -114,6 +120,7 @@ class Spool:
                     file_written(fd, tmp_msg)
                 finally:
                     os.close(fd)
+            self.spare.take(tmp_env)
             write_file(tmp_env, self._encode(envelope))
             yield
             os.rename(tmp_msg, f"{self._entries}{qid}.msg")
@@ -208,11 +215,10 @@ class Spool:
 
     def remove(self, queue_id: str) -> None:
         # Envelope first: without it the entry no longer exists, whatever else remains.
+        # Each file leaves entries/ by a rename into spare/ (or an unlink when spare/
+        # is full), as atomic as the unlink it replaces.
         for suffix in (".env", ".msg", ".out"):
-            try:
-                os.unlink(f"{self._entries}{queue_id}{suffix}")
-            except FileNotFoundError:
-                pass
+            self.spare.give(f"{self._entries}{queue_id}{suffix}")
         # No fsync of the directory: should the removal be lost in a crash, the
         # entry is found again at start and delivered with recovering=True, which
         # the targets use to skip what they already delivered.
