@@ -53,6 +53,7 @@ from rounds import (  # noqa: E402
     command_line,
     fs_type,
     make_workdir,
+    parse_set,
     pick_venv,
     publish,
     run_in_turn,
@@ -292,15 +293,6 @@ def report(args: argparse.Namespace, names: list[str], results: dict[str, list[R
 
 
 # --- main ------------------------------------------------------------------------------------
-
-
-def parse_set(item: str) -> tuple[str, str, Any]:
-    """--set SECTION.KEY=VALUE -> (section, key, the TOML value)."""
-    import tomllib
-
-    name, _, value = item.partition("=")
-    section, _, key = name.partition(".")
-    return section, key, tomllib.loads(f"v = {value}")["v"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

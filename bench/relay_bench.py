@@ -47,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -69,6 +70,7 @@ from rounds import (  # noqa: E402
     REPO,
     command_line,
     open_workdir,
+    parse_set,
     pick_venv,
     publish,
     run_in_turn,
@@ -177,10 +179,14 @@ class RelayGateway(Mailgateway):
     nameservers point at a closed loopback port, so no lookup can leave.
     """
 
-    def __init__(self, args: argparse.Namespace, workdir: Path, venv: Path) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, venv: Path,
+                 label: str = "", more: tuple[tuple[str, str, Any], ...] = ()) -> None:
         super().__init__(workdir, args.recipient, venv, REPO, args.sessions)
         self.args = args
         self.sink_port = 0
+        if label:
+            self.name = f"mailgateway-{label}"
+        self.more = more  # --variant's settings (SECTION, KEY, TOML value)
 
     def settings_text(self) -> str:
         a = self.args
@@ -207,6 +213,8 @@ class RelayGateway(Mailgateway):
             routes={d: f"[{LOOPBACK}]:{self.sink_port}" for d in relay_domains(self.args.domains)},
         )
         settings["tlsfront"] = []  # no TLS front: only the SMTP listener runs
+        for section, key, value in self.more:
+            settings.setdefault(section, {})[key] = value
         path.write_text("# Written by bench/relay_bench.py\n" + toml_dumps(settings))
         if self.args.dkim:
             domain = self.args.sender.rpartition("@")[2]
@@ -521,15 +529,22 @@ def report(
             f"| {fmt(s['last_s'], 2)} | {fmt(s['cpu_ms'], 2)} | {fmt(s['rss_mib'], 1)} "
             f"| {fmt(s['pss_mib'], 1)} | {int(s['ok'] or 0)}/{int(s['all'] or 0)} |"
         )
-    gw, pf = sums.get("mailgateway"), sums.get("Postfix")
-    if gw is not None and pf is not None:
+    pf = sums.get("Postfix")
+    ours = [n for n in names if n.startswith("mailgateway")]
+    if "mailgateway" in sums and pf is not None:
         lines += [
             "",
             "| ratio | msg/s | last at sink | CPU/msg | peak RSS | peak PSS |",
             "|---|---:|---:|---:|---:|---:|",
-            f"| mailgateway/Postfix | {ratio(gw['rate'], pf['rate'])} "
-            f"| {ratio(gw['last_s'], pf['last_s'])} | {ratio(gw['cpu_ms'], pf['cpu_ms'])} "
-            f"| {ratio(gw['rss_mib'], pf['rss_mib'])} | {ratio(gw['pss_mib'], pf['pss_mib'])} |",
+        ]
+        for name in ours:
+            gw = sums[name]
+            lines.append(
+                f"| {name}/Postfix | {ratio(gw['rate'], pf['rate'])} "
+                f"| {ratio(gw['last_s'], pf['last_s'])} | {ratio(gw['cpu_ms'], pf['cpu_ms'])} "
+                f"| {ratio(gw['rss_mib'], pf['rss_mib'])} "
+                f"| {ratio(gw['pss_mib'], pf['pss_mib'])} |")
+        lines += [
             "",
             "Issue 15's target with DKIM signing (--dkim): mailgateway/Postfix at least 1."
             if args.dkim else "Issue 4's target for msg/s: mailgateway/Postfix at least 0.5.",
@@ -565,6 +580,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="parent of the run's temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the run's folders and logs")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get postfix")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="NAME:SECTION.KEY=VALUE;...",
+                        help="also run mailgateway with these settings (VALUE in TOML), as "
+                        "\"mailgateway-NAME\", in the same rounds "
+                        "(runner:queue.runner_process=true)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record the gateway with py-spy into DIR (slows the gateway rounds)")
     parser.add_argument("--append", type=Path, metavar="FILE", help="append the report to FILE")
@@ -583,8 +603,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_servers(args: argparse.Namespace, venv: Path, workdir: Path) -> list[Server]:
     """The relays asked for; each checked once, or left out with the reason."""
-    return usable(RelayGateway(args, workdir, venv) if name == "mailgateway"
-                  else RelayPostfix(args, workdir) for name in args.servers)
+    variants = []
+    for spec in args.variant:  # the same gateway with other settings, as one more relay
+        label, _, items = spec.partition(":")
+        variants.append(RelayGateway(args, workdir, venv, label, tuple(
+            parse_set(item) for item in items.split(";") if item.strip())))
+    return usable([*variants, *(RelayGateway(args, workdir, venv) if name == "mailgateway"
+                                else RelayPostfix(args, workdir) for name in args.servers)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -48,6 +49,13 @@ def command_line(script: str, argv: Sequence[str] | None) -> str:
     python = Path(sys.executable)
     shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
     return shlex.join([str(shown), f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """--set SECTION.KEY=VALUE -> (section, key, the TOML value)."""
+    name, _, value = item.partition("=")
+    section, _, key = name.partition(".")
+    return section, key, tomllib.loads(f"v = {value}")["v"]
 
 
 def pick_venv(given: Path | None) -> Path:
