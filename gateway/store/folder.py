@@ -85,6 +85,10 @@ FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "$Forwarded": "P", "\\Answered
 LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
 _STABLE_NS = 2_000_000_000
 _RELIST_NS = 300 * 1_000_000_000
+# While the runner process delivers into a folder (told names within this long),
+# new/'s changes are its renames on their way here by name: sync() does not list
+# new/ for them (Folder.arrived_elsewhere).
+_TOLD_GRACE_NS = 2_000_000_000
 _counter = itertools.count()
 _now_ns = time.time_ns  # the clock mtimes are compared with (tests move it)
 _log = Logger()
@@ -181,6 +185,7 @@ class Folder:
         self.recent: set[int] = set()  # found in new/, not yet claimed by a session
         self._seen: dict[str, tuple[int, bool] | None] = {"new": None, "cur": None}
         self._arrived: list[str] = []  # renamed into new/ by arrived(), not yet indexed
+        self._told_until = 0  # _now_ns() until which new/ changes are the runner's (told)
         # Indexed by index_arrived(), not yet published: (UIDs, rows, modseq) batches.
         self._staged: list[tuple[list[int], list[Row], int]] = []
         self._listed: dict[str, int] = {}  # when each directory was last listed
@@ -317,6 +322,13 @@ class Folder:
             raise FileNotFoundError(f"{d} was replaced")
         mtime = st.st_mtime_ns
         seen = self._seen[sub]
+        if sub == "new" and not force and seen is not None and now < self._told_until:
+            # The runner process is renaming files into new/ and tells each by name
+            # moments later (arrived_elsewhere, which then records new/'s mtime): a
+            # listing now would only race its messages (an IMAP client polling STATUS
+            # had new/ listed at every poll while mail came in). As there, a foreign
+            # change meanwhile waits for the next listing.
+            return None
         if not force and seen is not None and seen[0] == mtime \
                 and now - self._listed.get(sub, 0) < _RELIST_NS \
                 and (seen[1] or now - mtime < _STABLE_NS):
@@ -391,6 +403,7 @@ class Folder:
             seen = self._seen["new"]
             if seen is not None:
                 self._seen["new"] = (os.stat(self.path / "new").st_mtime_ns, seen[1])
+            self._told_until = _now_ns() + _TOLD_GRACE_NS
         # As a delivery's: in a trip (gateway/durable.py) the index commit rides the
         # trip's sync; sessions hear of the messages once the index is durable.
         before_durable(self.index_arrived)
@@ -401,6 +414,7 @@ class Folder:
         """The next sync() lists new/ and cur/ whatever their mtimes."""
         with self.lock:
             self._seen = {sub: None for sub in SUBS}
+            self._told_until = 0
 
     def pending(self) -> bool:
         """Deliveries renamed in and not yet published (the registry keeps such a folder)."""
