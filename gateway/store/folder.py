@@ -352,11 +352,14 @@ class Folder:
     def keep_listing_if_stale(self) -> None:
         """keep_listing() when the rows changed since it was saved, or sizes were
         learned: at shutdown (MaildirStore.keep_listings), so the next start reads
-        the record, not every row."""
+        the record, not every row. Rows a big first listing left unwritten are written
+        first: the next start then has no writing left to do beside its first commands."""
         with self.lock:
             if self.gone:
                 return
             try:
+                while self.index.write_unwritten(ROWS_CHUNK * 20):
+                    pass
                 stale = self.by_uid.has_learned() or self.index.load_listing() is None
             except Exception:  # a cache: at worst the next open reads the rows
                 _log.failure("checking the listing of {path}", path=str(self.path))

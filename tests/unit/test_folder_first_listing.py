@@ -167,3 +167,13 @@ def test_a_small_first_listing_still_writes_its_rows_at_once(tmp_path):
     f = Folder(box, lambda call: call())
     assert f.index.unwritten is None and len(rows(box)) == 1
     assert os.path.exists(box / "mailgateway.index")
+
+
+def test_closing_writes_the_rows_left_so_a_restart_has_none_to_write(big):
+    f = Folder(big, lambda call: call())
+    assert f.index.unwritten == 1
+    f.close()  # also what StoreService does at shutdown (keep_listing_if_stale)
+    assert len(rows(big)) == 7
+    calls = []
+    again = Folder(big, lambda call: call(), background=calls.append)
+    assert again.index.unwritten is None and calls == [] and len(again.uids) == 7
