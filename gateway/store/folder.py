@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import socket
 import sys
 import threading
@@ -100,7 +99,6 @@ LAZY_STAT = 1000
 # this many per transaction, pausing ROWS_PAUSE seconds between for other commands.
 ROWS_CHUNK = 5000
 ROWS_PAUSE = 0.002
-_NAME_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # not on every system
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
@@ -463,8 +461,10 @@ class Folder:
             self._seen = {sub: None for sub in SUBS}
 
     def pending(self) -> bool:
-        """Deliveries renamed in and not yet published (the registry keeps such a folder)."""
-        return bool(self._arrived or self._staged)
+        """Deliveries renamed in and not yet published, or index rows being written in
+        the background (the registry keeps such a folder: a second Folder of the same
+        directory would index them too)."""
+        return bool(self._arrived or self._staged or self._writing)
 
     def publish_arrived(self) -> list[int]:
         """Show what index_arrived() indexed to the sessions (EXISTS, IDLE); its UIDs."""
@@ -626,15 +626,12 @@ class Folder:
                         ) -> tuple[list[int], list[Row], int]:
         """_index_found() of many files without a stat each (LAZY_STAT): UIDs in the
         order of the time their names begin with, size and date UNKNOWN until asked."""
-        # (seconds, microseconds) of the name as one number, the name breaking ties.
-        match = _NAME_TIME.match
-        order = sorted([(int(t[1]) * 1_000_000 + int(t[2] or 0), base, sub, suffix)
-                        if (t := match(base)) else (0, base, sub, suffix)
-                        for base, sub, suffix in fresh])
+        # The order of a first listing's (store/nameorder.py), of the unique names.
+        order = sorted(fresh, key=lambda f: nameorder.time_key(f[0]))
         # A folder has few distinct infos: their keywords are worked out once each.
-        kw_of = {suffix: self._kw_of(suffix) for suffix in dict.fromkeys(o[3] for o in order)}
+        kw_of = {suffix: self._kw_of(suffix) for suffix in dict.fromkeys(o[2] for o in order)}
         rows = [(base, sub, suffix, kw_of[suffix], UNKNOWN, UNKNOWN)
-                for _, base, sub, suffix in order]
+                for base, sub, suffix in order]
         uids = self.index.add(rows, synced)
         return uids, rows, self.index.highestmodseq
 

@@ -86,13 +86,14 @@ def test_a_big_first_listing_answers_before_the_rows_and_writes_them_after(big):
     assert f.flags(2) == ["\\Seen"] and f.flags(1) == []
     assert rows(big) == {} and f.index.unwritten == 1  # the answer did not wait for them
     assert calls == [f.write_rows]  # left for the background hook
+    assert f.pending()  # the registry keeps it meanwhile (no second Folder writes them)
     chunks = []
     real = f.index.write_unwritten
     f.index.write_unwritten = lambda limit: chunks.append(limit) or real(limit)
     f.write_rows()
     assert chunks == [2, 2, 2, 2]  # a transaction (and a hold of the lock) per chunk
     assert rows(big) == {m.base: (m.uid, m.sub, m.suffix) for m in f.by_uid.values()}
-    assert f.index.unwritten is None and not f._writing
+    assert f.index.unwritten is None and not f.pending()
     f.close()
 
 
