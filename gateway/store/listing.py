@@ -418,22 +418,23 @@ class Listing:
             if magic != _MAGIC:
                 return False
             at = _HEAD.size
+            view = memoryview(data)  # slices without copies: the columns are copied once
             cols = []
             for code in ("I", "I", "q", "q", "q"):
                 col = array(code)
                 end = at + n * col.itemsize
-                col.frombytes(data[at:end])
+                col.frombytes(view[at:end])
                 cols.append(col)
                 at = end
             texts = []
             for _ in range(2):
                 (length,) = struct.unpack_from("<Q", data, at)
                 at += 8
-                texts.append(data[at:at + length])
+                texts.append(view[at:at + length])
                 at += length
-            states = [tuple(s.split("\1")) for s in texts[0].decode(
-                "utf-8", "surrogateescape").split(_SEP)] if nstates else []
-            bases = texts[1]  # split when first asked (the bases property)
+            states = [tuple(s.split("\1")) for s in str(
+                texts[0], "utf-8", "surrogateescape").split(_SEP)] if nstates else []
+            bases = bytes(texts[1])  # split when first asked (the bases property)
         except (struct.error, ValueError, UnicodeError):
             return False
         # The count of names is checked when they are split (_Columns.bases): 5 ms here.
