@@ -97,6 +97,19 @@ class ProgramService(service.Service):
         self.program.start()
 
 
+# Work a folder leaves for after its answer (Folder.write_rows) starts this many
+# seconds later, so the answer and the client's next command go first.
+AFTER_ANSWER = 1.0
+
+
+def _after_answer(reactor):
+    """The store's background hook: f in the reactor's thread pool, AFTER_ANSWER later
+    (called from a pool thread: the timer is set on the reactor thread)."""
+    def later(f):
+        reactor.callFromThread(reactor.callLater, AFTER_ANSWER, reactor.callInThread, f)
+    return later
+
+
 class StoreService(service.Service):
     """At shutdown, after the thread pools (it starts first, so stops last): each open
     folder's packed listing saved if its rows changed, so a restart reads one record
@@ -303,6 +316,7 @@ def _core(settings: Settings, reactor, delivered=None) -> _Core:
                   spare_files=settings.queue.spare_files)
     # IMAP sessions are told of deliveries (made in pool threads) on the reactor thread.
     store = MaildirStore(settings.mail_dir, announce=reactor.callFromThread,
+                         background=_after_answer(reactor),
                          limits=Limits(settings.quotas_file, settings.mailbox_quota,
                                        settings.mailbox_quota_grace),
                          vanished_limit=settings.mailbox_vanished_uids,

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import socket
 import sys
 import threading
@@ -73,7 +72,7 @@ from gateway.durable import (
     syncfs_of,
     when_durable,
 )
-from gateway.store import quota
+from gateway.store import nameorder, quota
 from gateway.store.index import VANISHED_LIMIT, Index
 from gateway.store.keywords import LETTERS, KeywordTable
 from gateway.store.listing import UNKNOWN, Listing, Row
@@ -99,7 +98,11 @@ READ_AHEAD = 64  # [mailbox] read_ahead: files heads() opens ahead of the one it
 # asked (Message.size), their UIDs follow the time in their names, as Dovecot's
 # (maildir_time_cmp). Fewer files are stat'ed at once and take UIDs in mtime order.
 LAZY_STAT = 1000
-_NAME_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
+# Such a first listing answers before the index has a row per message (the listing
+# saved whole is their record: Index.add_unwritten); write_rows() writes them after,
+# this many per transaction, pausing ROWS_PAUSE seconds between for other commands.
+ROWS_CHUNK = 5000
+ROWS_PAUSE = 0.002
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # not on every system
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
@@ -176,10 +179,17 @@ def suffix_with(letters: Iterable[str], old_suffix: str) -> str:
 
 class Folder:
     def __init__(self, path: Path, announce: Callable[[Callable[[], None]], Any],
-                 vanished_limit: int = VANISHED_LIMIT, read_ahead: int = READ_AHEAD) -> None:
+                 vanished_limit: int = VANISHED_LIMIT, read_ahead: int = READ_AHEAD,
+                 background: Callable[[Callable[[], None]], Any] | None = None) -> None:
+        """background(f): run f later in a thread of its own, off the answer's path (the
+        gateway: a pool thread a moment after); None: rows a big first listing left
+        unwritten are written by the folder's next change (write_rows())."""
         self.path = Path(path)
         self.read_ahead = read_ahead
         self.announce = announce
+        self.background = background
+        self._writing = False  # write_rows() is queued or running
+        self._closed = False
         self.lock = threading.RLock()
         self.listeners: set[FolderListener] = set()
         self.recent: set[int] = set()  # found in new/, not yet claimed by a session
@@ -213,8 +223,12 @@ class Folder:
             self._flag_lists: dict[int, list[str]] = {}  # flags(), by state number
             packed = self.index.load_listing()
             if packed is None or not self.by_uid.unpack(packed):
+                if self.index.unwritten is not None:
+                    self._index_lost()
                 packed = None
                 self.by_uid.load(self.index.rows())
+            # Rows a big first listing left unwritten come from the columns.
+            self.index.unwritten_rows = self.by_uid.rows_from
             for _, _, kw in self.by_uid.states:  # distinct (sub, suffix, kw): a handful
                 if kw:
                     self._learn(kw.split(" "))
@@ -229,7 +243,45 @@ class Folder:
                     self._seen[sub], self._listed[sub] = (mtime, bool(stable)), listed
             if (self.sync() or packed is None) and not self.gone:
                 self.keep_listing()
+            self._write_later()
         memtrim.after(len(self.uids))  # the rows and the listing were garbage
+
+    def _index_lost(self) -> None:
+        """The index has messages without rows and no usable listing of them (damaged):
+        their UIDs are unknown, so it is set aside and the folder indexed afresh with a
+        new UIDVALIDITY (RFC 3501 2.3.1.1), as for a lost index."""
+        _log.error("index of {path}: rows unwritten and their listing unusable; rebuilding",
+                   path=str(self.path))
+        self.index.close()
+        os.replace(self.index.path, self.index.path.with_name(self.index.path.name + ".broken"))
+        for extra in ("-wal", "-shm"):
+            Path(str(self.index.path) + extra).unlink(missing_ok=True)
+        self.index = Index(self.path, self.index.vanished_limit)
+        self._index_id = _identity(os.stat(self.index.path))
+        self.uidvalidity = self.index.uidvalidity
+
+    def _write_later(self) -> None:
+        """Have write_rows() run in the background if rows are unwritten."""
+        if self.index.unwritten is not None and self.background is not None \
+                and not self._writing:
+            self._writing = True
+            self.background(self.write_rows)
+
+    def write_rows(self) -> None:
+        """Write the index rows a big first listing left for after its answer
+        (Index.add_unwritten), ROWS_CHUNK per transaction and per hold of the lock, so
+        the folder's other commands wait for one chunk at most, not for 100,000 rows."""
+        try:
+            while True:
+                with self.lock:
+                    if self.gone or self._closed or \
+                            not self.index.write_unwritten(ROWS_CHUNK):
+                        return
+                time.sleep(ROWS_PAUSE)  # a command waiting for the lock takes it now
+        except Exception:  # the next change of the folder writes them instead
+            _log.failure("writing the index rows of {path}", path=str(self.path))
+        finally:
+            self._writing = False
 
     @property
     def uids(self) -> list[int]:
@@ -245,6 +297,8 @@ class Folder:
                 learned = self.by_uid.take_learned()
                 if learned:
                     self.index.put_sizes(learned)
+                elif self.index.listing_current:
+                    return  # saved as it is (a big first listing saves its own)
                 self.index.save_listing(self.by_uid.pack())
             except Exception:  # a cache: the next open reads the rows instead
                 _log.failure("saving the listing of {path}", path=str(self.path))
@@ -295,16 +349,20 @@ class Folder:
     def close(self) -> None:
         with self.lock:
             self.keep_listing_if_stale()
+            self._closed = True  # write_rows() stops
             self.index.close()
 
     def keep_listing_if_stale(self) -> None:
         """keep_listing() when the rows changed since it was saved, or sizes were
         learned: at shutdown (MaildirStore.keep_listings), so the next start reads
-        the record, not every row."""
+        the record, not every row. Rows a big first listing left unwritten are written
+        first: the next start then has no writing left to do beside its first commands."""
         with self.lock:
             if self.gone:
                 return
             try:
+                while self.index.write_unwritten(ROWS_CHUNK * 20):
+                    pass
                 stale = self.by_uid.has_learned() or self.index.load_listing() is None
             except Exception:  # a cache: at worst the next open reads the rows
                 _log.failure("checking the listing of {path}", path=str(self.path))
@@ -417,8 +475,10 @@ class Folder:
             self._told_until = 0
 
     def pending(self) -> bool:
-        """Deliveries renamed in and not yet published (the registry keeps such a folder)."""
-        return bool(self._arrived or self._staged)
+        """Deliveries renamed in and not yet published, or index rows being written in
+        the background (the registry keeps such a folder: a second Folder of the same
+        directory would index them too)."""
+        return bool(self._arrived or self._staged or self._writing)
 
     def publish_arrived(self) -> list[int]:
         """Show what index_arrived() indexed to the sessions (EXISTS, IDLE); its UIDs."""
@@ -448,6 +508,14 @@ class Folder:
                 return False
             if self.keywords.reload():  # another program numbered new keywords
                 self._learn(self.keywords.by_name)
+            if not self.uids and len(listings) == len(SUBS) and \
+                    sum(map(len, listings.values())) >= LAZY_STAT:
+                added = self._index_listed(listings)
+                self._noted(listings)
+                if added:
+                    self._notify([], [], added, None)
+                    self._write_later()
+                return bool(added)
             found: dict[str, tuple[str, str]] = {}
             for sub, names in listings.items():
                 for name in names:
@@ -482,12 +550,61 @@ class Folder:
             self._bumped(self.index.update(
                 [(m.uid, m.sub, m.suffix, m.kw) for m, _, _ in changed], flagged), flagged)
             self._forget(gone)
-            for sub in listings:  # the rows match these listings now
-                mtime, stable = self._seen[sub]  # type: ignore[misc]
-                self.index.note_listed(sub, (*self._dirs[sub], mtime, stable, self._listed[sub]))
+            self._noted(listings)
             if gone or flagged or added:
                 self._notify(gone, flagged, added, None)
             return bool(gone or changed or added)
+
+    def _noted(self, listings: dict[str, list[str]]) -> None:
+        for sub in listings:  # the rows match these listings now
+            mtime, stable = self._seen[sub]  # type: ignore[misc]
+            self.index.note_listed(sub, (*self._dirs[sub], mtime, stable, self._listed[sub]))
+
+    def _index_listed(self, listings: dict[str, list[str]]) -> list[int]:
+        """The first listing of a big folder (a migrated mailbox, an index lost): each
+        file gets a UID in name-time order (store/nameorder.py), no stat (LAZY_STAT),
+        and no Python object nor index row of its own before the answer: the columns
+        are filled whole (Listing.fill) and saved packed as the record of the UIDs
+        (Index.add_unwritten); write_rows() writes the rows after. Returns the UIDs."""
+        cur = listings["cur"]
+        new = listings["new"]
+        if new:  # a copy in both new/ and cur/ (a crash mid-rename): cur/ wins
+            in_cur = {n.partition(":")[0] for n in cur}
+            new = [n for n in new if n[:1] != "." and n.partition(":")[0] not in in_cur]
+        names = nameorder.by_time(cur + new if new else cur)
+        if names and not names[0][:1].isdigit():  # dot files sort first (or with such)
+            names = [n for n in names if n[:1] != "."]
+        if not names:
+            return []
+        infos = nameorder.infos(names)
+        # A folder has few distinct infos: their keywords are worked out once each.
+        ids = {info: self.by_uid.state_id("cur", info, self._kw_of(info))
+               for info in dict.fromkeys(infos)}
+        state = array("I", map(ids.__getitem__, infos))
+        if new:
+            fresh = set(new)
+            for i, name in enumerate(names):
+                if name in fresh:
+                    state[i] = self.by_uid.state_id("new", infos[i], self._kw_of(infos[i]))
+        bases = nameorder.bases(names).encode("utf-8", "surrogateescape")
+
+        def fill(first: int, modseq: int) -> bytes:
+            self.by_uid.fill(first, state, bases, modseq)
+            return self.by_uid.pack()
+
+        try:
+            first, _ = self.index.add_unwritten(len(names), fill)
+        except BaseException:
+            self.by_uid.clear()  # none of it is in the index
+            raise
+        uids = list(range(first, first + len(names)))
+        self._by_base = None  # built from the columns when first asked
+        self._snapshot = None
+        if new:
+            fresh_uids = self.by_uid.where_sub("new")
+            self.in_new.update(fresh_uids)
+            self.recent.update(fresh_uids)
+        return uids
 
     def _add_found(self, fresh: list[tuple[str, str, str]]) -> list[int]:
         return self._publish(self._index_found(fresh))
@@ -523,15 +640,12 @@ class Folder:
                         ) -> tuple[list[int], list[Row], int]:
         """_index_found() of many files without a stat each (LAZY_STAT): UIDs in the
         order of the time their names begin with, size and date UNKNOWN until asked."""
-        # (seconds, microseconds) of the name as one number, the name breaking ties.
-        match = _NAME_TIME.match
-        order = sorted([(int(t[1]) * 1_000_000 + int(t[2] or 0), base, sub, suffix)
-                        if (t := match(base)) else (0, base, sub, suffix)
-                        for base, sub, suffix in fresh])
+        # The order of a first listing's (store/nameorder.py), of the unique names.
+        order = sorted(fresh, key=lambda f: nameorder.time_key(f[0]))
         # A folder has few distinct infos: their keywords are worked out once each.
-        kw_of = {suffix: self._kw_of(suffix) for suffix in dict.fromkeys(o[3] for o in order)}
+        kw_of = {suffix: self._kw_of(suffix) for suffix in dict.fromkeys(o[2] for o in order)}
         rows = [(base, sub, suffix, kw_of[suffix], UNKNOWN, UNKNOWN)
-                for _, base, sub, suffix in order]
+                for base, sub, suffix in order]
         uids = self.index.add(rows, synced)
         return uids, rows, self.index.highestmodseq
 

@@ -82,8 +82,10 @@ class FolderRegistry:
     """
 
     def __init__(self, announce: Callable[[Callable[[], None]], Any], keep: int = 16,
-                 vanished_limit: int = VANISHED_LIMIT, read_ahead: int = READ_AHEAD) -> None:
+                 vanished_limit: int = VANISHED_LIMIT, read_ahead: int = READ_AHEAD,
+                 background: Callable[[Callable[[], None]], Any] | None = None) -> None:
         self.announce = announce
+        self.background = background  # Folder's: runs work left for after an answer
         self.vanished_limit = vanished_limit  # [mailbox] vanished_uids (store/index.py)
         self.read_ahead = read_ahead  # [mailbox] read_ahead (Folder.heads)
         self.keep = keep
@@ -123,7 +125,8 @@ class FolderRegistry:
 
     def _make(self, path: Path) -> Folder:
         try:
-            return Folder(path, self.announce, self.vanished_limit, self.read_ahead)
+            return Folder(path, self.announce, self.vanished_limit, self.read_ahead,
+                          self.background)
         except FileNotFoundError:
             if not (path / "cur").is_dir():
                 raise
@@ -131,7 +134,8 @@ class FolderRegistry:
         # makes them lazily): made as Dovecot makes them, instead of failing SELECT.
         for sub in ("new", "tmp"):
             (path / sub).mkdir(mode=0o700, exist_ok=True)
-        return Folder(path, self.announce, self.vanished_limit, self.read_ahead)
+        return Folder(path, self.announce, self.vanished_limit, self.read_ahead,
+                      self.background)
 
     def _evict(self) -> None:
         # Dropped, not closed: a STATUS or APPEND in another thread may still hold

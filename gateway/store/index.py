@@ -50,7 +50,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 INDEX_NAME = "mailgateway.index"
@@ -129,6 +129,13 @@ class Index:
         self.created = False  # True when this open made a fresh index (UIDs start anew)
         self.db = self._open()
         self.highestmodseq = self.meta("highestmodseq")
+        # UIDs from this one on have no row yet (add_unwritten()): the saved listing
+        # holds them. None: every message has its row.
+        self.unwritten: int | None = self._unwritten()
+        # rows_from(uid, limit) of the Folder's columns, for the rows not written yet;
+        # None (an Index opened alone): they are read from the saved listing.
+        self.unwritten_rows: Callable[[int, int], list[Row]] | None = None
+        self.listing_current = False  # the saved listing matches msg (this process knows)
 
     def _open(self) -> sqlite3.Connection:
         for attempt in range(2):
@@ -238,7 +245,8 @@ class Index:
 
     def rows(self) -> Iterator[Row]:
         """Every message, in UID order; a cursor, not a list: 100,000 rows at once
-        would raise the process's memory for good (the allocator keeps it)."""
+        would raise the process's memory for good (the allocator keeps it). Not those
+        from UID self.unwritten on, while it is set (the saved listing has them)."""
         return iter(self.db.execute("SELECT uid, base, sub, suffix, kw, size, idate, modseq "
                                     "FROM msg ORDER BY uid"))
 
@@ -278,7 +286,7 @@ class Index:
                            (first + len(entries),))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._rollback()
                 raise
             self.highestmodseq = modseq
         finally:
@@ -305,7 +313,7 @@ class Index:
                 db.executemany(f"UPDATE msg SET modseq={modseq} WHERE uid=?", raised)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         if modseq is not None:
             self.highestmodseq = modseq
@@ -328,7 +336,7 @@ class Index:
             self._prune_vanished(db)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         self.highestmodseq = modseq
 
@@ -352,7 +360,7 @@ class Index:
             self.db.executemany(sql, params)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
 
     # -- what the folder's directories looked like at the last listing ----------
@@ -386,19 +394,119 @@ class Index:
     # -- the packed listing (store/listing.py): a restart without 100,000 rows ----
 
     def _rows_changed(self) -> None:
-        """Inside each transaction that changes msg: a packed listing saved before is
-        stale from now on (meta 'rowsgen' counts these transactions)."""
+        """Inside each transaction that changes msg: the rows not written yet go in
+        first (a change then finds every row it touches), and a packed listing saved
+        before is stale from now on (meta 'rowsgen' counts these transactions)."""
+        if self.unwritten is not None:
+            self._write_unwritten(None)
+        self.listing_current = False
         self.db.execute("INSERT INTO meta VALUES ('rowsgen', 1) "
                         "ON CONFLICT(key) DO UPDATE SET value=value+1")
 
-    def _listing_key(self) -> tuple[int, int, int, int]:
-        """What a packed listing must have been saved with to match msg: the change
-        count, and (for a writer that does not count changes: an older gateway)
-        HIGHESTMODSEQ, the number of rows and the largest UID."""
+    def _rollback(self) -> None:
+        self.db.execute("ROLLBACK")
+        self.unwritten = self._unwritten()  # as the rolled-back transaction found it
+
+    def _unwritten(self) -> int | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='unwritten'").fetchone()
+        return None if row is None else row[0]
+
+    # -- rows written after the answer: a big first listing (store/folder.py) -----
+
+    def add_unwritten(self, count: int, fill: Callable[[int, int], bytes]) -> tuple[int, int]:
+        """Give count messages the next UIDs without writing a row each: fill(first UID,
+        modseq) puts them in the folder's columns and returns Listing.pack(), saved in
+        the same transaction, synchronous=FULL, as the durable record of their UIDs
+        (100,000 INSERTs had been a third of the first SELECT of a migrated mailbox).
+        Their rows follow, after the answer: write_unwritten() in a background thread,
+        or the next transaction that changes msg (_rows_changed) writes them first.
+        Until then load_listing() answers with that listing. Returns (first, modseq)."""
+        if count <= 0:
+            raise ValueError("add_unwritten() of no messages")
+        db = self.db
+        self._listing_table()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._rows_changed()  # writes rows still unwritten: one range at a time
+            first = self.uidnext
+            modseq = self._next_modseq()
+            gen, _, count_before, top = self._listing_key()
+            data = fill(first, modseq)
+            db.execute("UPDATE meta SET value=? WHERE key='uidnext'", (first + count,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('unwritten', ?)", (first,))
+            # The key the listing will match once every row is written (load_listing).
+            db.execute("INSERT OR REPLACE INTO listing VALUES (0, ?, ?, ?, ?, ?)",
+                       (gen, modseq, count_before + count, max(top, first + count - 1), data))
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self.highestmodseq = modseq
+        self.unwritten = first
+        self.listing_current = True
+        return first, modseq
+
+    def write_unwritten(self, limit: int) -> bool:
+        """Write up to limit of the rows add_unwritten() left, in one transaction; True
+        while some are left. Not a change of msg (rowsgen stays): the rows are those the
+        saved listing holds. No fsync: a crash loses the rows and their meta together."""
+        if self.unwritten is None:
+            return False
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_unwritten(limit)
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+        return self.unwritten is not None
+
+    def _write_unwritten(self, limit: int | None) -> None:
+        """Inside a transaction: INSERT the next rows (all with limit None)."""
+        lo = self.unwritten
+        if lo is None:
+            return
+        rows_from = self.unwritten_rows or self._saved_rows
+        rows = rows_from(lo, limit or (1 << 62))
+        self.db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if limit is None or len(rows) < limit:
+            self.db.execute("DELETE FROM meta WHERE key='unwritten'")
+            self.unwritten = None
+        else:
+            self.unwritten = rows[-1][0] + 1
+            self.db.execute("UPDATE meta SET value=? WHERE key='unwritten'", (self.unwritten,))
+
+    def _saved_rows(self, lo: int, limit: int) -> list[Row]:
+        """rows_from() of the saved listing: for an Index opened without its Folder."""
+        from gateway.store.listing import Listing  # the listing is opaque elsewhere here
+
+        # Not load_listing(): inside a change, HIGHESTMODSEQ may have moved already.
+        row = self.db.execute("SELECT data FROM listing").fetchone()
+        listing = Listing(None, str(self.path.parent))
+        if row is None or not listing.unpack(row[0]):
+            raise sqlite3.DatabaseError(f"{self.path}: rows unwritten and no listing of them")
+        return listing.rows_from(lo, limit)
+
+    def _listing_table(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS listing(id INTEGER PRIMARY KEY "
+                        "CHECK (id = 0), gen INTEGER NOT NULL, modseq INTEGER NOT NULL, "
+                        "count INTEGER NOT NULL, top INTEGER NOT NULL, data BLOB NOT NULL)")
+
+    def _listing_key(self, count: bool = True) -> tuple[int, int, int, int]:
+        """What a packed listing is saved with: the change count, and (for a writer
+        that does not count changes: an older gateway) HIGHESTMODSEQ, the number of
+        rows (0 without count: a scan of every row, 10 ms of a 100,000-message
+        restart, so load_listing() does not compare it; any writer's expunge raises
+        HIGHESTMODSEQ) and the largest UID."""
         gen = self.db.execute("SELECT value FROM meta WHERE key='rowsgen'").fetchone()
-        count, top = self.db.execute("SELECT count(*), coalesce(max(uid), 0) FROM msg"
-                                     ).fetchone()
-        return (gen[0] if gen else 0), self.meta("highestmodseq"), count, top
+        rows, top = self.db.execute(
+            f"SELECT {'count(*)' if count else '0'}, coalesce(max(uid), 0) FROM msg").fetchone()
+        return (gen[0] if gen else 0), self.meta("highestmodseq"), rows, top
 
     def load_listing(self) -> bytes | None:
         """The listing save_listing() kept, if the rows have not changed since."""
@@ -407,23 +515,30 @@ class Index:
                                   ).fetchone()
         except sqlite3.OperationalError:  # no such table: never saved
             return None
-        if row is None or tuple(row[:4]) != self._listing_key():
+        if row is None:
             return None
+        gen, modseq, _, top = self._listing_key(count=False)
+        if (row[0], row[1]) != (gen, modseq):
+            return None
+        # While rows are being written (unwritten), only a change of msg (which writes
+        # them all first and counts itself) or of HIGHESTMODSEQ makes it stale.
+        if self.unwritten is None and row[3] != top:
+            return None
+        self.listing_current = True
         return row[4]
 
     def save_listing(self, data: bytes) -> None:
         """Keep data (Listing.pack() of rows as they are now). Lost in a crash it
         costs one reading of the rows: no fsync."""
         db = self.db
-        db.execute("CREATE TABLE IF NOT EXISTS listing(id INTEGER PRIMARY KEY CHECK (id = 0), "
-                   "gen INTEGER NOT NULL, modseq INTEGER NOT NULL, count INTEGER NOT NULL, "
-                   "top INTEGER NOT NULL, data BLOB NOT NULL)")
+        self._listing_table()
         db.execute("PRAGMA synchronous=NORMAL")
         try:
             self._write("INSERT OR REPLACE INTO listing VALUES (0, ?, ?, ?, ?, ?)",
                         [(*self._listing_key(), data)])
         finally:
             db.execute("PRAGMA synchronous=FULL")
+        self.listing_current = self.unwritten is None
 
     def put_sizes(self, rows: Sequence[tuple[int, int, int]]) -> None:
         """Record (size, idate, uid) of messages first indexed without them (a big first
@@ -437,7 +552,7 @@ class Index:
                 db.executemany("UPDATE msg SET size=?, idate=? WHERE uid=?", rows)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._rollback()
                 raise
         finally:
             db.execute("PRAGMA synchronous=FULL")

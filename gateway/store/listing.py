@@ -31,6 +31,8 @@ from typing import Any
 
 # (base, sub, suffix, kw, size, idate): a message's row as the index adds it.
 Row = tuple[str, str, str, str, int, int]
+# (uid, base, sub, suffix, kw, size, idate, modseq): a row of the index's msg table.
+IndexRow = tuple[int, str, str, str, str, int, int, int]
 UNKNOWN = -1  # size and idate of a message not stat'ed yet (learn())
 
 _MAGIC = b"MGL1" + sys.byteorder[:1].encode()  # arrays are packed in this byte order
@@ -71,6 +73,8 @@ class _Columns:
                 if bases is None:
                     bases = self._packed.decode("utf-8", "surrogateescape").split(_SEP) \
                         if self.uids else []
+                    if len(bases) != len(self.uids):  # checked here, not at every open
+                        raise ValueError("a packed listing with one name too many or few")
                     self._bases, self._packed = bases, b""
         return bases
 
@@ -128,7 +132,8 @@ class Listing:
     def _pos(self, uid: int) -> int:
         return self._c.pos(uid)
 
-    def _state_id(self, sub: str, suffix: str, kw: str) -> int:
+    def state_id(self, sub: str, suffix: str, kw: str) -> int:
+        """The number of this (sub, suffix, kw) in states, added if new."""
         key = (sub, suffix, kw)
         n = self._state_ids.get(key)
         if n is None:
@@ -221,7 +226,7 @@ class Listing:
             raise AssertionError("one UID per row")
         keys = [(sub, suffix, kw) for _, sub, suffix, kw, _, _ in rows]
         for key in dict.fromkeys(keys):  # a handful of distinct ones
-            self._state_id(*key)
+            self.state_id(*key)
         ids = self._state_ids
         c.bases.extend([row[0] for row in rows])
         c.state.extend(array("I", [ids[key] for key in keys]))
@@ -230,12 +235,12 @@ class Listing:
         c.modseq.frombytes(array("q", [modseq]).tobytes() * len(rows))
         c.uids.extend(uids)
 
-    def load(self, rows: Iterable[tuple[int, str, str, str, str, int, int, int]]) -> None:
+    def load(self, rows: Iterable[IndexRow]) -> None:
         """Fill empty columns from index rows (uid, base, sub, suffix, kw, size, idate,
         modseq) in UID order (Index.rows())."""
         if self._c.uids:
             raise AssertionError("load() fills empty columns only")
-        sid = self._state_id
+        sid = self.state_id
         uids, bases, state, size, idate, modseq = [], [], [], [], [], []
         for uid, base, sub, suffix, kw, sz, idt, ms in rows:
             uids.append(uid)
@@ -247,13 +252,41 @@ class Listing:
         self._c = _Columns(uids, array("I", state), array("q", size), array("q", idate),
                            array("q", modseq), bases)
 
+    def fill(self, first: int, state: array, bases: bytes, modseq: int) -> None:
+        """Fill empty columns with len(state) messages of UIDs first, first + 1, ...:
+        state numbers from state_id(), bases the unique names joined by NUL (kept
+        joined until asked, as unpack() does), size and date UNKNOWN. A big first
+        listing (store/folder.py) builds no Python object per message."""
+        if self._c.uids:
+            raise AssertionError("fill() fills empty columns only")
+        n = len(state)
+        if (not n and bases) or max(state, default=-1) >= len(self.states):
+            raise AssertionError("one name and a known state per message")
+        unknown = array("q", [UNKNOWN]) * n
+        self._c = _Columns(list(range(first, first + n)), state, unknown, array("q", unknown),
+                           array("q", [modseq]) * n, None, bases)
+
+    def clear(self) -> None:
+        """Empty columns (the states stay: their numbers never change)."""
+        self._c = _empty()
+
+    def rows_from(self, uid: int, limit: int) -> list[IndexRow]:
+        """Up to limit index rows (uid, base, sub, suffix, kw, size, idate, modseq) of the
+        messages from uid on, in UID order: the rows store/index.py had not written."""
+        c = self._c
+        start = bisect_left(c.uids, uid)
+        end = min(len(c.uids), start + limit)
+        states, bases = self.states, c.bases
+        return [(c.uids[i], bases[i], *states[c.state[i]], c.size[i], c.idate[i], c.modseq[i])
+                for i in range(start, end)]
+
     def put(self, m: Any) -> None:
         """Write back a Message's sub, suffix, kw and modseq (its other fields never change)."""
         c = self._c
         i = c.pos(m.uid)
         if i < 0:
             return
-        c.state[i] = self._state_id(m.sub, m.suffix, m.kw)
+        c.state[i] = self.state_id(m.sub, m.suffix, m.kw)
         c.modseq[i] = m.modseq
 
     def set_modseq(self, uids: Iterable[int], modseq: int) -> None:
@@ -370,8 +403,11 @@ class Listing:
         parts = [_HEAD.pack(_MAGIC, len(c.uids), len(self.states)),
                  array("I", c.uids).tobytes(), c.state.tobytes(), c.size.tobytes(),
                  c.idate.tobytes(), c.modseq.tobytes()]
-        for text in (texts, _SEP.join(c.bases)):
-            data = text.encode("utf-8", "surrogateescape")
+        packed = c._packed  # read before _bases: a split meanwhile empties _packed
+        if c._bases is not None:
+            packed = b""  # split already: joined again below
+        for text in (texts, None if packed else _SEP.join(c.bases)):
+            data = packed if text is None else text.encode("utf-8", "surrogateescape")
             parts += [struct.pack("<Q", len(data)), data]
         return b"".join(parts)
 
@@ -382,26 +418,27 @@ class Listing:
             if magic != _MAGIC:
                 return False
             at = _HEAD.size
+            view = memoryview(data)  # slices without copies: the columns are copied once
             cols = []
             for code in ("I", "I", "q", "q", "q"):
                 col = array(code)
                 end = at + n * col.itemsize
-                col.frombytes(data[at:end])
+                col.frombytes(view[at:end])
                 cols.append(col)
                 at = end
             texts = []
             for _ in range(2):
                 (length,) = struct.unpack_from("<Q", data, at)
                 at += 8
-                texts.append(data[at:at + length])
+                texts.append(view[at:at + length])
                 at += length
-            states = [tuple(s.split("\1")) for s in texts[0].decode(
-                "utf-8", "surrogateescape").split(_SEP)] if nstates else []
-            bases = texts[1]  # split when first asked (the bases property)
+            states = [tuple(s.split("\1")) for s in str(
+                texts[0], "utf-8", "surrogateescape").split(_SEP)] if nstates else []
+            bases = bytes(texts[1])  # split when first asked (the bases property)
         except (struct.error, ValueError, UnicodeError):
             return False
-        if at != len(data) or bases.count(_SEP.encode()) != max(n - 1, 0) \
-                or len(states) != nstates \
+        # The count of names is checked when they are split (_Columns.bases): 5 ms here.
+        if at != len(data) or (not n and bases) or len(states) != nstates \
                 or any(len(s) != 3 for s in states) or max(cols[1], default=-1) >= nstates:
             return False
         uids = cols[0].tolist()

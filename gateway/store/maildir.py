@@ -47,10 +47,13 @@ _KNOWN_PATHS = 10000  # mailbox -> Maildir path strings kept for deliveries
 class MaildirStore:
     def __init__(self, root: Path, announce: Callable[[Callable[[], None]], Any] | None = None,
                  limits: quota.Limits | None = None, vanished_limit: int = VANISHED_LIMIT,
-                 read_ahead: int = READ_AHEAD, delivered: Callable[[str, str], Any] | None = None):
+                 read_ahead: int = READ_AHEAD, delivered: Callable[[str, str], Any] | None = None,
+                 background: Callable[[Callable[[], None]], Any] | None = None):
         """announce(f) must run f on the thread that serves IMAP sessions (the
         gateway passes reactor.callFromThread); by default f runs at once.
         limits: each user's quota (store/quota.py); None: no limits.
+        background(f): runs f in a thread later, off the path of an answer (a big first
+        listing's index rows: Folder.write_rows); None: the folder's next change does it.
         delivered(path, name): told (in the delivering thread) of each file a delivery
         renamed into path's new/ with no Folder open here: the runner process tells
         the listeners' process, whose open Folder indexes it (gateway/runnerproc)."""
@@ -58,7 +61,7 @@ class MaildirStore:
         self.delivered = delivered
         self.limits = limits
         self._folders = FolderRegistry(announce or _call_now, vanished_limit=vanished_limit,
-                                       read_ahead=read_ahead)
+                                       read_ahead=read_ahead, background=background)
         # Maildir -> unique names in it, for deliveries recovered after a crash.
         self._known: OrderedDict[str, set[str]] = OrderedDict()
         self._known_lock = threading.Lock()

@@ -148,8 +148,10 @@ def test_a_big_first_listing_stats_nothing_and_learns_sizes_when_asked(tmp_path,
     f = Folder(box, lambda call: call())
     assert not [p for p in stats if "/cur/" in p]  # no stat per file
     assert [f.by_uid[u].base.split(".")[1] for u in f.uids] == ["M10P1", "M900P1", "M5P1"]
+    assert list(f.index.rows()) == [] and f.index.unwritten == 1  # rows after the answer
+    f.write_rows()
     rows = {uid: (size, idate) for uid, _, _, _, _, size, idate, _ in f.index.rows()}
-    assert set(rows.values()) == {(UNKNOWN, UNKNOWN)}
+    assert set(rows.values()) == {(UNKNOWN, UNKNOWN)} and f.index.unwritten is None
     m = f.by_uid[f.uids[1]]
     assert (m.size, m.idate) == (20, 1_600_000_002)
     assert f.by_uid.total_size() == 60
