@@ -792,12 +792,17 @@ class Folder:
     def without_fields(self, uids: list[int]) -> list[int]:
         """Those of uids (ascending) whose search fields (Index.put_fields) are missing."""
         with self.lock:
-            return self.index.without_fields(uids)
+            return self.index.without_fields(uids, len(self.by_uid))
 
     def put_fields(self, rows: list[tuple]) -> None:
-        """Store search field rows (uid first) of messages still here."""
+        """Store search field rows (uid first) as one pack (store/fieldpack.py)."""
         with self.lock:
-            self.index.put_fields(r for r in rows if r[0] in self.by_uid)
+            self.index.put_fields(rows)
+
+    def put_pack(self, pack: fieldpack.Pack) -> None:
+        """Store a pack of search fields made elsewhere (a child process)."""
+        with self.lock:
+            self.index.put_pack(pack)
 
     def match_field(self, column: str, needle: bytes) -> set[int]:
         with self.lock:

@@ -22,6 +22,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from gateway.access.imap import fieldsworker, searchfields
 from gateway.config import parse
+from gateway.store import fieldpack
 from gateway.store.folder import HEAD_READ
 
 LONG = (b"From: long@example.org\r\nX-Long: " + b"y" * (HEAD_READ + 50)
@@ -40,7 +41,7 @@ def folder(tmp_path):
 
 
 def rows_of(folder) -> dict[int, tuple]:
-    return {r[0]: tuple(r[1:]) for r in folder.index.db.execute("SELECT * FROM fields")}
+    return folder.index.field_rows()
 
 
 def expected(folder) -> dict[int, tuple]:
@@ -77,7 +78,7 @@ def test_below_the_setting_or_at_zero_no_child_starts(folder, monkeypatch):
     given = spy_start(monkeypatch)
     uids = list(folder.uids)
     searchfields.fill(folder, uids, process_min=len(uids) + 1)
-    folder.index.db.execute("DELETE FROM fields")
+    folder.index.db.execute("DELETE FROM fieldpacks")
     searchfields.fill(folder, uids, process_min=0)
     assert given == []
     assert rows_of(folder) == expected(folder)
@@ -118,26 +119,43 @@ def test_answers_come_in_batches_and_a_broken_stream_ends_them(monkeypatch):
         errors = io.BytesIO()
         return list(fieldsworker.Child(Proc(out), errors).batches())
 
-    ok = (b"a", b"b", b"", b"", b"s", 1)
-    assert batches(marshal.dumps([ok, None]) + marshal.dumps([ok])) == [[ok, None], [ok]]
-    assert batches(marshal.dumps([ok]) + b"not marshal") == [[ok]]
-    assert batches(marshal.dumps([ok]) + marshal.dumps({"x": 1})) == [[ok]]
+    ok = (2, [1], b"a", b"b", b"", b"", b"s", fieldpack.ints([1], "i"))
+    assert batches(marshal.dumps(ok) + marshal.dumps(ok)) == [ok, ok]
+    assert batches(marshal.dumps(ok) + b"not marshal") == [ok]
+    assert batches(marshal.dumps(ok) + marshal.dumps({"x": 1})) == [ok]
+    assert batches(marshal.dumps(ok) + marshal.dumps(ok[:7])) == [ok]
     assert batches(b"") == []
 
 
-def test_a_child_that_answers_more_than_it_was_asked_is_not_believed(folder, monkeypatch):
-    """Answers past the paths given (a child gone wrong) are dropped, and what they
-    would have covered is parsed by the search thread."""
+def pack_of(n: int, left: list[int], fields: list[tuple]) -> tuple:
+    """A child's batch (fieldsworker.work) of n paths."""
+    columns = list(zip(*fields, strict=True)) if fields else [()] * 6
+    return (n, left, *(fieldpack.join(c) for c in columns[:5]),
+            fieldpack.ints(columns[5], "i"))
+
+
+@pytest.mark.parametrize("lie", ["more paths", "a position past them", "too few values",
+                                 "not bytes"])
+def test_a_child_that_answers_wrongly_is_not_believed(folder, lie):
+    """A batch that does not fit the paths given (a child gone wrong) is dropped, with
+    all after it, and what they would have covered is parsed by the search thread."""
+    uids = list(folder.uids)
+    theirs = uids[-3:]
+    x = (b"x", b"", b"", b"", b"", -1)
+    bad = {"more paths": pack_of(4, [], [x] * 4),
+           "a position past them": pack_of(3, [5], [x] * 3),
+           "too few values": pack_of(3, [], [x] * 2),
+           "not bytes": (3, [], "x", b"", b"", b"", b"", fieldpack.ints([-1] * 3, "i"))}
 
     class Liar:
         def batches(self):
-            yield [(b"x", b"", b"", b"", b"", -1)] * (len(theirs) + 1)
+            yield pack_of(1, [], [x])  # believed: the first path's fields as told
+            yield bad[lie]
+            yield pack_of(1, [], [x])
 
-    uids = list(folder.uids)
-    theirs = uids[-3:]
     searchfields._put_answers(folder, theirs, Liar())
     want = expected(folder)
-    assert rows_of(folder) == {u: want[u] for u in theirs}
+    assert rows_of(folder) == {theirs[0]: x, **{u: want[u] for u in theirs[1:]}}
 
 
 def test_a_search_that_fails_ends_its_child(folder, monkeypatch):
@@ -175,7 +193,7 @@ def test_the_child_reads_paths_and_answers_in_their_order(tmp_path, monkeypatch)
             fieldsworker.gc.enable()
     records = io.BytesIO(stdout.buffer.getvalue())
     got = [marshal.load(records), marshal.load(records)]
-    assert got == [[searchfields.of_head(HEADS[0]), None], [None]]
+    assert got == [pack_of(2, [1], [searchfields.of_head(HEADS[0])]), pack_of(1, [0], [])]
     assert records.read() == b""
 
 

@@ -19,8 +19,12 @@ that cannot start or fails as a whole only means the parent parses its
 share too.
 
 Between the two, nothing but bytes the parent made: the file paths in (an
-unlinked temporary file as the child's stdin), marshal records of the
-answers (lists of tuples of bytes and ints, BATCH each) out (a pipe).
+unlinked temporary file as the child's stdin), marshal records out (a pipe),
+one per BATCH paths: (how many paths, the positions among them the parent
+must do, then the fields of the others packed as the index keeps them:
+store/fieldpack.py, the five text columns and the days). The parent adds
+the UIDs and stores the pack as it is: the child's share costs the parent
+no work per message.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-# The child's share of the heads: the parent also writes every row to the index
-# (about a fifth of the work per message) and starts the child (~0.1 s), so the
-# child takes more than half (100,000 messages, CPU: the parent 1.6-1.9 s, the
-# child 1.2-1.35 s, against 2.3-3.0 s for the parent alone; bench/RESULTS.md).
-CHILD_SHARE = 0.6
+from gateway.store import fieldpack
+
+# The child's share of the heads. The parent also lists what is missing, starts
+# the child (~0.1 s, and the child's imports ~0.2 s of its own) and stores the
+# packs; the child pays its start: about half each (bench/RESULTS.md, 2026-11-27
+# "packed search fields").
+CHILD_SHARE = 0.55
 _SEP = b"\0"  # between paths in: no file name holds a NUL
 BATCH = 5000  # answers per marshal record out: what the parent holds at a time
 _ROOT = str(Path(__file__).resolve().parents[3])  # the directory that holds gateway/
@@ -60,11 +66,12 @@ class Child:
     def __init__(self, proc: subprocess.Popen, errors: IO[bytes]) -> None:
         self.proc, self.errors = proc, errors
 
-    def batches(self) -> Iterator[list]:
-        """The child's answers in path order, BATCH at a time: per path its fields, or
-        None (the parent does that one). Ends early, logged, if the child fails: the
-        caller does the paths no batch answered. One batch is held at a time, so the
-        answers of 60,000 messages never sit in this process's memory at once."""
+    def batches(self) -> Iterator[tuple]:
+        """The child's answers in path order, BATCH paths at a time, each a tuple
+        (paths, [positions left to the parent], *five text columns, days) (the
+        module's docstring). Ends early, logged, if the child fails: the caller does
+        the paths no batch answered. One batch is held at a time, so the answers of
+        60,000 messages never sit in this process's memory at once."""
         assert self.proc.stdout is not None
         while True:
             try:
@@ -74,8 +81,8 @@ class Child:
             except (ValueError, TypeError, OSError) as e:
                 _warn("search fields child gave no usable answer: {error}", error=e)
                 return
-            if not isinstance(batch, list):
-                _warn("search fields child gave a {kind}, not a list", kind=type(batch).__name__)
+            if not (isinstance(batch, tuple) and len(batch) == 8):
+                _warn("search fields child gave a {kind}, not a batch", kind=type(batch).__name__)
                 return
             yield batch
 
@@ -133,28 +140,32 @@ def read_head(path: bytes, head_read: int) -> bytes | None:
     return head
 
 
-def work(paths: list[bytes], head_read: int) -> Iterator[list]:
-    """searchfields.of_head of each file's head, None where the parent must look;
-    BATCH answers at a time."""
+def work(paths: list[bytes], head_read: int) -> Iterator[tuple]:
+    """searchfields.of_head of each file's head, packed BATCH paths at a time (the
+    module's docstring); the positions where the parent must look are listed."""
     from gateway.access.imap.searchfields import of_head
 
-    out: list = []
-    for path in paths:
-        try:
-            head = read_head(path, head_read)
-            out.append(None if head is None else of_head(head))
-        except Exception:  # noqa: BLE001 - the parent parses it and meets the error itself
-            out.append(None)
-        if len(out) >= BATCH:
-            yield out
-            out = []
-    if out:
-        yield out
+    for start in range(0, len(paths), BATCH):
+        got: list[tuple] = []
+        left: list[int] = []
+        for n, path in enumerate(paths[start:start + BATCH]):
+            try:
+                head = read_head(path, head_read)
+                fields = None if head is None else of_head(head)
+            except Exception:  # noqa: BLE001 - the parent parses it and meets the error itself
+                fields = None
+            if fields is None:
+                left.append(n)
+            else:
+                got.append(fields)
+        columns = list(zip(*got, strict=True)) if got else [()] * 6
+        yield (min(BATCH, len(paths) - start), left,
+               *(fieldpack.join(c) for c in columns[:5]), fieldpack.ints(columns[5], "i"))
 
 
 def main() -> None:
-    """The child: paths on stdin (NUL-separated); on stdout, a marshal record (a list
-    of answers) per BATCH paths, in their order."""
+    """The child: paths on stdin (NUL-separated); on stdout, a marshal record (a
+    batch, work()) per BATCH paths, in their order."""
     gc.disable()  # tuples of bytes and ints: no cycles to collect
     head_read = int(sys.argv[1])
     data = sys.stdin.buffer.read()
