@@ -110,4 +110,4 @@ def rows(pack: Pack) -> Iterator[tuple]:
     if not n:
         return
     texts = [t.split(SEP) for t in pack[1:6]]
-    yield from zip(numbers(pack[0], "I"), *texts, numbers(pack[6], "i"))
+    yield from zip(numbers(pack[0], "I"), *texts, numbers(pack[6], "i"), strict=True)

@@ -73,7 +73,7 @@ from gateway.durable import (
     syncfs_of,
     when_durable,
 )
-from gateway.store import quota
+from gateway.store import fieldpack, quota
 from gateway.store.index import VANISHED_LIMIT, Index
 from gateway.store.keywords import LETTERS, KeywordTable
 from gateway.store.listing import UNKNOWN, Listing, Row
@@ -664,8 +664,8 @@ class Folder:
 
     def file_name(self, uid: int) -> str | None:
         """file_path() as a str, without pathlib's cost (SEARCH asks it 100,000 times)."""
-        m = self.by_uid.get(uid)
-        return None if m is None else f"{self.path}/{m.sub}/{m.base}{m.suffix}"
+        rel = self.by_uid.relpath_of(uid)
+        return None if rel is None else f"{self.path}/{rel}"
 
     def file_path(self, uid: int) -> Path | None:
         m = self.by_uid.get(uid)

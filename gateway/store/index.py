@@ -544,7 +544,8 @@ class Index:
         """uid -> the Date field's day, for the messages whose fields are filled."""
         days: dict[int, int] = {}
         for uids, sent in zip(self._column("uids"), self._column("sent"), strict=True):
-            days.update(zip(fieldpack.numbers(uids, "I"), fieldpack.numbers(sent, "i")))
+            days.update(zip(fieldpack.numbers(uids, "I"), fieldpack.numbers(sent, "i"),
+                            strict=True))
         return days
 
     def field_rows(self) -> dict[int, tuple]:

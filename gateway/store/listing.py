@@ -164,6 +164,16 @@ class Listing:
         c = self._c
         return (self._at(c, i) for i in range(len(c.uids)))
 
+    def relpath_of(self, uid: int) -> str | None:
+        """The message's file, as Message.relpath() has it, without making the Message
+        (SEARCH's first fill asks it for 100,000 messages)."""
+        c = self._c
+        i = c.pos(uid)
+        if i < 0:
+            return None
+        sub, suffix, _ = self.states[c.state[i]]
+        return f"{sub}/{c.bases[i]}{suffix}"
+
     def _at(self, c: _Columns, i: int) -> Any:
         sub, suffix, kw = self.states[c.state[i]]
         return self._make(c.uids[i], c.bases[i], sub, suffix, kw, c.size[i], c.idate[i],

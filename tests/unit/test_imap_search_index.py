@@ -1,8 +1,8 @@
 """SEARCH over the index's search fields, BODY's raw look, and sessions sharing UIDs.
 
 access/imap/searchfields.py, bodyscan.py, search.py, mailbox.py; store/index.py
-(table fieldpacks, store/fieldpack.py). The old path (a HeaderSummary per message, every body decoded)
-is the oracle: the new one must give the same answers.
+(table fieldpacks, store/fieldpack.py). The old path (a HeaderSummary per
+message, every body decoded) is the oracle: the new one must give the same answers.
 """
 
 from __future__ import annotations
@@ -300,7 +300,8 @@ def test_many_fields_are_written_a_batch_at_a_time_and_a_failed_write_fails(env,
     want = {u: searchfields.of_head(folder.read_head(u)) for u in uids}
     index = folder.index
     assert index.field_rows() == want
-    assert index.db.execute("SELECT count(*) FROM fieldpacks").fetchone()[0] == 7 * -(-len(HEADS) // 4)
+    packs = -(-len(HEADS) // 4)  # 4 messages a pack, the last one smaller
+    assert index.db.execute("SELECT count(*) FROM fieldpacks").fetchone()[0] == 7 * packs
     index.db.execute("DELETE FROM fieldpacks")
     calls = []
 
