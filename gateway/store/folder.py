@@ -667,6 +667,10 @@ class Folder:
         rel = self.by_uid.relpath_of(uid)
         return None if rel is None else f"{self.path}/{rel}"
 
+    def file_names(self, uids: Iterable[int]) -> list[str]:
+        """file_name() of each of uids, "" for one gone: many at once, faster."""
+        return self.by_uid.relpaths(uids, f"{self.path}/")
+
     def file_path(self, uid: int) -> Path | None:
         m = self.by_uid.get(uid)
         return None if m is None else self.path / m.relpath()

@@ -211,7 +211,7 @@ def fill(folder, uids: list[int], process_min: int = 0) -> None:
         theirs = todo[::-1]
         # A message expunged meanwhile gets a path that opens nothing: it comes back
         # as one to do here, where heads() leaves it out.
-        child = fieldsworker.start([folder.file_name(u) or "" for u in theirs], HEAD_READ)
+        child = fieldsworker.start(folder.file_names(theirs), HEAD_READ)
     try:
         with memtrim.paused_gc():  # rows of bytes and ints: no cycles
             if child is None:
