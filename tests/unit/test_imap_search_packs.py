@@ -141,3 +141,24 @@ def test_fetch_envelope_puts_the_search_fields_it_made_in_the_packs(env):
     assert folder.index.field_rows() == want
     rows = folder.index.db.execute("SELECT data FROM fieldpacks WHERE col='uids'").fetchall()
     assert sum(len(d) for (d,) in rows) == 4 * len(uids)  # each message once
+
+
+def test_envelope_is_written_as_the_nested_lists_encode():
+    """message.envelope writes ENVELOPE itself: the same bytes as wire.encode of the
+    nested lists (groups, routes, missing fields, Sender and Reply-To from From)."""
+    from gateway.access.imap import message
+    from gateway.access.imap.wire import encode
+
+    heads = [*HEADS, b"From: a@b.example\r\nSender: s@b.example\r\nReply-To: \r\n"
+             b"To: undisclosed:;\r\nCc: team: x@y.example, \"Q \\\" N\" <z@y.example>;\r\n"
+             b"Bcc: <@route.example:r@y.example>\r\nIn-Reply-To: <i@d>\r\n"
+             b"Message-ID: <m@d>\r\n\r\n"]
+    for head in heads:
+        root = message.Head(head)
+        lists = message.address_lists(root)
+        got = {name: [list(a) for a in lists[name]] or None for name in lists}
+        f = root.field
+        want = encode([f(b"date"), f(b"subject"), got[b"from"], got[b"sender"] or got[b"from"],
+                       got[b"reply-to"] or got[b"from"], got[b"to"], got[b"cc"], got[b"bcc"],
+                       f(b"in-reply-to"), f(b"message-id")])
+        assert message.envelope(root, lists) == want, head
