@@ -107,6 +107,22 @@ def test_a_header_search_makes_no_store_message_per_message(env, monkeypatch):
     assert made
 
 
+def test_one_header_key_alone_is_answered_without_a_message_each(env, monkeypatch):
+    """SEARCH FROM x (alone, or alone in parentheses) is the UIDs the packs give: no
+    search.Message per message searched; with another key, each message is tested."""
+    deliver_all(env, [h + b"body\r\n" for h in HEADS])
+    s = env()
+    s.login()
+    s("SELECT INBOX")
+    made = []
+    real = search.Message
+    monkeypatch.setattr(search, "Message", lambda *a: made.append(a) or real(*a))
+    assert found(s, "FROM dana") == [1] and found(s, "(SUBJECT budget)") == [1]
+    assert found(s, "UID 2:* FROM müller") == [2]
+    assert b"* SEARCH 1\r\n" in s("UID SEARCH FROM dana")
+    assert len(made) == len(HEADS)  # the UID 2:* search alone
+
+
 def test_a_message_expunged_while_a_search_runs_matches_nothing(env):
     """The view still lists it; its store Message is looked up only when a key asks
     (here: a flag), and then it is Gone: no match, no error."""

@@ -254,6 +254,7 @@ class Parser:
                 if found[0] is not msg.shared:
                     found[:] = [msg.shared, msg.shared.matches(field, s)]
                 return msg.uid in found[1]
+            test.header = (field, s)  # type: ignore[attr-defined]  # run(): alone, no Message
             return test
         if k == b"HEADER":
             name = astring(self.take(), "header name").lower()
@@ -372,6 +373,10 @@ def run(view: View, predicate: Predicate, uid: bool, budget: Budget | None = Non
         here = set(folder.by_uid.uids)
     pairs = [(n, u) for n, u in enumerate(view.uids, 1) if u in here]
     shared = Shared(view, pairs, budget.process_min if budget is not None else 0)
+    header = getattr(predicate, "header", None)
+    if header is not None:  # one header key alone (SEARCH FROM x): its UIDs, no Message each
+        found = shared.matches(*header)
+        return [u if uid else n for n, u in pairs if u in found]
 
     def test(n: int, u: int) -> bool:
         try:
