@@ -103,7 +103,7 @@ class ImapSettings:
     max_search_keys: int = 100
     max_search_bytes: int = 1073741824  # 1 GiB: a BODY search of a 100,000-message INBOX
     # Header fields a first SEARCH FROM/SUBJECT/... must fill past which a child
-    # process parses a share of them beside the search thread (0: never).
+    # process parses them too, from the other end, beside the search thread (0: never).
     search_process_min: int = 20000
     # Octets of all literals of one command (APPEND's message apart), and before login.
     max_command_literals: int = 262144

@@ -72,7 +72,7 @@ from gateway.durable import (
     syncfs_of,
     when_durable,
 )
-from gateway.store import nameorder, quota
+from gateway.store import fieldpack, nameorder, quota
 from gateway.store.index import VANISHED_LIMIT, Index
 from gateway.store.keywords import LETTERS, KeywordTable
 from gateway.store.listing import UNKNOWN, Listing, Row
@@ -792,8 +792,12 @@ class Folder:
 
     def file_name(self, uid: int) -> str | None:
         """file_path() as a str, without pathlib's cost (SEARCH asks it 100,000 times)."""
-        m = self.by_uid.get(uid)
-        return None if m is None else f"{self.path}/{m.sub}/{m.base}{m.suffix}"
+        rel = self.by_uid.relpath_of(uid)
+        return None if rel is None else f"{self.path}/{rel}"
+
+    def file_names(self, uids: Iterable[int]) -> list[str]:
+        """file_name() of each of uids, "" for one gone: many at once, faster."""
+        return self.by_uid.relpaths(uids, f"{self.path}/")
 
     def file_path(self, uid: int) -> Path | None:
         m = self.by_uid.get(uid)
@@ -920,12 +924,17 @@ class Folder:
     def without_fields(self, uids: list[int]) -> list[int]:
         """Those of uids (ascending) whose search fields (Index.put_fields) are missing."""
         with self.lock:
-            return self.index.without_fields(uids)
+            return self.index.without_fields(uids, len(self.by_uid))
 
     def put_fields(self, rows: list[tuple]) -> None:
-        """Store search field rows (uid first) of messages still here."""
+        """Store search field rows (uid first) as one pack (store/fieldpack.py)."""
         with self.lock:
-            self.index.put_fields(r for r in rows if r[0] in self.by_uid)
+            self.index.put_fields(rows)
+
+    def put_pack(self, pack: fieldpack.Pack) -> None:
+        """Store a pack of search fields made elsewhere (a child process)."""
+        with self.lock:
+            self.index.put_pack(pack)
 
     def match_field(self, column: str, needle: bytes) -> set[int]:
         with self.lock:

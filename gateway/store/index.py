@@ -9,8 +9,9 @@ alone), and a cache of
 parsed headers (ENVELOPE, BODYSTRUCTURE) so FETCH need not reopen 100,000
 files. The header fields SEARCH FROM/TO/CC/BCC/SUBJECT and SENT* look at
 (decoded and case-folded by access/imap/searchfields.py; opaque text here)
-have columns of their own (table fields), so such a SEARCH is one SQL scan
-(instr()) instead of a parse of every message. They are filled on the first
+are kept packed, a few thousand messages to a row per column (table
+fieldpacks, store/fieldpack.py), so such a SEARCH is a substring search of a
+few blobs instead of a parse of every message. They are filled on the first
 SEARCH that needs them, as Dovecot fills its cache: indexing a message (a
 delivery, or SELECT of a folder never seen) stays one stat per file.
 
@@ -53,11 +54,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from gateway.store import fieldpack
+
 INDEX_NAME = "mailgateway.index"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Expunged UIDs a folder remembers for QRESYNC ([mailbox] vanished_uids); past it the
 # oldest tenth is forgotten (Dovecot too forgets expunges with its old transaction logs).
 VANISHED_LIMIT = 50000
+# Packed search fields past twice the folder's messages plus this many are dropped
+# (without_fields): the fields of expunged messages do not pile up for ever.
+_STALE_SLACK = 1000
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -81,17 +87,15 @@ CREATE TABLE cache(
     data BLOB NOT NULL,          -- opaque to the store
     PRIMARY KEY (uid, kind)
 );
-CREATE TABLE fields(
-    uid INTEGER PRIMARY KEY,     -- what SEARCH's header keys look in, one column each
-    sfrom BLOB NOT NULL,         -- UTF-8, decoded and case-folded by the IMAP side
-    sto BLOB NOT NULL,
-    scc BLOB NOT NULL,
-    sbcc BLOB NOT NULL,
-    ssubject BLOB NOT NULL,
-    sent INTEGER NOT NULL        -- the Date field's day (ordinal), -1 if none
+CREATE TABLE fieldpacks(
+    pack INTEGER NOT NULL,       -- what SEARCH's header keys look in (store/fieldpack.py)
+    col TEXT NOT NULL,           -- 'uids', a text column (fieldpack.TEXTS) or 'sent'
+    data BLOB NOT NULL,          -- that column of the pack's messages
+    PRIMARY KEY (col, pack)
 );
 """
-FIELD_COLUMNS = ("sfrom", "sto", "scc", "sbcc", "ssubject")
+FIELD_COLUMNS = fieldpack.TEXTS
+_PACK_COLUMNS = ("uids", *FIELD_COLUMNS, "sent")  # a Pack's values, in order
 
 # (uid, base, sub, suffix, kw, size, idate, modseq)
 Row = tuple[int, str, str, str, str, int, int, int]
@@ -146,8 +150,8 @@ class Index:
                 db.execute("PRAGMA synchronous=FULL")
                 if not fresh and self._version(db) == 2:
                     self._upgrade_2(db)
-                if not fresh and self._version(db) == 3:
-                    self._upgrade_3(db)
+                if not fresh and self._version(db) in (3, 4):
+                    self._upgrade_fields(db)
                 if fresh or not self._valid(db):
                     if not fresh:
                         raise sqlite3.DatabaseError("not a mailgateway index")
@@ -191,11 +195,12 @@ class Index:
         db.execute("COMMIT")
 
     @staticmethod
-    def _upgrade_3(db: sqlite3.Connection) -> None:
-        """Schema 3 had no search field columns: add the (empty) table; the first
-        SEARCH that needs them fills it."""
+    def _upgrade_fields(db: sqlite3.Connection) -> None:
+        """Schema 3 had no search fields, schema 4 a row per message (table fields):
+        add the (empty) table of packs; the first SEARCH that needs them fills it."""
         db.execute("BEGIN IMMEDIATE")
-        statement = _SCHEMA[_SCHEMA.index("CREATE TABLE fields"):].split(";")[0]
+        db.execute("DROP TABLE IF EXISTS fields")
+        statement = _SCHEMA[_SCHEMA.index("CREATE TABLE fieldpacks"):].split(";")[0]
         db.execute(statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
         db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         db.execute("COMMIT")
@@ -331,7 +336,8 @@ class Index:
             self._rows_changed()
             db.executemany("DELETE FROM msg WHERE uid=?", params)
             db.executemany("DELETE FROM cache WHERE uid=?", params)  # every kind
-            db.executemany("DELETE FROM fields WHERE uid=?", params)
+            # The fieldpacks keep an expunged message's fields: a search sees only the
+            # UIDs still here, and without_fields() drops packs grown stale.
             db.executemany(f"INSERT OR REPLACE INTO vanished VALUES (?, {modseq})", params)
             self._prune_vanished(db)
             db.execute("COMMIT")
@@ -592,32 +598,72 @@ class Index:
 
     # -- the search fields ------------------------------------------------------
 
-    def without_fields(self, uids: Sequence[int]) -> list[int]:
-        """Those of uids (ascending) whose search fields are not filled yet."""
+    def without_fields(self, uids: Sequence[int], present: int) -> list[int]:
+        """Those of uids (ascending) whose search fields are not filled yet. present:
+        how many messages the folder holds; when the packs hold more than twice that
+        (the fields of expunged messages, kept by remove()), they are all dropped and
+        filled again by the search asking: storage stays bounded by the folder."""
         if not uids:
             return []
-        have = {u for (u,) in self.db.execute(
-            "SELECT uid FROM fields WHERE uid BETWEEN ? AND ?", (uids[0], uids[-1]))}
+        packed = [fieldpack.numbers(d, "I") for (d,) in self.db.execute(
+            "SELECT data FROM fieldpacks WHERE col='uids'")]
+        if sum(map(len, packed)) > 2 * present + _STALE_SLACK:
+            self._write("DELETE FROM fieldpacks", [()])
+            return list(uids)
+        have: set[int] = set()
+        for a in packed:
+            have.update(a)
         return [u for u in uids if u not in have]
 
-    def put_fields(self, rows: Iterable[tuple]) -> None:
-        """Store (uid, from, to, cc, bcc, subject, sent) rows. Like the parse cache,
-        a crash loses only work: no fsync."""
+    def put_fields(self, rows: Sequence[tuple]) -> None:
+        """Store (uid, from, to, cc, bcc, subject, sent) rows, as one pack."""
+        self.put_pack(fieldpack.of_rows(rows))
+
+    def put_pack(self, pack: fieldpack.Pack) -> None:
+        """Store a pack (store/fieldpack.py). Like the parse cache, a crash loses only
+        work: no fsync."""
+        if not pack[0]:
+            return
         db = self.db
         db.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._write("INSERT OR REPLACE INTO fields VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        list(rows))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = db.execute("SELECT COALESCE(MAX(pack), 0) + 1 FROM fieldpacks"
+                               ).fetchone()[0]
+                db.executemany("INSERT INTO fieldpacks VALUES (?, ?, ?)",
+                               [(n, c, d) for c, d in zip(_PACK_COLUMNS, pack, strict=True)])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         finally:
             db.execute("PRAGMA synchronous=FULL")
 
+    def _column(self, col: str) -> list[bytes]:
+        """One column of every pack, in pack order."""
+        return [d for (d,) in self.db.execute(
+            "SELECT data FROM fieldpacks WHERE col=? ORDER BY pack", (col,))]
+
     def match_field(self, column: str, needle: bytes) -> set[int]:
-        """UIDs whose column (one of FIELD_COLUMNS) holds needle as a substring."""
+        """UIDs whose column (one of FIELD_COLUMNS) holds needle as a substring (some
+        may be expunged: the caller looks only at its own)."""
         if column not in FIELD_COLUMNS:
             raise ValueError(f"no search field {column!r}")
-        return {u for (u,) in self.db.execute(
-            f"SELECT uid FROM fields WHERE instr({column}, ?) > 0", (needle,))}
+        found: set[int] = set()
+        for uids, text in zip(self._column("uids"), self._column(column), strict=True):
+            found.update(fieldpack.find(fieldpack.numbers(uids, "I"), text, needle))
+        return found
 
     def sent_days(self) -> dict[int, int]:
         """uid -> the Date field's day, for the messages whose fields are filled."""
-        return dict(self.db.execute("SELECT uid, sent FROM fields"))
+        days: dict[int, int] = {}
+        for uids, sent in zip(self._column("uids"), self._column("sent"), strict=True):
+            days.update(zip(fieldpack.numbers(uids, "I"), fieldpack.numbers(sent, "i"),
+                            strict=True))
+        return days
+
+    def field_rows(self) -> dict[int, tuple]:
+        """uid -> (from, to, cc, bcc, subject, sent) of every message packed."""
+        packs = zip(*(self._column(c) for c in _PACK_COLUMNS), strict=True)
+        return {r[0]: tuple(r[1:]) for p in packs for r in fieldpack.rows(p)}

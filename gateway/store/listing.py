@@ -169,6 +169,32 @@ class Listing:
         c = self._c
         return (self._at(c, i) for i in range(len(c.uids)))
 
+    def relpath_of(self, uid: int) -> str | None:
+        """The message's file, as Message.relpath() has it, without making the Message
+        (SEARCH's first fill asks it for 100,000 messages)."""
+        c = self._c
+        i = c.pos(uid)
+        if i < 0:
+            return None
+        sub, suffix, _ = self.states[c.state[i]]
+        return f"{sub}/{c.bases[i]}{suffix}"
+
+    def relpaths(self, uids: Iterable[int], root: str = "") -> list[str]:
+        """root + relpath_of(uid) of each of uids ("" for a UID not here): SEARCH's
+        first fill names 100,000 files for its child before the child can start."""
+        c = self._c
+        ends = [(f"{root}{sub}/", suffix) for sub, suffix, _ in self.states]
+        state, bases, pos = c.state, c.bases, c.pos
+        out = []
+        for uid in uids:
+            i = pos(uid)
+            if i < 0:
+                out.append("")
+            else:
+                head, tail = ends[state[i]]
+                out.append(head + bases[i] + tail)
+        return out
+
     def _at(self, c: _Columns, i: int) -> Any:
         sub, suffix, kw = self.states[c.state[i]]
         return self._make(c.uids[i], c.bases[i], sub, suffix, kw, c.size[i], c.idate[i],

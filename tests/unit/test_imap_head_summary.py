@@ -54,7 +54,17 @@ def test_a_head_summary_is_the_part_summary(head):
 
 def test_pack_keeps_the_layout():
     s = summary.StructureSummary(body=b"(A)", bodystructure=b"(B C)")
-    assert summary.pack(s) == b"bv2.3:(A)5:(B C)"
+    assert summary.pack(s) == b"bv3.\x03\0\0\0\x05\0\0\0(A)(B C)"
+
+
+def test_a_blob_of_another_layout_or_damaged_is_no_summary():
+    """None (then made again): layout v2, cut short, too long, lengths past its end."""
+    s = summary.StructureSummary(body=b"(A)", bodystructure=b"(B C)")
+    blob = summary.pack(s)
+    assert summary.unpack(blob, summary.StructureSummary) == s
+    for bad in (b"bv2.3:(A)5:(B C)", blob[:-1], blob + b"x", blob[:6], b"bv3.",
+                blob[:4] + b"\xff" + blob[5:], summary.pack(summary.summarize_header(b"\r\n"))):
+        assert summary.unpack(bad, summary.StructureSummary) is None, bad
 
 
 def test_a_memoised_address_list_is_the_callers_own():

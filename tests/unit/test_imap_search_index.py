@@ -1,8 +1,8 @@
 """SEARCH over the index's search fields, BODY's raw look, and sessions sharing UIDs.
 
 access/imap/searchfields.py, bodyscan.py, search.py, mailbox.py; store/index.py
-(table fields). The old path (a HeaderSummary per message, every body decoded)
-is the oracle: the new one must give the same answers.
+(table fieldpacks, store/fieldpack.py). The old path (a HeaderSummary per
+message, every body decoded) is the oracle: the new one must give the same answers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from gateway.access.imap import bodyscan, message, searchfields, searchtext
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.summary import summarize_header
+from gateway.store import index as index_module
 from gateway.store.index import INDEX_NAME
 
 HEADS = [
@@ -123,14 +124,36 @@ def test_search_by_index_columns_matches_the_old_path(env):
     day = datetime.date(2024, 1, 3).toordinal()
     want = [n for n, o in enumerate(old, 1) if 0 <= o.sent_day < day]
     assert found(s, "SENTBEFORE 3-Jan-2024") == want
-    # The fields live in the index now: one row per message, dropped with it.
+    # The fields live in the index now, packed: seven rows (one pack) for them all.
     index = env.store.mailbox_path(BOX) / INDEX_NAME
     db = sqlite3.connect(index)
-    assert db.execute("SELECT count(*) FROM fields").fetchone()[0] == len(HEADS)
+    assert db.execute("SELECT count(*) FROM fieldpacks").fetchone()[0] == 7
+    db.close()
+    # An expunged message's fields stay in its pack, and no search finds it.
+    assert found(s, "FROM dana") == [1]
     s("STORE 1 +FLAGS.SILENT (\\Deleted)")
     s("EXPUNGE")
-    assert db.execute("SELECT count(*) FROM fields WHERE uid=1").fetchone()[0] == 0
-    db.close()
+    assert found(s, "FROM dana") == []
+    assert found(s, "FROM müller") == [1]
+
+
+def test_stale_packs_are_dropped_once_they_hold_twice_the_folder(env, monkeypatch):
+    """Expunged messages' fields are kept in their packs (remove() does not rewrite
+    them) only until the packs hold more than twice the folder's messages."""
+    monkeypatch.setattr(index_module, "_STALE_SLACK", 0)
+    deliver_all(env, [h + b"body\r\n" for h in HEADS])
+    folder = env.store.open_folders(BOX).open("INBOX")
+    uids = list(folder.uids)
+    searchfields.fill(folder, uids)
+    assert set(folder.index.field_rows()) == set(uids)
+    with folder.lock:
+        folder.index.remove(uids[:len(uids) // 2])  # half gone: still kept
+    assert folder.index.without_fields(uids[len(uids) // 2:], len(uids) - len(uids) // 2) == []
+    assert set(folder.index.field_rows()) == set(uids)
+    with folder.lock:
+        folder.index.remove(uids[:-2])  # far more gone: dropped, filled again on asking
+    assert folder.index.without_fields(uids[-2:], 2) == uids[-2:]
+    assert folder.index.field_rows() == {}
 
 
 def test_fields_are_filled_again_after_a_rebuild_and_kept_by_an_upgrade(env, tmp_path):
@@ -140,20 +163,29 @@ def test_fields_are_filled_again_after_a_rebuild_and_kept_by_an_upgrade(env, tmp
     s("SELECT INBOX")
     assert found(s, "FROM dana") == [1]
     s("LOGOUT", expect=None)
-    # A schema 3 index (no fields table) is upgraded in place: same UIDVALIDITY.
+    # A schema 3 index (no fields) and a schema 4 one (a row per message in table
+    # fields) are upgraded in place: same UIDVALIDITY, the fields packed anew.
     index = env.store.mailbox_path(BOX) / INDEX_NAME
-    db = sqlite3.connect(index)
-    validity = db.execute("SELECT value FROM meta WHERE key='uidvalidity'").fetchone()[0]
-    db.execute("DROP TABLE fields")
-    db.execute("UPDATE meta SET value=3 WHERE key='schema'")
-    db.commit()
-    db.close()
-    fresh = fresh_store(tmp_path)  # a new process: the index is opened again
-    s = Session(make_factory(fresh, MemoryReactorClock()))
-    s.login()
-    assert b"[UIDVALIDITY %d]" % validity in s("SELECT INBOX")
-    assert found(s, "FROM müller") == [2]
-    s("LOGOUT", expect=None)
+    for schema in (3, 4):
+        db = sqlite3.connect(index)
+        validity = db.execute("SELECT value FROM meta WHERE key='uidvalidity'").fetchone()[0]
+        db.execute("DROP TABLE fieldpacks")
+        if schema == 4:
+            db.execute("CREATE TABLE fields(uid INTEGER PRIMARY KEY, sfrom BLOB, sto BLOB, "
+                       "scc BLOB, sbcc BLOB, ssubject BLOB, sent INTEGER)")
+            db.execute("INSERT INTO fields VALUES (2, 'stale', '', '', '', '', -1)")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (schema,))
+        db.commit()
+        db.close()
+        fresh = fresh_store(tmp_path)  # a new process: the index is opened again
+        s = Session(make_factory(fresh, MemoryReactorClock()))
+        s.login()
+        assert b"[UIDVALIDITY %d]" % validity in s("SELECT INBOX")
+        assert found(s, "FROM müller") == [2] and found(s, "FROM stale") == []
+        s("LOGOUT", expect=None)
+        db = sqlite3.connect(index)
+        assert db.execute("SELECT name FROM sqlite_master WHERE name='fields'").fetchall() == []
+        db.close()
     # Deleted: rebuilt with a new UIDVALIDITY, the fields made again from the files.
     os.unlink(index)
     fresh = fresh_store(tmp_path)
@@ -267,9 +299,10 @@ def test_many_fields_are_written_a_batch_at_a_time_and_a_failed_write_fails(env,
     assert folder.without_fields(uids) == []
     want = {u: searchfields.of_head(folder.read_head(u)) for u in uids}
     index = folder.index
-    got = {r[0]: tuple(r[1:]) for r in index.db.execute("SELECT * FROM fields")}
-    assert got == want
-    index.db.execute("DELETE FROM fields")
+    assert index.field_rows() == want
+    packs = -(-len(HEADS) // 4)  # 4 messages a pack, the last one smaller
+    assert index.db.execute("SELECT count(*) FROM fieldpacks").fetchone()[0] == 7 * packs
+    index.db.execute("DELETE FROM fieldpacks")
     calls = []
 
     def broken(rows):

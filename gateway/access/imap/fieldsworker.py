@@ -4,11 +4,13 @@ Part of access/imap, beside searchfields.py (whose fill() uses it). The
 first SEARCH FROM/TO/CC/BCC/SUBJECT/SENT* of a folder reads and parses the
 head of every message once (searchfields.of_head); on a 100,000-message
 INBOX that is seconds of one core, and the GIL keeps a thread from sharing
-it. Past `[imap] search_process_min` messages, fill() hands the heads of
-a share of them (CHILD_SHARE) to one child process started for that search
-(DESIGN.md: "more processes, not more threads") and parses the rest itself
-meanwhile; the child ends when its share is done, so it costs no memory
-between searches.
+it. Past `[imap] search_process_min` messages, fill() hands all the heads
+to one child process started for that search (DESIGN.md: "more processes,
+not more threads"), which works from the last one back, while the search
+thread works from the first one on; they stop where they meet (fill() asks
+the child how far it got, without waiting, between its own steps), so
+neither waits for the other however busy the machine is. The child is
+ended then, so it costs no memory between searches.
 
 The child only reads and parses: the index is written by the gateway alone
 (its Folder lock guards it). It reads a file's first head_read octets once
@@ -19,12 +21,17 @@ that cannot start or fails as a whole only means the parent parses its
 share too.
 
 Between the two, nothing but bytes the parent made: the file paths in (an
-unlinked temporary file as the child's stdin), marshal records of the
-answers (lists of tuples of bytes and ints, BATCH each) out (a pipe).
+unlinked temporary file as the child's stdin), records out (a pipe), one per
+BATCH paths, each a marshal dump after its length (4 octets, little-endian):
+(how many paths, the positions among them the parent must do, then the
+fields of the others packed as the index keeps them: store/fieldpack.py,
+the five text columns and the days). The parent adds the UIDs and stores
+the pack as it is: the child's share costs the parent no work per message.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import marshal
 import os
@@ -36,13 +43,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-# The child's share of the heads: the parent also writes every row to the index
-# (about a fifth of the work per message) and starts the child (~0.1 s), so the
-# child takes more than half (100,000 messages, CPU: the parent 1.6-1.9 s, the
-# child 1.2-1.35 s, against 2.3-3.0 s for the parent alone; bench/RESULTS.md).
-CHILD_SHARE = 0.6
+from gateway.store import fieldpack
+
 _SEP = b"\0"  # between paths in: no file name holds a NUL
-BATCH = 5000  # answers per marshal record out: what the parent holds at a time
+BATCH = 1000  # paths per record out: how far the parent sees the child's progress
+_LENGTH = 4  # octets of a record's length
+_PIPE_SIZE = 1 << 20  # the pipe out holds ~10,000 messages' records: the child never
+# waits for a parent busy parsing between two looks (F_SETPIPE_SZ, Linux)
 _ROOT = str(Path(__file__).resolve().parents[3])  # the directory that holds gateway/
 
 
@@ -55,33 +62,60 @@ def _warn(text: str, **fields: Any) -> None:
 
 
 class Child:
-    """One running child: its answers come in batches (batches())."""
+    """One running child; ready() gives the records it has sent so far."""
 
     def __init__(self, proc: subprocess.Popen, errors: IO[bytes]) -> None:
         self.proc, self.errors = proc, errors
+        assert proc.stdout is not None
+        self._fd = proc.stdout.fileno()
+        os.set_blocking(self._fd, False)
+        self._buf = bytearray()
+        self.over = False  # it ended, failed or answered wrongly: nothing more comes
 
-    def batches(self) -> Iterator[list]:
-        """The child's answers in path order, BATCH at a time: per path its fields, or
-        None (the parent does that one). Ends early, logged, if the child fails: the
-        caller does the paths no batch answered. One batch is held at a time, so the
-        answers of 60,000 messages never sit in this process's memory at once."""
-        assert self.proc.stdout is not None
+    def ready(self) -> list[tuple]:
+        """The records (the module's docstring) the child has sent since the last
+        call, in path order; never waits. A record that is not one ends them, logged:
+        the caller does the paths no record answered."""
+        if self.over:
+            return []
         while True:
             try:
-                batch = marshal.load(self.proc.stdout)
-            except EOFError:
-                return
-            except (ValueError, TypeError, OSError) as e:
+                chunk = os.read(self._fd, _PIPE_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                _warn("search fields child could not be read: {error}", error=e)
+                chunk = b""
+            if not chunk:
+                self.over = True  # what is in the buffer still counts
+                break
+            self._buf += chunk
+        out: list[tuple] = []
+        buf = self._buf
+        while len(buf) >= _LENGTH:
+            n = int.from_bytes(buf[:_LENGTH], "little")
+            if len(buf) < _LENGTH + n:
+                break
+            try:
+                record = marshal.loads(bytes(buf[_LENGTH:_LENGTH + n]))
+            except (ValueError, TypeError, EOFError) as e:
                 _warn("search fields child gave no usable answer: {error}", error=e)
-                return
-            if not isinstance(batch, list):
-                _warn("search fields child gave a {kind}, not a list", kind=type(batch).__name__)
-                return
-            yield batch
+                record = None
+            del buf[:_LENGTH + n]
+            if not (isinstance(record, tuple) and len(record) == 8):
+                if record is not None:
+                    _warn("search fields child gave a {kind}, not a record",
+                          kind=type(record).__name__)
+                self.over = True
+                break
+            out.append(record)
+        if self.over:
+            buf.clear()
+        return out
 
     def stop(self) -> None:
-        """End the child (if it still runs: the search failed or it answered wrongly),
-        reap it, and log why it failed if it did."""
+        """End the child (if it still runs: the search thread got to its part first, or
+        failed), reap it, and log why it failed if it did."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate()
@@ -93,7 +127,8 @@ class Child:
 
 
 def start(paths: Sequence[str], head_read: int) -> Child | None:
-    """A child working out the fields of each of paths; None if it cannot start."""
+    """A child working out the fields of each of paths (in their order); None if it
+    cannot start."""
     code = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
             "from gateway.access.imap.fieldsworker import main; main()")
     errors = tempfile.TemporaryFile()  # read only if it fails: a pipe could fill and block it
@@ -115,6 +150,11 @@ def start(paths: Sequence[str], head_read: int) -> Child | None:
         errors.close()
         _warn("search fields child could not start: {error}", error=e)
         return None
+    assert proc.stdout is not None
+    try:
+        fcntl.fcntl(proc.stdout.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+    except OSError:
+        pass  # a smaller pipe: the child may wait for the parent's next look, no more
     return Child(proc, errors)
 
 
@@ -133,33 +173,38 @@ def read_head(path: bytes, head_read: int) -> bytes | None:
     return head
 
 
-def work(paths: list[bytes], head_read: int) -> Iterator[list]:
-    """searchfields.of_head of each file's head, None where the parent must look;
-    BATCH answers at a time."""
+def work(paths: list[bytes], head_read: int) -> Iterator[tuple]:
+    """searchfields.of_head of each file's head, packed BATCH paths at a time (the
+    module's docstring); the positions where the parent must look are listed."""
     from gateway.access.imap.searchfields import of_head
 
-    out: list = []
-    for path in paths:
-        try:
-            head = read_head(path, head_read)
-            out.append(None if head is None else of_head(head))
-        except Exception:  # noqa: BLE001 - the parent parses it and meets the error itself
-            out.append(None)
-        if len(out) >= BATCH:
-            yield out
-            out = []
-    if out:
-        yield out
+    for start in range(0, len(paths), BATCH):
+        got: list[tuple] = []
+        left: list[int] = []
+        for n, path in enumerate(paths[start:start + BATCH]):
+            try:
+                head = read_head(path, head_read)
+                fields = None if head is None else of_head(head)
+            except Exception:  # noqa: BLE001 - the parent parses it and meets the error itself
+                fields = None
+            if fields is None:
+                left.append(n)
+            else:
+                got.append(fields)
+        columns = list(zip(*got, strict=True)) if got else [()] * 6
+        yield (min(BATCH, len(paths) - start), left,
+               *(fieldpack.join(c) for c in columns[:5]), fieldpack.ints(columns[5], "i"))
 
 
 def main() -> None:
-    """The child: paths on stdin (NUL-separated); on stdout, a marshal record (a list
-    of answers) per BATCH paths, in their order."""
+    """The child: paths on stdin (NUL-separated); on stdout, a record (work(), after
+    its length) per BATCH paths, in their order."""
     gc.disable()  # tuples of bytes and ints: no cycles to collect
     head_read = int(sys.argv[1])
     data = sys.stdin.buffer.read()
     paths = data.split(_SEP) if data else []
     out = sys.stdout.buffer
     for batch in work(paths, head_read):
-        marshal.dump(batch, out)
-    out.flush()
+        record = marshal.dumps(batch)
+        out.write(len(record).to_bytes(_LENGTH, "little") + record)
+        out.flush()  # the parent sees how far this child got at once

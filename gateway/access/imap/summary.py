@@ -6,23 +6,30 @@ folder's index cache as an opaque blob (store/index.py):
   BODY[HEADER...]) and the search fields (searchfields.of_part; SEARCH itself
   reads them from the index's columns). Cheap: only the head is read.
 - "b", from the whole message: BODY and BODYSTRUCTURE.
-The blob is a plain length-prefixed record, never pickle: the index lives in
-the user's Maildir.
+The blob is a plain record, never pickle: the index lives in the user's
+Maildir. After the kind letter and the layout, the length of each value (4
+octets each, little-endian), then the values: a FETCH ENVELOPE of 10,000
+cached messages reads 10,000 of them, and one struct call finds every value
+(layout v2 had "length:value" pairs, walked one at a time: half of such a
+FETCH's time).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, fields
+from itertools import accumulate
 from typing import TypeVar
 
 from gateway import memtrim
 from gateway.access.imap import message, searchfields
 
 MAX_CACHED_HEADER = 32 * 1024  # longer header blocks are read from the file when asked
-# After the kind letter in each blob: a summary made by an older layout (before
-# ENVELOPE had groups and routes) does not match, so it is made again. Never a
-# digit: a blob of the first layout has its first field's length there.
-_LAYOUT = b"v2."
+# After the kind letter in each blob: a summary made by an older layout (v2: the
+# lengths as digits before each value; before it, ENVELOPE without groups and
+# routes) does not match, so it is made again. Never a digit: a blob of the first
+# layout has its first field's length there.
+_LAYOUT = b"v3."
 
 
 @dataclass
@@ -80,12 +87,9 @@ def summarize_structure(data: bytes) -> StructureSummary:
 
 
 def pack(s: HeaderSummary | StructureSummary) -> bytes:
-    out = [s.KIND.encode() + s.LAYOUT]
-    for name in _FIELD_NAMES[type(s)]:
-        value = getattr(s, name)
-        out.append(b"%d:" % len(value))
-        out.append(value)
-    return b"".join(out)
+    values = [getattr(s, name) for name in _FIELD_NAMES[type(s)]]
+    return b"".join([s.KIND.encode() + s.LAYOUT,
+                     _LENGTHS[type(s)].pack(*map(len, values)), *values])
 
 
 T = TypeVar("T", HeaderSummary, StructureSummary)
@@ -94,27 +98,31 @@ T = TypeVar("T", HeaderSummary, StructureSummary)
 def unpack(blob: bytes, cls: type[T]) -> T | None:
     """The summary in blob; None if it is of another layout or damaged (then re-made)."""
     kind = cls.KIND.encode() + cls.LAYOUT
-    if not blob.startswith(kind):
+    lengths = _LENGTHS[cls]
+    start = len(kind) + lengths.size
+    if not blob.startswith(kind) or len(blob) < start:
         return None
-    values, i = [], len(kind)
-    try:
-        for _ in range(_FIELD_COUNT[cls]):
-            colon = blob.index(b":", i)
-            n = int(blob[i:colon])
-            values.append(blob[colon + 1:colon + 1 + n])
-            i = colon + 1 + n
-    except ValueError:
+    ends = list(accumulate(lengths.unpack_from(blob, len(kind)), initial=start))
+    if ends[-1] != len(blob):
         return None
-    if i != len(blob):
-        return None
-    return cls(*values)
+    return cls(*[blob[a:b] for a, b in zip(ends, ends[1:], strict=False)])
 
 
 # fields() is slow enough to show when 100,000 cached summaries are unpacked.
 # (dataclasses.astuple deep-copies each value: a fifth of pack's cost.)
 _FIELD_NAMES = {cls: tuple(f.name for f in fields(cls))
                 for cls in (HeaderSummary, StructureSummary)}
-_FIELD_COUNT = {cls: len(names) for cls, names in _FIELD_NAMES.items()}
+_LENGTHS = {cls: struct.Struct(f"<{len(names)}I") for cls, names in _FIELD_NAMES.items()}
+
+
+def _keep_fields(folder, uids: list[int], found: dict) -> None:
+    """The search fields of the header summaries just made into the index's packs
+    (searchfields.fill), where missing: a first FETCH ENVELOPE of 10,000 messages
+    spares the first SEARCH FROM as many heads to read and parse."""
+    rows = [(u, s.sfrom, s.sto, s.scc, s.sbcc, s.ssubject, int(s.sent))
+            for u in folder.without_fields(uids) if (s := found.get(u)) is not None]
+    if rows:
+        folder.put_fields(rows)
 
 
 def summaries(folder, uids: list[int], cls: type[T]) -> dict[int, T]:
@@ -145,4 +153,6 @@ def summaries(folder, uids: list[int], cls: type[T]) -> dict[int, T]:
                 made.append((uid, pack(s)))
     if made:
         folder.put_cached(made, cls.KIND)
+        if cls is HeaderSummary:
+            _keep_fields(folder, [u for u, _ in made], found)
     return {uid: found[uid] for uid in uids if uid in found}
