@@ -52,6 +52,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.store import fieldpack
@@ -275,28 +276,15 @@ class Index:
         """
         if not entries:
             return []
-        db = self.db
-        if not synced:
-            db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                first = self.uidnext
-                uids = list(range(first, first + len(entries)))
-                modseq = self._next_modseq()
-                self._rows_changed()
-                db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               [(u, *e, modseq) for u, e in zip(uids, entries, strict=True)])
-                db.execute("UPDATE meta SET value=? WHERE key='uidnext'",
-                           (first + len(entries),))
-                db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            self.highestmodseq = modseq
-        finally:
-            if not synced:
-                db.execute("PRAGMA synchronous=FULL")
+        with self._transaction(synced) as db:
+            first = self.uidnext
+            uids = list(range(first, first + len(entries)))
+            modseq = self._next_modseq()
+            self._rows_changed()
+            db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(u, *e, modseq) for u, e in zip(uids, entries, strict=True)])
+            db.execute("UPDATE meta SET value=? WHERE key='uidnext'", (first + len(entries),))
+        self.highestmodseq = modseq
         return uids
 
     def update(self, changes: Iterable[tuple[int, str, str, str]],
@@ -307,19 +295,13 @@ class Index:
         raised = [(u,) for u in flagged]
         if not params and not raised:
             return None
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             self._rows_changed()
             db.executemany("UPDATE msg SET sub=?, suffix=?, kw=? WHERE uid=?", params)
             modseq = None
             if raised:
                 modseq = self._next_modseq()
                 db.executemany(f"UPDATE msg SET modseq={modseq} WHERE uid=?", raised)
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         if modseq is not None:
             self.highestmodseq = modseq
         return modseq
@@ -329,9 +311,7 @@ class Index:
         params = [(u,) for u in uids]
         if not params:
             return
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             modseq = self._next_modseq()
             self._rows_changed()
             db.executemany("DELETE FROM msg WHERE uid=?", params)
@@ -340,10 +320,6 @@ class Index:
             # UIDs still here, and without_fields() drops packs grown stale.
             db.executemany(f"INSERT OR REPLACE INTO vanished VALUES (?, {modseq})", params)
             self._prune_vanished(db)
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         self.highestmodseq = modseq
 
     def _prune_vanished(self, db: sqlite3.Connection) -> None:
@@ -358,16 +334,31 @@ class Index:
         db.execute("DELETE FROM vanished WHERE modseq <= ?", over)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('vanishedfloor', ?)", over)
 
-    def _write(self, sql: str, params: list[tuple]) -> None:
+    @contextmanager
+    def _transaction(self, synced: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed on leaving, rolled back on an error. synced
+        False: committed without its fsync (synchronous=NORMAL), for what a crash may
+        lose (a cache, or rows whose durability rides another sync)."""
+        db = self.db
+        if not synced:
+            db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        finally:
+            if not synced:
+                db.execute("PRAGMA synchronous=FULL")
+
+    def _write(self, sql: str, params: list[tuple], synced: bool = True) -> None:
         if not params:
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany(sql, params)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
+        with self._transaction(synced) as db:
+            db.executemany(sql, params)
 
     # -- what the folder's directories looked like at the last listing ----------
 
@@ -388,14 +379,9 @@ class Index:
     def note_listed(self, sub: str, record: tuple[int, int, int, int, int]) -> None:
         """Record that the rows match directory sub as it was: (st_dev, st_ino,
         st_mtime_ns, stable, listed at). Lost in a crash it costs one listing: no fsync."""
-        db = self.db
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                        [(f"dir.{sub}.{k}", int(v))
-                         for k, v in zip(self._DIR_KEYS, record, strict=True)])
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [(f"dir.{sub}.{k}", int(v))
+                     for k, v in zip(self._DIR_KEYS, record, strict=True)], synced=False)
 
     # -- the packed listing (store/listing.py): a restart without 100,000 rows ----
 
@@ -429,10 +415,8 @@ class Index:
         Until then load_listing() answers with that listing. Returns (first, modseq)."""
         if count <= 0:
             raise ValueError("add_unwritten() of no messages")
-        db = self.db
         self._listing_table()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             self._rows_changed()  # writes rows still unwritten: one range at a time
             first = self.uidnext
             modseq = self._next_modseq()
@@ -443,10 +427,6 @@ class Index:
             # The key the listing will match once every row is written (load_listing).
             db.execute("INSERT OR REPLACE INTO listing VALUES (0, ?, ?, ?, ?, ?)",
                        (gen, modseq, count_before + count, max(top, first + count - 1), data))
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         self.highestmodseq = modseq
         self.unwritten = first
         self.listing_current = True
@@ -458,18 +438,8 @@ class Index:
         saved listing holds. No fsync: a crash loses the rows and their meta together."""
         if self.unwritten is None:
             return False
-        db = self.db
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._write_unwritten(limit)
-                db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+        with self._transaction(synced=False):
+            self._write_unwritten(limit)
         return self.unwritten is not None
 
     def _write_unwritten(self, limit: int | None) -> None:
@@ -536,32 +506,17 @@ class Index:
     def save_listing(self, data: bytes) -> None:
         """Keep data (Listing.pack() of rows as they are now). Lost in a crash it
         costs one reading of the rows: no fsync."""
-        db = self.db
         self._listing_table()
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._write("INSERT OR REPLACE INTO listing VALUES (0, ?, ?, ?, ?, ?)",
-                        [(*self._listing_key(), data)])
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+        self._write("INSERT OR REPLACE INTO listing VALUES (0, ?, ?, ?, ?, ?)",
+                    [(*self._listing_key(), data)], synced=False)
         self.listing_current = self.unwritten is None
 
     def put_sizes(self, rows: Sequence[tuple[int, int, int]]) -> None:
         """Record (size, idate, uid) of messages first indexed without them (a big first
         listing: store/folder.py LAZY_STAT). Lost in a crash they are learned again."""
-        db = self.db
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._rows_changed()
-                db.executemany("UPDATE msg SET size=?, idate=? WHERE uid=?", rows)
-                db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+        with self._transaction(synced=False) as db:
+            self._rows_changed()
+            db.executemany("UPDATE msg SET size=?, idate=? WHERE uid=?", rows)
 
     # -- the parse cache ------------------------------------------------------
 
@@ -588,13 +543,8 @@ class Index:
 
     def put_cached(self, items: Iterable[tuple[int, bytes]], kind: str) -> None:
         # Losing this on a crash costs only a re-parse: no fsync needed.
-        db = self.db
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._write("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)",
-                        [(u, kind, d) for u, d in items])
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+        self._write("INSERT OR REPLACE INTO cache VALUES (?, ?, ?)",
+                    [(u, kind, d) for u, d in items], synced=False)
 
     # -- the search fields ------------------------------------------------------
 
@@ -624,21 +574,11 @@ class Index:
         work: no fsync."""
         if not pack[0]:
             return
-        db = self.db
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                n = db.execute("SELECT COALESCE(MAX(pack), 0) + 1 FROM fieldpacks"
-                               ).fetchone()[0]
-                db.executemany("INSERT INTO fieldpacks VALUES (?, ?, ?)",
-                               [(n, c, d) for c, d in zip(_PACK_COLUMNS, pack, strict=True)])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+        with self._transaction(synced=False) as db:
+            n = db.execute("SELECT COALESCE(MAX(pack), 0) + 1 FROM fieldpacks"
+                           ).fetchone()[0]
+            db.executemany("INSERT INTO fieldpacks VALUES (?, ?, ?)",
+                           [(n, c, d) for c, d in zip(_PACK_COLUMNS, pack, strict=True)])
 
     def _column(self, col: str) -> list[bytes]:
         """One column of every pack, in pack order."""
