@@ -186,9 +186,9 @@ class QueueSettings:
     # of creating files (queue/spare.py); 0: every file is unlinked.
     spare_files: int = 1000
     # The queue runner and every delivery in a process of their own, beside the
-    # listeners' (gateway/runnerproc): two cores instead of one GIL. Off by default:
-    # measured slower so far (bench/RESULTS.md, 2026-11-26 22:50).
-    runner_process: bool = False
+    # listeners' (gateway/runnerproc): two cores instead of one GIL (bench/RESULTS.md,
+    # 2026-11-27: faster to the mailbox and the relay).
+    runner_process: bool = True
 
 
 @dataclass(frozen=True)

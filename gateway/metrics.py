@@ -48,6 +48,8 @@ class Registry:
             "mailgateway_uptime_seconds": lambda: self.clock() - self.started}
         # The last faults (rejects, failed logins, bounces), for `mailgateway status`.
         self.last_errors: deque[str] = deque(maxlen=10)
+        self._errors = 0  # errors ever added: changes() sends those since its last call
+        self._sent: tuple[dict, dict, int] = ({}, {}, 0)  # what changes() has sent
 
     def inc(self, name: str, by: float = 1.0, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
@@ -69,6 +71,42 @@ class Registry:
     def error(self, text: str) -> None:
         self.last_errors.append(
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.clock())) + " " + text)
+        self._errors += 1
+
+    def changes(self) -> dict | None:
+        """What was counted since the last call (None: nothing), as JSON-ready lists:
+        a child process (runner, accept worker) counts its own events and sends this
+        to the gateway, whose merge() adds it, so /metrics covers every process."""
+        counters, histograms, errors = self._sent
+        c = [[n, list(map(list, labels)), v - counters.get((n, labels), 0.0)]
+             for (n, labels), v in self.counters.items() if v != counters.get((n, labels))]
+        h = []
+        for key, now in self.histograms.items():
+            before = histograms.get(key) or [0.0] * len(now)
+            if now != before:
+                h.append([key[0], list(map(list, key[1])),
+                          [a - b for a, b in zip(now, before, strict=True)]])
+        e = list(self.last_errors)[-min(self._errors - errors, len(self.last_errors)):] \
+            if self._errors != errors else []
+        if not (c or h or e):
+            return None
+        self._sent = (dict(self.counters), {k: list(v) for k, v in self.histograms.items()},
+                      self._errors)
+        return {"c": c, "h": h, "e": e}
+
+    def merge(self, changes: dict) -> None:
+        """Another process's changes() added to this registry."""
+        for name, labels, by in changes.get("c", ()):
+            self.inc(name, float(by), **dict(labels))
+        for name, labels, steps in changes.get("h", ()):
+            key = (name, tuple(sorted((str(k), str(v)) for k, v in labels)))
+            h = self.histograms.setdefault(key, [0.0] * (len(BUCKETS) + 2))
+            if len(steps) == len(h):
+                for i, step in enumerate(steps):
+                    h[i] += float(step)
+        for text in changes.get("e", ()):
+            self.last_errors.append(str(text))
+            self._errors += 1
 
     def render(self) -> str:
         """Prometheus text exposition format 0.0.4."""

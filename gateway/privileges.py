@@ -137,6 +137,13 @@ def acting_as(who: Identity | None) -> Iterator[None]:
         os.setgroups(groups)
 
 
+def child_identity(serving: Identity | None) -> Identity | None:
+    """Who a child process (runner, accept worker) is told to become: serving, when
+    this process is root. Asked while building, inside acting_as(serving): the
+    effective uid is serving's then, the real one still root's."""
+    return serving if serving is not None and os.getuid() == 0 else None
+
+
 def drop(who: Identity) -> None:
     """Become who for good (real, effective and saved ids); root cannot come back."""
     os.setgroups(who.groups)

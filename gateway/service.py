@@ -9,7 +9,6 @@ is configured, a self-signed one.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import dns.exception
 from twisted.application import service
@@ -18,7 +17,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from gateway import aliasfile, metrics_web, proxyproto, runlock, tls, tlsfront
+from gateway import aliasfile, metrics_web, privileges, proxyproto, runlock, tls, tlsfront
 from gateway.accept.policy import RelayPolicy
 from gateway.accept.smtp import SMTPFactory
 from gateway.acceptproc import parent as acceptproc_parent
@@ -183,7 +182,7 @@ def build(settings: Settings, reactor, serving=None) -> service.MultiService:
         runner = runnerproc_parent.RunnerProcess(
             reactor, runnerproc_parent.child_argv(
                 runnerproc_parent.config_path(settings.source),
-                *((serving.uid, serving.gid) if serving is not None and os.geteuid() == 0
+                *((child.uid, child.gid) if (child := privileges.child_identity(serving))
                   else ())),
             runnerproc_parent.Dispatch(
                 runnerproc_parent.folder_finder(core.store, core.archive),
@@ -465,12 +464,12 @@ def _access(settings: Settings, reactor, core: _Core, runner, serving=None):
     accept = None
     if held:
         # After the held listeners: they are bound when the workers start.
-        root = serving is not None and os.geteuid() == 0
+        child = privileges.child_identity(serving)
         accept = acceptproc_parent.AcceptWorkers(
             reactor, workers, held, runnerproc_parent.config_path(settings.source),
             runner, users, runnerproc_parent.publish_event,
             settings.smtp.max_connections_per_client,
-            uid=serving.uid if root else None, gid=serving.gid if root else None)
+            uid=child.uid if child else None, gid=child.gid if child else None)
         accept.setServiceParent(top)
     return mailbox_pool, tls_options, accept
 

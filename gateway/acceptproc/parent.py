@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from gateway.errors import AuthThrottled
 from gateway.runnerproc import channel
-from gateway.runnerproc.parent import ChildProcess
+from gateway.runnerproc.parent import ChildProcess, merge_metrics
 
 log = Logger()
 
@@ -121,6 +121,8 @@ class WorkerDispatch:
                 self.listener.enqueued(*channel.split_queued(payload))
             elif kind == channel.LOG:
                 self.publish(channel.decode_event(payload))
+            elif kind == channel.METRICS:
+                merge_metrics(payload)
             elif kind == channel.COUNTED:
                 self.book.counted(self.number, *channel.split_fields(payload, 3))
             elif kind == channel.AUTH:

@@ -8,8 +8,10 @@ serves both kinds of child: the runner process and the SMTP accept workers
                     the spool for entries nobody told of (an accept worker died)
   runner -> parent: D a Maildir and the names the child renamed into its new/
                     (NUL-separated), C "active scheduled"
-                    (the runner's counts), L one log event (JSON)
-  worker -> parent: Q as above (the parent tells its runner), L as above,
+                    (the runner's counts), L one log event (JSON),
+                    M what the child's metrics counted since its last M
+                    (metrics.Registry.changes; JSON)
+  worker -> parent: Q as above (the parent tells its runner), L and M as above,
                     A [ID, client, user, password] (SMTP AUTH, checked against
                     the gateway's one guessing budget; JSON),
                     N ["+" or "-", listener, client] (a connection opened or
@@ -36,6 +38,7 @@ RELOAD = b"H"
 DELIVERED = b"D"
 COUNTS = b"C"
 LOG = b"L"
+METRICS = b"M"
 SCAN = b"S"
 AUTH = b"A"
 AUTHED = b"R"
@@ -225,6 +228,17 @@ def encode_event(event: LogEvent, process: str = "runner") -> bytes:
                log_level=name, log_system=event.get("log_system") or f"{namespace}#{name}",
                process=process)
     return json.dumps(out, default=repr).encode("utf-8")
+
+
+def decode_metrics(payload: bytes) -> dict:
+    """An M frame's JSON -> metrics.Registry.changes()'s dict, for merge()."""
+    try:
+        changes = json.loads(payload)
+    except ValueError as e:
+        raise FrameError(f"metrics that are not JSON ({e})") from None
+    if not isinstance(changes, dict):
+        raise FrameError("metrics that are not an object")
+    return changes
 
 
 def decode_event(payload: bytes) -> LogEvent:

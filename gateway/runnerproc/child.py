@@ -11,6 +11,7 @@ its stdin closes (the parent stopped or died: no orphan) or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -21,24 +22,30 @@ from twisted.logger import ILogObserver, globalLogBeginner
 from twisted.python import threadable
 from zope.interface import provider
 
+from gateway import metrics
 from gateway.runnerproc import channel
 
 COUNTS_INTERVAL = 0.5  # seconds between looks at the runner's counts (metrics gauges)
+METRICS_INTERVAL = 1.0  # seconds between sendings of what the child's metrics counted
 
 
 class ChildLink(protocol.Protocol):
     """A child's end of its channel (stdin in, stdout out), for both kinds of child:
     frames in go to handle(kind, payload); frames out are gathered (one pipe write
-    per GATHER); every log event of the process goes out as an L frame; the pipe's
-    close (the parent stopped or died) stops the reactor: no orphan."""
+    per GATHER); every log event of the process goes out as an L frame, what its
+    metrics counted as an M frame each METRICS_INTERVAL; the pipe's close (the
+    parent stopped or died) stops the reactor: no orphan."""
 
     process = "runner"  # the JSON log's process= field
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, registry: metrics.Registry = metrics.REGISTRY):
         self.reactor = reactor
+        self.registry = registry
         self.decoder = channel.Decoder()
         self._out: list[bytes] = []  # frames written before the pipe is connected
         self._gather: channel.Gatherer | None = None  # frames, one pipe write per GATHER
+        self._metrics = task.LoopingCall(self.send_metrics)
+        self._metrics.clock = reactor
 
     def handle(self, kind: bytes, payload: bytes) -> None:
         raise NotImplementedError
@@ -56,10 +63,14 @@ class ChildLink(protocol.Protocol):
         out, self._out = self._out, []
         for data in out:
             self._gather(data)
+        self._metrics.start(METRICS_INTERVAL, now=False)
 
     def connectionLost(self, reason=None) -> None:
         # The parent closed the pipe (stopping) or died: stop, whatever is running.
+        if self._metrics.running:
+            self._metrics.stop()
         if self._gather is not None:
+            self.send_metrics()
             self._gather.flush()
         if self.reactor.running:
             self.reactor.stop()
@@ -69,6 +80,11 @@ class ChildLink(protocol.Protocol):
             self._out.append(data)
         else:
             self._gather(data)
+
+    def send_metrics(self) -> None:
+        changes = self.registry.changes()
+        if changes is not None:
+            self._write(channel.frame(channel.METRICS, json.dumps(changes).encode()))
 
     def observer(self) -> ILogObserver:
         """The log observer: every event of this process, to the parent's log."""
@@ -87,8 +103,8 @@ class ChildLink(protocol.Protocol):
 class ChildChannel(ChildLink):
     """The runner's end: queue IDs in; deliveries, counts and log events out."""
 
-    def __init__(self, reactor):
-        super().__init__(reactor)
+    def __init__(self, reactor, registry: metrics.Registry = metrics.REGISTRY):
+        super().__init__(reactor, registry)
         self.runner: Any = None  # IQueueListener, set once the runner has started
         self.reload: Any = None  # () -> None: reload the alias table
         self._waiting: list[tuple[str, Any]] = []  # IDs told before the runner started

@@ -31,6 +31,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
+from gateway import metrics
 from gateway.interfaces import IQueueListener
 from gateway.runnerproc import channel
 
@@ -81,6 +82,8 @@ class Dispatch:
                 path, names = channel.split_delivered(payload)
                 for folder in self.folders(path):
                     self._told(folder, names)
+            elif kind == channel.METRICS:
+                merge_metrics(payload)
             elif kind == channel.COUNTS:
                 active, _, scheduled = payload.partition(b" ")
                 self.counts = {"active": int(active), "scheduled": int(scheduled)}
@@ -300,6 +303,14 @@ def folder_finder(*stores: Any) -> Callable[[str], list[Any]]:
                 found.append(folder)
         return found
     return find
+
+
+def merge_metrics(payload: bytes, registry: metrics.Registry = metrics.REGISTRY) -> None:
+    """A child's M frame into the gateway's metrics (/metrics, `mailgateway status`)."""
+    try:
+        registry.merge(channel.decode_metrics(payload))
+    except (TypeError, ValueError) as e:  # a well-formed frame with ill-formed counts
+        raise channel.FrameError(f"bad metrics ({e})") from None
 
 
 def publish_event(event: dict) -> None:

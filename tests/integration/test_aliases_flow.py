@@ -42,6 +42,9 @@ def aliases_gateway(make_gateway, tmp_path, text: str, extra: str = ""):
     gw = make_gateway(f'[aliases]\nfile = "{aliases}"\ncheck_interval = 0.2\n{extra}\n'
                       '[queue]\nretry_initial = 1\nretry_max = 2\n', users=USERS)
     gw.aliases = aliases
+    # The runner (in its own process, the default) has read the file: a test that
+    # changes it from here on tests the reload, not the runner's start.
+    gw.wait_log("queue runner started")
     return gw
 
 

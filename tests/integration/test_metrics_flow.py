@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import pytest
 from conftest import free_port, wait_for
 from test_logs import PLAINTEXT, sessions
 
@@ -17,12 +18,18 @@ def scrape(port: int) -> dict[str, float]:
         return parse(r.read().decode())
 
 
-def test_scrape_and_status(make_gateway):
+# With accept workers (and the runner process, the default), each process counts
+# what it did and the gateway adds it up (gateway/runnerproc/channel.py, M frames).
+@pytest.mark.parametrize("workers", ["", "[smtp]\naccept_workers = 2\n"],
+                         ids=["one listener", "accept workers"])
+def test_scrape_and_status(make_gateway, workers):
     port = free_port()
-    gw = make_gateway(f'{PLAINTEXT}\n[metrics]\nlisten = "tcp:{port}:interface=127.0.0.1"\n')
+    gw = make_gateway(f'{PLAINTEXT}\n[metrics]\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
+                      + workers)
     sessions(gw)
-    wait_for(lambda: scrape(port).get('mailgateway_deliveries_total{status="deferred"}'),
-             what="the deferred delivery counted")
+    wait_for(lambda: scrape(port).get('mailgateway_deliveries_total{status="deferred"}')
+             and scrape(port).get("mailgateway_messages_accepted_total") == 2,
+             what="the deferred delivery and both messages counted")
     s = scrape(port)
     assert s["mailgateway_messages_accepted_total"] == 2
     assert s['mailgateway_deliveries_total{status="sent"}'] == 1

@@ -61,3 +61,27 @@ def test_status_says_when_the_endpoint_is_off(tmp_path, capsys):
     conf.write_text(f'[server]\ndomains = ["example.test"]\nstate_dir = "{tmp_path}"\n')
     assert cli.main(["status", "--config", str(conf)]) == 1
     assert "the status endpoint is off: set [metrics] listen" in capsys.readouterr().err
+
+
+def test_a_child_process_counts_reach_the_gateway_once_each():
+    # A runner process or accept worker counts its own events; changes() since the
+    # last call travel to the gateway (M frames) and merge() adds them there.
+    child, gateway = Registry(), Registry()
+    gateway.inc("mailgateway_deliveries_total", status="sent")
+    assert child.changes() is None
+    child.inc("mailgateway_deliveries_total", status="sent")
+    child.inc("mailgateway_deliveries_total", status="deferred")
+    child.observe("mailgateway_delivery_delay_seconds", 0.3)
+    child.error("Q1: to=<c@d> bounced: 550 no")
+    gateway.merge(child.changes())
+    child.inc("mailgateway_deliveries_total", status="sent", by=2)
+    child.observe("mailgateway_delivery_delay_seconds", 60)
+    gateway.merge(child.changes())
+    assert child.changes() is None
+    s = parse(gateway.render())
+    assert s['mailgateway_deliveries_total{status="sent"}'] == 4
+    assert s['mailgateway_deliveries_total{status="deferred"}'] == 1
+    assert s["mailgateway_delivery_delay_seconds_count"] == 2
+    assert s['mailgateway_delivery_delay_seconds_bucket{le="1"}'] == 1
+    assert s["mailgateway_delivery_delay_seconds_sum"] == 60.3
+    assert [e.endswith("Q1: to=<c@d> bounced: 550 no") for e in gateway.last_errors] == [True]

@@ -54,6 +54,7 @@ def built(state_dir):
     settings = parse({"server": {"domains": ["example.test"], "state_dir": str(state_dir)},
                       "listen": {name: "tcp:0:interface=127.0.0.1"
                                  for name in ("smtp", "submission", "pop3", "imap")},
+                      "queue": {"runner_process": False},  # the runner's pools here too
                       "threads": {"auth": 3, "mailbox": 5}})
     reactor = PoolReactor()
     top = service.build(settings, reactor)

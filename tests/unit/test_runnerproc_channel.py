@@ -11,9 +11,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, LogLevel, formatEventAsClassicLogText
 
 from gateway.envelope import Envelope, Recipient
+from gateway.metrics import Registry
 from gateway.runnerproc import channel
-from gateway.runnerproc.child import ChildChannel
-from gateway.runnerproc.parent import Dispatch, RunnerProcess, child_argv
+from gateway.runnerproc.child import METRICS_INTERVAL, ChildChannel
+from gateway.runnerproc.parent import Dispatch, RunnerProcess, child_argv, merge_metrics
 
 
 def test_frames_survive_any_split():
@@ -288,6 +289,27 @@ def test_child_stops_when_the_parent_closes_the_pipe_and_reloads_on_request():
     assert reloads == [1]
     link.connectionLost(None)
     assert reactor.stopped
+
+
+def test_child_sends_what_its_metrics_counted_and_the_parent_adds_it():
+    reactor = ChildReactor()
+    counted = Registry()
+    link = ChildChannel(reactor, registry=counted)
+    out = StringTransport()
+    link.makeConnection(out)
+    counted.inc("mailgateway_deliveries_total", status="deferred")
+    reactor.advance(METRICS_INTERVAL)
+    reactor.advance(channel.GATHER)
+    counted.inc("mailgateway_deliveries_total", status="deferred")
+    link.connectionLost(None)  # the last counts go out before the pipe closes
+    gateway = Registry()
+    pairs = channel.Decoder().feed(out.value())
+    assert [k for k, _ in pairs] == [channel.METRICS, channel.METRICS]
+    for _, payload in pairs:
+        merge_metrics(payload, gateway)
+    assert gateway.counters == {("mailgateway_deliveries_total", (("status", "deferred"),)): 2.0}
+    with pytest.raises(channel.FrameError):
+        merge_metrics(b'{"c": [["x", [], "many"]]}', gateway)
 
 
 def test_frames_written_close_together_go_out_in_one_write():

@@ -12,7 +12,8 @@ from gateway.config import parse
 
 def test_leftovers_are_removed_at_build_and_the_runner_start_repairs_nothing(tmp_path):
     settings = parse({"server": {"domains": ["example.test"], "state_dir": str(tmp_path)},
-                      "listen": {name: "" for name in ("smtp", "submission", "pop3", "imap")}})
+                      "listen": {name: "" for name in ("smtp", "submission", "pop3", "imap")},
+                      "queue": {"runner_process": False}})  # the runner in this process
     tmp = settings.spool_dir / "tmp"
     tmp.mkdir(parents=True)
     (tmp / "1K16XDLLXSVA2FV8.env").write_bytes(b"half written by a crashed gateway")
