@@ -170,14 +170,15 @@ def _trip() -> _Trip | None:
     return getattr(_local, "trip", None)
 
 
-def write_file(path: Path | str, data: bytes | MessageFile) -> None:
-    """Create path with data: durable at once, or at the trip's next step."""
+def write_file(path: Path | str, data: bytes | MessageFile, over: bool = False) -> None:
+    """Create path with data: durable at once, or at the trip's next step.
+    over: path may be an old file (a spare one, queue/spare.py): written over in
+    place and cut to data's length, its blocks reused rather than freed and taken."""
     trip = _trip()
-    if trip is None or trip.sync == "file":
-        write_synced(path, data)
-        return
-    _write(path, data, 0)
-    trip.files.add(os.path.dirname(path))
+    flags = 0 if trip is not None and trip.sync != "file" else os.O_DSYNC
+    _write(path, data, flags, over=over)
+    if not flags:
+        trip.files.add(os.path.dirname(path))
 
 
 def append_file(path: Path | str, data: bytes) -> None:
@@ -202,10 +203,12 @@ def write_synced(path: Path | str, data: bytes) -> None:
 
 
 def _write(path: Path | str, data: bytes | MessageFile, flags: int,
-           append: bool = False) -> None:
-    mode = os.O_APPEND if append else os.O_TRUNC
+           append: bool = False, over: bool = False) -> None:
+    mode = os.O_APPEND if append else 0 if over else os.O_TRUNC
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | flags, 0o600)
     try:
+        if over:  # first: the length is then part of what the writes' sync covers
+            os.ftruncate(fd, len(data))
         # O_DSYNC writes are on disk when they return: nothing to send ahead.
         write_all(fd, data, None if flags & os.O_DSYNC else writeback(fd))
     finally:

@@ -1,9 +1,10 @@
 """Spare files: the spool's finished files kept (emptied) for the next entries to reuse.
 
 Where it sits: under the spool (queue/spool.py). A removed entry's files are
-renamed into <queue>/spare/ and truncated instead of unlinked; a new entry's
-tmp/ID.msg and tmp/ID.env are renamed out of spare/ and written over (O_TRUNC)
-instead of created. Like PostgreSQL's recycling of WAL segments.
+renamed into <queue>/spare/ instead of unlinked; a new entry's tmp/ID.msg and
+tmp/ID.env are renamed out of spare/, cut to the new length and written over in
+place (durable.write_file over=True) instead of created. Like PostgreSQL's
+recycling of WAL segments.
 
 Why: creating a file allocates an inode, and ext4 without a journal (the
 benchmark machine's root file system) skips, one by one, every inode of the
@@ -12,13 +13,17 @@ so with two spool files deleted per message, each create scanned thousands
 of freed inodes: measured a quarter of the gateway's CPU (perf, bench/RESULTS.md
 2026-11-27 06:20), creates from 57 us to over 250 us. A reused file allocates
 no inode and frees none, so the Maildir's one create per message scans
-nothing either. Elsewhere it saves the inode's set-up and tear-down.
+nothing either. Elsewhere it saves the inode's set-up and tear-down. Written
+over in place, a file keeps its blocks too: emptying it when given (truncate to
+0, then allocating again when written) was a tenth of the gateway's CPU in a
+py-spy profile of mailbox_bench (bench/RESULTS.md 2026-11-27 09:22).
 
 What it does not change: a spare file is no part of any entry (recovery never
 looks in spare/), and the spool's order of durable steps stays the same (a
-reused file is written and synced exactly as a new one would be). It is
-emptied when given, so no message's text waits there (a crash between the
-rename and the truncation leaves one stale file, emptied again when reused).
+reused file is synced exactly as a new one would be, its new length with its
+data). A spare file keeps the text of the message it held until it is
+reused, in the spool's private directory, as the unlinked file's blocks keep
+it on the disk.
 
 At most `limit` files wait (`[queue] spare_files`; 0: off, every file is
 unlinked). Names are kept in memory; the spool's two users in two processes
@@ -74,11 +79,6 @@ class SpareFiles:
             except OSError:
                 pass  # spare/ gone or on another file system: unlink as before
             else:
-                try:
-                    os.truncate(self._dir + name, 0)
-                except OSError:
-                    self._unlink(self._dir + name)
-                    return
                 with self._lock:
                     self._names.append(name)
                 return

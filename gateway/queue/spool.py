@@ -112,16 +112,15 @@ class Spool:
             if fd is not None and head is not None:
                 fd, tail = self._rewrite_head(fd, tmp_msg, head, skip, tail)
             if fd is None:
-                self.spare.take(tmp_msg)  # written over: no new inode
-                write_file(tmp_msg, tail)
+                # A spare file written over: no new inode, and its blocks reused.
+                write_file(tmp_msg, tail, over=self.spare.take(tmp_msg))
             else:
                 try:
                     write_all(fd, tail)
                     file_written(fd, tmp_msg)
                 finally:
                     os.close(fd)
-            self.spare.take(tmp_env)
-            write_file(tmp_env, self._encode(envelope))
+            write_file(tmp_env, self._encode(envelope), over=self.spare.take(tmp_env))
             yield
             os.rename(tmp_msg, f"{self._entries}{qid}.msg")
             os.rename(tmp_env, f"{self._entries}{qid}.env")
