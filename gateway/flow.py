@@ -6,7 +6,12 @@ anything holds the gate:
 
 - "busy": a command is being answered (a password check, a spool write, a
   folder search); input pipelined behind it stays in the kernel's socket
-  buffer, and once that is full, in the client's (TCP flow control);
+  buffer, and once that is full, in the client's (TCP flow control). This
+  hold is lazy: the session stops taking commands at once, but its transport
+  stops reading only when input comes meanwhile (the session calls
+  ReadGate.arrived()): most clients wait for each answer, and stopping and
+  starting the reading is two epoll_ctl calls and a dispatch per command. At
+  most one read more is held;
 - "disk": the message being received waits for the disk (SMTP DATA streams
   to the spool, queue/incoming.py): a client faster than the disk is read
   at the disk's pace instead of being buffered;
@@ -48,10 +53,15 @@ class ReadGate:
     resume starts it again and goes on with input already buffered.
     """
 
-    def __init__(self, pause: Callable[[], Any], resume: Callable[[], Any]) -> None:
+    def __init__(self, pause: Callable[[], Any], resume: Callable[[], Any],
+                 hold_lazily: Callable[[], Any] | None = None) -> None:
         self._pause = pause
         self._resume = resume
+        # BUSY's hold: what stops the session taking commands without pausing the
+        # transport (None: the session looks at `open` itself, nothing to do).
+        self._hold_lazily = hold_lazily
         self._holds: set[str] = set()
+        self._lazy = False  # held by BUSY alone, the transport still reading
         self.stopped = False
         self._spent = 0
 
@@ -62,7 +72,20 @@ class ReadGate:
     def hold(self, reason: str) -> None:
         was_open = not self._holds
         self._holds.add(reason)
-        if was_open and not self.stopped:
+        if self.stopped:
+            return
+        if was_open and reason == BUSY:
+            self._lazy = True
+            if self._hold_lazily is not None:
+                self._hold_lazily()
+        elif was_open or self._lazy:
+            self._lazy = False
+            self._pause()
+
+    def arrived(self) -> None:
+        """Input came while held: a lazy hold pauses the transport now."""
+        if self._lazy and not self.stopped:
+            self._lazy = False
             self._pause()
 
     def release(self, reason: str) -> None:
@@ -70,7 +93,8 @@ class ReadGate:
             return
         self._holds.discard(reason)
         if not self._holds and not self.stopped:
-            self._resume()
+            self._lazy = False
+            self._resume()  # resuming a transport that reads on costs no system call
 
     def held(self, reason: str) -> bool:
         return reason in self._holds

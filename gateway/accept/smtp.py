@@ -194,6 +194,8 @@ class SMTPServer(SMTPAuth, ESMTP):
         if self._closing:
             return
         self._buffer += data
+        if not self._gate.open:
+            self._gate.arrived()
         if not self._gate.open and len(self._buffer) > self.settings.max_pending_input:
             # Only a transport that ignored pauseProducing gets here.
             log.warn("{client}: too much pipelined input, dropped",

@@ -144,6 +144,8 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
     def dataReceived(self, data: bytes) -> None:
         # Replaces LineOnlyReceiver's loop, which cannot be told to drop the
         # rest of a packet (needed at STLS) or to wait for a busy command.
+        if not self._gate.open:
+            self._gate.arrived()
         pieces = (self._partial + data).split(b"\n")
         self._partial = pieces.pop()
         for line in pieces:

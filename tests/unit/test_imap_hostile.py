@@ -164,11 +164,18 @@ def test_client_is_not_read_while_a_command_is_busy(env):
     s = env(run_blocking=later)
     assert s.raw(b"a1 LOGIN " + BOX.encode() + b' "' + PASSWORD.encode() + b'"\r\n') == b""
     assert pending  # the password check is the fake directory's, at once; opening waits
+    # A client that waits for the answer sends nothing: the transport reads on (no
+    # epoll_ctl per command). Input that comes meanwhile is held, unread further.
+    assert s.transport.producerState == "producing"
+    assert s.raw(b"a2 NOOP\r\n") == b""  # pipelined behind the busy LOGIN: not run yet
+    assert s.transport.producerState == "paused"
     while pending:
         assert s.transport.producerState == "paused"
         d, f, args = pending.pop(0)
         d.callback(f(*args))
-    assert s.take().endswith(b"] Logged in\r\n")
+    out = s.take()
+    assert b"] Logged in\r\n" in out and out.endswith(b"a2 OK NOOP completed\r\n"), out
+    assert out.index(b"] Logged in") < out.index(b"a2 OK")
     assert s.transport.producerState == "producing"
 
 

@@ -42,9 +42,12 @@ def test_client_is_not_read_while_a_login_is_checked(env):
     d("STLS")
     d("USER nobody@example.test")
     assert d.raw(b"PASS wrong\r\n") == b""  # the failure is answered after the delay
-    assert d.transport.producerState == "paused"
+    assert d.transport.producerState == "producing"  # a lazy hold (flow.ReadGate) ...
+    assert d.raw(b"CAPA\r\n") == b""
+    assert d.transport.producerState == "paused"  # ... until input comes meanwhile
     d.clock.advance(5)
-    assert d.take().startswith(b"-ERR")
+    out = d.take()
+    assert out.startswith(b"-ERR") and b"+OK" in out and out.endswith(b".\r\n"), out
     assert d.transport.producerState == "producing"
 
 

@@ -25,10 +25,14 @@ def test_client_is_not_read_while_the_spool_write_is_pending():
     d = message_dialogue()
     d.spool.hold = True
     assert d.send(b"Hello\r\n.\r\nNOOP\r\n") == b""
+    # The NOOP came in the same read: held, and the transport reads on (a lazy hold,
+    # flow.ReadGate) until more input comes while the write is pending.
+    assert d.transport.producerState == "producing"
+    assert d.send(b"NOOP\r\n") == b""
     assert d.transport.producerState == "paused"  # later input waits in the socket
     d.spool.pending.callback(None)
     assert d.read().splitlines() == [b"250 2.0.0 Ok: queued as " + d.listener.queued[0].encode(),
-                                     b"250 2.0.0 Ok"]
+                                     b"250 2.0.0 Ok", b"250 2.0.0 Ok"]
     assert d.transport.producerState == "producing"
 
 

@@ -77,8 +77,8 @@ class Pacer(flow.ReadGate):
     """Flow control: input is read only while no command is busy and the client reads
     its replies (flow.ReadGate); FETCH waits for the client to read before writing more."""
 
-    def __init__(self, pause, resume) -> None:
-        super().__init__(pause, resume)
+    def __init__(self, pause, resume, hold_lazily=None) -> None:
+        super().__init__(pause, resume, hold_lazily)
         self._waiting: list[defer.Deferred] = []
 
     @property
@@ -140,7 +140,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.rev2 = False  # RFC 9051, once ENABLE IMAP4rev2 (commands.py)
         self._inflater: Inflater | None = None  # RFC 4978, once COMPRESS DEFLATE is on
         # Reading pauses through LineReceiver's own pause (input already read waits).
-        self.pacer = Pacer(self._read_paused, self._read_resumed)
+        self.pacer = Pacer(self._read_paused, self._read_resumed, self._lines_held)
 
     @property
     def settings(self) -> ImapSettings:
@@ -171,6 +171,12 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
 
     # -- connection ---------------------------------------------------------------
 
+    def sendLine(self, line: bytes) -> None:
+        """Tagged answers, continuation requests, BYE: what the client waits for goes
+        out at once when nothing is queued before it (flow.write_now), not on the
+        reactor's next turn; untagged data written before it keeps it in the queue."""
+        flow.write_now(self.transport, line + self.delimiter)
+
     def connectionMade(self) -> None:
         self.callLater = self.factory.reactor.callLater  # TimeoutMixin on the injected clock
         self.MAX_LENGTH = self.settings.max_command_length
@@ -195,6 +201,11 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     def _read_paused(self) -> None:
         if not flow.closing(self.transport):
             imap4.IMAP4Server.pauseProducing(self)
+
+    def _lines_held(self) -> None:
+        # A command is being answered (flow.BUSY): only the line loop stops; the
+        # transport too once input comes meanwhile (dataReceived, pacer.arrived).
+        self.paused = True
 
     def _read_resumed(self) -> None:
         if not self._gone and not flow.closing(self.transport):
@@ -246,6 +257,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
     # -- input: lines, literals ----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if data and not self.pacer.open:
+            self.pacer.arrived()
         if self._inflater is None:
             return imap4.IMAP4Server.dataReceived(self, data)
         if not data:  # resumed (LineReceiver.resumeProducing): lines held back go first
