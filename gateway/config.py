@@ -565,7 +565,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     if smtp.max_line_length < 80:
         r.fault("smtp", "max_line_length", "must be at least 80")
     queue = QueueSettings(
-        concurrency=r.positive("queue", "concurrency", int, 8),
+        concurrency=r.positive("queue", "concurrency", int, 64),
         retry_initial=r.positive("queue", "retry_initial", float, 300.0),
         retry_max=r.positive("queue", "retry_max", float, 3600.0),
         max_age=r.positive("queue", "max_age", float, 432000.0),
