@@ -1,4 +1,4 @@
-"""Spare files: the spool's finished files kept (emptied) for the next entries to reuse.
+"""Spare files: the spool's finished files kept for the next entries to write over.
 
 Where it sits: under the spool (queue/spool.py). A removed entry's files are
 renamed into <queue>/spare/ instead of unlinked; a new entry's tmp/ID.msg and
@@ -68,7 +68,7 @@ class SpareFiles:
                 continue  # taken by the other process, or cleared by hand
 
     def give(self, path: str) -> None:
-        """Remove path from where it is: into spare/, emptied, while there is room, else
+        """Remove path from where it is: into spare/ while there is room, else
         unlinked. A missing path is no error (removed already)."""
         name = os.path.basename(path)
         if self.limit > 0 and self._room():

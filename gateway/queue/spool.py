@@ -5,7 +5,7 @@ Implements ISpool. Layout under <state_dir>/queue/:
   entries/      ID.msg (the message as received, Received header first)
                 ID.env (the envelope as JSON; its presence commits the entry)
   quarantine/   entries that could not be parsed, kept for the admin, never dropped
-  spare/        removed entries' files, emptied, for new entries to reuse (queue/spare.py)
+  spare/        removed entries' files, for new entries to write over (queue/spare.py)
 
 A store writes ID.msg and ID.env in tmp/, makes both durable, renames the
 message first and the envelope last, then makes entries/ durable: a crash
