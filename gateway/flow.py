@@ -21,8 +21,9 @@ anything holds the gate:
   TLS front relays (tlsfront/relay.py). Without it a client sending
   `HELP` without reading the answers grows the process without bound.
 
-Memory per session is then one read (64 KiB) of input and one write buffer
-of output, whatever the client sends.
+Memory per session is then one read (64 KiB) of input, two when input came
+while a busy hold was lazy, and one write buffer of output, whatever the
+client sends.
 """
 
 from __future__ import annotations
