@@ -58,6 +58,25 @@ def quick_ack(transport: Any) -> None:
         pass
 
 
+def no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off for a session (TCP_NODELAY, as Dovecot does).
+
+    The sessions write each answer once (Twisted gathers a reactor turn's writes,
+    flow.write_now sends one reply), but two answers in a row with no input
+    between them (POP3's USER and PASS pipelined, the second after a password
+    check) met Nagle: the second waited for the client's delayed ACK, 40 ms
+    (bench/abuse.py's good POP3 client, 2026-11-27). Without a TCP socket (UNIX,
+    tests) it does nothing.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None or getattr(transport, "socket", None) is None:
+        return
+    try:
+        set_no_delay(True)
+    except OSError:
+        pass
+
+
 class ConnectionCounter(Counter):
     """Open connections per client address, against one listener's limit."""
 

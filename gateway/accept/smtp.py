@@ -105,6 +105,7 @@ class SMTPServer(SMTPAuth, ESMTP):
     # --- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        connection.no_delay(self.transport)
         self.session = Session(client_address=self.client_host())
         self._gate = flow.transport_gate(self.transport, self._process)
         self.transport.registerProducer(self._gate, True)

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from gateway import flow, logs, sasl
+from gateway import connection, flow, logs, sasl
 from gateway.access.pop3_transfer import MessageSender, TransactionCommands
 from gateway.access.session import AccessSession
 from gateway.config import PopSettings
@@ -79,6 +79,7 @@ class POP3Server(TransactionCommands, AccessSession, pop3.POP3):
     def connectionMade(self) -> None:
         # Not Twisted's: its greeting carries an APOP timestamp, and APOP needs
         # plaintext passwords we do not keep. Timeouts use the injected reactor.
+        connection.no_delay(self.transport)
         self.settings = self.factory.settings
         self._gate = flow.transport_gate(self.transport, self._drain)
         self.transport.registerProducer(self._gate, True)

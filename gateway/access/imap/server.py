@@ -183,6 +183,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
             flow.write_now(self.transport, line + self.delimiter)
 
     def connectionMade(self) -> None:
+        connection.no_delay(self.transport)
         self.callLater = self.factory.reactor.callLater  # TimeoutMixin on the injected clock
         self.MAX_LENGTH = self.settings.max_command_length
         self.tags = {}
