@@ -223,6 +223,7 @@ def build_runner(settings: Settings, reactor, link, lock_wait: float = 60.0
     reloader = aliasfile.AliasReloader(settings, core.router, reactor, install_sighup=False)
     reloader.setServiceParent(core.top)
     link.reload = lambda: reloader.reload("SIGHUP")
+    link.check_aliases = reloader.check
     _Started(lane, link).setServiceParent(core.top)
     log.info("runner process for {domains} from {source}",
              domains=", ".join(settings.domains), source=settings.source)

@@ -107,6 +107,10 @@ class ChildChannel(ChildLink):
         super().__init__(reactor, registry)
         self.runner: Any = None  # IQueueListener, set once the runner has started
         self.reload: Any = None  # () -> None: reload the alias table
+        # () -> None: reload the alias table if its files changed. Asked before each
+        # entry the listeners tell of: a listener that accepted it with a table it
+        # had just reloaded (a new alias) must not have it routed with the old one.
+        self.check_aliases: Any = None
         self._waiting: list[tuple[str, Any]] = []  # IDs told before the runner started
         self._lock = threading.Lock()
         self._paths: dict[str, list[str]] = {}
@@ -118,6 +122,8 @@ class ChildChannel(ChildLink):
     def handle(self, kind: bytes, payload: bytes) -> None:
         if kind == channel.QUEUED:
             qid, envelope = channel.split_queued(payload)
+            if self.check_aliases is not None:
+                self.check_aliases()  # a stat per alias file
             if self.runner is None:
                 self._waiting.append((qid, envelope))
             else:

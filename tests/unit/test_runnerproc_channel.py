@@ -291,6 +291,21 @@ def test_child_stops_when_the_parent_closes_the_pipe_and_reloads_on_request():
     assert reactor.stopped
 
 
+def test_child_looks_at_the_alias_files_before_each_entry_it_is_told_of():
+    # A listener that reloaded a changed alias file (a new alias) and accepted mail
+    # for it: the runner must route that entry with the new table, not its old one.
+    reactor = ChildReactor()
+    link = ChildChannel(reactor)
+    link.makeConnection(StringTransport())
+    runner = FakeRunner()
+    link.started(runner)
+    order = []
+    link.check_aliases = lambda: order.append("check")
+    runner.enqueued = lambda qid, envelope=None: order.append(qid)
+    link.dataReceived(channel.frame(channel.QUEUED, b"A1") + channel.frame(channel.QUEUED, b"B2"))
+    assert order == ["check", "A1", "check", "B2"]
+
+
 def test_child_sends_what_its_metrics_counted_and_the_parent_adds_it():
     reactor = ChildReactor()
     counted = Registry()
