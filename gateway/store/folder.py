@@ -185,6 +185,9 @@ class Folder:
         gateway: a pool thread a moment after); None: rows a big first listing left
         unwritten are written by the folder's next change (write_rows())."""
         self.path = Path(path)
+        # new/, cur/ and tmp/ as strings: joined once, not by pathlib at every change
+        # (a tenth of an APPEND's CPU went to building Paths).
+        self.dirs = {sub: os.path.join(self.path, sub) for sub in ("new", "cur", "tmp")}
         self.read_ahead = read_ahead
         self.announce = announce
         self.background = background
@@ -201,7 +204,7 @@ class Folder:
         self._listed: dict[str, int] = {}  # when each directory was last listed
         # Which directories new/ and cur/ are: another one there means the folder
         # was deleted and made again behind our back (see the module docstring).
-        self._dirs = {sub: _identity(os.stat(self.path / sub)) for sub in SUBS}
+        self._dirs = {sub: _identity(os.stat(self.dirs[sub])) for sub in SUBS}
         self.gone = False  # deleted or replaced on disk: never serve its data again
         self.index = Index(self.path, vanished_limit)
         # The index file too: a directory made again may get the inode number the
@@ -373,7 +376,7 @@ class Folder:
     # -- finding changes on disk ---------------------------------------------
 
     def _listing(self, sub: str, force: bool) -> list[str] | None:
-        d = self.path / sub
+        d = self.dirs[sub]
         now = _now_ns()
         st = os.stat(d)  # FileNotFoundError: the folder was deleted
         if _identity(st) != self._dirs[sub]:
@@ -402,14 +405,14 @@ class Folder:
     def _own_changes(self, subs: tuple[str, ...] = SUBS) -> Iterator[None]:
         """Around our own renames/links/unlinks: if nobody else had changed a
         directory since we last looked, its new mtime is ours and needs no listing."""
-        before = {sub: os.stat(self.path / sub).st_mtime_ns for sub in subs}
+        before = {sub: os.stat(self.dirs[sub]).st_mtime_ns for sub in subs}
         try:
             yield
         finally:
             for sub in subs:
                 seen = self._seen[sub]
                 if seen is not None and seen[0] == before[sub]:
-                    self._seen[sub] = (os.stat(self.path / sub).st_mtime_ns, seen[1])
+                    self._seen[sub] = (os.stat(self.dirs[sub]).st_mtime_ns, seen[1])
 
     # -- deliveries: learned from the delivery itself, never by listing ----------
 
@@ -418,7 +421,7 @@ class Folder:
         the change is known to be ours); index_arrived() then indexes it."""
         with self.lock:
             with self._own_changes(("new",)):
-                os.rename(tmp, self.path / "new" / name)
+                os.rename(tmp, os.path.join(self.dirs["new"], name))
             self._arrived.append(name)
 
     def index_arrived(self) -> None:
@@ -460,7 +463,7 @@ class Folder:
             self._arrived.extend(names)
             seen = self._seen["new"]
             if seen is not None:
-                self._seen["new"] = (os.stat(self.path / "new").st_mtime_ns, seen[1])
+                self._seen["new"] = (os.stat(self.dirs["new"]).st_mtime_ns, seen[1])
             self._told_until = _now_ns() + _TOLD_GRACE_NS
         # As a delivery's: in a trip (gateway/durable.py) the index commit rides the
         # trip's sync; sessions hear of the messages once the index is durable.
@@ -1014,12 +1017,12 @@ class Folder:
                 self._notify(removed, [], [], origin)
             return removed
 
-    def add_file(self, source: Path, flags: Iterable[str], idate: int | None,
+    def add_file(self, source: Path | str, flags: Iterable[str], idate: int | None,
                  how: str = "rename", origin: FolderListener | None = None) -> int | None:
         """Bring a complete file in (how: rename, link or copy); returns its UID."""
         return self.add_files([(source, list(flags), idate)], how, origin)[0]
 
-    def add_files(self, items: list[tuple[Path, list[str], int | None]], how: str,
+    def add_files(self, items: list[tuple[Path | str, list[str], int | None]], how: str,
                   origin: FolderListener | None = None) -> list[int | None]:
         """Add each (file, flags, internal date); UIDs in order, None for a file gone."""
         with self.lock:
@@ -1032,10 +1035,13 @@ class Folder:
                 kw = " ".join(kws)
                 base = new_unique()
                 suffix = ":2," + letters
-                target = self.path / "cur" / (base + suffix)
+                target = os.path.join(self.dirs["cur"], base + suffix)
+                source = os.fspath(source)
+                # Only cur/ changes, unless the file comes from our own new/.
+                touched = SUBS if os.path.dirname(source) == self.dirs["new"] else ("cur",)
                 try:
-                    with self._own_changes():
-                        _bring(Path(source), target, how)  # its name synced below
+                    with self._own_changes(touched):
+                        _bring(source, target, how)  # its name synced below
                 except FileNotFoundError:
                     continue
                 if idate is not None and how != "link":  # a link shares the source's inode
@@ -1048,7 +1054,7 @@ class Folder:
             # told: one syncfs for both (APPEND: the upload was fsync'd before), else a
             # directory fsync and the index's own commit. Three journal commits per
             # APPEND had made it 0.74-0.80x Dovecot's rate (bench/imap_transfer.py).
-            cur = self.path / "cur"
+            cur = self.dirs["cur"]
             if entries and syncfs_available():
                 uids = self.index.add(entries, synced=False)
                 syncfs_of(cur)
@@ -1101,7 +1107,7 @@ def transfer(src: Folder, dst: Folder, uids: Iterable[int], move: bool,
         return pairs
 
 
-def _bring(source: Path, target: Path, how: str) -> None:
+def _bring(source: str, target: str, how: str) -> None:
     if how == "link":
         try:
             os.link(source, target)
@@ -1109,7 +1115,8 @@ def _bring(source: Path, target: Path, how: str) -> None:
         except OSError:  # another file system, or links not allowed: copy instead
             how = "copy"
     if how == "copy":
-        tmp = target.parent.parent / "tmp" / (target.name.split(":")[0] + ".copy")
+        folder, name = os.path.split(os.path.dirname(target))[0], os.path.basename(target)
+        tmp = os.path.join(folder, "tmp", name.split(":")[0] + ".copy")
         with open(source, "rb") as src, open(tmp, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)

@@ -24,9 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import twisted.mail.imap4  # noqa: F401  registers the "imap4-utf-7" codec
-
-from gateway.store import quota
+from gateway.store import mutf7, quota
 from gateway.store.folder import READ_AHEAD, Folder, new_unique
 from gateway.store.index import VANISHED_LIMIT
 
@@ -35,6 +33,7 @@ DELIMITER = "."
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
                "Archive": "\\Archive"}
 SUBSCRIPTIONS = "subscriptions"
+_PATHS_KEPT = 256  # folder paths a FolderSet remembers
 _FORBIDDEN = set("/\\*%") | {chr(c) for c in range(32)} | {"\x7f"}
 
 
@@ -57,7 +56,7 @@ def disk_name(name: str) -> str:
         raise FolderNameError("invalid character in folder name")
     if any(not level or level.strip() != level for level in name.split(DELIMITER)):
         raise FolderNameError("empty or blank-padded hierarchy level in folder name")
-    encoded = "." + name.encode("imap4-utf-7").decode("ascii")
+    encoded = "." + mutf7.encode(name).decode("ascii")
     if len(encoded) > 200:
         raise FolderNameError("folder name too long")
     return encoded
@@ -68,7 +67,7 @@ def folder_name(entry: str) -> str | None:
     if len(entry) < 2 or entry[0] != "." or entry == "..":
         return None
     try:
-        name = entry[1:].encode("ascii").decode("imap4-utf-7")
+        name = mutf7.decode(entry[1:].encode("ascii"))
         return name if disk_name(name) == entry else None
     except (UnicodeError, ValueError, FolderNameError):
         return None
@@ -177,13 +176,19 @@ class FolderSet:
         self.root = Path(root)
         self.registry = registry
         self.limit = limit  # the user's quota in bytes, 0: none (store/quota.py)
+        self._paths: dict[str, Path] = {}  # folder name -> its directory
 
     def usage(self) -> quota.Usage:
         """The account's storage against its quota (RFC 9208), all folders together."""
         return quota.usage(self.root, self.limit())
 
     def path(self, name: str) -> Path:
-        return self.root / disk_name(name)
+        path = self._paths.get(name)
+        if path is None:  # checked and encoded once: every APPEND names its folder
+            if len(self._paths) >= _PATHS_KEPT:
+                self._paths.clear()
+            path = self._paths[name] = self.root / disk_name(name)
+        return path
 
     def names(self) -> list[str]:
         """Every existing folder, INBOX first."""
@@ -197,7 +202,7 @@ class FolderSet:
 
     def exists(self, name: str) -> bool:
         try:
-            return (self.path(name) / "cur").is_dir()
+            return os.path.isdir(os.path.join(self.path(name), "cur"))
         except FolderNameError:
             return False
 

@@ -68,8 +68,12 @@ class Usage:
 def account_root(folder: Path) -> Path:
     """The account's Maildir for one of its folders: Maildir++ folders are ".Name"
     directories in it (an account's own directory never starts with a dot)."""
-    folder = Path(folder)
-    return folder.parent if folder.name.startswith(".") else folder
+    return Path(_root(os.fspath(folder)))
+
+
+def _root(folder: str) -> str:
+    # On strings: note() runs for every APPEND, and pathlib cost 2% of its CPU.
+    return os.path.dirname(folder) if os.path.basename(folder).startswith(".") else folder
 
 
 def note(folder: Path, size: int, count: int) -> None:
@@ -81,7 +85,8 @@ def note(folder: Path, size: int, count: int) -> None:
     if not size and not count:
         return
     try:
-        fd = os.open(account_root(folder) / RECORD, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        record = os.path.join(_root(os.fspath(folder)), RECORD)
+        fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:

@@ -367,7 +367,7 @@ class Account:
             self._check_quota(upload.size)
             with folder.lock:  # the check and the change as one (keywordlimit.py)
                 keywordlimit.check(folder, flags, self.settings)
-                uid = folder.add_file(Path(upload.path), flags, date, "rename")
+                uid = folder.add_file(upload.path, flags, date, "rename")
             upload.adopted = True  # renamed into the folder: no file left to remove
         except BaseException:
             Path(upload.path).unlink(missing_ok=True)

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.store import mutf7
+
 _CTL = set(range(0x20)) | {0x7F}
 # Bytes a quoted string cannot hold (RFC 3501 4.3): a regex, not a Python loop per byte.
 _UNQUOTABLE = re.compile(rb"[\x00-\x1f\x7f-\xff]")
@@ -267,7 +269,7 @@ def encode(item: Any) -> bytes:
 def mailbox_name(name: str, utf8: bool = False) -> bytes:
     """A folder name for LIST/STATUS: modified UTF-7 (RFC 3501 5.1.3), quoted; UTF-8
     once the session enabled IMAP4rev2 (RFC 9051 5.1: no modified UTF-7 then)."""
-    return quoted(name.encode("utf-8" if utf8 else "imap4-utf-7"))
+    return quoted(name.encode("utf-8") if utf8 else mutf7.encode(name))
 
 
 def decode_mailbox(raw: bytes, utf8: bool = False) -> str:
@@ -279,8 +281,8 @@ def decode_mailbox(raw: bytes, utf8: bool = False) -> str:
         except UnicodeDecodeError:
             raise No("[CANNOT] folder name is not valid UTF-8") from None
     try:
-        name = raw.decode("imap4-utf-7")
-        if name.encode("imap4-utf-7") == raw:  # only the one canonical spelling
+        name = mutf7.decode(raw)
+        if mutf7.encode(name) == raw:  # only the one canonical spelling
             return name
     except (UnicodeError, ValueError):
         pass
