@@ -62,7 +62,6 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     stop_process,
     tail,
     toml_dumps,
-    wait_banner,
 )
 from rounds import (  # noqa: E402
     REPO,
@@ -203,13 +202,7 @@ class AliasGateway(Mailgateway):
         users.write_text(text + "".join(f"{n}@{DOMAIN}:{stored}\n" for n in names[1:]))
         self.news = make_maildirs(state / "mail" / DOMAIN, names, None)
         os.sync()  # no writeback of the set-up while the server is measured
-        twistd = self.venv / "bin" / "twistd"
-        self._spawn([str(twistd), "-n", "--pidfile=", "mailgateway", "--config", str(config)],
-                    env=self.env())
-        try:
-            wait_banner(port, deadline, alive=self._alive)
-        except Unavailable as exc:
-            raise Unavailable(f"{exc}\n{tail(self.log())}") from None
+        self.serve(config, port, deadline)
 
 
 class AliasPostfix(Postfix):

@@ -11,6 +11,10 @@ turn. Per server and round, on a fresh INBOX hard-linked from one built tree:
   APPEND        --appends messages of --append-size bytes, one after another
                 (imaplib waits for each tagged OK), msg/s
 
+Beside each rate, the CPU it took: the server's (its whole process tree, user and
+system) per MiB sent or per APPEND, and for FETCH the client's share of the time
+(near 100%: imaplib, not the server, sets the rate).
+
 Both servers fsync what they save (their defaults), and keep their own defaults
 otherwise. The INBOX files stay in the page cache. A benchmark: figures and ratios,
 no verdicts.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import imaplib
 import random
+import resource
 import ssl
 import sys
 import time
@@ -34,6 +39,7 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     Dovecot,
     MailgatewayImap,
     Unavailable,
+    cpu_seconds,
     free_port,
     report_footer,
 )
@@ -114,6 +120,11 @@ class TlsDovecot(Dovecot):
         self.config.write_text(text)
 
 
+def client_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def fetch_all(client: imaplib.IMAP4) -> int:
     """UID FETCH 1:* (BODY.PEEK[]); the bytes of message data received."""
     client.select("INBOX", readonly=True)
@@ -141,20 +152,25 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
             client = connect()
             client.login(RECIPIENT, server.password)
             fetch_all(client)  # once to warm the server's index and caches, as a client would
-            started = time.monotonic()
+            cpu, mine, started = cpu_seconds(server.pids()), client_cpu(), time.monotonic()
             size = fetch_all(client)
-            result.rates[name] = size / 2**20 / (time.monotonic() - started)
+            took = time.monotonic() - started
+            result.rates[name] = size / 2**20 / took
+            result.rates[name + "_cpu"] = (cpu_seconds(server.pids()) - cpu) * 1000 / (
+                size / 2**20)
+            result.rates[name + "_client"] = (client_cpu() - mine) * 100 / took
             client.logout()
         client = imaplib.IMAP4("127.0.0.1", port, timeout=120)
         client.login(RECIPIENT, server.password)
         client.create("Appended")
         body = b"Subject: appended\r\n\r\n" + b"x" * (args.append_size - 23) + b"\r\n"
-        started = time.monotonic()
+        cpu, started = cpu_seconds(server.pids()), time.monotonic()
         for _ in range(args.appends):
             typ, data = client.append("Appended", None, None, body)
             if typ != "OK":
                 raise RuntimeError(f"APPEND: {typ} {data!r:.200}")
         result.rates["append"] = args.appends / (time.monotonic() - started)
+        result.rates["append_cpu"] = (cpu_seconds(server.pids()) - cpu) * 1000 / args.appends
         client.logout()
     except (OSError, RuntimeError, imaplib.IMAP4.error, Unavailable) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
@@ -165,12 +181,21 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
 
 FIGURES = (("fetch_plain", "FETCH plain, MiB/s"), ("fetch_tls", "FETCH over TLS, MiB/s"),
            ("append", "APPEND, msg/s"))
+RATES = {key for key, _ in FIGURES}
+# CPU figures: lower is better, so their ratio is the peer's over ours (above 1: we use less).
+CPU_FIGURES = (("fetch_plain_cpu", "server CPU per MiB, FETCH plain, ms"),
+               ("fetch_tls_cpu", "server CPU per MiB, FETCH over TLS, ms"),
+               ("append_cpu", "server CPU per APPEND, ms"))
+CLIENT_FIGURES = (("fetch_plain_client", "client (imaplib) CPU, FETCH plain, % of its time"),
+                  ("fetch_tls_client", "client (imaplib) CPU, FETCH over TLS, % of its time"))
 
 
 def report(args: argparse.Namespace, results: dict[str, list[Round]], command: str,
            total: int, workdir_fs: str, interrupted: bool) -> str:
-    medians = {name: {key: median([r.rates[key] for r in rounds if not r.error])
-                      for key, _ in FIGURES} for name, rounds in results.items()}
+    keys = [key for key, _ in FIGURES + CPU_FIGURES + CLIENT_FIGURES]
+    medians = {name: {key: median([r.rates[key] for r in rounds
+                                   if not r.error and key in r.rates])
+                      for key in keys} for name, rounds in results.items()}
     names = list(results)
     lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"Command: `{command}`",
@@ -183,8 +208,14 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], command: s
         row = [fmt(medians[n][key], 1) for n in names]
         mine, peer = medians.get("mailgateway", {}).get(key), medians.get("Dovecot", {}).get(key)
         lines.append(f"| {label} | " + " | ".join(row) + f" | {ratio(mine, peer)} |")
+    for key, label in CPU_FIGURES + CLIENT_FIGURES:
+        row = [fmt(medians[n][key], 2 if key.endswith("_cpu") else 0) for n in names]
+        mine, peer = medians.get("mailgateway", {}).get(key), medians.get("Dovecot", {}).get(key)
+        shown = ratio(peer, mine) if key.endswith("_cpu") else "-"
+        lines.append(f"| {label} | " + " | ".join(row) + f" | {shown} |")
     lines.append("")
-    lines.append("Ratios above 1: mailgateway is faster.")
+    lines.append("Ratios above 1: mailgateway is faster, or (CPU rows: Dovecot/mailgateway) "
+                 "uses less CPU.")
     lines += report_footer([r for rounds in results.values() for r in rounds], interrupted)
     return "\n".join(lines) + "\n"
 
@@ -233,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     servers, results, interrupted = run_in_turn(
         make, args.rounds, lambda server, rnd: run_round(server, rnd, args, tree, workdir, ca),
-        lambda res: ", ".join(f"{k} {v:.1f}" for k, v in res.rates.items()),
+        lambda res: ", ".join(f"{k} {v:.1f}" for k, v in res.rates.items() if k in RATES),
         workdir, args.keep)
     if not servers and not interrupted:
         return 2

@@ -319,13 +319,7 @@ class ListGateway(Mailgateway):
             self._cli("list", "set", LIST, f"web_base_url={ONE_CLICK_BASE}")
         members = local_members(self.args) + remote_members(self.args)
         self._cli("list", "add", LIST, "--file", "-", stdin="\n".join(members) + "\n")
-        argv = [str(self.venv / "bin" / "twistd"), "-n", "--pidfile=", "mailgateway",
-                "--config", str(config)]
-        self._spawn(argv, env=self.env())
-        try:
-            wait_banner(port, deadline, alive=self._alive)
-        except Unavailable as exc:
-            raise Unavailable(f"{exc}\n{tail(self.log())}") from None
+        self.serve(config, port, deadline)
 
     def boxes(self) -> list[Path]:
         return [self.rundir / "state" / "mail" / LOCAL_DOMAIN / m.split("@")[0] / "new"
