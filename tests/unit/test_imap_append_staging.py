@@ -153,3 +153,41 @@ def test_a_stage_that_fails_gives_no_and_leaves_nothing(tmp_path, monkeypatch):
     assert b"a NO " in s.take()
     assert os.listdir(root / "tmp") == []
     assert stored(root) == [b"Subject: first\r\n\r\nx\r\n"]
+
+
+def test_append_opens_the_folder_while_the_stage_still_writes(tmp_path, monkeypatch):
+    """The two pool calls overlap: append() opens the folder and checks the quota
+    while the stage's synced write is still under way, and waits for it only then."""
+    import threading
+
+    import gateway.access.imap.account as account
+
+    events: list[str] = []
+    checked = threading.Event()
+    real_write, real_check = account.write_synced, account.Account._check_quota
+
+    def slow_write(path, data):
+        checked.wait(timeout=5)  # the disk, slow: until the append has checked the quota
+        real_write(path, data)
+        events.append("written")
+
+    def check(self, adding):
+        real_check(self, adding)
+        events.append("quota checked")
+        checked.set()
+
+    monkeypatch.setattr(account, "write_synced", slow_write)
+    monkeypatch.setattr(account.Account, "_check_quota", check)
+    held = Held()
+    s, root = session(tmp_path, held)
+    s.raw(b"a APPEND INBOX {%d}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
+    (stage, stage_args, staged), (append, append_args, appended) = held.calls
+    worker = threading.Thread(target=complete, args=(stage, *stage_args))
+    worker.start()  # the stage in one pool thread, the append in this one
+    result = defer.maybeDeferred(complete, append, *append_args)
+    worker.join()
+    staged.callback(None)
+    result.chainDeferred(appended)
+    assert events == ["quota checked", "written"]
+    assert b"a OK [APPENDUID " in s.take()
+    assert MESSAGE in stored(root) and os.listdir(root / "tmp") == []

@@ -350,26 +350,29 @@ class Account:
                date: int | None) -> tuple[int, int]:
         """Store an uploaded message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
         try:
+            self.shared.refuse_write(name, self.folders.exists)
+            folder = self._open_personal(name, "TRYCREATE")  # writes: never an archive
+            self._check_quota(upload.size)
             if upload.staged is not None:
                 # Being staged by a pool thread that took it before this call (the pool
                 # runs calls in the order given): a wait on the disk, never on a client.
+                # The folder was opened and the quota checked meanwhile.
                 upload.done.wait()
                 if upload.error is not None:
                     raise upload.error
-            self.shared.refuse_write(name, self.folders.exists)
-            folder = self._open_personal(name, "TRYCREATE")  # writes: never an archive
             if not upload.synced:  # its data on disk before its name (RFC 3501 6.3.11: OK
                 fd = os.open(upload.path, os.O_RDONLY)  # only once it is in the mailbox)
                 try:
                     os.fdatasync(fd)
                 finally:
                     os.close(fd)
-            self._check_quota(upload.size)
             with folder.lock:  # the check and the change as one (keywordlimit.py)
                 keywordlimit.check(folder, flags, self.settings)
                 uid = folder.add_file(upload.path, flags, date, "rename")
             upload.adopted = True  # renamed into the folder: no file left to remove
         except BaseException:
+            if upload.staged is not None:
+                upload.done.wait()  # else the file could be made after its removal
             Path(upload.path).unlink(missing_ok=True)
             raise
         if uid is None:  # renamed from under us: nothing left to remove
