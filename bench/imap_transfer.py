@@ -8,6 +8,10 @@ turn. Per server and round, on a fresh INBOX hard-linked from one built tree:
                 the plaintext port: MiB of message data per second at the client
   FETCH TLS     the same over implicit TLS: mailgateway's TLS front (993-style,
                 [[tlsfront]]) and Dovecot's own imaps listener, one certificate
+  FETCH raw     the same two, read by a client that only counts octets until the
+                tagged OK (no parsing): imaplib is slower than either server, so
+                its rate is mostly its own; this one shows the servers'. Mail
+                clients in C (mutt, mbsync, Thunderbird) sit between the two.
   APPEND        --appends messages of --append-size bytes, one after another
                 (imaplib waits for each tagged OK), msg/s
 
@@ -26,6 +30,7 @@ import argparse
 import imaplib
 import random
 import resource
+import socket
 import ssl
 import sys
 import time
@@ -125,6 +130,39 @@ def client_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def raw_fetch(sock: socket.socket, password: str) -> tuple[int, float]:
+    """Log in, UID FETCH 1:* (BODY.PEEK[]) of the INBOX, and read the answer without
+    parsing it; the octets received (message data and the protocol's few lines) and
+    the seconds from the FETCH sent to its tagged OK."""
+    buf = bytearray(1 << 18)
+    view = memoryview(buf)
+
+    def until(done: bytes) -> int:
+        seen, count = b"\r\n", 0  # the last octets received: the tagged line is last
+        while done not in seen or not seen.endswith(b"\r\n"):
+            n = sock.recv_into(buf)
+            if not n:
+                raise RuntimeError(f"connection closed before {done!r}")
+            count += n
+            seen = (seen + bytes(view[max(0, n - 8192):n]))[-16384:]
+        if b"\r\n" + done.split()[0] + b" OK" not in seen:
+            raise RuntimeError(f"not OK: {seen[-200:]!r}")
+        return count
+
+    until(b"* OK")
+    sock.sendall(b"x1 LOGIN %s %s\r\n" % (RECIPIENT.encode(), password.encode()))
+    until(b"\r\nx1 ")
+    sock.sendall(b"x2 EXAMINE INBOX\r\n")
+    until(b"\r\nx2 ")
+    # The tag cannot occur in the messages: build_tree writes lowercase words.
+    started = time.monotonic()
+    sock.sendall(b"X3 UID FETCH 1:* (BODY.PEEK[])\r\n")
+    size = until(b"\r\nX3 ")
+    took = time.monotonic() - started
+    sock.sendall(b"x4 LOGOUT\r\n")
+    return size, took
+
+
 def fetch_all(client: imaplib.IMAP4) -> int:
     """UID FETCH 1:* (BODY.PEEK[]); the bytes of message data received."""
     client.select("INBOX", readonly=True)
@@ -160,6 +198,14 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
                 size / 2**20)
             result.rates[name + "_client"] = (client_cpu() - mine) * 100 / took
             client.logout()
+        raw = {"fetch_plain_raw": lambda: socket.create_connection(("127.0.0.1", port), 120),
+               "fetch_tls_raw": lambda: context.wrap_socket(
+                   socket.create_connection(("127.0.0.1", server.tls_port), 120),
+                   server_hostname="127.0.0.1")}
+        for name, connect in raw.items():
+            with connect() as sock:
+                size, took = raw_fetch(sock, server.password)
+                result.rates[name] = size / 2**20 / took
         client = imaplib.IMAP4("127.0.0.1", port, timeout=120)
         client.login(RECIPIENT, server.password)
         client.create("Appended")
@@ -180,6 +226,8 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
 
 
 FIGURES = (("fetch_plain", "FETCH plain, MiB/s"), ("fetch_tls", "FETCH over TLS, MiB/s"),
+           ("fetch_plain_raw", "FETCH plain, octet-counting client, MiB/s"),
+           ("fetch_tls_raw", "FETCH over TLS, octet-counting client, MiB/s"),
            ("append", "APPEND, msg/s"))
 RATES = {key for key, _ in FIGURES}
 # CPU figures: lower is better, so their ratio is the peer's over ours (above 1: we use less).
