@@ -87,6 +87,35 @@ def children(parent_pid: int, needle: bytes) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process under pid (children, theirs, ...), by /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(parents.get(child, []))
+    return found
+
+
+def running(pid: int) -> bool:
+    """pid exists and is not a zombie (an orphan's zombie waits for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class Gateway:
     """One gateway process and its state directory."""
 
@@ -147,8 +176,22 @@ class Gateway:
                 self.proc.wait()
 
     def kill9(self) -> None:
+        """SIGKILL the gateway alone: its child processes see their pipes close and stop
+        on their own, finishing what they were doing."""
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+    def crash(self) -> None:
+        """SIGKILL the gateway and every process under it at once, as a power cut would
+        leave the state directory; returns once none of them runs."""
+        family = descendants(self.proc.pid)
+        for pid in [self.proc.pid, *family]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        wait_for(lambda: not any(running(pid) for pid in family), what="the children killed")
 
     def runner_pid(self) -> int | None:
         """The runner process ([queue] runner_process, gateway/runnerproc), if one runs."""
