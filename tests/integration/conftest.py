@@ -107,15 +107,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def running(pid: int) -> bool:
-    """pid exists and is not a zombie (an orphan's zombie waits for its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class Gateway:
     """One gateway process and its state directory."""
 
@@ -191,7 +182,7 @@ class Gateway:
             except ProcessLookupError:
                 pass
         self.proc.wait()
-        wait_for(lambda: not any(running(pid) for pid in family), what="the children killed")
+        wait_for(lambda: not any(alive(pid) for pid in family), what="the children killed")
 
     def runner_pid(self) -> int | None:
         """The runner process ([queue] runner_process, gateway/runnerproc), if one runs."""
