@@ -111,6 +111,12 @@ class SendfileServer(tcp.Server):
     _queue: deque | None = None  # bytes and FileRanges behind the first range, in order
     _queued = 0  # their octets (file octets not yet sent included)
 
+    @property
+    def sending_files(self) -> bool:
+        """Files (and what came after them) wait in our queue: a write must join it
+        (flow.write_now looks before it sends at once)."""
+        return self._queue is not None
+
     def write_file(self, piece: FileRange) -> None:
         if not self.connected or self._writeDisconnected or self.TLS:
             piece.close()

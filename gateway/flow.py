@@ -157,7 +157,7 @@ def write_now(transport: Any, data: bytes) -> None:
     as before, and so does every other transport (TLS, PROXY wrappers, tests),
     and a closing or aborted one (whose later writes Twisted drops).
     """
-    if type(transport) is tcp.Server and _idle(transport):
+    if isinstance(transport, tcp.Server) and _idle(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:  # EAGAIN, or a broken connection: Twisted's own path finds out
@@ -177,7 +177,10 @@ def _idle(transport: tcp.Server) -> bool:
                 and not transport._writeDisconnected
                 and not getattr(transport, "_aborting", False)
                 and not transport._tempDataBuffer
-                and len(transport.dataBuffer) == transport.offset)
+                and len(transport.dataBuffer) == transport.offset
+                # A connection that sent a file (filesend.SendfileServer) keeps its own
+                # queue while files wait; without one it is a plain tcp.Server again.
+                and not getattr(transport, "sending_files", False))
     except AttributeError:
         return False
 

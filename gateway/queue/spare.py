@@ -53,7 +53,7 @@ class SpareFiles:
         self._give_skips = 0  # gives left before spare/ is listed again (found full)
 
     def take(self, path: str) -> bool:
-        """Move a spare file to path (to be written over with O_TRUNC): True, or False
+        """Move a spare file to path (to be written over in place): True, or False
         when there is none (the caller creates path)."""
         if self.limit <= 0:
             return False

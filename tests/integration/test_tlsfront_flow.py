@@ -415,3 +415,60 @@ def test_plaintext_and_old_tls_are_dropped(run_front, front_cert, ca):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="front.example.test") as s:
             assert s.version() == "TLSv1.2"
+
+
+# Pipelined behind a busy login (the password check runs in a thread): the lazy read
+# hold (flow.ReadGate) and the answers sent at once (flow.write_now, TCP_NODELAY) must
+# hold inside TLS too, on STARTTLS and on the front's implicit-TLS ports.
+PIPELINED = {
+    "imap": (b"a STARTTLS", b"a OK",
+             f'b LOGIN alice@example.test "{PASSWORD}"\r\nc NOOP\r\nd STATUS INBOX (MESSAGES)'
+             '\r\ne LOGOUT\r\n'.encode(),
+             [b"b OK", b"c OK", b'* STATUS "INBOX" (MESSAGES 0)', b"d OK", b"* BYE", b"e OK"]),
+    "pop3": (b"STLS", b"+OK",
+             f"USER alice@example.test\r\nPASS {PASSWORD}\r\nSTAT\r\nNOOP\r\nQUIT\r\n".encode(),
+             [b"+OK", b"+OK", b"+OK 0 0", b"+OK", b"+OK"]),
+}
+
+
+def answers_in_order(tls: ssl.SSLSocket, commands: bytes, want: list[bytes]) -> None:
+    tls.sendall(commands)  # one write: every command after the first waits behind it
+    got = b""
+    while chunk := tls.recv(65536):  # until the server closes after LOGOUT / QUIT
+        got += chunk
+    lines, at = got.split(b"\r\n"), 0
+    for answer in want:  # each in its turn, after the one before
+        at = next((n for n in range(at, len(lines)) if lines[n].startswith(answer)), None)
+        assert at is not None, (answer, got)
+        at += 1
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_pipelined_commands_inside_starttls_are_answered_in_order(make_tls_gateway, ca,
+                                                                  protocol):
+    gw = make_tls_gateway()
+    starttls, ok, commands, want = PIPELINED[protocol]
+    with socket.create_connection(("127.0.0.1", gw.ports[protocol]), timeout=30) as raw:
+        reader = raw.makefile("rb")
+        reader.readline()
+        raw.sendall(starttls + b"\r\n")
+        assert reader.readline().startswith(ok)
+        reader.close()
+        with client_context(ca).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            answers_in_order(tls, commands, want)
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_pipelined_commands_over_the_front_are_answered_in_order(make_tls_gateway, ca,
+                                                                 protocol):
+    port = free_port()
+    make_tls_gateway(f'[[tlsfront]]\nname = "{protocol}s"\naccept = "tcp:{port}:'
+                     f'interface=127.0.0.1"\nconnect = "{protocol}"\n')
+    wait_ports(port)
+    _, _, commands, want = PIPELINED[protocol]
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(CLIENT, 0))
+    with client_context(ca).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        reader = tls.makefile("rb")
+        reader.readline()  # the greeting
+        reader.close()
+        answers_in_order(tls, commands, want)

@@ -4,11 +4,12 @@ and through the transport's buffer otherwise (order, back-pressure, errors kept)
 from __future__ import annotations
 
 import errno
+import os
 
 from twisted.internet import abstract, tcp
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from gateway import flow
+from gateway import filesend, flow
 
 
 class FakeSocket:
@@ -123,3 +124,23 @@ def test_a_twisted_without_these_buffer_names_writes_the_usual_way():
     transport.write = written.append
     flow.write_now(transport, b"250 2.0.0 Ok\r\n")
     assert written == [b"250 2.0.0 Ok\r\n"] and sock.sent == []
+
+
+def test_a_connection_that_sent_a_file_is_written_at_once_again(tmp_path):
+    # filesend.send() turns the connection into a SendfileServer for good: once its
+    # files are out, a reply must still go at once; while one waits, behind it.
+    sock = FakeSocket()
+    transport, reactor = tcp_transport(sock)
+    transport.__class__ = filesend.SendfileServer
+    flow.write_now(transport, b"a OK FETCH completed\r\n")
+    assert sock.sent == [b"a OK FETCH completed\r\n"]
+    assert transport not in reactor.getWriters()
+
+    path = tmp_path / "message"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    transport.write_file(filesend.FileRange(fd, 0, 100))
+    flow.write_now(transport, b"b OK FETCH completed\r\n")
+    assert sock.sent == [b"a OK FETCH completed\r\n"]  # not ahead of the file
+    assert list(transport._queue)[-1] == b"b OK FETCH completed\r\n"
+    transport._queue[0].close()

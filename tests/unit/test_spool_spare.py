@@ -3,6 +3,7 @@ the next entries instead of being unlinked and created again (no inode freed or 
 per message: ext4 scans recently freed inodes at each create)."""
 
 import os
+import stat
 
 import pytest
 
@@ -34,6 +35,9 @@ def test_a_removed_entry_s_files_are_written_over_by_the_next(tmp_path):
     spare = sorted((tmp_path / "spare").iterdir())
     assert [p.name for p in spare] == [f"{first.queue_id}.env", f"{first.queue_id}.msg"]
     assert inodes(tmp_path / "spare") == used
+    # A spare file keeps its text until written over: only the gateway's user reads it.
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in spare)
+    assert stat.S_IMODE((tmp_path / "spare").stat().st_mode) == 0o700
 
     second = envelope(1001.0)
     spool.store_blocking(second, b"second")
