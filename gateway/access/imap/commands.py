@@ -24,6 +24,7 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.access.imap import binary, listext, wire
+from gateway.access.imap.account import LATER
 from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
 from gateway.store.folders import DELIMITER, canonical
@@ -450,8 +451,15 @@ class AuthenticatedCommands:
                 lambda _: self.run_blocking(binary.to_base64, upload)).addCallback(
                 lambda _: self._simple(self.account.append, name, upload, flags, date)
             ).addCallback(done)
-        # Staged already, or being staged (written, synced) in the pool: append() waits.
-        return self._simple(self.account.append, name, upload, flags, date).addCallback(done)
+        # Staged already, or being staged (written, synced) in the pool: then append()
+        # leaves the storing to the stage's thread, which posts the outcome here.
+        later: defer.Deferred = defer.Deferred()
+
+        def post(outcome: Any) -> None:  # in the stage's pool thread
+            self.factory.reactor.callFromThread(later.callback, outcome)
+
+        return self._simple(self.account.append, name, upload, flags, date, post).addCallback(
+            lambda result: later if result is LATER else result).addCallback(done)
 
     # -- IDLE (RFC 2177) ------------------------------------------------------------
 

@@ -61,6 +61,10 @@ class Upload:
         self.error: BaseException | None = None
         self.synced = False  # its data is on disk; its name not yet
         self.adopted = False  # renamed into a folder (Account.append): nothing to remove
+        # Account.append's second half, left for the stage's thread to run when the
+        # write is done (under lock, with done): see Account.append.
+        self.lock = threading.Lock()
+        self.then: Any = None
 
 
 def tokenize(pieces: Sequence[Any], max_depth: int = 32) -> list:
