@@ -81,10 +81,10 @@ def can_send_files(transport: Any) -> bool:
 def send(transport: Any, pieces: list[bytes | FileRange]) -> None:
     """Write pieces in order; FileRanges by sendfile (can_send_files must be true)."""
     if type(transport) is tcp.Server:
-        transport.__class__ = SendfileServer  # the same connection, now able to send files
-        # As Dovecot's socket streams: the small pieces between two files (a literal's
-        # ")\r\n", the next one's head) go at once, not after the file's last ACK (Nagle).
-        transport.setTcpNoDelay(True)
+        # The same connection, now able to send files. Its session set TCP_NODELAY at
+        # connect (connection.no_delay): the small pieces between two files (a
+        # literal's ")\r\n", the next one's head) go at once, not after an ACK.
+        transport.__class__ = SendfileServer
     run: list[bytes] = []
     for piece in pieces:
         if isinstance(piece, FileRange):
