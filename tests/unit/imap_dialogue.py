@@ -37,7 +37,9 @@ def make_factory(store: MaildirStore, clock: MemoryReactorClock, imap: dict | No
     settings = parse({"server": {"domains": ["example.test"]}, "imap": imap or {}}).imap
     args = dict(hostname="mail.example.test", users=FakeUsers(), store=store,
                 tls_options=object(), plaintext_from_loopback=True, settings=settings,
-                reactor=clock, run_blocking=defer.maybeDeferred)
+                reactor=clock, run_blocking=defer.maybeDeferred,
+                # A pool thread's call reaches the reactor at its next turn (take()).
+                call_from_thread=lambda f, *a: clock.callLater(0, f, *a))
     args.update(kw)
     return IMAPFactory(**args)
 

@@ -82,7 +82,8 @@ def test_no_file_before_the_plus_and_the_write_begins_at_the_literals_end(tmp_pa
     assert MESSAGE in stored(root)
 
 
-def test_append_waits_for_a_stage_still_running_and_syncs_the_data_once(tmp_path, monkeypatch):
+def test_a_stage_still_running_stores_the_message_itself_and_syncs_the_data_once(
+        tmp_path, monkeypatch):
     held = Held()
     s, root = session(tmp_path, held)
     syncs = []
@@ -91,10 +92,10 @@ def test_append_waits_for_a_stage_still_running_and_syncs_the_data_once(tmp_path
         monkeypatch.setattr(os, name, lambda fd, real=real, name=name: (syncs.append(name),
                                                                        real(fd))[1])
     s.raw(b"a APPEND INBOX {%d}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
-    assert held.names() == ["stage", "append"]  # the append is sent to the pool at once
+    assert held.names() == ["stage"]  # no pool call of its own: the stage's thread stores it
     held.run_all()
     assert b"a OK [APPENDUID " in s.take()
-    # The stage wrote it with O_DSYNC; append() did not sync the data again.
+    # The stage wrote it with O_DSYNC; the storing did not sync the data again.
     assert syncs == []
     assert MESSAGE in stored(root)
 
@@ -155,73 +156,53 @@ def test_a_stage_that_fails_gives_no_and_leaves_nothing(tmp_path, monkeypatch):
     assert stored(root) == [b"Subject: first\r\n\r\nx\r\n"]
 
 
-def test_append_opens_the_folder_while_the_stage_writes_and_the_stage_stores_it(
-        tmp_path, monkeypatch):
-    """The two pool calls overlap: append() opens the folder and checks the quota
-    while the stage's synced write is still under way, then returns without waiting;
-    the stage's thread stores the message once written and posts the outcome to
-    the reactor (no thread waits and is woken between the write and the store)."""
+def test_the_stage_thread_stores_the_message_once_written_and_the_reactor_answers(tmp_path,
+                                                                                 monkeypatch):
+    """The stage runs in a pool thread; the command's end comes meanwhile. That thread
+    then stores the message once written (no second pool call, no thread woken) and
+    hands the outcome to the reactor's thread, which answers."""
     import threading
 
     import gateway.access.imap.account as account
     from gateway.store.folder import Folder
 
     events: list[tuple[str, str]] = []
-    checked = threading.Event()
-    real_write, real_check = account.write_synced, account.Account._check_quota
-    real_add = Folder.add_file
+    real_write, real_add = account.write_synced, Folder.add_file
 
     def note(what: str) -> None:
         events.append((what, threading.current_thread().name))
 
-    def slow_write(path, data):
-        checked.wait(timeout=5)  # the disk, slow: until the append has checked the quota
+    def write(path, data):
         real_write(path, data)
         note("written")
-
-    def check(self, adding):
-        real_check(self, adding)
-        note("quota checked")
 
     def add_file(self, *args, **kwargs):
         note("stored")
         return real_add(self, *args, **kwargs)
 
-    monkeypatch.setattr(account, "write_synced", slow_write)
-    monkeypatch.setattr(account.Account, "_check_quota", check)
+    monkeypatch.setattr(account, "write_synced", write)
     monkeypatch.setattr(Folder, "add_file", add_file)
     held = Held()
     s, root = session(tmp_path, held)
-    posted: list[tuple] = []
-    s.proto.factory.reactor.callFromThread = lambda f, *a: posted.append((f, a))
     s.raw(b"a APPEND INBOX {%d}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
-    (stage, stage_args, staged), (append, append_args, appended) = held.calls
+    [(stage, stage_args, staged)] = held.calls
     worker = threading.Thread(target=complete, args=(stage, *stage_args), name="stage")
-    worker.start()  # the stage in one pool thread, the append in this one
-    result = defer.maybeDeferred(complete, append, *append_args)
-    checked.set()  # append() returned: the write may end now
+    worker.start()
     worker.join()
-    staged.callback(None)
-    result.chainDeferred(appended)
-    assert b"OK" not in s.take()  # nothing stored until the post reaches the reactor
-    for f, a in posted:
-        f(*a)
-    me = threading.current_thread().name
-    assert events == [("quota checked", me), ("written", "stage"), ("stored", "stage")]
-    assert b"a OK [APPENDUID " in s.take()
+    assert events == [("written", "stage"), ("stored", "stage")]
     assert MESSAGE in stored(root) and os.listdir(root / "tmp") == []
+    staged.callback(None)
+    assert b"a OK [APPENDUID " in s.take()  # sent by the reactor's thread, at its next turn
 
 
-def test_a_failed_stage_with_the_storing_left_to_it_answers_no(tmp_path, monkeypatch):
+def test_a_stage_that_fails_in_its_thread_answers_no_and_leaves_nothing(tmp_path,
+                                                                         monkeypatch):
     """The stage's thread, left the storing, meets the write's error: NO, no file."""
     import threading
 
     import gateway.access.imap.account as account
 
-    go = threading.Event()
-
     def full(path, data):
-        go.wait(timeout=5)
         with open(path, "wb") as f:
             f.write(data[:3])
         raise OSError(28, "No space left on device")
@@ -229,19 +210,12 @@ def test_a_failed_stage_with_the_storing_left_to_it_answers_no(tmp_path, monkeyp
     monkeypatch.setattr(account, "write_synced", full)
     held = Held()
     s, root = session(tmp_path, held)
-    posted: list[tuple] = []
-    s.proto.factory.reactor.callFromThread = lambda f, *a: posted.append((f, a))
     s.raw(b"a APPEND INBOX {%d}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
-    (stage, stage_args, staged), (append, append_args, appended) = held.calls
+    [(stage, stage_args, staged)] = held.calls
     worker = threading.Thread(target=lambda: defer.maybeDeferred(complete, stage, *stage_args))
     worker.start()
-    defer.maybeDeferred(complete, append, *append_args).chainDeferred(appended)
-    go.set()
     worker.join()
     staged.callback(None)
-    assert len(posted) == 1
-    f, a = posted[0]
-    f(*a)
     assert b"a NO " in s.take()
     assert os.listdir(root / "tmp") == []
     assert stored(root) == [b"Subject: first\r\n\r\nx\r\n"]

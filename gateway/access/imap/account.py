@@ -12,9 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from twisted.python.failure import Failure
 
 from gateway.access.imap import keywordlimit
 from gateway.access.imap.mailbox import View
@@ -24,9 +21,6 @@ from gateway.config import ImapSettings
 from gateway.durable import write_synced
 from gateway.store.folder import Folder, new_unique, transfer
 from gateway.store.folders import DELIMITER, FolderNameError, FolderSet, canonical
-
-# Account.append's answer when the stage's thread will store the message (its post).
-LATER = object()
 
 
 def pattern_matcher(pattern: str) -> Callable[[str], bool]:
@@ -329,9 +323,9 @@ class Account:
         Runs in the thread pool as soon as the literal's last octet is in, while the
         client still sends the command's end: the sync (a journal commit) overlaps
         that round trip instead of following it, and the reactor thread never
-        creates, writes or closes the file of a message held in memory. The command
-        is not sent back to the reactor thread between the two: append() either
-        waits for it (upload.done) or leaves it the rest to do (upload.then).
+        creates, writes or closes the file of a message held in memory. When the
+        command was complete before the write was done, this thread then stores the
+        message too (Upload.leave_to_stage): no second pool call, no thread woken.
         """
         try:
             if data is not None and sync:
@@ -350,54 +344,23 @@ class Account:
             upload.error = e
             raise
         finally:
-            with upload.lock:
-                upload.done.set()
-                rest, upload.then = upload.then, None
-            if rest is not None:  # append() left the storing to this thread
-                rest()
+            upload.stage_done()
 
-    def append(self, name: str, upload: Upload, flags: list[str], date: int | None,
-               post: Callable[[Any], None] | None = None) -> tuple[int, int] | object:
+    def append(self, name: str, upload: Upload, flags: list[str],
+               date: int | None) -> tuple[int, int]:
         """Store an uploaded message; returns (UIDVALIDITY, UID) for APPENDUID (RFC 4315).
-
-        With post, when the stage is still writing: returns LATER, and the stage's
-        thread stores the message once written and gives post the outcome (the
-        result, or a Failure). The write is the longest step of an APPEND: this
-        thread opens the folder meanwhile, and the storing then follows the write
-        in the thread that did it, with no wake-up of a waiting thread between
-        (about 50 us of each APPEND's latency, bench/RESULTS.md).
-        """
+        In the stage's thread once it has written the message, or a pool call of its own
+        (commands.py do_APPEND)."""
         try:
             self.shared.refuse_write(name, self.folders.exists)
             folder = self._open_personal(name, "TRYCREATE")  # writes: never an archive
             self._check_quota(upload.size)
-        except BaseException:
-            self._discard(upload)
-            raise
-        if post is not None and upload.staged is not None:
-            with upload.lock:
-                if not upload.done.is_set():
-                    upload.then = lambda: post(self._outcome(folder, upload, flags, date))
-                    return LATER
-        if upload.staged is not None:
-            # Being staged by a pool thread that took it before this call (the pool
-            # runs calls in the order given): a wait on the disk, never on a client.
-            upload.done.wait()
-        return self._store(folder, upload, flags, date)
-
-    def _outcome(self, folder: Folder, upload: Upload, flags: list[str],
-                 date: int | None) -> tuple[int, int] | Failure:
-        try:
-            return self._store(folder, upload, flags, date)
-        except BaseException:
-            return Failure()
-
-    def _store(self, folder: Folder, upload: Upload, flags: list[str],
-               date: int | None) -> tuple[int, int]:
-        """append()'s second half, once the stage is done: the message into the folder."""
-        try:
-            if upload.error is not None:
-                raise upload.error
+            if upload.staged is not None:
+                # Staged by a pool thread that took it before this call (the pool runs
+                # calls in the order given), done by now but for a race with its end.
+                upload.done.wait()
+                if upload.error is not None:
+                    raise upload.error
             if not upload.synced:  # its data on disk before its name (RFC 3501 6.3.11: OK
                 fd = os.open(upload.path, os.O_RDONLY)  # only once it is in the mailbox)
                 try:
@@ -409,17 +372,13 @@ class Account:
                 uid = folder.add_file(upload.path, flags, date, "rename")
             upload.adopted = True  # renamed into the folder: no file left to remove
         except BaseException:
-            self._discard(upload)
+            if upload.staged is not None:
+                upload.done.wait()  # else the file could be made after its removal
+            Path(upload.path).unlink(missing_ok=True)
             raise
         if uid is None:  # renamed from under us: nothing left to remove
             raise No("[SERVERBUG] Message vanished while being stored")
         return folder.uidvalidity, uid
-
-    @staticmethod
-    def _discard(upload: Upload) -> None:
-        if upload.staged is not None:
-            upload.done.wait()  # else the file could be made after its removal
-        Path(upload.path).unlink(missing_ok=True)
 
     def copy(self, view: View, uids: list[int], name: str, move: bool) -> tuple[int, list]:
         """COPY or MOVE; returns (target UIDVALIDITY, [(source UID, target UID)])."""

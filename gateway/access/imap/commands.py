@@ -22,9 +22,9 @@ import unicodedata
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from gateway.access.imap import binary, listext, wire
-from gateway.access.imap.account import LATER
 from gateway.access.imap.mailbox import SYSTEM_FLAGS, View
 from gateway.access.imap.wire import Atom, Bad, No, Str, Upload
 from gateway.store.folders import DELIMITER, canonical
@@ -451,15 +451,21 @@ class AuthenticatedCommands:
                 lambda _: self.run_blocking(binary.to_base64, upload)).addCallback(
                 lambda _: self._simple(self.account.append, name, upload, flags, date)
             ).addCallback(done)
-        # Staged already, or being staged (written, synced) in the pool: then append()
-        # leaves the storing to the stage's thread, which posts the outcome here.
         later: defer.Deferred = defer.Deferred()
 
-        def post(outcome: Any) -> None:  # in the stage's pool thread
-            self.factory.reactor.callFromThread(later.callback, outcome)
+        def store() -> None:  # in the stage's thread, the message written
+            try:
+                result: Any = self.account.append(name, upload, flags, date)
+            except BaseException:
+                result = Failure()
+            self.factory.call_from_thread(later.callback, result)
 
-        return self._simple(self.account.append, name, upload, flags, date, post).addCallback(
-            lambda result: later if result is LATER else result).addCallback(done)
+        # Still being written: the stage's thread stores it next. A pool call of its own
+        # could open the folder meanwhile, but its dispatch, a thread's wake-up and the
+        # reactor turn of its answer cost more (bench/RESULTS.md, 2026-11-27 14:50).
+        if upload.leave_to_stage(store):
+            return later.addCallback(done)
+        return self._simple(self.account.append, name, upload, flags, date).addCallback(done)
 
     # -- IDLE (RFC 2177) ------------------------------------------------------------
 

@@ -607,7 +607,7 @@ class IMAPFactory(ServerFactory):
     def __init__(self, *, hostname: str, users: IUserDirectory, store: IMailStore,
                  tls_options: Any, plaintext_from_loopback: bool, settings: ImapSettings,
                  reactor: Any, run_blocking: Any, shared: ISharedFolders | None = None,
-                 run_search: Any = None) -> None:
+                 run_search: Any = None, call_from_thread: Any = None) -> None:
         self.hostname = hostname
         self.users = users
         self.store = store
@@ -619,6 +619,8 @@ class IMAPFactory(ServerFactory):
         # SEARCH in threads of its own ([threads] search): many heavy searches wait for
         # each other, not in front of other sessions' logins and FETCHes.
         self.run_search = run_search or run_blocking
+        # f, *args: f(*args) in the reactor's thread, asked from a pool thread.
+        self.call_from_thread = call_from_thread or reactor.callFromThread
         self.connections = ConnectionCounter(settings.max_connections_per_client)
         self.shared = shared  # the list archives each user may read (shared.py)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.store import mutf7
@@ -61,6 +61,27 @@ class Upload:
         self.error: BaseException | None = None
         self.synced = False  # its data is on disk; its name not yet
         self.adopted = False  # renamed into a folder (Account.append): nothing to remove
+        self._lock = threading.Lock()  # done and _then change together
+        self._then: Callable[[], Any] | None = None
+
+    def leave_to_stage(self, then: Callable[[], Any]) -> bool:
+        """Have the stage's thread call then once it has written the message: True,
+        unless there is no stage or it is done (the caller does then's work itself)."""
+        if self.staged is None:
+            return False
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self._then = then
+            return True
+
+    def stage_done(self) -> None:
+        """The stage's end, in its thread: waiters go on, and what was left to it runs."""
+        with self._lock:
+            self.done.set()
+            then, self._then = self._then, None
+        if then is not None:
+            then()
         # Account.append's second half, left for the stage's thread to run when the
         # write is done (under lock, with done): see Account.append.
         self.lock = threading.Lock()
