@@ -139,6 +139,7 @@ def test_a_refused_append_removes_its_staged_message(tmp_path):
 
 
 def test_a_stage_that_fails_gives_no_and_leaves_nothing(tmp_path, monkeypatch):
+    """The command's end came first: the stage, left the storing, meets the write's error."""
     import gateway.access.imap.account as account
 
     def full(path, data):
@@ -193,29 +194,3 @@ def test_the_stage_thread_stores_the_message_once_written_and_the_reactor_answer
     assert MESSAGE in stored(root) and os.listdir(root / "tmp") == []
     staged.callback(None)
     assert b"a OK [APPENDUID " in s.take()  # sent by the reactor's thread, at its next turn
-
-
-def test_a_stage_that_fails_in_its_thread_answers_no_and_leaves_nothing(tmp_path,
-                                                                         monkeypatch):
-    """The stage's thread, left the storing, meets the write's error: NO, no file."""
-    import threading
-
-    import gateway.access.imap.account as account
-
-    def full(path, data):
-        with open(path, "wb") as f:
-            f.write(data[:3])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(account, "write_synced", full)
-    held = Held()
-    s, root = session(tmp_path, held)
-    s.raw(b"a APPEND INBOX {%d}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
-    [(stage, stage_args, staged)] = held.calls
-    worker = threading.Thread(target=lambda: defer.maybeDeferred(complete, stage, *stage_args))
-    worker.start()
-    worker.join()
-    staged.callback(None)
-    assert b"a NO " in s.take()
-    assert os.listdir(root / "tmp") == []
-    assert stored(root) == [b"Subject: first\r\n\r\nx\r\n"]
