@@ -82,10 +82,6 @@ class Upload:
             then, self._then = self._then, None
         if then is not None:
             then()
-        # Account.append's second half, left for the stage's thread to run when the
-        # write is done (under lock, with done): see Account.append.
-        self.lock = threading.Lock()
-        self.then: Any = None
 
 
 def tokenize(pieces: Sequence[Any], max_depth: int = 32) -> list:
