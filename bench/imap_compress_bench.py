@@ -6,7 +6,8 @@ per run does `FETCH 1:* BODY.PEEK[]` on an INBOX built by imap_bench.py's
 builder (mixed sizes, real headers), with and without COMPRESS DEFLATE, and
 the client reads the whole answer (raw socket, zlib when compressed: no
 imaplib parsing in the way). Dovecot gets its imap_zlib plugin (its
-default level, 6; mailgateway's [imap] compress_level default is 6 too).
+default level, 6; mailgateway at its [imap] compress_level default, 1, since
+2026-11-27; 6 before).
 Each server and mode is measured `--rounds` times after a warm-up FETCH
 (index built, files in the page cache); medians are printed.
 """

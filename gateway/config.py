@@ -125,7 +125,7 @@ class ImapSettings:
     # plaintext client by sendfile(2), never through Python (filesend.py); 0: never.
     sendfile_from: int = 65536
     # zlib level of COMPRESS=DEFLATE (RFC 4978): 1 fastest .. 9 smallest (Dovecot's 6).
-    compress_level: int = 6
+    compress_level: int = 1
 
 
 @dataclass(frozen=True)
