@@ -12,6 +12,13 @@ turn. Per server and round, on a fresh INBOX hard-linked from one built tree:
                 tagged OK (no parsing): imaplib is slower than either server, so
                 its rate is mostly its own; this one shows the servers'. Mail
                 clients in C (mutt, mbsync, Thunderbird) sit between the two.
+  mbsync        the same INBOX pulled by mbsync (isync, a mail client in C) into a
+                new local Maildir (FSync no): the wall time of one run (start,
+                LOGIN, SELECT, one UID FETCH per message, pipelined, the local
+                files written), MiB/s. mbsync uses COMPRESS=DEFLATE whenever the
+                server offers it: mailgateway does, Dovecot's defaults do not
+                (its imap_zlib plugin is off), so this row compares what each
+                server gives mbsync as shipped
   APPEND        --appends messages of --append-size bytes, one after another
                 (imaplib waits for each tagged OK), msg/s
 
@@ -30,8 +37,10 @@ import argparse
 import imaplib
 import random
 import resource
+import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import (  # noqa: E402  (bench/ is not a package: found via the line above)
+    LOOPBACK,
     Dovecot,
     MailgatewayImap,
     Unavailable,
@@ -163,6 +173,27 @@ def raw_fetch(sock: socket.socket, password: str) -> tuple[int, float]:
     return size, took
 
 
+def mbsync_pull(port: int, password: str, workdir: Path) -> float:
+    """Seconds one mbsync run takes to pull the INBOX into a new local Maildir."""
+    local = workdir / "mbsync-local"
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir()
+    rc = workdir / "mbsyncrc"
+    rc.write_text(f"FSync no\n\nIMAPAccount bench\nHost {LOOPBACK}\nPort {port}\n"
+                  f"User {RECIPIENT}\nPass \"{password}\"\nSSLType None\nAuthMechs LOGIN\n\n"
+                  f"IMAPStore far\nAccount bench\n\nMaildirStore near\nPath {local}/\n"
+                  f"Inbox {local}/INBOX\n\nChannel pull\nFar :far:\nNear :near:\n"
+                  "Patterns INBOX\nCreate Near\nSyncState *\nSync Pull\n")
+    started = time.monotonic()
+    done = subprocess.run(["mbsync", "-q", "-c", str(rc), "-a"], capture_output=True,
+                          text=True, timeout=300, check=False)
+    took = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"mbsync: {(done.stdout + done.stderr).strip()[-300:]}")
+    shutil.rmtree(local, ignore_errors=True)
+    return took
+
+
 def fetch_all(client: imaplib.IMAP4) -> int:
     """UID FETCH 1:* (BODY.PEEK[]); the bytes of message data received."""
     client.select("INBOX", readonly=True)
@@ -191,7 +222,7 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
             client.login(RECIPIENT, server.password)
             fetch_all(client)  # once to warm the server's index and caches, as a client would
             cpu, mine, started = cpu_seconds(server.pids()), client_cpu(), time.monotonic()
-            size = fetch_all(client)
+            size = inbox = fetch_all(client)
             took = time.monotonic() - started
             result.rates[name] = size / 2**20 / took
             result.rates[name + "_cpu"] = (cpu_seconds(server.pids()) - cpu) * 1000 / (
@@ -206,6 +237,9 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
             with connect() as sock:
                 size, took = raw_fetch(sock, server.password)
                 result.rates[name] = size / 2**20 / took
+        if shutil.which("mbsync"):  # Debian's isync; the row stays empty without it
+            result.rates["fetch_mbsync"] = inbox / 2**20 / mbsync_pull(
+                port, server.password, workdir / f"{server.name}-{number}")
         client = imaplib.IMAP4("127.0.0.1", port, timeout=120)
         client.login(RECIPIENT, server.password)
         client.create("Appended")
@@ -228,6 +262,7 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
 FIGURES = (("fetch_plain", "FETCH plain, MiB/s"), ("fetch_tls", "FETCH over TLS, MiB/s"),
            ("fetch_plain_raw", "FETCH plain, octet-counting client, MiB/s"),
            ("fetch_tls_raw", "FETCH over TLS, octet-counting client, MiB/s"),
+           ("fetch_mbsync", "mbsync pull of the INBOX, plain, MiB/s"),
            ("append", "APPEND, msg/s"))
 RATES = {key for key, _ in FIGURES}
 # CPU figures: lower is better, so their ratio is the peer's over ours (above 1: we use less).

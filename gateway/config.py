@@ -813,7 +813,7 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         fetch_buffer=r.positive("imap", "fetch_buffer", int, d.fetch_buffer),
         max_fetch_contents=r.positive("imap", "max_fetch_contents", int, d.max_fetch_contents),
         sendfile_from=r.get("imap", "sendfile_from", int, d.sendfile_from),
-        compress_level=r.positive("imap", "compress_level", int, d.compress_level),
+        compress_level=r.get("imap", "compress_level", int, d.compress_level),
     )
     if imap.search_process_min < 0:
         r.fault("imap", "search_process_min",
@@ -822,8 +822,8 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         r.fault("imap", "append_in_memory", f"must be 0 or more, not {imap.append_in_memory}")
     if imap.sendfile_from < 0:
         r.fault("imap", "sendfile_from", f"must be 0 or more, not {imap.sendfile_from}")
-    if imap.compress_level > 9:
-        r.fault("imap", "compress_level", f"must be 1 to 9, not {imap.compress_level}")
+    if not 0 <= imap.compress_level <= 9:
+        r.fault("imap", "compress_level", f"must be 0 to 9, not {imap.compress_level}")
     if imap.idle_timeout < 1800:  # RFC 3501 5.4: the autologout timer is at least 30 minutes
         r.fault("imap", "idle_timeout", f"must be at least 1800, not {imap.idle_timeout}")
     if imap.max_command_length < 1000:  # RFC 7162 3.2.3 asks servers to take 8192

@@ -362,6 +362,8 @@ def test_modified_utf7_names_round_trip_and_paths_stay_inside(env):
     ("max_command_length", 100, "must be at least 1000"),
     ("max_literal_size", 0, "must be greater than 0"),
     ("poll_interval", "x", "must be float"),
+    ("compress_level", 10, "must be 0 to 9"),
+    ("compress_level", -1, "must be 0 to 9"),
 ])
 def test_imap_settings_faults_name_the_key(key, value, reason):
     from gateway.config import parse

@@ -164,3 +164,13 @@ def test_corrupt_input_closes(session):
     compress(session)
     session.raw(b"\xff\xff\xff\xff garbage")
     assert session.transport.disconnecting
+
+
+def test_level_0_offers_no_compress(tmp_path):
+    """[imap] compress_level = 0: not advertised, and refused (the session stays plain)."""
+    s = Session(make_factory(fresh_store(tmp_path), MemoryReactorClock(),
+                             {"compress_level": 0}))
+    s.login()
+    assert b"COMPRESS" not in s("CAPABILITY")
+    assert b"BAD COMPRESS is not offered" in s("COMPRESS DEFLATE", expect=b"BAD")
+    s("NOOP")  # still plaintext

@@ -160,7 +160,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         caps = [b"IMAP4rev1", b"IMAP4rev2", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE",
                 b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN",
                 b"SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE", b"COMPRESS=DEFLATE",
+                b"QRESYNC", b"QUOTA", b"QUOTA=RES-STORAGE", b"STATUS=SIZE",
+                *([b"COMPRESS=DEFLATE"] if self.settings.compress_level else []),
                 b"BINARY", b"ESEARCH", b"SEARCHRES", b"SORT", b"THREAD=ORDEREDSUBJECT",
                 b"THREAD=REFERENCES", b"LIST-EXTENDED", b"LIST-STATUS"]
         if self.state == "unauth":
@@ -568,6 +569,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         """RFC 4978: after this OK both directions are raw DEFLATE, a layer under the
         session (gateway/deflate.py), inside TLS when TLS is on."""
         wire.arity(args, 1)
+        if not self.settings.compress_level:  # [imap] compress_level = 0: not offered
+            raise Bad("COMPRESS is not offered here")
         if wire.atom(args[0], "mechanism").upper() != b"DEFLATE":
             raise Bad("COMPRESS knows DEFLATE only")
         if self._inflater is not None:
