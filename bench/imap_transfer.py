@@ -238,8 +238,11 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
                 size, took = raw_fetch(sock, server.password)
                 result.rates[name] = size / 2**20 / took
         if shutil.which("mbsync"):  # Debian's isync; the row stays empty without it
-            result.rates["fetch_mbsync"] = inbox / 2**20 / mbsync_pull(
-                port, server.password, workdir / f"{server.name}-{number}")
+            try:
+                result.rates["fetch_mbsync"] = inbox / 2**20 / mbsync_pull(
+                    port, server.password, workdir / f"{server.name}-{number}")
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                say(f"  mbsync row left out: {exc}")
         client = imaplib.IMAP4("127.0.0.1", port, timeout=120)
         client.login(RECIPIENT, server.password)
         client.create("Appended")

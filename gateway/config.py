@@ -124,7 +124,8 @@ class ImapSettings:
     # A whole-message literal of at least this many octets goes from its file to a
     # plaintext client by sendfile(2), never through Python (filesend.py); 0: never.
     sendfile_from: int = 65536
-    # zlib level of COMPRESS=DEFLATE (RFC 4978): 1 fastest .. 9 smallest (Dovecot's 6).
+    # zlib level of COMPRESS=DEFLATE (RFC 4978): 1 fastest .. 9 smallest (Dovecot's 6);
+    # 0: COMPRESS not offered.
     compress_level: int = 1
 
 
