@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -484,6 +485,30 @@ def big_relay(gw: Gateway | Peer, stop: threading.Event) -> None:
         sink.stop()
 
 
+def compressed_fetch(gw: Gateway, stop: threading.Event) -> None:
+    """COMPRESS DEFLATE, then a 16 MB attachment-like message fetched again and again:
+    zlib takes about a second for it, which must not be the reactor's second."""
+    body = base64.encodebytes(os.urandom(12_000_000)).replace(b"\n", b"\r\n")
+    message = b"Subject: attachment\r\n\r\n" + body
+    with imap_login(gw.ports["imap"]) as s:
+        s.sendall(b"c CREATE Big\r\na APPEND Big {%d+}\r\n" % len(message) + message
+                  + b"\r\ns SELECT Big\r\nz COMPRESS DEFLATE\r\n")
+        expect(s, b"z OK")
+        out, inp = zlib.compressobj(1, zlib.DEFLATED, -15), zlib.decompressobj(-15)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            s.sendall(out.compress(b"f%d FETCH 1 BODY.PEEK[]\r\n" % n)
+                      + out.flush(zlib.Z_SYNC_FLUSH))
+            got, tail = b"", b"f%d OK" % n
+            while tail not in got[-200:]:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError("closed during the FETCH")
+                got = got[-200:] + inp.decompress(chunk)
+    gw.note = f"{n} compressed FETCHes of 16 MB"
+
+
 def literals(gw: Gateway, stop: threading.Event) -> None:
     def one() -> None:
         try:
@@ -535,7 +560,7 @@ def idle(gw: Gateway, stop: threading.Event) -> None:
 ATTACKS = {"none": idle, "lsub": lsub, "smtp_pipeline": smtp_pipeline, "auth_guess": auth_guess,
            "search": search, "deep_search": deep_search, "unread_output": unread_output,
            "big_messages": big_messages, "big_relay": big_relay, "literals": literals,
-           "eightbit": eightbit}
+           "eightbit": eightbit, "compressed_fetch": compressed_fetch}
 
 
 # Attacks that need nothing of the gateway's (no user database, no SEARCH seed): also

@@ -8,6 +8,11 @@ and the session's dataReceived hands what arrives to an Inflater.
 
 Output: each write is compressed and flushed with Z_SYNC_FLUSH (RFC 4978 4:
 the client must be able to decode each response as soon as it arrives).
+A big write (a FETCH batch, one message of any size) is compressed in the
+thread pool, never on the reactor thread: 34 MiB of a base64 attachment take
+zlib over a second even at level 1, and every other session would wait for
+it. Writes that come meanwhile queue behind it, so the stream keeps their
+order; the FETCH loop waits for drained() before it reads more.
 Input: decompressed in pieces of at most `piece` octets, handed on only
 while the session reads (not paused), so a small compressed input cannot
 expand in memory without bound (a "zip bomb" of a command line meets the
@@ -20,19 +25,36 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
+from gateway import flow
+
 PIECE = 16384  # octets decompressed at a time (a bound on memory, not a setting of use)
+# Writes up to this many octets are compressed on the spot: at most a millisecond or
+# so of zlib, less than a trip to the pool and back costs them.
+INLINE_MAX = 65536
+_log = Logger()
 
 
 class DeflateTransport:
     """A transport that compresses what is written and passes the rest to the one below."""
 
-    def __init__(self, lower: Any, level: int = 6) -> None:
+    def __init__(self, lower: Any, level: int = 6,
+                 run_blocking: Callable[..., defer.Deferred] | None = None) -> None:
         self._lower = lower
         # wbits -15: raw deflate without zlib header or checksum (RFC 4978 3).
         self._z = zlib.compressobj(level, zlib.DEFLATED, -15)
         self.bytes_in = self.bytes_out = 0  # before compression, after compression
+        self._run = run_blocking  # None: everything on the spot (tests, tools)
+        # Used by one thread at a time: the reactor's while nothing is queued, else
+        # the pool's, in the one job that runs until the queue is empty.
+        self._queue: list[bytes] = []
+        self._busy = False
+        self._drained: list[defer.Deferred] = []
+        self.closing_later = False  # loseConnection() asked while busy: done once drained
         directlyProvides(self, providedBy(lower))  # ISSLTransport etc. as below
 
     @property
@@ -43,13 +65,59 @@ class DeflateTransport:
         self.writeSequence([data])
 
     def writeSequence(self, seq: list[bytes]) -> None:
+        if not self._busy and (self._run is None or sum(map(len, seq)) <= INLINE_MAX):
+            self._lower.write(self._compress(seq))
+            return
+        self._queue.extend(seq)
+        if not self._busy:
+            self._next()
+
+    def _compress(self, seq: list[bytes]) -> bytes:
         z = self._z
         out = [z.compress(d) for d in seq]
         out.append(z.flush(zlib.Z_SYNC_FLUSH))
         self.bytes_in += sum(len(d) for d in seq)
         data = b"".join(out)
         self.bytes_out += len(data)
-        self._lower.write(data)
+        return data
+
+    def _next(self) -> None:
+        seq, self._queue = self._queue, []
+        self._busy = True
+        assert self._run is not None
+        self._run(self._compress, seq).addBoth(self._compressed)
+
+    def _compressed(self, result: bytes | Failure) -> None:
+        if isinstance(result, Failure):  # the stream is broken from here on
+            _log.failure("imap compression failed", result)
+            self._queue = []
+            self._lower.abortConnection()
+        else:
+            self._lower.write(result)
+            if self._queue:
+                self._next()
+                return
+        self._busy = False
+        if self.closing_later:
+            self.closing_later = False
+            flow.lose(self._lower)
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
+
+    def drained(self) -> defer.Deferred:
+        """Fires once every write so far has gone, compressed, to the transport below."""
+        if not self._busy:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._drained.append(d)
+        return d
+
+    def loseConnection(self) -> None:
+        if self._busy:
+            self.closing_later = True
+        else:
+            self._lower.loseConnection()
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (pause/resume, loseConnection, getPeer, disconnecting,
@@ -97,3 +165,10 @@ class Inflater:
                     self._deliver(out)
         finally:
             self._running = False
+
+
+def drained(transport: Any) -> defer.Deferred:
+    """DeflateTransport.drained() for a compressing transport; at once for any other."""
+    if isinstance(transport, DeflateTransport):
+        return transport.drained()
+    return defer.succeed(None)

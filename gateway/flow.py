@@ -191,6 +191,8 @@ def lose(transport: Any) -> None:
     if getattr(transport, "producer", None) is not None:
         transport.unregisterProducer()
     transport.loseConnection()
+    if getattr(transport, "closing_later", False):
+        return  # it closes the one below with lose() once its queue is out (deflate.py)
     # After STARTTLS, twisted.protocols.tls sends its close_notify and then waits for
     # the client's before closing TCP; mbsync and others wait for the server's close
     # instead, so both waited for ever. RFC 8446 6.1 lets the closing side go once its

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway import filesend
+from gateway import deflate, filesend
 from gateway.access.imap import esearch, fetch, keywordlimit, search, sort, thread, wire
 from gateway.access.imap.commands import flag_list
 from gateway.access.imap.wire import Atom, Bad, No, compact
@@ -238,6 +238,7 @@ class SelectedCommands:
             else:
                 self.transport.writeSequence(out)
             yield self.pacer.wait()  # the client has read what was written
+            yield deflate.drained(self.transport)  # and, under COMPRESS, it is compressed
         return b"FETCH completed"
 
     @staticmethod

@@ -578,7 +578,8 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self.sendPositiveResponse(tag, b"DEFLATE active")  # the last uncompressed octets
         # What the client sent after the command line is compressed already.
         early, self._buffer = self._buffer, b""
-        self.transport = DeflateTransport(self.transport, self.settings.compress_level)
+        self.transport = DeflateTransport(self.transport, self.settings.compress_level,
+                                          self.run_blocking)
         self._inflater = Inflater(self._inflated, self._wants_input)
         _log.info("imap {user} from {client} compress deflate", user=self.address,
                   client=self.client_host())
