@@ -120,7 +120,7 @@ class DeflateTransport:
             self._lower.loseConnection()
 
     def __getattr__(self, name: str) -> Any:
-        # Everything else (pause/resume, loseConnection, getPeer, disconnecting,
+        # Everything else (pause/resume, abortConnection, getPeer, disconnecting,
         # producer, protocol, getHandle ...) is the lower transport's.
         return getattr(self._lower, name)
 
