@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zlib
 
+from held_pool import Held
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
@@ -12,29 +13,12 @@ from gateway import deflate
 from gateway.deflate import INLINE_MAX, DeflateTransport
 
 
-class HeldPool:
-    """A run_blocking whose calls wait until run, as a busy thread pool's would."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[object, tuple, defer.Deferred]] = []
-
-    def __call__(self, f, *args) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        self.calls.append((f, args, d))
-        return d
-
-    def run_all(self) -> None:
-        while self.calls:
-            f, args, d = self.calls.pop(0)
-            d.callback(f(*args))
-
-
 def inflate(data: bytes) -> bytes:
     return zlib.decompressobj(-15).decompress(data)
 
 
 def test_small_writes_are_compressed_at_once():
-    lower, pool = StringTransport(), HeldPool()
+    lower, pool = StringTransport(), Held(holding=True)
     t = DeflateTransport(lower, 1, pool)
     t.write(b"* OK small\r\n")
     assert pool.calls == []
@@ -43,7 +27,7 @@ def test_small_writes_are_compressed_at_once():
 
 
 def test_a_big_write_goes_to_the_pool_and_later_writes_keep_their_order():
-    lower, pool = StringTransport(), HeldPool()
+    lower, pool = StringTransport(), Held(holding=True)
     t = DeflateTransport(lower, 1, pool)
     big = b"x" * (INLINE_MAX + 1)
     t.writeSequence([b"* 1 FETCH (BODY[] {%d}\r\n" % len(big), big, b")\r\n"])
@@ -59,7 +43,7 @@ def test_a_big_write_goes_to_the_pool_and_later_writes_keep_their_order():
 
 
 def test_close_waits_for_the_compressed_output():
-    lower, pool = StringTransport(), HeldPool()
+    lower, pool = StringTransport(), Held(holding=True)
     t = DeflateTransport(lower, 1, pool)
     t.write(b"y" * (INLINE_MAX * 2))
     t.write(b"* BYE\r\n")

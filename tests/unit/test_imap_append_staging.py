@@ -3,46 +3,20 @@ no file made before the "+", the write and sync begun at the literal's end while
 the command's end is still coming, one sync of the message's data, nothing left
 in tmp/ whatever happens to the command or the connection.
 
-The pool is a list of held calls here (Held): a test runs each when it chooses.
+The pool is a list of held calls here (held_pool.Held): a test runs each when it chooses.
 """
 
 from __future__ import annotations
 
 import os
 
+from held_pool import Held
 from imap_dialogue import BOX, Session, fresh_store, make_factory
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from gateway.durable import complete
 
 MESSAGE = b"Subject: staged\r\n\r\nhello\r\n"
-
-
-class Held:
-    """A run_blocking whose calls wait in a list until run (in order, as the pool)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[object, tuple, defer.Deferred]] = []
-        self.holding = False  # calls run at once until then (the login)
-
-    def __call__(self, f, *args) -> defer.Deferred:
-        if not self.holding:
-            return defer.maybeDeferred(complete, f, *args)
-        d: defer.Deferred = defer.Deferred()
-        self.calls.append((f, args, d))
-        return d
-
-    def names(self) -> list[str]:
-        return [getattr(f, "__name__", repr(f)) for f, _, _ in self.calls]
-
-    def run_next(self) -> None:
-        f, args, d = self.calls.pop(0)
-        defer.maybeDeferred(complete, f, *args).chainDeferred(d)
-
-    def run_all(self) -> None:
-        while self.calls:
-            self.run_next()
 
 
 def session(tmp_path, held: Held | None = None, **imap) -> tuple[Session, os.PathLike]:
