@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 
 import pytest
+from held_pool import Held
 from imap_dialogue import BOX, Session, fresh_store, make_factory
 from twisted.internet.testing import MemoryReactorClock
 
@@ -174,3 +175,24 @@ def test_level_0_offers_no_compress(tmp_path):
     assert b"COMPRESS" not in s("CAPABILITY")
     assert b"BAD COMPRESS is not offered" in s("COMPRESS DEFLATE", expect=b"BAD")
     s("NOOP")  # still plaintext
+
+
+def test_the_next_command_waits_while_a_big_answer_is_compressed(tmp_path, monkeypatch):
+    """A big answer is compressed in the pool (deflate.py); the next pipelined command
+    runs only once it is out, so a pipeline of big answers cannot pile up in memory."""
+    monkeypatch.setattr(deflate, "INLINE_MAX", 100)  # CAPABILITY's answer is bigger
+    held = Held()
+    s = Session(make_factory(fresh_store(tmp_path), MemoryReactorClock(), run_blocking=held))
+    s.login()
+    c = compress(s)
+    held.holding = True
+    assert c.send(b"a CAPABILITY\r\nb CREATE Later\r\n") == b""  # in the pool
+    assert held.names() == ["_compress"]  # CREATE not begun meanwhile
+    held.run_next()  # the untagged line; the tagged OK had queued behind it
+    assert held.names() == ["_compress"]
+    held.run_next()
+    out = c.inp.decompress(s.take())
+    assert b"a OK" in out and b"b OK" not in out
+    assert held.names() == ["create"]  # now it runs
+    held.run_all()
+    assert b"b OK CREATE completed" in c.inp.decompress(s.take())

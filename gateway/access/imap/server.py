@@ -35,7 +35,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import connection, flow, logs
+from gateway import connection, deflate, flow, logs
 from gateway.access.imap import wire
 from gateway.access.imap.commands import AuthenticatedCommands
 from gateway.access.imap.login import LoginCommands
@@ -475,6 +475,19 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self._release_uploads(pieces)
         if not self._gone:
             self._reply(result, tag, command, uid)
+        compressed = deflate.drained(self.transport)
+        if not compressed.called and not self._gone:
+            # COMPRESS: a big answer is still being compressed in the pool. The next
+            # command waits for it, as it waits for a client that does not read:
+            # else a pipeline of commands with big answers would queue them unbounded.
+            if not self._busy:
+                self._busy = True
+                self.pacer.hold(flow.BUSY)
+            compressed.addCallback(lambda _: self._answered())
+            return
+        self._answered()
+
+    def _answered(self) -> None:
         if self._busy:  # answered: now the next pipelined command may run
             self._busy = False
             if not self._gone:
