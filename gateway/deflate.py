@@ -105,10 +105,11 @@ class DeflateTransport:
         for d in waiting:
             d.callback(None)
 
-    def drained(self) -> defer.Deferred:
-        """Fires once every write so far has gone, compressed, to the transport below."""
+    def drained(self) -> defer.Deferred | None:
+        """None when every write so far has gone, compressed, to the transport below;
+        else a Deferred that fires then."""
         if not self._busy:
-            return defer.succeed(None)
+            return None
         d: defer.Deferred = defer.Deferred()
         self._drained.append(d)
         return d
@@ -167,8 +168,9 @@ class Inflater:
             self._running = False
 
 
-def drained(transport: Any) -> defer.Deferred:
-    """DeflateTransport.drained() for a compressing transport; at once for any other."""
+def drained(transport: Any) -> defer.Deferred | None:
+    """DeflateTransport.drained() for a compressing transport; None for any other (no
+    Deferred made: the IMAP session asks after every command)."""
     if isinstance(transport, DeflateTransport):
         return transport.drained()
-    return defer.succeed(None)
+    return None

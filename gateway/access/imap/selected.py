@@ -238,7 +238,7 @@ class SelectedCommands:
             else:
                 self.transport.writeSequence(out)
             yield self.pacer.wait()  # the client has read what was written
-            yield deflate.drained(self.transport)  # and, under COMPRESS, it is compressed
+            yield deflate.drained(self.transport)  # and under COMPRESS compressed (None: is)
         return b"FETCH completed"
 
     @staticmethod

@@ -475,15 +475,15 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         self._release_uploads(pieces)
         if not self._gone:
             self._reply(result, tag, command, uid)
-        compressed = deflate.drained(self.transport)
-        if not compressed.called and not self._gone:
+        compressing = deflate.drained(self.transport)
+        if compressing is not None and not self._gone:
             # COMPRESS: a big answer is still being compressed in the pool. The next
             # command waits for it, as it waits for a client that does not read:
             # else a pipeline of commands with big answers would queue them unbounded.
             if not self._busy:
                 self._busy = True
                 self.pacer.hold(flow.BUSY)
-            compressed.addCallback(lambda _: self._answered())
+            compressing.addCallback(lambda _: self._answered())
             return
         self._answered()
 
