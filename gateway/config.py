@@ -118,7 +118,8 @@ class ImapSettings:
     max_keywords_per_folder: int = 128
     max_keyword_length: int = 50
     # Bytes of messages one FETCH reads and renders at a time; the next batch is
-    # prepared while this one is sent (what a session holds for its client).
+    # prepared while this one is sent (what a session holds for its client). A
+    # bigger message, where sendfile is not used, goes in pieces of this size.
     fetch_buffer: int = 1048576
     max_fetch_contents: int = 32
     # A whole-message literal of at least this many octets goes from its file to a

@@ -6,7 +6,8 @@ objects. Twisted's tcp transport has no sendfile; this adds it to one
 connection by making it a SendfileServer (a tcp.Server that can also queue
 a FileRange), only for a plain tcp.Server: over TLS (STARTTLS, the front's
 own TLS) or COMPRESS the bytes must pass through Python anyway, and the
-caller sends them as bytes (can_send_files() says which).
+caller reads them a piece at a time (FileRange.take) and writes those
+(can_send_files() says which).
 
 Ordering: once a FileRange is queued, everything written after it (bytes
 and further ranges) waits in the connection's own queue behind it, and
@@ -56,20 +57,20 @@ class FileRange:
     def __len__(self) -> int:
         return self.count
 
-    def read(self) -> bytes:
-        """The octets themselves (for a transport that cannot send the file); closes."""
-        try:
-            chunks, offset, left = [], self.offset, self.count
-            while left:
-                chunk = os.pread(self.fd, left, offset)
-                if not chunk:
-                    raise OSError(errno.EIO, "file shorter than announced")
-                chunks.append(chunk)
-                offset += len(chunk)
-                left -= len(chunk)
-            return b"".join(chunks)
-        finally:
-            self.close()
+    def take(self, most: int) -> bytes:
+        """The next octets of the range, at most `most`; the range then starts after
+        them. Blocking (a pool thread): for a transport that cannot send the file."""
+        want = min(most, self.count)
+        chunks, got = [], 0
+        while got < want:
+            chunk = os.pread(self.fd, want - got, self.offset + got)
+            if not chunk:
+                raise OSError(errno.EIO, "file shorter than announced")
+            chunks.append(chunk)
+            got += len(chunk)
+        self.offset += want
+        self.count -= want
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def can_send_files(transport: Any) -> bool:

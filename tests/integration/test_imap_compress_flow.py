@@ -117,3 +117,34 @@ def test_compress_through_the_tls_front(make_tls_gateway, ca):
     m = Front("127.0.0.1", imaps, ssl_context=client_context(ca), timeout=30)
     m.login("alice@example.test", PASSWORD)
     exercise(m)
+
+
+def test_a_big_message_over_starttls_and_compress_is_sent_in_pieces(make_tls_gateway, ca):
+    """Without sendfile the message passes through the gateway: read whole, a 24 MiB
+    message grew it by its size and the copies TLS and zlib made (about 60 MiB)."""
+    import base64
+    import os
+    from pathlib import Path
+
+    from test_imap_sendfile_flow import put, status
+
+    gw = make_tls_gateway()
+    attachment = base64.encodebytes(os.urandom(18 << 20)).replace(b"\n", b"\r\n")
+    data = b"From: bob@example.test\r\nSubject: big\r\n\r\n" + attachment
+    put(gw, [data])
+    m = StartTLS("127.0.0.1", gw.ports["imap"], timeout=120)
+    m.starttls(ssl_context=client_context(ca))
+    m.login("alice@example.test", PASSWORD)
+    assert m.select("INBOX", readonly=True)[0] == "OK"
+    assert m.fetch("1", "(BODY.PEEK[]<0.10>)")[0] == "OK"  # index and caches warm
+    for compressed in (False, True):
+        if compressed:
+            m.compress()
+        refs = Path(f"/proc/{gw.proc.pid}/clear_refs")
+        refs.write_text("5")  # peak RSS := RSS now
+        before = status(gw.proc.pid, "VmHWM")
+        typ, got = m.fetch("1", "(BODY.PEEK[])")
+        assert typ == "OK" and got[0][1] == data
+        grown = status(gw.proc.pid, "VmHWM") - before
+        assert grown < 12 * 1024, f"compressed={compressed}: the server grew by {grown} kB"
+    assert m.logout()[0] == "BYE"

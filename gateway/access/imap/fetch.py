@@ -10,10 +10,11 @@ BODY and BODYSTRUCTURE from the summary cache (summary.py). MODSEQ (RFC
 7162 3.1.4) comes from the index too. BINARY[part], BINARY.PEEK and
 BINARY.SIZE (RFC 3516) are a part's content decoded (binary.py).
 
-On a plaintext connection (selected.py decides), a whole-message literal of
-at least [imap] sendfile_from octets is not read at all: render() puts an
-open file range (filesend.FileRange) in its place, which the transport
-sends with sendfile(2).
+A whole-message literal of at least files_from octets is not read at all:
+render() puts an open file range (filesend.FileRange) in its place. On a
+plaintext connection (selected.py decides: [imap] sendfile_from) the
+transport sends it with sendfile(2); over TLS or COMPRESS ([imap]
+fetch_buffer) selected.py reads and sends it a piece at a time.
 """
 
 from __future__ import annotations

@@ -16,11 +16,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from gateway import deflate, filesend
 from gateway.access.imap import esearch, fetch, keywordlimit, search, sort, thread, wire
 from gateway.access.imap.commands import flag_list
 from gateway.access.imap.wire import Atom, Bad, No, compact
+
+_log = Logger()
+
+def _joined_read(write: list[Any]) -> bytes:
+    """Bytes, and the octets read from a (FileRange, count), as one string (blocking)."""
+    return b"".join(p if isinstance(p, bytes) else p[0].take(p[1]) for p in write)
+
 
 _STORE_MODES = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}
 _FETCH_MODIFIERS = (b"CHANGEDSINCE", b"VANISHED")
@@ -214,9 +222,13 @@ class SelectedCommands:
             if gone and not self._gone and self.view is view:
                 self.transport.write(b"* VANISHED (EARLIER) " + gone + b"\r\n")
         set_seen = any(i.seen for i in items) and not view.readonly
-        # Plaintext: big messages go from their files by sendfile (filesend.py).
-        files_from = self.settings.sendfile_from if filesend.can_send_files(
-            self.transport) else 0
+        # Big messages go from their files: by sendfile on plaintext (filesend.py);
+        # over TLS or COMPRESS, or with sendfile off, those of fetch_buffer or more are
+        # read a piece at a time, so a session never holds one whole (_send_in_pieces).
+        by_sendfile = self.settings.sendfile_from > 0 and filesend.can_send_files(
+            self.transport)
+        files_from = self.settings.sendfile_from if by_sendfile else \
+            self.settings.fetch_buffer
         batches = fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer,
                                 files_from)
         # The next batch is read and rendered in the pool while this one is sent, so
@@ -233,13 +245,76 @@ class SelectedCommands:
                                             set_seen, changedsince, files_from)
             # A keyword another session set meanwhile is announced before it is shown.
             out = [line + b"\r\n" for line in view.new_keywords()] + chunks
-            if files_from:
+            if by_sendfile:
                 filesend.send(self.transport, out)
-            else:
-                self.transport.writeSequence(out)
-            yield self.pacer.wait()  # the client has read what was written
-            yield deflate.drained(self.transport)  # and under COMPRESS compressed (None: is)
+            elif not (yield self._send_in_pieces(out)):
+                return None  # the connection is closed or closing
+            yield self._written()
         return b"FETCH completed"
+
+    @defer.inlineCallbacks
+    def _written(self):
+        """Fires once, under COMPRESS, every write is compressed, and the client has
+        read what was written: what a session holds for its client stays bounded."""
+        yield deflate.drained(self.transport)  # None: nothing is being compressed
+        yield self.pacer.wait()
+
+    @defer.inlineCallbacks
+    def _send_in_pieces(self, pieces: list[bytes | filesend.FileRange]):
+        """Write pieces in order, each FileRange read fetch_buffer octets at a time in
+        the pool. A piece is sent once the client has read what went before
+        (_written); the next one (of this range or the next) is read meanwhile. So a
+        session holds two pieces (each under twice fetch_buffer) and what the
+        transport holds. The literal's length
+        went before the range. False: the connection is gone, or closed as a file
+        could not be read."""
+        step = self.settings.fetch_buffer
+        # Each write: the bytes before a piece of a range and the piece, joined in the
+        # pool, so the reactor passes one string to TLS or zlib without copying it.
+        writes: list[list[Any]] = [[]]
+        for piece in pieces:
+            if isinstance(piece, filesend.FileRange):
+                # Even pieces of step to twice step octets: no short last piece, which
+                # would cost a trip to the pool and a write of its own.
+                count = max(1, piece.count // step)
+                for n in range(count):
+                    writes[-1].append((piece, piece.count * (n + 1) // count
+                                       - piece.count * n // count))
+                    writes.append([])
+            else:
+                writes[-1].append(piece)
+        reads = iter([w for w in writes if w and isinstance(w[-1], tuple)])
+
+        def read_next() -> defer.Deferred | None:
+            w = next(reads, None)
+            return None if w is None else self.run_blocking(_joined_read, w)
+
+        reading = read_next()
+        try:
+            for w in writes:
+                if w and not isinstance(w[-1], tuple):  # the bytes after the last piece
+                    self.transport.writeSequence(w)
+                if not w or not isinstance(w[-1], tuple):
+                    continue
+                done, reading = reading, None
+                data = yield done
+                reading = read_next()
+                yield self._written()
+                if self._gone:
+                    return False
+                self.transport.write(data)
+        except OSError as e:  # the file is unreadable: its announced literal cannot end
+            _log.error("imap {user} from {client}: message file unreadable in FETCH, "
+                       "closing: {error}", user=self.address, client=self.client_host(),
+                       error=e)
+            self.transport.abortConnection()
+            return False
+        finally:
+            if reading is None:
+                filesend.close_all(pieces)
+            else:  # a pool thread still reads a range: close once it is done
+                reading.addBoth(lambda _: filesend.close_all(pieces))
+        return True
 
     @staticmethod
     def _fetch_batch(view, batch, items, uid: bool, set_seen: bool,

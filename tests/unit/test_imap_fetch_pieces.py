@@ -1,0 +1,121 @@
+"""FETCH of a big message where sendfile is not used (STARTTLS, COMPRESS): the message
+goes from its file a piece of [imap] fetch_buffer at a time, read in the pool, so a
+session holds a piece or two for a client that does not read, never the whole message.
+(Plaintext sendfile: tests/integration/test_imap_sendfile_flow.py.)"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+from held_pool import Held
+from imap_dialogue import BOX, Session, fresh_store, make_factory
+from twisted.internet.testing import MemoryReactorClock
+
+PIECE = 4096
+# Lines that differ, so a piece out of place or twice would show.
+MESSAGE = b"Subject: big\r\n\r\n" + b"".join(b"line %06d of the body\r\n" % n
+                                            for n in range(2000))
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = fresh_store(tmp_path)
+    store.deliver(BOX, MESSAGE, "1001.U1.host")
+    held = Held()
+    s = Session(make_factory(store, MemoryReactorClock(), {"fetch_buffer": PIECE},
+                             run_blocking=held))
+    s.login()
+    s("SELECT INBOX")
+    held.holding = True
+    return s, held, tmp_path
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def fills_up(transport) -> None:
+    """A write of a piece fills the socket's send buffer: the transport pauses its
+    producer, as Twisted's does past its bufferSize."""
+    write = transport.write
+
+    def writing(data: bytes) -> None:
+        write(data)
+        if len(data) >= PIECE:
+            transport.producer.pauseProducing()
+
+    transport.write = writing
+
+
+def test_a_client_that_does_not_read_gets_no_more_and_the_session_holds_two_pieces(env):
+    s, held, _ = env
+    fills_up(s.transport)
+    head = b"* 1 FETCH (BODY[] {%d}\r\n" % len(MESSAGE)
+    assert s.raw(b"a3 FETCH 1 BODY.PEEK[]\r\n") == b""
+    assert held.names() == ["_fetch_batch"]
+    held.run_next()  # the batch: the literal's head, and the file still unread
+    assert s.take() == b""
+    assert held.names() == ["_joined_read"]
+    held.run_next()  # the head and first piece are sent; the second is read meanwhile
+    got = s.take()
+    assert got.startswith(head) and PIECE <= len(got) - len(head) < 2 * PIECE
+    held.run_all()
+    # The client does not read: the second piece waits, and nothing more is read.
+    assert held.calls == [] and s.take() == b""
+    done = b"a3 OK FETCH completed\r\n"
+    while not got.endswith(done):
+        # The client reads; the next piece goes, and the one after it is read.
+        s.transport.producer.resumeProducing()
+        out = s.take()
+        got += out
+        if out == done:  # once the client has read the last piece
+            break
+        assert PIECE <= len(out.removesuffix(b")\r\n")) < 2 * PIECE
+        assert held.names() in (["_joined_read"], [])
+        held.run_all()
+        assert s.take() == b""
+    assert got == head + MESSAGE + b")\r\na3 OK FETCH completed\r\n"
+
+
+def test_partial_and_many_messages_in_pieces_are_the_file_byte_for_byte(env):
+    s, held, _ = env
+    held.holding = False
+    s.proto.factory.store.deliver(BOX, MESSAGE.replace(b"line", b"LINE"), "1002.U2.host")
+    s("NOOP")  # the new message's EXISTS
+    out = s("FETCH 1:2 (UID BODY.PEEK[] BODY.PEEK[]<100.9000>)")
+    other = MESSAGE.replace(b"line", b"LINE")
+    assert out == (b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % len(MESSAGE) + MESSAGE
+                   + b" BODY[]<100> {9000}\r\n" + MESSAGE[100:9100] + b")\r\n"
+                   b"* 2 FETCH (UID 2 BODY[] {%d}\r\n" % len(other) + other
+                   + b" BODY[]<100> {9000}\r\n" + other[100:9100] + b")\r\n"
+                   b"a4 OK FETCH completed\r\n")
+
+
+def test_under_compress_the_pieces_make_the_message(env):
+    s, held, _ = env
+    held.holding = False
+    assert s("COMPRESS DEFLATE").endswith(b" OK DEFLATE active\r\n")
+    inp, out = zlib.decompressobj(-15), zlib.compressobj(6, zlib.DEFLATED, -15)
+    got = inp.decompress(s.raw(out.compress(b"b1 FETCH 1 BODY.PEEK[]\r\n")
+                               + out.flush(zlib.Z_SYNC_FLUSH)))
+    assert got == (b"* 1 FETCH (BODY[] {%d}\r\n" % len(MESSAGE) + MESSAGE
+                   + b")\r\nb1 OK FETCH completed\r\n")
+
+
+def test_a_file_cut_short_closes_the_connection_and_leaks_no_descriptor(env):
+    s, held, tmp_path = env
+    before = open_files()
+    s.raw(b"a3 FETCH 1 BODY.PEEK[]\r\n")
+    held.run_next()  # the batch holds the file open
+    [path] = [p for p in (tmp_path / "mail").rglob("1001.U1.host*") if p.is_file()]
+    os.truncate(path, 3 * PIECE)  # not what a Maildir file ever does; a broken disk might
+    held.run_all()
+    out = s.take()
+    # The literal announced the whole size: the stream cannot go on, so it ends.
+    assert out.startswith(b"* 1 FETCH (BODY[] {%d}\r\n" % len(MESSAGE) + MESSAGE[:PIECE])
+    assert len(out) < len(MESSAGE) and b"a3 OK" not in out
+    assert s.transport.disconnecting and s.transport.disconnected
+    assert open_files() == before
+
