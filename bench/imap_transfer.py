@@ -8,7 +8,11 @@ turn. Per server and round, on a fresh INBOX hard-linked from one built tree:
                 the plaintext port: MiB of message data per second at the client
   FETCH TLS     the same over implicit TLS: mailgateway's TLS front (993-style,
                 [[tlsfront]]) and Dovecot's own imaps listener, one certificate
-  FETCH raw     the same two, read by a client that only counts octets until the
+  FETCH STARTTLS  the same on the plaintext port after STARTTLS (RFC 3501 6.2.1), as
+                Thunderbird does on 143: TLS inside each server's own process
+                (mailgateway reads a big message a piece of [imap] fetch_buffer
+                at a time, as sendfile cannot serve)
+  FETCH raw     the same plain and implicit-TLS two, read by a client that only counts octets until the
                 tagged OK (no parsing): imaplib is slower than either server, so
                 its rate is mostly its own; this one shows the servers'. Mail
                 clients in C (mutt, mbsync, Thunderbird) sit between the two.
@@ -203,6 +207,12 @@ def fetch_all(client: imaplib.IMAP4) -> int:
     return sum(len(item[1]) for item in data if isinstance(item, tuple))
 
 
+def starttls(port: int, context: ssl.SSLContext) -> imaplib.IMAP4:
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=120)
+    client.starttls(ssl_context=context)
+    return client
+
+
 def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
               workdir: Path, ca: Any) -> Round:
     result = Round(server.name, number)
@@ -216,6 +226,7 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
             "fetch_plain": lambda: imaplib.IMAP4("127.0.0.1", port, timeout=120),
             "fetch_tls": lambda: imaplib.IMAP4_SSL("127.0.0.1", server.tls_port,
                                                    ssl_context=context, timeout=120),
+            "fetch_starttls": lambda: starttls(port, context),
         }
         for name, connect in clients.items():
             client = connect()
@@ -263,6 +274,7 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
 
 
 FIGURES = (("fetch_plain", "FETCH plain, MiB/s"), ("fetch_tls", "FETCH over TLS, MiB/s"),
+           ("fetch_starttls", "FETCH over STARTTLS, MiB/s"),
            ("fetch_plain_raw", "FETCH plain, octet-counting client, MiB/s"),
            ("fetch_tls_raw", "FETCH over TLS, octet-counting client, MiB/s"),
            ("fetch_mbsync", "mbsync pull of the INBOX, plain, MiB/s"),
@@ -271,9 +283,12 @@ RATES = {key for key, _ in FIGURES}
 # CPU figures: lower is better, so their ratio is the peer's over ours (above 1: we use less).
 CPU_FIGURES = (("fetch_plain_cpu", "server CPU per MiB, FETCH plain, ms"),
                ("fetch_tls_cpu", "server CPU per MiB, FETCH over TLS, ms"),
+               ("fetch_starttls_cpu", "server CPU per MiB, FETCH over STARTTLS, ms"),
                ("append_cpu", "server CPU per APPEND, ms"))
 CLIENT_FIGURES = (("fetch_plain_client", "client (imaplib) CPU, FETCH plain, % of its time"),
-                  ("fetch_tls_client", "client (imaplib) CPU, FETCH over TLS, % of its time"))
+                  ("fetch_tls_client", "client (imaplib) CPU, FETCH over TLS, % of its time"),
+                  ("fetch_starttls_client",
+                   "client (imaplib) CPU, FETCH over STARTTLS, % of its time"))
 
 
 def report(args: argparse.Namespace, results: dict[str, list[Round]], command: str,
