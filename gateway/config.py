@@ -119,10 +119,10 @@ class ImapSettings:
     max_keyword_length: int = 50
     # Bytes of messages one FETCH reads and renders at a time; the next batch is
     # prepared while this one is sent (what a session holds for its client). A
-    # bigger message, where sendfile is not used, goes in pieces of this size.
+    # bigger section, where sendfile is not used, goes in pieces of this size.
     fetch_buffer: int = 1048576
     max_fetch_contents: int = 32
-    # A whole-message literal of at least this many octets goes from its file to a
+    # A section literal of at least this many octets goes from its file to a
     # plaintext client by sendfile(2), never through Python (filesend.py); 0: never.
     sendfile_from: int = 65536
     # zlib level of COMPRESS=DEFLATE (RFC 4978): 1 fastest .. 9 smallest (Dovecot's 6);

@@ -61,16 +61,22 @@ class FileRange:
         """The next octets of the range, at most `most`; the range then starts after
         them. Blocking (a pool thread): for a transport that cannot send the file."""
         want = min(most, self.count)
-        chunks, got = [], 0
-        while got < want:
-            chunk = os.pread(self.fd, want - got, self.offset + got)
-            if not chunk:
-                raise OSError(errno.EIO, "file shorter than announced")
-            chunks.append(chunk)
-            got += len(chunk)
+        data = read_range(self.fd, self.offset, want)
         self.offset += want
         self.count -= want
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return data
+
+
+def read_range(fd: int, offset: int, count: int) -> bytes:
+    """count octets of the open file fd from offset (blocking); EIO if it is shorter."""
+    chunks, got = [], 0
+    while got < count:
+        chunk = os.pread(fd, count - got, offset + got)
+        if not chunk:
+            raise OSError(errno.EIO, "file shorter than announced")
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def can_send_files(transport: Any) -> bool:

@@ -13,6 +13,8 @@ from held_pool import Held
 from imap_dialogue import BOX, Session, fresh_store, make_factory
 from twisted.internet.testing import MemoryReactorClock
 
+from gateway import filesend
+
 PIECE = 4096
 # Lines that differ, so a piece out of place or twice would show.
 MESSAGE = b"Subject: big\r\n\r\n" + b"".join(b"line %06d of the body\r\n" % n
@@ -119,3 +121,49 @@ def test_a_file_cut_short_closes_the_connection_and_leaks_no_descriptor(env):
     assert s.transport.disconnecting and s.transport.disconnected
     assert open_files() == before
 
+
+
+NESTED = (b"From: a@example.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+          b"Content-Type: multipart/mixed; boundary=XX\r\n\r\npreamble\r\n--XX\r\n"
+          b"Content-Type: text/plain\r\n\r\n" + MESSAGE[16:] + b"\r\n--XX\r\n"
+          b"Content-Type: message/rfc822\r\n\r\n" + MESSAGE + b"\r\n--XX--\r\n")
+SECTIONS = ("BODY.PEEK[1] BODY.PEEK[1]<10.20000> BODY.PEEK[1.MIME] BODY.PEEK[2.TEXT] "
+            "BODY.PEEK[2.HEADER] BODY.PEEK[2.HEADER.FIELDS (SUBJECT)] BODY.PEEK[TEXT] "
+            "BODY.PEEK[HEADER] BODY.PEEK[3] BODY.PEEK[]<70000.10> BINARY.PEEK[1]")
+
+
+def test_sections_of_a_big_message_from_the_file_are_those_read_into_memory(tmp_path):
+    """In pieces (fetch_buffer 4096: ranges of the file) and whole (the default 1 MiB:
+    bytes read into memory), every section is the same octets."""
+    answers = []
+    for n, imap in enumerate(({"fetch_buffer": PIECE}, {})):
+        store = fresh_store(tmp_path / str(n))
+        store.deliver(BOX, NESTED, "1001.U1.host")
+        s = Session(make_factory(store, MemoryReactorClock(), imap))
+        s.login()
+        s("SELECT INBOX")
+        answers.append(s(f"FETCH 1 ({SECTIONS})"))
+    assert answers[0] == answers[1]
+    assert MESSAGE[16:] in answers[0] and b"BODY[2.TEXT] {%d}" % (len(MESSAGE) - 16) \
+        in answers[0]
+
+
+def test_a_part_asked_for_again_and_again_is_read_once_and_sent_from_the_file(env):
+    s, held, _ = env
+    held.holding = False
+    s.proto.factory.store.deliver(BOX, NESTED, "1002.U2.host")
+    s("NOOP")  # the new message's EXISTS
+    held.holding = True
+    s.raw(b"a4 FETCH 2 (" + b" ".join([b"BODY.PEEK[1]"] * 8) + b")\r\n")
+    f, args, d = held.calls.pop(0)
+    chunks = f(*args)  # the batch as rendered: the part is a range of the file 8 times
+    ranges = [c for c in chunks if isinstance(c, filesend.FileRange)]
+    assert len(ranges) == 8 and all(r.count == len(MESSAGE) - 16 for r in ranges)
+    assert sum(len(c) for c in chunks if isinstance(c, bytes)) < 1000
+    d.callback(chunks)
+    held.run_all()
+    while held.calls:
+        held.run_all()
+    out = s.take()
+    assert out.count(b"BODY[1] {%d}\r\n" % (len(MESSAGE) - 16) + MESSAGE[16:]) == 8
+    assert out.endswith(b"a4 OK FETCH completed\r\n")

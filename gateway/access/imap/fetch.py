@@ -10,11 +10,14 @@ BODY and BODYSTRUCTURE from the summary cache (summary.py). MODSEQ (RFC
 7162 3.1.4) comes from the index too. BINARY[part], BINARY.PEEK and
 BINARY.SIZE (RFC 3516) are a part's content decoded (binary.py).
 
-A whole-message literal of at least files_from octets is not read at all:
-render() puts an open file range (filesend.FileRange) in its place. On a
-plaintext connection (selected.py decides: [imap] sendfile_from) the
-transport sends it with sendfile(2); over TLS or COMPRESS ([imap]
-fetch_buffer) selected.py reads and sends it a piece at a time.
+In a message of at least files_from octets, a section literal as long is an
+open file range (filesend.FileRange) in render()'s output: a whole-message
+literal is not read at all, and a part is found in the message read once
+and then sent from the file, so a client asking for it many times in one
+FETCH does not make as many copies. On a plaintext connection (selected.py
+decides: [imap] sendfile_from) the transport sends a range with
+sendfile(2); over TLS or COMPRESS ([imap] fetch_buffer) selected.py reads
+and sends it a piece at a time.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from gateway.access.imap import binary, message
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.summary import HeaderSummary, StructureSummary, summaries
 from gateway.access.imap.wire import Atom, Bad, quoted
-from gateway.filesend import FileRange
+from gateway.filesend import FileRange, read_range
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE",
@@ -178,26 +181,27 @@ def batches(folder, pairs: list[tuple[int, int]], items: list[Item],
     if not content:
         size = 1000 if summary else 5000
         return [pairs[start:start + size] for start in range(0, len(pairs), size)]
-    by_file = files_from > 0 and all(_whole(i) for i in items if is_content(i))
     # Each content item carries up to the whole message (BODY[] BODY[]<0.9999> ...):
-    # a message counts once per item, in octets held and in files opened.
+    # a message counts once per item, in octets held and in files opened. From a
+    # file, a section is a range (render()), but BINARY's decoded octets are held.
     each = sum(1 for i in items if is_content(i))
+    decoded = sum(1 for i in items if i.kind in _BINARY_KINDS)
     out: list[list[tuple[int, int]]] = []
     batch: list[tuple[int, int]] = []
     held = files = 0
     for pair in pairs:
         m = folder.message(pair[1])
         size = m.size if m is not None else 0
-        from_file = by_file and size >= files_from
-        if batch and (held + (0 if from_file else size * each) > buffer or len(batch) >= 100
+        from_file = files_from > 0 and size >= files_from
+        holds = size * (decoded if from_file else each)
+        if batch and (held + holds > buffer or len(batch) >= 100
                       or from_file and files + each > FILES_PER_BATCH):
             out.append(batch)
             batch, held, files = [], 0, 0
         batch.append(pair)
+        held += holds
         if from_file:
-            files += each
-        else:
-            held += size * each
+            files += each - decoded
     if batch:
         out.append(batch)
     return out
@@ -209,21 +213,30 @@ def internaldate(seconds: int) -> bytes:
         t.tm_mday, _MONTHS[t.tm_mon - 1].encode(), t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
 
 
-def _section(item: Item, data: bytes) -> bytes | None:
+def _span(item: Item, data: bytes) -> tuple[int, int] | bytes | None:
+    """Where the section lies in the message: (start, end) of its octets, or for
+    HEADER.FIELDS (.NOT) the picked fields themselves; None if there is no such part."""
     root = message.Part(data, 0, len(data), "text/plain", 0)
     part = message.find(root, item.path)
     if part is None:
         return None
     msg = part if not item.path else part.message
     if item.spec == b"":
-        return data if not item.path else part.text()
+        return (0, len(data)) if not item.path else (part.body, part.end)
     if item.spec == b"MIME":
-        return part.header()
+        return part.start, part.body
     if msg is None:
         return None  # HEADER/TEXT of a part that is not a message/rfc822
     if item.spec == b"TEXT":
-        return msg.text()
+        return msg.body, msg.end
+    if not item.fields:
+        return msg.start, msg.body
     return _header(msg.header(), item)
+
+
+def _section(item: Item, data: bytes) -> bytes | None:
+    span = _span(item, data)
+    return data[span[0]:span[1]] if isinstance(span, tuple) else span
 
 
 def _header(block: bytes, item: Item) -> bytes:
@@ -238,12 +251,13 @@ def _header(block: bytes, item: Item) -> bytes:
 def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
            with_uid: bool, seen_now: set[int], files_from: int = 0) -> list[bytes | FileRange]:
     """The untagged FETCH responses for (seq, uid) pairs, as pieces to send in order.
-    files_from > 0: messages of that many octets or more whose only content items
-    are whole-message literals are FileRanges instead of bytes. Blocking: runs in a
-    thread."""
+    files_from > 0: in messages of that many octets or more, a section literal
+    (BODY[], BODY[1], BODY[TEXT] ..., or a partial of one) of that many octets or
+    more is a FileRange instead of bytes; so a message is never held once per item
+    asked for. Blocking: runs in a thread."""
     folder = view.folder
     want_summary, want_content = needs(items)
-    by_file = files_from > 0 and all(_whole(i) for i in items if is_content(i))
+    whole_only = all(_whole(i) for i in items if is_content(i))
     uids = [u for _, u in pairs]
     heads: dict[int, HeaderSummary] = summaries(folder, uids, HeaderSummary) if any(
         i.kind == b"ENVELOPE" or _header_only(i) for i in items) else {}
@@ -255,15 +269,19 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
         flags = view.flags(uid)
         if m is None or flags is None:
             continue  # expunged by another session; its EXPUNGE comes later
-        if want_content and by_file and m.size >= files_from:
+        if want_content and files_from > 0 and m.size >= files_from:
             fd = folder.open_message(uid)
             if fd is None:
                 continue
             try:
-                parts = _parts(view, m, uid, flags, items, with_uid, None, heads, structures,
-                               seen_now, fd)
+                # Whole-message literals need no read; a part's place needs the bytes
+                # once, here in the pool, but its literal is a range of the file too.
+                data = None if whole_only else read_range(fd, 0, os.fstat(fd).st_size)
+                parts = _parts(view, m, uid, flags, items, with_uid, data, heads, structures,
+                               seen_now, fd, files_from)
             finally:
                 os.close(fd)  # each FileRange holds its own descriptor
+            del data  # before the next message is read
         else:
             data = folder.read(uid) if want_content else None
             if want_content and data is None:
@@ -288,7 +306,7 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
 
 def _parts(view: View, m, uid: int, flags, items: list[Item], with_uid: bool,
            data: bytes | None, heads: dict, structures: dict, seen_now: set[int],
-           fd: int | None) -> list:
+           fd: int | None, files_from: int = 0) -> list:
     """One message's FETCH items: bytes, or (literal head, its bytes or FileRange)."""
     folder = view.folder
     ask_flags = any(i.kind == b"FLAGS" for i in items)
@@ -316,8 +334,10 @@ def _parts(view: View, m, uid: int, flags, items: list[Item], with_uid: bool,
             parts.append(b"BODY " + structures[uid].body)
         elif k in _BINARY_KINDS:
             parts.append(_render_binary(item, data or b""))
-        elif fd is not None and _whole(item):  # sent from the file (sendfile)
-            parts.append(_file_section(item, fd))
+        elif fd is not None and _whole(item):  # sent from the file, never read
+            parts.append(_file_section(item, fd, 0, os.fstat(fd).st_size, files_from))
+        elif fd is not None and data is not None:  # a part: its place in the file
+            parts.append(_part_section(item, data, fd, files_from))
         else:  # a literal: its head, then the message bytes as they are
             parts.append(_render_section(item, uid, data, heads.get(uid), folder))
     if uid in seen_now and not ask_flags:  # RFC 3501 6.4.5: tell of the implied \Seen
@@ -327,18 +347,31 @@ def _parts(view: View, m, uid: int, flags, items: list[Item], with_uid: bool,
     return parts
 
 
-def _file_section(item: Item, fd: int) -> tuple[bytes, bytes | FileRange]:
-    """A whole-message literal (or its <o.n>) as a range of the open file fd."""
-    size = os.fstat(fd).st_size
-    start, count = 0, size
+def _file_section(item: Item, fd: int, start: int, count: int,
+                  files_from: int) -> tuple[bytes, bytes | FileRange]:
+    """The literal of a section at file[start:start + count] (or its <o.n>): a range of
+    the open file fd if files_from octets or more, else the octets themselves."""
     name = item.name
     if item.origin is not None:
         name += b"<%d>" % item.origin
-        start = min(item.origin, size)
-        count = min(item.count, size - start)
+        skip = min(item.origin, count)
+        start, count = start + skip, min(item.count, count - skip)
     if not count:
         return name + b" " + quoted(b""), b""
-    return name + b" {%d}\r\n" % count, FileRange(os.dup(fd), start, count)
+    head = name + b" {%d}\r\n" % count
+    if count >= files_from:
+        return head, FileRange(os.dup(fd), start, count)
+    return head, read_range(fd, start, count)
+
+
+def _part_section(item: Item, data: bytes, fd: int,
+                  files_from: int) -> tuple[bytes, bytes | FileRange]:
+    """A section of the message read as data, as a literal: from the file by its place
+    in data, or the picked header fields (HEADER.FIELDS) as they are."""
+    span = _span(item, data)
+    if isinstance(span, tuple):
+        return _file_section(item, fd, span[0], span[1] - span[0], files_from)
+    return _literal(item, span)
 
 
 def joined(pieces: list[bytes | FileRange]) -> list[bytes | FileRange]:
@@ -367,13 +400,17 @@ def _render_section(item: Item, uid: int, data: bytes | None, summary: HeaderSum
         if data is None:
             data = folder.read(uid) or b""
         value = _section(item, data)
+    return _literal(item, value)
+
+
+def _literal(item: Item, value: bytes | None) -> tuple[bytes, bytes]:
+    """A section's octets as its literal, cut to its <o.n> if asked for. A literal
+    always: message data may hold CR, LF and 8-bit bytes (RFC 3501 4.3)."""
     name = item.name
-    if value is None:
-        value = b""
+    value = value or b""
     if item.origin is not None:
         name += b"<%d>" % item.origin
         value = value[item.origin:item.origin + item.count]
-    # Literal always: message data may hold CR, LF and 8-bit bytes (RFC 3501 4.3).
     return (name + b" {%d}\r\n" % len(value), value) if value else (name + b" " + quoted(b""), b"")
 
 
