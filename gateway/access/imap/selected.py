@@ -302,7 +302,7 @@ class SelectedCommands:
                 yield self._written()
                 if self._gone:
                     return False
-                self.transport.write(data)
+                deflate.write_octets(self.transport, data)
         except OSError as e:  # the file is unreadable: its announced literal cannot end
             _log.error("imap {user} from {client}: message file unreadable in FETCH, "
                        "closing: {error}", user=self.address, client=self.client_host(),
