@@ -8,14 +8,15 @@ turn. Per server and round, on a fresh INBOX hard-linked from one built tree:
                 the plaintext port: MiB of message data per second at the client
   FETCH TLS     the same over implicit TLS: mailgateway's TLS front (993-style,
                 [[tlsfront]]) and Dovecot's own imaps listener, one certificate
-  FETCH STARTTLS  the same on the plaintext port after STARTTLS (RFC 3501 6.2.1), as
-                Thunderbird does on 143: TLS inside each server's own process
+  FETCH STARTTLS  the same on the plaintext port after STARTTLS (RFC 3501 6.2.1),
+                as Thunderbird does on 143: TLS inside each server's own process
                 (mailgateway reads a big message a piece of [imap] fetch_buffer
                 at a time, as sendfile cannot serve)
-  FETCH raw     the same plain and implicit-TLS two, read by a client that only counts octets until the
-                tagged OK (no parsing): imaplib is slower than either server, so
-                its rate is mostly its own; this one shows the servers'. Mail
-                clients in C (mutt, mbsync, Thunderbird) sit between the two.
+  FETCH raw     the plain and implicit-TLS FETCH, read by a client that only
+                counts octets until the tagged OK (no parsing): imaplib is
+                slower than either server, so its rate is mostly its own; this
+                one shows the servers'. Mail clients in C (mutt, mbsync,
+                Thunderbird) sit between the two.
   mbsync        the same INBOX pulled by mbsync (isync, a mail client in C) into a
                 new local Maildir (FSync no): the wall time of one run (start,
                 LOGIN, SELECT, one UID FETCH per message, pipelined, the local

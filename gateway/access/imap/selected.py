@@ -25,6 +25,7 @@ from gateway.access.imap.wire import Atom, Bad, No, compact
 
 _log = Logger()
 
+
 def _joined_read(write: list[Any]) -> bytes:
     """Bytes, and the octets read from a (FileRange, count), as one string (blocking)."""
     return b"".join(p if isinstance(p, bytes) else p[0].take(p[1]) for p in write)
@@ -222,7 +223,7 @@ class SelectedCommands:
             if gone and not self._gone and self.view is view:
                 self.transport.write(b"* VANISHED (EARLIER) " + gone + b"\r\n")
         set_seen = any(i.seen for i in items) and not view.readonly
-        # Big messages go from their files: by sendfile on plaintext (filesend.py);
+        # Big sections go from their files: by sendfile on plaintext (filesend.py);
         # over TLS or COMPRESS, or with sendfile off, those of fetch_buffer or more are
         # read a piece at a time, so a session never holds one whole (_send_in_pieces).
         by_sendfile = self.settings.sendfile_from > 0 and filesend.can_send_files(
@@ -265,9 +266,8 @@ class SelectedCommands:
         the pool. A piece is sent once the client has read what went before
         (_written); the next one (of this range or the next) is read meanwhile. So a
         session holds two pieces (each under twice fetch_buffer) and what the
-        transport holds. The literal's length
-        went before the range. False: the connection is gone, or closed as a file
-        could not be read."""
+        transport holds. The literal's length went before the range. False: the
+        connection is gone, or closed as a file could not be read."""
         step = self.settings.fetch_buffer
         # Each write: the bytes before a piece of a range and the piece, joined in the
         # pool, so the reactor passes one string to TLS or zlib without copying it.
@@ -292,9 +292,10 @@ class SelectedCommands:
         reading = read_next()
         try:
             for w in writes:
-                if w and not isinstance(w[-1], tuple):  # the bytes after the last piece
+                if not w:
+                    continue
+                if not isinstance(w[-1], tuple):  # the bytes after the last piece
                     self.transport.writeSequence(w)
-                if not w or not isinstance(w[-1], tuple):
                     continue
                 done, reading = reading, None
                 data = yield done
