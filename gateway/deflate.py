@@ -16,10 +16,12 @@ order; the FETCH loop waits for drained() before it reads more.
 A big message's octets (write_octets: FETCH's pieces of a big section) are
 Huffman-coded only (zlib's Z_HUFFMAN_ONLY, a block type RFC 1951 3.2.7
 allows): such messages are attachments, where LZ77 finds next to nothing (a
-base64 one shrinks to 76% either way) at three times the CPU. The main
-compressor is fully flushed before them (Z_FULL_FLUSH), so what it writes
-after them refers to nothing before them: the client's inflater, whose
-window holds them, then reads the one stream right.
+base64 one shrinks to 76% either way) at three times the CPU. Or they go in
+stored blocks (RFC 1951 3.2.4), uncompressed, while the client takes them
+faster than zlib would code them (LinkGauge: a LAN, loopback), where coding
+would only delay them. The main compressor is fully flushed before them
+(Z_FULL_FLUSH), so what it writes after them refers to nothing before them:
+the client's inflater, whose window holds them, reads the one stream right.
 Input: decompressed in pieces of at most `piece` octets, handed on only
 while the session reads (not paused), so a small compressed input cannot
 expand in memory without bound (a "zip bomb" of a command line meets the
@@ -28,6 +30,7 @@ session's line and literal limits a piece at a time, as plaintext would).
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -50,11 +53,16 @@ class DeflateTransport:
     """A transport that compresses what is written and passes the rest to the one below."""
 
     def __init__(self, lower: Any, level: int = 6,
-                 run_blocking: Callable[..., defer.Deferred] | None = None) -> None:
+                 run_blocking: Callable[..., defer.Deferred] | None = None,
+                 clock: Any = None) -> None:
         self._lower = lower
         # wbits -15: raw deflate without zlib header or checksum (RFC 4978 3).
         self._z = zlib.compressobj(level, zlib.DEFLATED, -15)
         self._huffman = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_HUFFMAN_ONLY)
+        self._stored = zlib.compressobj(0, zlib.DEFLATED, -15)
+        self.gauge = LinkGauge()
+        self._clock = clock  # None: no gauge, octets always coded
+        self._octets: _Octets | None = None  # the last written, until the client read it
         self.bytes_in = self.bytes_out = 0  # before compression, after compression
         self._run = run_blocking  # None: everything on the spot (tests, tools)
         # Used by one thread at a time: the reactor's while nothing is queued, else
@@ -73,8 +81,20 @@ class DeflateTransport:
         self.writeSequence([data])
 
     def write_octets(self, data: bytes) -> None:
-        """A big message's octets: Huffman-coded only (above)."""
-        self.writeSequence([_Octets(data)])
+        """A big message's octets: Huffman-coded, or stored on a fast link (above)."""
+        octets = _Octets(data, self.gauge.squeeze or self._clock is None)
+        if self._clock is not None:
+            octets.at = self._clock.seconds()
+            self._octets = octets
+        self.writeSequence([octets])
+
+    def client_read(self) -> None:
+        """The client has read all that was written (the session's flow control says
+        so): the last octets' time on the link is known."""
+        octets, self._octets = self._octets, None
+        if octets is not None and self._clock is not None and octets.cost is not None:
+            self.gauge.sent(len(octets), self._clock.seconds() - octets.at, octets.squeeze,
+                            octets.cost, octets.left)
 
     def writeSequence(self, seq: list[bytes | _Octets]) -> None:
         if not self._busy and (self._run is None or sum(map(len, seq)) <= INLINE_MAX):
@@ -90,8 +110,12 @@ class DeflateTransport:
         for d in seq:
             if isinstance(d, _Octets):
                 out.append(z.flush(zlib.Z_FULL_FLUSH))
-                out.append(self._huffman.compress(d.data))
-                out.append(self._huffman.flush(zlib.Z_SYNC_FLUSH))
+                coder = self._huffman if d.squeeze else self._stored
+                started = time.perf_counter()
+                coded = [coder.compress(d.data), coder.flush(zlib.Z_SYNC_FLUSH)]
+                d.cost = (time.perf_counter() - started) / max(len(d.data), 1)
+                d.left = sum(map(len, coded)) / max(len(d.data), 1)
+                out.extend(coded)
             else:
                 out.append(z.compress(d))
         out.append(z.flush(zlib.Z_SYNC_FLUSH))
@@ -146,15 +170,53 @@ class DeflateTransport:
 
 
 class _Octets:
-    """A queued write_octets() (its own type: the queue keeps writes in order)."""
+    """A queued write_octets() (its own type: the queue keeps writes in order), and
+    what the gauge learns of it: when it was written, what coding it cost a byte, and
+    the share of it left."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "squeeze", "at", "cost", "left")
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, data: bytes, squeeze: bool) -> None:
+        self.data, self.squeeze = data, squeeze
+        self.at = 0.0
+        self.cost: float | None = None  # set once coded, in the pool's thread
+        self.left = 1.0
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+class LinkGauge:
+    """Whether a big message's octets are worth coding on this connection.
+
+    Coded, each octet costs the server zlib's time and saves the link's time for
+    the share coding removes; stored, it costs nothing and takes the link's whole
+    time. Worth it while zlib's time an octet is less than the link's time for what
+    it removes: a phone on a mobile network, not a LAN or loopback, where coding
+    would only delay the octets (zstd's --adapt follows the same idea). Each piece
+    measures them: the time from its write until the client has read it, less its
+    coding, is the link's for the share of it coding left."""
+
+    def __init__(self) -> None:
+        self.squeeze = True  # the first piece is coded: it measures zlib too
+        self.link = 0.0  # seconds the client takes for an octet sent as it is
+        self.cost: float | None = None  # seconds zlib takes to code an octet
+        self.left = 1.0  # the share of the octets coding leaves
+
+    def sent(self, octets: int, seconds: float, coded: bool, cost: float,
+             left: float) -> None:
+        """A piece of `octets` went in `seconds`, of which `cost` an octet coding it
+        (stored: next to nothing), which left the share `left` of it to send."""
+        if octets <= 0:
+            return
+        if coded:  # what zlib costs and leaves
+            if self.cost is None:
+                self.cost, self.left = cost, left
+            else:
+                self.cost, self.left = (self.cost + cost) / 2, (self.left + left) / 2
+        link = max(seconds / octets - cost, 0.0) / max(left, 0.01)
+        self.link = link if not self.link else (self.link + link) / 2
+        self.squeeze = self.cost is None or self.cost < (1 - self.left) * self.link
 
 
 class Inflater:
@@ -205,6 +267,12 @@ def write_octets(transport: Any, data: bytes) -> None:
         transport.write_octets(data)
     else:
         transport.write(data)
+
+
+def client_read(transport: Any) -> None:
+    """DeflateTransport.client_read() for a compressing transport; nothing otherwise."""
+    if isinstance(transport, DeflateTransport):
+        transport.client_read()
 
 
 def drained(transport: Any) -> defer.Deferred | None:

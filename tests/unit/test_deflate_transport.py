@@ -93,3 +93,52 @@ def test_write_octets_on_another_transport_is_a_write():
     lower = StringTransport()
     deflate.write_octets(lower, b"octets")
     assert lower.value() == b"octets"
+
+
+def test_the_gauge_codes_for_a_slow_link_and_stores_for_a_fast_one():
+    mib = 1 << 20
+    fast = deflate.LinkGauge()
+    assert fast.squeeze  # the first piece is coded: it measures zlib
+    # 10 ms to code a MiB, 76% left, and the client had read it 2 ms after that.
+    fast.sent(mib, 0.012, True, 0.010 / mib, 0.76)
+    assert not fast.squeeze  # coding would only delay the octets
+    fast.sent(mib, 0.002, False, 0.001 / mib, 1.0)
+    assert not fast.squeeze
+    slow = deflate.LinkGauge()
+    # A phone: 160 ms on the link for the 76% coding left of a MiB.
+    slow.sent(mib, 0.170, True, 0.010 / mib, 0.76)
+    assert slow.squeeze
+    later = deflate.LinkGauge()  # fast at first (the socket's buffers), then slow
+    later.sent(mib, 0.012, True, 0.010 / mib, 0.76)
+    assert not later.squeeze
+    for _ in range(3):
+        later.sent(mib, 0.200, False, 0.001 / mib, 1.0)
+    assert later.squeeze
+    # Octets zlib cannot shrink are stored whatever the link.
+    random_octets = deflate.LinkGauge()
+    random_octets.sent(mib, 0.500, True, 0.010 / mib, 1.0)
+    assert not random_octets.squeeze
+
+
+def test_octets_go_stored_once_the_client_reads_faster_than_zlib_codes():
+    import base64
+    import os
+
+    from twisted.internet.task import Clock
+
+    clock, lower = Clock(), StringTransport()
+    t = DeflateTransport(lower, 1, Held(), clock)
+    attachment = base64.encodebytes(os.urandom(300_000))
+    t.write_octets(attachment)
+    coded = len(lower.value())
+    assert coded < 0.8 * len(attachment)
+    t.client_read()  # at once: the link is faster than zlib was
+    t.write_octets(attachment)
+    stored = len(lower.value()) - coded
+    assert len(attachment) < stored < len(attachment) * 1.01  # stored blocks' headers
+    clock.advance(10)  # the client took its time over that one
+    t.client_read()
+    t.write(b"a OK\r\n")
+    t.write_octets(attachment)
+    assert len(lower.value()) - coded - stored < 0.8 * len(attachment) + 100
+    assert inflate(lower.value()) == attachment * 2 + b"a OK\r\n" + attachment

@@ -259,6 +259,7 @@ class SelectedCommands:
         read what was written: what a session holds for its client stays bounded."""
         yield deflate.drained(self.transport)  # None: nothing is being compressed
         yield self.pacer.wait()
+        deflate.client_read(self.transport)  # the link's speed, for COMPRESS's gauge
 
     @defer.inlineCallbacks
     def _send_in_pieces(self, pieces: list[bytes | filesend.FileRange]):

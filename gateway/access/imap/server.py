@@ -592,7 +592,7 @@ class IMAPServer(SelectedCommands, AuthenticatedCommands, LoginCommands, AccessS
         # What the client sent after the command line is compressed already.
         early, self._buffer = self._buffer, b""
         self.transport = DeflateTransport(self.transport, self.settings.compress_level,
-                                          self.run_blocking)
+                                          self.run_blocking, self.factory.reactor)
         self._inflater = Inflater(self._inflated, self._wants_input)
         _log.info("imap {user} from {client} compress deflate", user=self.address,
                   client=self.client_host())
