@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imap_compress_bench import DOVECOT_ZLIB, Client  # noqa: E402
-from peers import Dovecot, MailgatewayImap, Unavailable, cpu_seconds, free_port  # noqa: E402
-from rounds import REPO, make_workdir, pick_venv, say  # noqa: E402
+from imap_compress_bench import Client, start  # noqa: E402
+from peers import cpu_seconds  # noqa: E402
+from rounds import make_workdir, pick_venv, say  # noqa: E402
 
 
 def paced_fetch(c: Client, rate: float) -> tuple[float, int, int]:
@@ -70,16 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"one message of {len(message) / 2**20:.1f} MiB (base64 of random octets)")
     rows = []
     for name in ("mailgateway", "dovecot"):
-        server = (MailgatewayImap(workdir, args.recipient, pick_venv(None), REPO, 10)
-                  if name == "mailgateway" else Dovecot(workdir, args.recipient, 10))
-        try:
-            server.check()
-            server.setup(workdir / name, free_port(), cur)
-            if name == "dovecot":
-                server.config.write_text(server.config.read_text() + DOVECOT_ZLIB)
-            server.launch(time.monotonic() + 120)
-        except Unavailable as exc:
-            say(f"{name} left out: {exc}")
+        server = start(name, workdir, args.recipient, pick_venv(None), cur)
+        if server is None:
             continue
         try:
             for rate in rates:

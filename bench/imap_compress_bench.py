@@ -21,6 +21,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -104,6 +105,22 @@ def measure(server, compress: bool) -> tuple[float, float, int, int]:
         c.close()
 
 
+def start(name: str, workdir: Path, recipient: str, venv: Path, cur: Path) -> Any:
+    """mailgateway, or Dovecot with imap_zlib, up on the INBOX cur/; None (said) if not."""
+    server = (MailgatewayImap(workdir, recipient, venv, REPO, 10) if name == "mailgateway"
+              else Dovecot(workdir, recipient, 10))
+    try:
+        server.check()
+        server.setup(workdir / name, free_port(), cur)
+        if name == "dovecot":
+            server.config.write_text(server.config.read_text() + DOVECOT_ZLIB)
+        server.launch(time.monotonic() + 120)
+    except Unavailable as exc:
+        say(f"{name} left out: {exc}")
+        return None
+    return server
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--messages", "-m", type=int, default=5000)
@@ -117,16 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"INBOX: {tree.count} messages, {tree.size / 2**20:.0f} MiB")
     rows = []
     for name in args.servers.split(","):
-        server = (MailgatewayImap(workdir, args.recipient, venv, REPO, 10) if name == "mailgateway"
-                  else Dovecot(workdir, args.recipient, 10))
-        try:
-            server.check()
-            server.setup(workdir / name, free_port(), tree.path / "cur")
-            if name == "dovecot":
-                server.config.write_text(server.config.read_text() + DOVECOT_ZLIB)
-            server.launch(time.monotonic() + 120)
-        except Unavailable as exc:
-            say(f"{name} left out: {exc}")
+        server = start(name, workdir, args.recipient, venv, tree.path / "cur")
+        if server is None:
             continue
         try:
             measure(server, False)  # warm-up: index, page cache
