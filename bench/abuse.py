@@ -509,14 +509,14 @@ def compressed_fetch(gw: Gateway, stop: threading.Event) -> None:
     gw.note = f"{n} compressed FETCHes of 16 MB"
 
 
-def many_parts(gw: Gateway, stop: threading.Event) -> None:
+def many_parts(gw: Gateway, stop: threading.Event, item: bytes = b"BODY.PEEK[1]") -> None:
     """A 16 MB attachment asked for 32 times in each FETCH (max_fetch_contents): held
     once per item, that is half a gigabyte for one command."""
     body = base64.encodebytes(os.urandom(12_000_000)).replace(b"\n", b"\r\n")
     message = (b"Subject: attachment\r\nMIME-Version: 1.0\r\n"
                b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
                b"Content-Transfer-Encoding: base64\r\n\r\n" + body + b"\r\n--b--\r\n")
-    items = b" ".join([b"BODY.PEEK[1]"] * 32)
+    items = b" ".join([item] * 32)
     with imap_login(gw.ports["imap"]) as s:
         s.sendall(b"c CREATE Parts\r\na APPEND Parts {%d+}\r\n" % len(message) + message
                   + b"\r\ns SELECT Parts\r\n")
@@ -531,7 +531,12 @@ def many_parts(gw: Gateway, stop: threading.Event) -> None:
                 if not chunk:
                     raise ConnectionError("closed during the FETCH")
                 got = got[-200:] + chunk
-    gw.note = f"{n} FETCHes of 32 x 16 MB"
+    gw.note = f"{n} FETCHes of 32 x {item.decode()}"
+
+
+def many_binary(gw: Gateway, stop: threading.Event) -> None:
+    """many_parts with the attachment decoded (RFC 3516 BINARY): 32 x 12 MB."""
+    many_parts(gw, stop, b"BINARY.PEEK[1]")
 
 
 def literals(gw: Gateway, stop: threading.Event) -> None:
@@ -586,7 +591,7 @@ ATTACKS = {"none": idle, "lsub": lsub, "smtp_pipeline": smtp_pipeline, "auth_gue
            "search": search, "deep_search": deep_search, "unread_output": unread_output,
            "big_messages": big_messages, "big_relay": big_relay, "literals": literals,
            "eightbit": eightbit, "compressed_fetch": compressed_fetch,
-           "many_parts": many_parts}
+           "many_parts": many_parts, "many_binary": many_binary}
 
 
 # Attacks that need nothing of the gateway's (no user database, no SEARCH seed): also

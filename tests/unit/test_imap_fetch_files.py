@@ -44,15 +44,12 @@ def test_messages_sent_from_files_go_many_to_a_batch_but_bounded():
     assert [p for b in got for p in b] == pairs(43)
 
 
-def test_a_part_goes_from_the_file_too_but_binary_keeps_the_batches_by_bytes():
+def test_a_part_or_binary_goes_from_a_file_too():
     folder = Sizes([MIB] * 4)
-    parts = fetch.parse([[Atom(b"BODY.PEEK[]"), Atom(b"BODY.PEEK[1]")]])
-    assert [len(b) for b in fetch.batches(folder, pairs(4), parts, MIB, files_from=65536)] \
-        == [4]  # two ranges a message: 8 of FILES_PER_BATCH's 16
-    # BINARY[1] is the part decoded: bytes held, one message's worth a batch.
-    decoded = fetch.parse([[Atom(b"BODY.PEEK[]"), Atom(b"BINARY.PEEK[1]")]])
-    got = fetch.batches(folder, pairs(4), decoded, MIB, files_from=65536)
-    assert [len(b) for b in got] == [1, 1, 1, 1]
+    for other in (b"BODY.PEEK[1]", b"BINARY.PEEK[1]"):
+        items = fetch.parse([[Atom(b"BODY.PEEK[]"), Atom(other)]])
+        got = fetch.batches(folder, pairs(4), items, MIB, files_from=65536)
+        assert [len(b) for b in got] == [4]  # two ranges a message: 8 of the 16
 
 
 def test_sendfile_from_must_not_be_negative(tmp_path):

@@ -174,3 +174,33 @@ def test_a_part_asked_for_again_and_again_is_read_once_and_sent_from_the_file(en
     out = s.take()
     assert out.count(b"BODY[1] {%d}\r\n" % (len(MESSAGE) - 16) + MESSAGE[16:]) == 8
     assert out.endswith(b"a4 OK FETCH completed\r\n")
+
+
+def test_a_binary_part_asked_for_again_and_again_is_decoded_once_into_a_file(env):
+    import base64
+
+    s, held, _ = env
+    held.holding = False
+    octets = bytes(range(256)) * 64  # NUL among them: a literal8 (RFC 3516 4.2)
+    encoded = (b"From: a@example.test\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\n"
+               + base64.encodebytes(octets).replace(b"\n", b"\r\n") + b"\r\n--XX--\r\n")
+    s.proto.factory.store.deliver(BOX, encoded, "1003.U3.host")
+    s("NOOP")  # the new message's EXISTS
+    held.holding = True
+    s.raw(b"a4 FETCH 2 (" + b" ".join([b"BINARY.PEEK[1]"] * 8)
+          + b" BINARY.PEEK[1]<100.5000> BINARY.SIZE[1])\r\n")
+    f, args, d = held.calls.pop(0)
+    chunks = f(*args)
+    ranges = [c for c in chunks if isinstance(c, filesend.FileRange)]
+    assert len(ranges) == 9 and len({os.fstat(r.fd).st_ino for r in ranges}) == 1
+    assert sum(len(c) for c in chunks if isinstance(c, bytes)) < 1000
+    d.callback(chunks)
+    while held.calls:
+        held.run_all()
+    out = s.take()
+    assert out.count(b"BINARY[1] ~{%d}\r\n" % len(octets) + octets) == 8
+    assert b"BINARY[1]<100> ~{5000}\r\n" + octets[100:5100] in out
+    assert b"BINARY.SIZE[1] %d" % len(octets) in out
+    assert out.endswith(b"a4 OK FETCH completed\r\n")

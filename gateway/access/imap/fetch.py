@@ -14,16 +14,18 @@ In a message of at least files_from octets, a section literal as long is an
 open file range (filesend.FileRange) in render()'s output: a whole-message
 literal is not read at all, and a part is found in the message read once
 and then sent from the file, so a client asking for it many times in one
-FETCH does not make as many copies. On a plaintext connection (selected.py
-decides: [imap] sendfile_from) the transport sends a range with
-sendfile(2); over TLS or COMPRESS ([imap] fetch_buffer) selected.py reads
-and sends it a piece at a time.
+FETCH does not make as many copies; a BINARY part is decoded once into a
+temporary file (_Spill) and sent from there. On a plaintext connection
+(selected.py decides: [imap] sendfile_from) the transport sends a range
+with sendfile(2); over TLS or COMPRESS ([imap] fetch_buffer) selected.py
+reads and sends it a piece at a time.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -182,10 +184,8 @@ def batches(folder, pairs: list[tuple[int, int]], items: list[Item],
         size = 1000 if summary else 5000
         return [pairs[start:start + size] for start in range(0, len(pairs), size)]
     # Each content item carries up to the whole message (BODY[] BODY[]<0.9999> ...):
-    # a message counts once per item, in octets held and in files opened. From a
-    # file, a section is a range (render()), but BINARY's decoded octets are held.
+    # a message counts once per item, in octets held and in files opened.
     each = sum(1 for i in items if is_content(i))
-    decoded = sum(1 for i in items if i.kind in _BINARY_KINDS)
     out: list[list[tuple[int, int]]] = []
     batch: list[tuple[int, int]] = []
     held = files = 0
@@ -193,7 +193,7 @@ def batches(folder, pairs: list[tuple[int, int]], items: list[Item],
         m = folder.message(pair[1])
         size = m.size if m is not None else 0
         from_file = files_from > 0 and size >= files_from
-        holds = size * (decoded if from_file else each)
+        holds = 0 if from_file else size * each
         if batch and (held + holds > buffer or len(batch) >= 100
                       or from_file and files + each > FILES_PER_BATCH):
             out.append(batch)
@@ -201,7 +201,7 @@ def batches(folder, pairs: list[tuple[int, int]], items: list[Item],
         batch.append(pair)
         held += holds
         if from_file:
-            files += each - decoded
+            files += each
     if batch:
         out.append(batch)
     return out
@@ -273,14 +273,16 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
             fd = folder.open_message(uid)
             if fd is None:
                 continue
+            spill = _Spill(folder.dirs["tmp"])
             try:
                 # Whole-message literals need no read; a part's place needs the bytes
                 # once, here in the pool, but its literal is a range of the file too.
                 data = None if whole_only else read_range(fd, 0, os.fstat(fd).st_size)
                 parts = _parts(view, m, uid, flags, items, with_uid, data, heads, structures,
-                               seen_now, fd, files_from)
+                               seen_now, fd, files_from, spill)
             finally:
                 os.close(fd)  # each FileRange holds its own descriptor
+                spill.close()
             del data  # before the next message is read
         else:
             data = folder.read(uid) if want_content else None
@@ -306,11 +308,12 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
 
 def _parts(view: View, m, uid: int, flags, items: list[Item], with_uid: bool,
            data: bytes | None, heads: dict, structures: dict, seen_now: set[int],
-           fd: int | None, files_from: int = 0) -> list:
+           fd: int | None, files_from: int = 0, spill: _Spill | None = None) -> list:
     """One message's FETCH items: bytes, or (literal head, its bytes or FileRange)."""
     folder = view.folder
     ask_flags = any(i.kind == b"FLAGS" for i in items)
-    parts: list = []  # bytes, or (literal head, its bytes)
+    parts: list = []  # bytes, or (literal head, its bytes or FileRange)
+    decoded: dict[tuple[int, ...], bytes] = {}  # BINARY's parts, each decoded once
     # RFC 7162 3.2.4: with QRESYNC on, every FETCH response names its UID.
     if (with_uid or view.qresync) and not any(i.kind == b"UID" for i in items):
         parts.append(b"UID %d" % uid)
@@ -333,7 +336,7 @@ def _parts(view: View, m, uid: int, flags, items: list[Item], with_uid: bool,
         elif k == b"BODY":
             parts.append(b"BODY " + structures[uid].body)
         elif k in _BINARY_KINDS:
-            parts.append(_render_binary(item, data or b""))
+            parts.append(_render_binary(item, data or b"", decoded, spill, files_from))
         elif fd is not None and _whole(item):  # sent from the file, never read
             parts.append(_file_section(item, fd, 0, os.fstat(fd).st_size, files_from))
         elif fd is not None and data is not None:  # a part: its place in the file
@@ -414,21 +417,55 @@ def _literal(item: Item, value: bytes | None) -> tuple[bytes, bytes]:
     return (name + b" {%d}\r\n" % len(value), value) if value else (name + b" " + quoted(b""), b"")
 
 
-def _render_binary(item: Item, data: bytes) -> bytes:
+def _render_binary(item: Item, data: bytes, decoded: dict, spill: _Spill | None,
+                   files_from: int) -> bytes | tuple[bytes, bytes | FileRange]:
     """BINARY[part] (a literal8, ~{n}, when it holds NUL) or BINARY.SIZE[part]
-    (RFC 3516 4.2); BINARY[] is the whole message as stored."""
-    part = None
-    if item.path:
-        part = message.find(message.Part(data, 0, len(data), "text/plain", 0), item.path)
-        value = binary.decoded(part) if part is not None else b""
-    else:
+    (RFC 3516 4.2); BINARY[] is the whole message as stored. A part is decoded once
+    per message however often it is asked for; in a big message (spill), a long
+    value goes from a temporary file of the decoded octets, as a section goes from
+    the message's file, so a session holds neither."""
+    value = decoded.get(item.path)
+    if value is None:
         value = data
+        if item.path:
+            part = message.find(message.Part(data, 0, len(data), "text/plain", 0), item.path)
+            value = binary.decoded(part) if part is not None else b""
+        decoded[item.path] = value
     if item.kind == b"BINARY.SIZE":
         return item.name + b" %d" % len(value)
-    name = item.name
+    name, start, count = item.name, 0, len(value)
     if item.origin is not None:
         name += b"<%d>" % item.origin
-        value = value[item.origin:item.origin + item.count]
-    if not value:
+        start = min(item.origin, count)
+        count = min(item.count, count - start)
+    if not count:
         return name + b' ""'
-    return name + (b" ~{%d}\r\n" if b"\0" in value else b" {%d}\r\n") % len(value) + value
+    literal8 = value.find(b"\0", start, start + count) >= 0
+    head = name + (b" ~{%d}\r\n" if literal8 else b" {%d}\r\n") % count
+    if spill is not None and count >= files_from:
+        return head, spill.range(item.path, value, start, count)
+    return head, value[start:start + count]
+
+
+class _Spill:
+    """Decoded parts of one message in unnamed temporary files (O_TMPFILE where the
+    system has it) in the folder's tmp/, as FileRanges: sent like the message's own
+    octets, and gone with the last descriptor."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.files: dict[tuple[int, ...], int] = {}
+
+    def range(self, path: tuple[int, ...], value: bytes, start: int, count: int) -> FileRange:
+        fd = self.files.get(path)
+        if fd is None:
+            with tempfile.TemporaryFile(dir=self.directory) as f:
+                f.write(value)
+                f.flush()
+                fd = self.files[path] = os.dup(f.fileno())
+        return FileRange(os.dup(fd), start, count)
+
+    def close(self) -> None:
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
