@@ -141,3 +141,17 @@ def test_append_literal_with_nul_is_refused(s, plus):
     assert re.search(rb"(a\d+|x1) BAD NUL octet in a literal", out), out
     assert b" OK" not in out, out
     assert b"* 1 EXISTS" in s("SELECT INBOX")  # nothing appended, and the session goes on
+
+
+@pytest.mark.parametrize("body", [
+    b"aGVsbG8gd29y\r\nbGQ=\r\n",  # lines, padding at the end: decoded in place
+    b"aGVsbG8gd29ybGQ\r\n",  # padding lost
+    b"aGVs*bG8g\r\nd29y-bGQ=\r\n",  # stray characters
+    b"aGVsbG8=d29ybGQ=\r\n",  # "=" inside: decoded up to it
+    b"aGVsbG8gd",  # a length no padding mends
+    b"",
+])
+def test_base64_in_place_gives_what_the_careful_way_gives(body):
+    data = b"head\r\n\r\n" + body + b"tail"
+    start, end = 8, 8 + len(body)
+    assert binary._base64_part(data, start, end) == binary._base64(body)

@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from gateway import memtrim
 from gateway.access.imap import binary, message
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.summary import HeaderSummary, StructureSummary, summaries
@@ -46,6 +47,10 @@ _BODY = re.compile(rb"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?
 _BINARY = re.compile(rb"(BINARY(?:\.PEEK|\.SIZE)?)\[((?:[1-9]\d{0,4}\.)*[1-9]\d{0,4})?\]"
                      rb"(?:<(\d{1,10})\.(\d{1,10})>)?", re.I)
 _BINARY_KINDS = (b"BINARY", b"BINARY.SIZE")
+# A message read whole to find its parts (or decode one): past this size, the pages
+# freed afterwards go back to the system (memtrim), or each pool thread's heap would
+# stay as big as the biggest message it read.
+TRIM_AFTER = 8 << 20
 # Messages sent from their files (sendfile) in one batch: the open descriptors a
 # session holds for its client are at most two batches' worth.
 FILES_PER_BATCH = 16
@@ -283,7 +288,10 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
             finally:
                 os.close(fd)  # each FileRange holds its own descriptor
                 spill.close()
-            del data  # before the next message is read
+            big = data is not None and len(data) >= TRIM_AFTER
+            data = None  # before the next message is read
+            if big:
+                memtrim.release()  # this pool thread's heap would keep its size
         else:
             data = folder.read(uid) if want_content else None
             if want_content and data is None:
