@@ -7,7 +7,8 @@ connection by making it a SendfileServer (a tcp.Server that can also queue
 a FileRange), only for a plain tcp.Server: over TLS (STARTTLS, the front's
 own TLS) or COMPRESS the bytes must pass through Python anyway, and the
 caller reads them a piece at a time (FileRange.take) and writes those
-(can_send_files() says which).
+(can_send_files() says which). Spill puts octets made on the way (a decoded
+BINARY part) in unnamed temporary files, so they go as ranges too.
 
 Ordering: once a FileRange is queued, everything written after it (bytes
 and further ranges) waits in the connection's own queue behind it, and
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from collections import deque
 from typing import Any
 
@@ -77,6 +79,32 @@ def read_range(fd: int, offset: int, count: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class Spill:
+    """Octets made on the way (access/imap: a message's BINARY parts, decoded) kept in
+    unnamed temporary files in `directory` (O_TMPFILE where the system has it, so no
+    name shows), one per key, handed out as FileRanges: sent like a stored file's
+    octets, never held, and gone with the last descriptor."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.files: dict[object, int] = {}
+
+    def range(self, key: object, value: bytes, start: int, count: int) -> FileRange:
+        """count octets of value from start; value is written once per key."""
+        fd = self.files.get(key)
+        if fd is None:
+            with tempfile.TemporaryFile(dir=self.directory) as f:
+                f.write(value)
+                f.flush()
+                fd = self.files[key] = os.dup(f.fileno())
+        return FileRange(os.dup(fd), start, count)
+
+    def close(self) -> None:
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
 
 
 def can_send_files(transport: Any) -> bool:

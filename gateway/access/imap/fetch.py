@@ -15,7 +15,7 @@ open file range (filesend.FileRange) in render()'s output: a whole-message
 literal is not read at all, and a part is found in the message read once
 and then sent from the file, so a client asking for it many times in one
 FETCH does not make as many copies; a BINARY part is decoded once into a
-temporary file (_Spill) and sent from there. On a plaintext connection
+temporary file (filesend.Spill) and sent from there. On a plaintext connection
 (selected.py decides: [imap] sendfile_from) the transport sends a range
 with sendfile(2); over TLS or COMPRESS ([imap] fetch_buffer) selected.py
 reads and sends it a piece at a time.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from gateway.access.imap import binary, message
 from gateway.access.imap.mailbox import View
 from gateway.access.imap.summary import HeaderSummary, StructureSummary, summaries
 from gateway.access.imap.wire import Atom, Bad, quoted
-from gateway.filesend import FileRange, read_range
+from gateway.filesend import FileRange, Spill, read_range
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE",
@@ -278,7 +277,7 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
             fd = folder.open_message(uid)
             if fd is None:
                 continue
-            spill = _Spill(folder.dirs["tmp"])
+            spill = Spill(folder.dirs["tmp"])
             try:
                 # Whole-message literals need no read; a part's place needs the bytes
                 # once, here in the pool, but its literal is a range of the file too.
@@ -316,7 +315,7 @@ def render(view: View, pairs: list[tuple[int, int]], items: list[Item],
 
 def _parts(view: View, m, uid: int, flags, items: list[Item], with_uid: bool,
            data: bytes | None, heads: dict, structures: dict, seen_now: set[int],
-           fd: int | None, files_from: int = 0, spill: _Spill | None = None) -> list:
+           fd: int | None, files_from: int = 0, spill: Spill | None = None) -> list:
     """One message's FETCH items: bytes, or (literal head, its bytes or FileRange)."""
     folder = view.folder
     ask_flags = any(i.kind == b"FLAGS" for i in items)
@@ -425,7 +424,7 @@ def _literal(item: Item, value: bytes | None) -> tuple[bytes, bytes]:
     return (name + b" {%d}\r\n" % len(value), value) if value else (name + b" " + quoted(b""), b"")
 
 
-def _render_binary(item: Item, data: bytes, decoded: dict, spill: _Spill | None,
+def _render_binary(item: Item, data: bytes, decoded: dict, spill: Spill | None,
                    files_from: int) -> bytes | tuple[bytes, bytes | FileRange]:
     """BINARY[part] (a literal8, ~{n}, when it holds NUL) or BINARY.SIZE[part]
     (RFC 3516 4.2); BINARY[] is the whole message as stored. A part is decoded once
@@ -453,27 +452,3 @@ def _render_binary(item: Item, data: bytes, decoded: dict, spill: _Spill | None,
     if spill is not None and count >= files_from:
         return head, spill.range(item.path, value, start, count)
     return head, value[start:start + count]
-
-
-class _Spill:
-    """Decoded parts of one message in unnamed temporary files (O_TMPFILE where the
-    system has it) in the folder's tmp/, as FileRanges: sent like the message's own
-    octets, and gone with the last descriptor."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.files: dict[tuple[int, ...], int] = {}
-
-    def range(self, path: tuple[int, ...], value: bytes, start: int, count: int) -> FileRange:
-        fd = self.files.get(path)
-        if fd is None:
-            with tempfile.TemporaryFile(dir=self.directory) as f:
-                f.write(value)
-                f.flush()
-                fd = self.files[path] = os.dup(f.fileno())
-        return FileRange(os.dup(fd), start, count)
-
-    def close(self) -> None:
-        for fd in self.files.values():
-            os.close(fd)
-        self.files.clear()
