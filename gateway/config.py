@@ -125,6 +125,8 @@ class ImapSettings:
     # A section literal of at least this many octets goes from its file to a
     # plaintext client by sendfile(2), never through Python (filesend.py); 0: never.
     sendfile_from: int = 65536
+    # sendfile also to a client on this host; false: copied through a buffer (filesend.py).
+    sendfile_local: bool = False
     # zlib level of COMPRESS=DEFLATE (RFC 4978): 1 fastest .. 9 smallest (Dovecot's 6);
     # 0: COMPRESS not offered.
     compress_level: int = 1
@@ -815,6 +817,7 @@ def _imap_settings(r: _Reader) -> ImapSettings:
         fetch_buffer=r.positive("imap", "fetch_buffer", int, d.fetch_buffer),
         max_fetch_contents=r.positive("imap", "max_fetch_contents", int, d.max_fetch_contents),
         sendfile_from=r.get("imap", "sendfile_from", int, d.sendfile_from),
+        sendfile_local=r.get("imap", "sendfile_local", bool, d.sendfile_local),
         compress_level=r.get("imap", "compress_level", int, d.compress_level),
     )
     if imap.search_process_min < 0:

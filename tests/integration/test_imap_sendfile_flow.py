@@ -1,4 +1,5 @@
-"""FETCH of big messages over plaintext IMAP, sent from the files by sendfile (gateway/filesend.py).
+"""FETCH of big messages over plaintext IMAP, sent from the files (gateway/filesend.py):
+copied through a buffer, since the tests' client is on this host, or by sendfile.
 
 The messages are put straight into the INBOX's cur/ (SELECT finds them), so
 their bytes, 8-bit and NUL-free, are known exactly. Checked over the wire:
@@ -74,7 +75,11 @@ def open_messages(pid: int, cur: Path) -> int:
     return count
 
 
-def test_big_messages_and_partials_are_byte_exact_in_order(gw):
+# The tests connect from loopback, where the ranges are copied through a buffer
+# (filesend.same_host); sendfile_local = true sends them by sendfile as to a remote client.
+@pytest.mark.parametrize("sendfile_local", ["false", "true"])
+def test_big_messages_and_partials_are_byte_exact_in_order(make_gateway, sendfile_local):
+    gw = make_gateway(PLAINTEXT + f"\n[imap]\nsendfile_local = {sendfile_local}\n")
     big = [message(n, size) for n, size in enumerate((3 << 20, 70_000, 200, 1 << 20))]
     put(gw, big)
     m = gw.imap_login(ALICE)

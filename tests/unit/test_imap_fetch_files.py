@@ -90,3 +90,13 @@ def test_a_fetch_asking_for_more_contents_than_max_fetch_contents_is_refused(tmp
     out = s("FETCH 1 (FLAGS ENVELOPE BODY.PEEK[HEADER] BODY.PEEK[] BODY.PEEK[TEXT] "
             "BODY.PEEK[1])")
     assert out.count(b"body") == 3
+
+
+def test_sendfile_local_must_be_true_or_false(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\ndomains = ["example.test"]\n[imap]\nsendfile_local = "yes"\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert [key for _, key, _ in e.value.problems] == ["imap.sendfile_local"]
+    path.write_text('[server]\ndomains = ["example.test"]\n')
+    assert config.load(path).imap.sendfile_local is False  # copied to this host's clients

@@ -223,13 +223,16 @@ class SelectedCommands:
             if gone and not self._gone and self.view is view:
                 self.transport.write(b"* VANISHED (EARLIER) " + gone + b"\r\n")
         set_seen = any(i.seen for i in items) and not view.readonly
-        # Big sections go from their files: by sendfile on plaintext (filesend.py);
+        # Big sections go from their files: by sendfile on plaintext (filesend.py), or
+        # copied through a buffer for a client on this host (filesend.same_host);
         # over TLS or COMPRESS, or with sendfile off, those of fetch_buffer or more are
         # read a piece at a time, so a session never holds one whole (_send_in_pieces).
         by_sendfile = self.settings.sendfile_from > 0 and filesend.can_send_files(
             self.transport)
         files_from = self.settings.sendfile_from if by_sendfile else \
             self.settings.fetch_buffer
+        copy = by_sendfile and not self.settings.sendfile_local and filesend.same_host(
+            self.transport)
         batches = fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer,
                                 files_from)
         # The next batch is read and rendered in the pool while this one is sent, so
@@ -247,7 +250,7 @@ class SelectedCommands:
             # A keyword another session set meanwhile is announced before it is shown.
             out = [line + b"\r\n" for line in view.new_keywords()] + chunks
             if by_sendfile:
-                filesend.send(self.transport, out)
+                filesend.send(self.transport, out, copy)
             elif not (yield self._send_in_pieces(out)):
                 return None  # the connection is closed or closing
             yield self._written()
