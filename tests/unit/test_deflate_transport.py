@@ -96,28 +96,44 @@ def test_write_octets_on_another_transport_is_a_write():
 
 
 def test_the_gauge_codes_for_a_slow_link_and_stores_for_a_fast_one():
-    mib = 1 << 20
+    mib, huffman = 1 << 20, deflate.HUFFMAN
     fast = deflate.LinkGauge()
-    assert fast.squeeze  # the first piece is coded: it measures zlib
+    assert fast.worth(huffman)  # the first piece is coded: it measures zlib
     # 10 ms to code a MiB, 76% left, and the client had read it 2 ms after that.
-    fast.sent(mib, 0.012, True, 0.010 / mib, 0.76)
-    assert not fast.squeeze  # coding would only delay the octets
-    fast.sent(mib, 0.002, False, 0.001 / mib, 1.0)
-    assert not fast.squeeze
+    fast.sent(mib, 0.012, huffman, 0.010 / mib, 0.76)
+    assert not fast.worth(huffman)  # coding would only delay the octets
+    fast.sent(mib, 0.002, None, 0.001 / mib, 1.0)
+    assert not fast.worth(huffman)
     slow = deflate.LinkGauge()
     # A phone: 160 ms on the link for the 76% coding left of a MiB.
-    slow.sent(mib, 0.170, True, 0.010 / mib, 0.76)
-    assert slow.squeeze
+    slow.sent(mib, 0.170, huffman, 0.010 / mib, 0.76)
+    assert slow.worth(huffman)
     later = deflate.LinkGauge()  # fast at first (the socket's buffers), then slow
-    later.sent(mib, 0.012, True, 0.010 / mib, 0.76)
-    assert not later.squeeze
+    later.sent(mib, 0.012, huffman, 0.010 / mib, 0.76)
+    assert not later.worth(huffman)
     for _ in range(3):
-        later.sent(mib, 0.200, False, 0.001 / mib, 1.0)
-    assert later.squeeze
+        later.sent(mib, 0.200, None, 0.001 / mib, 1.0)
+    assert later.worth(huffman)
     # Octets zlib cannot shrink are stored whatever the link.
     random_octets = deflate.LinkGauge()
-    random_octets.sent(mib, 0.500, True, 0.010 / mib, 1.0)
-    assert not random_octets.squeeze
+    random_octets.sent(mib, 0.500, huffman, 0.010 / mib, 1.0)
+    assert not random_octets.worth(huffman)
+
+
+def test_each_coder_is_weighed_by_what_it_costs_and_leaves():
+    mib = 1 << 20
+    gauge = deflate.LinkGauge()
+    # Huffman-only: 8 ms a MiB, 76% left, on a link of 20 ms a MiB: 8 ms of zlib
+    # would save 4.8 ms of link.
+    gauge.sent(mib, 0.008 + 0.76 * 0.020, deflate.HUFFMAN, 0.008 / mib, 0.76)
+    assert not gauge.worth(deflate.HUFFMAN)
+    assert gauge.worth(deflate.LZ77)  # not measured yet: tried
+    # LZ77 on text: 10 ms a MiB, 10% left: saves 18 ms of the link's 20.
+    gauge.sent(mib, 0.010 + 0.1 * 0.020, deflate.LZ77, 0.010 / mib, 0.10)
+    assert gauge.worth(deflate.LZ77) and not gauge.worth(deflate.HUFFMAN)
+    for _ in range(3):  # loopback: a MiB read in a millisecond
+        gauge.sent(mib, 0.001, None, 0.0, 1.0)
+    assert not gauge.worth(deflate.LZ77)
 
 
 def test_octets_go_stored_once_the_client_reads_faster_than_zlib_codes():
@@ -142,3 +158,32 @@ def test_octets_go_stored_once_the_client_reads_faster_than_zlib_codes():
     t.write_octets(attachment)
     assert len(lower.value()) - coded - stored < 0.8 * len(attachment) + 100
     assert inflate(lower.value()) == attachment * 2 + b"a OK\r\n" + attachment
+
+
+def test_a_fetch_batch_is_coded_with_lz77_or_stored_as_the_link_says():
+    from twisted.internet.task import Clock
+
+    clock, lower = Clock(), StringTransport()
+    t = DeflateTransport(lower, 1, Held(), clock)
+    text = b"".join(b"* %d FETCH (BODY[] {40}\r\nSubject: the same words again\r\n\r\n)\r\n" % n
+                    for n in range(600))  # 40 KB that LZ77 shrinks to a few percent
+    deflate.write_batch(t, [text])
+    coded = len(lower.value())
+    assert coded < 0.1 * len(text)  # LZ77, not Huffman-only (over 50% of this text)
+    t.client_read()  # at once: loopback
+    deflate.write_batch(t, [text[:20000], text[20000:]])
+    stored = len(lower.value()) - coded
+    assert len(text) < stored < len(text) * 1.01
+    deflate.write_batch(t, [b"* 1 FETCH (FLAGS (\\Seen))\r\n"])  # small: coded as ever
+    small = len(lower.value()) - coded - stored
+    clock.advance(10)  # a slow client after all
+    t.client_read()
+    deflate.write_batch(t, [text])
+    assert len(lower.value()) - coded - stored - small < 0.1 * len(text)
+    assert inflate(lower.value()) == text * 2 + b"* 1 FETCH (FLAGS (\\Seen))\r\n" + text
+
+
+def test_write_batch_on_another_transport_is_a_write():
+    lower = StringTransport()
+    deflate.write_batch(lower, [b"a", b"b" * 5000])
+    assert lower.value() == b"a" + b"b" * 5000

@@ -299,7 +299,7 @@ class SelectedCommands:
                 if not w:
                     continue
                 if not isinstance(w[-1], tuple):  # the bytes after the last piece
-                    self.transport.writeSequence(w)
+                    deflate.write_batch(self.transport, w)
                     continue
                 done, reading = reading, None
                 data = yield done
