@@ -109,7 +109,7 @@ class DeflateTransport:
 
     def writeSequence(self, seq: list[bytes | _Octets]) -> None:
         if not self._busy and (self._run is None or sum(map(len, seq)) <= INLINE_MAX):
-            self._lower.write(self._compress(seq))
+            flow.write_now(self._lower, self._compress(seq))
             return
         self._queue.extend(seq)
         if not self._busy:
@@ -150,7 +150,7 @@ class DeflateTransport:
             self._queue = []
             self._lower.abortConnection()
         else:
-            self._lower.write(result)
+            flow.write_now(self._lower, result)
             if self._queue:
                 self._next()
                 return

@@ -45,6 +45,8 @@ from typing import Any
 from twisted.internet import main, tcp
 from twisted.python.compat import lazyByteSlice
 
+from gateway import flow
+
 # Octets one doWrite may hand to sendfile(2) (or copy) before the reactor serves
 # another connection: large, as the kernel copies page to socket without Python.
 SENDFILE_CHUNK = 1 << 20
@@ -161,7 +163,9 @@ def send(transport: Any, pieces: list[bytes | FileRange], copy: bool = False) ->
             transport.write_file(piece)
         else:
             run.append(piece)
-    if run:
+    if len(run) == 1:  # the common case, a batch of small messages: at once if it can
+        flow.write_now(transport, run[0])
+    elif run:
         transport.writeSequence(run)
 
 

@@ -113,6 +113,11 @@ def new_unique() -> str:
     return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
 
 
+class Uncached(Exception):
+    """Reading the message would wait: its file is not wholly in the page cache, or has
+    moved (finding it again is a rescan). Folder.read_cached's caller goes to the pool."""
+
+
 class Message:
     """One message's row, a copy made by Listing.get(); the folder writes changes back."""
 
@@ -823,6 +828,31 @@ class Folder:
             return b"".join(chunks)
         finally:
             os.close(fd)
+
+    def read_cached(self, uid: int) -> bytes | None:
+        """read(), for a caller that must not wait for the disk (the reactor thread):
+        the bytes only if the page cache holds them all (preadv2 with RWF_NOWAIT); else
+        Uncached, as for a file moved since it was listed. None if it has gone."""
+        m = self.by_uid.get(uid)
+        if m is None:
+            return None
+        nowait = getattr(os, "RWF_NOWAIT", None)  # Linux
+        if nowait is None:
+            raise Uncached(uid)
+        try:
+            fd = os.open(f"{self.path}/{m.sub}/{m.base}{m.suffix}", os.O_RDONLY)
+        except FileNotFoundError:
+            raise Uncached(uid) from None
+        try:
+            data, past = bytearray(m.size), bytearray(1)  # past: the file is no longer
+            got = os.preadv(fd, [data, past], 0, nowait)
+        except OSError as e:  # EAGAIN: not in the cache; EOPNOTSUPP: not on this filesystem
+            raise Uncached(uid) from e
+        finally:
+            os.close(fd)
+        if got != len(data):  # partly in the cache, or not the size indexed: read() knows
+            raise Uncached(uid)
+        return bytes(data)
 
     def open_message(self, uid: int) -> int | None:
         """An open descriptor of the message's file (the caller closes it); None if it

@@ -54,6 +54,8 @@ def fetch_modifiers(token: list, uid: bool, qresync: bool) -> tuple[int, bool]:
 
 
 class SelectedCommands:
+    _local: bool | None = None  # the client is on this host (_on_this_host), once known
+
     def _pairs(self, token: Any, uid: bool) -> list[tuple[int, int]]:
         if token == b"$" and isinstance(token, Atom):  # RFC 5182: the saved result
             return self.view.saved_pairs()
@@ -231,14 +233,17 @@ class SelectedCommands:
             self.transport)
         files_from = self.settings.sendfile_from if by_sendfile else \
             self.settings.fetch_buffer
-        copy = by_sendfile and not self.settings.sendfile_local and filesend.same_host(
-            self.transport)
+        copy = by_sendfile and not self.settings.sendfile_local and self._on_this_host()
         batches = fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer,
                                 files_from)
         # The next batch is read and rendered in the pool while this one is sent, so
-        # disk, CPU and socket overlap; a session holds at most two batches.
-        pending = self.run_blocking(self._fetch_batch, view, batches[0], items, uid,
-                                    set_seen, changedsince, files_from) if batches else None
+        # disk, CPU and socket overlap; a session holds at most two batches. A small
+        # FETCH that changes nothing is answered on the spot if it can be (render_now).
+        now = fetch.render_now(view, batches[0], items, uid, files_from) if len(
+            batches) == 1 and not set_seen and changedsince is None else None
+        pending = defer.succeed(now) if now is not None else self.run_blocking(
+            self._fetch_batch, view, batches[0], items, uid, set_seen, changedsince,
+            files_from) if batches else None
         for following in [*batches[1:], None] if batches else []:
             chunks = yield pending
             if self._gone or self.view is not view:
@@ -255,6 +260,12 @@ class SelectedCommands:
                 return None  # the connection is closed or closing
             yield self._written()
         return b"FETCH completed"
+
+    def _on_this_host(self) -> bool:
+        """filesend.same_host, asked once a session: its addresses stay."""
+        if self._local is None:
+            self._local = filesend.same_host(self.transport)
+        return self._local
 
     @defer.inlineCallbacks
     def _written(self):
