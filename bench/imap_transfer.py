@@ -24,6 +24,9 @@ turn. Per server and round, on a fresh INBOX hard-linked from one built tree:
                 server offers it: mailgateway does, Dovecot's defaults do not
                 (its imap_zlib plugin is off), so this row compares what each
                 server gives mbsync as shipped
+  mbsync small  the same for a folder of --small messages of --small-size bytes
+                (2,000 of 20 KB: a first sync on a new device), msg/s: one
+                command per message, so the server's time per command counts
   APPEND        --appends messages of --append-size bytes, one after another
                 (imaplib waits for each tagged OK), msg/s
 
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import imaplib
+import os
 import random
 import resource
 import shutil
@@ -64,6 +68,7 @@ from peers import (  # noqa: E402  (bench/ is not a package: found via the line 
     Unavailable,
     cpu_seconds,
     free_port,
+    link_maildir,
     report_footer,
 )
 from rounds import (  # noqa: E402
@@ -181,8 +186,8 @@ def raw_fetch(sock: socket.socket, password: str) -> tuple[int, float]:
     return size, took
 
 
-def mbsync_pull(port: int, password: str, workdir: Path) -> float:
-    """Seconds one mbsync run takes to pull the INBOX into a new local Maildir."""
+def mbsync_pull(port: int, password: str, workdir: Path, folder: str = "INBOX") -> float:
+    """Seconds one mbsync run takes to pull the folder into a new local Maildir."""
     local = workdir / "mbsync-local"
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir()
@@ -191,7 +196,7 @@ def mbsync_pull(port: int, password: str, workdir: Path) -> float:
                   f"User {RECIPIENT}\nPass \"{password}\"\nSSLType None\nAuthMechs LOGIN\n\n"
                   f"IMAPStore far\nAccount bench\n\nMaildirStore near\nPath {local}/\n"
                   f"Inbox {local}/INBOX\n\nChannel pull\nFar :far:\nNear :near:\n"
-                  "Patterns INBOX\nCreate Near\nSyncState *\nSync Pull\n")
+                  f"Patterns {folder}\nCreate Near\nSyncState *\nSync Pull\n")
     started = time.monotonic()
     done = subprocess.run(["mbsync", "-q", "-c", str(rc), "-a"], capture_output=True,
                           text=True, timeout=300, check=False)
@@ -200,6 +205,23 @@ def mbsync_pull(port: int, password: str, workdir: Path) -> float:
         raise RuntimeError(f"mbsync: {(done.stdout + done.stderr).strip()[-300:]}")
     shutil.rmtree(local, ignore_errors=True)
     return took
+
+
+SMALL = "Small"  # the folder of --small messages
+
+
+def small_tree(workdir: Path) -> Path:
+    return workdir / "small" / "cur"
+
+
+def add_folder(server: Any, cur: Path, name: str) -> None:
+    """A folder NAME (Maildir++ .NAME, as both servers keep them) linked from CUR, its
+    directories owned as the server's INBOX."""
+    folder = server.maildir() / f".{name}"
+    link_maildir(cur, folder)
+    owner = server.maildir().stat()
+    for path in (folder, *(folder / sub for sub in ("tmp", "new", "cur"))):
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def fetch_all(client: imaplib.IMAP4) -> int:
@@ -223,6 +245,8 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
     port, server.tls_port = free_port(), free_port()
     try:
         server.setup(workdir / f"{server.name}-{number}", port, tree)
+        if args.small:
+            add_folder(server, small_tree(workdir), SMALL)
         server.launch(time.monotonic() + 60)
         context = ssl.create_default_context()
         ca.configure_trust(context)
@@ -259,12 +283,24 @@ def run_round(server: Any, number: int, args: argparse.Namespace, tree: Path,
                     size, took = raw_fetch(sock, server.password)
                     rates.append(size / 2**20 / took)
             result.rates[name] = median(rates)
-        if shutil.which("mbsync"):  # Debian's isync; the row stays empty without it
+        if shutil.which("mbsync"):  # Debian's isync; the rows stay empty without it
+            if args.small:  # indexed by the server before the clock, as the INBOX was
+                client = imaplib.IMAP4("127.0.0.1", port, timeout=120)
+                client.login(RECIPIENT, server.password)
+                client.select(SMALL, readonly=True)
+                client.uid("FETCH", "1:*", "(FLAGS)")
+                client.logout()
+            here = workdir / f"{server.name}-{number}"
             try:
-                result.rates["fetch_mbsync"] = inbox / 2**20 / mbsync_pull(
-                    port, server.password, workdir / f"{server.name}-{number}")
+                result.rates["fetch_mbsync"] = median(
+                    [inbox / 2**20 / mbsync_pull(port, server.password, here)
+                     for _ in range(args.fetches)])
+                if args.small:
+                    result.rates["fetch_mbsync_small"] = median(
+                        [args.small / mbsync_pull(port, server.password, here, SMALL)
+                         for _ in range(args.fetches)])
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-                say(f"  mbsync row left out: {exc}")
+                say(f"  mbsync rows left out: {exc}")
         client = imaplib.IMAP4("127.0.0.1", port, timeout=120)
         client.login(RECIPIENT, server.password)
         client.create("Appended")
@@ -289,6 +325,7 @@ FIGURES = (("fetch_plain", "FETCH plain, MiB/s"), ("fetch_tls", "FETCH over TLS,
            ("fetch_plain_raw", "FETCH plain, octet-counting client, MiB/s"),
            ("fetch_tls_raw", "FETCH over TLS, octet-counting client, MiB/s"),
            ("fetch_mbsync", "mbsync pull of the INBOX, plain, MiB/s"),
+           ("fetch_mbsync_small", "mbsync pull of a folder of small messages, plain, msg/s"),
            ("append", "APPEND, msg/s"))
 RATES = {key for key, _ in FIGURES}
 # CPU figures: lower is better, so their ratio is the peer's over ours (above 1: we use less).
@@ -312,7 +349,8 @@ def report(args: argparse.Namespace, results: dict[str, list[Round]], command: s
     lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"Command: `{command}`",
              f"Load: INBOX of {args.messages} messages ({total / 2**20:.1f} MiB, about "
-             f"{args.size:,} B each) on {workdir_fs}; {args.appends} APPENDs of "
+             f"{args.size:,} B each) on {workdir_fs}; a folder of {args.small} messages of "
+             f"{args.small_size:,} B for mbsync; {args.appends} APPENDs of "
              f"{args.append_size} B; client imaplib; {args.rounds} rounds in turn, "
              f"{args.fetches} FETCHes a row and round; medians", "",
              "| figure | " + " | ".join(names) + " | mailgateway/Dovecot |",
@@ -341,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--appends", type=int, default=500)
     parser.add_argument("--append-size", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--small", type=int, default=2000,
+                        help="messages in the folder mbsync pulls one at a time (0: none)")
+    parser.add_argument("--small-size", type=int, default=20000, help="bytes per such message")
     parser.add_argument("--fetches", type=int, default=5,
                         help="FETCHes of the INBOX per row and round (their median)")
     parser.add_argument("--seed", type=int, default=13)
@@ -375,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = usable(made)
         if kept:
             total = build_tree(tree, args.messages, args.size, args.seed)
+            if args.small:
+                build_tree(small_tree(workdir), args.small, args.small_size, args.seed + 1)
         return kept
 
     servers, results, interrupted = run_in_turn(
