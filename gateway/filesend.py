@@ -19,11 +19,11 @@ A client on this host (same_host: loopback, or the host's own address: a
 webmail, a local mbsync) gets the ranges copied instead ([imap]
 sendfile_local = false, the default). sendfile's socket buffers point at the
 page cache, and without a NIC to read them by DMA it is the reader's own copy
-that fetches them from DRAM, on the reader's core: imaplib took 0.78-1.0 ms
-of CPU a MiB so against 0.59-0.62 ms when the server copies through a buffer
-that stays in its cache (pread, then send: COPY_CHUNK), and read 15-40%
-faster (bench/RESULTS.md, 2026-11-27 19:xx). The copy costs the gateway about
-0.2 ms a MiB, on the other core; Dovecot copies the same way.
+that fetches them from DRAM, on the reader's core: imaplib took 0.75-0.79 ms
+of CPU a MiB so against 0.59-0.67 ms when the server copies through a buffer
+that stays in its cache (pread, then send: COPY_CHUNK), and read 10-25%
+faster (bench/RESULTS.md, 2026-11-27 19:17-19:25). The copy costs the gateway
+about 0.2 ms a MiB, on the other core; Dovecot copies the same way.
 
 Back-pressure: the queued bytes and the octets of files still to send count
 as the transport's buffer (_isSendBufferFull), so the registered streaming
