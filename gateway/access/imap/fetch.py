@@ -227,6 +227,8 @@ def internaldate(seconds: int) -> bytes:
 def _span(item: Item, data: bytes) -> tuple[int, int] | bytes | None:
     """Where the section lies in the message: (start, end) of its octets, or for
     HEADER.FIELDS (.NOT) the picked fields themselves; None if there is no such part."""
+    if not item.path and not item.spec:  # BODY[]: the whole message, nothing to parse
+        return 0, len(data)
     root = message.Part(data, 0, len(data), "text/plain", 0)
     part = message.find(root, item.path)
     if part is None:

@@ -13,6 +13,7 @@ reactor nor fills memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
@@ -29,6 +30,18 @@ _log = Logger()
 def _joined_read(write: list[Any]) -> bytes:
     """Bytes, and the octets read from a (FileRange, count), as one string (blocking)."""
     return b"".join(p if isinstance(p, bytes) else p[0].take(p[1]) for p in write)
+
+
+@dataclass(frozen=True)
+class _FetchPlan:
+    """How a FETCH goes: whether it sets \\Seen, sends files by sendfile (or copies
+    them, for a client on this host), from what size, in which batches."""
+
+    set_seen: bool
+    by_sendfile: bool
+    files_from: int
+    copy: bool
+    batches: list
 
 
 _STORE_MODES = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}
@@ -213,18 +226,18 @@ class SelectedCommands:
         known = [(u, u) for _, u in pairs] if vanished and args[0] == b"$" else \
             wire.sequence_set(args[0], max(self.view.largest(True),
                                            self.view.folder.uidnext - 1)) if vanished else None
-        return self._fetch(pairs, items, uid, changedsince, known)
+        plan = self._fetch_plan(pairs, items)
+        if known is None and changedsince is None and len(plan.batches) == 1 \
+                and not plan.set_seen:
+            # A small FETCH that changes nothing: answered on the spot if it can be
+            # (render_now), without a trip to the pool nor a Deferred.
+            chunks = fetch.render_now(self.view, plan.batches[0], items, uid, plan.files_from)
+            if chunks is not None:
+                return self._fetched_now(plan, chunks)
+        return self._fetch(plan, items, uid, changedsince, known)
 
-    @defer.inlineCallbacks
-    def _fetch(self, pairs: list[tuple[int, int]], items: list, uid: bool,
-               changedsince: int | None = None, known: list | None = None):
+    def _fetch_plan(self, pairs: list[tuple[int, int]], items: list) -> _FetchPlan:
         view = self.view
-        if known is not None:  # RFC 7162 3.2.6: before the FETCH responses
-            gone = yield self.run_blocking(view.folder.vanished_since, changedsince)
-            gone = wire.compact_ranges(gone, known)
-            if gone and not self._gone and self.view is view:
-                self.transport.write(b"* VANISHED (EARLIER) " + gone + b"\r\n")
-        set_seen = any(i.seen for i in items) and not view.readonly
         # Big sections go from their files: by sendfile on plaintext (filesend.py), or
         # copied through a buffer for a client on this host (filesend.same_host);
         # over TLS or COMPRESS, or with sendfile off, those of fetch_buffer or more are
@@ -233,17 +246,41 @@ class SelectedCommands:
             self.transport)
         files_from = self.settings.sendfile_from if by_sendfile else \
             self.settings.fetch_buffer
-        copy = by_sendfile and not self.settings.sendfile_local and self._on_this_host()
-        batches = fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer,
-                                files_from)
+        return _FetchPlan(
+            set_seen=any(i.seen for i in items) and not view.readonly,
+            by_sendfile=by_sendfile, files_from=files_from,
+            copy=by_sendfile and not self.settings.sendfile_local and self._on_this_host(),
+            batches=fetch.batches(view.folder, pairs, items, self.settings.fetch_buffer,
+                                  files_from))
+
+    def _fetched_now(self, plan: _FetchPlan, chunks: list[bytes]) -> Any:
+        """Send what render_now made (bytes only: no message was sent from its file)."""
+        # A keyword another session set meanwhile is announced before it is shown.
+        out = [line + b"\r\n" for line in self.view.new_keywords()] + chunks
+        if plan.by_sendfile:
+            filesend.send(self.transport, out, plan.copy)
+        else:
+            deflate.write_batch(self.transport, out)
+        if deflate.drained(self.transport) is None and (not self.pacer.paused
+                                                         or self.pacer.stopped):
+            deflate.client_read(self.transport)
+            return b"FETCH completed"
+        return self._written().addCallback(lambda _: b"FETCH completed")
+
+    @defer.inlineCallbacks
+    def _fetch(self, plan: _FetchPlan, items: list, uid: bool,
+               changedsince: int | None = None, known: list | None = None):
+        view = self.view
+        if known is not None:  # RFC 7162 3.2.6: before the FETCH responses
+            gone = yield self.run_blocking(view.folder.vanished_since, changedsince)
+            gone = wire.compact_ranges(gone, known)
+            if gone and not self._gone and self.view is view:
+                self.transport.write(b"* VANISHED (EARLIER) " + gone + b"\r\n")
+        batches, files_from, set_seen = plan.batches, plan.files_from, plan.set_seen
         # The next batch is read and rendered in the pool while this one is sent, so
-        # disk, CPU and socket overlap; a session holds at most two batches. A small
-        # FETCH that changes nothing is answered on the spot if it can be (render_now).
-        now = fetch.render_now(view, batches[0], items, uid, files_from) if len(
-            batches) == 1 and not set_seen and changedsince is None else None
-        pending = defer.succeed(now) if now is not None else self.run_blocking(
-            self._fetch_batch, view, batches[0], items, uid, set_seen, changedsince,
-            files_from) if batches else None
+        # disk, CPU and socket overlap; a session holds at most two batches.
+        pending = self.run_blocking(self._fetch_batch, view, batches[0], items, uid,
+                                    set_seen, changedsince, files_from) if batches else None
         for following in [*batches[1:], None] if batches else []:
             chunks = yield pending
             if self._gone or self.view is not view:
@@ -254,8 +291,8 @@ class SelectedCommands:
                                             set_seen, changedsince, files_from)
             # A keyword another session set meanwhile is announced before it is shown.
             out = [line + b"\r\n" for line in view.new_keywords()] + chunks
-            if by_sendfile:
-                filesend.send(self.transport, out, copy)
+            if plan.by_sendfile:
+                filesend.send(self.transport, out, plan.copy)
             elif not (yield self._send_in_pieces(out)):
                 return None  # the connection is closed or closing
             yield self._written()
