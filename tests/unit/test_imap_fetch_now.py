@@ -103,3 +103,20 @@ def test_read_cached_refuses_a_file_the_page_cache_does_not_hold(env):
     # tmpfs keeps its pages whatever one advises: nothing to wait for there.
     assert data == message(1)
     pytest.skip(f"{path.parent} keeps file pages in memory (tmpfs?): no read would wait")
+
+
+def test_an_answer_on_the_spot_still_waits_for_a_client_that_does_not_read(env):
+    s, held, _ = env
+    transport, write = s.transport, s.transport.writeSequence
+
+    def fills_up(seq) -> None:  # the answer fills the socket's buffer: the client lags
+        write(seq)
+        if message(1) in b"".join(seq):
+            transport.producer.pauseProducing()
+
+    transport.writeSequence = fills_up
+    out = s("UID FETCH 1 (BODY.PEEK[])", expect=None)
+    assert held.calls == [] and message(1) in out
+    assert b"OK FETCH completed" not in out  # the next command waits too
+    transport.producer.resumeProducing()
+    assert s.take().endswith(b" OK FETCH completed\r\n")
