@@ -40,6 +40,7 @@ import ipaddress
 import os
 import tempfile
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import main, tcp
@@ -108,15 +109,29 @@ class Spill:
         self.directory = directory
         self.files: dict[object, int] = {}
 
-    def range(self, key: object, value: bytes, start: int, count: int) -> FileRange:
-        """count octets of value from start; value is written once per key."""
-        fd = self.files.get(key)
-        if fd is None:
-            with tempfile.TemporaryFile(dir=self.directory) as f:
-                f.write(value)
-                f.flush()
-                fd = self.files[key] = os.dup(f.fileno())
-        return FileRange(os.dup(fd), start, count)
+    def range(self, key: object, value: bytes | None, start: int, count: int) -> FileRange:
+        """count octets of value from start; value is written once per key (None: the
+        key was filled already)."""
+        if key not in self.files:
+            self.fill(key, [value or b""])
+        return FileRange(os.dup(self.files[key]), start, count)
+
+    def fill(self, key: object, pieces: Iterable[bytes]) -> tuple[int, bool]:
+        """Write pieces as key's file, one at a time (never joined); (its octets,
+        whether a NUL is among them)."""
+        size, nul = 0, False
+        with tempfile.TemporaryFile(dir=self.directory) as f:
+            for piece in pieces:
+                f.write(piece)
+                size += len(piece)
+                nul = nul or b"\0" in piece
+            f.flush()
+            self.files[key] = os.dup(f.fileno())
+        return size, nul
+
+    def read(self, key: object, start: int, count: int) -> bytes:
+        """count octets of key's file from start (blocking)."""
+        return read_range(self.files[key], start, count)
 
     def close(self) -> None:
         for fd in self.files.values():

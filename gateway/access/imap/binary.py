@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.access.imap import message
@@ -22,6 +23,10 @@ from gateway.access.imap.wire import No, Upload
 
 IDENTITY = {b"7bit", b"8bit", b"binary"}
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_NOT_ALPHABET = bytes(c for c in range(256) if c not in _ALPHABET)  # for bytes.translate
+# Octets of base64 text decoded_pieces() decodes at a time.
+PIECE = 1 << 20
 _LINES = re.compile(rb"(\r?\n)")
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 
@@ -47,6 +52,34 @@ def decoded(part: message.Part) -> bytes:
         return quoted_printable(part.text())
     raise No("[UNKNOWN-CTE] Unknown Content-Transfer-Encoding "
              + cte[:40].decode("ascii", "replace"))
+
+
+def decoded_pieces(part: message.Part) -> Iterator[bytes] | None:
+    """decoded() a piece at a time, for a base64 leaf part (an attachment), so that a
+    caller writing it to a file never holds it whole; None for any other part. The same
+    octets as decoded() (RFC 2045 6.8, as _base64)."""
+    if part.children or part.message is not None or encoding(part) != b"base64":
+        return None
+    return _base64_pieces(part.data, part.body, part.end)
+
+
+def _base64_pieces(data: bytes, start: int, end: int, piece: int = PIECE) -> Iterator[bytes]:
+    """_base64(data[start:end]), decoded PIECE octets of text at a time: the text up to
+    its first "=", outside the alphabet dropped, each piece's quanta decoded and the
+    rest carried to the next; a last quantum of one character is no octet."""
+    stop = data.find(b"=", start, end)
+    stop = end if stop < 0 else stop
+    carry = b""
+    for pos in range(start, stop, piece):
+        text = carry + data[pos:min(pos + piece, stop)].translate(None, _NOT_ALPHABET)
+        if pos + piece < stop:
+            whole = len(text) - len(text) % 4
+            text, carry = text[:whole], text[whole:]
+        else:
+            text = text[:len(text) - 1] if len(text) % 4 == 1 else text
+            text += b"=" * (-len(text) % 4)
+        if text:
+            yield binascii.a2b_base64(text)
 
 
 def _base64_part(data: bytes, start: int, end: int) -> bytes:

@@ -15,8 +15,8 @@ In a message of at least files_from octets, a section literal as long is an
 open file range (filesend.FileRange) in render()'s output: a whole-message
 literal is not read at all, and a part is found in the message read once
 and then sent from the file, so a client asking for it many times in one
-FETCH does not make as many copies; a BINARY part is decoded once into a
-temporary file (filesend.Spill) and sent from there. On a plaintext connection
+FETCH does not make as many copies; a BINARY part is decoded once, a piece
+at a time, into a temporary file (filesend.Spill) and sent from there. On a plaintext connection
 (selected.py decides: [imap] sendfile_from) the transport sends a range
 with sendfile(2); over TLS or COMPRESS ([imap] fetch_buffer) selected.py
 reads and sends it a piece at a time.
@@ -466,14 +466,11 @@ def _render_binary(item: Item, data: bytes, decoded: dict, spill: Spill | None,
     (RFC 3516 4.2); BINARY[] is the whole message as stored. A part is decoded once
     per message however often it is asked for; in a big message (spill), a long
     value goes from a temporary file of the decoded octets, as a section goes from
-    the message's file, so a session holds neither."""
+    the message's file, so a session holds neither; a long base64 part is decoded
+    into that file a piece at a time, never held whole."""
     value = decoded.get(item.path)
     if value is None:
-        value = data
-        if item.path:
-            part = message.find(message.Part(data, 0, len(data), "text/plain", 0), item.path)
-            value = binary.decoded(part) if part is not None else b""
-        decoded[item.path] = value
+        value = decoded[item.path] = _decode(item, data, spill, files_from)
     if item.kind == b"BINARY.SIZE":
         return item.name + b" %d" % len(value)
     name, start, count = item.name, 0, len(value)
@@ -483,8 +480,41 @@ def _render_binary(item: Item, data: bytes, decoded: dict, spill: Spill | None,
         count = min(item.count, count - start)
     if not count:
         return name + b' ""'
-    literal8 = value.find(b"\0", start, start + count) >= 0
+    spilled = isinstance(value, _Spilled)
+    # A spilled part says whether it holds a NUL anywhere: a literal8 is allowed
+    # where none is needed (RFC 3516 4.2's grammar), not the other way round.
+    literal8 = value.nul if spilled else value.find(b"\0", start, start + count) >= 0
     head = name + (b" ~{%d}\r\n" if literal8 else b" {%d}\r\n") % count
     if spill is not None and count >= files_from:
-        return head, spill.range(item.path, value, start, count)
+        return head, spill.range(item.path, None if spilled else value, start, count)
+    if spilled:
+        return head, spill.read(item.path, start, count)
     return head, value[start:start + count]
+
+
+class _Spilled:
+    """A part decoded into the message's Spill a piece at a time: how long it is and
+    whether it holds a NUL, never its octets."""
+
+    __slots__ = ("size", "nul")
+
+    def __init__(self, size: int, nul: bool) -> None:
+        self.size, self.nul = size, nul
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _decode(item: Item, data: bytes, spill: Spill | None, files_from: int) -> bytes | _Spilled:
+    """What BINARY[part] gives, decoded: bytes, or in a big message a long base64
+    part written to the spill a piece at a time."""
+    if not item.path:
+        return data
+    part = message.find(message.Part(data, 0, len(data), "text/plain", 0), item.path)
+    if part is None:
+        return b""
+    long_part = spill is not None and (part.end - part.body) * 3 // 4 >= files_from
+    pieces = binary.decoded_pieces(part) if long_part else None
+    if pieces is None:
+        return binary.decoded(part)
+    return _Spilled(*spill.fill(item.path, pieces))
