@@ -387,24 +387,53 @@ class Folder:
         if _identity(st) != self._dirs[sub]:
             raise FileNotFoundError(f"{d} was replaced")
         mtime = st.st_mtime_ns
-        seen = self._seen[sub]
-        if sub == "new" and not force and seen is not None and now < self._told_until:
-            # The runner process is renaming files into new/ and tells each by name
-            # moments later (arrived_elsewhere, which then records new/'s mtime): a
-            # listing now would only race its messages (an IMAP client polling STATUS
-            # had new/ listed at every poll while mail came in). As there, a foreign
-            # change meanwhile waits for the next listing.
-            return None
-        if not force and seen is not None and seen[0] == mtime \
-                and now - self._listed.get(sub, 0) < _RELIST_NS \
-                and (seen[1] or now - mtime < _STABLE_NS):
-            # Unchanged since we last looked (or changed only by us); a record
-            # taken while the mtime was fresh waits until it has settled.
+        if not force and self._fresh(sub, mtime, now):
             return None
         names = os.listdir(d)
         self._seen[sub] = (mtime, now - mtime > _STABLE_NS)
         self._listed[sub] = now
         return names
+
+    def _fresh(self, sub: str, mtime: int, now: int) -> bool:
+        """Nothing in sub to list: what we last listed still holds."""
+        seen = self._seen[sub]
+        if seen is None:
+            return False
+        if sub == "new" and now < self._told_until:
+            # The runner process is renaming files into new/ and tells each by name
+            # moments later (arrived_elsewhere, which then records new/'s mtime): a
+            # listing now would only race its messages (an IMAP client polling STATUS
+            # had new/ listed at every poll while mail came in). As there, a foreign
+            # change meanwhile waits for the next listing.
+            return True
+        # Unchanged since we last looked (or changed only by us); a record taken
+        # while the mtime was fresh waits until it has settled.
+        return seen[0] == mtime and now - self._listed.get(sub, 0) < _RELIST_NS \
+            and (seen[1] or now - mtime < _STABLE_NS)
+
+    def looks_unchanged(self) -> bool:
+        """Whether sync() would find nothing to do, seen without waiting: the folder's
+        lock free, the index file and the directories as last seen (stat()s only). So
+        a NOOP is answered on the spot, without a trip to the pool; False when unsure
+        (sync() in the pool looks)."""
+        if not self.lock.acquire(blocking=False):
+            return False  # a pool thread is at work on the folder
+        try:
+            if self.gone or self._staged:
+                return False
+            if _identity(os.stat(self.index.path)) != self._index_id:
+                return False
+            now = _now_ns()
+            for sub in SUBS:
+                st = os.stat(self.dirs[sub])
+                if _identity(st) != self._dirs[sub] or not self._fresh(sub, st.st_mtime_ns,
+                                                                      now):
+                    return False
+            return True
+        except OSError:
+            return False
+        finally:
+            self.lock.release()
 
     @contextmanager
     def _own_changes(self, subs: tuple[str, ...] = SUBS) -> Iterator[None]:

@@ -1,11 +1,13 @@
 """A small FETCH that changes nothing is answered on the reactor thread when the page
-cache holds its messages (fetch.render_now, Folder.read_cached), without the trip to
-the pool and back that a reply would wait for; anything that could wait for the disk
-or take long still goes to the pool, and gives the same bytes."""
+cache holds its messages (fetch.render_now, Folder.read_cached), and a NOOP when the
+folder's directories say nothing changed (Folder.looks_unchanged), without the trip
+to the pool and back that a reply would wait for; anything that could wait for the
+disk or take long still goes to the pool, and gives the same bytes."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,25 @@ def test_an_answer_on_the_spot_still_waits_for_a_client_that_does_not_read(env):
     assert b"OK FETCH completed" not in out  # the next command waits too
     transport.producer.resumeProducing()
     assert s.take().endswith(b" OK FETCH completed\r\n")
+
+
+def test_a_noop_looks_at_the_directories_and_goes_to_the_pool_only_for_a_change(tmp_path):
+    store = fresh_store(tmp_path)
+    store.deliver(BOX, message(1), "1001.U1.host")
+    maildir = next(p.parent for p in (tmp_path / "mail").rglob("new") if p.is_dir())
+    settled = time.time() - 60  # as a folder nobody touched for a minute
+    for sub in ("new", "cur"):
+        os.utime(maildir / sub, (settled, settled))
+    held = Held()
+    s = Session(make_factory(store, MemoryReactorClock(), run_blocking=held))
+    s.login()
+    s("SELECT INBOX")
+    held.holding = True
+    assert s("NOOP").endswith(b"OK NOOP completed\r\n") and held.calls == []
+    # Another program (a local delivery agent) puts a message into new/.
+    (maildir / "new" / "1002.U2.elsewhere").write_bytes(message(2))
+    out = s("NOOP", expect=None)
+    assert held.names() == ["sync"]
+    held.run_all()
+    out += s.take()
+    assert b"* 2 EXISTS" in out and out.endswith(b"OK NOOP completed\r\n")
