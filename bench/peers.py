@@ -43,10 +43,12 @@ class Unavailable(Exception):
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on now (the kernel picks it, so no guessing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the ephemeral range (tests/integration/loopback_ports.py:
+    a port the kernel picks may go to smtp-source's connect before the server binds it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+    from loopback_ports import free_port as pick
+
+    return pick(LOOPBACK)
 
 
 def wait_greeting(port: int, deadline: float, alive: Callable[[], bool] = lambda: True,

@@ -19,25 +19,10 @@ from pathlib import Path
 
 import pytest
 import trustme
+from loopback_ports import free_port  # noqa: F401  (tests import it from here)
 
 BIN = Path(sys.executable).parent
 PASSWORD = "correct horse battery staple"
-
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never one handed out before in this run: the kernel may give
-    the same ephemeral port to two binds in a row once the first is closed, and a
-    gateway then found its IMAP port taken by its own POP3 listener."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> object:
