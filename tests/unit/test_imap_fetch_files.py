@@ -52,12 +52,18 @@ def test_a_part_or_binary_goes_from_a_file_too():
         assert [len(b) for b in got] == [4]  # two ranges a message: 8 of the 16
 
 
-def test_sendfile_from_must_not_be_negative(tmp_path):
+@pytest.mark.parametrize("line, key", [
+    ("sendfile_from = -1", "imap.sendfile_from"),  # 0 or more
+    ('sendfile_local = "yes"', "imap.sendfile_local"),  # true or false
+])
+def test_a_bad_sendfile_setting_is_named(tmp_path, line, key):
     path = tmp_path / "c.toml"
-    path.write_text('[server]\ndomains = ["example.test"]\n[imap]\nsendfile_from = -1\n')
+    path.write_text(f'[server]\ndomains = ["example.test"]\n[imap]\n{line}\n')
     with pytest.raises(ConfigError) as e:
         config.load(path)
-    assert [key for _, key, _ in e.value.problems] == ["imap.sendfile_from"]
+    assert [k for _, k, _ in e.value.problems] == [key]
+    path.write_text('[server]\ndomains = ["example.test"]\n')
+    assert config.load(path).imap.sendfile_local is False  # copied to this host's clients
 
 
 def test_each_content_item_counts_a_message_again_in_octets_and_in_files():
@@ -91,12 +97,3 @@ def test_a_fetch_asking_for_more_contents_than_max_fetch_contents_is_refused(tmp
             "BODY.PEEK[1])")
     assert out.count(b"body") == 3
 
-
-def test_sendfile_local_must_be_true_or_false(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[server]\ndomains = ["example.test"]\n[imap]\nsendfile_local = "yes"\n')
-    with pytest.raises(ConfigError) as e:
-        config.load(path)
-    assert [key for _, key, _ in e.value.problems] == ["imap.sendfile_local"]
-    path.write_text('[server]\ndomains = ["example.test"]\n')
-    assert config.load(path).imap.sendfile_local is False  # copied to this host's clients

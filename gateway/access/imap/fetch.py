@@ -16,10 +16,11 @@ open file range (filesend.FileRange) in render()'s output: a whole-message
 literal is not read at all, and a part is found in the message read once
 and then sent from the file, so a client asking for it many times in one
 FETCH does not make as many copies; a BINARY part is decoded once, a piece
-at a time, into a temporary file (filesend.Spill) and sent from there. On a plaintext connection
-(selected.py decides: [imap] sendfile_from) the transport sends a range
-with sendfile(2); over TLS or COMPRESS ([imap] fetch_buffer) selected.py
-reads and sends it a piece at a time.
+at a time, into a temporary file (filesend.Spill) and sent from there. On a
+plaintext connection (selected.py decides: [imap] sendfile_from) the
+transport sends a range with sendfile(2), or copies it to a client on this
+host; over TLS or COMPRESS ([imap] fetch_buffer) selected.py reads and
+sends it a piece at a time.
 """
 
 from __future__ import annotations
