@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, free_port, port_open, wait_for
@@ -148,12 +149,10 @@ def test_mpop_reads(served, tmp_path, transport):
         b"Subject: read me 1", b"Subject: read me 2"]
 
 
-@pytest.mark.parametrize("transport", ["starttls", "implicit"])
-def test_mbsync_syncs_both_ways(served, tmp_path, transport):
-    gw, fronts, ca_file = served
-    mbsync = need("mbsync")
-    deliver_two(gw)
-    port = fronts["imap"] if transport == "implicit" else gw.ports["imap"]
+def mbsync_config(tmp_path: Path, port: int, transport: str, ca_file, store: str,
+                  channel: str) -> tuple[Path, Path]:
+    """An mbsyncrc for BOB over STARTTLS or implicit TLS (transport), and its local
+    Maildir folder; store and channel: more lines of the local store and the channel."""
     local = tmp_path / "mail"
     local.mkdir()
     rc = tmp_path / "mbsyncrc"
@@ -162,8 +161,19 @@ def test_mbsync_syncs_both_ways(served, tmp_path, transport):
         f"SSLType {'IMAPS' if transport == 'implicit' else 'STARTTLS'}\n"
         f"CertificateFile {ca_file}\n\n"
         "IMAPStore remote\nAccount gw\n\n"
-        f"MaildirStore local\nPath {local}/\nInbox {local}/INBOX\nSubFolders Verbatim\n\n"
-        "Channel gw\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\nSyncState *\n")
+        f"MaildirStore local\nPath {local}/\nInbox {local}/INBOX\n{store}\n"
+        f"Channel gw\nFar :remote:\nNear :local:\n{channel}SyncState *\n")
+    return rc, local
+
+
+@pytest.mark.parametrize("transport", ["starttls", "implicit"])
+def test_mbsync_syncs_both_ways(served, tmp_path, transport):
+    gw, fronts, ca_file = served
+    mbsync = need("mbsync")
+    deliver_two(gw)
+    port = fronts["imap"] if transport == "implicit" else gw.ports["imap"]
+    rc, local = mbsync_config(tmp_path, port, transport, ca_file, "SubFolders Verbatim\n",
+                              "Patterns *\nCreate Both\n")
     run([mbsync, "-c", str(rc), "-a"])
     inbox = local / "INBOX"
     assert len(list((inbox / "cur").iterdir()) + list((inbox / "new").iterdir())) == 2
@@ -197,17 +207,8 @@ def test_mbsync_pulls_big_messages_whole_under_compress(served, tmp_path, transp
         big.append(b"Subject: big %d\r\nMIME-Version: 1.0\r\n\r\n" % n + body)
         (cur / f"{1700000000 + n}.M{n}P1.test:2,S").write_bytes(big[-1])
     port = fronts["imap"] if transport == "implicit" else gw.ports["imap"]
-    local = tmp_path / "mail"
-    local.mkdir()
-    rc = tmp_path / "mbsyncrc"
-    rc.write_text(
-        f"IMAPAccount gw\nHost localhost\nPort {port}\nUser {BOB}\nPass \"{PASSWORD}\"\n"
-        f"SSLType {'IMAPS' if transport == 'implicit' else 'STARTTLS'}\n"
-        f"CertificateFile {ca_file}\n\n"
-        "IMAPStore remote\nAccount gw\n\n"
-        f"MaildirStore local\nPath {local}/\nInbox {local}/INBOX\n\n"
-        "Channel gw\nFar :remote:\nNear :local:\nPatterns INBOX\nCreate Near\n"
-        "SyncState *\nSync Pull\n")
+    rc, local = mbsync_config(tmp_path, port, transport, ca_file, "",
+                              "Patterns INBOX\nCreate Near\nSync Pull\n")
     run([mbsync, "-c", str(rc), "-a"])
     inbox = local / "INBOX"
     got = sorted(f.read_bytes() for f in [*(inbox / "cur").iterdir(), *(inbox / "new").iterdir()])
