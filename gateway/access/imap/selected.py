@@ -261,11 +261,9 @@ class SelectedCommands:
             filesend.send(self.transport, out, plan.copy)
         else:
             deflate.write_batch(self.transport, out)
-        if deflate.drained(self.transport) is None and (not self.pacer.paused
-                                                         or self.pacer.stopped):
-            deflate.client_read(self.transport)
-            return b"FETCH completed"
-        return self._written().addCallback(lambda _: b"FETCH completed")
+        written = self._written()
+        return b"FETCH completed" if written is None else written.addCallback(
+            lambda _: b"FETCH completed")
 
     @defer.inlineCallbacks
     def _fetch(self, plan: _FetchPlan, items: list, uid: bool,
@@ -304,13 +302,20 @@ class SelectedCommands:
             self._local = filesend.same_host(self.transport)
         return self._local
 
+    def _written(self) -> defer.Deferred | None:
+        """None when, under COMPRESS, every write is compressed, and the client has read
+        what was written; else a Deferred that fires then. So what a session holds for
+        its client stays bounded."""
+        if deflate.drained(self.transport) is None and self.pacer.ready:
+            deflate.client_read(self.transport)  # the link's speed, for COMPRESS's gauge
+            return None
+        return self._written_later()
+
     @defer.inlineCallbacks
-    def _written(self):
-        """Fires once, under COMPRESS, every write is compressed, and the client has
-        read what was written: what a session holds for its client stays bounded."""
+    def _written_later(self):
         yield deflate.drained(self.transport)  # None: nothing is being compressed
         yield self.pacer.wait()
-        deflate.client_read(self.transport)  # the link's speed, for COMPRESS's gauge
+        deflate.client_read(self.transport)
 
     @defer.inlineCallbacks
     def _send_in_pieces(self, pieces: list[bytes | filesend.FileRange]):

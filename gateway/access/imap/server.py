@@ -98,8 +98,13 @@ class Pacer(flow.ReadGate):
         for d in waiting:
             d.callback(None)
 
+    @property
+    def ready(self) -> bool:
+        """The client has read what was written (or is gone): wait() need not wait."""
+        return not self.paused or self.stopped
+
     def wait(self) -> defer.Deferred:
-        if not self.paused or self.stopped:
+        if self.ready:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._waiting.append(d)
